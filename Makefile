@@ -1,0 +1,47 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each bootstraps .venv from the package registries on first use.
+SHELL := /bin/bash
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck shellcheck pytest bench sysdeps clean
+
+venv: $(STAMP)
+
+# Dependencies are declared once, in pyproject.toml; the project itself is not
+# installed as a package (packs are copied by the installer, not imported).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(VENV)/requirements.txt
+	touch $(STAMP)
+
+# System packages the tests need (CI runs as root on a fresh machine).
+sysdeps:
+	@bash .ci/sysdeps
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+shellcheck: $(STAMP)
+	git ls-files -z '*.sh' | xargs -0 --no-run-if-empty $(VENV)/bin/shellcheck
+
+pytest: $(STAMP) sysdeps
+	$(PY) -m pytest -q
+
+test: lint typecheck shellcheck pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .aurora .pytest_cache .mypy_cache .ruff_cache
