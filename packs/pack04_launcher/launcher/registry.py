@@ -1,0 +1,186 @@
+"""Read pack05's registry.json through its file contract (docs/contracts.md).
+
+The launcher only reads: the registry is replaced atomically by pack05, so a
+reader takes no lock and always sees a whole version. A problem with one
+plugin's entry makes that plugin invalid, not the whole registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from launcher.errors import PluginNotFound, RegistryError
+
+SCHEMA = "aurora-plugin-registry-v1"
+CAPABILITIES = ("fs-read", "fs-write", "gpu", "io", "network")
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)+$")
+
+#: Identity of one version of the registry file, to notice a change cheaply.
+Signature = tuple[int, int, int, int]
+
+
+def valid_plugin_id(plugin_id: str) -> bool:
+    """``publisher.name``, lowercase; safe as a single path component."""
+    return len(plugin_id) <= 128 and _ID_RE.match(plugin_id) is not None
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """What the launcher needs to run one plugin, taken from its registry entry."""
+
+    id: str
+    enabled: bool
+    version: str | None
+    granted: tuple[str, ...]
+    package_dir: Path | None
+    entrypoint: Path | None
+    digest: str | None
+    allow_degraded: bool
+    problem: str | None  # why this entry cannot be run, with its place
+
+    @property
+    def runnable(self) -> bool:
+        return self.problem is None and self.entrypoint is not None
+
+
+def signature(path: Path) -> Signature | None:
+    """(device, inode, mtime ns, size) of ``path``; None when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def read_registry(path: Path) -> dict[str, PluginEntry]:
+    """Every plugin in the registry at ``path``.
+
+    A missing file is an empty registry (pack05 has staged nothing yet). A file
+    that is unreadable or not a registry raises RegistryError listing every
+    problem; a bad plugin entry comes back with ``problem`` set.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise RegistryError(str(path), [f"unreadable ({exc.strerror})"]) from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(str(path), [f"not JSON ({exc})"]) from exc
+    problems: list[str] = []
+    if not isinstance(doc, dict):
+        raise RegistryError(str(path), [f"expected an object, found {type(doc).__name__}"])
+    if doc.get("schema") != SCHEMA:
+        problems.append(f"schema: expected {SCHEMA!r}, found {doc.get('schema')!r}")
+    plugins = doc.get("plugins")
+    if not isinstance(plugins, dict):
+        problems.append(f"plugins: expected an object, found {type(plugins).__name__}")
+    if problems:
+        raise RegistryError(str(path), problems)
+    assert isinstance(plugins, dict)
+    plugins_dir = path.parent
+    return {pid: _entry(pid, raw_entry, plugins_dir) for pid, raw_entry in plugins.items()}
+
+
+def get_plugin(path: Path, plugin_id: str) -> PluginEntry:
+    """One plugin's entry; PluginNotFound if it is absent."""
+    entry = read_registry(path).get(plugin_id)
+    if entry is None:
+        raise PluginNotFound(plugin_id, f"not in the registry {path}")
+    return entry
+
+
+def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
+    where = f"plugins.{pid}"
+    problems: list[str] = []
+    if not valid_plugin_id(pid):
+        problems.append(f"{where}: id must be 'publisher.name' in lowercase")
+    if not isinstance(raw, dict):
+        return PluginEntry(pid, False, None, (), None, None, None, False, f"{where}: not an object")
+    enabled = raw.get("enabled")
+    if not isinstance(enabled, bool):
+        problems.append(f"{where}.enabled: expected true or false, found {enabled!r}")
+        enabled = False
+    granted_raw = raw.get("granted", [])
+    granted: list[str] = []
+    if not isinstance(granted_raw, list):
+        problems.append(f"{where}.granted: expected a list, found {granted_raw!r}")
+    else:
+        for i, cap in enumerate(granted_raw):
+            if cap not in CAPABILITIES:
+                problems.append(
+                    f"{where}.granted[{i}]: unknown capability {cap!r} "
+                    f"(known: {', '.join(CAPABILITIES)})"
+                )
+            elif cap not in granted:
+                granted.append(cap)
+    allow_degraded = raw.get("allow_degraded", False)
+    if not isinstance(allow_degraded, bool):
+        problems.append(f"{where}.allow_degraded: expected true or false")
+        allow_degraded = False
+    version = raw.get("active_version")
+    package_dir = entrypoint = None
+    digest = None
+    if version is None:
+        if enabled:
+            problems.append(f"{where}.active_version: enabled but no active version")
+    elif not isinstance(version, str):
+        problems.append(f"{where}.active_version: expected a string, found {version!r}")
+        version = None
+    else:
+        vwhere = f"{where}.versions.{version}"
+        versions = raw.get("versions")
+        ventry = versions.get(version) if isinstance(versions, dict) else None
+        if not isinstance(ventry, dict):
+            problems.append(f"{vwhere}: missing (the active version has no entry)")
+        else:
+            package_dir = _inside(plugins_dir, ventry.get("path"), f"{vwhere}.path", problems)
+            manifest = ventry.get("manifest")
+            entry_rel = manifest.get("entrypoint") if isinstance(manifest, dict) else None
+            if package_dir is not None:
+                entrypoint = _inside(
+                    package_dir, entry_rel, f"{vwhere}.manifest.entrypoint", problems
+                )
+                if entrypoint is not None and not entrypoint.is_file():
+                    problems.append(f"{vwhere}.manifest.entrypoint: {entrypoint} is not a file")
+                    entrypoint = None
+            d = ventry.get("digest")
+            digest = d if isinstance(d, str) else None
+    return PluginEntry(
+        id=pid,
+        enabled=enabled,
+        version=version,
+        granted=tuple(sorted(granted)),
+        package_dir=package_dir,
+        entrypoint=entrypoint,
+        digest=digest,
+        allow_degraded=allow_degraded,
+        problem="; ".join(problems) or None,
+    )
+
+
+def _inside(base: Path, rel: Any, where: str, problems: list[str]) -> Path | None:
+    """``base/rel`` when ``rel`` is a relative path that stays inside ``base``.
+
+    Symlinks are resolved, so a link pointing out of the package is refused.
+    """
+    if not isinstance(rel, str) or not rel:
+        problems.append(f"{where}: expected a relative path, found {rel!r}")
+        return None
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts:
+        problems.append(f"{where}: {rel!r} must be relative and stay inside {base}")
+        return None
+    target = (base / pure).resolve()
+    real_base = base.resolve()
+    if target != real_base and real_base not in target.parents:
+        problems.append(f"{where}: {rel!r} resolves to {target}, outside {real_base}")
+        return None
+    return target

@@ -1,0 +1,197 @@
+"""The launcher service: ``python -m launcher.service`` runs the reconcile loop.
+
+One service per run dir (an flock on ``launcher.lock`` held for its life). It
+writes its pidfile (pid + start time) once it holds the lock, a status file
+with a heartbeat at least every ``--heartbeat`` seconds, and on SIGTERM or
+SIGINT stops every plugin (whole trees) before it exits. SIGHUP forces a
+re-read of the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from launcher import process, sandbox, status
+from launcher.errors import LauncherError, ServiceError
+from launcher.fsutil import atomic_write_json
+from launcher.paths import Paths
+from launcher.supervisor import Settings, Supervisor
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_ALREADY_RUNNING = 3
+
+
+@contextlib.contextmanager
+def _service_lock(path: Path) -> Iterator[None]:
+    """Hold the one-service-per-run-dir lock (never deleted; the kernel frees it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ServiceError(f"{path}: another launcher service holds this run dir") from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Signals:
+    """Signals noted by handlers, woken up through a self-pipe (set_wakeup_fd)."""
+
+    read_fd: int
+    stop: bool = False
+    reload: bool = False
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop = True
+        elif signum == signal.SIGHUP:
+            self.reload = True
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a signal arrives (SIGCHLD included) or ``timeout`` passes."""
+        ready, _, _ = select.select([self.read_fd], [], [], timeout)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.read_fd, 512)
+
+
+def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
+    """Run until SIGTERM/SIGINT; raise ServiceError if it cannot start."""
+    with _service_lock(paths.lockfile):
+        me = process.identify(os.getpid())
+        assert me is not None
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        sigs = _Signals(read_fd=r)
+        old_fd = signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, sigs.handler)
+        sup = Supervisor(paths, settings)
+        started_at = time.time()
+        try:
+            sup.open()
+            process.write_pidfile(paths.pidfile, me)
+            log.info(
+                "launcher pid %d: registry %s, cgroups %s",
+                me.pid,
+                paths.registry,
+                "on" if sup.cgroups else "off",
+            )
+            last_beat = 0.0
+            while not sigs.stop:
+                reload, sigs.reload = sigs.reload, False
+                sup.reconcile(force_reload=reload)
+                now = time.monotonic()
+                if sup.dirty or now - last_beat >= heartbeat:
+                    _write_status(paths, sup, me, started_at, running=True)
+                    sup.dirty, last_beat = False, now
+                sigs.wait(min(sup.next_wakeup(), max(0.0, heartbeat - (now - last_beat))))
+            log.info("launcher pid %d: stopping every plugin", me.pid)
+        finally:
+            sup.close()
+            _write_status(paths, sup, me, started_at, running=False)
+            with contextlib.suppress(FileNotFoundError):
+                current = process.read_pidfile(paths.pidfile)
+                if current == me:
+                    paths.pidfile.unlink()
+            signal.set_wakeup_fd(old_fd)
+            os.close(r)
+            os.close(w)
+            log.info("launcher pid %d: stopped", me.pid)
+
+
+def _write_status(
+    paths: Paths, sup: Supervisor, me: process.ProcessId, started_at: float, *, running: bool
+) -> None:
+    doc: dict[str, Any] = {
+        "schema": status.SCHEMA,
+        "service": {
+            "pid": me.pid,
+            "start_time": me.start_time,
+            "running": running,
+            "started_at": started_at,
+            "heartbeat_at": time.time(),
+            "registry": str(paths.registry),
+            "registry_error": sup.registry_error,
+            "sandbox_error": sup.sandbox_error,
+            "cgroups": str(sup.cgroups.base) if sup.cgroups else None,
+        },
+        "plugins": sup.status_doc(),
+    }
+    try:
+        atomic_write_json(paths.status, doc)
+    except OSError as exc:
+        log.error("%s: cannot write status: %s", paths.status, exc)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m launcher.service",
+        description="Supervise the enabled plugins of pack05's registry in the pack03 sandbox.",
+    )
+    p.add_argument("--registry", help="registry.json (default: from AURORA_HOME, see README)")
+    p.add_argument("--poll", type=float, default=1.0, help="registry re-check, s (1.0)")
+    p.add_argument("--heartbeat", type=float, default=2.0, help="status file refresh, s (2.0)")
+    p.add_argument("--backoff-base", type=float, default=1.0, help="first restart delay, s")
+    p.add_argument("--backoff-max", type=float, default=60.0, help="longest restart delay, s")
+    p.add_argument("--max-restarts", type=int, default=5, help="restarts before 'failed'")
+    p.add_argument("--stable-after", type=float, default=60.0, help="run time that resets it")
+    p.add_argument("--stop-grace", type=float, default=5.0, help="SIGTERM to SIGKILL, s")
+    p.add_argument("--no-cgroup", action="store_true", help="track trees through /proc only")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    paths = Paths.from_env(registry=args.registry)
+    settings = Settings(
+        python=sys.executable,
+        poll_interval=args.poll,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        max_restarts=args.max_restarts,
+        stable_after=args.stable_after,
+        stop_grace=args.stop_grace,
+        limits=sandbox.Limits(),
+        use_cgroup=not args.no_cgroup,
+        reap_orphans=True,
+    )
+    try:
+        serve(paths, settings, heartbeat=args.heartbeat)
+    except ServiceError as exc:
+        log.error("%s", exc)
+        return EXIT_ALREADY_RUNNING
+    except LauncherError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,502 @@
+"""The reconcile loop: make the running plugins match the registry.
+
+Each call to ``Supervisor.reconcile`` re-reads the registry and the operator's
+control file when they changed, collects exited plugins, schedules restarts
+with exponential back-off, and starts or stops plugins so that exactly the
+enabled, runnable, not held plugins run. It never blocks except to stop a
+plugin (at most the stop grace period).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from launcher import process, registry, sandbox, status
+from launcher.cgroup import CgroupTree
+from launcher.control import Control, read_control
+from launcher.errors import LauncherError, RegistryError, SandboxUnavailable
+from launcher.fsutil import atomic_write_json
+from launcher.paths import Paths, sandbox_root
+from launcher.process import ProcessId
+from launcher.registry import PluginEntry
+
+log = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+_LOG_ROTATE_BYTES = 5 * 1024 * 1024
+_UNREAD = object()  # signature of a file not read yet: differs from any stat
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the supervisor behaves; every duration in seconds."""
+
+    python: str
+    poll_interval: float = 1.0  # registry/control re-check when nothing else is due
+    backoff_base: float = 1.0  # first restart delay; doubles on each crash
+    backoff_max: float = 60.0
+    max_restarts: int = 5  # consecutive crashes restarted before "failed"
+    stable_after: float = 60.0  # a run this long resets the crash count
+    stop_grace: float = 5.0  # TERM to KILL
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)
+    use_cgroup: bool = True
+    # Without cgroups, become a child subreaper and kill orphans no plugin claims.
+    # Only for a dedicated service process: it would adopt a host process's orphans.
+    reap_orphans: bool = False
+
+
+@dataclass
+class Slot:
+    """One plugin under supervision and its current run, if any."""
+
+    entry: PluginEntry
+    state: str = status.BLOCKED
+    reason: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    ident: ProcessId | None = None
+    started_at: float | None = None  # wall clock, for the status file
+    started_mono: float = 0.0
+    restarts: int = 0
+    crashes: int = 0  # consecutive, reset by a stable run
+    next_start: float = 0.0  # monotonic time of the next start attempt
+    last_exit: int | None = None
+    cgroup: str | None = None
+    tracked: set[ProcessId] = field(default_factory=set)  # descendants (no-cgroup mode)
+    spec: tuple[Any, ...] | None = None  # what it was started with
+    layers: list[str] = field(default_factory=list)
+    starts_seen: int = 0
+
+
+def _spec(entry: PluginEntry) -> tuple[Any, ...]:
+    """What, when changed in the registry, requires a restart."""
+    return (
+        entry.version,
+        entry.granted,
+        entry.package_dir,
+        entry.entrypoint,
+        entry.digest,
+        entry.allow_degraded,
+    )
+
+
+class Supervisor:
+    """Runs the enabled plugins of one registry; one instance per run dir."""
+
+    def __init__(
+        self, paths: Paths, settings: Settings, sandbox_env: dict[str, str] | None = None
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self._sandbox_env = sandbox_env
+        self.slots: dict[str, Slot] = {}
+        self.cgroups: CgroupTree | None = None
+        self.registry_error: str | None = None
+        self.sandbox_error: str | None = None
+        self._registry_sig: object = _UNREAD
+        self._control_sig: object = _UNREAD
+        self._entries: dict[str, PluginEntry] = {}
+        self._control = Control()
+        self._sandbox_checked = -1e9
+        self._sandbox: sandbox.SandboxCommand | None = None
+        self.dirty = True
+
+    # --- setup and teardown -------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the run/log dirs and the cgroup tree; kill what a dead run left."""
+        for d in (self.paths.run, self.paths.logs / "plugins", self.paths.data):
+            d.mkdir(parents=True, exist_ok=True)
+        if self.settings.use_cgroup:
+            self.cgroups = CgroupTree.create(str(self.paths.run))
+        if self.cgroups is not None:
+            for name in self.cgroups.leftovers():
+                log.warning("killing plugin cgroup %s left by a previous launcher", name)
+                self.cgroups.kill(name)
+        elif self.settings.reap_orphans:
+            # Orphans of our plugins are re-parented to us, so they can be found.
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+
+    def close(self) -> None:
+        """Stop every plugin and remove the cgroup tree."""
+        self._stop([s for s in self.slots.values() if s.proc is not None])
+        if self.cgroups is not None:
+            self.cgroups.close()
+
+    # --- the loop -----------------------------------------------------------------
+
+    def reconcile(self, force_reload: bool = False) -> None:
+        """One pass: read changes, collect exits, stop and start to match."""
+        now = time.monotonic()
+        self._reload(force_reload)
+        self._collect()
+        self._track_descendants()
+        wanted = self._wanted()
+        # Stop what must not run, or runs an outdated version.
+        to_stop = [
+            s
+            for pid, s in self.slots.items()
+            if s.proc is not None and (pid not in wanted or s.spec != _spec(wanted[pid]))
+        ]
+        self._stop(to_stop)
+        for pid in list(self.slots):
+            if pid not in self._entries:
+                log.info("%s: removed from the registry", pid)
+                del self.slots[pid]
+                self.dirty = True
+        for pid, entry in self._entries.items():
+            slot = self.slots.setdefault(pid, Slot(entry=entry))
+            if slot.entry != entry:
+                # A new version or new grants: start afresh.
+                slot.entry, slot.crashes, slot.next_start = entry, 0, 0.0
+                if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
+                    slot.state = status.BLOCKED
+            self._settle(slot, pid in wanted, now)
+
+    def _settle(self, slot: Slot, wanted: bool, now: float) -> None:
+        """Move one slot toward its desired state."""
+        entry = slot.entry
+        starts = self._control.starts.get(entry.id, 0)
+        if starts != slot.starts_seen:
+            # `start <id>` from the operator: forget failures, start now.
+            slot.starts_seen = starts
+            slot.crashes, slot.next_start = 0, 0.0
+            if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
+                slot.state = status.BLOCKED
+        if slot.proc is not None:
+            return
+        if not wanted:
+            new = self._idle_state(entry)
+            if (slot.state, slot.reason) != new:
+                slot.state, slot.reason = new
+                self.dirty = True
+            return
+        if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
+            return
+        if now < slot.next_start:
+            return
+        self._start(slot)
+
+    def _idle_state(self, entry: PluginEntry) -> tuple[str, str | None]:
+        if entry.id in self._control.held:
+            return status.HELD, "stopped by the operator (launcher start <id> to resume)"
+        if entry.problem is not None:
+            return status.BLOCKED, entry.problem
+        return status.DISABLED, "not enabled in the registry"
+
+    def _wanted(self) -> dict[str, PluginEntry]:
+        return {
+            pid: e
+            for pid, e in self._entries.items()
+            if e.enabled and e.runnable and pid not in self._control.held
+        }
+
+    def next_wakeup(self) -> float:
+        """Seconds until the loop has something to do (at most the poll interval)."""
+        now = time.monotonic()
+        due = [
+            s.next_start - now
+            for s in self.slots.values()
+            if s.proc is None and s.state == status.BACKOFF
+        ]
+        return max(0.0, min([self.settings.poll_interval, *due]))
+
+    # --- reading the registry and the control file --------------------------------
+
+    def _reload(self, force: bool) -> None:
+        sig = registry.signature(self.paths.registry)
+        if force or sig != self._registry_sig:
+            self._registry_sig = sig
+            try:
+                self._entries = registry.read_registry(self.paths.registry)
+                self.registry_error = None
+                log.info("registry %s: %d plugin(s)", self.paths.registry, len(self._entries))
+            except RegistryError as exc:
+                # Keep running the last good view: the file is replaced atomically,
+                # so a bad one is an operator problem to report, not a stop signal.
+                self.registry_error = str(exc)
+                log.error("%s", exc)
+            self.dirty = True
+        sig = registry.signature(self.paths.control)
+        if force or sig != self._control_sig:
+            self._control_sig = sig
+            try:
+                self._control = read_control(self.paths.control)
+            except LauncherError as exc:
+                log.error("%s", exc)
+            self.dirty = True
+
+    # --- starting -----------------------------------------------------------------
+
+    def _sandbox_command(self) -> sandbox.SandboxCommand:
+        """pack03's launcher, looked up again at most every 5 s while missing."""
+        now = time.monotonic()
+        if self._sandbox is None and now - self._sandbox_checked >= 5.0:
+            self._sandbox_checked = now
+            try:
+                root = sandbox_root(self.paths, self._sandbox_env)
+                self._sandbox = sandbox.SandboxCommand(self.settings.python, root)
+                self.sandbox_error = None
+                log.info("sandbox: %s", self._sandbox.launch)
+            except SandboxUnavailable as exc:
+                self.sandbox_error = str(exc)
+        if self._sandbox is None:
+            raise SandboxUnavailable(self.sandbox_error or "sandbox not found")
+        return self._sandbox
+
+    def _start(self, slot: Slot) -> None:
+        entry = slot.entry
+        assert entry.entrypoint is not None
+        self.dirty = True
+        try:
+            sbx = self._sandbox_command()
+        except SandboxUnavailable as exc:
+            if slot.reason != f"not started: {exc}":
+                log.error("%s: not started: %s", entry.id, exc)
+            slot.state, slot.reason = status.BLOCKED, f"not started: {exc}"
+            slot.next_start = time.monotonic() + 5.0
+            return
+        data_dir = self.paths.plugin_data(entry.id)
+        run_dir = self.paths.plugin_run(entry.id)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
+        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, self.settings.limits))
+        report_file.unlink(missing_ok=True)
+        argv = sbx.argv(
+            policy_file, report_file, sandbox.plugin_argv(self.settings.python, entry.entrypoint)
+        )
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "AURORA_PLUGIN_ID": entry.id,
+            "AURORA_PLUGIN_DATA": str(data_dir),
+        }
+        cgroup = None
+        preexec = None
+        if self.cgroups is not None:
+            cgroup = entry.id
+            self.cgroups.make(cgroup)
+            preexec = self.cgroups.enter_hook(cgroup)
+        logf = self._open_log(entry.id)
+        try:
+            _mark(logf, f"start {entry.id} {entry.version} granted={list(entry.granted)}")
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=data_dir,
+                env=env,
+                close_fds=True,
+                start_new_session=True,
+                preexec_fn=preexec,
+            )
+        except OSError as exc:
+            log.error("%s: cannot start %s: %s", entry.id, argv[0], exc)
+            _mark(logf, f"cannot start: {exc}")
+            logf.close()
+            if cgroup is not None and self.cgroups is not None:
+                self.cgroups.remove(cgroup)
+            self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
+            return
+        logf.close()
+        slot.proc, slot.cgroup, slot.tracked = proc, cgroup, set()
+        slot.ident = process.identify(proc.pid)
+        slot.started_at, slot.started_mono = time.time(), time.monotonic()
+        slot.state, slot.reason, slot.spec, slot.layers = status.RUNNING, None, _spec(entry), []
+        log.info("%s: started pid %d (granted %s)", entry.id, proc.pid, list(entry.granted))
+
+    def _open_log(self, plugin_id: str) -> IO[bytes]:
+        path = self.paths.plugin_log(plugin_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path.stat().st_size > _LOG_ROTATE_BYTES:
+                os.replace(path, path.with_name(path.name + ".1"))
+        except FileNotFoundError:
+            pass
+        return open(path, "ab")  # handed to the child, closed by _start
+
+    # --- collecting exits ---------------------------------------------------------
+
+    def _collect(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots.values():
+            if slot.proc is None:
+                continue
+            rc = slot.proc.poll()
+            if rc is None:
+                continue
+            self.dirty = True
+            # The main process is gone: whatever it left behind goes with it.
+            self._kill_tree(slot)
+            slot.proc, slot.ident, slot.last_exit = None, None, rc
+            pid = slot.entry.id
+            self._mark_exit(slot, rc)
+            if rc == 0:
+                slot.state, slot.reason = status.EXITED, "exited with status 0"
+                log.info("%s: exited with status 0", pid)
+            elif rc == sandbox.SANDBOX_REFUSED:
+                slot.state = status.REFUSED
+                slot.reason = "sandbox refused to start it: " + _last_line(
+                    self.paths.plugin_log(pid)
+                )
+                log.error("%s: %s", pid, slot.reason)
+            else:
+                self._crashed(slot, now, _describe_exit(rc))
+        if self.cgroups is None and self.settings.reap_orphans:
+            process.reap_zombie_children(
+                {s.proc.pid for s in self.slots.values() if s.proc is not None}
+            )
+
+    def _crashed(self, slot: Slot, now: float, why: str) -> None:
+        """Schedule a restart with back-off, or give up after max_restarts."""
+        if slot.started_mono and now - slot.started_mono >= self.settings.stable_after:
+            slot.crashes = 0
+        slot.crashes += 1
+        if slot.crashes > self.settings.max_restarts:
+            slot.state = status.FAILED
+            slot.reason = f"{why}; gave up after {self.settings.max_restarts} restart(s)"
+            log.error("%s: failed: %s", slot.entry.id, slot.reason)
+            return
+        delay = min(self.settings.backoff_base * 2 ** (slot.crashes - 1), self.settings.backoff_max)
+        slot.state, slot.reason = status.BACKOFF, f"{why}; restart in {delay:.1f}s"
+        slot.next_start = now + delay
+        slot.restarts += 1
+        log.warning("%s: %s", slot.entry.id, slot.reason)
+
+    def _mark_exit(self, slot: Slot, rc: int) -> None:
+        with open(self.paths.plugin_log(slot.entry.id), "ab") as fh:
+            _mark(fh, _describe_exit(rc))
+
+    # --- whole-tree tracking and stopping -----------------------------------------
+
+    def _track_descendants(self) -> None:
+        """Without cgroups: remember every descendant while its parent still lives."""
+        if self.cgroups is not None:
+            return
+        mine = {s.proc.pid for s in self.slots.values() if s.proc is not None}
+        claimed: set[ProcessId] = set()
+        for slot in self.slots.values():
+            if slot.proc is None:
+                continue
+            slot.tracked = {p for p in slot.tracked if p.alive()}
+            slot.tracked.update(process.descendants(slot.proc.pid))
+            claimed |= slot.tracked
+        if not self.settings.reap_orphans:
+            return
+        # Orphans re-parented to us that no plugin claims escaped tracking.
+        for pid in process.children(os.getpid()):
+            ident = process.identify(pid)
+            if pid not in mine and ident is not None and ident not in claimed:
+                log.warning("killing unclaimed orphan pid %d", pid)
+                process.terminate([ident], 0.5)
+
+    def _kill_tree(self, slot: Slot) -> None:
+        if slot.cgroup is not None and self.cgroups is not None:
+            self.cgroups.kill(slot.cgroup)
+            slot.cgroup = None
+        elif slot.tracked:
+            slot.tracked.update(d for p in list(slot.tracked) for d in process.descendants(p.pid))
+            process.terminate(slot.tracked, 0.5)
+            slot.tracked = set()
+
+    def _stop(self, slots: Iterable[Slot]) -> None:
+        """Stop several plugins at once: TERM all, one grace period, KILL the rest."""
+        slots = [s for s in slots if s.proc is not None]
+        if not slots:
+            return
+        for slot in slots:
+            log.info("%s: stopping pid %d", slot.entry.id, slot.proc.pid if slot.proc else -1)
+            if slot.cgroup is not None and self.cgroups is not None:
+                self.cgroups.signal_all(slot.cgroup, signal.SIGTERM)
+            else:
+                for ident in [slot.ident, *slot.tracked]:
+                    if ident is not None:
+                        process.signal_identity(ident, signal.SIGTERM, group=True)
+        deadline = time.monotonic() + self.settings.stop_grace
+        for slot in slots:
+            assert slot.proc is not None
+            try:
+                slot.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "%s: no exit within %.1fs: SIGKILL", slot.entry.id, self.settings.stop_grace
+                )
+        for slot in slots:
+            assert slot.proc is not None
+            if slot.cgroup is not None and self.cgroups is not None:
+                # Give the rest of the tree what is left of the grace period.
+                while self.cgroups.populated(slot.cgroup) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            elif slot.ident is not None:
+                slot.tracked.add(slot.ident)
+            self._kill_tree(slot)
+            rc = slot.proc.wait()
+            self._mark_exit(slot, rc)
+            slot.proc, slot.ident, slot.last_exit = None, None, rc
+            slot.state, slot.reason = status.STOPPED, None
+            self.dirty = True
+
+    # --- status -------------------------------------------------------------------
+
+    def status_doc(self) -> dict[str, Any]:
+        """The plugin part of the status file."""
+        plugins: dict[str, Any] = {}
+        for pid, slot in sorted(self.slots.items()):
+            if slot.proc is not None and not slot.layers:
+                slot.layers = sandbox.active_layers(
+                    sandbox.read_report(self.paths.plugin_run(pid) / "report.json")
+                )
+            plugins[pid] = {
+                "state": slot.state,
+                "reason": slot.reason,
+                "version": slot.entry.version,
+                "granted": list(slot.entry.granted),
+                "pid": slot.ident.pid if slot.ident else None,
+                "pid_start_time": slot.ident.start_time if slot.ident else None,
+                "started_at": slot.started_at if slot.proc is not None else None,
+                "restarts": slot.restarts,
+                "last_exit": slot.last_exit,
+                "layers": slot.layers,
+                "cgroup": str(self.cgroups.path(slot.cgroup))
+                if slot.cgroup and self.cgroups
+                else None,
+                "log": str(self.paths.plugin_log(pid)),
+            }
+        return plugins
+
+
+def _mark(fh: IO[bytes], text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fh.write(f"[launcher {stamp}] {text}\n".encode())
+    fh.flush()
+
+
+def _describe_exit(rc: int) -> str:
+    return f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+
+
+def _last_line(path: Path) -> str:
+    """The last line the plugin (or the sandbox) wrote before the launcher's mark."""
+    try:
+        lines = path.read_bytes()[-4096:].decode(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    for line in reversed(lines):
+        if line.strip() and not line.startswith("[launcher "):
+            return line.strip()
+    return "(no message)"
+
+
+__all__ = ["Settings", "Slot", "Supervisor"]

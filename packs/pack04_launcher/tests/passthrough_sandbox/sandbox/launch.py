@@ -1,0 +1,36 @@
+"""TEST-ONLY passthrough "sandbox": applies NO confinement, only the CLI shape.
+
+It accepts pack03's command line (``--policy P --report R -- ARGV``), records
+the policy it was given in the report (so tests can check what the supervisor
+asked for), and execs ARGV unconfined. Tests of the supervisor's own logic use
+it; nothing here stands in for pack03's confinement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--policy", required=True)
+    p.add_argument("--report")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    with open(args.policy) as fh:
+        policy = json.load(fh)
+    if policy.get("plugin_id") == "test.refused":
+        print("passthrough: refusing as asked by the test", file=sys.stderr)
+        raise SystemExit(125)
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump({"layers": ["test-passthrough"], "policy": policy}, fh)
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()
