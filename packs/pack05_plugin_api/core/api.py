@@ -1,0 +1,293 @@
+"""What a plugin manifest is: its schema, how it is read, and how it is validated."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import yaml
+from packaging.version import InvalidVersion, Version
+
+from .capabilities import CAPABILITIES, known_capabilities
+from .errors import ManifestError
+from .paths import schemas_dir
+
+__all__ = [
+    "MANIFEST_NAMES",
+    "MAX_MANIFEST_BYTES",
+    "load_manifest",
+    "manifest_problems",
+    "parse_version",
+    "validate_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 64 * 1024
+MANIFEST_NAMES = ("manifest.json", "manifest.yaml", "manifest.yml")
+MANIFEST_SCHEMA = "plugin-manifest-v1.json"
+# A manifest is small and flat; deeper or larger values are refused before validation.
+_MAX_DEPTH = 16
+_MAX_NODES = 10_000
+_SHOWN = 60  # characters of a bad value quoted back in a message
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    """The manifest schema shipped in the pack, compiled once per process on first use."""
+    path = schemas_dir() / MANIFEST_SCHEMA
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator: jsonschema.protocols.Validator = cls(schema)
+    return validator
+
+
+def manifest_schema() -> dict[str, Any]:
+    """The manifest JSON Schema as a dict (for tools and documentation)."""
+    schema: dict[str, Any] = _validator().schema  # type: ignore[assignment]
+    return schema
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _place(path: Iterator[object] | Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(manifest)"
+
+
+def _shape_problems(data: object) -> list[str]:
+    """Refuse what JSON Schema cannot judge safely: non-string keys, huge or deep values."""
+    problems: list[str] = []
+    stack: list[tuple[object, str, int]] = [(data, "(manifest)", 0)]
+    nodes = 0
+    while stack:
+        value, place, depth = stack.pop()
+        nodes += 1
+        if nodes > _MAX_NODES:
+            return [f"(manifest): more than {_MAX_NODES} values"]
+        if depth > _MAX_DEPTH:
+            return [f"{place}: nested deeper than {_MAX_DEPTH} levels"]
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{place}: {value} is not a valid JSON number")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    problems.append(f"{place}: key {_show(key)} is not a string")
+                    continue
+                sub = key if place == "(manifest)" else f"{place}.{key}"
+                stack.append((item, sub, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, f"{place}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif not isinstance(value, str | int | float | bool) and value is not None:
+            problems.append(f"{place}: {_type_name(value)} is not a JSON value ({_show(value)})")
+    return problems
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """One problem from the schema, worded for a person and never quoting a huge value."""
+    place = _place(error.absolute_path)
+    value = error.instance
+    kind = error.validator
+    if kind == "type":
+        hint = ""
+        if error.validator_value == "string" and isinstance(value, int | float):
+            hint = " (quote it in YAML)"
+        found = f"{_type_name(value)} {_show(value)}"
+        return f"{place}: expected {error.validator_value}, found {found}{hint}"
+    if kind == "enum":
+        return f"{place}: unknown capability {_show(value)} (known: {known_capabilities()})"
+    if kind == "pattern":
+        what = {
+            "id": "must be publisher.name: lowercase letters, digits, '-', '_', "
+            "dot-separated, no '/', '..' or leading dot",
+            "version": "must be a version such as 1.0.0",
+            "entrypoint": "must be a relative path inside the package",
+            "name": "must not contain control characters",
+        }.get(place, f"must match {error.validator_value}")
+        return f"{place}: {_show(value)} {what}"
+    if kind == "maxLength":
+        return f"{place}: longer than {error.validator_value} characters"
+    if kind == "minLength":
+        return f"{place}: shorter than {error.validator_value} characters"
+    if kind == "maxItems":
+        return f"{place}: more than {error.validator_value} items"
+    if kind == "uniqueItems":
+        return f"{place}: contains duplicates"
+    return f"{place}: {error.message[:200]}"
+
+
+def parse_version(text: str) -> Version:
+    """Parse a manifest version (PEP 440); raises ManifestError."""
+    try:
+        return Version(text)
+    except InvalidVersion:
+        raise ManifestError([f"version: {_show(text)} is not a PEP 440 version"]) from None
+
+
+def _entrypoint_problem(entrypoint: str) -> str | None:
+    parts = PurePosixPath(entrypoint).parts
+    if entrypoint.startswith("/") or not parts:
+        return "must be a relative path inside the package"
+    if any(p in ("..", "") for p in entrypoint.split("/")):
+        return "must not contain '..' or empty path segments"
+    return None
+
+
+def manifest_problems(data: object) -> list[str]:
+    """Every problem of a manifest, each with its place; empty when it is valid."""
+    if not isinstance(data, Mapping):
+        return [f"(manifest): expected an object (mapping), found {_type_name(data)}"]
+    problems = _shape_problems(dict(data))
+    if problems:
+        return problems
+    known = list(manifest_schema()["properties"])
+    for key in data:
+        if key not in known:
+            problems.append(f"{key}: unknown key (known: {', '.join(known)})")
+    for error in sorted(
+        _validator().iter_errors(dict(data)), key=lambda e: _place(e.absolute_path)
+    ):
+        if error.validator == "additionalProperties":
+            continue  # reported above, one line per key
+        if error.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", error.message)
+            problems.extend(f"{m}: missing (required)" for m in missing)
+            continue
+        problems.append(_schema_message(error))
+    version = data.get("version")
+    if isinstance(version, str) and not any(p.startswith("version:") for p in problems):
+        try:
+            Version(version)
+        except InvalidVersion:
+            problems.append(f"version: {_show(version)} is not a PEP 440 version")
+    entry = data.get("entrypoint")
+    if isinstance(entry, str) and not any(p.startswith("entrypoint:") for p in problems):
+        problem = _entrypoint_problem(entry)
+        if problem:
+            problems.append(f"entrypoint: {_show(entry)} {problem}")
+    return problems
+
+
+def validate_manifest(d: object) -> bool:
+    """Return True for a valid manifest; raise ManifestError listing every problem."""
+    problems = manifest_problems(d)
+    if problems:
+        raise ManifestError(problems)
+    return True
+
+
+class _ManifestYamlLoader(yaml.SafeLoader):
+    """Safe YAML that also refuses aliases (no exponential documents) and duplicate keys."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases are not allowed in a manifest", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_show(key)}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: YAML error: {what}"
+    return f"YAML error: {what}"
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_show(key)}")
+        out[key] = value
+    return out
+
+
+def parse_manifest_text(text: str, *, yaml_format: bool, source: str | None = None) -> object:
+    """Parse manifest text as YAML (safe loader) or JSON; errors name line and column."""
+    try:
+        if yaml_format:
+            return yaml.load(text, Loader=_ManifestYamlLoader)  # a SafeLoader subclass
+        return json.loads(text, object_pairs_hook=_json_pairs)
+    except yaml.YAMLError as exc:
+        raise ManifestError([_yaml_problem(exc)], source=source) from None
+    except json.JSONDecodeError as exc:
+        problem = f"line {exc.lineno}, column {exc.colno}: JSON error: {exc.msg}"
+        raise ManifestError([problem], source=source) from None
+    except ValueError as exc:  # duplicate key from _json_pairs
+        raise ManifestError([f"JSON error: {exc}"], source=source) from None
+    except RecursionError:
+        raise ManifestError([f"nested deeper than {_MAX_DEPTH} levels"], source=source) from None
+
+
+def load_manifest(path: Path | str) -> dict[str, Any]:
+    """Read a manifest file (YAML for .yaml/.yml, else JSON), at most 64 KiB; not validated."""
+    path = Path(path)
+    source = str(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError([f"cannot read: {exc.strerror or exc}"], source=source) from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError([f"larger than {MAX_MANIFEST_BYTES} bytes"], source=source)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError([f"not UTF-8 (byte {exc.start})"], source=source) from None
+    data = parse_manifest_text(
+        text, yaml_format=path.suffix.lower() in (".yaml", ".yml"), source=source
+    )
+    if not isinstance(data, dict):
+        raise ManifestError(
+            [f"(manifest): expected an object (mapping), found {_type_name(data)}"], source=source
+        )
+    return data
+
+
+def capability_known(name: object) -> bool:
+    """True when name is in the closed vocabulary."""
+    return isinstance(name, str) and name in CAPABILITIES

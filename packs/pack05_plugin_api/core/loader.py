@@ -1,0 +1,528 @@
+"""How a package is staged: copied or extracted safely, checked, hashed, then registered.
+
+The loader never runs plugin code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from . import paths
+from .api import MANIFEST_NAMES, load_manifest, validate_manifest
+from .errors import ManifestError, StagingError
+from .registry import PluginRegistry
+from .storage import fsync_dir, locked
+
+__all__ = ["PluginLoader", "tree_digest"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_MAX_LINK = 4096
+
+
+@dataclass
+class _Entry:
+    """One member of a package tree, relative to its root (POSIX separators)."""
+
+    path: str
+    kind: str  # "dir" | "file" | "link"
+    size: int = 0
+    link: str = ""
+    sha256: str = ""
+    mode: int = 0o644
+    dev_ino: tuple[int, int] = (0, 0)
+    nlink: int = 1
+
+    def record(self) -> dict[str, Any]:
+        if self.kind == "link":
+            return {"path": self.path, "link": self.link}
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+
+def tree_digest(files: list[dict[str, Any]]) -> str:
+    """``sha256:`` over one line per file (``<sha256> <size> <path>``) or link
+    (``-> <target> <path>``), sorted by path: the identity of a staged tree."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f["path"].encode("utf-8")):
+        if "link" in f:
+            h.update(f"-> {f['link']} {f['path']}\n".encode())
+        else:
+            h.update(f"{f['sha256']} {f['size']} {f['path']}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _check_name(rel: str, source: str) -> None:
+    """Refuse names that are absolute, climb with '..', or cannot be stored (control chars)."""
+    if "\\" in rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+        raise StagingError(f"absolute path {rel!r} in the package", source=source)
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise StagingError(f"path {rel!r} escapes the package ('..')", source=source)
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        raise StagingError(f"file name {rel!r} contains control characters", source=source)
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StagingError(f"file name {rel!r} is not valid UTF-8", source=source) from None
+
+
+def _check_link(rel: str, target: str, source: str) -> None:
+    """A symlink may point only inside the package, by a relative path."""
+    if os.path.isabs(target):
+        raise StagingError(f"symlink {rel!r} -> {target!r} is absolute", source=source)
+    resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+    if resolved == ".." or resolved.startswith("../"):
+        raise StagingError(f"symlink {rel!r} -> {target!r} leads out of the package", source=source)
+
+
+def _special(mode: int) -> str | None:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return None
+
+
+class PluginLoader:
+    """Stage plugin packages into ``<plugins_dir>/packages/<id>/<version>/`` and register them.
+
+    A package is a directory, a ``.zip`` or a ``.tar.gz``. Staging happens in a temp directory
+    under ``<plugins_dir>/staging/`` (same filesystem), is checked, then renamed into place;
+    the registry is written last, so a crash leaves an unregistered leftover, never a
+    registered half. One stager at a time (``staging.lock``).
+    """
+
+    def __init__(
+        self,
+        plugins_dir: Path | str | None = None,
+        *,
+        max_files: int = 10_000,
+        max_bytes: int = 100 * 2**20,
+        actor: str | None = None,
+    ) -> None:
+        self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else paths.plugins_dir()
+        self.packages_dir = self.plugins_dir / "packages"
+        self.staging_dir = self.plugins_dir / "staging"
+        self.lock_path = self.plugins_dir / "staging.lock"
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.registry = PluginRegistry(self.plugins_dir, actor=actor)
+
+    # -- scanning --------------------------------------------------------------------------
+
+    def _walk(self, root: Path, source: str) -> list[_Entry]:
+        """Every member under root (symlinks not followed), checked for type, name and limits."""
+        entries: list[_Entry] = []
+        files = 0
+        total = 0
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            with os.scandir(root / rel_dir if rel_dir else root) as it:
+                children = sorted(it, key=lambda e: e.name)
+            for child in children:
+                rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
+                _check_name(rel, source)
+                st = child.stat(follow_symlinks=False)
+                special = _special(st.st_mode)
+                if special:
+                    raise StagingError(f"{rel!r} is a {special}", source=source)
+                if stat.S_ISDIR(st.st_mode):
+                    entries.append(_Entry(rel, "dir", mode=0o755))
+                    stack.append(rel)
+                    continue
+                files += 1
+                if files > self.max_files:
+                    raise StagingError(f"more than {self.max_files} files", source=source)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(root / rel)
+                    _check_link(rel, target, source)
+                    entries.append(_Entry(rel, "link", link=target))
+                    continue
+                total += st.st_size
+                if total > self.max_bytes:
+                    raise StagingError(f"larger than {self.max_bytes} bytes", source=source)
+                mode = 0o755 if st.st_mode & 0o111 else 0o644
+                entries.append(
+                    _Entry(
+                        rel,
+                        "file",
+                        size=st.st_size,
+                        mode=mode,
+                        dev_ino=(st.st_dev, st.st_ino),
+                        nlink=st.st_nlink,
+                    )
+                )
+        seen: dict[tuple[int, int], int] = {}
+        for e in entries:
+            if e.kind == "file" and e.nlink > 1:
+                seen[e.dev_ino] = seen.get(e.dev_ino, 0) + 1
+        for e in entries:
+            if e.kind == "file" and e.nlink > seen.get(e.dev_ino, 1):
+                raise StagingError(
+                    f"{e.path!r} is a hard link leading out of the package", source=source
+                )
+        return entries
+
+    # -- copying ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _copy_file(src: Path, dest: Path, entry: _Entry, source: str) -> None:
+        """Copy and hash one file in a single pass; the source must not change meanwhile."""
+        try:
+            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StagingError(
+                f"cannot read {entry.path!r}: {exc.strerror}", source=source
+            ) from None
+        try:
+            st = os.fstat(sfd)
+            if (st.st_dev, st.st_ino) != entry.dev_ino or not stat.S_ISREG(st.st_mode):
+                raise StagingError(f"{entry.path!r} changed while staging", source=source)
+            dfd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, entry.mode)
+            try:
+                h = hashlib.sha256()
+                buf = bytearray(_CHUNK)
+                view = memoryview(buf)
+                copied = 0
+                while True:
+                    n = os.readv(sfd, [buf])
+                    if not n:
+                        break
+                    copied += n
+                    if copied > entry.size:
+                        raise StagingError(f"{entry.path!r} grew while staging", source=source)
+                    chunk = view[:n]
+                    h.update(chunk)
+                    while chunk:
+                        chunk = chunk[os.write(dfd, chunk) :]
+                if copied != entry.size:
+                    raise StagingError(f"{entry.path!r} shrank while staging", source=source)
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+        entry.sha256 = h.hexdigest()
+
+    def _copy_tree(self, src: Path, dest: Path, source: str) -> list[_Entry]:
+        entries = self._walk(src, source)
+        dest.mkdir()
+        for e in entries:
+            target = dest / e.path
+            if e.kind == "dir":
+                target.mkdir(mode=0o755)
+            elif e.kind == "link":
+                os.symlink(e.link, target)
+            else:
+                self._copy_file(src / e.path, target, e, source)
+        return entries
+
+    @staticmethod
+    def _hash_tree(root: Path, entries: list[_Entry]) -> None:
+        for e in entries:
+            if e.kind != "file":
+                continue
+            h = hashlib.sha256()
+            with open(root / e.path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            e.sha256 = h.hexdigest()
+
+    # -- archives --------------------------------------------------------------------------
+
+    def _extract_zip(self, src: Path, dest: Path, source: str) -> None:
+        try:
+            zf = zipfile.ZipFile(src)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise StagingError(f"not a readable zip archive: {exc}", source=source) from None
+        with zf:
+            infos = zf.infolist()
+            if len(infos) > self.max_files:
+                raise StagingError(f"more than {self.max_files} files", source=source)
+            if sum(i.file_size for i in infos) > self.max_bytes:
+                raise StagingError(f"larger than {self.max_bytes} bytes", source=source)
+            seen: set[str] = set()
+            dest.mkdir()
+            for info in infos:
+                name = info.filename
+                _check_name(name, source)
+                rel = "/".join(p for p in name.split("/") if p not in ("", "."))
+                if not rel:
+                    continue
+                if rel in seen:
+                    raise StagingError(f"duplicate member {rel!r}", source=source)
+                seen.add(rel)
+                mode = info.external_attr >> 16
+                special = _special(mode)
+                if special:
+                    raise StagingError(f"member {rel!r} is a {special}", source=source)
+                target = dest / rel
+                self._check_parent(dest, rel, source)
+                if info.is_dir():
+                    target.mkdir(mode=0o755, parents=True, exist_ok=True)
+                elif stat.S_ISLNK(mode):
+                    link = zf.read(info)[:_MAX_LINK].decode("utf-8", "replace")
+                    _check_link(rel, link, source)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(link, target)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._extract_zip_member(zf, info, target, rel, source)
+
+    @staticmethod
+    def _check_parent(root: Path, rel: str, source: str) -> None:
+        """Refuse a member that would be written through a symlink extracted earlier."""
+        rel_parent = os.path.dirname(rel)
+        if not rel_parent:
+            return
+        expected = os.path.normpath(os.path.join(os.path.realpath(root), rel_parent))
+        if os.path.realpath(os.path.join(root, rel_parent)) != expected:
+            raise StagingError(f"member {rel!r} is written through a symlink", source=source)
+
+    @staticmethod
+    def _extract_zip_member(
+        zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, rel: str, source: str
+    ) -> None:
+        mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
+        written = 0
+        with zf.open(info) as src, open(target, "xb") as out:
+            os.chmod(target, mode)
+            while chunk := src.read(_CHUNK):
+                written += len(chunk)
+                if written > info.file_size:  # the header lied: a zip bomb
+                    raise StagingError(f"member {rel!r} is larger than declared", source=source)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _extract_tar(self, src: Path, dest: Path, source: str) -> None:
+        try:
+            tf = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by the with below
+        except (tarfile.TarError, OSError) as exc:
+            raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
+        with tf:
+            tf.errorlevel = 2
+            members: list[tarfile.TarInfo] = []
+            total = 0
+            try:
+                for member in tf:
+                    _check_name(member.name, source)
+                    members.append(member)
+                    if len(members) > self.max_files:
+                        raise StagingError(f"more than {self.max_files} files", source=source)
+                    total += member.size if member.isreg() else 0
+                    if total > self.max_bytes:
+                        raise StagingError(f"larger than {self.max_bytes} bytes", source=source)
+                    tarfile.data_filter(member, str(dest))
+                dest.mkdir()
+                tf.extractall(dest, members=members, filter="data")
+            except tarfile.FilterError as exc:
+                raise StagingError(f"refused archive member: {exc}", source=source) from None
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise StagingError(f"cannot extract: {exc}", source=source) from None
+
+    # -- staging ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _find_root(tree: Path, source: str) -> tuple[Path, Path]:
+        """The package root (the tree, or its single top directory) and its manifest."""
+        candidates = [tree]
+        children = list(tree.iterdir())
+        if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
+            candidates.append(children[0])
+        for root in candidates:
+            found = [root / n for n in MANIFEST_NAMES if os.path.lexists(root / n)]
+            if len(found) > 1:
+                names = ", ".join(p.name for p in found)
+                raise StagingError(f"several manifests ({names})", source=source)
+            if found:
+                if not stat.S_ISREG(os.lstat(found[0]).st_mode):
+                    raise StagingError(f"{found[0].name} is not a regular file", source=source)
+                return root, found[0]
+        raise StagingError(
+            f"no manifest ({', '.join(MANIFEST_NAMES)}) at the package root", source=source
+        )
+
+    @staticmethod
+    def _check_entrypoint(root: Path, manifest: dict[str, Any], source: str) -> None:
+        entry = str(manifest["entrypoint"])
+        path = root / PurePosixPath(entry)
+        if not os.path.lexists(path):
+            raise StagingError(f"entrypoint {entry!r} does not exist in the package", source=source)
+        real_root = os.path.realpath(root)
+        real = os.path.realpath(path)
+        if not real.startswith(real_root + os.sep):
+            raise StagingError(f"entrypoint {entry!r} leads outside the package", source=source)
+        if not os.path.isfile(real):
+            raise StagingError(f"entrypoint {entry!r} is not a regular file", source=source)
+
+    def _clean_staging(self) -> None:
+        """Remove leftovers of stagers that died (we hold the staging lock: none is running)."""
+        for child in self.staging_dir.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _staging_area(self) -> Iterator[Path]:
+        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(exist_ok=True)
+        with locked(self.lock_path):
+            self._clean_staging()
+            tmp = Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging_dir))
+            try:
+                yield tmp
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def stage_package(self, path: Path | str, *, replace: bool = False) -> dict[str, Any]:
+        """Stage a package directory, ``.zip`` or ``.tar.gz``; return what was staged.
+
+        Raises StagingError (with ``reason``) or ManifestError when the package is refused;
+        nothing is left behind then. Staging identical content again changes nothing;
+        different content under a registered version needs ``replace=True``.
+        """
+        src = Path(path)
+        source = str(src)
+        name = src.name.lower()
+        if not os.path.lexists(src):
+            raise StagingError("does not exist", source=source)
+        if src.is_dir():
+            kind = "dir"
+        elif name.endswith(".zip"):
+            kind = "zip"
+        elif name.endswith((".tar.gz", ".tgz")):
+            kind = "tar"
+        else:
+            raise StagingError("expected a directory, a .zip or a .tar.gz", source=source)
+        with self._staging_area() as tmp:
+            tree = tmp / "tree"
+            if kind == "dir":
+                entries = self._copy_tree(src, tree, source)
+                root, manifest_path = self._find_root(tree, source)
+            else:
+                if kind == "zip":
+                    self._extract_zip(src, tree, source)
+                else:
+                    self._extract_tar(src, tree, source)
+                root, manifest_path = self._find_root(tree, source)
+                entries = self._walk(root, source)
+                self._hash_tree(root, entries)
+            if kind == "dir" and root != tree:
+                prefix = root.name + "/"
+                entries = [e for e in entries if e.path.startswith(prefix)]
+                for e in entries:
+                    e.path = e.path[len(prefix) :]
+            manifest = load_manifest(manifest_path)
+            try:
+                validate_manifest(manifest)
+            except ManifestError as exc:
+                raise ManifestError(exc.problems, source=source) from None
+            self._check_entrypoint(root, manifest, source)
+            files = [e.record() for e in entries if e.kind != "dir"]
+            digest = tree_digest(files)
+            return self._place(root, manifest, files, digest, replace, source, tmp)
+
+    def _place(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        files: list[dict[str, Any]],
+        digest: str,
+        replace: bool,
+        source: str,
+        tmp: Path,
+    ) -> dict[str, Any]:
+        plugin_id, version = manifest["id"], manifest["version"]
+        id_dir = self.packages_dir / plugin_id
+        target = id_dir / version
+        if id_dir.parent != self.packages_dir or target.parent != id_dir or version in (".", ".."):
+            raise StagingError(
+                f"id/version {plugin_id!r}/{version!r} escape packages/", source=source
+            )
+        record = self.registry.get(plugin_id)
+        existing = (record or {}).get("versions", {}).get(version)
+        result = {
+            "ok": True,
+            "id": plugin_id,
+            "version": version,
+            "digest": digest,
+            "path": str(target),
+            "files": len(files),
+            "bytes": sum(int(f.get("size", 0)) for f in files),
+        }
+        if existing is not None and existing.get("digest") == digest and target.is_dir():
+            status = self.registry.register_version(manifest, files, digest=digest)
+            return {**result, **status}
+        if existing is not None and existing.get("digest") != digest and not replace:
+            raise StagingError(
+                f"{plugin_id} {version} is already staged with different content "
+                "(stage with replace to overwrite it)",
+                source=source,
+            )
+        id_dir.mkdir(exist_ok=True)
+        old = tmp / "old"
+        if os.path.lexists(target):
+            os.rename(target, old)  # a previous copy, or an unregistered leftover of a crash
+        os.rename(root, target)
+        fsync_dir(id_dir)
+        fsync_dir(self.packages_dir)
+        try:
+            status = self.registry.register_version(
+                manifest, files, digest=digest, replace=replace or existing is None
+            )
+        except BaseException:
+            os.rename(target, tmp / "refused")
+            if os.path.lexists(old):
+                os.rename(old, target)
+            raise
+        log.info("staged %s %s (%s)", plugin_id, version, digest)
+        return {**result, **status}
+
+    def remove(self, plugin_id: str, version: str | None = None) -> bool:
+        """Unregister a plugin (or one version) and delete its staged files; False if unknown."""
+        if not self.registry.unregister(plugin_id, version):
+            return False
+        target = self.packages_dir / plugin_id
+        if version is not None:
+            target = target / version
+        if os.path.lexists(target):
+            with self._staging_area() as tmp:
+                os.rename(target, tmp / "removed")  # out of packages/ at once, then delete
+        return True
+
+    def verify(self, plugin_id: str, version: str | None = None) -> list[str]:
+        """Re-hash a staged version; return the problems (empty when it matches the registry)."""
+        record = self.registry.get(plugin_id)
+        if record is None:
+            return [f"{plugin_id}: not registered"]
+        version = version or record["active_version"]
+        entry = record["versions"].get(version)
+        if entry is None:
+            return [f"{plugin_id} {version}: not registered"]
+        root = self.plugins_dir / entry["path"]
+        if not root.is_dir():
+            return [f"{plugin_id} {version}: {root} is missing"]
+        try:
+            entries = self._walk(root, str(root))
+            self._hash_tree(root, entries)
+        except (StagingError, OSError) as exc:
+            return [f"{plugin_id} {version}: {exc}"]
+        digest = tree_digest([e.record() for e in entries if e.kind != "dir"])
+        if digest != entry["digest"]:
+            return [f"{plugin_id} {version}: content differs from the registry ({digest})"]
+        return []

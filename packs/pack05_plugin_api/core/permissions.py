@@ -1,0 +1,165 @@
+"""What a plugin may do: the capability vocabulary, the operator's policy, permission checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
+from .errors import CapabilityError, RegistryError
+from .storage import append_audit, atomic_write, default_actor, locked, utc_now
+
+__all__ = [
+    "CAPABILITIES",
+    "CAPABILITY_NAMES",
+    "POLICY_SCHEMA",
+    "Capability",
+    "Policy",
+    "check_capabilities",
+    "load_policy",
+    "request_permissions",
+    "update_policy",
+]
+
+log = logging.getLogger(__name__)
+
+POLICY_SCHEMA = "aurora-plugin-permissions-v1"
+POLICY_FILE = "permissions.json"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator's policy: ``allowed`` may be auto-granted, ``blocked`` may never be granted.
+
+    Anything in neither list is denied until the operator grants it to a plugin.
+    """
+
+    allowed: frozenset[str] = field(default_factory=frozenset)
+    blocked: frozenset[str] = field(default_factory=frozenset)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": POLICY_SCHEMA,
+            "allowed": sorted(self.allowed),
+            "blocked": sorted(self.blocked),
+        }
+
+
+def check_capabilities(names: Iterable[object], *, place: str = "capabilities") -> list[str]:
+    """Return the names as strings; raise CapabilityError naming every unknown one."""
+    names = list(names)
+    problems = [
+        f"{place}[{i}]: unknown capability {name!r} (known: {known_capabilities()})"
+        for i, name in enumerate(names)
+        if not (isinstance(name, str) and name in CAPABILITIES)
+    ]
+    if problems:
+        raise CapabilityError("; ".join(problems))
+    return [str(n) for n in names]
+
+
+def _policy_path(plugins_dir: Path | None) -> Path:
+    return (plugins_dir if plugins_dir is not None else paths.plugins_dir()) / POLICY_FILE
+
+
+def load_policy(plugins_dir: Path | None = None) -> Policy:
+    """Read ``permissions.json``; a missing file is the default policy (deny everything)."""
+    path = _policy_path(plugins_dir)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Policy()
+    except OSError as exc:
+        raise RegistryError(f"permission policy {path} is unreadable: {exc}") from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RegistryError(f"permission policy {path} is not valid JSON: {exc}") from None
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise RegistryError(f"permission policy {path}: expected an object")
+    if data.get("schema", POLICY_SCHEMA) != POLICY_SCHEMA:
+        problems.append(f"schema: expected {POLICY_SCHEMA!r}, found {data.get('schema')!r}")
+    lists: dict[str, frozenset[str]] = {}
+    for key in ("allowed", "blocked"):
+        value = data.get(key, [])
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list of capabilities")
+            continue
+        try:
+            lists[key] = frozenset(check_capabilities(value, place=key))
+        except CapabilityError as exc:
+            problems.append(str(exc))
+    extra = sorted(set(data) - {"schema", "allowed", "blocked"})
+    problems.extend(f"{k}: unknown key" for k in extra)
+    if problems:
+        raise RegistryError(f"permission policy {path} is invalid: " + "; ".join(problems))
+    # blocked wins over allowed: a capability in both is never granted.
+    return Policy(allowed=lists["allowed"] - lists["blocked"], blocked=lists["blocked"])
+
+
+def update_policy(
+    plugins_dir: Path | None = None,
+    *,
+    allow: Iterable[str] = (),
+    block: Iterable[str] = (),
+    clear: Iterable[str] = (),
+    actor: str | None = None,
+) -> Policy:
+    """Change the policy under its lock: ``allow``/``block`` move names, ``clear`` removes them."""
+    allow_set = set(check_capabilities(allow, place="allow"))
+    block_set = set(check_capabilities(block, place="block"))
+    clear_set = set(check_capabilities(clear, place="clear"))
+    both = (allow_set & block_set) | (clear_set & (allow_set | block_set))
+    if both:
+        raise CapabilityError(f"asked to set and unset at once: {', '.join(sorted(both))}")
+    path = _policy_path(plugins_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.with_name("permissions.lock")):
+        old = load_policy(plugins_dir)
+        allowed = (old.allowed - block_set - clear_set) | allow_set
+        blocked = (old.blocked - allow_set - clear_set) | block_set
+        new = Policy(allowed=frozenset(allowed), blocked=frozenset(blocked))
+        if new != old or not path.exists():
+            data = json.dumps(new.to_json(), indent=2) + "\n"
+            atomic_write(path, data.encode("utf-8"))
+            append_audit(
+                path.with_name("audit.log"),
+                {
+                    "time": utc_now(),
+                    "actor": actor or default_actor(),
+                    "action": "policy",
+                    "id": None,
+                    "version": None,
+                    "allowed": sorted(new.allowed),
+                    "blocked": sorted(new.blocked),
+                },
+            )
+    return new
+
+
+def request_permissions(
+    plugin_id: str, perms: Iterable[str], *, plugins_dir: Path | None = None
+) -> dict[str, list[str]]:
+    """Which of ``perms`` the plugin may use now: granted and not blocked are ``allowed``.
+
+    Everything else (not granted, blocked by policy, unknown names, unknown plugin) is
+    ``blocked``: deny by default.
+    """
+    from .registry import PluginRegistry  # the registry also reads the policy: import late
+
+    registry = PluginRegistry(plugins_dir)
+    record = registry.get(plugin_id)
+    granted = set(record["granted"]) if record else set()
+    policy = load_policy(registry.plugins_dir)
+    allowed: list[str] = []
+    blocked: list[str] = []
+    for perm in perms:
+        ok = perm in CAPABILITIES and perm in granted and perm not in policy.blocked
+        (allowed if ok else blocked).append(perm)
+    return {"allowed": allowed, "blocked": blocked}

@@ -1,0 +1,529 @@
+"""What is installed: the plugin registry (``registry.json``), its versions, grants and state."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import marshal
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import Version
+
+from . import paths
+from .api import validate_manifest
+from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
+from .permissions import check_capabilities, load_policy
+from .storage import append_audit, atomic_write, default_actor, locked, utc_now
+
+__all__ = ["REGISTRY_SCHEMA", "PluginRegistry"]
+
+log = logging.getLogger(__name__)
+
+REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
+_DIGEST_PREFIX = "sha256:"
+
+Record = dict[str, Any]
+Data = dict[str, Any]
+# A change: takes the current data, returns (new data or None when nothing changes,
+# the caller's result, audit entries to append).
+Change = Callable[[Data], tuple[Data | None, Any, list[dict[str, Any]]]]
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON-shaped data; marshal is several times faster than copy.deepcopy."""
+    return marshal.loads(marshal.dumps(value))
+
+
+def _requested(record: Mapping[str, Any], version: str | None) -> set[str]:
+    if version is None or version not in record["versions"]:
+        return set()
+    return set(record["versions"][version]["manifest"].get("permissions", []))
+
+
+def _view(record: Mapping[str, Any]) -> Record:
+    """The record as callers see it: adds ``manifest``, the active version's manifest."""
+    active = record.get("active_version")
+    versions = record["versions"]
+    return {**record, "manifest": versions[active]["manifest"] if active in versions else None}
+
+
+@dataclass
+class _Snapshot:
+    """The parsed registry for one on-disk version of the file (files are only replaced)."""
+
+    key: tuple[int, ...]
+    data: Data
+    list_blob: bytes | None = field(default=None)
+
+    def views(self) -> dict[str, Record]:
+        if self.list_blob is None:
+            views = {pid: _view(rec) for pid, rec in self.data["plugins"].items()}
+            self.list_blob = marshal.dumps(views)
+        result: dict[str, Record] = marshal.loads(self.list_blob)
+        return result
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _normalize_files(files: Iterable[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(files):
+        if isinstance(entry, str | os.PathLike):
+            out.append({"path": os.fspath(entry)})
+        elif isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
+            out.append(dict(entry))
+        else:
+            raise RegistryError(f"files[{i}]: expected a path or a {{'path': ...}} mapping")
+    return out
+
+
+def _sort_versions(versions: Iterable[str]) -> list[str]:
+    return sorted(versions, key=Version)
+
+
+class PluginRegistry:
+    """The registry of staged plugins in ``<plugins_dir>/registry.json``.
+
+    Every read-modify-write holds an exclusive flock on ``registry.lock`` and replaces the
+    file atomically, keeping the previous version as ``registry.json.bak``; every change is
+    appended to ``audit.log``. Reads take no lock: they open the file once and reuse the
+    parsed copy while the file (device, inode, size, times) is unchanged.
+    """
+
+    def __init__(self, plugins_dir: Path | str | None = None, *, actor: str | None = None):
+        self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else paths.plugins_dir()
+        self.path = self.plugins_dir / "registry.json"
+        self.backup_path = self.plugins_dir / "registry.json.bak"
+        self.lock_path = self.plugins_dir / "registry.lock"
+        self.audit_path = self.plugins_dir / "audit.log"
+        self.actor = actor
+        self._snapshot: _Snapshot | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _corrupt(self, why: str) -> RegistryError:
+        if self.backup_path.exists():
+            hint = (
+                f"the last good copy is {self.backup_path}: check it, then copy it over {self.path}"
+            )
+        else:
+            hint = f"no backup exists ({self.backup_path})"
+        return RegistryError(
+            f"registry {self.path} is unreadable: {why}; it was not changed; {hint}"
+        )
+
+    def _parse(self, raw: bytes) -> Data:
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise self._corrupt(f"not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema") != REGISTRY_SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise self._corrupt(f"expected schema {REGISTRY_SCHEMA!r}, found {found!r}")
+        plugins = data.get("plugins")
+        if not isinstance(plugins, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("versions"), dict) for r in plugins.values()
+        ):
+            raise self._corrupt("'plugins' is not a mapping of plugin records")
+        return data
+
+    def _snap(self) -> _Snapshot:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if self.backup_path.exists():
+                raise self._corrupt("the file is missing but a backup exists") from None
+            return _Snapshot(key=(), data={"schema": REGISTRY_SCHEMA, "plugins": {}})
+        except OSError as exc:
+            raise self._corrupt(exc.strerror or str(exc)) from None
+        try:
+            key = _stat_key(os.fstat(fd))
+            if self._snapshot is not None and self._snapshot.key == key:
+                return self._snapshot
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read()
+        except OSError as exc:
+            raise self._corrupt(exc.strerror or str(exc)) from None
+        finally:
+            os.close(fd)
+        self._snapshot = _Snapshot(key=key, data=self._parse(raw))
+        return self._snapshot
+
+    def load(self) -> Data:
+        """The whole registry document (a private copy), as stored on disk."""
+        result: Data = _copy(self._snap().data)
+        return result
+
+    def list(self) -> dict[str, Record]:
+        """Every plugin record by id (a private copy), each with its active ``manifest``."""
+        return self._snap().views()
+
+    def get(self, plugin_id: str) -> Record | None:
+        """The record of one plugin (a private copy) or None."""
+        record = self._snap().data["plugins"].get(plugin_id)
+        return None if record is None else _copy(_view(record))
+
+    def ids(self) -> builtins.list[str]:
+        """The registered plugin ids, sorted."""
+        return sorted(self._snap().data["plugins"])
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _audit(
+        self, action: str, plugin_id: str | None, version: str | None, **details: Any
+    ) -> dict[str, Any]:
+        entry = {
+            "time": utc_now(),
+            "actor": self.actor or default_actor(),
+            "action": action,
+            "id": plugin_id,
+            "version": version,
+        }
+        entry.update(details)
+        return entry
+
+    def _change(self, change: Change) -> Any:
+        """Run one read-modify-write under the lock; write and audit only if data changed."""
+        self.plugins_dir.mkdir(parents=True, exist_ok=True)
+        with locked(self.lock_path):
+            data = self._snap().data
+            new, result, entries = change(data)
+            if new is not None:
+                new["updated_at"] = utc_now()
+                blob = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                atomic_write(self.path, blob, backup=self.backup_path)
+                # Cache what we wrote: the next reader or writer need not parse it again.
+                self._snapshot = _Snapshot(key=_stat_key(os.stat(self.path)), data=new)
+                for entry in entries:
+                    append_audit(self.audit_path, entry)
+        return result
+
+    @staticmethod
+    def _with(data: Data, plugin_id: str, record: Record | None) -> Data:
+        plugins = dict(data["plugins"])
+        if record is None:
+            del plugins[plugin_id]
+        else:
+            plugins[plugin_id] = record
+        return {**data, "plugins": plugins}
+
+    def _record(self, data: Data, plugin_id: str) -> Record:
+        record = data["plugins"].get(plugin_id)
+        if record is None:
+            raise UnknownPlugin(plugin_id)
+        copied: Record = _copy(record)
+        return copied
+
+    def _permission_gate(self, plugin_id: str, record: Record, version: str) -> None:
+        """Raise PermissionDenied unless every capability ``version`` requests may be used."""
+        requested = _requested(record, version)
+        blocked = requested & load_policy(self.plugins_dir).blocked
+        if blocked:
+            raise PermissionDenied(
+                plugin_id,
+                blocked,
+                f"version {version} requests {', '.join(sorted(blocked))}, blocked by policy",
+            )
+        missing = requested - set(record["granted"])
+        if missing:
+            names = " ".join(sorted(missing))
+            raise PermissionDenied(
+                plugin_id,
+                missing,
+                f"version {version} requests {', '.join(sorted(missing))}, not granted "
+                f"(grant with: plugins.py grant {plugin_id} {names})",
+            )
+
+    def register(self, manifest: Mapping[str, Any], files: Iterable[Any], **options: Any) -> bool:
+        """Record a staged version of a plugin (see ``register_version``); returns True."""
+        self.register_version(manifest, files, **options)
+        return True
+
+    def register_version(
+        self,
+        manifest: Mapping[str, Any],
+        files: Iterable[Any],
+        *,
+        digest: str | None = None,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        """Record a version; return what happened (changed, active, pending, missing grants).
+
+        A first version becomes active (disabled). A newer version becomes active unless the
+        plugin is enabled and the version requests capabilities not granted: then it waits as
+        ``pending_version`` until the operator grants the difference and enables it.
+        Capabilities in the policy's ``allowed`` list are granted automatically.
+        """
+        validate_manifest(manifest)
+        manifest = _copy(dict(manifest))
+        file_list = _normalize_files(files)
+        if digest is not None and not (
+            isinstance(digest, str)
+            and digest.startswith(_DIGEST_PREFIX)
+            and len(digest) == len(_DIGEST_PREFIX) + 64
+        ):
+            raise RegistryError(f"digest: expected 'sha256:<64 hex>', found {digest!r}")
+        plugin_id: str = manifest["id"]
+        version: str = manifest["version"]
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            now = utc_now()
+            old = data["plugins"].get(plugin_id)
+            record: Record = (
+                _copy(old)
+                if old is not None
+                else {
+                    "enabled": False,
+                    "active_version": None,
+                    "pending_version": None,
+                    "granted": [],
+                    "registered_at": now,
+                    "updated_at": now,
+                    "versions": {},
+                }
+            )
+            entry = {
+                "path": f"packages/{plugin_id}/{version}",
+                "manifest": manifest,
+                "digest": digest,
+                "files": file_list,
+                "staged_at": now,
+            }
+            existing = record["versions"].get(version)
+            if existing is not None:
+                same = all(existing.get(k) == entry[k] for k in ("manifest", "digest", "files"))
+                if same:
+                    return None, self._status(record, version, changed=False), []
+                if not replace:
+                    raise RegistryError(
+                        f"{plugin_id} {version} is already registered with different content "
+                        "(stage it with replace to overwrite it)"
+                    )
+            for other in record["versions"]:
+                if other != version and Version(other) == Version(version):
+                    raise RegistryError(
+                        f"{plugin_id}: version {version!r} equals the registered {other!r}"
+                    )
+            record["versions"][version] = entry
+            entries = [self._audit("register", plugin_id, version, digest=digest)]
+            requested = _requested(record, version)
+            policy = load_policy(self.plugins_dir)
+            auto = sorted((requested & policy.allowed) - policy.blocked - set(record["granted"]))
+            if auto:
+                record["granted"] = sorted(set(record["granted"]) | set(auto))
+                entries.append(
+                    self._audit("grant", plugin_id, version, capabilities=auto, by="policy")
+                )
+            covered = not (requested - set(record["granted"])) and not (requested & policy.blocked)
+            active = record["active_version"]
+            if active is None or active not in record["versions"]:
+                record["active_version"] = version
+            elif version == active:
+                if record["enabled"] and not covered:
+                    record["enabled"] = False
+                    entries.append(
+                        self._audit(
+                            "disable",
+                            plugin_id,
+                            version,
+                            reason="replaced by content that requests ungranted capabilities",
+                        )
+                    )
+            elif Version(version) > Version(active):
+                if record["enabled"] and not covered:
+                    record["pending_version"] = version
+                else:
+                    record["active_version"] = version
+                    if record.get("pending_version") == version:
+                        record["pending_version"] = None
+            record["updated_at"] = now
+            return self._with(data, plugin_id, record), self._status(record, version, True), entries
+
+        result: dict[str, Any] = self._change(change)
+        return result
+
+    def _status(self, record: Record, version: str, changed: bool) -> dict[str, Any]:
+        requested = _requested(record, version)
+        return {
+            "changed": changed,
+            "active": record["active_version"] == version,
+            "active_version": record["active_version"],
+            "pending_version": record.get("pending_version"),
+            "enabled": record["enabled"],
+            "granted": sorted(record["granted"]),
+            "missing": sorted(requested - set(record["granted"])),
+        }
+
+    def enable(self, plugin_id: str, version: str | None = None) -> bool:
+        """Enable a plugin (its pending version if any, or ``version``); False if unknown.
+
+        Raises PermissionDenied while a requested capability is not granted or is blocked.
+        """
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            if plugin_id not in data["plugins"]:
+                return None, False, []
+            record = self._record(data, plugin_id)
+            target = version or record.get("pending_version") or record["active_version"]
+            if target not in record["versions"]:
+                raise UnknownPlugin(plugin_id, target)
+            self._permission_gate(plugin_id, record, target)
+            if record["enabled"] and record["active_version"] == target:
+                return None, True, []
+            previous = record["active_version"]
+            record["enabled"] = True
+            record["active_version"] = target
+            if record.get("pending_version") == target:
+                record["pending_version"] = None
+            record["updated_at"] = utc_now()
+            entry = self._audit("enable", plugin_id, target, previous_version=previous)
+            return self._with(data, plugin_id, record), True, [entry]
+
+        result: bool = self._change(change)
+        return result
+
+    def disable(self, plugin_id: str) -> bool:
+        """Disable a plugin; False if unknown."""
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            if plugin_id not in data["plugins"]:
+                return None, False, []
+            record = self._record(data, plugin_id)
+            if not record["enabled"]:
+                return None, True, []
+            record["enabled"] = False
+            record["updated_at"] = utc_now()
+            entry = self._audit("disable", plugin_id, record["active_version"])
+            return self._with(data, plugin_id, record), True, [entry]
+
+        result: bool = self._change(change)
+        return result
+
+    def unregister(self, plugin_id: str, version: str | None = None) -> bool:
+        """Forget a plugin, or one of its versions; False if unknown.
+
+        Removing the active version disables the plugin and makes the newest remaining
+        version active: a different version never starts without the operator.
+        """
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            old = data["plugins"].get(plugin_id)
+            if old is None or (version is not None and version not in old["versions"]):
+                return None, False, []
+            record = self._record(data, plugin_id)
+            if version is None or len(record["versions"]) == 1:
+                entry = self._audit("unregister", plugin_id, version)
+                return self._with(data, plugin_id, None), True, [entry]
+            del record["versions"][version]
+            entries = [self._audit("unregister", plugin_id, version)]
+            if record.get("pending_version") == version:
+                record["pending_version"] = None
+            if record["active_version"] == version:
+                if record["enabled"]:
+                    entries.append(self._audit("disable", plugin_id, version, reason="removed"))
+                record["enabled"] = False
+                record["active_version"] = _sort_versions(record["versions"])[-1]
+            record["updated_at"] = utc_now()
+            return self._with(data, plugin_id, record), True, entries
+
+        result: bool = self._change(change)
+        return result
+
+    def grant(self, plugin_id: str, capabilities: Iterable[str]) -> builtins.list[str]:
+        """Grant capabilities the plugin requests; return those newly granted.
+
+        Raises CapabilityError for unknown names or names no version requests,
+        PermissionDenied for names the policy blocks, UnknownPlugin for an unknown id.
+        """
+        caps = check_capabilities(capabilities)
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            record = self._record(data, plugin_id)
+            requested: set[str] = set()
+            for v in record["versions"]:
+                requested |= _requested(record, v)
+            unrequested = sorted(set(caps) - requested)
+            if unrequested:
+                raise CapabilityError(
+                    f"{plugin_id} does not request {', '.join(unrequested)} "
+                    f"(requests: {', '.join(sorted(requested)) or 'nothing'})"
+                )
+            blocked = set(caps) & load_policy(self.plugins_dir).blocked
+            if blocked:
+                raise PermissionDenied(
+                    plugin_id, blocked, f"{', '.join(sorted(blocked))} blocked by policy"
+                )
+            new = sorted(set(caps) - set(record["granted"]))
+            if not new:
+                return None, [], []
+            record["granted"] = sorted(set(record["granted"]) | set(new))
+            record["updated_at"] = utc_now()
+            entry = self._audit("grant", plugin_id, record["active_version"], capabilities=new)
+            return self._with(data, plugin_id, record), new, [entry]
+
+        result: builtins.list[str] = self._change(change)
+        return result
+
+    def revoke(self, plugin_id: str, capabilities: Iterable[str]) -> dict[str, Any]:
+        """Revoke capabilities; an enabled plugin whose active version needs one is disabled.
+
+        Returns ``{"revoked": [...], "disabled": bool}``.
+        """
+        caps = check_capabilities(capabilities)
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            record = self._record(data, plugin_id)
+            gone = sorted(set(caps) & set(record["granted"]))
+            if not gone:
+                return None, {"revoked": [], "disabled": False}, []
+            record["granted"] = sorted(set(record["granted"]) - set(gone))
+            active = record["active_version"]
+            entries = [self._audit("revoke", plugin_id, active, capabilities=gone)]
+            disabled = bool(record["enabled"] and _requested(record, active) & set(gone))
+            if disabled:
+                record["enabled"] = False
+                entries.append(self._audit("disable", plugin_id, active, reason="revoked"))
+            record["updated_at"] = utc_now()
+            result = {"revoked": gone, "disabled": disabled}
+            return self._with(data, plugin_id, record), result, entries
+
+        result: dict[str, Any] = self._change(change)
+        return result
+
+    def rollback(self, plugin_id: str, version: str | None = None) -> str:
+        """Make an earlier staged version active (default: the newest below the active one).
+
+        Returns the version now active. An enabled plugin stays enabled only if that version's
+        capabilities are all granted; otherwise PermissionDenied and nothing changes.
+        """
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            record = self._record(data, plugin_id)
+            active = record["active_version"]
+            if version is None:
+                older = [v for v in record["versions"] if Version(v) < Version(active)]
+                if not older:
+                    raise UnknownPlugin(plugin_id, f"older than {active}")
+                target = _sort_versions(older)[-1]
+            else:
+                target = version
+            if target not in record["versions"]:
+                raise UnknownPlugin(plugin_id, target)
+            if target == active:
+                return None, target, []
+            if record["enabled"]:
+                self._permission_gate(plugin_id, record, target)
+            record["active_version"] = target
+            record["updated_at"] = utc_now()
+            entry = self._audit("rollback", plugin_id, target, previous_version=active)
+            return self._with(data, plugin_id, record), target, [entry]
+
+        result: str = self._change(change)
+        return result
