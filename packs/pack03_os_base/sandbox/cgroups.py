@@ -1,0 +1,294 @@
+"""Control groups: memory and process-count limits, and killing a run's whole process tree.
+
+Works with a pure cgroup v2 hierarchy and with the hybrid layout (v1 controllers
+beside a controller-less v2 mount) this project's CI machines have. Every run gets
+``aurora-sandbox/<plugin_id>/run-<pid>`` in each hierarchy it uses; the pid is the
+launcher's, which is also the plugin's (the launcher execs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import glob
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+BASE = "aurora-sandbox"
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted hierarchy: v2 (controllers from cgroup.controllers) or v1 (mount options)."""
+
+    mount: str
+    version: int
+    controllers: frozenset[str]
+    own_path: str  # where this process sits in it ("/" when unknown)
+
+    def base_dirs(self) -> list[str]:
+        """Where runs are created: under our own cgroup for v1, at the root for v2."""
+        dirs = [os.path.join(self.mount, BASE)]
+        if self.own_path not in ("", "/"):
+            dirs.insert(0, os.path.join(self.mount + self.own_path, BASE))
+        return dirs if self.version == 1 else dirs[-1:]
+
+
+def hierarchies() -> list[Hierarchy]:
+    """The cgroup hierarchies mounted on this machine."""
+    own: dict[str, str] = {}
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as fh:
+            for line in fh:
+                _, ctrl, path = line.rstrip("\n").split(":", 2)
+                own[ctrl] = path
+    except OSError:
+        pass
+    found: list[Hierarchy] = []
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            mounts = [line.split() for line in fh]
+    except OSError:
+        return found
+    for fields in mounts:
+        if len(fields) < 4:
+            continue
+        mount, fstype, options = fields[1], fields[2], fields[3].split(",")
+        if fstype == "cgroup2":
+            try:
+                with open(os.path.join(mount, "cgroup.controllers"), encoding="ascii") as fh:
+                    ctrls = frozenset(fh.read().split())
+            except OSError:
+                ctrls = frozenset()
+            found.append(Hierarchy(mount, 2, ctrls, own.get("", "/")))
+        elif fstype == "cgroup":
+            ctrls = frozenset(o for o in options if o in ("memory", "pids", "freezer"))
+            if ctrls:
+                key = next((k for k in own if set(k.split(",")) & ctrls), "")
+                found.append(Hierarchy(mount, 1, ctrls, own.get(key, "/")))
+    return found
+
+
+@dataclass
+class RunCgroup:
+    """The cgroup directories of one run and what they enforce."""
+
+    dirs: list[str] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)  # where the launcher was, per dir
+    memory: str | None = None  # the file holding the memory limit, when set
+    pids: str | None = None  # the file holding the process limit, when set
+    kill_file: str | None = None  # v2 cgroup.kill, when the kernel has it
+    freezer: str | None = None  # v1 freezer.state, used to stop forks while killing
+    problems: list[str] = field(default_factory=list)
+
+    def join(self, pid: int) -> None:
+        """Move `pid` into every directory of the run."""
+        for d in self.dirs:
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "dirs": self.dirs,
+            "memory": self.memory,
+            "pids": self.pids,
+            "kill": self.kill_file or self.freezer or ("signal loop" if self.dirs else None),
+            "problems": self.problems,
+        }
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def create_run(
+    plugin_id: str, pid: int, memory_bytes: int | None, processes: int | None
+) -> RunCgroup:
+    """Create the run's cgroups and set the limits; problems are recorded, not raised."""
+    run = RunCgroup()
+    name = f"run-{pid}"
+    need = {"memory": memory_bytes is not None, "pids": processes is not None}
+    hiers = hierarchies()
+    # v2 first (cgroup.kill and, on a pure v2 machine, every controller), then v1 for
+    # whatever v2 does not provide.
+    for h in sorted(hiers, key=lambda h: -h.version):
+        if h.version == 1 and not (
+            (need["memory"] and "memory" in h.controllers and run.memory is None)
+            or (need["pids"] and "pids" in h.controllers and run.pids is None)
+            or ("freezer" in h.controllers and run.kill_file is None and run.freezer is None)
+        ):
+            continue
+        base = h.base_dirs()[0]
+        run_dir = os.path.join(base, plugin_id, name)
+        try:
+            _make_run_dir(h, base, plugin_id, run_dir)
+        except OSError as exc:
+            run.problems.append(f"{h.mount}: cannot create {run_dir}: {exc.strerror}")
+            continue
+        run.dirs.append(run_dir)
+        run.origins.append(os.path.normpath(h.mount + h.own_path))
+        _set_limits(h, run_dir, run, memory_bytes, processes)
+    if not run.dirs:
+        run.problems.append("no writable cgroup hierarchy")
+    return run
+
+
+def _make_run_dir(h: Hierarchy, base: str, plugin_id: str, run_dir: str) -> None:
+    for d in (base, os.path.join(base, plugin_id)):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o755)
+        if h.version == 2:
+            # Controllers must be enabled in every ancestor's subtree_control.
+            wanted = " ".join(f"+{c}" for c in ("memory", "pids") if c in h.controllers)
+            for parent in (os.path.dirname(d), d):
+                if wanted:
+                    try:
+                        _write(os.path.join(parent, "cgroup.subtree_control"), wanted)
+                    except OSError as exc:
+                        log.debug("enable %s in %s: %s", wanted, parent, exc)
+    if os.path.isdir(run_dir):
+        # Leftovers of an earlier run whose pid we now have: that run is over.
+        kill_dirs([run_dir], grace=0.0)
+    else:
+        os.mkdir(run_dir, 0o755)
+
+
+def _set_limits(
+    h: Hierarchy, run_dir: str, run: RunCgroup, memory_bytes: int | None, processes: int | None
+) -> None:
+    def setting(fname: str, value: str) -> bool:
+        path = os.path.join(run_dir, fname)
+        if not os.path.exists(path):
+            return False
+        try:
+            _write(path, value)
+        except OSError as exc:
+            run.problems.append(f"{path}: {exc.strerror}")
+            return False
+        return True
+
+    if memory_bytes is not None and run.memory is None:
+        if h.version == 2 and setting("memory.max", str(memory_bytes)):
+            setting("memory.swap.max", "0")
+            run.memory = os.path.join(run_dir, "memory.max")
+        elif h.version == 1 and setting("memory.limit_in_bytes", str(memory_bytes)):
+            setting("memory.memsw.limit_in_bytes", str(memory_bytes))
+            run.memory = os.path.join(run_dir, "memory.limit_in_bytes")
+    if processes is not None and run.pids is None and setting("pids.max", str(processes)):
+        run.pids = os.path.join(run_dir, "pids.max")
+    if h.version == 2 and os.path.exists(os.path.join(run_dir, "cgroup.kill")):
+        run.kill_file = os.path.join(run_dir, "cgroup.kill")
+    if h.version == 1 and "freezer" in h.controllers and run.freezer is None:
+        run.freezer = os.path.join(run_dir, "freezer.state")
+
+
+def _procs(d: str) -> list[int]:
+    try:
+        with open(os.path.join(d, "cgroup.procs"), encoding="ascii") as fh:
+            return [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def find_run_dirs(pid: int) -> list[str]:
+    """The cgroup directories of the run started as `pid` (alive or not)."""
+    found: list[str] = []
+    name = f"run-{pid}"
+    for h in hierarchies():
+        for base in h.base_dirs():
+            found.extend(glob.glob(os.path.join(glob.escape(base), "*", name)))
+    return sorted(set(found))
+
+
+def members(dirs: list[str]) -> list[int]:
+    """Every process still in the given cgroup directories."""
+    return sorted({p for d in dirs for p in _procs(d)})
+
+
+def kill_dirs(dirs: list[str], grace: float = 5.0) -> list[int]:
+    """TERM every process of the run, wait up to `grace`, KILL the rest, remove the dirs.
+
+    Returns the pids that are still there afterwards (empty on success).
+    """
+    dirs = [d for d in dirs if os.path.isdir(d)]
+    if grace > 0 and members(dirs):
+        for p in members(dirs):
+            _signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while members(dirs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10.0
+    while members(dirs) and time.monotonic() < deadline:
+        kill_files = [os.path.join(d, "cgroup.kill") for d in dirs]
+        kill_files = [k for k in kill_files if os.path.exists(k)]
+        if kill_files:
+            for k in kill_files:
+                try:
+                    _write(k, "1")
+                except OSError as exc:
+                    log.debug("%s: %s", k, exc)
+        else:
+            _freeze_and_kill(dirs)
+        time.sleep(0.02)
+    left = members(dirs)
+    for d in dirs:
+        _rmdir_run(d)
+    return left
+
+
+def _freeze_and_kill(dirs: list[str]) -> None:
+    """Without cgroup.kill: freeze (v1 freezer) so nothing forks, KILL each member, thaw."""
+    freezers = [os.path.join(d, "freezer.state") for d in dirs]
+    freezers = [f for f in freezers if os.path.exists(f)]
+    for f in freezers:
+        try:
+            _write(f, "FROZEN")
+        except OSError as exc:
+            log.debug("%s: %s", f, exc)
+    for p in members(dirs):
+        _signal(p, signal.SIGKILL)
+    for f in freezers:
+        try:
+            _write(f, "THAWED")
+        except OSError as exc:
+            log.debug("%s: %s", f, exc)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _rmdir_run(run_dir: str) -> None:
+    # A cgroup cannot be removed while a (dying) task is still counted: retry briefly.
+    for _ in range(100):
+        try:
+            os.rmdir(run_dir)
+            break
+        except FileNotFoundError:
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.debug("rmdir %s: %s", run_dir, exc)
+                return
+            time.sleep(0.02)
+    with contextlib.suppress(OSError):  # the plugin's dir, when no other run uses it
+        os.rmdir(os.path.dirname(run_dir))
+
+
+def leave(run: RunCgroup, pid: int) -> None:
+    """Move `pid` back to the parent cgroups and remove the run's dirs (used on refusal)."""
+    for d, origin in zip(run.dirs, run.origins, strict=True):
+        try:
+            _write(os.path.join(origin, "cgroup.procs"), str(pid))
+        except OSError as exc:
+            log.debug("leave %s: %s", d, exc)
+        _rmdir_run(d)

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""pack03 sandbox command line: run a command confined by a policy, probe, kill a run's tree.
+
+    launch.py --policy POLICY.json [--report FILE] [--backend auto|native|bwrap] -- ARGV...
+    launch.py --probe [--json]
+    launch.py --kill-tree (--pid PID | --report FILE) [--grace SECONDS] [--json]
+
+Exit codes (like env(1)): 125 the sandbox refused or failed to start the command,
+126 the command cannot be executed, 127 it was not found; otherwise the command's
+own status. --probe exits 0 when the always-on layers work, 1 when not.
+--kill-tree exits 0 when no process of the run is left, 1 when some are.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":
+    # Run as a script: import the package from the pack root, never from the script's
+    # own directory (its module names must not shadow anything).
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import argparse
+import json
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2: a plugin's status
+        raise _UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(
+        prog="launch.py",
+        description="Run ARGV confined by a sandbox policy (see pack03 README).",
+        epilog="Exit: 125 refused/launcher error, 126 cannot execute, 127 not found, "
+        "else the command's status. Python plugins: pass `python -I script.py`.",
+    )
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--policy", metavar="FILE", help="policy JSON (pack03 contract)")
+    mode.add_argument("--probe", action="store_true", help="report which layers this host has")
+    mode.add_argument(
+        "--kill-tree",
+        action="store_true",
+        help="kill every process of a run (its cgroup), given --pid or --report",
+    )
+    p.add_argument("--report", metavar="FILE", help="write the layers applied to this run")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "native", "bwrap"),
+        default="auto",
+        help="native: namespaces+Landlock+seccomp in-process; bwrap: bubblewrap; "
+        "auto: native when Landlock exists (default)",
+    )
+    p.add_argument("--pid", type=int, help="--kill-tree: the pid the run was started as")
+    p.add_argument(
+        "--grace", type=float, default=5.0, help="--kill-tree: seconds between TERM and KILL"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    return p
+
+
+def _err(message: str) -> None:
+    print(f"sandbox: {message}", file=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
+    from sandbox.confine import apply_and_exec
+    from sandbox.policy import load_policy
+
+    if not command:
+        raise _UsageError("no command: give it after --, e.g. -- python3 -I main.py")
+    policy = load_policy(args.policy)
+    apply_and_exec(policy, command, backend=args.backend, report=args.report)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from sandbox.probe import format_text, probe
+
+    result = probe()
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_text(result), file=sys.stderr)
+    return EXIT_OK if result["always_ok"] else EXIT_FAILED
+
+
+def _cmd_kill_tree(args: argparse.Namespace) -> int:
+    from sandbox import cgroups
+
+    if args.pid is None and args.report is None:
+        raise _UsageError("--kill-tree needs --pid PID or --report FILE")
+    dirs: list[str] = []
+    if args.report is not None:
+        try:
+            with open(args.report, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            dirs = list((doc.get("cgroup") or {}).get("dirs") or [])
+            args.pid = args.pid if args.pid is not None else int(doc["pid"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _UsageError(f"--report {args.report}: not a sandbox report ({exc})") from None
+    dirs = sorted(set(dirs) | set(cgroups.find_run_dirs(args.pid)))
+    before = cgroups.members(dirs)
+    left = cgroups.kill_dirs(dirs, grace=args.grace)
+    result = {"pid": args.pid, "cgroups": dirs, "killed": before, "left": left}
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    if not dirs:
+        _err(f"no cgroup for run {args.pid}: nothing to kill")
+    elif left:
+        _err(f"run {args.pid}: still alive after KILL: {left}")
+    return EXIT_FAILED if left else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one mode; every failure becomes an exit code."""
+    from sandbox.errors import CommandNotExecutable, CommandNotFound, SandboxError
+
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in args_in:
+        i = args_in.index("--")
+        args_in, command = args_in[:i], args_in[i + 1 :]
+    try:
+        args = _parser().parse_args(args_in)
+        if args.probe:
+            return _cmd_probe(args)
+        if args.kill_tree:
+            return _cmd_kill_tree(args)
+        return _cmd_run(args, command)
+    except _UsageError as exc:
+        _err(f"usage: {exc} (see --help)")
+        return EXIT_REFUSED
+    except CommandNotFound as exc:
+        _err(str(exc))
+        return EXIT_NOT_FOUND
+    except CommandNotExecutable as exc:
+        _err(str(exc))
+        return EXIT_CANNOT_EXECUTE
+    except SandboxError as exc:
+        _err(str(exc))
+        return EXIT_REFUSED
+    except OSError as exc:  # anything the layers did not foresee: still never fail open
+        _err(f"launcher error: {exc}")
+        return EXIT_REFUSED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Privileges: no_new_privs, and a root launcher giving up every capability before exec.
+
+The plugin keeps uid 0 when the launcher is root (a switch to `nobody` would break
+interpreters installed under /root, as on CI); what makes uid 0 harmless is that no
+capability survives: the bounding set is emptied, securebits stop exec from granting
+capabilities back, and effective/permitted/inheritable/ambient are zeroed.
+"""
+
+from __future__ import annotations
+
+from sandbox import _libc
+
+# SECBIT_NOROOT|NOROOT_LOCKED|NO_SETUID_FIXUP|NO_SETUID_FIXUP_LOCKED|KEEP_CAPS_LOCKED|
+# NO_CAP_AMBIENT_RAISE|NO_CAP_AMBIENT_RAISE_LOCKED
+SECUREBITS_LOCKDOWN = 0b1110_1111
+
+
+def set_no_new_privs() -> None:
+    """Exec can never gain privileges (setuid bits, file capabilities) from here on."""
+    _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 40
+
+
+def drop_all_capabilities() -> None:
+    """Empty every capability set of this process, for good (raises OSError on failure)."""
+    for cap in range(_last_cap() + 1):
+        _libc.prctl(_libc.PR_CAPBSET_DROP, cap)
+    _libc.prctl(_libc.PR_SET_SECUREBITS, SECUREBITS_LOCKDOWN)
+    _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    _libc.capset_zero()
+
+
+def capability_sets(pid: str = "self") -> dict[str, int]:
+    """CapEff/CapPrm/CapBnd/... of a process, from /proc (for reports and tests)."""
+    sets: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Cap"):
+                key, value = line.split(":", 1)
+                sets[key] = int(value.strip(), 16)
+    return sets

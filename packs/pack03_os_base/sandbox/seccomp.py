@@ -1,0 +1,127 @@
+"""seccomp through libseccomp (ctypes): a second layer that keeps non-Unix sockets closed."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+
+SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_ACT_ERRNO = 0x00050000
+_SCMP_CMP_NE = 1
+_AF_UNIX = 1
+
+#: Syscalls denied whenever the layer is on: they reach around the socket rules
+#: (io_uring can open sockets) or change what confines the process.
+HARDENING = (
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "bpf", "perf_event_open",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "mount", "umount2", "pivot_root", "setns", "unshare", "keyctl", "add_key",
+    "request_key", "userfaultfd", "swapon", "swapoff", "reboot",
+)  # fmt: skip
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+def _errno(code: int) -> int:
+    return _SCMP_ACT_ERRNO | (code & 0xFFFF)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """libseccomp loaded through ctypes, or None when the machine has none."""
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        from ctypes import util  # slow (imports subprocess): only when the name differs
+
+        name = util.find_library("seccomp")
+        if name is None:
+            return None
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            return None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp)
+    ]  # fmt: skip
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.restype = None
+    return lib
+
+
+def version() -> str | None:
+    """libseccomp's version string, or None when unavailable."""
+    lib = library()
+    if lib is None:
+        return None
+
+    class _Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+    lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    v = lib.seccomp_version().contents
+    return f"{v.major}.{v.minor}.{v.micro}"
+
+
+class Filter:
+    """A filter being built: allow by default, deny what the policy does not grant."""
+
+    def __init__(self) -> None:
+        lib = library()
+        if lib is None:
+            raise OSError(errno.ENOSYS, "libseccomp is not available")
+        self._lib = lib
+        ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+        if not ctx:
+            raise OSError(errno.ENOMEM, "seccomp_init failed")
+        self._ctx = ctypes.c_void_p(ctx)
+        self.denied: list[str] = []
+
+    def _rule(self, action: int, name: str, cmps: list[_ArgCmp]) -> None:
+        nr = self._lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:  # not on this architecture
+            return
+        array = (_ArgCmp * max(1, len(cmps)))(*cmps)
+        rc = self._lib.seccomp_rule_add_array(self._ctx, action, nr, len(cmps), array)
+        if rc < 0:
+            raise OSError(-rc, f"seccomp_rule_add({name}) failed")
+        self.denied.append(name)
+
+    def deny(self, name: str, code: int = errno.EPERM) -> None:
+        self._rule(_errno(code), name, [])
+
+    def deny_non_unix_sockets(self) -> None:
+        """socket() and socketpair() fail with EACCES for every family but AF_UNIX."""
+        cmp = _ArgCmp(0, _SCMP_CMP_NE, _AF_UNIX, 0)
+        for name in ("socket", "socketpair"):
+            self._rule(_errno(errno.EACCES), name, [cmp])
+
+    def load(self) -> None:
+        """Install the filter on this process (needs no_new_privs); children inherit it."""
+        rc = self._lib.seccomp_load(self._ctx)
+        if rc < 0:
+            raise OSError(-rc, "seccomp_load failed")
+
+    def export(self, fd: int) -> None:
+        """Write the compiled BPF program to `fd` (bubblewrap's --seccomp FD)."""
+        rc = self._lib.seccomp_export_bpf(self._ctx, fd)
+        if rc < 0:
+            raise OSError(-rc, "seccomp_export_bpf failed")
+
+    def release(self) -> None:
+        if self._ctx:
+            self._lib.seccomp_release(self._ctx)
+            self._ctx = ctypes.c_void_p(None)
