@@ -112,6 +112,19 @@ def _shape_problems(data: object) -> list[str]:
     return problems
 
 
+_PATTERN_WORDS = {
+    "id": "must be publisher.name: lowercase letters, digits, '-', '_', "
+    "dot-separated, no '/', '..' or leading dot",
+    "version": "must be a version such as 1.0.0",
+    "entrypoint": "must be a relative path inside the package",
+    "name": "must not contain control characters",
+}
+
+
+def _pattern_message(place: str, value: object, pattern: str) -> str:
+    return f"{place}: {_show(value)} {_PATTERN_WORDS.get(place, f'must match {pattern}')}"
+
+
 def _schema_message(error: jsonschema.ValidationError) -> str:
     """One problem from the schema, worded for a person and never quoting a huge value."""
     place = _place(error.absolute_path)
@@ -126,14 +139,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if kind == "enum":
         return f"{place}: unknown capability {_show(value)} (known: {known_capabilities()})"
     if kind == "pattern":
-        what = {
-            "id": "must be publisher.name: lowercase letters, digits, '-', '_', "
-            "dot-separated, no '/', '..' or leading dot",
-            "version": "must be a version such as 1.0.0",
-            "entrypoint": "must be a relative path inside the package",
-            "name": "must not contain control characters",
-        }.get(place, f"must match {error.validator_value}")
-        return f"{place}: {_show(value)} {what}"
+        return _pattern_message(place, value, str(error.validator_value))
     if kind == "maxLength":
         return f"{place}: longer than {error.validator_value} characters"
     if kind == "minLength":
@@ -182,7 +188,21 @@ def manifest_problems(data: object) -> list[str]:
             missing = re.findall(r"'([^']+)' is a required property", error.message)
             problems.extend(f"{m}: missing (required)" for m in missing)
             continue
-        problems.append(_schema_message(error))
+        message = _schema_message(error)
+        place = message.split(": ", 1)[0]
+        if not any(p.startswith(place + ": ") for p in problems):  # one problem per place
+            problems.append(message)
+    # JSON Schema patterns go through re.search, where '$' also matches before a final
+    # newline: match the whole string again so "acme.echo\n" cannot pass.
+    for key, prop in manifest_schema()["properties"].items():
+        value, pattern = data.get(key), prop.get("pattern")
+        if (
+            isinstance(value, str)
+            and pattern
+            and not re.fullmatch(pattern.rstrip("$"), value)
+            and not any(p.startswith(f"{key}:") for p in problems)
+        ):
+            problems.append(_pattern_message(key, value, pattern))
     version = data.get("version")
     if isinstance(version, str) and not any(p.startswith("version:") for p in problems):
         try:

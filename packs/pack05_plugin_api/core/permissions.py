@@ -140,6 +140,11 @@ def update_policy(
                     "blocked": sorted(new.blocked),
                 },
             )
+    if block_set:
+        from .registry import PluginRegistry  # the registry reads the policy: import late
+
+        # blocked means never granted: withdraw it from plugins that hold it now.
+        PluginRegistry(path.parent, actor=actor).enforce_blocked(new.blocked)
     return new
 
 

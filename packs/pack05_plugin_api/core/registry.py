@@ -497,6 +497,36 @@ class PluginRegistry:
         result: dict[str, Any] = self._change(change)
         return result
 
+    def enforce_blocked(self, blocked: Iterable[str]) -> dict[str, builtins.list[str]]:
+        """Withdraw newly blocked capabilities from every plugin; disable those that need them.
+
+        Returns the capabilities withdrawn, by plugin id.
+        """
+        blocked_set = set(blocked)
+
+        def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
+            new = data
+            withdrawn: dict[str, builtins.list[str]] = {}
+            entries: list[dict[str, Any]] = []
+            for pid, old in data["plugins"].items():
+                gone = sorted(blocked_set & set(old["granted"]))
+                if not gone:
+                    continue
+                record: Record = _copy(old)
+                active = record["active_version"]
+                record["granted"] = sorted(set(record["granted"]) - blocked_set)
+                entries.append(self._audit("revoke", pid, active, capabilities=gone, by="policy"))
+                if record["enabled"] and _requested(record, active) & blocked_set:
+                    record["enabled"] = False
+                    entries.append(self._audit("disable", pid, active, reason="blocked by policy"))
+                record["updated_at"] = utc_now()
+                new = self._with(new, pid, record)
+                withdrawn[pid] = gone
+            return (new if withdrawn else None), withdrawn, entries
+
+        result: dict[str, builtins.list[str]] = self._change(change)
+        return result
+
     def rollback(self, plugin_id: str, version: str | None = None) -> str:
         """Make an earlier staged version active (default: the newest below the active one).
 

@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-PACK_ROOT = Path(__file__).resolve().parent.parent
-if str(PACK_ROOT) not in sys.path:
-    # --import-mode=importlib does not add test dirs to sys.path; `core` lives in the pack root.
-    sys.path.insert(0, str(PACK_ROOT))
+TESTS_DIR = Path(__file__).resolve().parent
+PACK_ROOT = TESTS_DIR.parent
+# --import-mode=importlib adds nothing to sys.path: `core` lives in the pack root, the
+# factories in pack05_testlib.py beside this file.
+for _dir in (str(PACK_ROOT), str(TESTS_DIR)):
+    if _dir not in sys.path:
+        sys.path.insert(0, _dir)
+
+from pack05_testlib import make_manifest, write_package  # noqa: E402
+
+_HYPOTHESIS_HOME: list[Path] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems() -> None:
+    """Keep Hypothesis's cache (.hypothesis/) in a temp dir instead of the current directory.
+
+    Hypothesis fills it while collecting, right after this hook, so a fixture is too late.
+    """
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    if not _HYPOTHESIS_HOME:
+        _HYPOTHESIS_HOME.append(Path(tempfile.mkdtemp(prefix="pack05-hypothesis-")))
+        set_hypothesis_home_dir(_HYPOTHESIS_HOME[0])
+
+
+def pytest_sessionfinish() -> None:
+    for path in _HYPOTHESIS_HOME:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -30,40 +56,9 @@ def plugins_dir(tmp_path: Path) -> Path:
     return tmp_path / "plugins"
 
 
-def make_manifest(**overrides: Any) -> dict[str, Any]:
-    """A valid manifest; keys set to None are removed."""
-    manifest: dict[str, Any] = {
-        "id": "acme.echo",
-        "name": "Echo",
-        "version": "1.0.0",
-        "entrypoint": "main.py",
-        "description": "Echoes its input.",
-        "permissions": ["network"],
-    }
-    manifest.update(overrides)
-    return {k: v for k, v in manifest.items() if v is not None}
-
-
 @pytest.fixture
 def manifest_factory() -> Callable[..., dict[str, Any]]:
     return make_manifest
-
-
-def write_package(
-    root: Path, manifest: dict[str, Any] | None = None, files: dict[str, str | bytes] | None = None
-) -> Path:
-    """A package directory: manifest.json plus files (default: main.py)."""
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = make_manifest() if manifest is None else manifest
-    (root / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    for rel, content in (files if files is not None else {"main.py": "print('hi')\n"}).items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root
 
 
 @pytest.fixture

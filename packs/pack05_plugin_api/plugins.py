@@ -1,0 +1,391 @@
+"""Operator command line of the Plugin API: stage, inspect, permit, enable and remove plugins."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `core` sits beside this file
+
+from core import paths
+from core.api import MANIFEST_NAMES, load_manifest, manifest_problems
+from core.capabilities import CAPABILITIES, CAPABILITY_NAMES
+from core.errors import (
+    CapabilityError,
+    ManifestError,
+    PermissionDenied,
+    PluginError,
+    StagingError,
+    UnknownPlugin,
+)
+from core.loader import PluginLoader
+from core.permissions import load_policy, update_policy
+from core.registry import PluginRegistry
+
+# Exit codes: the one place they are defined (listed in README.md).
+EXIT_OK = 0  # done
+EXIT_FAILED = 1  # the operation failed (unreadable registry, I/O error)
+EXIT_INVALID = 2  # bad usage or invalid input: manifest, package, capability name
+EXIT_NOT_FOUND = 3  # unknown plugin, version or path
+EXIT_DENIED = 4  # refused by the permission policy or missing grants
+
+log = logging.getLogger("plugins")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class _Result(Exception):
+    """Raised by a handler to end with a given exit code and JSON document."""
+
+    def __init__(self, code: int, doc: dict[str, Any], text: str) -> None:
+        self.code, self.doc, self.text = code, doc, text
+        super().__init__(text)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data) if args.data else paths.plugins_dir()
+
+
+def _registry(args: argparse.Namespace) -> PluginRegistry:
+    return PluginRegistry(_data_dir(args), actor=args.actor)
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    """One JSON document on stdout with --json, else the human text on stdout."""
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+
+
+def _summary(pid: str, rec: dict[str, Any]) -> dict[str, Any]:
+    active = rec.get("active_version")
+    requested = (rec.get("manifest") or {}).get("permissions", [])
+    return {
+        "id": pid,
+        "enabled": rec["enabled"],
+        "active_version": active,
+        "pending_version": rec.get("pending_version"),
+        "versions": sorted(rec["versions"]),
+        "requested": requested,
+        "granted": rec["granted"],
+        "missing": sorted(set(requested) - set(rec["granted"])),
+    }
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists():
+        raise UnknownPath(path)
+    manifest_path = path
+    if path.is_dir():
+        found = [path / n for n in MANIFEST_NAMES if (path / n).exists()]
+        if len(found) != 1:
+            what = "several manifests" if found else f"no manifest ({', '.join(MANIFEST_NAMES)})"
+            raise ManifestError([what], source=str(path))
+        manifest_path = found[0]
+    manifest = load_manifest(manifest_path)
+    problems = manifest_problems(manifest)
+    entry = manifest.get("entrypoint")
+    if path.is_dir() and not problems and isinstance(entry, str) and not (path / entry).is_file():
+        problems.append(f"entrypoint: {entry!r} does not exist in the package")
+    if problems:
+        raise ManifestError(problems, source=str(manifest_path))
+    doc = {
+        "ok": True,
+        "path": str(manifest_path),
+        "id": manifest["id"],
+        "version": manifest["version"],
+    }
+    _emit(args, doc, f"{manifest_path}: valid ({manifest['id']} {manifest['version']})")
+    return EXIT_OK
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    loader = PluginLoader(_data_dir(args), actor=args.actor)
+    if not os.path.lexists(args.path):
+        raise UnknownPath(Path(args.path))
+    result = loader.stage_package(args.path, replace=args.replace)
+    lines = [
+        f"{'staged' if result['changed'] else 'unchanged'}: {result['id']} {result['version']} "
+        f"({result['files']} files, {result['digest']})"
+    ]
+    if result.get("pending_version") == result["version"]:
+        lines.append(
+            f"waiting: {result['version']} requests {', '.join(result['missing'])} not granted; "
+            f"{result['active_version']} stays active (grant, then enable)"
+        )
+    elif result["missing"]:
+        lines.append(f"not granted yet: {', '.join(result['missing'])}")
+    _emit(args, result, "\n".join(lines))
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    records = _registry(args).list()
+    plugins = [_summary(pid, records[pid]) for pid in sorted(records)]
+    lines = [
+        f"{p['id']:<32} {p['active_version'] or '-':<12} "
+        f"{'enabled' if p['enabled'] else 'disabled':<9} "
+        f"granted={','.join(p['granted']) or '-'}"
+        + (f" missing={','.join(p['missing'])}" if p["missing"] else "")
+        + (f" pending={p['pending_version']}" if p["pending_version"] else "")
+        for p in plugins
+    ]
+    _emit(args, {"ok": True, "plugins": plugins}, "\n".join(lines) or "no plugins")
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    record = registry.get(args.id)
+    if record is None:
+        raise UnknownPlugin(args.id)
+    doc: dict[str, Any] = {"ok": True, **_summary(args.id, record), "record": record}
+    if args.verify:
+        loader = PluginLoader(registry.plugins_dir)
+        doc["problems"] = [p for v in record["versions"] for p in loader.verify(args.id, v)]
+        doc["ok"] = not doc["problems"]
+    text = json.dumps(record, indent=2, sort_keys=True)
+    if args.verify:
+        text += "\n" + ("\n".join(doc["problems"]) or "verified: every version matches its digest")
+    _emit(args, doc, text)
+    return EXIT_OK if doc["ok"] else EXIT_FAILED
+
+
+def _cmd_enable(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    if not registry.enable(args.id, args.version):
+        raise UnknownPlugin(args.id)
+    rec = registry.get(args.id) or {}
+    _emit(
+        args,
+        {"ok": True, "id": args.id, "enabled": True, "active_version": rec.get("active_version")},
+        f"enabled: {args.id} {rec.get('active_version')}",
+    )
+    return EXIT_OK
+
+
+def _cmd_disable(args: argparse.Namespace) -> int:
+    if not _registry(args).disable(args.id):
+        raise UnknownPlugin(args.id)
+    _emit(args, {"ok": True, "id": args.id, "enabled": False}, f"disabled: {args.id}")
+    return EXIT_OK
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    loader = PluginLoader(_data_dir(args), actor=args.actor)
+    if not loader.remove(args.id, args.version):
+        raise UnknownPlugin(args.id, args.version)
+    what = f"{args.id} {args.version}" if args.version else args.id
+    _emit(args, {"ok": True, "id": args.id, "version": args.version}, f"removed: {what}")
+    return EXIT_OK
+
+
+def _cmd_grant(args: argparse.Namespace) -> int:
+    new = _registry(args).grant(args.id, args.capabilities)
+    text = f"granted to {args.id}: {', '.join(new)}" if new else "nothing new to grant"
+    _emit(args, {"ok": True, "id": args.id, "granted": new}, text)
+    return EXIT_OK
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    result = _registry(args).revoke(args.id, args.capabilities)
+    text = f"revoked from {args.id}: {', '.join(result['revoked']) or 'nothing'}"
+    if result["disabled"]:
+        text += f"\ndisabled: {args.id} (its active version needs a revoked capability)"
+    _emit(args, {"ok": True, "id": args.id, **result}, text)
+    return EXIT_OK
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    active = _registry(args).rollback(args.id, args.version)
+    _emit(
+        args, {"ok": True, "id": args.id, "active_version": active}, f"{args.id}: {active} active"
+    )
+    return EXIT_OK
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    data = _data_dir(args)
+    if args.allow or args.block or args.clear:
+        policy = update_policy(
+            data, allow=args.allow, block=args.block, clear=args.clear, actor=args.actor
+        )
+    else:
+        policy = load_policy(data)
+    caps = {
+        name: {
+            "description": c.description,
+            "risk": c.risk,
+            "policy": "blocked"
+            if name in policy.blocked
+            else "allowed"
+            if name in policy.allowed
+            else "ask",
+        }
+        for name, c in CAPABILITIES.items()
+    }
+    doc = {"ok": True, **policy.to_json(), "capabilities": caps}
+    text = "\n".join(
+        f"{n:<9} {c['policy']:<8} risk={c['risk']:<7} {c['description']}" for n, c in caps.items()
+    )
+    _emit(args, doc, text)
+    return EXIT_OK
+
+
+class UnknownPath(PluginError):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{path}: no such file or directory")
+
+
+# -- parser and error handling -------------------------------------------------------------
+
+
+def _parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON document on stdout (messages on stderr)",
+    )
+    common.add_argument(
+        "--data",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="plugins directory (default: $AURORA_PACK_DATA/plugins, else <pack>/data/plugins)",
+    )
+    common.add_argument(
+        "--actor",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="who to record in audit.log (default: the login name)",
+    )
+    parser = _Parser(
+        prog="plugins.py",
+        description="Stage, inspect, permit, enable and remove Aurora plugins.",
+        epilog="exit codes: 0 ok, 1 failed, 2 invalid input or usage, 3 not found, "
+        "4 refused by policy or missing grants",
+        parents=[common],
+    )
+    parser.set_defaults(json=False, data=None, actor=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    caps = f"capabilities: {', '.join(CAPABILITY_NAMES)}"
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> _Parser:
+        p: _Parser = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("validate", _cmd_validate, "check a manifest file or a package directory")
+    p.add_argument("path")
+    p = add("stage", _cmd_stage, "stage a package (directory, .zip or .tar.gz), disabled")
+    p.add_argument("path")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite a staged version that has different content",
+    )
+    add("list", _cmd_list, "list staged plugins")
+    p = add("show", _cmd_show, "show one plugin's record")
+    p.add_argument("id")
+    p.add_argument("--verify", action="store_true", help="re-hash the staged files")
+    p = add("enable", _cmd_enable, "enable a plugin (its pending version, if any)")
+    p.add_argument("id")
+    p.add_argument("--version", help="enable this staged version")
+    p = add("disable", _cmd_disable, "disable a plugin")
+    p.add_argument("id")
+    p = add("remove", _cmd_remove, "unregister a plugin (or one version) and delete its files")
+    p.add_argument("id")
+    p.add_argument("--version", help="remove only this version")
+    p = add("grant", _cmd_grant, f"grant capabilities to a plugin ({caps})")
+    p.add_argument("id")
+    p.add_argument("capabilities", nargs="+", metavar="CAPABILITY")
+    p = add("revoke", _cmd_revoke, "revoke capabilities (disables the plugin if it needs them)")
+    p.add_argument("id")
+    p.add_argument("capabilities", nargs="+", metavar="CAPABILITY")
+    p = add("rollback", _cmd_rollback, "make an earlier staged version active")
+    p.add_argument("id")
+    p.add_argument("version", nargs="?", help="default: the newest version below the active one")
+    p = add("policy", _cmd_policy, f"show or change the permission policy ({caps})")
+    p.add_argument(
+        "--allow",
+        nargs="+",
+        default=[],
+        metavar="CAPABILITY",
+        help="may be granted automatically when a plugin is staged",
+    )
+    p.add_argument(
+        "--block", nargs="+", default=[], metavar="CAPABILITY", help="may never be granted"
+    )
+    p.add_argument(
+        "--clear",
+        nargs="+",
+        default=[],
+        metavar="CAPABILITY",
+        help="back to the default: the operator grants it per plugin",
+    )
+    return parser
+
+
+def _error_doc(exc: BaseException, code: int) -> dict[str, Any]:
+    error: dict[str, Any] = {"kind": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, ManifestError):
+        error["problems"] = exc.problems
+    if isinstance(exc, StagingError):
+        error["reason"] = exc.reason
+    if isinstance(exc, PermissionDenied):
+        error["id"] = exc.plugin_id
+        error["capabilities"] = exc.capabilities
+    return {"ok": False, "exit": code, "error": error}
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, ManifestError | StagingError | CapabilityError | _UsageError):
+        return EXIT_INVALID
+    if isinstance(exc, UnknownPlugin | UnknownPath):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, PermissionDenied):
+        return EXIT_DENIED
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code. Never a traceback for a user mistake."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="plugins: %(message)s", stream=sys.stderr)
+    want_json = "--json" in argv
+    try:
+        args = _parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    except (PluginError, _UsageError, OSError) as exc:
+        code = _exit_code(exc)
+        if want_json:
+            print(json.dumps(_error_doc(exc, code), indent=2, sort_keys=True))
+        print(f"plugins: error: {exc}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

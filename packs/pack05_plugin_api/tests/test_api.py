@@ -1,0 +1,267 @@
+"""Manifest reading and validation (core/api.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core.api import MAX_MANIFEST_BYTES, load_manifest, manifest_problems, validate_manifest
+from core.errors import ManifestError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pack05_testlib import make_manifest
+
+
+def test_valid_manifest_returns_true() -> None:
+    assert validate_manifest(make_manifest()) is True
+
+
+def test_minimal_manifest_needs_no_permissions_or_description() -> None:
+    assert validate_manifest(make_manifest(permissions=None, description=None)) is True
+
+
+def test_every_problem_is_reported_at_once_with_its_place() -> None:
+    bad = make_manifest(
+        id="../../x",
+        name="",
+        version="not a version",
+        entrypoint="../main.py",
+        permissions=["network", "netwrk"],
+        colour="red",
+    )
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(bad)
+    problems = info.value.problems
+    assert isinstance(info.value, ValueError)
+    joined = "\n".join(problems)
+    assert (
+        "permissions[1]: unknown capability 'netwrk' (known: fs-read, fs-write, gpu, io, network)"
+        in problems
+    )
+    assert "colour: unknown key" in joined
+    assert joined.count("id:") == 1 and "publisher.name" in joined
+    assert "name: shorter than 1 characters" in problems
+    assert "version:" in joined
+    assert "entrypoint:" in joined
+    assert len(problems) == 6
+
+
+def test_missing_required_keys_are_each_named() -> None:
+    with pytest.raises(ManifestError) as info:
+        validate_manifest({"name": "x"})
+    assert set(info.value.problems) == {
+        "id: missing (required)",
+        "version: missing (required)",
+        "entrypoint: missing (required)",
+    }
+
+
+@pytest.mark.parametrize(
+    "plugin_id",
+    [
+        pytest.param("acme", id="no-publisher"),
+        pytest.param("Acme.Echo", id="uppercase"),
+        pytest.param("../../x", id="dotdot"),
+        pytest.param("acme/echo", id="slash"),
+        pytest.param(".acme.echo", id="leading-dot"),
+        pytest.param("acme..echo", id="empty-segment"),
+        pytest.param("acme.echo/", id="trailing-slash"),
+        pytest.param("acme.ec ho", id="space"),
+        pytest.param("a" * 130 + ".x", id="too-long"),
+        pytest.param("acme.echo\n", id="newline"),
+    ],
+)
+def test_hostile_or_malformed_ids_are_refused(plugin_id: str) -> None:
+    problems = manifest_problems(make_manifest(id=plugin_id))
+    assert problems and all(p.startswith("id:") for p in problems)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        pytest.param("..", id="dotdot"),
+        pytest.param("1.0/../../x", id="slash"),
+        pytest.param("latest", id="word"),
+        pytest.param(" 1.0", id="leading-space"),
+        pytest.param("1.0.0-", id="not-pep440"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_bad_versions_are_refused(version: str) -> None:
+    problems = manifest_problems(make_manifest(version=version))
+    assert problems and all(p.startswith("version:") for p in problems)
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "2.1rc1", "1!2.0", "0.1.0.post1", "1.0+local.1"])
+def test_pep440_versions_are_accepted(version: str) -> None:
+    assert validate_manifest(make_manifest(version=version))
+
+
+@pytest.mark.parametrize(
+    "entrypoint",
+    [
+        pytest.param("/etc/passwd", id="absolute"),
+        pytest.param("../main.py", id="dotdot"),
+        pytest.param("bin/../../main.py", id="dotdot-inside"),
+        pytest.param("bin//main.py", id="empty-segment"),
+        pytest.param("bin\\main.py", id="backslash"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_entrypoints_outside_the_package_are_refused(entrypoint: str) -> None:
+    problems = manifest_problems(make_manifest(entrypoint=entrypoint))
+    assert problems and all(p.startswith("entrypoint:") for p in problems)
+
+
+def test_bounded_strings() -> None:
+    problems = manifest_problems(make_manifest(name="n" * 101, description="d" * 2001))
+    assert sorted(problems) == [
+        "description: longer than 2000 characters",
+        "name: longer than 100 characters",
+    ]
+
+
+def test_non_mapping_is_a_manifest_error() -> None:
+    with pytest.raises(ManifestError, match="expected an object"):
+        validate_manifest(["id", "acme.echo"])
+
+
+def test_yaml_float_version_gets_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("id: acme.echo\nname: Echo\nversion: 1.0\nentrypoint: main.py\n")
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(load_manifest(path))
+    assert info.value.problems == ["version: expected string, found number 1.0 (quote it in YAML)"]
+
+
+def test_load_json_and_yaml(tmp_path: Path) -> None:
+    manifest = make_manifest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "manifest.yml").write_text(
+        "id: acme.echo\nname: Echo\nversion: '1.0.0'\nentrypoint: main.py\n"
+        "description: Echoes its input.\npermissions: [network]\n"
+    )
+    assert load_manifest(tmp_path / "manifest.json") == manifest
+    assert load_manifest(tmp_path / "manifest.yml") == manifest
+
+
+def test_yaml_error_names_line_and_column_and_never_falls_back_to_json(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    # Valid JSON, but not valid YAML because of the tab: the reference fell back to JSON.
+    path.write_text('{"id": "acme.echo",\n\t"name": "x"}\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.problems[0].startswith("line 2, column 1: YAML error")
+    assert str(path) in str(info.value)
+
+
+def test_json_error_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text('{\n  "id": "acme.echo",\n  "name": \n}')
+    with pytest.raises(ManifestError, match=r"line 4, column 1: JSON error"):
+        load_manifest(path)
+
+
+def test_yaml_unsafe_tags_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("id: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ManifestError, match="YAML error"):
+        load_manifest(path)
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.yaml"
+    path.write_text("a: &x [1, 2]\nb: *x\n")
+    with pytest.raises(ManifestError, match="aliases are not allowed"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        pytest.param("manifest.json", '{"id": "a.b", "id": "c.d"}', id="json"),
+        pytest.param("manifest.yaml", "id: a.b\nid: c.d\n", id="yaml"),
+    ],
+)
+def test_duplicate_keys_are_refused(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ManifestError, match="duplicate key 'id'"):
+        load_manifest(path)
+
+
+def test_manifest_larger_than_64_kib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(make_manifest(description="x" * MAX_MANIFEST_BYTES)))
+    with pytest.raises(ManifestError, match="larger than 65536 bytes"):
+        load_manifest(path)
+
+
+def test_unreadable_and_non_utf8_manifests(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read"):
+        load_manifest(tmp_path / "missing.json")
+    path = tmp_path / "manifest.json"
+    path.write_bytes(b'{"id": "\xff"}')
+    with pytest.raises(ManifestError, match="not UTF-8"):
+        load_manifest(path)
+
+
+def test_deep_nesting_is_a_manifest_error(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(ManifestError):
+        load_manifest(path)
+
+
+def test_bad_values_are_quoted_shortly() -> None:
+    problems = manifest_problems(make_manifest(id="X" * 5000))
+    assert len(problems) == 1 and len(problems[0]) < 200
+
+
+# -- property tests: whatever the input, the only error is ManifestError -------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_keys = st.sampled_from(["id", "name", "version", "entrypoint", "description", "permissions"])
+_values: st.SearchStrategy[Any] = st.one_of(
+    _json,
+    st.sampled_from(["acme.echo", "1.0.0", "main.py", "../x", "/abs", "network", "netwrk"]),
+    st.lists(st.sampled_from(["network", "gpu", "io", "netwrk", 3]), max_size=4),
+)
+_manifests = st.dictionaries(_keys | st.text(max_size=8), _values, max_size=8) | _json
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_manifests)
+def test_validate_never_raises_anything_but_manifest_error(data: Any) -> None:
+    try:
+        assert validate_manifest(data) is True
+    except ManifestError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode), st.booleans())
+def test_load_never_raises_anything_but_manifest_error(
+    tmp_path: Path, raw: bytes, yaml_: bool
+) -> None:
+    path = tmp_path / ("manifest.yaml" if yaml_ else "manifest.json")
+    path.write_bytes(raw)
+    try:
+        data = load_manifest(path)
+        validate_manifest(data)
+    except ManifestError as exc:
+        assert exc.problems
