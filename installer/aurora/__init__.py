@@ -1,0 +1,48 @@
+"""Aurora installer library: validate, stage, install and run Aurora packs."""
+
+from aurora.errors import (
+    ApprovalError,
+    AuroraError,
+    DependencyError,
+    DependentsError,
+    IntegrityError,
+    LockBusyError,
+    ManifestError,
+    NotFoundError,
+    OperationFailed,
+    PackRunningError,
+    RefusedError,
+    ScriptError,
+    StateError,
+    UsageError,
+)
+from aurora.exitcodes import ExitCode, exit_code_for
+from aurora.installer import ApprovalRequest, Approver, Installer, Options
+from aurora.manifest import Manifest, load_manifest
+from aurora.runtime import HealthPolicy
+
+__all__ = [
+    "ApprovalError",
+    "ApprovalRequest",
+    "Approver",
+    "AuroraError",
+    "DependencyError",
+    "DependentsError",
+    "ExitCode",
+    "HealthPolicy",
+    "Installer",
+    "IntegrityError",
+    "LockBusyError",
+    "Manifest",
+    "ManifestError",
+    "NotFoundError",
+    "OperationFailed",
+    "Options",
+    "PackRunningError",
+    "RefusedError",
+    "ScriptError",
+    "StateError",
+    "UsageError",
+    "exit_code_for",
+    "load_manifest",
+]

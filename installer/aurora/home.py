@@ -1,0 +1,66 @@
+"""The layout of $AURORA_HOME: one place that knows where everything lives."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_home() -> Path:
+    """$AURORA_HOME, else <repo>/.aurora."""
+    env = os.environ.get("AURORA_HOME")
+    return Path(env) if env else REPO_ROOT / ".aurora"
+
+
+def default_packs_dir() -> Path:
+    """<repo>/packs: where packs are found."""
+    return REPO_ROOT / "packs"
+
+
+@dataclass(frozen=True)
+class Home:
+    """Paths inside an installer home; nothing is created until an operation needs it."""
+
+    root: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "installer.lock"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit.log"
+
+    def staging(self, pack_id: str) -> Path:
+        return self.root / "staging" / pack_id
+
+    def staged(self, pack_id: str, version: str) -> Path:
+        return self.staging(pack_id) / version
+
+    def packs(self, pack_id: str) -> Path:
+        return self.root / "packs" / pack_id
+
+    def installed(self, pack_id: str, version: str) -> Path:
+        return self.packs(pack_id) / version
+
+    def records(self, pack_id: str) -> Path:
+        return self.root / "records" / pack_id
+
+    def record(self, pack_id: str, digest: str) -> Path:
+        return self.records(pack_id) / (digest.removeprefix("sha256:") + ".json")
+
+    def data(self, pack_id: str) -> Path:
+        return self.root / "data" / pack_id
+
+    def run(self, pack_id: str) -> Path:
+        return self.root / "run" / pack_id
+
+    def logs(self, pack_id: str) -> Path:
+        return self.root / "logs" / pack_id

@@ -1,0 +1,341 @@
+"""The pack manifest (aurora-manifest-v1): parse, validate against the JSON Schema, model."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import yaml
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from aurora.errors import ManifestError
+from aurora.tree import walk
+
+MANIFEST_NAME = "manifest.yaml"
+SCHEMA_VERSION = "aurora-manifest-v1"
+ENTRYPOINTS = ("install", "start", "stop", "health")
+
+
+def schemas_dir() -> Path:
+    """The repository's schemas/ directory (the installer runs from the repo)."""
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+@functools.cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Read one of the JSON Schemas shipped in schemas/."""
+    with open(schemas_dir() / name, encoding="utf-8") as handle:
+        schema: dict[str, Any] = json.load(handle)
+    return schema
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A dependency on another pack, with a PEP 440 specifier set."""
+
+    pack_id: str
+    constraint: str
+
+    @property
+    def specifier(self) -> SpecifierSet:
+        return SpecifierSet(self.constraint)
+
+    def allows(self, version: str) -> bool:
+        """Whether ``version`` satisfies the constraint (pre-releases count as versions)."""
+        return self.specifier.contains(Version(version), prereleases=True)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file whose sha256 the manifest pins (empty until sealed)."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated pack manifest, bound to the directory it was read from."""
+
+    root: Path
+    id: str
+    name: str
+    version: str
+    description: str
+    entrypoints: dict[str, str]
+    dependencies: tuple[Dependency, ...]
+    artifacts: tuple[Artifact, ...]
+    dry_run_supported: bool
+    approval_required: bool
+    health_check_timeout: int
+
+    @property
+    def path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    def script(self, name: str) -> Path:
+        """Absolute path of an entrypoint script inside this copy of the pack."""
+        return self.root / self.entrypoints[name]
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest as plain data, for --json output."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "entrypoint": dict(self.entrypoints),
+            "dependencies": [
+                {"pack_id": d.pack_id, "version_constraint": d.constraint}
+                for d in self.dependencies
+            ],
+            "artifacts": [{"path": a.path, "sha256": a.sha256} for a in self.artifacts],
+            "safety": {
+                "dry_run_supported": self.dry_run_supported,
+                "operator_approval_required": self.approval_required,
+                "health_check_timeout_seconds": self.health_check_timeout,
+            },
+        }
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that records duplicate keys instead of silently keeping the last."""
+
+    duplicates: list[str]
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            mark = key_node.start_mark
+            loader.duplicates.append(
+                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r}"
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML strictly; errors name the file, line and column."""
+    try:
+        # The reader rejects control characters while it is being constructed.
+        loader = _StrictLoader(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: malformed YAML", [str(exc).replace("\n", " ")]) from exc
+    loader.duplicates = []
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise ManifestError(f"{source}: malformed YAML", [f"{where}: {problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: malformed YAML", [str(exc)]) from exc
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ManifestError(f"{source}: malformed YAML", loader.duplicates)
+    return document
+
+
+def _place(path: Iterable[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _join(place: str, key: str) -> str:
+    return f"{place}.{key}" if place else key
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "mapping"
+    return type(value).__name__
+
+
+def _schema_problems(document: Any) -> list[str]:
+    """Every JSON Schema violation as `place: what is wrong`."""
+    schema = load_schema("pack-manifest-v1.json")
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[str] = []
+    for error in validator.iter_errors(document):
+        place = _place(error.absolute_path)
+        kind = error.validator
+        if kind == "required":
+            for key in error.validator_value:
+                if isinstance(error.instance, dict) and key not in error.instance:
+                    problems.append(f"{_join(place, key)}: required")
+        elif kind == "additionalProperties":
+            known = sorted(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(known), key=str):
+                problems.append(
+                    f"{_join(place, str(key))}: unknown key (known: {', '.join(known)})"
+                )
+        elif kind == "type":
+            hint = ""
+            if error.validator_value == "string" and isinstance(error.instance, int | float):
+                hint = " (quote it in YAML)"
+            problems.append(
+                f"{place or '(document)'}: expected {error.validator_value}, found "
+                f"{_type_name(error.instance)} {error.instance!r}{hint}"
+            )
+        elif kind == "const":
+            problems.append(f"{place}: must be {error.validator_value!r}, found {error.instance!r}")
+        elif kind == "pattern":
+            what = error.schema.get("description") or f"pattern {error.validator_value}"
+            problems.append(f"{place}: {error.instance!r} is not valid ({what})")
+        else:
+            problems.append(f"{place or '(document)'}: {error.message}")
+    return problems
+
+
+def _path_problem(root: Path, rel: str, *, executable: bool) -> str | None:
+    """Why a manifest path is unacceptable, or None if it is a file inside the pack."""
+    if rel.startswith("/") or os.path.isabs(rel):
+        return f"{rel!r} is an absolute path (paths are relative to the pack)"
+    if ".." in PurePosixPath(rel).parts:
+        return f"{rel!r} contains '..' (paths must stay inside the pack)"
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        return f"{rel!r} is a symlink leading out of the pack"
+    if not path.exists():
+        return f"{rel!r} not found in the pack"
+    if not path.is_file():
+        return f"{rel!r} is not a file"
+    if executable and not os.access(path, os.X_OK):
+        return f"{rel!r} is not executable (chmod +x)"
+    return None
+
+
+def _semantic_problems(data: dict[str, Any], root: Path, expected_id: str | None) -> list[str]:
+    """Checks the schema cannot express: PEP 440, paths, duplicates, the directory name."""
+    problems: list[str] = []
+    pack = data.get("pack")
+    if not isinstance(pack, dict):
+        return problems
+    pack_id = pack.get("id")
+    if expected_id is not None and isinstance(pack_id, str) and pack_id != expected_id:
+        problems.append(f"pack.id: {pack_id!r} differs from the directory name {expected_id!r}")
+    version = pack.get("version")
+    if isinstance(version, str) and version:
+        try:
+            Version(version)
+        except InvalidVersion:
+            problems.append(f"pack.version: {version!r} is not a PEP 440 version (e.g. 0.1.0)")
+    entrypoint = pack.get("entrypoint")
+    if isinstance(entrypoint, dict):
+        for name in ENTRYPOINTS:
+            rel = entrypoint.get(name)
+            if isinstance(rel, str) and rel:
+                why = _path_problem(root, rel, executable=True)
+                if why:
+                    problems.append(f"pack.entrypoint.{name}: {why}")
+    deps = pack.get("dependencies")
+    if isinstance(deps, list):
+        seen: set[str] = set()
+        for i, dep in enumerate(deps):
+            if not isinstance(dep, dict):
+                continue
+            dep_id = dep.get("pack_id")
+            if isinstance(dep_id, str):
+                if dep_id == pack_id:
+                    problems.append(
+                        f"pack.dependencies[{i}].pack_id: a pack cannot depend on itself"
+                    )
+                if dep_id in seen:
+                    problems.append(f"pack.dependencies[{i}].pack_id: {dep_id!r} listed twice")
+                seen.add(dep_id)
+            constraint = dep.get("version_constraint")
+            if isinstance(constraint, str):
+                try:
+                    SpecifierSet(constraint)
+                except InvalidSpecifier:
+                    problems.append(
+                        f"pack.dependencies[{i}].version_constraint: {constraint!r} is not a "
+                        "PEP 440 specifier (e.g. >=0.1.0, ~=1.2, !=0.3.1, >=1,<2)"
+                    )
+    artifacts = pack.get("artifacts")
+    if isinstance(artifacts, list):
+        seen_paths: set[str] = set()
+        for i, art in enumerate(artifacts):
+            if not isinstance(art, dict):
+                continue
+            rel = art.get("path")
+            if isinstance(rel, str) and rel:
+                why = _path_problem(root, rel, executable=False)
+                if why:
+                    problems.append(f"pack.artifacts[{i}].path: {why}")
+                if rel in seen_paths:
+                    problems.append(f"pack.artifacts[{i}].path: {rel!r} listed twice")
+                seen_paths.add(rel)
+    return problems
+
+
+def read_manifest_document(root: Path) -> Any:
+    """Read and parse ``root/manifest.yaml`` (YAML errors name line and column)."""
+    path = root / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no {MANIFEST_NAME} in the pack") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read: {exc}") from exc
+    return parse_yaml(text, str(path))
+
+
+def load_manifest(root: Path, *, expected_id: str | None = None) -> Manifest:
+    """Validate the pack at ``root`` and return its manifest.
+
+    Raises ManifestError listing every problem at once: schema violations,
+    PEP 440 errors, paths leaving the pack, symlinks in the tree leading out.
+    """
+    document = read_manifest_document(root)
+    problems = _schema_problems(document)
+    if isinstance(document, dict):
+        problems += _semantic_problems(document, root, expected_id)
+    _, tree_problems = walk(root)
+    problems += [f"(pack tree) {p}" for p in tree_problems]
+    if problems:
+        raise ManifestError(f"{root / MANIFEST_NAME}: invalid manifest", problems)
+    pack = document["pack"]
+    safety = pack["safety"]
+    return Manifest(
+        root=root,
+        id=pack["id"],
+        name=pack["name"],
+        version=pack["version"],
+        description=pack["description"],
+        entrypoints={name: pack["entrypoint"][name] for name in ENTRYPOINTS},
+        dependencies=tuple(
+            Dependency(d["pack_id"], d["version_constraint"]) for d in pack["dependencies"]
+        ),
+        artifacts=tuple(Artifact(a["path"], a["sha256"]) for a in pack["artifacts"]),
+        dry_run_supported=safety["dry_run_supported"],
+        approval_required=safety["operator_approval_required"],
+        health_check_timeout=safety["health_check_timeout_seconds"],
+    )

@@ -1,0 +1,188 @@
+"""Run a lifecycle script: environment contract, timeout, log file, process-group kill."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aurora.home import Home
+from aurora.timeutil import now_iso
+
+log = logging.getLogger(__name__)
+
+OutputSink = Callable[[str], None]
+
+# After a timeout: TERM to the group, this long to exit, then KILL.
+KILL_GRACE_SECONDS = 2.0
+# After the script exits, how long to keep reading output that its leftover
+# children may still be writing to the shared pipe.
+_DRAIN_SECONDS = 0.3
+_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    """What a script run did."""
+
+    argv: list[str]
+    returncode: int | None
+    timed_out: bool
+    duration: float
+    output_tail: list[str]
+    log_path: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    def describe(self) -> str:
+        name = Path(self.argv[0]).name + "".join(f" {a}" for a in self.argv[1:])
+        if self.timed_out:
+            return f"{name} timed out after {self.duration:.1f} s (its process group was killed)"
+        if self.returncode is not None and self.returncode < 0:
+            return f"{name} was killed by signal {-self.returncode}"
+        return f"{name} exited {self.returncode}"
+
+
+def script_env(home: Home, pack_id: str, version: str, root: Path) -> dict[str, str]:
+    """The environment contract of docs/contracts.md for one script run."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "AURORA_HOME": str(home.root),
+            "AURORA_PACK_ID": pack_id,
+            "AURORA_PACK_VERSION": version,
+            "AURORA_PACK_ROOT": str(root),
+            "AURORA_PACK_DATA": str(home.data(pack_id)),
+            "AURORA_PACK_RUN": str(home.run(pack_id)),
+            "AURORA_PACK_LOGS": str(home.logs(pack_id)),
+            "PYTHON": sys.executable,
+        }
+    )
+    return env
+
+
+def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:
+    """TERM the whole process group, wait ``grace`` seconds, then KILL it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    # Children of the script may outlive it in the group: KILL them all regardless.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_script(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    log_path: Path,
+    on_output: OutputSink | None = None,
+    kill_group_on_exit: bool = False,
+) -> ScriptResult:
+    """Run ``argv`` in its own session, streaming output to the log and ``on_output``.
+
+    A script still running after ``timeout`` seconds is killed with its whole
+    process group. ``kill_group_on_exit`` also kills what the script left
+    behind in its group (health checks must leave nothing running).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    started = time.monotonic()
+    timed_out = False
+    with open(log_path, "ab") as logfile:
+        logfile.write(f"=== {now_iso()} {' '.join(argv)} (cwd {cwd})\n".encode())
+        logfile.flush()
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        pending = b""
+
+        def feed(data: bytes) -> None:
+            nonlocal pending
+            logfile.write(data)
+            logfile.flush()
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                tail.append(line)
+                if on_output is not None:
+                    on_output(line)
+
+        deadline = started + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            eof = False
+            exited_at: float | None = None
+            while True:
+                now = time.monotonic()
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and (eof or now - exited_at > _DRAIN_SECONDS):
+                    break
+                if exited_at is None and now >= deadline:
+                    timed_out = True
+                    kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
+                    break
+                if eof:
+                    # Output closed but the script still runs: just wait for it.
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=max(0.0, min(0.1, deadline - now)))
+                    continue
+                for _key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - now))):
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        eof = True
+                        sel.unregister(fd)
+                        break
+                    feed(data)
+            if not eof:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    while data := os.read(fd, 65536):
+                        feed(data)
+        if pending:
+            feed(b"\n")
+        proc.stdout.close()
+        if kill_group_on_exit and not timed_out:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        returncode = proc.wait()
+        duration = time.monotonic() - started
+        result = ScriptResult(
+            argv=list(argv),
+            returncode=None if timed_out else returncode,
+            timed_out=timed_out,
+            duration=duration,
+            output_tail=list(tail),
+            log_path=log_path,
+        )
+        logfile.write(f"=== {result.describe()} in {duration:.2f} s\n".encode())
+    log.debug("%s", result.describe())
+    return result

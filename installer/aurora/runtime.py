@@ -1,0 +1,178 @@
+"""What runs: pidfiles written by a pack's start.sh, and the health state of a pack."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aurora.fsutil import atomic_write_json
+
+HEALTH_STATES = ("unknown", "stopped", "starting", "healthy", "unhealthy")
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """Docker HEALTHCHECK semantics; the overall bound comes from the manifest.
+
+    ``start_period``: failures in this window after start do not count;
+    ``interval``: pause between checks; ``timeout``: one check longer than this
+    is killed with its process group and counts as a failure; ``retries``:
+    consecutive counted failures that make the pack unhealthy.
+    """
+
+    interval: float = 1.0
+    timeout: float = 10.0
+    start_period: float = 5.0
+    retries: int = 3
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = text[text.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    return fields[0] if fields else None
+
+
+def uptime_of(start_ticks: int) -> float | None:
+    """Seconds since a process with this start time began."""
+    try:
+        boot_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, boot_uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass(frozen=True)
+class PidInfo:
+    """One pidfile and whether it still names the process that wrote it."""
+
+    path: Path
+    pid: int
+    start_time: int | None
+    alive: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        uptime = uptime_of(self.start_time) if self.alive and self.start_time else None
+        return {
+            "pidfile": str(self.path),
+            "pid": self.pid,
+            "alive": self.alive,
+            "uptime_seconds": None if uptime is None else round(uptime, 1),
+        }
+
+
+def _parse_pidfile(text: str) -> tuple[int, int | None] | None:
+    """Accept `{"pid": N, "start_time": T}` (JSON) or `N [T]` (text)."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int):
+            return None
+        start = doc.get("start_time", doc.get("starttime", doc.get("start_ticks")))
+        return doc["pid"], start if isinstance(start, int) else None
+    parts = text.split()
+    try:
+        pid = int(parts[0])
+        start_time = int(parts[1]) if len(parts) > 1 else None
+    except ValueError:
+        return None
+    return pid, start_time
+
+
+def read_pidfiles(run_dir: Path) -> list[PidInfo]:
+    """Every *.pid file in ``run_dir``; alive means the pid still is that process."""
+    infos: list[PidInfo] = []
+    if not run_dir.is_dir():
+        return infos
+    for path in sorted(run_dir.glob("*.pid")):
+        try:
+            parsed = _parse_pidfile(path.read_text())
+        except OSError:
+            continue
+        if parsed is None:
+            continue
+        pid, start_time = parsed
+        actual = proc_start_time(pid)
+        alive = actual is not None and _proc_state(pid) not in ("Z", "X")
+        if alive and start_time is not None and actual != start_time:
+            alive = False  # the pid was reused by another process
+        infos.append(PidInfo(path, pid, start_time, alive))
+    return infos
+
+
+class HealthRecord:
+    """The health state machine of one pack, kept in a small JSON file.
+
+    starting -> healthy on a passing check; -> unhealthy after ``retries``
+    consecutive failing checks outside the start period; a passing check makes
+    an unhealthy pack healthy again (Docker's model).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def reset(self, status: str = "starting") -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "status": status,
+            "failing_streak": 0,
+            "last_check": None,
+            "since": time.time(),
+        }
+        atomic_write_json(self.path, doc)
+        return doc
+
+    def update(
+        self, ok: bool, output: str, exit_code: int | None, *, counted: bool, retries: int
+    ) -> dict[str, Any]:
+        """Apply one check's result; returns the new record."""
+        doc = self.read() or {"status": "unknown", "failing_streak": 0, "since": time.time()}
+        previous = doc.get("status", "unknown")
+        if ok:
+            doc["failing_streak"] = 0
+            status = "healthy"
+        else:
+            if counted:
+                doc["failing_streak"] = int(doc.get("failing_streak", 0)) + 1
+            # A pack that was starting or healthy keeps that state until the
+            # failures reach `retries`; one that was not (stopped, unknown) fails at once.
+            status = previous if previous in ("starting", "healthy") else "unhealthy"
+            if doc["failing_streak"] >= retries:
+                status = "unhealthy"
+        if status != previous:
+            doc["since"] = time.time()
+        doc["status"] = status
+        doc["last_check"] = {"at": time.time(), "ok": ok, "exit_code": exit_code, "output": output}
+        atomic_write_json(self.path, doc)
+        return doc

@@ -1,0 +1,97 @@
+"""state.json: what is staged, installed, active and running (schema aurora-state-v1)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from aurora.errors import StateError
+from aurora.fsutil import atomic_write_json
+from aurora.manifest import load_schema
+
+STATE_SCHEMA = "aurora-state-v1"
+
+PackState = dict[str, Any]
+
+
+def empty_pack_state() -> PackState:
+    """The record of a pack the installer has not touched yet."""
+    return {
+        "active_version": None,
+        "installed": None,
+        "staged": {},
+        "pending": None,
+        "last_result": None,
+        "runtime": None,
+    }
+
+
+class State:
+    """An in-memory copy of state.json; ``save`` replaces the file atomically."""
+
+    def __init__(self, path: Path, document: dict[str, Any]) -> None:
+        self.path = path
+        self.document = document
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        """Read state.json (a missing file is an empty state; a corrupt one is an error)."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return cls(path, {"schema": STATE_SCHEMA, "packs": {}})
+        except OSError as exc:
+            raise StateError(f"{path}: cannot read: {exc}") from exc
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StateError(
+                f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}); "
+                "it is never repaired automatically: restore it or move it aside"
+            ) from exc
+        validator = jsonschema.Draft202012Validator(load_schema("aurora-state-v1.json"))
+        problems = [
+            f"{'/'.join(str(p) for p in e.absolute_path) or '(document)'}: {e.message}"
+            for e in validator.iter_errors(document)
+        ]
+        if problems:
+            raise StateError(f"{path}: does not match {STATE_SCHEMA}", problems)
+        return cls(path, document)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of the document (to compare or roll back)."""
+        return copy.deepcopy(self.document)
+
+    @property
+    def packs(self) -> dict[str, PackState]:
+        packs: dict[str, PackState] = self.document["packs"]
+        return packs
+
+    def pack(self, pack_id: str) -> PackState:
+        """The record of ``pack_id``, created empty (in memory) if absent."""
+        record = self.packs.setdefault(pack_id, empty_pack_state())
+        for key, value in empty_pack_state().items():
+            record.setdefault(key, value)
+        return record
+
+    def get(self, pack_id: str) -> PackState | None:
+        return self.packs.get(pack_id)
+
+    def active_version(self, pack_id: str) -> str | None:
+        record = self.packs.get(pack_id)
+        return None if record is None else record.get("active_version")
+
+    def installed_versions(self) -> dict[str, str]:
+        """pack id -> active version, for every installed pack."""
+        return {
+            pid: rec["active_version"]
+            for pid, rec in self.packs.items()
+            if rec.get("active_version")
+        }
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.document)

@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""aurora_installer: validate, stage, install and run Aurora packs (the operator's CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+if __package__ in (None, ""):
+    # Run as a script (python3 installer/aurora_installer.py): the library sits beside it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from aurora import (
+    ApprovalError,
+    ApprovalRequest,
+    AuroraError,
+    ExitCode,
+    HealthPolicy,
+    Installer,
+    Options,
+    UsageError,
+    exit_code_for,
+)
+from aurora.home import default_home, default_packs_dir
+
+log = logging.getLogger("aurora")
+
+DEFAULT_WAIT = 5.0
+DEFAULT_SCRIPT_TIMEOUT = 300.0
+DEFAULT_STOP_TIMEOUT = 60.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that raises UsageError instead of exiting on a bad argument."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--home", type=Path, help="installer home (default: $AURORA_HOME, else <repo>/.aurora)"
+    )
+    common.add_argument(
+        "--packs-dir", type=Path, help="where packs are found (default: <repo>/packs)"
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout (messages go to stderr)",
+    )
+    common.add_argument(
+        "--wait",
+        type=_positive,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help=f"wait this long for another installer's lock (default {DEFAULT_WAIT:g})",
+    )
+    common.add_argument(
+        "--script-timeout",
+        type=_positive,
+        default=DEFAULT_SCRIPT_TIMEOUT,
+        metavar="SECONDS",
+        help="kill a lifecycle script (and its process "
+        f"group) after this long (default {DEFAULT_SCRIPT_TIMEOUT:g})",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="more messages on stderr")
+
+    parser = _Parser(
+        prog="aurora_installer.py",
+        description="Validate, stage, install and run Aurora packs. Exit codes: "
+        + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode),
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    def command(name: str, help_text: str, pack: str = "required") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        if pack == "required":
+            p.add_argument("--pack", required=True, metavar="ID", help="the pack id")
+        elif pack == "optional":
+            p.add_argument("--pack", metavar="ID", help="one pack (default: every pack)")
+        return p
+
+    command("list", "list the packs found and installed, with their state", pack="none")
+    command("validate", "check a pack's manifest and structure; writes nothing")
+    p = command("stage", "validate and copy a pack into staging/<id>/<version>/")
+    p.add_argument(
+        "--require-hashes", action="store_true", help="every artifact must have a pinned sha256"
+    )
+    command("seal", "write every artifact's sha256 into the pack's manifest.yaml")
+    command("dry-run", "stage if needed, plan the dependencies, run install.sh --dry-run")
+    p = command("install", "install a staged pack (after operator approval)")
+    p.add_argument(
+        "--with-deps",
+        action="store_true",
+        help="install missing dependencies first, in dependency order",
+    )
+    p.add_argument(
+        "--approve",
+        action="store_true",
+        help="approve without a prompt (needed when there is no terminal)",
+    )
+    p = command("uninstall", "remove an installed pack (its data stays unless --purge)")
+    p.add_argument("--force", action="store_true", help="even if installed packs depend on it")
+    p.add_argument("--purge", action="store_true", help="also delete data/<id> and run/<id>")
+    p.add_argument("--stop", action="store_true", help="stop it first if it is running")
+    command("verify", "re-hash an installed pack against its recorded digest")
+    command("status", "state, version, digest, approval, last result and runtime", pack="optional")
+    p = command("start", "run start.sh, then poll health_check.sh until healthy")
+    defaults = HealthPolicy()
+    p.add_argument(
+        "--interval",
+        type=_positive,
+        default=defaults.interval,
+        metavar="SECONDS",
+        help=f"between health checks (default {defaults.interval:g})",
+    )
+    p.add_argument(
+        "--check-timeout",
+        type=_positive,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help=f"one check is killed after this long (default {defaults.timeout:g})",
+    )
+    p.add_argument(
+        "--start-period",
+        type=_positive,
+        default=defaults.start_period,
+        metavar="SECONDS",
+        help=f"failures in this window do not count (default {defaults.start_period:g})",
+    )
+    p.add_argument(
+        "--retries",
+        type=_count,
+        default=defaults.retries,
+        metavar="N",
+        help=f"consecutive failures that make the pack unhealthy (default {defaults.retries})",
+    )
+    p = command("stop", "run stop.sh and record the result")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=DEFAULT_STOP_TIMEOUT,
+        metavar="SECONDS",
+        help=f"kill stop.sh after this long (default {DEFAULT_STOP_TIMEOUT:g})",
+    )
+    p = command("health", "run health_check.sh once (or keep watching)")
+    p.add_argument("--watch", action="store_true", help="keep checking; print state changes")
+    p.add_argument("--count", type=_count, metavar="N", help="with --watch: stop after N checks")
+    p.add_argument(
+        "--interval",
+        type=_positive,
+        default=defaults.interval,
+        metavar="SECONDS",
+        help=f"with --watch: between checks (default {defaults.interval:g})",
+    )
+    p.add_argument(
+        "--check-timeout",
+        type=_positive,
+        default=defaults.timeout,
+        metavar="SECONDS",
+        help=f"a check is killed after this long (default {defaults.timeout:g})",
+    )
+    p.add_argument(
+        "--retries",
+        type=_count,
+        default=defaults.retries,
+        metavar="N",
+        help=f"consecutive failures that make the pack unhealthy (default {defaults.retries})",
+    )
+    return parser
+
+
+# -- output ------------------------------------------------------------------
+
+
+class _Output:
+    """Human text (stdout) or one JSON document (stdout) with messages on stderr."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def text(self, line: str = "") -> None:
+        print(line, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+
+    def script_line(self, line: str) -> None:
+        self.text(f"  | {line}")
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _show_plan(out: _Output, plan: dict[str, Any]) -> None:
+    out.text("plan (install --with-deps would do, in order):")
+    for i, step in enumerate(plan["steps"], 1):
+        out.text(f"  {i}. {step['action']} {step['pack']} {step['version']}  ({step['reason']})")
+    for pack_id in plan["satisfied"]:
+        out.text(f"  - {pack_id}: already installed in a satisfying version")
+
+
+def _show(out: _Output, command: str, result: Any) -> None:
+    if command == "list":
+        if not result:
+            out.text("no packs found")
+        for row in result:
+            flags = [f"installed {row['installed']}" if row["installed"] else "not installed"]
+            if row["staged"]:
+                flags.append("staged " + ", ".join(row["staged"]))
+            if row["running"]:
+                flags.append("running")
+            if not row["valid"] and row["source"]:
+                flags.append(f"INVALID ({row['problems']} problems: run validate)")
+            out.text(f"{row['id']:<24} {row['version'] or '-':<10} {'; '.join(flags)}")
+    elif command == "validate":
+        out.text(f"{result['pack']} {result['version']}: valid")
+    elif command == "stage":
+        verb = "staged" if result["changed"] else "already staged, unchanged"
+        out.text(f"{result['pack']} {result['version']} {verb}: {result['path']}")
+        out.text(
+            f"  digest {result['digest']} ({result['files']} files, {_human_size(result['size'])})"
+        )
+    elif command == "seal":
+        for art in result["artifacts"]:
+            mark = "pinned" if art["changed"] else "unchanged"
+            out.text(f"{art['path']}: sha256 {art['sha256']} ({mark})")
+        out.text(f"{result['manifest']}: " + ("written" if result["written"] else "unchanged"))
+    elif command == "dry-run":
+        if result["staged_now"]:
+            out.text(f"staged {result['pack']} {result['version']} first")
+        _show_plan(out, result["plan"])
+        if result["script"] is None:
+            out.text("install.sh --dry-run not run (dry_run_supported: false)")
+        out.text(f"dry run of {result['pack']} {result['version']} passed; nothing installed")
+    elif command == "install":
+        for step in result["installed"]:
+            how = step["approval"]["how"] if step["approval"] else "not required"
+            out.text(
+                f"installed {step['pack']} {step['version']} ({step['action']}; "
+                f"approval: {how}) -> {step['path']}"
+            )
+    elif command == "uninstall":
+        out.text(f"uninstalled {result['pack']} {result['version']}")
+        if result["data_kept"]:
+            out.text(f"  data kept in {result['data_kept']} (uninstall --purge deletes it)")
+    elif command == "verify":
+        out.text(f"{result['pack']} {result['version']}: intact ({result['digest']})")
+    elif command == "status":
+        for entry in result.get("packs", [result]):
+            _show_status(out, entry)
+    elif command == "start":
+        out.text(f"{result['pack']} {result['version']} started: {result['health']['status']}")
+    elif command == "stop":
+        out.text(f"{result['pack']} {result['version']} stopped")
+    elif command == "health":
+        out.text(f"{result['pack']}: {result['status']}")
+
+
+def _show_status(out: _Output, s: dict[str, Any]) -> None:
+    out.text(f"{s['pack']}: {s['state']}")
+    if s["active_version"]:
+        out.text(f"  version   {s['active_version']}  digest {s['digest']}")
+        approval = s["approval"]
+        out.text(
+            "  approval  "
+            + (
+                f"{approval['how']} by {approval['by']} at {approval['at']}"
+                if approval
+                else "not required"
+            )
+        )
+    if s["staged"]:
+        out.text(
+            "  staged    " + ", ".join(f"{v} ({r['digest'][:19]}…)" for v, r in s["staged"].items())
+        )
+    rt = s["runtime"]
+    if s["active_version"]:
+        running = "yes" if rt["running"] else "no"
+        if rt["pid"]:
+            running += f", pid {rt['pid']}"
+        if rt["uptime_seconds"] is not None:
+            running += f", up {rt['uptime_seconds']:.0f} s"
+        out.text(f"  running   {running}")
+        health = rt["health"]
+        if health:
+            last = health.get("last_check") or {}
+            output = (last.get("output") or "").replace("\n", " / ")
+            out.text(f"  health    {health['status']}" + (f": {output}" if output else ""))
+    last = s["last_result"]
+    if last:
+        out.text(
+            f"  last      {last['op']} {'ok' if last['ok'] else 'FAILED'} at {last['at']}: "
+            f"{last['message']}"
+        )
+    if s["pending"]:
+        out.text(f"  pending   interrupted {s['pending']['op']} (cleaned up by the next command)")
+
+
+# -- approval ----------------------------------------------------------------
+
+
+def _approver(args: argparse.Namespace) -> Callable[[ApprovalRequest], str | None]:
+    def approve(request: ApprovalRequest) -> str | None:
+        if getattr(args, "approve", False):
+            return "flag"
+        if not sys.stdin.isatty():
+            raise ApprovalError(
+                f"{request.pack_id} {request.version} requires operator approval and there is "
+                "no terminal to ask on: pass --approve"
+            )
+        sys.stderr.write(
+            f"{request.action} {request.pack_id} {request.version}\n"
+            f"  staged digest {request.digest}\nApprove? [y/N] "
+        )
+        sys.stderr.flush()
+        answer = sys.stdin.readline().strip().lower()
+        return "prompt" if answer in ("y", "yes") else None
+
+    return approve
+
+
+# -- handlers ----------------------------------------------------------------
+
+
+def _installer(args: argparse.Namespace, out: _Output) -> Installer:
+    policy = HealthPolicy(
+        interval=getattr(args, "interval", HealthPolicy.interval),
+        timeout=getattr(args, "check_timeout", HealthPolicy.timeout),
+        start_period=getattr(args, "start_period", HealthPolicy.start_period),
+        retries=getattr(args, "retries", HealthPolicy.retries),
+    )
+    options = Options(
+        lock_wait=args.wait,
+        script_timeout=args.script_timeout,
+        stop_timeout=getattr(args, "timeout", DEFAULT_STOP_TIMEOUT),
+        health=policy,
+    )
+    return Installer(
+        args.home or default_home(),
+        args.packs_dir or default_packs_dir(),
+        options=options,
+        on_output=out.script_line,
+        approver=_approver(args),
+    )
+
+
+def _cmd_list(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.list_packs()
+
+
+def _cmd_validate(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.validate(args.pack)
+
+
+def _cmd_stage(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.stage(args.pack, require_hashes=args.require_hashes)
+
+
+def _cmd_seal(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.seal(args.pack)
+
+
+def _cmd_dry_run(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.dry_run(args.pack)
+
+
+def _cmd_install(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.install(args.pack, with_deps=args.with_deps)
+
+
+def _cmd_uninstall(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.uninstall(args.pack, force=args.force, purge=args.purge, stop=args.stop)
+
+
+def _cmd_verify(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.verify(args.pack)
+
+
+def _cmd_status(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.status(args.pack)
+
+
+def _health_change(out: _Output) -> Callable[[dict[str, Any]], None]:
+    def show(doc: dict[str, Any]) -> None:
+        last = doc.get("last_check") or {}
+        output = (last.get("output") or "").replace("\n", " / ")
+        stamp = time.strftime("%H:%M:%S")
+        out.text(f"{stamp} health: {doc['status']}" + (f" ({output})" if output else ""))
+
+    return show
+
+
+def _cmd_start(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.start(args.pack, on_health=_health_change(out))
+
+
+def _cmd_stop(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    return inst.stop(args.pack)
+
+
+def _cmd_health(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
+    if not args.watch:
+        if args.count is not None:
+            raise UsageError("--count only goes with --watch")
+        return inst.health(args.pack)
+    changes: list[dict[str, Any]] = []
+    show = _health_change(out)
+
+    def record(doc: dict[str, Any]) -> None:
+        changes.append(doc)
+        show(doc)
+
+    try:
+        checks = inst.watch_health(args.pack, record, args.count)
+    except KeyboardInterrupt:
+        checks = None
+    return {
+        "pack": args.pack,
+        "checks": checks,
+        "changes": changes,
+        "status": changes[-1]["status"] if changes else None,
+    }
+
+
+_HANDLERS: dict[str, Callable[[Installer, argparse.Namespace, _Output], Any]] = {
+    "list": _cmd_list,
+    "validate": _cmd_validate,
+    "stage": _cmd_stage,
+    "seal": _cmd_seal,
+    "dry-run": _cmd_dry_run,
+    "install": _cmd_install,
+    "uninstall": _cmd_uninstall,
+    "verify": _cmd_verify,
+    "status": _cmd_status,
+    "start": _cmd_start,
+    "stop": _cmd_stop,
+    "health": _cmd_health,
+}
+
+
+def _setup_logging(verbose: bool) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("aurora: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def _report_error(out: _Output, command: str, error: AuroraError, code: ExitCode) -> None:
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    if out.as_json:
+        document = {
+            "ok": False,
+            "command": command,
+            "exit_code": int(code),
+            "error": {
+                "type": type(error).__name__,
+                "message": error.message,
+                "problems": error.problems,
+            },
+        }
+        print(json.dumps(document, indent=2, sort_keys=True))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one installer command; returns the exit code (see ExitCode)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    out = _Output("--json" in arguments)
+    try:
+        args = build_parser().parse_args(arguments)
+    except UsageError as exc:
+        _report_error(out, arguments[0] if arguments else "", exc, ExitCode.USAGE)
+        return ExitCode.USAGE
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    out = _Output(args.json)
+    handler = _setup_logging(args.verbose)
+    try:
+        inst = _installer(args, out)
+        result = _HANDLERS[args.command](inst, args, out)
+    except AuroraError as exc:
+        code = exit_code_for(exc)
+        _report_error(out, args.command, exc, code)
+        return code
+    except OSError as exc:
+        err = AuroraError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        _report_error(out, args.command, err, ExitCode.FAILED)
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+    if args.json:
+        document = {
+            "ok": True,
+            "command": args.command,
+            "exit_code": 0,
+            "result": result,
+            "recovered": inst.recovered,
+        }
+        print(json.dumps(document, indent=2, sort_keys=True))
+    else:
+        _show(out, args.command, result)
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

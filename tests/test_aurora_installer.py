@@ -1,0 +1,503 @@
+"""The installer CLI end to end on a temporary home: every command and every exit code."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from aurora.exitcodes import ExitCode
+from aurora_testing import Env, tree_bytes
+
+
+def _install_chain(env: Env) -> None:
+    env.make_pack("base", "0.1.0")
+    env.make_pack("mid", "0.2.0", deps=[("base", ">=0.1.0")])
+    env.make_pack("top", "1.0.0", deps=[("mid", "~=0.2"), ("base", "!=0.0.9")])
+
+
+def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    import aurora_installer
+
+    assert aurora_installer.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in (
+        "list",
+        "validate",
+        "stage",
+        "seal",
+        "dry-run",
+        "install",
+        "uninstall",
+        "verify",
+        "status",
+        "start",
+        "stop",
+        "health",
+    ):
+        assert command in out
+    assert aurora_installer.main(["install", "--help"]) == 0
+    assert "--with-deps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param([], id="no-command"),
+        pytest.param(["frobnicate"], id="unknown-command"),
+        pytest.param(["stage"], id="missing-pack"),
+        pytest.param(["stage", "--pack", "a", "--wait", "-1"], id="negative-wait"),
+        pytest.param(["health", "--pack", "a", "--count", "2"], id="count-without-watch"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(env: Env, argv: list[str]) -> None:
+    env.make_pack("a")
+    result = env.run(*argv)
+    assert result.code == ExitCode.USAGE
+    assert "Traceback" not in result.err
+    assert "error:" in result.err
+
+
+def test_usage_error_in_json_mode_is_one_document(env: Env) -> None:
+    result = env.run("stage", "--json")
+    assert result.code == ExitCode.USAGE
+    doc = result.json
+    assert doc["ok"] is False and doc["exit_code"] == 2
+
+
+def test_list_shows_versions_and_states(env: Env) -> None:
+    env.make_pack("alpha", "1.0.0", approval=False)
+    env.make_pack("beta", "2.0.0")
+    (env.packs_dir / "broken").mkdir()
+    (env.packs_dir / "broken" / "manifest.yaml").write_text("pack: [\n")
+    assert env.run("install", "--pack", "alpha").code == 0
+    result = env.run("list", "--json")
+    assert result.code == 0
+    rows = {row["id"]: row for row in result.json["result"]}
+    assert rows["alpha"]["installed"] == "1.0.0"
+    assert rows["alpha"]["staged"] == ["1.0.0"]
+    assert rows["beta"]["version"] == "2.0.0" and rows["beta"]["installed"] is None
+    assert rows["broken"]["valid"] is False
+    human = env.run("list")
+    assert "alpha" in human.out and "installed 1.0.0" in human.out
+    assert "INVALID" in human.out
+
+
+def test_list_on_missing_home_creates_nothing(env: Env) -> None:
+    env.make_pack("alpha")
+    assert env.run("list").code == 0
+    assert not env.home.exists()
+
+
+def test_validate_ok_and_writes_nothing(env: Env) -> None:
+    root = env.make_pack("alpha", artifacts=[("lib.py", "")], files={"lib.py": "x = 1\n"})
+    before = tree_bytes(root)
+    result = env.run("validate", "--pack", "alpha", "--json")
+    assert result.code == 0
+    assert result.json["result"]["warnings"] == [
+        "pack.artifacts[0]: lib.py has no sha256 (run seal)"
+    ]
+    assert tree_bytes(root) == before
+    assert not env.home.exists()
+
+
+def test_validate_invalid_manifest_exit_2_lists_every_problem(env: Env) -> None:
+    root = env.make_pack("alpha")
+    text = (root / "manifest.yaml").read_text()
+    (root / "manifest.yaml").write_text(
+        text.replace('    health: "health_check.sh"\n', "").replace("name:", "nmae:")
+    )
+    result = env.run("validate", "--pack", "alpha", "--json")
+    assert result.code == ExitCode.USAGE
+    problems = result.json["error"]["problems"]
+    assert "pack.entrypoint.health: required" in problems
+    assert "pack.name: required" in problems
+    assert any(p.startswith("pack.nmae: unknown key") for p in problems)
+    assert "pack.entrypoint.health: required" in result.err
+
+
+def test_malformed_yaml_exit_2_names_line(env: Env) -> None:
+    root = env.make_pack("alpha")
+    (root / "manifest.yaml").write_text('schema_version: "x"\npack:\n  id: "a\n')
+    result = env.run("stage", "--pack", "alpha")
+    assert result.code == ExitCode.USAGE
+    assert "line 4, column 1" in result.err
+    assert not (env.home / "state.json").exists()
+
+
+def test_unknown_pack_exit_3(env: Env) -> None:
+    env.make_pack("alpha")
+    for command in ("validate", "stage", "dry-run", "install", "seal"):
+        result = env.run(command, "--pack", "nope")
+        assert result.code == ExitCode.NOT_FOUND, command
+        assert "unknown pack 'nope'" in result.err and "alpha" in result.err
+
+
+def test_not_installed_exit_3(env: Env) -> None:
+    env.make_pack("alpha")
+    for command in ("verify", "uninstall", "start", "stop", "health"):
+        result = env.run(command, "--pack", "alpha")
+        assert result.code == ExitCode.NOT_FOUND, (command, result.err)
+        assert "not installed" in result.err
+
+
+def test_stage_copies_and_records_digest(env: Env) -> None:
+    root = env.make_pack(
+        "alpha", files={"lib/a.py": "a\n", "data/runtime.txt": "x", "lib/__pycache__/a.pyc": "junk"}
+    )
+    result = env.run("stage", "--pack", "alpha", "--json")
+    assert result.code == 0
+    staged = Path(result.json["result"]["path"])
+    assert staged == env.home / "staging" / "alpha" / "1.0.0"
+    assert (staged / "lib" / "a.py").read_text() == "a\n"
+    assert os.access(staged / "install.sh", os.X_OK)
+    # Runtime dirs and caches of a source tree are not part of the pack.
+    assert not (staged / "data").exists()
+    assert not (staged / "lib" / "__pycache__").exists()
+    record = env.state()["packs"]["alpha"]["staged"]["1.0.0"]
+    assert record["digest"] == result.json["result"]["digest"]
+    assert env.audit()[-1]["event"] == "stage"
+    assert tree_bytes(root)["lib/a.py"] == b"a\n"
+    # Staging again with identical content changes nothing.
+    again = env.run("stage", "--pack", "alpha", "--json")
+    assert again.json["result"]["changed"] is False
+
+
+def test_stage_artifact_hashes(env: Env) -> None:
+    env.make_pack("alpha", artifacts=[("lib.py", "")], files={"lib.py": "x\n"})
+    warned = env.run("stage", "--pack", "alpha")
+    assert warned.code == 0
+    assert "lib.py has no sha256" in warned.err
+    required = env.run("stage", "--pack", "alpha", "--require-hashes")
+    assert required.code == ExitCode.REFUSED
+    assert "--require-hashes" in required.err
+
+
+def test_stage_hash_mismatch_exit_4_nothing_staged(env: Env) -> None:
+    env.make_pack("alpha", artifacts=[("lib.py", "0" * 64)], files={"lib.py": "x\n"})
+    result = env.run("stage", "--pack", "alpha")
+    assert result.code == ExitCode.REFUSED
+    assert "pack.artifacts[0]: lib.py sha256 is" in result.err
+    assert list((env.home / "staging" / "alpha").iterdir()) == []
+    assert env.state()["packs"]["alpha"]["staged"] == {}
+
+
+def test_seal_pins_hashes_keeps_yaml_readable(env: Env) -> None:
+    root = env.make_pack(
+        "alpha", artifacts=[("lib.py", ""), ("b.bin", "")], files={"lib.py": "x\n", "b.bin": "bb"}
+    )
+    manifest = root / "manifest.yaml"
+    manifest.write_text("# pinned by seal\n" + manifest.read_text())
+    result = env.run("seal", "--pack", "alpha", "--json")
+    assert result.code == 0
+    text = manifest.read_text()
+    assert text.startswith("# pinned by seal\n")
+    pinned_lib = hashlib.sha256(b"x\n").hexdigest()
+    pinned_bin = hashlib.sha256(b"bb").hexdigest()
+    assert f'sha256: "{pinned_lib}"' in text
+    assert f'sha256: "{pinned_bin}"' in text
+    assert env.run("stage", "--pack", "alpha", "--require-hashes").code == 0
+    (root / "lib.py").write_text("tampered\n")
+    assert env.run("stage", "--pack", "alpha").code == ExitCode.REFUSED
+
+
+def test_dry_run_fresh_home_plans_deps_and_changes_nothing_installed(env: Env) -> None:
+    _install_chain(env)
+    result = env.run("dry-run", "--pack", "top", "--json")
+    assert result.code == 0, result.err
+    plan = result.json["result"]["plan"]
+    assert [(s["pack"], s["action"]) for s in plan["steps"]] == [
+        ("base", "install"),
+        ("mid", "install"),
+        ("top", "install"),
+    ]
+    assert result.json["result"]["staged_now"] is True
+    assert "dry run of top 1.0.0: ok" in result.err  # streamed (stderr in --json mode)
+    assert env.active("top") is None
+    assert not (env.home / "packs").exists()
+    assert "dry run of top" in (env.home / "logs" / "top" / "install.log").read_text()
+
+
+def test_dry_run_leaves_state_files_byte_identical(env: Env) -> None:
+    _install_chain(env)
+    assert env.run("install", "--pack", "mid", "--with-deps", "--approve").code == 0
+    assert env.run("stage", "--pack", "top").code == 0
+    before = {name: (env.home / name).read_bytes() for name in ("state.json", "audit.log")}
+    installed_before = tree_bytes(env.home / "packs")
+    result = env.run("dry-run", "--pack", "top")
+    assert result.code == 0, result.err
+    assert "dry run of top 1.0.0: ok" in result.out
+    after = {name: (env.home / name).read_bytes() for name in ("state.json", "audit.log")}
+    assert after == before
+    assert tree_bytes(env.home / "packs") == installed_before
+
+
+def test_dry_run_failing_script_exit_1(env: Env) -> None:
+    env.make_pack("alpha", install='#!/usr/bin/env bash\necho "missing libfoo"\nexit 3\n')
+    result = env.run("dry-run", "--pack", "alpha")
+    assert result.code == ExitCode.FAILED
+    assert "missing libfoo" in result.out + result.err
+    assert "exited 3" in result.err
+
+
+def test_dry_run_unsatisfiable_dependency_exit_4(env: Env) -> None:
+    env.make_pack("base", "0.1.0")
+    env.make_pack("top", deps=[("base", ">=1.0"), ("ghost", "")])
+    result = env.run("dry-run", "--pack", "top", "--json")
+    assert result.code == ExitCode.REFUSED
+    problems = result.json["error"]["problems"]
+    assert any("needs base >=1.0: the packs directory has 0.1.0" in p for p in problems)
+    assert any("needs ghost (any version): not found" in p for p in problems)
+
+
+def test_dependency_cycle_reported(env: Env) -> None:
+    env.make_pack("a", deps=[("b", "")])
+    env.make_pack("b", deps=[("c", "")])
+    env.make_pack("c", deps=[("a", "")])
+    result = env.run("install", "--pack", "a", "--with-deps", "--approve")
+    assert result.code == ExitCode.REFUSED
+    assert "dependency cycle: a -> b -> c -> a" in result.err
+
+
+def test_install_without_deps_refused_listing_missing(env: Env) -> None:
+    _install_chain(env)
+    result = env.run("install", "--pack", "top", "--approve", "--json")
+    assert result.code == ExitCode.REFUSED
+    problems = result.json["error"]["problems"]
+    assert any("top needs mid ~=0.2" in p for p in problems)
+    assert any("install base 0.1.0" in p for p in problems)
+    assert "--with-deps" in result.json["error"]["message"]
+    assert env.active("top") is None
+
+
+def test_install_with_deps_in_order(env: Env) -> None:
+    _install_chain(env)
+    result = env.run("install", "--pack", "top", "--with-deps", "--approve", "--json")
+    assert result.code == 0, result.err
+    assert [s["pack"] for s in result.json["result"]["installed"]] == ["base", "mid", "top"]
+    state = env.state()
+    for pack_id, version in (("base", "0.1.0"), ("mid", "0.2.0"), ("top", "1.0.0")):
+        assert state["packs"][pack_id]["active_version"] == version
+        installed = env.home / "packs" / pack_id / version
+        assert (installed / "manifest.yaml").is_file()
+        data = env.home / "data" / pack_id
+        assert (data / "installed-version").read_text().strip() == version
+    env_txt = (env.home / "data" / "top" / "env.txt").read_text()
+    assert f"AURORA_HOME={env.home}\n" in env_txt
+    assert f"AURORA_PACK_ROOT={env.home}/packs/top/1.0.0\n" in env_txt
+    assert f"AURORA_PACK_DATA={env.home}/data/top\n" in env_txt
+    assert f"AURORA_PACK_RUN={env.home}/run/top\n" in env_txt
+    assert f"AURORA_PACK_LOGS={env.home}/logs/top\n" in env_txt
+    assert "AURORA_PACK_VERSION=1.0.0\n" in env_txt
+    assert "PYTHON=" in env_txt
+    # The dependency now installed, a plain install of the top pack needs no --with-deps.
+    assert env.run("install", "--pack", "top", "--approve").code == 0
+
+
+def test_approval_refused_without_terminal_exit_6(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.make_pack("alpha")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    result = env.run("install", "--pack", "alpha")
+    assert result.code == ExitCode.APPROVAL
+    assert "--approve" in result.err
+    assert env.active("alpha") is None
+    assert env.audit()[-1]["event"] == "approval-refused"
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("answer", "code"), [("y\n", 0), ("n\n", 6), ("\n", 6)])
+def test_approval_prompt_on_terminal(
+    env: Env, monkeypatch: pytest.MonkeyPatch, answer: str, code: int
+) -> None:
+    env.make_pack("alpha")
+    monkeypatch.setattr("sys.stdin", _Tty(answer))
+    result = env.run("install", "--pack", "alpha")
+    assert result.code == code
+    assert "Approve? [y/N]" in result.err
+    digest = env.state()["packs"]["alpha"]["staged"]["1.0.0"]["digest"]
+    assert digest in result.err
+    last = env.audit()[-2 if code == 0 else -1]
+    if code == 0:
+        assert last == {**last, "event": "approve", "digest": digest, "how": "prompt"}
+        assert env.state()["packs"]["alpha"]["installed"]["approval"]["how"] == "prompt"
+    else:
+        assert last["event"] == "approval-denied"
+        assert env.active("alpha") is None
+
+
+def test_approval_flag_recorded_bound_to_digest(env: Env) -> None:
+    env.make_pack("alpha")
+    result = env.run("install", "--pack", "alpha", "--approve", "--json")
+    assert result.code == 0
+    digest = result.json["result"]["installed"][0]["digest"]
+    approvals = [e for e in env.audit() if e["event"] == "approve"]
+    assert approvals[-1]["digest"] == digest and approvals[-1]["how"] == "flag"
+
+
+def test_no_approval_needed_when_manifest_says_so(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.make_pack("alpha", approval=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert env.run("install", "--pack", "alpha").code == 0
+
+
+def test_staged_tree_changed_after_staging_refused(env: Env) -> None:
+    env.make_pack("alpha")
+    assert env.run("stage", "--pack", "alpha").code == 0
+    staged = env.home / "staging" / "alpha" / "1.0.0"
+    (staged / "install.sh").write_text("#!/usr/bin/env bash\necho evil\n")
+    result = env.run("install", "--pack", "alpha", "--approve")
+    assert result.code == ExitCode.REFUSED
+    assert "changed since it was staged" in result.err
+    assert env.active("alpha") is None
+    assert not (env.home / "packs" / "alpha" / "1.0.0").exists()
+    assert env.run("dry-run", "--pack", "alpha").code == ExitCode.REFUSED
+
+
+def test_install_failure_keeps_previous_version(env: Env) -> None:
+    env.make_pack("alpha", "1.0.0")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    env.make_pack("alpha", "2.0.0", install='#!/usr/bin/env bash\necho "disk full"\nexit 1\n')
+    result = env.run("install", "--pack", "alpha", "--approve", "--json")
+    assert result.code == ExitCode.FAILED
+    assert "1.0.0 stays active" in result.json["error"]["message"]
+    assert "output: disk full" in result.json["error"]["problems"]
+    record = env.state()["packs"]["alpha"]
+    assert record["active_version"] == "1.0.0"
+    assert record["last_result"]["ok"] is False
+    assert sorted(p.name for p in (env.home / "packs" / "alpha").iterdir()) == ["1.0.0"]
+    assert env.audit()[-1]["event"] == "install-failed"
+    assert env.run("verify", "--pack", "alpha").code == 0
+
+
+def test_reinstall_same_version_failure_restores_previous_copy(env: Env) -> None:
+    root = env.make_pack("alpha", "1.0.0", files={"note.txt": "v1"})
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    (root / "note.txt").write_text("v1 changed")
+    (root / "install.sh").write_text("#!/usr/bin/env bash\nexit 1\n")
+    assert env.run("stage", "--pack", "alpha").code == 0
+    assert env.run("install", "--pack", "alpha", "--approve").code == ExitCode.FAILED
+    assert (env.home / "packs/alpha/1.0.0/note.txt").read_text() == "v1"
+    assert env.run("verify", "--pack", "alpha").code == 0
+
+
+def test_upgrade_replaces_active_version(env: Env) -> None:
+    env.make_pack("alpha", "1.0.0")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    env.make_pack("alpha", "1.1.0")
+    result = env.run("install", "--pack", "alpha", "--approve", "--json")
+    assert result.code == 0
+    step = result.json["result"]["installed"][0]
+    assert (step["action"], step["previous"]) == ("upgrade", "1.0.0")
+    assert sorted(p.name for p in (env.home / "packs" / "alpha").iterdir()) == ["1.1.0"]
+
+
+def test_install_script_timeout_kills_group(env: Env) -> None:
+    env.make_pack("alpha", install="#!/usr/bin/env bash\nsleep 300 &\nsleep 300\n")
+    result = env.run("install", "--pack", "alpha", "--approve", "--script-timeout", "1")
+    assert result.code == ExitCode.FAILED
+    assert "timed out" in result.err
+    assert env.active("alpha") is None
+
+
+def test_uninstall_keeps_data_unless_purge(env: Env) -> None:
+    env.make_pack("alpha")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    result = env.run("uninstall", "--pack", "alpha")
+    assert result.code == 0
+    assert not (env.home / "packs" / "alpha").exists()
+    assert (env.home / "data" / "alpha" / "installed-version").exists()
+    assert env.active("alpha") is None
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    assert env.run("uninstall", "--pack", "alpha", "--purge").code == 0
+    assert not (env.home / "data" / "alpha").exists()
+
+
+def test_uninstall_refused_while_depended_upon(env: Env) -> None:
+    _install_chain(env)
+    assert env.run("install", "--pack", "top", "--with-deps", "--approve").code == 0
+    result = env.run("uninstall", "--pack", "base", "--json")
+    assert result.code == ExitCode.REFUSED
+    problems = result.json["error"]["problems"]
+    assert problems == ["mid depends on base", "top depends on base"]
+    assert env.active("base") == "0.1.0"
+    forced = env.run("uninstall", "--pack", "base", "--force", "--json")
+    assert forced.code == 0
+    assert forced.json["result"]["forced_past"] == ["mid", "top"]
+
+
+def test_verify_lists_changed_missing_extra(env: Env) -> None:
+    env.make_pack("alpha", files={"a.txt": "a", "b.txt": "b"})
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    installed = env.home / "packs" / "alpha" / "1.0.0"
+    assert env.run("verify", "--pack", "alpha").code == 0
+    (installed / "a.txt").write_text("changed")
+    (installed / "b.txt").unlink()
+    (installed / "c.txt").write_text("new")
+    (installed / "__pycache__").mkdir()
+    (installed / "__pycache__" / "x.pyc").write_text("cache")  # caches are not the pack
+    result = env.run("verify", "--pack", "alpha", "--json")
+    assert result.code == ExitCode.FAILED
+    assert result.json["error"]["problems"] == ["changed: a.txt", "missing: b.txt", "extra: c.txt"]
+
+
+def test_status_reports_state_version_digest_approval_last_result(env: Env) -> None:
+    env.make_pack("alpha")
+    env.make_pack("beta")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    assert env.run("stage", "--pack", "beta").code == 0
+    result = env.run("status", "--pack", "alpha", "--json")
+    assert result.code == 0
+    status = result.json["result"]
+    assert status["state"] == "installed"
+    assert status["active_version"] == "1.0.0"
+    assert status["digest"].startswith("sha256:")
+    assert status["approval"]["how"] == "flag"
+    assert status["last_result"]["op"] == "install" and status["last_result"]["ok"]
+    every = env.run("status", "--json").json["result"]["packs"]
+    assert {s["pack"]: s["state"] for s in every} == {"alpha": "installed", "beta": "staged"}
+    human = env.run("status", "--pack", "alpha")
+    assert "alpha: installed" in human.out and "approval  flag" in human.out
+    assert env.run("status", "--pack", "nope").code == ExitCode.NOT_FOUND
+
+
+def test_corrupt_state_is_an_error_not_repaired(env: Env) -> None:
+    env.make_pack("alpha")
+    env.home.mkdir()
+    (env.home / "state.json").write_text("{not json")
+    result = env.run("stage", "--pack", "alpha")
+    assert result.code == ExitCode.FAILED
+    assert "not valid JSON" in result.err
+    assert (env.home / "state.json").read_text() == "{not json"
+
+
+def test_json_output_is_exactly_one_document(env: Env) -> None:
+    env.make_pack("alpha")
+    for argv in (
+        ["list"],
+        ["validate", "--pack", "alpha"],
+        ["stage", "--pack", "alpha"],
+        ["dry-run", "--pack", "alpha"],
+        ["install", "--pack", "alpha", "--approve"],
+        ["status"],
+        ["verify", "--pack", "alpha"],
+        ["start", "--pack", "alpha"],
+        ["health", "--pack", "alpha"],
+        ["stop", "--pack", "alpha"],
+        ["uninstall", "--pack", "alpha"],
+        ["verify", "--pack", "alpha"],
+    ):
+        result = env.run(*argv, "--json")
+        doc = json.loads(result.out)  # raises if anything else is on stdout
+        assert doc["command"] == argv[0]
+        assert doc["exit_code"] == result.code
