@@ -73,8 +73,9 @@ _POLL = 0.02
 class StartError(LifecycleError):
     """The service did not become ready; ``log_tail`` holds the last lines of its log."""
 
-    def __init__(self, message: str, log_tail: str = "") -> None:
+    def __init__(self, message: str, log_tail: str = "", pid: int | None = None) -> None:
         self.log_tail = log_tail
+        self.pid = pid
         super().__init__(message)
 
 
@@ -258,6 +259,7 @@ def start_service(
             raise StartError(
                 f"service exited with status {proc.returncode} at start",
                 _log_tail(paths.log_file),
+                proc.pid,
             )
         write_pidfile(paths.pidfile, record)
         deadline = time.monotonic() + timeout
@@ -268,6 +270,7 @@ def start_service(
                 raise StartError(
                     f"service exited with status {code} during start",
                     _log_tail(paths.log_file),
+                    proc.pid,
                 )
             if _service_ready(read_status(paths.status_file), record):
                 proc.returncode = 0  # detached on purpose: no "still running" warning
@@ -279,6 +282,7 @@ def start_service(
                 raise StartError(
                     f"service not ready after {timeout:g} s; stopped it again",
                     _log_tail(paths.log_file),
+                    proc.pid,
                 )
             time.sleep(_POLL)
 
