@@ -1,0 +1,380 @@
+"""pack05's lifecycle as real processes: install.sh, start.sh, health_check.sh, stop.sh.
+
+Each test gets its own AURORA_PACK_{DATA,RUN,LOGS} in tmp_path and runs the scripts of
+the source tree from an unrelated working directory; whatever they started is killed
+at teardown through the pidfile (never by pattern).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACK = REPO / "packs" / "pack05_plugin_api"
+POLL = 0.2
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _alive(pid: int) -> bool:
+    return _start_time(pid) is not None
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+class Pack05:
+    """The scripts of pack05 run with a temporary environment contract."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.data = base / "data"
+        self.run_dir = base / "run"
+        self.logs = base / "logs"
+        self.plugins = self.data / "plugins"
+        self.inbox = self.plugins / "inbox"
+        self.cwd = base / "elsewhere"
+        self.cwd.mkdir(parents=True)
+        self.env = {
+            **os.environ,
+            "AURORA_HOME": str(base / "home"),
+            "AURORA_PACK_ID": "pack05_plugin_api",
+            "AURORA_PACK_ROOT": str(PACK),
+            "AURORA_PACK_DATA": str(self.data),
+            "AURORA_PACK_RUN": str(self.run_dir),
+            "AURORA_PACK_LOGS": str(self.logs),
+            "PYTHON": sys.executable,
+            "AURORA_PACK05_POLL_SECONDS": str(POLL),
+            "AURORA_PACK05_SETTLE_SECONDS": "0.1",
+        }
+        self.started: list[int] = []  # pids seen in the pidfile, killed at teardown
+
+    def script(
+        self, name: str, *args: str, timeout: float = 60, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(PACK / name), *args],
+            cwd=self.cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        pid = self.pid()
+        if pid is not None and pid not in self.started:
+            self.started.append(pid)
+        return proc
+
+    def pidfile(self) -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = json.loads((self.run_dir / "service.pid").read_text())
+        except FileNotFoundError:
+            return None
+        return doc
+
+    def pid(self) -> int | None:
+        doc = self.pidfile()
+        return int(doc["pid"]) if doc else None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = json.loads((self.run_dir / "service.status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return doc
+
+    def registry(self) -> dict[str, Any]:
+        try:
+            doc: dict[str, Any] = json.loads((self.plugins / "registry.json").read_text())
+        except FileNotFoundError:
+            return {"plugins": {}}
+        return doc
+
+    def healthy(self) -> bool:
+        return self.script("health_check.sh", timeout=30).returncode == 0
+
+    def kill_all(self) -> None:
+        for pid in self.started:
+            if _alive(pid) and os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def pack(tmp_path: Path) -> Iterator[Pack05]:
+    lc = Pack05(tmp_path / "p05")
+    yield lc
+    lc.kill_all()
+
+
+@pytest.fixture
+def started(pack: Pack05) -> Pack05:
+    assert pack.script("install.sh", "--install").returncode == 0
+    proc = pack.script("start.sh")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return pack
+
+
+@pytest.fixture
+def bystanders() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Processes that are not the service and must survive; killed at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*argv: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(list(argv), start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def make_plugin(where: Path, plugin_id: str = "acme.echo", **files: bytes) -> Path:
+    where.mkdir(parents=True)
+    manifest = {
+        "id": plugin_id,
+        "name": "Echo",
+        "version": "1.0.0",
+        "entrypoint": "main.py",
+        "permissions": ["network"],
+    }
+    (where / "manifest.json").write_text(json.dumps(manifest))
+    (where / "main.py").write_text("print('hello')\n")
+    for name, data in files.items():
+        (where / name).write_bytes(data)
+    return where
+
+
+def evil_tar(path: Path) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in (("manifest.json", b"{}"), ("../../escaped.txt", b"pwned")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+# --- the whole cycle --------------------------------------------------------------------------
+
+
+def test_install_start_stage_quarantine_stop(pack: Pack05, tmp_path: Path) -> None:
+    proc = pack.script("install.sh", "--install")
+    assert proc.returncode == 0, proc.stderr
+    assert pack.inbox.is_dir() and (pack.plugins / "quarantine").is_dir()
+
+    proc = pack.script("start.sh")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "started" in proc.stdout
+    pid = pack.pid()
+    assert pid is not None and os.getsid(pid) == pid  # detached in its own session
+
+    health = pack.script("health_check.sh")
+    assert (health.returncode, health.stdout.strip()) == (0, "health OK")
+
+    os.rename(make_plugin(tmp_path / "src" / "echo"), pack.inbox / "echo")
+    assert _wait_for(lambda: "acme.echo" in pack.registry()["plugins"])
+    assert _wait_for(lambda: not (pack.inbox / "echo").exists())
+    assert (pack.plugins / "packages" / "acme.echo" / "1.0.0" / "main.py").is_file()
+
+    os.rename(evil_tar(tmp_path / "src" / "evil.tar.gz"), pack.inbox / "evil.tar.gz")
+    reason_file = pack.plugins / "quarantine" / "evil.tar.gz.reason.json"
+    assert _wait_for(reason_file.exists)
+    assert (pack.plugins / "quarantine" / "evil.tar.gz").is_file()
+    assert "escapes the package" in json.loads(reason_file.read_text())["reason"]
+    assert list(tmp_path.rglob("escaped.txt")) == []
+    assert not (pack.inbox / "evil.tar.gz").exists()
+
+    assert pack.healthy()  # a bad item does not take the service down
+    assert pack.status()["counts"] == {"staged": 1, "quarantined": 1, "errors": 0}
+
+    proc = pack.script("stop.sh")
+    assert proc.returncode == 0, proc.stderr
+    assert f"stopped pid {pid} after TERM" in proc.stdout
+    assert not _alive(pid)
+    assert pack.pidfile() is None
+    assert pack.status()["state"] == "stopped"
+    health = pack.script("health_check.sh")
+    assert health.returncode != 0 and health.stdout.startswith("health FAIL: not running")
+
+
+def test_install_dry_run_writes_nothing_and_unknown_mode_is_refused(pack: Pack05) -> None:
+    proc = pack.script("install.sh", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dry-run OK" in proc.stdout
+    assert sorted(os.listdir(pack.base)) == ["elsewhere"]
+    for args in (["--upgrade"], []):
+        proc = pack.script("install.sh", *args)
+        assert proc.returncode == 2
+        assert "usage: install.sh --dry-run | --install" in proc.stderr
+
+
+def test_start_reports_a_service_that_dies_at_start(pack: Pack05) -> None:
+    proc = pack.script("start.sh", AURORA_PACK05_POLL_SECONDS="often")
+    assert proc.returncode == 1
+    assert "start FAILED: service exited with status 2" in proc.stdout
+    assert "'often': expected a number of seconds" in proc.stdout  # the log's last lines
+    assert pack.pidfile() is None
+
+
+def test_double_start_and_double_stop_are_harmless(started: Pack05) -> None:
+    pid = started.pid()
+    proc = started.script("start.sh")
+    assert proc.returncode == 0 and f"already running (pid {pid})" in proc.stdout
+    assert started.pid() == pid
+    assert started.script("stop.sh").returncode == 0
+    proc = started.script("stop.sh")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "not running")
+
+
+# --- failures the scripts must see and survive ---------------------------------------------
+
+
+def test_sigkilled_service_is_unhealthy_and_restartable(started: Pack05) -> None:
+    pid = started.pid()
+    assert pid is not None and started.healthy()
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_for(lambda: not started.healthy(), timeout=5)
+    health = started.script("health_check.sh")
+    assert "not running" in health.stdout and "stale pidfile" in health.stdout
+    proc = started.script("stop.sh")
+    assert proc.returncode == 0 and "removed stale pidfile" in proc.stdout
+    proc = started.script("start.sh")
+    assert proc.returncode == 0, proc.stdout
+    assert started.pid() != pid and started.healthy()
+
+
+def test_stale_pidfile_of_another_process_is_not_signalled(
+    pack: Pack05, bystanders: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    other = bystanders("sleep", "60")
+    start_time = _start_time(other.pid)
+    assert start_time is not None
+    pack.run_dir.mkdir(parents=True)
+    # What a pidfile looks like after a reboot-free pid reuse: same pid, another process.
+    record = {
+        "pid": other.pid,
+        "start_time": start_time - 1,
+        "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        "exe": os.path.realpath(sys.executable),
+    }
+    (pack.run_dir / "service.pid").write_text(json.dumps(record))
+    health = pack.script("health_check.sh")
+    assert health.returncode != 0 and "another process" in health.stdout
+    proc = pack.script("stop.sh")
+    assert proc.returncode == 0 and "not signalled" in proc.stdout
+    assert other.poll() is None
+    proc = pack.script("start.sh")
+    assert proc.returncode == 0, proc.stdout
+    assert pack.pid() != other.pid
+    assert pack.script("stop.sh").returncode == 0
+    assert other.poll() is None
+
+
+def test_decoy_with_the_service_name_survives_stop(
+    started: Pack05, bystanders: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    decoy = bystanders(
+        sys.executable, "-c", "import time; time.sleep(60)", "-m", "core.service", "core/loader.py"
+    )
+    pid = started.pid()
+    assert pid is not None
+    assert started.script("stop.sh").returncode == 0
+    assert not _alive(pid)
+    assert started.script("stop.sh").returncode == 0
+    assert decoy.poll() is None
+
+
+IGNORES_TERM = textwrap.dedent(
+    """
+    import signal, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_service_that_ignores_term_is_killed_after_the_timeout(
+    pack: Pack05, tmp_path: Path
+) -> None:
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", IGNORES_TERM],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
+        pack.run_dir.mkdir(parents=True)
+        record = {
+            "pid": stubborn.pid,
+            "start_time": _start_time(stubborn.pid),
+            "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+            "exe": os.readlink(f"/proc/{stubborn.pid}/exe"),
+        }
+        (pack.run_dir / "service.pid").write_text(json.dumps(record))
+        began = time.monotonic()
+        proc = pack.script("stop.sh", AURORA_PACK05_STOP_TIMEOUT="1")
+        took = time.monotonic() - began
+        assert proc.returncode == 0, proc.stderr
+        assert "with KILL after TERM was ignored for 1 s" in proc.stdout
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL
+        assert took >= 1.0
+        assert pack.pidfile() is None
+    finally:
+        if stubborn.poll() is None:
+            os.killpg(stubborn.pid, signal.SIGKILL)
+            stubborn.wait()
+
+
+def test_sigterm_during_staging_leaves_no_partial_state(started: Pack05, tmp_path: Path) -> None:
+    big = make_plugin(tmp_path / "src" / "big", "acme.big", **{"blob.bin": b"\0" * (60 << 20)})
+    os.rename(big, started.inbox / "big")
+    assert _wait_for(lambda: started.status().get("current") == "big", timeout=20), (
+        "never saw the service staging the item"
+    )
+    proc = started.script("stop.sh")
+    assert proc.returncode == 0 and "after TERM" in proc.stdout  # finished, no KILL needed
+    registered = "acme.big" in started.registry()["plugins"]
+    package = started.plugins / "packages" / "acme.big" / "1.0.0"
+    if registered:  # finished: whole package, inbox entry gone
+        assert (package / "blob.bin").stat().st_size == 60 << 20
+        assert os.listdir(started.inbox) == []
+    else:  # abandoned: as if never started
+        assert not package.exists()
+        assert os.listdir(started.inbox) == ["big"]
+    staging = started.plugins / "staging"
+    assert not staging.exists() or os.listdir(staging) == []
+    assert started.status()["state"] == "stopped"
