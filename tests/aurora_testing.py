@@ -78,7 +78,8 @@ def read_pid():
         pid, start = PIDFILE.read_text().split()
     except (OSError, ValueError):
         return None
-    return int(pid) if starttime(int(pid)) == int(start) else None
+    same = alive(int(pid)) and starttime(int(pid)) == int(start)
+    return int(pid) if same else None
 
 
 def main(cmd):

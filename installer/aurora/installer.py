@@ -19,6 +19,7 @@ from aurora.errors import (
     DependencyError,
     DependentsError,
     IntegrityError,
+    LockBusyError,
     ManifestError,
     NotFoundError,
     OperationFailed,
@@ -178,6 +179,33 @@ class Installer:
 
     # -- crash recovery -------------------------------------------------------
 
+    def _read_state(self) -> State:
+        """State for a read-only command; an interrupted run's leftovers are cleaned up
+        first when no other installer is at work (its pending record is not a leftover)."""
+        state = self._state()
+        if self._has_leftovers(state):
+            try:
+                with InstallerLock(self.home.lock, 0):
+                    state = self._state()
+                    self.recovered = self._recover(state)
+            except LockBusyError:
+                pass
+        return state
+
+    def _has_leftovers(self, state: State) -> bool:
+        if any(record.get("pending") for record in state.packs.values()):
+            return True
+        for kind in ("staging", "packs"):
+            for child in self.home.root.glob(f"{kind}/*/*"):
+                record = state.get(child.parent.name) or {}
+                if kind == "staging":
+                    known = child.name in record.get("staged", {})
+                else:
+                    known = child.name == record.get("active_version")
+                if not known:
+                    return True
+        return False
+
     def _recover(self, state: State) -> list[str]:
         """Clean up what an interrupted run left; report each thing done.
 
@@ -282,7 +310,7 @@ class Installer:
 
     def list_packs(self) -> list[dict[str, Any]]:
         """Packs found in the packs directory and packs installed, with their states."""
-        state = self._state()
+        state = self._read_state()
         rows: list[dict[str, Any]] = []
         sources = find_packs(self.packs_dir)
         for pack_id in sorted(set(sources) | set(state.packs)):
@@ -330,7 +358,7 @@ class Installer:
 
     def verify(self, pack_id: str) -> dict[str, Any]:
         """Re-hash the installed copy against its recorded digest."""
-        state = self._state()
+        state = self._read_state()
         record = state.get(pack_id)
         version = state.active_version(pack_id)
         if record is None or version is None:
@@ -362,7 +390,7 @@ class Installer:
 
     def status(self, pack_id: str | None = None) -> dict[str, Any]:
         """State, version, digest, approval, last result and runtime of one or every pack."""
-        state = self._state()
+        state = self._read_state()
         if pack_id is not None:
             if state.get(pack_id) is None:
                 self._pack_or_installed(pack_id)  # unknown pack: NotFoundError
@@ -988,7 +1016,7 @@ class Installer:
 
     def health(self, pack_id: str) -> dict[str, Any]:
         """Run health_check.sh once and update the health state."""
-        state = self._state()
+        state = self._read_state()
         manifest = self._installed_manifest(state, pack_id)
         health = HealthRecord(self._health_path(pack_id))
         result = self._check(manifest, self.options.health.timeout)
@@ -1014,7 +1042,7 @@ class Installer:
 
     def watch_health(self, pack_id: str, on_health: HealthSink, count: int | None) -> int:
         """Poll health every interval, reporting each state change; returns checks run."""
-        state = self._state()
+        state = self._read_state()
         manifest = self._installed_manifest(state, pack_id)
         policy = self.options.health
         health = HealthRecord(self._health_path(pack_id))

@@ -81,8 +81,8 @@ class PidInfo:
         }
 
 
-def _parse_pidfile(text: str) -> tuple[int, int | None] | None:
-    """Accept `{"pid": N, "start_time": T}` (JSON) or `N [T]` (text)."""
+def _parse_pidfile(text: str) -> tuple[int, int | None, dict[str, Any]] | None:
+    """Accept pack05's JSON (`{"pid", "start_time", "boot_id", "exe"}`) or text `PID [START]`."""
     text = text.strip()
     if not text:
         return None
@@ -93,15 +93,39 @@ def _parse_pidfile(text: str) -> tuple[int, int | None] | None:
             return None
         if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int):
             return None
-        start = doc.get("start_time", doc.get("starttime", doc.get("start_ticks")))
-        return doc["pid"], start if isinstance(start, int) else None
+        start = doc.get("start_time")
+        return doc["pid"], start if isinstance(start, int) else None, doc
     parts = text.split()
     try:
         pid = int(parts[0])
         start_time = int(parts[1]) if len(parts) > 1 else None
     except ValueError:
         return None
-    return pid, start_time
+    return pid, start_time, {}
+
+
+def _same_process(pid: int, start_time: int | None, extra: dict[str, Any]) -> bool:
+    """Whether ``pid`` is still the process the pidfile describes (never a reused pid)."""
+    actual = proc_start_time(pid)
+    if actual is None or _proc_state(pid) in ("Z", "X"):
+        return False
+    if start_time is not None and actual != start_time:
+        return False
+    boot_id = extra.get("boot_id")
+    if isinstance(boot_id, str) and boot_id:
+        try:
+            if Path("/proc/sys/kernel/random/boot_id").read_text().strip() != boot_id:
+                return False
+        except OSError:
+            pass
+    exe = extra.get("exe")
+    if isinstance(exe, str) and exe:
+        try:
+            if os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") != exe:
+                return False
+        except OSError:
+            pass
+    return True
 
 
 def read_pidfiles(run_dir: Path) -> list[PidInfo]:
@@ -116,12 +140,8 @@ def read_pidfiles(run_dir: Path) -> list[PidInfo]:
             continue
         if parsed is None:
             continue
-        pid, start_time = parsed
-        actual = proc_start_time(pid)
-        alive = actual is not None and _proc_state(pid) not in ("Z", "X")
-        if alive and start_time is not None and actual != start_time:
-            alive = False  # the pid was reused by another process
-        infos.append(PidInfo(path, pid, start_time, alive))
+        pid, start_time, extra = parsed
+        infos.append(PidInfo(path, pid, start_time, _same_process(pid, start_time, extra)))
     return infos
 
 

@@ -1,0 +1,230 @@
+"""start/stop/health/status driven by the installer, with fixture packs that run a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from aurora.exitcodes import ExitCode
+from aurora_testing import Env
+
+FAST = ["--interval", "0.1", "--start-period", "0", "--retries", "2"]
+
+
+def _install_service(env: Env, mode: str = "ok", health_timeout: int = 10) -> None:
+    env.make_pack("svc", service=True, health_timeout=health_timeout, files={"mode": mode})
+    result = env.run("install", "--pack", "svc", "--approve")
+    assert result.code == 0, result.err
+
+
+def _service_pid(env: Env) -> int:
+    return int((env.home / "run" / "svc" / "service.pid").read_text().split()[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def _processes_of(home: Path, marker: str) -> list[int]:
+    """Live processes whose environment names this home and whose command line has marker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        mine = f"AURORA_HOME={home}".encode() in environ.split(b"\0")
+        if mine and marker.encode() in cmdline and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_start_healthy_status_stop(env: Env) -> None:
+    _install_service(env)
+    started = env.run("start", "--pack", "svc", *FAST, "--json")
+    assert started.code == 0, started.err
+    assert started.json["result"]["health"]["status"] == "healthy"
+    pid = _service_pid(env)
+    assert _alive(pid)
+    status = env.run("status", "--pack", "svc", "--json").json["result"]
+    assert status["state"] == "running"
+    assert status["runtime"]["running"] is True
+    assert status["runtime"]["pid"] == pid
+    assert status["runtime"]["uptime_seconds"] is not None
+    assert status["runtime"]["health"]["status"] == "healthy"
+    assert status["runtime"]["health"]["last_check"]["output"] == f"health OK: pid {pid}"
+    human = env.run("status", "--pack", "svc")
+    assert f"running   yes, pid {pid}" in human.out
+    assert "health    healthy: health OK" in human.out
+    stopped = env.run("stop", "--pack", "svc")
+    assert stopped.code == 0, stopped.err
+    assert not _alive(pid)
+    status = env.run("status", "--pack", "svc", "--json").json["result"]
+    assert status["state"] == "installed"
+    assert status["runtime"]["running"] is False
+    assert status["last_result"]["op"] == "stop" and status["last_result"]["ok"]
+    events = [e["event"] for e in env.audit()]
+    assert events[-2:] == ["start", "stop"]
+
+
+def test_double_start_and_double_stop_are_harmless(env: Env) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    pid = _service_pid(env)
+    again = env.run("start", "--pack", "svc", *FAST)
+    assert again.code == 0
+    assert "already running" in again.out
+    assert _service_pid(env) == pid
+    assert env.run("stop", "--pack", "svc").code == 0
+    second = env.run("stop", "--pack", "svc")
+    assert second.code == 0
+    assert "not running" in second.out
+
+
+def test_start_fails_when_never_healthy(env: Env) -> None:
+    _install_service(env, mode="never")
+    result = env.run("start", "--pack", "svc", *FAST, "--json")
+    assert result.code == ExitCode.FAILED
+    message = result.json["error"]["message"]
+    assert "not healthy (unhealthy)" in message
+    assert "2 consecutive failing checks" in message
+    assert "configured to never be healthy" in message
+    record = env.state()["packs"]["svc"]
+    assert record["last_result"]["ok"] is False
+    assert record["runtime"]["state"] == "unhealthy"
+
+
+def test_start_period_failures_do_not_count_but_the_bound_holds(env: Env) -> None:
+    _install_service(env, mode="never", health_timeout=2)
+    began = time.monotonic()
+    result = env.run(
+        "start", "--pack", "svc", "--interval", "0.2", "--start-period", "60", "--retries", "1"
+    )
+    took = time.monotonic() - began
+    assert result.code == ExitCode.FAILED
+    assert "not healthy within 2 s (health_check_timeout_seconds)" in result.err
+    assert took < 15  # generous: the bound is 2 s
+
+
+def test_hanging_check_is_killed_with_its_group_and_counts_as_failure(env: Env) -> None:
+    _install_service(env, mode="hang")
+    result = env.run("start", "--pack", "svc", *FAST, "--check-timeout", "0.5")
+    assert result.code == ExitCode.FAILED
+    assert "timed out" in result.err
+    assert _processes_of(env.home, "service.py health") == []
+
+
+def test_health_once_and_watch_reports_changes(env: Env) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    once = env.run("health", "--pack", "svc", "--json")
+    assert once.code == 0
+    assert once.json["result"]["status"] == "healthy"
+    os.killpg(_service_pid(env), signal.SIGKILL)
+    failed = env.run("health", "--pack", "svc")
+    assert failed.code == ExitCode.FAILED
+    assert "health FAIL: not running" in failed.err
+    watch = env.run(
+        "health",
+        "--pack",
+        "svc",
+        "--watch",
+        "--count",
+        "3",
+        "--interval",
+        "0.1",
+        "--retries",
+        "2",
+        "--json",
+    )
+    assert watch.code == 0
+    changes = watch.json["result"]["changes"]
+    assert [c["status"] for c in changes] == ["unhealthy"]
+    assert "health: unhealthy (health FAIL: not running)" in watch.err
+    status = env.run("status", "--pack", "svc", "--json").json["result"]
+    assert status["runtime"]["health"]["status"] == "unhealthy"
+
+
+def test_uninstall_refuses_running_pack_or_stops_it(env: Env) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    pid = _service_pid(env)
+    refused = env.run("uninstall", "--pack", "svc")
+    assert refused.code == ExitCode.REFUSED
+    assert "is running" in refused.err
+    assert _alive(pid)
+    reinstall = env.run("install", "--pack", "svc", "--approve")
+    assert reinstall.code == ExitCode.REFUSED
+    done = env.run("uninstall", "--pack", "svc", "--stop")
+    assert done.code == 0, done.err
+    assert not _alive(pid)
+    assert env.active("svc") is None
+
+
+def test_stop_timeout_kills_script_and_records_failure(env: Env) -> None:
+    env.make_pack("slow", files={})
+    (env.packs_dir / "slow" / "stop.sh").write_text(
+        "#!/usr/bin/env bash\nset -euo pipefail\necho stopping\nsleep 300\n"
+    )
+    assert env.run("install", "--pack", "slow", "--approve").code == 0
+    assert env.run("start", "--pack", "slow", *FAST).code == 0
+    result = env.run("stop", "--pack", "slow", "--timeout", "0.5")
+    assert result.code == ExitCode.FAILED
+    assert "timed out" in result.err
+    record = env.state()["packs"]["slow"]
+    assert record["last_result"] == {**record["last_result"], "op": "stop", "ok": False}
+    assert _processes_of(env.home, "sleep 300") == []
+
+
+def test_start_script_failure_reported(env: Env) -> None:
+    env.make_pack("bad")
+    (env.packs_dir / "bad" / "start.sh").write_text(
+        "#!/usr/bin/env bash\necho 'port 8080 in use' >&2\nexit 1\n"
+    )
+    assert env.run("install", "--pack", "bad", "--approve").code == 0
+    result = env.run("start", "--pack", "bad", "--json")
+    assert result.code == ExitCode.FAILED
+    assert "output: port 8080 in use" in result.json["error"]["problems"]
+    log = (env.home / "logs" / "bad" / "start.log").read_text()
+    assert "port 8080 in use" in log
+
+
+def test_status_reads_pack05_style_json_pidfile(env: Env) -> None:
+    # pack05 writes {"pid", "start_time", "boot_id", "exe"}; a reused pid is not "running".
+    env.make_pack("alpha")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    run = env.home / "run" / "alpha"
+    run.mkdir(parents=True)
+    me = Path(f"/proc/{os.getpid()}/stat").read_text()
+    start = int(me[me.rfind(")") + 2 :].split()[19])
+    doc = {"pid": os.getpid(), "start_time": start, "boot_id": "", "exe": ""}
+    (run / "service.pid").write_text(json.dumps(doc))
+    status = env.run("status", "--pack", "alpha", "--json").json["result"]
+    assert status["runtime"]["running"] is True and status["runtime"]["pid"] == os.getpid()
+    (run / "service.pid").write_text(json.dumps({**doc, "start_time": start + 1}))
+    status = env.run("status", "--pack", "alpha", "--json").json["result"]
+    assert status["runtime"]["running"] is False
+
+
+@pytest.mark.slow
+def test_lifecycle_as_real_processes(env: Env) -> None:
+    _install_service(env)
+    started = env.cli("start", "--pack", "svc", *FAST)
+    assert started.code == 0, started.err
+    pid = _service_pid(env)
+    assert env.cli("health", "--pack", "svc").code == 0
+    assert env.cli("uninstall", "--pack", "svc").code == ExitCode.REFUSED
+    assert env.cli("stop", "--pack", "svc").code == 0
+    assert not _alive(pid)
+    assert env.cli("uninstall", "--pack", "svc", "--purge").code == 0
