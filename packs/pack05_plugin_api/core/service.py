@@ -1,10 +1,10 @@
 """The loader service: stages what is dropped in ``plugins/inbox/``, quarantines the rest.
 
 Run as ``python -m core.service`` from the pack root (``start.sh`` does). An inbox
-entry is taken once it is complete: unchanged (size, mtimes, file count) for a
-settle period, which a rename into the inbox satisfies at once. Writers should
-build under a name starting with ``.`` (ignored) and rename it in. Plugin code is
-never run: the loader only copies, checks and registers.
+entry is taken once it is complete: nothing in it (size, file count, mtimes and
+ctimes) changed for a settle period (default 0.25 s; a rename into the inbox is the
+last change). Writers should build under a name starting with ``.`` (ignored) and
+rename it in. Plugin code is never run: the loader only copies, checks and registers.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class _SignalStop:
 class _Pending:
     __slots__ = ("signature", "since")
 
-    def __init__(self, signature: tuple[Any, ...], since: float) -> None:
+    def __init__(self, signature: tuple[int, ...], since: float) -> None:
         self.signature = signature
         self.since = since
 
@@ -102,21 +102,20 @@ def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def _signature(path: str) -> tuple[Any, ...] | None:
+def _signature(path: str) -> tuple[int, ...] | None:
     """What changes while an entry is still being written; None when it vanished.
 
-    Symlinks are not followed. For a directory: file count, total size and the
-    newest mtime/ctime of the whole tree.
+    Symlinks are not followed. Type, inode and size of the entry, and for a directory
+    the file count and total size of the tree; the last field is the newest mtime or
+    ctime (ns) of anything in it. A rename into the inbox sets the entry's ctime.
     """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
-    top = (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if not stat.S_ISDIR(st.st_mode):
-        return top
-    count, size, newest = 0, 0, 0
-    stack = [path]
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    count = size = 0
+    stack = [path] if stat.S_ISDIR(st.st_mode) else []
     while stack and count < _MAX_WALK:
         try:
             with os.scandir(stack.pop()) as it:
@@ -129,7 +128,7 @@ def _signature(path: str) -> tuple[Any, ...] | None:
                         stack.append(entry.path)
         except FileNotFoundError:
             continue  # removed while we looked: the next scan sees a new signature
-    return (*top, count, size, newest)
+    return (stat.S_IFMT(st.st_mode), st.st_ino, st.st_size, count, size, newest)
 
 
 def _reason_of(exc: BaseException) -> tuple[str, list[str]]:
@@ -174,7 +173,7 @@ class InboxService:
         self._registry_seen: tuple[int, ...] | None = None
         self._pending: dict[str, _Pending] = {}
         # Entries we could not move out of the inbox: skipped until they change.
-        self._stuck: dict[str, tuple[Any, ...] | None] = {}
+        self._stuck: dict[str, tuple[int, ...] | None] = {}
 
     # -- status ------------------------------------------------------------------
 
@@ -212,15 +211,24 @@ class InboxService:
             if entry.name.startswith(_DONE_PREFIX):
                 self._delete(entry)
 
+    def _settled_at(self, seen: _Pending, now: float, wall_ns: int) -> float:
+        """When (monotonic) an entry counts as complete: unchanged for ``settle`` seconds
+        by its own timestamps (a renamed-in entry: ``settle`` after the rename), or by
+        our own looks when its timestamps are in the future."""
+        by_looks = seen.since + self.settle
+        quiet_for = (wall_ns - seen.signature[-1]) / 1e9
+        if quiet_for < 0:
+            return by_looks
+        return min(by_looks, now + max(0.0, self.settle - quiet_for))
+
     def scan_once(self, stop: StopSignal | None = None) -> None:
         """Look at the inbox once; stage or quarantine every entry that is complete."""
-        now = time.monotonic()
+        now, wall_ns = time.monotonic(), time.time_ns()
         ready: list[str] = []
         self.inbox.mkdir(parents=True, exist_ok=True)  # an operator may have removed it
         names = sorted(n for n in os.listdir(self.inbox) if not n.startswith("."))
         for name in names:
-            path = str(self.inbox / name)
-            sig = _signature(path)
+            sig = _signature(str(self.inbox / name))
             if sig is None:
                 continue
             if name in self._stuck:
@@ -229,10 +237,11 @@ class InboxService:
                 del self._stuck[name]
             seen = self._pending.get(name)
             if seen is None or seen.signature != sig:
-                self._pending[name] = _Pending(sig, now)
+                seen = self._pending[name] = _Pending(sig, now)
                 if not (stat.S_ISDIR(sig[0]) or stat.S_ISREG(sig[0])):
                     ready.append(name)  # a link, FIFO or device never becomes a package
-            elif now - seen.since >= self.settle:
+                    continue
+            if self._settled_at(seen, now, wall_ns) <= now:
                 ready.append(name)
         for gone in set(self._pending) - set(names):
             del self._pending[gone]
@@ -247,11 +256,9 @@ class InboxService:
 
     def next_wait(self) -> float:
         """Until the next scan: the interval, or sooner when an item finishes settling."""
-        wait = self.interval
-        now = time.monotonic()
-        for seen in self._pending.values():
-            wait = min(wait, seen.since + self.settle - now)
-        return max(wait, 0.01)
+        now, wall_ns = time.monotonic(), time.time_ns()
+        settled = [self._settled_at(p, now, wall_ns) - now for p in self._pending.values()]
+        return max(min([self.interval, *settled]), 0.01)
 
     def run(self, stop: StopSignal) -> None:
         """Scan until ``stop`` is set; the first status written says "ready"."""

@@ -65,7 +65,7 @@ def drop(src: Path, inbox: Path, name: str | None = None) -> Path:
 
 
 def settle_and_scan(svc: service.InboxService) -> None:
-    """First scan notes the entry; the second (signature unchanged) takes it."""
+    """With settle=0 one scan takes a complete entry; a second one must change nothing."""
     svc.scan_once()
     svc.scan_once()
 
@@ -106,14 +106,16 @@ def test_archive_is_staged(
 
 
 def test_entry_is_not_taken_while_it_changes(
-    svc: service.InboxService, plugins: Path, package_factory: Build
+    plugins: Path, paths: health.Paths, package_factory: Build
 ) -> None:
+    svc = make_service(plugins, paths, settle=3600)
     item = drop(package_factory(), svc.inbox, "echo")
     svc.scan_once()
     (item / "more.py").write_text("# still being copied\n")
     svc.scan_once()  # changed since the last look: wait
     assert registered(plugins) == []
     assert svc.status("running")["pending"] == ["echo"]
+    svc.settle = 0.0  # quiet long enough
     svc.scan_once()
     assert registered(plugins) == ["acme.echo"]
 
@@ -316,6 +318,7 @@ def test_status_file_is_what_health_reads(
     assert status["schema"] == health.STATUS_SCHEMA
     assert status["pid"] == os.getpid()
     assert status["counts"]["staged"] == 1 and status["scans"] == 2
+    assert status["pending"] == [] and status["current"] is None
     assert status["plugins_dir"] == str(svc.plugins_dir)
     assert status["last_error"] is None and status["registry_error"] is None
 
@@ -337,7 +340,6 @@ def test_stop_before_an_item_leaves_it_in_the_inbox(
 ) -> None:
     drop(package_factory(), svc.inbox, "echo")
     stop = threading.Event()
-    svc.scan_once(stop)
     stop.set()
     svc.scan_once(stop)
     assert os.listdir(svc.inbox) == ["echo"]
