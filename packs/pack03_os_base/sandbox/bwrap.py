@@ -37,9 +37,14 @@ def arguments(
     else:
         for path in system:
             args += _bind_keep_symlink(path)
-        for path in [*prefixes, *pol.read_paths, run.executable]:
+        args += ["--tmpfs", "/tmp"]  # private; binds below may land inside it
+        bound = [*system, *prefixes, *pol.read_paths]
+        for path in [*prefixes, *pol.read_paths]:
             args += ["--ro-bind-try", path, path]
-        args += ["--tmpfs", "/tmp"]
+        for path in (run.executable, os.path.realpath(run.executable)):
+            if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
+                args += ["--ro-bind-try", path, path]
+                bound.append(path)
     args += ["--bind", pol.data_dir, pol.data_dir, "--proc", "/proc", "--dev", "/dev"]
     for cap, patterns in devices.items():
         if cap in pol.granted:

@@ -142,23 +142,59 @@ def create_run(
 
 
 def _make_run_dir(h: Hierarchy, base: str, plugin_id: str, run_dir: str) -> None:
-    for d in (base, os.path.join(base, plugin_id)):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(d, 0o755)
-        if h.version == 2:
-            # Controllers must be enabled in every ancestor's subtree_control.
-            wanted = " ".join(f"+{c}" for c in ("memory", "pids") if c in h.controllers)
-            for parent in (os.path.dirname(d), d):
-                if wanted:
-                    try:
-                        _write(os.path.join(parent, "cgroup.subtree_control"), wanted)
-                    except OSError as exc:
-                        log.debug("enable %s in %s: %s", wanted, parent, exc)
-    if os.path.isdir(run_dir):
-        # Leftovers of an earlier run whose pid we now have: that run is over.
-        kill_dirs([run_dir], grace=0.0)
-    else:
-        os.mkdir(run_dir, 0o755)
+    _prune(os.path.join(base, plugin_id))
+    for attempt in range(3):  # a concurrent prune may remove the plugin dir under us
+        for d in (base, os.path.join(base, plugin_id)):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, 0o755)
+            if h.version == 2:
+                _enable_controllers(h, d)
+        if os.path.isdir(run_dir):
+            # Leftovers of an earlier run whose pid we now have: that run is over.
+            kill_dirs([run_dir], grace=0.0)
+        try:
+            os.mkdir(run_dir, 0o755)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+
+
+def _enable_controllers(h: Hierarchy, d: str) -> None:
+    """Controllers must be enabled in every ancestor's subtree_control (v2)."""
+    wanted = " ".join(f"+{c}" for c in ("memory", "pids") if c in h.controllers)
+    if not wanted:
+        return
+    for parent in (os.path.dirname(d), d):
+        try:
+            _write(os.path.join(parent, "cgroup.subtree_control"), wanted)
+        except OSError as exc:
+            log.debug("enable %s in %s: %s", wanted, parent, exc)
+
+
+def _run_is_live(name: str) -> bool:
+    """Whether the process a run dir is named after still exists and still is that run."""
+    pid = name.removeprefix("run-")
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as fh:
+            return any(line.rstrip("\n").endswith(f"/{name}") for line in fh)
+    except OSError:
+        return False
+
+
+def _prune(plugin_dir: str) -> None:
+    """Remove the plugin's runs whose main process is gone, killing what they left behind.
+
+    A crashed plugin's escaped grandchildren must not outlive it forever; a run whose
+    main process lives (another instance, run in the foreground) is left alone.
+    """
+    try:
+        names = [n for n in os.listdir(plugin_dir) if n.startswith("run-")]
+    except OSError:
+        return
+    for name in names:
+        if not _run_is_live(name):
+            kill_dirs([os.path.join(plugin_dir, name)], grace=0.0)
 
 
 def _set_limits(
@@ -199,13 +235,32 @@ def _procs(d: str) -> list[int]:
 
 
 def find_run_dirs(pid: int) -> list[str]:
-    """The cgroup directories of the run started as `pid` (alive or not)."""
-    found: list[str] = []
+    """The cgroup directories of the run started as `pid` (alive or not).
+
+    Looks at the process itself first, then searches each hierarchy a few levels
+    deep (v1 runs sit under the launcher's own cgroup, which the caller may not share).
+    """
     name = f"run-{pid}"
-    for h in hierarchies():
-        for base in h.base_dirs():
-            found.extend(glob.glob(os.path.join(glob.escape(base), "*", name)))
-    return sorted(set(found))
+    found: set[str] = set()
+    hiers = hierarchies()
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as fh:
+            for line in fh:
+                _, ctrl, path = line.rstrip("\n").split(":", 2)
+                if f"/{BASE}/" not in path or not path.endswith(f"/{name}"):
+                    continue
+                for h in hiers:
+                    if (ctrl == "" and h.version == 2) or (
+                        h.version == 1 and set(ctrl.split(",")) & h.controllers
+                    ):
+                        found.add(os.path.normpath(h.mount + path))
+    except (OSError, ValueError, IndexError):
+        pass
+    for h in hiers:
+        for depth in range(4):
+            pattern = os.path.join(glob.escape(h.mount), *["*"] * depth, BASE, "*", name)
+            found.update(glob.glob(pattern))
+    return sorted(d for d in found if os.path.isdir(d))
 
 
 def members(dirs: list[str]) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -117,12 +118,19 @@ class Ruleset:
             if not access:
                 return
             rule = _PathBeneathAttr(access, fd)
-            _libc.syscall(
-                _libc.SYS_LANDLOCK_ADD_RULE,
-                ruleset_fd,
-                RULE_PATH_BENEATH,
-                ctypes.c_void_p(ctypes.addressof(rule)),
-                0,
-            )
+            try:
+                _libc.syscall(
+                    _libc.SYS_LANDLOCK_ADD_RULE,
+                    ruleset_fd,
+                    RULE_PATH_BENEATH,
+                    ctypes.c_void_p(ctypes.addressof(rule)),
+                    0,
+                )
+            except OSError as exc:
+                # EBADFD: not a filesystem Landlock can tag (a pipe behind /dev/stdin,
+                # for one). Skipping only takes access away: it fails closed.
+                if exc.errno != errno.EBADFD:
+                    raise
+                self.skipped.append(path)
         finally:
             os.close(fd)

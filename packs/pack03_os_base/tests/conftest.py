@@ -1,0 +1,331 @@
+"""Factories for the sandbox tests: policies, an attack plugin, listeners, runs that clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PACK = Path(__file__).resolve().parents[1]
+LAUNCH = PACK / "sandbox" / "launch.py"
+PYTHON = sys.executable
+
+# The attack plugin: one forbidden action per call, one JSON line on stdout.
+ATTACK = r"""
+import json, os, resource, signal, socket, sys, time
+
+def out(outcome, **kw):
+    print(json.dumps({"outcome": outcome, **kw}), flush=True)
+
+def quiet():
+    # A child that lingers must not hold the caller's pipes open.
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+
+def denied(exc):
+    out("denied", error=f"{type(exc).__name__}: {exc}")
+
+action, args = sys.argv[1], sys.argv[2:]
+if action == "tcp":
+    try:
+        s = socket.create_connection((args[0], int(args[1])), timeout=5)
+        s.sendall(b"attack-tcp")
+        s.close()
+        out("allowed")
+    except OSError as exc:
+        denied(exc)
+elif action == "udp":
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"attack-udp", (args[0], int(args[1])))
+        out("allowed")
+    except OSError as exc:
+        denied(exc)
+elif action == "write":
+    try:
+        with open(args[0], "w") as fh:
+            fh.write("attack")
+        out("allowed")
+    except OSError as exc:
+        denied(exc)
+elif action == "read":
+    try:
+        with open(args[0]) as fh:
+            out("allowed", data=fh.read())
+    except OSError as exc:
+        denied(exc)
+elif action == "open-device":
+    try:
+        os.close(os.open(args[0], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
+        out("allowed")
+    except OSError as exc:
+        denied(exc)
+elif action == "raise-limits":
+    results = {}
+    for name in ("RLIMIT_NOFILE", "RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_CORE"):
+        which = getattr(resource, name)
+        soft, hard = resource.getrlimit(which)
+        try:
+            resource.setrlimit(which, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            results[name] = "raised"
+        except (ValueError, OSError) as exc:
+            results[name] = f"denied: {exc}"
+    for line in open("/proc/self/cgroup"):
+        path = line.strip().split(":", 2)[2]
+        for mount in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/pids"):
+            target = mount + path + "/pids.max"
+            if os.path.exists(target):
+                try:
+                    with open(target, "w") as fh:
+                        fh.write("max")
+                    results[target] = "raised"
+                except OSError as exc:
+                    results[target] = f"denied: {exc}"
+    caps = {l.split(":")[0]: l.split()[1] for l in open("/proc/self/status") if l.startswith("Cap")}
+    raised = [k for k, v in results.items() if v == "raised"]
+    out("allowed" if raised else "denied", results=results, caps=caps)
+elif action == "memory":
+    chunks, total = [], 0
+    try:
+        while total < int(args[0]):
+            chunks.append(bytearray(16 * 1024 * 1024))
+            total += 16 * 1024 * 1024
+        out("allowed", allocated=total)
+    except MemoryError:
+        out("denied", allocated=total, error="MemoryError")
+elif action == "fork":
+    children = []
+    error = None
+    for _ in range(int(args[0])):
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            break
+        if pid == 0:
+            quiet()
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+    out("denied" if error else "allowed", forked=len(children), error=error)
+elif action == "spin":
+    while True:
+        pass
+elif action == "escape":
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            quiet()
+            time.sleep(60)
+            os._exit(0)
+        os._exit(0)
+    os.close(w)
+    grandchild = int(os.read(r, 64))
+    out("escaped-child", pid=grandchild)
+elif action == "signal":
+    try:
+        os.kill(int(args[0]), signal.SIGTERM)
+        out("allowed")
+    except OSError as exc:
+        denied(exc)
+else:
+    out("unknown action", action=action)
+    sys.exit(2)
+"""
+
+
+def probe_once() -> dict[str, Any]:
+    """The host's probe (launch.py --probe --json), run in a child."""
+    proc = subprocess.run(
+        [PYTHON, str(LAUNCH), "--probe", "--json"], capture_output=True, text=True, timeout=120
+    )
+    return dict(json.loads(proc.stdout))
+
+
+class Probe(dict[str, Any]):
+    """The probe document, plus the skip rule every layer-dependent test uses."""
+
+    def require(self, *layers: str) -> None:
+        """Skip with the probe's own reason when a layer this test relies on is missing."""
+        for name in layers:
+            layer = self["layers"][name]
+            if not layer["available"]:
+                pytest.skip(f"{name} not available on this host: {layer['detail']}")
+
+
+@pytest.fixture(scope="session")
+def probe() -> Probe:
+    return Probe(probe_once())
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+    pid: int
+
+    @property
+    def outcome(self) -> dict[str, Any]:
+        lines = [ln for ln in self.stdout.splitlines() if ln.startswith("{")]
+        assert lines, f"no result from the plugin (exit {self.returncode}): {self.stderr}"
+        return dict(json.loads(lines[-1]))
+
+
+@dataclass
+class Sandbox:
+    """Runs commands through launch.py in tmp_path; kills every run's tree at teardown."""
+
+    tmp: Path
+    backend: str = "native"
+    pids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.plugin_dir = self.tmp / "plugin"
+        self.plugin_dir.mkdir(exist_ok=True)
+        self.attack = self.plugin_dir / "attack.py"
+        self.attack.write_text(ATTACK)
+        self.data_dir = self.tmp / "data"
+
+    def policy(self, granted: list[str] | None = None, **limits: int) -> Path:
+        doc = {
+            "plugin_id": "test.attack",
+            "granted": granted or [],
+            "data_dir": str(self.data_dir),
+            "read_paths": [str(self.plugin_dir)],
+            "limits": {
+                "cpu_seconds": 10,
+                "memory_bytes": 256 * 1024 * 1024,
+                "open_files": 64,
+                "file_size_bytes": 16 * 1024 * 1024,
+                "processes": 16,
+                **limits,
+            },
+            "allow_degraded": False,
+        }
+        path = self.tmp / "policy.json"
+        path.write_text(json.dumps(doc))
+        return path
+
+    def run(
+        self, argv: list[str], granted: list[str] | None = None, timeout: float = 60, **limits: int
+    ) -> Result:
+        report = self.tmp / "report.json"
+        report.unlink(missing_ok=True)
+        cmd = [PYTHON, str(LAUNCH), "--policy", str(self.policy(granted, **limits)),
+               "--report", str(report), "--backend", self.backend, "--", *argv]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.pids.append(proc.pid)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_tree(proc.pid)
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"sandboxed run exceeded {timeout}s: {stderr}") from None
+        doc = json.loads(report.read_text()) if report.exists() else {}
+        return Result(proc.returncode, stdout, stderr, doc, proc.pid)
+
+    def attack_run(self, *args: str, granted: list[str] | None = None, **limits: int) -> Result:
+        return self.run([PYTHON, "-I", str(self.attack), *args], granted, **limits)
+
+    def kill_tree(self, pid: int) -> dict[str, Any]:
+        proc = subprocess.run(
+            [PYTHON, str(LAUNCH), "--kill-tree", "--pid", str(pid), "--grace", "0", "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    @staticmethod
+    def alive(pid: int) -> bool:
+        """True while `pid` exists and is not a zombie."""
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def cleanup(self) -> None:
+        for pid in self.pids:
+            self.kill_tree(pid)
+
+
+@pytest.fixture(params=["native", "bwrap"])
+def sandbox(request: pytest.FixtureRequest, tmp_path: Path, probe: Probe) -> Iterator[Sandbox]:
+    """A sandbox per backend; bwrap is skipped (with the probe's reason) where missing."""
+    if request.param == "bwrap":
+        probe.require("bwrap")
+    box = Sandbox(tmp_path, backend=request.param)
+    yield box
+    box.cleanup()
+
+
+@pytest.fixture
+def native(tmp_path: Path) -> Iterator[Sandbox]:
+    box = Sandbox(tmp_path, backend="native")
+    yield box
+    box.cleanup()
+
+
+@dataclass
+class Listener:
+    port: int
+    received: list[bytes]
+    udp_port: int
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    """A TCP and a UDP socket on 127.0.0.1 (outside the sandbox) recording what arrives."""
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    tcp.settimeout(0.2)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    udp.settimeout(0.2)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = tcp.accept()
+                with conn:
+                    conn.settimeout(2)
+                    got.append(conn.recv(100))
+            except OSError:
+                pass
+            with contextlib.suppress(OSError):
+                got.append(udp.recv(100))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield Listener(tcp.getsockname()[1], got, udp.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    tcp.close()
+    udp.close()
+
+
+@pytest.fixture
+def outside_process() -> Iterator[subprocess.Popen[bytes]]:
+    """A process outside every sandbox, for a plugin to try to signal."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
