@@ -1,0 +1,71 @@
+"""`make demo`: the installer's main job on a throw-away AURORA_HOME, each step printed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = REPO / "installer" / "aurora_installer.py"
+
+
+def _steps(pack: str) -> list[list[str]]:
+    return [
+        ["list"],
+        ["validate", "--pack", pack],
+        ["stage", "--pack", pack],
+        ["dry-run", "--pack", pack],
+        ["install", "--pack", pack, "--with-deps", "--approve"],
+        ["status"],
+        ["verify", "--pack", pack],
+        ["uninstall", "--pack", pack],
+        ["status", "--pack", pack],
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pack", default="pack05_plugin_api", help="pack to install")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary AURORA_HOME")
+    args = parser.parse_args(argv)
+    home = Path(tempfile.mkdtemp(prefix="aurora-demo-"))
+    env = {**os.environ, "AURORA_HOME": str(home)}
+    print(f"AURORA_HOME={home} (throw-away)\n", flush=True)
+    failed: list[str] = []
+    try:
+        for step in _steps(args.pack):
+            shown = "python3 installer/aurora_installer.py " + shlex.join(step)
+            print(f"$ {shown}", flush=True)
+            proc = subprocess.run(
+                [sys.executable, str(CLI), *step],
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                check=False,
+                timeout=600,
+            )
+            print(f"-> exit {proc.returncode}\n", flush=True)
+            if proc.returncode != 0:
+                failed.append(shown)
+                break
+    finally:
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+    if failed:
+        print(f"demo FAILED at: {failed[0]}", file=sys.stderr)
+        return 1
+    print("demo passed: every step exited 0")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
