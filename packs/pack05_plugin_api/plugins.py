@@ -259,7 +259,8 @@ class UnknownPath(PluginError):
 # -- parser and error handling -------------------------------------------------------------
 
 
-def _parser() -> _Parser:
+def _common() -> _Parser:
+    """Options every verb takes, before or after it (SUPPRESS: a later parse keeps the value)."""
     common = _Parser(add_help=False)
     common.add_argument(
         "--json",
@@ -279,19 +280,23 @@ def _parser() -> _Parser:
         default=argparse.SUPPRESS,
         help="who to record in audit.log (default: the login name)",
     )
+    return common
+
+
+def _parser() -> _Parser:
     parser = _Parser(
         prog="plugins.py",
         description="Stage, inspect, permit, enable and remove Aurora plugins.",
         epilog="exit codes: 0 ok, 1 failed, 2 invalid input or usage, 3 not found, "
         "4 refused by policy or missing grants",
-        parents=[common],
+        parents=[_common()],
     )
     parser.set_defaults(json=False, data=None, actor=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     caps = f"capabilities: {', '.join(CAPABILITY_NAMES)}"
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> _Parser:
-        p: _Parser = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        p: _Parser = sub.add_parser(name, help=help_, description=help_, parents=[_common()])
         p.set_defaults(handler=handler)
         return p
 

@@ -44,6 +44,7 @@ class _Entry:
     sha256: str = ""
     mode: int = 0o644
     dev_ino: tuple[int, int] = (0, 0)
+    mtime_ns: int = 0
     nlink: int = 1
 
     def record(self) -> dict[str, Any]:
@@ -165,6 +166,7 @@ class PluginLoader:
                         size=st.st_size,
                         mode=mode,
                         dev_ino=(st.st_dev, st.st_ino),
+                        mtime_ns=st.st_mtime_ns,
                         nlink=st.st_nlink,
                     )
                 )
@@ -192,7 +194,8 @@ class PluginLoader:
             ) from None
         try:
             st = os.fstat(sfd)
-            if (st.st_dev, st.st_ino) != entry.dev_ino or not stat.S_ISREG(st.st_mode):
+            same = (st.st_dev, st.st_ino) == entry.dev_ino and st.st_mtime_ns == entry.mtime_ns
+            if not same or not stat.S_ISREG(st.st_mode):
                 raise StagingError(f"{entry.path!r} changed while staging", source=source)
             dfd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, entry.mode)
             try:

@@ -68,6 +68,31 @@ class _Snapshot:
         return result
 
 
+def _encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _serialize(
+    new: Data, cache: dict[str, tuple[Record, str]]
+) -> tuple[bytes, dict[str, tuple[Record, str]]]:
+    """Compact JSON of ``new``, re-encoding only records that differ from ``cache``.
+
+    ``cache`` maps id -> (record, its JSON text) as last written by this object; a record
+    that is the same object, or equal (another process rewrote the file), reuses its text.
+    """
+    fragments: dict[str, tuple[Record, str]] = {}
+    for pid, record in new["plugins"].items():
+        hit = cache.get(pid)
+        if hit is not None and (hit[0] is record or hit[0] == record):
+            fragments[pid] = (record, hit[1])
+        else:
+            fragments[pid] = (record, _encode(record))
+    head = {k: v for k, v in new.items() if k != "plugins"}
+    parts = [f"{_encode(pid)}:{text}" for pid, (_, text) in fragments.items()]
+    text = _encode(head)[:-1] + ("," if head else "") + '"plugins":{' + ",".join(parts) + "}}"
+    return text.encode("utf-8"), fragments
+
+
 def _stat_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -105,6 +130,7 @@ class PluginRegistry:
         self.audit_path = self.plugins_dir / "audit.log"
         self.actor = actor
         self._snapshot: _Snapshot | None = None
+        self._fragments: dict[str, tuple[Record, str]] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -193,14 +219,15 @@ class PluginRegistry:
         """Run one read-modify-write under the lock; write and audit only if data changed."""
         self.plugins_dir.mkdir(parents=True, exist_ok=True)
         with locked(self.lock_path):
-            data = self._snap().data
-            new, result, entries = change(data)
+            snapshot = self._snap()
+            new, result, entries = change(snapshot.data)
             if new is not None:
                 new["updated_at"] = utc_now()
-                blob = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                blob, fragments = _serialize(new, self._fragments)
                 atomic_write(self.path, blob, backup=self.backup_path)
                 # Cache what we wrote: the next reader or writer need not parse it again.
                 self._snapshot = _Snapshot(key=_stat_key(os.stat(self.path)), data=new)
+                self._fragments = fragments
                 for entry in entries:
                     append_audit(self.audit_path, entry)
         return result

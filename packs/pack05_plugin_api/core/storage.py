@@ -76,7 +76,12 @@ def _link_backup(path: Path, backup: Path) -> None:
         return  # first write: nothing to keep yet
     except OSError:  # no hard links on this filesystem: copy instead
         tmp.write_bytes(path.read_bytes())
-    os.replace(tmp, backup)
+    try:
+        os.replace(tmp, backup)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager

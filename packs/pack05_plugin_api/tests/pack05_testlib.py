@@ -36,3 +36,53 @@ def write_package(
         else:
             path.write_text(content, encoding="utf-8")
     return root
+
+
+def make_tar(path: Path, members: list[tuple[Any, bytes | None]]) -> Path:
+    """A .tar.gz from (TarInfo, content) pairs; content None for non-files."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for info, content in members:
+            if content is not None:
+                info.size = len(content)
+                tf.addfile(info, io.BytesIO(content))
+            else:
+                tf.addfile(info)
+    return path
+
+
+def tar_file(name: str, content: bytes, mode: int = 0o644) -> tuple[Any, bytes]:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.mode = mode
+    return info, content
+
+
+def tar_special(name: str, kind: bytes, linkname: str = "") -> tuple[Any, None]:
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info, None
+
+
+def make_zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
+    """A .zip from (name, content, unix mode including file type bits)."""
+    import warnings
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are wanted by one hostile case
+        for name, content, mode in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (mode & 0xFFFF) << 16
+            zf.writestr(info, content)
+    return path
+
+
+def manifest_bytes(**overrides: Any) -> bytes:
+    return json.dumps(make_manifest(**overrides)).encode()

@@ -1,0 +1,256 @@
+"""Staging that succeeds: formats, idempotence, replace, versions, removal, crash leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core.errors import RegistryError, StagingError
+from core.loader import PluginLoader, tree_digest
+from core.storage import read_audit
+
+from pack05_testlib import (
+    make_manifest,
+    make_tar,
+    make_zip,
+    manifest_bytes,
+    tar_file,
+    write_package,
+)
+
+REG = stat.S_IFREG | 0o644
+
+
+@pytest.fixture
+def loader(plugins_dir: Path) -> PluginLoader:
+    return PluginLoader(plugins_dir, actor="tester")
+
+
+def _tree(root: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_file():
+            out[rel] = ("file", p.read_bytes(), p.stat().st_mode & 0o777)
+    return out
+
+
+def test_stage_directory(loader: PluginLoader, package_factory: Any) -> None:
+    src = package_factory(files={"main.py": "print(1)\n", "lib/util.py": "X = 1\n"})
+    os.chmod(src / "main.py", 0o755)
+    os.symlink("lib/util.py", src / "alias.py")  # a link inside the package is fine
+    result = loader.stage_package(src)
+    assert result["ok"] is True and result["id"] == "acme.echo" and result["version"] == "1.0.0"
+    assert result["changed"] is True and result["missing"] == ["network"]
+    target = loader.packages_dir / "acme.echo" / "1.0.0"
+    assert Path(result["path"]) == target
+    assert _tree(target) == _tree(src)
+    assert (target / "main.py").stat().st_mode & 0o777 == 0o755
+    record = loader.registry.get("acme.echo")
+    version = record["versions"]["1.0.0"]
+    assert version["digest"] == result["digest"] == tree_digest(version["files"])
+    assert {f["path"] for f in version["files"]} == {
+        "manifest.json",
+        "main.py",
+        "lib/util.py",
+        "alias.py",
+    }
+    assert record["enabled"] is False  # staged means disabled
+    assert loader.verify("acme.echo") == []
+    assert list(loader.staging_dir.iterdir()) == []
+
+
+def test_zip_tar_and_directory_of_the_same_content_have_the_same_digest(
+    loader: PluginLoader, tmp_path: Path
+) -> None:
+    manifest = manifest_bytes()
+    src = write_package(tmp_path / "d", make_manifest(), {"main.py": "print(1)\n"})
+    zip_path = make_zip(
+        tmp_path / "p.zip", [("manifest.json", manifest, REG), ("main.py", b"print(1)\n", REG)]
+    )
+    # archives often wrap the package in one top directory
+    tar_path = make_tar(
+        tmp_path / "p.tar.gz",
+        [tar_file("top/manifest.json", manifest), tar_file("top/main.py", b"print(1)\n")],
+    )
+    digests = set()
+    for path in (src, zip_path, tar_path):
+        result = loader.stage_package(path)
+        digests.add(result["digest"])
+    assert len(digests) == 1
+    assert json.loads((src / "manifest.json").read_text())["id"] == "acme.echo"
+
+
+def test_tar_with_internal_links_is_staged(loader: PluginLoader, tmp_path: Path) -> None:
+    link = tarfile.TarInfo("alias.py")
+    link.type, link.linkname = tarfile.SYMTYPE, "main.py"
+    hard = tarfile.TarInfo("copy.py")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "main.py"
+    path = make_tar(
+        tmp_path / "p.tgz",
+        [
+            tar_file("manifest.json", manifest_bytes()),
+            tar_file("main.py", b"x"),
+            (link, None),
+            (hard, None),
+        ],
+    )
+    result = loader.stage_package(path)
+    target = Path(result["path"])
+    assert os.readlink(target / "alias.py") == "main.py"
+    assert (target / "copy.py").read_bytes() == b"x"
+    assert loader.verify("acme.echo") == []
+
+
+def test_yaml_manifest_package(loader: PluginLoader, tmp_path: Path) -> None:
+    pkg = tmp_path / "y"
+    pkg.mkdir()
+    (pkg / "manifest.yaml").write_text(
+        "id: acme.yaml\nname: Y\nversion: '2.0'\nentrypoint: bin/run.py\npermissions: [io]\n"
+    )
+    (pkg / "bin").mkdir()
+    (pkg / "bin" / "run.py").write_text("print(2)\n")
+    assert loader.stage_package(pkg)["id"] == "acme.yaml"
+
+
+def test_restaging_identical_content_changes_nothing(
+    loader: PluginLoader, package_factory: Any
+) -> None:
+    src = package_factory()
+    loader.stage_package(src)
+    before = os.stat(loader.registry.path)
+    audit = read_audit(loader.registry.audit_path)
+    result = loader.stage_package(src)
+    assert result["ok"] is True and result["changed"] is False
+    after = os.stat(loader.registry.path)
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert read_audit(loader.registry.audit_path) == audit
+
+
+def test_different_content_same_version_needs_replace(
+    loader: PluginLoader, package_factory: Any
+) -> None:
+    src = package_factory(files={"main.py": "print('v1')\n"})
+    first = loader.stage_package(src)
+    (src / "main.py").write_text("print('v2')\n")
+    with pytest.raises(StagingError, match="already staged with different content"):
+        loader.stage_package(src)
+    target = Path(first["path"])
+    assert (target / "main.py").read_text() == "print('v1')\n"
+    assert loader.registry.get("acme.echo")["versions"]["1.0.0"]["digest"] == first["digest"]
+    second = loader.stage_package(src, replace=True)
+    assert second["digest"] != first["digest"]
+    assert (target / "main.py").read_text() == "print('v2')\n"
+    assert loader.verify("acme.echo") == []
+
+
+def test_versions_side_by_side_then_remove(loader: PluginLoader, package_factory: Any) -> None:
+    for v in ("1.0.0", "1.1.0"):
+        loader.stage_package(package_factory(make_manifest(version=v)))
+    assert sorted(p.name for p in (loader.packages_dir / "acme.echo").iterdir()) == [
+        "1.0.0",
+        "1.1.0",
+    ]
+    assert loader.registry.get("acme.echo")["active_version"] == "1.1.0"
+    assert loader.remove("acme.echo", "1.1.0") is True
+    assert sorted(p.name for p in (loader.packages_dir / "acme.echo").iterdir()) == ["1.0.0"]
+    assert loader.remove("acme.echo") is True
+    assert not (loader.packages_dir / "acme.echo").exists()
+    assert loader.registry.get("acme.echo") is None
+    assert loader.remove("acme.echo") is False
+
+
+def test_verify_detects_tampering(loader: PluginLoader, package_factory: Any) -> None:
+    result = loader.stage_package(package_factory())
+    (Path(result["path"]) / "main.py").write_text("print('evil')\n")
+    problems = loader.verify("acme.echo")
+    assert len(problems) == 1 and "content differs" in problems[0]
+    shutil.rmtree(result["path"])
+    assert "missing" in loader.verify("acme.echo")[0]
+    assert loader.verify("acme.nope") == ["acme.nope: not registered"]
+
+
+def test_registry_failure_leaves_no_directory_and_no_entry(
+    loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RegistryError("disk full")
+
+    monkeypatch.setattr(loader.registry, "register_version", fail)
+    with pytest.raises(RegistryError, match="disk full"):
+        loader.stage_package(package_factory())
+    assert list((loader.packages_dir / "acme.echo").iterdir()) == []
+    assert list(loader.staging_dir.iterdir()) == []
+    assert loader.registry.get("acme.echo") is None
+
+
+def test_failed_replace_restores_the_previous_copy(
+    loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = package_factory(files={"main.py": "v1"})
+    first = loader.stage_package(src)
+    (src / "main.py").write_text("v2")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RegistryError("disk full")
+
+    monkeypatch.setattr(loader.registry, "register_version", fail)
+    with pytest.raises(RegistryError):
+        loader.stage_package(src, replace=True)
+    assert (Path(first["path"]) / "main.py").read_text() == "v1"
+    monkeypatch.undo()
+    assert loader.verify("acme.echo") == []
+
+
+def test_leftovers_of_a_killed_stager_are_cleaned(
+    loader: PluginLoader, package_factory: Any
+) -> None:
+    # what a SIGKILL leaves: a temp dir in staging/ and an unregistered copy in packages/
+    (loader.staging_dir / "stage-dead" / "tree").mkdir(parents=True)
+    leftover = loader.packages_dir / "acme.echo" / "1.0.0"
+    leftover.mkdir(parents=True)
+    (leftover / "half.py").write_text("partial")
+    result = loader.stage_package(package_factory())
+    assert list(loader.staging_dir.iterdir()) == []
+    assert not (leftover / "half.py").exists()
+    assert loader.verify("acme.echo") == [] and result["changed"] is True
+
+
+def test_missing_staged_directory_is_restored_on_restage(
+    loader: PluginLoader, package_factory: Any
+) -> None:
+    src = package_factory()
+    result = loader.stage_package(src)
+    shutil.rmtree(result["path"])
+    assert loader.stage_package(src)["ok"] is True
+    assert loader.verify("acme.echo") == []
+
+
+def test_source_file_swapped_during_staging_is_refused(
+    loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = package_factory(files={"main.py": "print(1)\n"})
+    real_walk = loader._walk
+
+    def walk_then_swap(root: Path, source: str) -> Any:
+        entries = real_walk(root, source)
+        (src / "main.py").unlink()
+        (src / "main.py").write_text("print('swapped in after the checks')\n")
+        return entries
+
+    monkeypatch.setattr(loader, "_walk", walk_then_swap)
+    with pytest.raises(StagingError, match="changed while staging"):
+        loader.stage_package(src)
+
+
+def test_importing_and_constructing_create_nothing(tmp_path: Path) -> None:
+    PluginLoader(tmp_path / "plugins")
+    assert not (tmp_path / "plugins").exists()

@@ -1,0 +1,77 @@
+"""Where data lives, and that importing creates nothing (core/paths.py and every module)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from core import paths
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_plugins_dir_follows_aurora_pack_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AURORA_PACK_DATA", str(tmp_path / "d"))
+    assert paths.plugins_dir() == tmp_path / "d" / "plugins"
+    monkeypatch.delenv("AURORA_PACK_DATA")
+    assert paths.plugins_dir() == PACK_ROOT / "data" / "plugins"
+    assert not (tmp_path / "d").exists()
+
+
+def test_schemas_ship_inside_the_pack() -> None:
+    assert (paths.schemas_dir() / "plugin-manifest-v1.json").is_file()
+
+
+def test_importing_every_module_creates_nothing(tmp_path: Path) -> None:
+    """In a fresh interpreter with the default data dir: no data/, no file anywhere in the pack."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); sys.dont_write_bytecode = True\n"
+        "import core, core.api, core.registry, core.loader, core.permissions, core.paths, "
+        "core.errors, core.storage, core.capabilities\n"
+        "import plugins\n"
+    )
+    before = sorted(str(p) for p in PACK_ROOT.rglob("*") if "__pycache__" not in p.parts)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(PACK_ROOT)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    after = sorted(str(p) for p in PACK_ROOT.rglob("*") if "__pycache__" not in p.parts)
+    assert after == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reference_tests_never_touch_the_real_data_dir(tmp_path: Path) -> None:
+    """Run the reference's two test files from the repo root, as the issue says."""
+    repo = PACK_ROOT.parent.parent
+    data = PACK_ROOT / "data"
+    existed = data.exists()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(tmp_path / "basetemp"),
+            str(PACK_ROOT / "tests" / "test_registry.py"),
+            str(PACK_ROOT / "tests" / "test_loader.py"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    assert data.exists() == existed
