@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
-import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
-log = logging.getLogger(__name__)
+from sandbox import _log
 
 BASE = "aurora-sandbox"
 
 
-@dataclass(frozen=True)
 class Hierarchy:
     """One mounted hierarchy: v2 (controllers from cgroup.controllers) or v1 (mount options)."""
 
-    mount: str
-    version: int
-    controllers: frozenset[str]
-    own_path: str  # where this process sits in it ("/" when unknown)
+    __slots__ = ("controllers", "mount", "own_path", "version")
+
+    def __init__(self, mount: str, version: int, controllers: frozenset[str], own_path: str):
+        self.mount = mount
+        self.version = version
+        self.controllers = controllers
+        self.own_path = own_path  # where this process sits in it ("/" when unknown)
 
     def base_dirs(self) -> list[str]:
         """Where runs are created: under our own cgroup for v1, at the root for v2."""
@@ -74,17 +73,17 @@ def hierarchies() -> list[Hierarchy]:
     return found
 
 
-@dataclass
 class RunCgroup:
     """The cgroup directories of one run and what they enforce."""
 
-    dirs: list[str] = field(default_factory=list)
-    origins: list[str] = field(default_factory=list)  # where the launcher was, per dir
-    memory: str | None = None  # the file holding the memory limit, when set
-    pids: str | None = None  # the file holding the process limit, when set
-    kill_file: str | None = None  # v2 cgroup.kill, when the kernel has it
-    freezer: str | None = None  # v1 freezer.state, used to stop forks while killing
-    problems: list[str] = field(default_factory=list)
+    def __init__(self, problems: list[str] | None = None) -> None:
+        self.dirs: list[str] = []
+        self.origins: list[str] = []  # where the launcher was, per dir
+        self.memory: str | None = None  # the file holding the memory limit, when set
+        self.pids: str | None = None  # the file holding the process limit, when set
+        self.kill_file: str | None = None  # v2 cgroup.kill, when the kernel has it
+        self.freezer: str | None = None  # v1 freezer.state, stops forks while killing
+        self.problems: list[str] = problems or []
 
     def join(self, pid: int) -> None:
         """Move `pid` into every directory of the run."""
@@ -169,7 +168,7 @@ def _enable_controllers(h: Hierarchy, d: str) -> None:
         try:
             _write(os.path.join(parent, "cgroup.subtree_control"), wanted)
         except OSError as exc:
-            log.debug("enable %s in %s: %s", wanted, parent, exc)
+            _log.debug(__name__, "enable %s in %s: %s", wanted, parent, exc)
 
 
 def _run_is_live(name: str) -> bool:
@@ -240,6 +239,8 @@ def find_run_dirs(pid: int) -> list[str]:
     Looks at the process itself first, then searches each hierarchy a few levels
     deep (v1 runs sit under the launcher's own cgroup, which the caller may not share).
     """
+    import glob  # only the kill path needs it
+
     name = f"run-{pid}"
     found: set[str] = set()
     hiers = hierarchies()
@@ -289,7 +290,7 @@ def kill_dirs(dirs: list[str], grace: float = 5.0) -> list[int]:
                 try:
                     _write(k, "1")
                 except OSError as exc:
-                    log.debug("%s: %s", k, exc)
+                    _log.debug(__name__, "%s: %s", k, exc)
         else:
             _freeze_and_kill(dirs)
         time.sleep(0.02)
@@ -307,14 +308,14 @@ def _freeze_and_kill(dirs: list[str]) -> None:
         try:
             _write(f, "FROZEN")
         except OSError as exc:
-            log.debug("%s: %s", f, exc)
+            _log.debug(__name__, "%s: %s", f, exc)
     for p in members(dirs):
         _signal(p, signal.SIGKILL)
     for f in freezers:
         try:
             _write(f, "THAWED")
         except OSError as exc:
-            log.debug("%s: %s", f, exc)
+            _log.debug(__name__, "%s: %s", f, exc)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -332,7 +333,7 @@ def _rmdir_run(run_dir: str) -> None:
             break
         except OSError as exc:
             if exc.errno != errno.EBUSY:
-                log.debug("rmdir %s: %s", run_dir, exc)
+                _log.debug(__name__, "rmdir %s: %s", run_dir, exc)
                 return
             time.sleep(0.02)
     with contextlib.suppress(OSError):  # the plugin's dir, when no other run uses it
@@ -345,5 +346,5 @@ def leave(run: RunCgroup, pid: int) -> None:
         try:
             _write(os.path.join(origin, "cgroup.procs"), str(pid))
         except OSError as exc:
-            log.debug("leave %s: %s", d, exc)
+            _log.debug(__name__, "leave %s: %s", d, exc)
         _rmdir_run(d)

@@ -17,20 +17,18 @@ silently.
 from __future__ import annotations
 
 import errno
-import fnmatch
-import logging
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
 
-from sandbox import CAPABILITIES, cgroups, landlock, limits, privileges
+from sandbox import CAPABILITIES, _log, cgroups, landlock, limits, privileges
 from sandbox import _libc as libc
 from sandbox.errors import CommandNotExecutable, CommandNotFound, LayerError, Refused
 from sandbox.policy import Policy
 from sandbox.report import write_report
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 REPORT_SCHEMA = "aurora-sandbox-report-v1"
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -58,19 +56,19 @@ DEVICES = {
 BACKENDS = ("auto", "native", "bwrap")
 
 
-@dataclass
 class Run:
     """What the launcher did to itself for one run: the basis of the report."""
 
-    policy: Policy
-    argv: list[str]
-    backend: str
-    executable: str = ""
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    cgroup: cgroups.RunCgroup | None = None
-    limits: dict[str, int | str] = field(default_factory=dict)
-    status: str = "starting"
+    def __init__(self, policy: Policy, argv: list[str], backend: str) -> None:
+        self.policy = policy
+        self.argv = argv
+        self.backend = backend
+        self.executable = ""
+        self.layers: dict[str, dict[str, Any]] = {}
+        self.warnings: list[str] = []
+        self.cgroup: cgroups.RunCgroup | None = None
+        self.limits: dict[str, int | str] = {}
+        self.status = "starting"
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -289,6 +287,8 @@ def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
 
 
 def _dev_entries(patterns: tuple[str, ...] | list[str]) -> list[str]:
+    import fnmatch
+
     try:
         names = os.listdir("/dev")
     except OSError:
@@ -302,6 +302,8 @@ def _allow_all_but_devices(rs: landlock.Ruleset, access: int, hidden: list[str])
     Landlock only allows, so "all but /dev/dri" is every top-level entry except
     /dev, plus every entry of /dev except the hidden ones.
     """
+    import fnmatch
+
     rs.allow("/", landlock.READ_DIR)
     for name in os.listdir("/"):
         if name != "dev":
@@ -340,7 +342,7 @@ def _refuse_if_gaps(run: Run) -> None:
     if gaps and not run.policy.allow_degraded:
         raise Refused(gaps)
     for gap in gaps:
-        log.warning("degraded (allow_degraded): %s", gap)
+        _log.warning(__name__, "degraded (allow_degraded): %s", gap)
 
 
 def apply_and_exec(

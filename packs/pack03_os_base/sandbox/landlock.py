@@ -6,7 +6,6 @@ import ctypes
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 
 from sandbox import _libc
 
@@ -71,16 +70,22 @@ def handled_fs(abi: int) -> int:
     return _FS_BY_ABI.get(abi, ALL_FS_ABI5) if abi > 0 else 0
 
 
-@dataclass
 class Ruleset:
     """Rules collected before the ruleset is created, so a failure leaves nothing half-made."""
 
-    abi: int
-    restrict_tcp: bool = False
-    scope_signals: bool = False
-    scope_abstract_unix: bool = False
-    rules: list[tuple[str, int]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        abi: int,
+        restrict_tcp: bool = False,
+        scope_signals: bool = False,
+        scope_abstract_unix: bool = False,
+    ) -> None:
+        self.abi = abi
+        self.restrict_tcp = restrict_tcp
+        self.scope_signals = scope_signals
+        self.scope_abstract_unix = scope_abstract_unix
+        self.rules: list[tuple[str, int]] = []
+        self.skipped: list[str] = []
 
     def allow(self, path: str, access: int) -> None:
         """Allow `access` beneath `path`; a path that does not exist is skipped (noted)."""

@@ -25,7 +25,10 @@ if __name__ == "__main__":
 
 import argparse
 import json
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -39,13 +42,21 @@ class _UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would exit 2: a plugin's status
+    def error(self, message: str) -> NoReturn:  # argparse would exit 2: a plugin's status
         raise _UsageError(message)
+
+
+class _Formatter(argparse.HelpFormatter):
+    # An explicit width keeps argparse from importing shutil at start-up.
+    def __init__(self, prog: str) -> None:
+        columns = os.environ.get("COLUMNS", "")
+        super().__init__(prog, width=int(columns) - 2 if columns.isdigit() else 98)
 
 
 def _parser() -> _Parser:
     p = _Parser(
         prog="launch.py",
+        formatter_class=_Formatter,
         description="Run ARGV confined by a sandbox policy (see pack03 README).",
         epilog="Exit: 125 refused/launcher error, 126 cannot execute, 127 not found, "
         "else the command's status. Python plugins: pass `python -I script.py`.",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any
 
 from sandbox import CAPABILITIES
 from sandbox.errors import PolicyError
+
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Keys of the "limits" object, each a positive integer (absent means "not limited").
 LIMIT_KEYS = ("cpu_seconds", "memory_bytes", "open_files", "file_size_bytes", "processes")
@@ -24,16 +26,29 @@ _SYSTEM_DIRS = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
 class Policy:
     """A validated policy: absolute paths, known capabilities, positive limits."""
 
-    plugin_id: str
-    granted: frozenset[str]
-    data_dir: str
-    read_paths: tuple[str, ...] = ()
-    limits: dict[str, int] = field(default_factory=dict)
-    allow_degraded: bool = False
+    def __init__(
+        self,
+        plugin_id: str,
+        granted: frozenset[str],
+        data_dir: str,
+        read_paths: tuple[str, ...] = (),
+        limits: dict[str, int] | None = None,
+        allow_degraded: bool = False,
+    ) -> None:
+        self.plugin_id = plugin_id
+        self.granted = granted
+        self.data_dir = data_dir
+        self.read_paths = read_paths
+        self.limits: dict[str, int] = dict(limits or {})
+        self.allow_degraded = allow_degraded
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def denied(self) -> list[str]:
         """Capabilities the sandbox must enforce (everything not granted), sorted."""

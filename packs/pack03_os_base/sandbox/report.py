@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def write_report(path: str, document: dict[str, Any]) -> None:
