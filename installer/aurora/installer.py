@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -31,9 +30,16 @@ from aurora.fsutil import atomic_write_json, crash_point, fsync_dir, remove_tree
 from aurora.home import Home
 from aurora.lock import InstallerLock
 from aurora.manifest import Dependency, Manifest, load_manifest
+from aurora.recovery import Recovery, record_result, temp_name
 from aurora.resolve import Plan, resolve
 from aurora.runner import OutputSink, ScriptResult, run_script, script_env
-from aurora.runtime import HealthPolicy, HealthRecord, read_pidfiles
+from aurora.runtime import (
+    HealthPolicy,
+    HealthRecord,
+    last_output,
+    poll_until_healthy,
+    read_pidfiles,
+)
 from aurora.seal import seal as seal_manifest
 from aurora.sources import find_pack, find_packs, valid_manifests
 from aurora.state import PackState, State
@@ -98,6 +104,7 @@ class Installer:
         self.on_output = on_output
         self.approver: Approver = approver or _refuse_approval
         self.audit = AuditLog(self.home.audit)
+        self.recovery = Recovery(self.home, self.audit)
         self.recovered: list[str] = []
 
     # -- plumbing -------------------------------------------------------------
@@ -110,7 +117,7 @@ class Installer:
         """Hold the installer lock, recover from an interrupted run, yield the state."""
         with InstallerLock(self.home.lock, self.options.lock_wait):
             state = self._state()
-            self.recovered = self._recover(state)
+            self.recovered = self.recovery.recover(state)
             yield state
 
     def _pack_or_installed(self, pack_id: str) -> Manifest:
@@ -158,153 +165,20 @@ class Installer:
             kill_group_on_exit=kill_group_on_exit,
         )
 
-    def _result(
-        self, state: State, pack_id: str, op: str, ok: bool, version: str | None, message: str
-    ) -> None:
-        state.pack(pack_id)["last_result"] = {
-            "op": op,
-            "ok": ok,
-            "version": version,
-            "at": now_iso(),
-            "message": message,
-        }
-
-    @staticmethod
-    def _temp_name(kind: str, version: str) -> str:
-        return f".{kind}-{version}-{secrets.token_hex(4)}"
-
-    @staticmethod
-    def _temp_version(name: str) -> str:
-        return name.split("-", 1)[1].rsplit("-", 1)[0]
-
-    # -- crash recovery -------------------------------------------------------
+    # -- crash recovery (see recovery.py) -------------------------------------------------------
 
     def _read_state(self) -> State:
         """State for a read-only command; an interrupted run's leftovers are cleaned up
         first when no other installer is at work (its pending record is not a leftover)."""
         state = self._state()
-        if self._has_leftovers(state):
+        if self.recovery.has_leftovers(state):
             try:
                 with InstallerLock(self.home.lock, 0):
                     state = self._state()
-                    self.recovered = self._recover(state)
+                    self.recovered = self.recovery.recover(state)
             except LockBusyError:
                 pass
         return state
-
-    def _has_leftovers(self, state: State) -> bool:
-        if any(record.get("pending") for record in state.packs.values()):
-            return True
-        for kind in ("staging", "packs"):
-            for child in self.home.root.glob(f"{kind}/*/*"):
-                record = state.get(child.parent.name) or {}
-                if kind == "staging":
-                    known = child.name in record.get("staged", {})
-                else:
-                    known = child.name == record.get("active_version")
-                if not known:
-                    return True
-        return False
-
-    def _recover(self, state: State) -> list[str]:
-        """Clean up what an interrupted run left; report each thing done.
-
-        A pending record in state.json names the operation that was in
-        progress. Copies it left are removed and a copy it moved aside is put
-        back, so the previous good state is in force again.
-        """
-        notes: list[str] = []
-        ids = set(state.packs)
-        for parent in (self.home.root / "staging", self.home.root / "packs"):
-            if parent.is_dir():
-                ids.update(p.name for p in parent.iterdir() if p.is_dir())
-        changed = False
-        for pack_id in sorted(ids):
-            record = state.pack(pack_id)
-            pending = record.get("pending") or {}
-            if pending:
-                notes.append(
-                    f"{pack_id}: a {pending.get('op')} of {pending.get('version')} started at "
-                    f"{pending.get('started_at')} by pid {pending.get('pid')} was interrupted"
-                )
-            notes += self._recover_dir(
-                self.home.staging(pack_id),
-                keep=set(record["staged"]),
-                pending_version=pending.get("version") if pending.get("op") == "stage" else None,
-            )
-            active = record.get("active_version")
-            notes += self._recover_dir(
-                self.home.packs(pack_id),
-                keep={active} if active else set(),
-                pending_version=pending.get("version") if pending.get("op") == "install" else None,
-            )
-            if pending:
-                self._result(
-                    state,
-                    pack_id,
-                    str(pending.get("op")),
-                    False,
-                    pending.get("version"),
-                    "interrupted; leftovers cleaned up",
-                )
-                record["pending"] = None
-                changed = True
-            self._collect_records(pack_id, record)
-            if not any(record.values()):
-                del state.packs[pack_id]  # only created above, to look at its directories
-        if changed:
-            state.save()
-        for tmp in self.home.root.glob(".state.json.*.tmp"):
-            remove_tree(tmp)
-            notes.append(f"removed a half-written {tmp.name}")
-        if notes:
-            self.audit.record("recovered", None, notes=notes)
-            for note in notes:
-                log.warning("recovered: %s", note)
-        return notes
-
-    def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:
-        """Restore moved-aside copies and remove uncommitted ones in staging/<id> or packs/<id>."""
-        notes: list[str] = []
-        if not parent.is_dir():
-            return notes
-        children = sorted(parent.iterdir())
-        for child in children:
-            if child.name.startswith((".tmp-", ".incoming-")):
-                remove_tree(child)
-                notes.append(f"removed the partial copy {child}")
-        for child in children:
-            if not child.name.startswith(".old-") or not child.exists():
-                continue
-            version = self._temp_version(child.name)
-            target = parent / version
-            if version == pending_version or not target.exists():
-                remove_tree(target)
-                os.rename(child, target)
-                notes.append(f"restored {target} from {child.name}")
-            else:
-                remove_tree(child)
-                notes.append(f"removed the replaced copy {child}")
-        for child in sorted(parent.iterdir()):
-            if not child.name.startswith(".") and child.name not in keep:
-                remove_tree(child)
-                notes.append(f"removed {child} (not recorded in state.json)")
-        fsync_dir(parent)
-        return notes
-
-    def _collect_records(self, pack_id: str, record: PackState) -> None:
-        """Drop digest records no staged or installed copy refers to."""
-        wanted = {s["digest"] for s in record["staged"].values()}
-        if record.get("installed"):
-            wanted.add(record["installed"]["digest"])
-        directory = self.home.records(pack_id)
-        if not directory.is_dir():
-            return
-        for path in directory.iterdir():
-            if (
-                path.suffix == ".json" and "sha256:" + path.stem not in wanted
-            ) or path.name.startswith("."):
-                remove_tree(path)
 
     # -- read-only commands ---------------------------------------------------
 
@@ -461,7 +335,7 @@ class Installer:
         state.save()
         parent = self.home.staging(pack_id)
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / self._temp_name("tmp", version)
+        tmp = parent / temp_name("tmp", version)
         try:
             tree, problems = copy_tree(manifest.root, tmp)
             if problems:
@@ -483,7 +357,7 @@ class Installer:
             return self._staged_result(manifest, target, tree, warnings, changed=False)
         aside = None
         if target.exists():
-            aside = parent / self._temp_name("old", version)
+            aside = parent / temp_name("old", version)
             os.rename(target, aside)
             crash_point("stage:moved-aside")
         os.rename(tmp, target)
@@ -499,7 +373,7 @@ class Installer:
             "warnings": warnings,
         }
         record["pending"] = None
-        self._result(state, pack_id, "stage", True, version, f"staged {tree.digest}")
+        record_result(state, pack_id, "stage", True, version, f"staged {tree.digest}")
         state.save()
         crash_point("stage:committed")
         if aside is not None:
@@ -737,7 +611,7 @@ class Installer:
         state.save()
         parent = self.home.packs(pack_id)
         parent.mkdir(parents=True, exist_ok=True)
-        incoming = parent / self._temp_name("incoming", version)
+        incoming = parent / temp_name("incoming", version)
         # Copy and hash in one pass: what lands in packs/ is exactly what was approved.
         tree, problems = copy_tree(staged.root, incoming)
         crash_point("install:copied")
@@ -748,7 +622,7 @@ class Installer:
                 f"staged copy changed since it was staged and approved (approved "
                 f"{digest}, found {tree.digest}): run stage again"
             )
-            self._result(state, pack_id, "install", False, version, message)
+            record_result(state, pack_id, "install", False, version, message)
             state.save()
             self.audit.record(
                 "install-refused", pack_id, version=version, digest=digest, found=tree.digest
@@ -757,7 +631,7 @@ class Installer:
         target = parent / version
         aside = None
         if target.exists():
-            aside = parent / self._temp_name("old", version)
+            aside = parent / temp_name("old", version)
             os.rename(target, aside)
         os.rename(incoming, target)
         fsync_dir(parent)
@@ -772,7 +646,7 @@ class Installer:
             fsync_dir(parent)
             record["pending"] = None
             message = f"{script.describe()}; {previous or 'nothing'} stays active"
-            self._result(state, pack_id, "install", False, version, message)
+            record_result(state, pack_id, "install", False, version, message)
             state.save()
             self.audit.record(
                 "install-failed",
@@ -801,7 +675,7 @@ class Installer:
             ],
         }
         record["pending"] = None
-        self._result(
+        record_result(
             state,
             pack_id,
             "install",
@@ -865,7 +739,7 @@ class Installer:
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
-            self._result(
+            record_result(
                 state,
                 pack_id,
                 "uninstall",
@@ -917,7 +791,7 @@ class Installer:
                     "last_check": None,
                 }
                 message = f"start failed: {script.describe()}"
-                self._result(state, pack_id, "start", False, manifest.version, message)
+                record_result(state, pack_id, "start", False, manifest.version, message)
                 state.save()
                 health.reset("stopped")
                 self.audit.record(
@@ -939,7 +813,13 @@ class Installer:
                 "last_check": None,
             }
             state.save()
-            final = self._poll_until_healthy(manifest, health, on_health)
+            final = poll_until_healthy(
+                lambda timeout: self._check(manifest, timeout),
+                health,
+                self.options.health,
+                manifest.health_check_timeout,
+                on_health,
+            )
             record["runtime"]["state"] = final["status"]
             record["runtime"]["last_check"] = final.get("last_check")
             ok = final["status"] == "healthy"
@@ -950,7 +830,7 @@ class Installer:
                 else f"not healthy ({final['status']}) within the bound: {final['reason']}; "
                 f"last check: {last or '(no output)'}"
             )
-            self._result(state, pack_id, "start", ok, manifest.version, message)
+            record_result(state, pack_id, "start", ok, manifest.version, message)
             state.save()
             self.audit.record(
                 "start" if ok else "start-unhealthy",
@@ -971,49 +851,6 @@ class Installer:
     def _check(self, manifest: Manifest, timeout: float) -> ScriptResult:
         return self._run(manifest, "health", [], timeout, kill_group_on_exit=True)
 
-    def _poll_until_healthy(
-        self, manifest: Manifest, health: HealthRecord, on_health: HealthSink | None
-    ) -> dict[str, Any]:
-        policy = self.options.health
-        started = time.monotonic()
-        deadline = started + manifest.health_check_timeout
-        status = "starting"
-        checks = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            result = self._check(manifest, max(0.1, min(policy.timeout, remaining)))
-            checks += 1
-            in_start_period = time.monotonic() - started < policy.start_period
-            doc = health.update(
-                result.ok,
-                _last_output(result),
-                result.returncode,
-                counted=not in_start_period,
-                retries=policy.retries,
-            )
-            if doc["status"] != status and on_health is not None:
-                on_health(doc)
-            status = doc["status"]
-            if status == "healthy":
-                return {**doc, "checks": checks, "reason": "check passed"}
-            if status == "unhealthy":
-                return {
-                    **doc,
-                    "checks": checks,
-                    "reason": f"{policy.retries} consecutive failing checks",
-                }
-            if time.monotonic() + policy.interval >= deadline:
-                doc = health.update(
-                    False, _last_output(result), result.returncode, counted=True, retries=0
-                )
-                return {
-                    **doc,
-                    "checks": checks,
-                    "reason": f"not healthy within {manifest.health_check_timeout} s "
-                    "(health_check_timeout_seconds)",
-                }
-            time.sleep(policy.interval)
-
     def health(self, pack_id: str) -> dict[str, Any]:
         """Run health_check.sh once and update the health state."""
         state = self._read_state()
@@ -1022,7 +859,7 @@ class Installer:
         result = self._check(manifest, self.options.health.timeout)
         doc = health.update(
             result.ok,
-            _last_output(result),
+            last_output(result),
             result.returncode,
             counted=True,
             retries=self.options.health.retries,
@@ -1036,7 +873,7 @@ class Installer:
         if not result.ok:
             raise OperationFailed(
                 f"{pack_id}: health check failed: {result.describe()}: "
-                f"{_last_output(result) or '(no output)'}"
+                f"{last_output(result) or '(no output)'}"
             )
         return out
 
@@ -1055,7 +892,7 @@ class Installer:
             checks += 1
             doc = health.update(
                 result.ok,
-                _last_output(result),
+                last_output(result),
                 result.returncode,
                 counted=True,
                 retries=policy.retries,
@@ -1076,7 +913,7 @@ class Installer:
         script = self._run(manifest, "stop", [], self.options.stop_timeout)
         if not script.ok:
             message = f"stop failed: {script.describe()}"
-            self._result(state, pack_id, "stop", False, manifest.version, message)
+            record_result(state, pack_id, "stop", False, manifest.version, message)
             state.save()
             self.audit.record(
                 "stop-failed", pack_id, version=manifest.version, reason=script.describe()
@@ -1095,7 +932,7 @@ class Installer:
             "version": manifest.version,
             "stopped_at": now_iso(),
         }
-        self._result(state, pack_id, "stop", True, manifest.version, "stopped")
+        record_result(state, pack_id, "stop", True, manifest.version, "stopped")
         state.save()
         HealthRecord(self._health_path(pack_id)).reset("stopped")
         self.audit.record("stop", pack_id, version=manifest.version)
@@ -1105,12 +942,6 @@ class Installer:
                 "%s: stop.sh succeeded but pidfiles still name live processes: %s", pack_id, still
             )
         return {"pack": pack_id, "version": manifest.version, "script": _script_dict(script)}
-
-
-def _last_output(result: ScriptResult) -> str:
-    if result.timed_out:
-        return f"check timed out after {result.duration:.1f} s and was killed"
-    return "\n".join(result.output_tail[-3:]).strip()
 
 
 def _script_dict(result: ScriptResult) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aurora.fsutil import atomic_write_json
+from aurora.runner import ScriptResult
 
 HEALTH_STATES = ("unknown", "stopped", "starting", "healthy", "unhealthy")
 
@@ -196,3 +198,54 @@ class HealthRecord:
         doc["last_check"] = {"at": time.time(), "ok": ok, "exit_code": exit_code, "output": output}
         atomic_write_json(self.path, doc)
         return doc
+
+
+def last_output(result: ScriptResult) -> str:
+    """What a health check said, for the record (its last lines)."""
+    if result.timed_out:
+        return f"check timed out after {result.duration:.1f} s and was killed"
+    return "\n".join(result.output_tail[-3:]).strip()
+
+
+def poll_until_healthy(
+    check: Callable[[float], ScriptResult],
+    record: HealthRecord,
+    policy: HealthPolicy,
+    bound: float,
+    on_change: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``check(timeout)`` every interval until healthy, unhealthy or ``bound`` seconds.
+
+    Returns the final health record with ``checks`` and ``reason``; a pack
+    still starting when the bound is reached is recorded as unhealthy.
+    """
+    started = time.monotonic()
+    deadline = started + bound
+    status = "starting"
+    checks = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        result = check(max(0.1, min(policy.timeout, remaining)))
+        checks += 1
+        in_start_period = time.monotonic() - started < policy.start_period
+        out_of_time = time.monotonic() + policy.interval >= deadline
+        doc = record.update(
+            result.ok,
+            last_output(result),
+            result.returncode,
+            counted=not in_start_period or out_of_time,
+            # At the bound a pack that is not healthy is unhealthy, whatever the streak.
+            retries=1 if out_of_time else policy.retries,
+        )
+        if doc["status"] != status and on_change is not None:
+            on_change(doc)
+        status = doc["status"]
+        if status == "healthy":
+            return {**doc, "checks": checks, "reason": "check passed"}
+        if out_of_time:
+            reason = f"not healthy within {bound:g} s (health_check_timeout_seconds)"
+            return {**doc, "checks": checks, "reason": reason}
+        if status == "unhealthy":
+            reason = f"{policy.retries} consecutive failing checks"
+            return {**doc, "checks": checks, "reason": reason}
+        time.sleep(policy.interval)

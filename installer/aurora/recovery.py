@@ -1,0 +1,170 @@
+"""Crash recovery: find what an interrupted stage or install left, report it, clean it up.
+
+Stage and install record a `pending` operation in state.json before they
+touch the disk, build new copies under dot-names (`.tmp-*`, `.incoming-*`)
+and move a replaced copy aside (`.old-*`) until the new state is written.
+Whatever a crash leaves is therefore recognisable: partial copies are
+removed, a copy moved aside is put back, and the previous good state is in
+force again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from aurora.audit import AuditLog
+from aurora.fsutil import fsync_dir, remove_tree
+from aurora.home import Home
+from aurora.state import PackState, State
+from aurora.timeutil import now_iso
+
+log = logging.getLogger(__name__)
+
+
+def temp_name(kind: str, version: str) -> str:
+    """A dot-name beside the final copy: `.tmp-`, `.incoming-` or `.old-<version>-<random>`."""
+    return f".{kind}-{version}-{secrets.token_hex(4)}"
+
+
+def temp_version(name: str) -> str:
+    """The version inside a name made by temp_name()."""
+    return name.split("-", 1)[1].rsplit("-", 1)[0]
+
+
+def record_result(
+    state: State, pack_id: str, op: str, ok: bool, version: str | None, message: str
+) -> None:
+    """Record the outcome of an operation as the pack's last_result."""
+    state.pack(pack_id)["last_result"] = {
+        "op": op,
+        "ok": ok,
+        "version": version,
+        "at": now_iso(),
+        "message": message,
+    }
+
+
+class Recovery:
+    """Recovery for one installer home; call recover() only while holding the lock."""
+
+    def __init__(self, home: Home, audit: AuditLog) -> None:
+        self.home = home
+        self.audit = audit
+
+    def has_leftovers(self, state: State) -> bool:
+        """Whether a crash left something behind (cheap: no hashing)."""
+        if any(record.get("pending") for record in state.packs.values()):
+            return True
+        for kind in ("staging", "packs"):
+            for child in self.home.root.glob(f"{kind}/*/*"):
+                record = state.get(child.parent.name) or {}
+                if kind == "staging":
+                    known = child.name in record.get("staged", {})
+                else:
+                    known = child.name == record.get("active_version")
+                if not known:
+                    return True
+        return False
+
+    def recover(self, state: State) -> list[str]:
+        """Clean up what an interrupted run left; report each thing done.
+
+        A pending record in state.json names the operation that was in
+        progress. Copies it left are removed and a copy it moved aside is put
+        back, so the previous good state is in force again.
+        """
+        notes: list[str] = []
+        ids = set(state.packs)
+        for parent in (self.home.root / "staging", self.home.root / "packs"):
+            if parent.is_dir():
+                ids.update(p.name for p in parent.iterdir() if p.is_dir())
+        changed = False
+        for pack_id in sorted(ids):
+            record = state.pack(pack_id)
+            pending = record.get("pending") or {}
+            if pending:
+                notes.append(
+                    f"{pack_id}: a {pending.get('op')} of {pending.get('version')} started at "
+                    f"{pending.get('started_at')} by pid {pending.get('pid')} was interrupted"
+                )
+            notes += self._recover_dir(
+                self.home.staging(pack_id),
+                keep=set(record["staged"]),
+                pending_version=pending.get("version") if pending.get("op") == "stage" else None,
+            )
+            active = record.get("active_version")
+            notes += self._recover_dir(
+                self.home.packs(pack_id),
+                keep={active} if active else set(),
+                pending_version=pending.get("version") if pending.get("op") == "install" else None,
+            )
+            if pending:
+                record_result(
+                    state,
+                    pack_id,
+                    str(pending.get("op")),
+                    False,
+                    pending.get("version"),
+                    "interrupted; leftovers cleaned up",
+                )
+                record["pending"] = None
+                changed = True
+            self._collect_records(pack_id, record)
+            if not any(record.values()):
+                del state.packs[pack_id]  # only created above, to look at its directories
+        if changed:
+            state.save()
+        for tmp in self.home.root.glob(".state.json.*.tmp"):
+            remove_tree(tmp)
+            notes.append(f"removed a half-written {tmp.name}")
+        if notes:
+            self.audit.record("recovered", None, notes=notes)
+            for note in notes:
+                log.warning("recovered: %s", note)
+        return notes
+
+    def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:
+        """Restore moved-aside copies and remove uncommitted ones in staging/<id> or packs/<id>."""
+        notes: list[str] = []
+        if not parent.is_dir():
+            return notes
+        children = sorted(parent.iterdir())
+        for child in children:
+            if child.name.startswith((".tmp-", ".incoming-")):
+                remove_tree(child)
+                notes.append(f"removed the partial copy {child}")
+        for child in children:
+            if not child.name.startswith(".old-") or not child.exists():
+                continue
+            version = temp_version(child.name)
+            target = parent / version
+            if version == pending_version or not target.exists():
+                remove_tree(target)
+                os.rename(child, target)
+                notes.append(f"restored {target} from {child.name}")
+            else:
+                remove_tree(child)
+                notes.append(f"removed the replaced copy {child}")
+        for child in sorted(parent.iterdir()):
+            if not child.name.startswith(".") and child.name not in keep:
+                remove_tree(child)
+                notes.append(f"removed {child} (not recorded in state.json)")
+        fsync_dir(parent)
+        return notes
+
+    def _collect_records(self, pack_id: str, record: PackState) -> None:
+        """Drop digest records no staged or installed copy refers to."""
+        wanted = {s["digest"] for s in record["staged"].values()}
+        if record.get("installed"):
+            wanted.add(record["installed"]["digest"])
+        directory = self.home.records(pack_id)
+        if not directory.is_dir():
+            return
+        for path in directory.iterdir():
+            if (
+                path.suffix == ".json" and "sha256:" + path.stem not in wanted
+            ) or path.name.startswith("."):
+                remove_tree(path)
