@@ -18,6 +18,9 @@ import pytest
 PACK = Path(__file__).resolve().parents[1]
 LAUNCH = PACK / "sandbox" / "launch.py"
 PYTHON = sys.executable
+# The tests import the library as `sandbox` (the pack root is what launch.py puts first).
+if str(PACK) not in sys.path:
+    sys.path.insert(0, str(PACK))
 
 # The attack plugin: one forbidden action per call, one JSON line on stdout.
 ATTACK = r"""

@@ -1,0 +1,96 @@
+"""cgroups: a run's directory holds its limits, and killing it leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from sandbox import cgroups
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root, like CI")
+
+PLUGIN = "test.cgroups"
+
+
+@pytest.fixture
+def run_dirs() -> Iterator[list[str]]:
+    """Directories created by a test; removed (with anything inside) at teardown."""
+    created: list[str] = []
+    yield created
+    cgroups.kill_dirs(created, grace=0.0)
+
+
+def _spawn_into(run: cgroups.RunCgroup) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(["sleep", "60"])
+    run.join(proc.pid)
+    return proc
+
+
+def test_hierarchies_are_found() -> None:
+    found = cgroups.hierarchies()
+    if not found:
+        pytest.skip("no cgroup hierarchy mounted")
+    assert all(os.path.isdir(h.mount) for h in found)
+    assert {h.version for h in found} <= {1, 2}
+
+
+def test_a_run_gets_its_limits_and_its_member(run_dirs: list[str]) -> None:
+    run = cgroups.create_run(PLUGIN, 4_000_000, 64 * 1024 * 1024, 8)
+    run_dirs.extend(run.dirs)
+    if not run.dirs:
+        pytest.skip(f"no writable cgroup here: {run.problems}")
+    assert all(d.endswith(f"/{PLUGIN}/run-4000000") for d in run.dirs)
+    if run.pids:
+        with open(run.pids) as fh:
+            assert fh.read().strip() == "8"
+    if run.memory:
+        with open(run.memory) as fh:
+            assert int(fh.read()) == 64 * 1024 * 1024
+    proc = _spawn_into(run)
+    try:
+        assert proc.pid in cgroups.members(run.dirs)
+        assert sorted(cgroups.find_run_dirs(4_000_000)) == sorted(run.dirs)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kill_dirs_kills_every_member_and_removes_the_dirs(run_dirs: list[str]) -> None:
+    run = cgroups.create_run(PLUGIN, 4_000_001, None, None)
+    run_dirs.extend(run.dirs)
+    if not run.dirs:
+        pytest.skip(f"no writable cgroup here: {run.problems}")
+    procs = [_spawn_into(run) for _ in range(3)]
+    left = cgroups.kill_dirs(run.dirs, grace=0.0)
+    assert left == []
+    for proc in procs:
+        assert proc.wait(timeout=10) == -9
+    assert not any(os.path.exists(d) for d in run.dirs)
+
+
+def test_term_first_then_kill(run_dirs: list[str]) -> None:
+    run = cgroups.create_run(PLUGIN, 4_000_002, None, None)
+    run_dirs.extend(run.dirs)
+    if not run.dirs:
+        pytest.skip(f"no writable cgroup here: {run.problems}")
+    proc = _spawn_into(run)
+    started = time.monotonic()
+    assert cgroups.kill_dirs(run.dirs, grace=5.0) == []
+    assert proc.wait(timeout=10) == -15  # sleep dies of TERM: KILL was not needed
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_dead_runs_leftovers_are_pruned_at_the_next_start(run_dirs: list[str]) -> None:
+    stale = cgroups.create_run(PLUGIN, 4_000_003, None, None)  # no such pid: a dead run
+    run_dirs.extend(stale.dirs)
+    if not stale.dirs:
+        pytest.skip(f"no writable cgroup here: {stale.problems}")
+    orphan = _spawn_into(stale)  # what an escaped grandchild of that run looks like
+    fresh = cgroups.create_run(PLUGIN, os.getpid(), None, None)
+    run_dirs.extend(fresh.dirs)
+    assert orphan.wait(timeout=10) == -9
+    assert not any(os.path.exists(d) for d in stale.dirs)
+    assert all(os.path.isdir(d) for d in fresh.dirs)
