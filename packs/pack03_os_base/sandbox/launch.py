@@ -3,11 +3,13 @@
 
     launch.py --policy POLICY.json [--report FILE] [--backend auto|native|bwrap] -- ARGV...
     launch.py --probe [--json]
+    launch.py --check [--json]
     launch.py --kill-tree (--pid PID | --report FILE) [--grace SECONDS] [--json]
 
 Exit codes (like env(1)): 125 the sandbox refused or failed to start the command,
 126 the command cannot be executed, 127 it was not found; otherwise the command's
-own status. --probe exits 0 when the always-on layers work, 1 when not.
+own status. --probe exits 0 when the always-on layers work, 1 when not; --check
+exits 0 when the launcher can run on this host at all, 1 when not.
 --kill-tree exits 0 when no process of the run is left, 1 when some are.
 """
 
@@ -65,6 +67,9 @@ def _parser() -> _Parser:
     mode.add_argument("--policy", metavar="FILE", help="policy JSON (pack03 contract)")
     mode.add_argument("--probe", action="store_true", help="report which layers this host has")
     mode.add_argument(
+        "--check", action="store_true", help="check the launcher can run here (writes nothing)"
+    )
+    mode.add_argument(
         "--kill-tree",
         action="store_true",
         help="kill every process of a run (its cgroup), given --pid or --report",
@@ -110,6 +115,30 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if result["always_ok"] else EXIT_FAILED
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    import platform
+
+    problems: list[str] = []
+    if sys.version_info < (3, 11):  # noqa: UP036 - $PYTHON may be any interpreter
+        problems.append(f"python {platform.python_version()}: 3.11 or newer needed")
+    if platform.system() != "Linux":
+        problems.append(f"{platform.system()}: the sandbox needs Linux")
+    try:
+        from sandbox import _libc, bwrap, confine, probe, seccomp  # noqa: F401
+
+        _libc.libc()
+    except (ImportError, OSError) as exc:
+        problems.append(f"cannot load the sandbox library: {exc}")
+    result = {"ok": not problems, "problems": problems, "python": sys.executable}
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    for problem in problems:
+        _err(problem)
+    if not problems and not args.json:
+        _err(f"ok: launcher runs with {sys.executable} (layers: launch.py --probe)")
+    return EXIT_OK if not problems else EXIT_FAILED
+
+
 def _cmd_kill_tree(args: argparse.Namespace) -> int:
     from sandbox import cgroups
 
@@ -150,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(args_in)
         if args.probe:
             return _cmd_probe(args)
+        if args.check:
+            return _cmd_check(args)
         if args.kill_tree:
             return _cmd_kill_tree(args)
         return _cmd_run(args, command)

@@ -163,8 +163,24 @@ def probe() -> dict[str, Any]:
     put("ipc-namespace", _in_child(_ipcns))
     put("landlock", _in_child(_landlock))
     abi = landlock.abi_version()
-    put("landlock-network", (abi >= 4, f"ABI {abi}: TCP bind/connect rules need ABI 4"))
-    put("landlock-scope", (abi >= 6, f"ABI {abi}: signal scoping needs ABI 6"))
+    put(
+        "landlock-network",
+        (
+            abi >= 4,
+            "TCP bind/connect denied without network"
+            if abi >= 4
+            else f"ABI {abi}: TCP rules need ABI 4",
+        ),
+    )
+    put(
+        "landlock-scope",
+        (
+            abi >= 6,
+            "signals to processes outside the sandbox denied"
+            if abi >= 6
+            else f"ABI {abi}: signal scoping needs ABI 6",
+        ),
+    )
     put("seccomp", _in_child(_seccomp))
     put("cgroup", _cgroup())
     put("bwrap", _bwrap())
