@@ -69,6 +69,7 @@ class Run:
         self.cgroup: cgroups.RunCgroup | None = None
         self.limits: dict[str, int | str] = {}
         self.status = "starting"
+        self.refusal: list[str] = []
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -131,6 +132,7 @@ class Run:
         return {
             "schema": REPORT_SCHEMA,
             "status": self.status,
+            "refusal": self.refusal,
             "plugin_id": self.policy.plugin_id,
             "pid": os.getpid(),
             "backend": self.backend,
@@ -246,6 +248,11 @@ def _namespaces(run: Run) -> None:
         try:
             libc.unshare(libc.CLONE_NEWNET)
             run.layer("network-namespace", True, "new network namespace (loopback only, down)")
+        except PermissionError as exc:
+            if os.geteuid() == 0:
+                run.layer("network-namespace", False, f"unshare(CLONE_NEWNET): {exc.strerror}")
+            else:
+                _user_namespace(run)
         except OSError as exc:
             run.layer("network-namespace", False, f"unshare(CLONE_NEWNET): {exc.strerror}")
     try:
@@ -253,6 +260,19 @@ def _namespaces(run: Run) -> None:
         run.layer("ipc-namespace", True, "new IPC namespace (no System V IPC with the host)")
     except OSError as exc:
         run.layer("ipc-namespace", False, f"unshare(CLONE_NEWIPC): {exc.strerror}")
+
+
+def _user_namespace(run: Run) -> None:
+    """Unprivileged launcher: a user namespace makes the network namespace possible.
+
+    Inside it the launcher holds capabilities over the new namespaces only; the exec
+    that follows (by a non-root uid, with no_new_privs) drops them.
+    """
+    try:
+        libc.unshare(libc.CLONE_NEWUSER | libc.CLONE_NEWNET)
+        run.layer("network-namespace", True, "new user+network namespace (loopback only, down)")
+    except OSError as exc:
+        run.layer("network-namespace", False, f"unshare(CLONE_NEWUSER|NEWNET): {exc.strerror}")
 
 
 def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
@@ -359,9 +379,16 @@ def apply_and_exec(
         if run.backend == "bwrap":
             _exec_bwrap(run, report)
         _exec_native(run, report)
-    except BaseException:
+    except BaseException as exc:
         if run.cgroup is not None and run.cgroup.dirs:
             cgroups.leave(run.cgroup, os.getpid())
+        if report and isinstance(exc, Refused):
+            run.status = "refused"
+            run.refusal = exc.reasons
+            try:  # after Landlock the report may be out of reach: the exit code still says it
+                _finish_report(run, report)
+            except OSError as err:
+                _log.debug(__name__, "report %s: %s", report, err)
         raise
 
 

@@ -120,6 +120,10 @@ def test_refuses_when_no_layer_can_deny_network(tmp_path: Path) -> None:
     assert proc.returncode == launch.EXIT_REFUSED, proc.stderr
     assert "network: not granted, and no active layer can deny it" in proc.stderr
     assert "unshare(CLONE_NEWNET): simulated" in proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "refused"
+    assert any(r.startswith("network:") for r in report["refusal"])
+    assert report["cgroup"] is None or not any(os.path.exists(d) for d in report["cgroup"]["dirs"])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="runs as root, like CI")
