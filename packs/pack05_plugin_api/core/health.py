@@ -84,10 +84,6 @@ class Paths:
         )
 
     @property
-    def plugins_dir(self) -> str:
-        return os.path.join(self.data_dir, "plugins")
-
-    @property
     def pidfile(self) -> str:
         return os.path.join(self.run_dir, PIDFILE_NAME)
 
@@ -131,7 +127,6 @@ class _ScanContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo: dict[str, str] = {}  # noqa: RUF012 (the C scanner keeps its own memo)
 
     @staticmethod
     def parse_constant(name: str) -> float:

@@ -9,9 +9,12 @@ nothing is signalled unless the pid is still that very process. Never by pattern
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
 
 try:
     from .health import (
@@ -39,11 +42,6 @@ except ImportError:  # run by path from the scripts: core/ itself is sys.path[0]
         read_small,
         read_status,
     )
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from typing import Any, BinaryIO
 
 __all__ = [
     "FileLock",
@@ -107,10 +105,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        try:  # noqa: SIM105 (contextlib would cost the health check 3 ms of imports)
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -307,10 +303,8 @@ def _signal_group(record: ProcessRecord, sig: int) -> bool:
 def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        try:  # noqa: SIM105 (reap it when it is our own child: tests, a failed start)
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
             os.waitpid(record.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         if identity_problem(record) is not None:
             return True
         if time.monotonic() >= deadline:
