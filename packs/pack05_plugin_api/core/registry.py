@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import json
 import logging
-import marshal
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from packaging.version import Version
 from . import paths
 from .api import validate_manifest
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
+from .frozen import FrozenDict, freeze, thaw
 from .permissions import check_capabilities, load_policy
 from .storage import append_audit, atomic_write, default_actor, locked, utc_now
 
@@ -35,8 +35,8 @@ Change = Callable[[Data], tuple[Data | None, Any, list[dict[str, Any]]]]
 
 
 def _copy(value: Any) -> Any:
-    """A deep copy of JSON-shaped data; marshal is several times faster than copy.deepcopy."""
-    return marshal.loads(marshal.dumps(value))
+    """A plain, mutable deep copy of (possibly read-only) JSON-shaped data."""
+    return thaw(value)
 
 
 def _requested(record: Mapping[str, Any], version: str | None) -> set[str]:
@@ -58,14 +58,8 @@ class _Snapshot:
 
     key: tuple[int, ...]
     data: Data
-    list_blob: bytes | None = field(default=None)
-
-    def views(self) -> dict[str, Record]:
-        if self.list_blob is None:
-            views = {pid: _view(rec) for pid, rec in self.data["plugins"].items()}
-            self.list_blob = marshal.dumps(views)
-        result: dict[str, Record] = marshal.loads(self.list_blob)
-        return result
+    # What list() hands out: read-only views, built on first use for this version of the file.
+    frozen: FrozenDict | None = field(default=None)
 
 
 def _encode(value: Any) -> str:
@@ -131,6 +125,7 @@ class PluginRegistry:
         self.actor = actor
         self._snapshot: _Snapshot | None = None
         self._fragments: dict[str, tuple[Record, str]] = {}
+        self._frozen: dict[str, tuple[Record, Record]] = {}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -147,6 +142,7 @@ class PluginRegistry:
 
     def _parse(self, raw: bytes) -> Data:
         try:
+            # Plain (C-speed) parse: this copy is private; list() freezes its own views.
             data = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
@@ -188,8 +184,24 @@ class PluginRegistry:
         return result
 
     def list(self) -> dict[str, Record]:
-        """Every plugin record by id (a private copy), each with its active ``manifest``."""
-        return self._snap().views()
+        """Every plugin record by id, each with its active ``manifest``.
+
+        Read-only (mutating it raises TypeError; ``copy.deepcopy`` gives a mutable copy) and
+        shared by calls until the registry changes, so listing a large registry is cheap.
+        """
+        snapshot = self._snap()
+        if snapshot.frozen is None:
+            # Records this object wrote or froze before are reused: only changed ones are frozen.
+            old = self._frozen
+            views: dict[str, Record] = {}
+            for pid, record in snapshot.data["plugins"].items():
+                hit = old.get(pid)
+                views[pid] = (
+                    hit[1] if hit is not None and hit[0] is record else freeze(_view(record))
+                )
+            self._frozen = {pid: (snapshot.data["plugins"][pid], v) for pid, v in views.items()}
+            snapshot.frozen = FrozenDict(views)
+        return snapshot.frozen
 
     def get(self, plugin_id: str) -> Record | None:
         """The record of one plugin (a private copy) or None."""

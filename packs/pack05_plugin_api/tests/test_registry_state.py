@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -78,12 +79,27 @@ def test_on_disk_format_matches_the_contract_and_the_schema(reg: PluginRegistry)
     assert version["staged_at"] and record["registered_at"] and record["updated_at"]
 
 
-def test_returned_records_are_private_copies(reg: PluginRegistry) -> None:
-    _stage(reg, "1.0.0", [])
+def test_get_returns_a_private_copy_and_list_a_read_only_view(reg: PluginRegistry) -> None:
+    _stage(reg, "1.0.0", ["network"])
     reg.get("acme.echo")["versions"].clear()
-    reg.list()["acme.echo"]["enabled"] = True
+    listed = reg.list()
+    with pytest.raises(TypeError, match="read-only"):
+        listed["acme.echo"]["enabled"] = True
+    with pytest.raises(TypeError, match="read-only"):
+        listed["acme.echo"]["versions"]["1.0.0"]["manifest"]["permissions"].append("gpu")
+    with pytest.raises(TypeError, match="read-only"):
+        del listed["acme.echo"]
     record = reg.get("acme.echo")
     assert "1.0.0" in record["versions"] and record["enabled"] is False
+    assert record["versions"]["1.0.0"]["manifest"]["permissions"] == ["network"]
+    # still plain JSON data for callers: serializable, comparable, copyable
+    assert json.loads(json.dumps(listed)) == listed
+    mutable = copy.deepcopy(listed)
+    mutable["acme.echo"]["enabled"] = True
+    assert reg.list()["acme.echo"]["enabled"] is False
+    # the view follows changes
+    reg.grant("acme.echo", ["network"])
+    assert reg.list()["acme.echo"]["granted"] == ["network"]
 
 
 def test_enable_refuses_until_every_requested_capability_is_granted(reg: PluginRegistry) -> None:

@@ -1,0 +1,65 @@
+"""Read-only dict and list, so parsed registry data can be shared without copying."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+
+def _read_only(*args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError("registry data is read-only: change it through PluginRegistry methods")
+
+
+class FrozenDict(dict[str, Any]):
+    """A dict whose mutators raise TypeError; ``copy()`` gives a plain (mutable) dict.
+
+    A dict subclass, so ``json.dumps``, ``==`` and ``isinstance(x, dict)`` work unchanged.
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return thaw(self)  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+class FrozenList(list[Any]):
+    """A list whose mutators raise TypeError; ``copy()`` gives a plain (mutable) list."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def copy(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return thaw(self)  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenList, (list(self),))
+
+
+def freeze(value: Any) -> Any:
+    """A read-only copy of JSON-shaped data (already frozen parts are reused as they are)."""
+    kind = type(value)
+    if kind is dict:
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if kind is list:
+        return FrozenList(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of JSON-shaped data (frozen or not)."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
