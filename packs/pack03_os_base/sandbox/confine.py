@@ -342,14 +342,14 @@ def _plan_seccomp(run: Run) -> Any:
     try:
         flt = seccomp.Filter()
         if "network" not in run.policy.granted:
-            flt.deny_non_unix_sockets()
+            flt.deny_sockets()
         for name in seccomp.HARDENING:
             flt.deny(name)
     except OSError as exc:
         run.layer("seccomp", False, f"building the filter: {exc.strerror or exc}")
         return None
     sockets = (
-        "socket families other than AF_UNIX denied; "
+        "socket() denied (all families, Unix too), socketpair() only for AF_UNIX; "
         if "network" not in (run.policy.granted)
         else ""
     )
@@ -427,6 +427,10 @@ def _exec_native(run: Run, report: str | None) -> NoReturn:
                       else f"ABI {abi} < 4: no TCP rules")  # fmt: skip
         run.layer("landlock-scope", abi >= 6, "signals to processes outside denied"
                   if abi >= 6 else f"ABI {abi} < 6: no signal scoping")  # fmt: skip
+    if flt is None and "network" not in run.policy.granted:
+        run.warnings.append(
+            "network: without seccomp, Unix sockets on the host filesystem stay reachable"
+        )
     _refuse_if_gaps(run)
     if os.geteuid() == 0:
         try:

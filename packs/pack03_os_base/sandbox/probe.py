@@ -98,14 +98,14 @@ def _seccomp() -> str:
         raise OSError("libseccomp.so.2 not found (no binding for seccomp)")
     privileges.set_no_new_privs()
     flt = seccomp.Filter()
-    flt.deny_non_unix_sockets()
+    flt.deny_sockets()
     flt.load()
     import socket
 
     try:
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
     except PermissionError:
-        return f"libseccomp {seccomp.version()} (ctypes): non-AF_UNIX sockets denied"
+        return f"libseccomp {seccomp.version()} (ctypes): socket() can be denied"
     raise OSError("filter loaded but an AF_INET socket was still created")
 
 

@@ -103,11 +103,15 @@ class Filter:
     def deny(self, name: str, code: int = errno.EPERM) -> None:
         self._rule(_errno(code), name, [])
 
-    def deny_non_unix_sockets(self) -> None:
-        """socket() and socketpair() fail with EACCES for every family but AF_UNIX."""
-        cmp = _ArgCmp(0, _SCMP_CMP_NE, _AF_UNIX, 0)
-        for name in ("socket", "socketpair"):
-            self._rule(_errno(errno.EACCES), name, [cmp])
+    def deny_sockets(self) -> None:
+        """socket() fails with EACCES for every family; socketpair() only works for AF_UNIX.
+
+        Denying AF_UNIX socket() too matters: the network namespace does not hide
+        pathname sockets (a root daemon's /run/*.sock), and Landlock cannot restrict
+        connect() on them. socketpair() stays, for in-process plumbing (asyncio).
+        """
+        self._rule(_errno(errno.EACCES), "socket", [])
+        self._rule(_errno(errno.EACCES), "socketpair", [_ArgCmp(0, _SCMP_CMP_NE, _AF_UNIX, 0)])
 
     def load(self) -> None:
         """Install the filter on this process (needs no_new_privs); children inherit it."""

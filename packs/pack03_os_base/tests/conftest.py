@@ -54,6 +54,15 @@ elif action == "udp":
         out("allowed")
     except OSError as exc:
         denied(exc)
+elif action == "unix":
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(args[0])
+        s.sendall(b"attack-unix")
+        s.close()
+        out("allowed")
+    except OSError as exc:
+        denied(exc)
 elif action == "write":
     try:
         with open(args[0], "w") as fh:
@@ -323,6 +332,17 @@ def listener() -> Iterator[Listener]:
     thread.join(5)
     tcp.close()
     udp.close()
+
+
+@pytest.fixture
+def unix_listener(tmp_path: Path) -> Iterator[Path]:
+    """A Unix socket a host daemon would offer (like /run/docker.sock), outside the sandbox."""
+    path = tmp_path / "host.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen()
+    yield path
+    srv.close()
 
 
 @pytest.fixture

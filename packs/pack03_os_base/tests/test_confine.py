@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -61,6 +62,23 @@ def test_seccomp_alone_denies_inet_sockets(native: Sandbox, probe: Probe) -> Non
     assert res.outcome["outcome"] == "denied"
     assert "Permission denied" in res.outcome["error"]
     assert res.report["layers"]["seccomp"]["active"]
+
+
+def test_host_unix_socket_is_unreachable_without_network(
+    sandbox: Sandbox, probe: Probe, unix_listener: Path
+) -> None:
+    """The network namespace does not hide pathname sockets; seccomp (or bwrap) must."""
+    probe.require("seccomp" if sandbox.backend == "native" else "bwrap")
+    res = sandbox.attack_run("unix", str(unix_listener))
+    assert res.outcome["outcome"] == "denied", res.outcome
+
+
+def test_granted_network_reaches_host_unix_socket_natively(
+    native: Sandbox, unix_listener: Path
+) -> None:
+    """Documented limit: Landlock cannot yet restrict connect() on pathname sockets."""
+    res = native.attack_run("unix", str(unix_listener), granted=["network"])
+    assert res.outcome["outcome"] == "allowed", res.outcome
 
 
 def test_own_data_dir_is_writable(sandbox: Sandbox) -> None:
