@@ -71,6 +71,25 @@ class SandboxCommand:
             *command,
         ]
 
+    def kill_tree_argv(self, report_file: Path, grace: float) -> list[str]:
+        """pack03's whole-tree kill of one run, found through its report's cgroups."""
+        return [
+            self.python,
+            str(self.launch),
+            "--kill-tree",
+            "--report",
+            str(report_file),
+            "--grace",
+            f"{grace:g}",
+        ]
+
+
+def report_cgroups(report: dict[str, Any] | None) -> list[str]:
+    """The cgroup directories the sandbox put this run in (empty if none)."""
+    cgroup = report.get("cgroup") if report else None
+    dirs = cgroup.get("dirs") if isinstance(cgroup, dict) else None
+    return [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
+
 
 def read_report(path: Path) -> dict[str, Any] | None:
     """The sandbox's report for one run, or None if it wrote none (yet)."""

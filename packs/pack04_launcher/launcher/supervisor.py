@@ -74,6 +74,9 @@ class Slot:
     spec: tuple[Any, ...] | None = None  # what it was started with
     layers: list[str] = field(default_factory=list)
     starts_seen: int = 0
+    backoff: float | None = None  # the delay before the pending restart
+    sandbox_cgroups: list[str] = field(default_factory=list)  # from the sandbox report
+    sandbox: sandbox.SandboxCommand | None = None  # the one that started this run
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -105,8 +108,7 @@ class Supervisor:
         self._control_sig: object = _UNREAD
         self._entries: dict[str, PluginEntry] = {}
         self._control = Control()
-        self._sandbox_checked = -1e9
-        self._sandbox: sandbox.SandboxCommand | None = None
+        self._sandbox_root: Path | None = None
         self.dirty = True
 
     # --- setup and teardown -------------------------------------------------------
@@ -239,20 +241,16 @@ class Supervisor:
     # --- starting -----------------------------------------------------------------
 
     def _sandbox_command(self) -> sandbox.SandboxCommand:
-        """pack03's launcher, looked up again at most every 5 s while missing."""
-        now = time.monotonic()
-        if self._sandbox is None and now - self._sandbox_checked >= 5.0:
-            self._sandbox_checked = now
-            try:
-                root = sandbox_root(self.paths, self._sandbox_env)
-                self._sandbox = sandbox.SandboxCommand(self.settings.python, root)
-                self.sandbox_error = None
-                log.info("sandbox: %s", self._sandbox.launch)
-            except SandboxUnavailable as exc:
-                self.sandbox_error = str(exc)
-        if self._sandbox is None:
-            raise SandboxUnavailable(self.sandbox_error or "sandbox not found")
-        return self._sandbox
+        """pack03's launcher, resolved at each start (pack03 may have been upgraded)."""
+        try:
+            root = sandbox_root(self.paths, self._sandbox_env)
+        except SandboxUnavailable as exc:
+            self.sandbox_error = str(exc)
+            raise
+        if self.sandbox_error is not None or self._sandbox_root != root:
+            log.info("sandbox: %s", root / "sandbox" / "launch.py")
+        self.sandbox_error, self._sandbox_root = None, root
+        return sandbox.SandboxCommand(self.settings.python, root)
 
     def _start(self, slot: Slot) -> None:
         entry = slot.entry
@@ -311,10 +309,11 @@ class Supervisor:
             self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
             return
         logf.close()
-        slot.proc, slot.cgroup, slot.tracked = proc, cgroup, set()
+        slot.proc, slot.cgroup, slot.tracked, slot.sandbox = proc, cgroup, set(), sbx
         slot.ident = process.identify(proc.pid)
         slot.started_at, slot.started_mono = time.time(), time.monotonic()
-        slot.state, slot.reason, slot.spec, slot.layers = status.RUNNING, None, _spec(entry), []
+        slot.state, slot.reason, slot.spec = status.RUNNING, None, _spec(entry)
+        slot.layers, slot.sandbox_cgroups = [], []
         log.info("%s: started pid %d (granted %s)", entry.id, proc.pid, list(entry.granted))
 
     def _open_log(self, plugin_id: str) -> IO[bytes]:
@@ -370,7 +369,8 @@ class Supervisor:
             log.error("%s: failed: %s", slot.entry.id, slot.reason)
             return
         delay = min(self.settings.backoff_base * 2 ** (slot.crashes - 1), self.settings.backoff_max)
-        slot.state, slot.reason = status.BACKOFF, f"{why}; restart in {delay:.1f}s"
+        slot.state, slot.reason = status.BACKOFF, f"{why}; restart in {delay:g}s"
+        slot.backoff = delay
         slot.next_start = now + delay
         slot.restarts += 1
         log.warning("%s: %s", slot.entry.id, slot.reason)
@@ -402,7 +402,38 @@ class Supervisor:
                 log.warning("killing unclaimed orphan pid %d", pid)
                 process.terminate([ident], 0.5)
 
-    def _kill_tree(self, slot: Slot) -> None:
+    def _report(self, slot: Slot) -> Path:
+        return self.paths.plugin_run(slot.entry.id) / "report.json"
+
+    def _sandbox_kill(self, slot: Slot, grace: float) -> subprocess.Popen[bytes] | None:
+        """Start pack03's ``--kill-tree`` for this run if the sandbox put it in a cgroup.
+
+        The sandbox moves the plugin into its own cgroup, out of ours, so only it
+        can find the tree; TERM, ``grace`` seconds, then KILL.
+        """
+        report = self._report(slot)
+        if slot.sandbox is None or not sandbox.report_cgroups(sandbox.read_report(report)):
+            return None
+        argv = slot.sandbox.kill_tree_argv(report, grace)
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except OSError as exc:
+            log.error("%s: cannot run %s: %s", slot.entry.id, argv[1], exc)
+            return None
+
+    def _kill_tree(self, slot: Slot, sandbox_kill: subprocess.Popen[bytes] | None = None) -> None:
+        """KILL whatever is left of the run: the sandbox's cgroup, ours, tracked pids."""
+        killer = sandbox_kill or self._sandbox_kill(slot, 0.0)
+        if killer is not None:
+            try:
+                rc = killer.wait(timeout=self.settings.stop_grace + 15.0)
+            except subprocess.TimeoutExpired:
+                killer.kill()
+                rc = killer.wait()
+            if rc != 0:
+                log.error(
+                    "%s: sandbox --kill-tree exited %d: processes may be left", slot.entry.id, rc
+                )
         if slot.cgroup is not None and self.cgroups is not None:
             self.cgroups.kill(slot.cgroup)
             slot.cgroup = None
@@ -416,14 +447,15 @@ class Supervisor:
         slots = [s for s in slots if s.proc is not None]
         if not slots:
             return
+        killers: dict[str, subprocess.Popen[bytes] | None] = {}
         for slot in slots:
             log.info("%s: stopping pid %d", slot.entry.id, slot.proc.pid if slot.proc else -1)
+            killers[slot.entry.id] = self._sandbox_kill(slot, self.settings.stop_grace)
             if slot.cgroup is not None and self.cgroups is not None:
                 self.cgroups.signal_all(slot.cgroup, signal.SIGTERM)
-            else:
-                for ident in [slot.ident, *slot.tracked]:
-                    if ident is not None:
-                        process.signal_identity(ident, signal.SIGTERM, group=True)
+            for ident in [slot.ident, *slot.tracked]:
+                if ident is not None:
+                    process.signal_identity(ident, signal.SIGTERM, group=True)
         deadline = time.monotonic() + self.settings.stop_grace
         for slot in slots:
             assert slot.proc is not None
@@ -441,7 +473,7 @@ class Supervisor:
                     time.sleep(0.02)
             elif slot.ident is not None:
                 slot.tracked.add(slot.ident)
-            self._kill_tree(slot)
+            self._kill_tree(slot, killers[slot.entry.id])
             rc = slot.proc.wait()
             self._mark_exit(slot, rc)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
@@ -455,9 +487,9 @@ class Supervisor:
         plugins: dict[str, Any] = {}
         for pid, slot in sorted(self.slots.items()):
             if slot.proc is not None and not slot.layers:
-                slot.layers = sandbox.active_layers(
-                    sandbox.read_report(self.paths.plugin_run(pid) / "report.json")
-                )
+                report = sandbox.read_report(self._report(slot))
+                slot.layers = sandbox.active_layers(report)
+                slot.sandbox_cgroups = sandbox.report_cgroups(report)
             plugins[pid] = {
                 "state": slot.state,
                 "reason": slot.reason,
@@ -467,11 +499,11 @@ class Supervisor:
                 "pid_start_time": slot.ident.start_time if slot.ident else None,
                 "started_at": slot.started_at if slot.proc is not None else None,
                 "restarts": slot.restarts,
+                "backoff_s": slot.backoff if slot.state == status.BACKOFF else None,
                 "last_exit": slot.last_exit,
                 "layers": slot.layers,
-                "cgroup": str(self.cgroups.path(slot.cgroup))
-                if slot.cgroup and self.cgroups
-                else None,
+                "cgroups": slot.sandbox_cgroups
+                or ([str(self.cgroups.path(slot.cgroup))] if slot.cgroup and self.cgroups else []),
                 "log": str(self.paths.plugin_log(pid)),
             }
         return plugins

@@ -1,0 +1,319 @@
+"""Operator CLI: list, logs, start, stop and run plugins under the launcher.
+
+``python3 packs/pack04_launcher/launcher_cli.py <command>`` (or ``-m launcher.cli``).
+With ``--json`` exactly one JSON document goes to stdout; messages go to stderr.
+Exit codes are the EXIT_* constants below (listed in the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from launcher import control, process, registry, sandbox
+from launcher.cgroup import CgroupTree
+from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
+from launcher.fsutil import atomic_write_json
+from launcher.paths import Paths, sandbox_root
+from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # a file could not be read or written; details on stderr
+EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_NOT_RUNNING = 3  # the launcher service is not running
+EXIT_NOT_FOUND = 4  # no such plugin in the registry
+EXIT_PLUGIN_FAILED = 5  # start: the plugin did not reach "running"
+EXIT_CONFLICT = 6  # run: the service is running this plugin already
+EXIT_NO_SANDBOX = 7  # run: pack03's sandbox cannot be found
+EXIT_TIMEOUT = 124  # run --timeout: the plugin was killed at the deadline
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], human: str) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif human:
+        print(human)
+
+
+def _service(paths: Paths) -> tuple[process.ProcessId | None, dict[str, Any] | None]:
+    """The live service identity (None if down) and its last status document."""
+    return process.running_from_pidfile(paths.pidfile), read_status(paths.status)
+
+
+def _uptime(started_at: Any) -> float | None:
+    return round(time.time() - started_at, 1) if isinstance(started_at, (int, float)) else None
+
+
+# --- list -------------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
+    ident, doc = _service(paths)
+    plugins: dict[str, Any] = {}
+    if ident is not None and doc is not None:
+        for pid, rec in doc.get("plugins", {}).items():
+            plugins[pid] = dict(rec, uptime_s=_uptime(rec.get("started_at")))
+    out = {
+        "service": {"running": ident is not None, "pid": ident.pid if ident else None},
+        "registry": str(paths.registry),
+        "plugins": plugins,
+    }
+    if ident is None:
+        _err(f"launcher service is not running (no live process in {paths.pidfile})")
+        _emit(args, out, "")
+        return EXIT_NOT_RUNNING
+    rows = [("ID", "STATE", "PID", "UPTIME", "RESTARTS", "LAYERS")]
+    for pid, rec in sorted(plugins.items()):
+        up = rec["uptime_s"]
+        rows.append(
+            (
+                pid,
+                rec.get("state", "?"),
+                str(rec.get("pid") or "-"),
+                f"{up:.0f}s" if up is not None else "-",
+                str(rec.get("restarts", 0)),
+                ",".join(rec.get("layers") or []) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    _emit(args, out, table if plugins else "no plugins in the registry")
+    for pid, rec in sorted(plugins.items()):
+        if rec.get("state") not in (RUNNING, DISABLED) and rec.get("reason"):
+            _err(f"{pid}: {rec['reason']}")
+    return EXIT_OK
+
+
+# --- logs -------------------------------------------------------------------------
+
+
+def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
+    log_path = paths.plugin_log(args.plugin_id)
+    if not registry.valid_plugin_id(args.plugin_id) or not log_path.is_file():
+        _err(f"{args.plugin_id}: no log at {log_path}")
+        return EXIT_NOT_FOUND
+    data = log_path.read_bytes()
+    lines = data.decode(errors="replace").splitlines()[-args.lines :]
+    _emit(args, {"id": args.plugin_id, "log": str(log_path), "lines": lines}, "\n".join(lines))
+    return EXIT_OK
+
+
+# --- start / stop -----------------------------------------------------------------
+
+
+def _wait_state(paths: Paths, plugin_id: str, want: set[str], wait: float) -> dict[str, Any]:
+    """Poll the status file until the plugin's state is in ``want`` (or time is up)."""
+    deadline = time.monotonic() + wait
+    rec: dict[str, Any] = {}
+    while True:
+        doc = read_status(paths.status) or {}
+        rec = doc.get("plugins", {}).get(plugin_id, {})
+        if rec.get("state") in want or time.monotonic() >= deadline:
+            return rec
+        time.sleep(0.1)
+
+
+def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
+    entry = registry.get_plugin(paths.registry, args.plugin_id)
+    control.request(paths.control, paths.control_lock, entry.id, start=True)
+    ident = process.running_from_pidfile(paths.pidfile)
+    if ident is None:
+        _err("recorded; the launcher service is not running, so nothing was started")
+        _emit(args, {"id": entry.id, "state": None, "service_running": False}, "")
+        return EXIT_NOT_RUNNING
+    if not entry.enabled or not entry.runnable:
+        why = entry.problem or "not enabled in the registry (enable it with pack05's CLI)"
+        _err(f"{entry.id}: cannot run: {why}")
+        _emit(args, {"id": entry.id, "state": BLOCKED, "reason": why}, "")
+        return EXIT_PLUGIN_FAILED
+    # Give the service time to notice the request and start the plugin.
+    time.sleep(0.1)
+    rec = _wait_state(paths, entry.id, {RUNNING, FAILED, REFUSED, BLOCKED}, args.wait)
+    state = rec.get("state")
+    _emit(args, {"id": entry.id, **rec}, f"{entry.id}: {state} (pid {rec.get('pid')})")
+    if state != RUNNING:
+        _err(f"{entry.id}: {state}: {rec.get('reason')}")
+        return EXIT_PLUGIN_FAILED
+    return EXIT_OK
+
+
+def _cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
+    if not registry.valid_plugin_id(args.plugin_id):
+        _err(f"{args.plugin_id}: not a plugin id ('publisher.name', lowercase)")
+        return EXIT_NOT_FOUND
+    control.request(paths.control, paths.control_lock, args.plugin_id, start=False)
+    ident = process.running_from_pidfile(paths.pidfile)
+    if ident is None:
+        _err("recorded; the launcher service is not running")
+        _emit(args, {"id": args.plugin_id, "state": HELD, "service_running": False}, "")
+        return EXIT_NOT_RUNNING
+    rec = _wait_state(paths, args.plugin_id, {HELD}, args.wait)
+    state = rec.get("state")
+    _emit(args, {"id": args.plugin_id, **rec}, f"{args.plugin_id}: {state}")
+    if state != HELD:
+        _err(f"{args.plugin_id}: still {state} after {args.wait:.0f}s")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# --- run --------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
+    """Run one plugin once in the foreground, in the sandbox, as the service would."""
+    entry = registry.get_plugin(paths.registry, args.plugin_id)
+    if not entry.runnable:
+        _err(f"{entry.id}: cannot run: {entry.problem}")
+        return EXIT_NOT_FOUND
+    ident, doc = _service(paths)
+    if ident is not None and doc is not None:
+        rec = doc.get("plugins", {}).get(entry.id, {})
+        if rec.get("state") == RUNNING:
+            _err(f"{entry.id}: the launcher service runs it (pid {rec.get('pid')}); stop it first")
+            return EXIT_CONFLICT
+    try:
+        sbx = sandbox.SandboxCommand(sys.executable, sandbox_root(paths))
+    except SandboxUnavailable as exc:
+        _err(f"{entry.id}: not run: {exc}")
+        return EXIT_NO_SANDBOX
+    assert entry.entrypoint is not None
+    data_dir = paths.plugin_data(entry.id)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    limits = sandbox.Limits()
+    with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
+        policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
+        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, limits))
+        argv = sbx.argv(
+            policy_file, report_file, sandbox.plugin_argv(sys.executable, entry.entrypoint)
+        )
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "AURORA_PLUGIN_ID": entry.id,
+            "AURORA_PLUGIN_DATA": str(data_dir),
+        }
+        rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
+        layers = sandbox.active_layers(sandbox.read_report(report_file))
+    out = {"id": entry.id, "exit": rc, "timed_out": timed_out, "layers": layers}
+    _emit(args, out, "")
+    _err(f"{entry.id}: {'killed at --timeout' if timed_out else f'exit {rc}'}; layers: {layers}")
+    return EXIT_TIMEOUT if timed_out else (rc if rc >= 0 else 128 - rc)
+
+
+def _run_foreground(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    paths: Paths,
+    args: argparse.Namespace,
+    sbx: sandbox.SandboxCommand,
+    report_file: Path,
+) -> tuple[int, bool]:
+    """Run until exit, --timeout or Ctrl-C; then kill whatever is left of the tree."""
+    tree = CgroupTree.create(str(paths.run) + ":foreground")
+    name = f"run-{os.getpid()}"
+    if tree is not None:
+        tree.make(name)
+    # With --json, stdout carries only the JSON document: the plugin writes to stderr.
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr if args.json else None,
+        start_new_session=True,
+        preexec_fn=tree.enter_hook(name) if tree else None,
+    )
+    timed_out = False
+    try:
+        proc.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    except KeyboardInterrupt:
+        _err("interrupted: stopping the plugin")
+    finally:
+        # The sandbox moves the plugin into its own cgroup: it alone can find the tree.
+        if sandbox.report_cgroups(sandbox.read_report(report_file)):
+            subprocess.run(
+                sbx.kill_tree_argv(report_file, 5.0), stdout=subprocess.DEVNULL, check=False
+            )
+        if tree is not None:
+            tree.terminate(name, 5.0)
+            tree.close()
+        idents = [i for i in [process.identify(proc.pid)] if i is not None]
+        process.terminate(idents + process.descendants(proc.pid), 5.0)
+        rc = proc.wait()
+    return rc, timed_out
+
+
+# --- main -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    common.add_argument("--registry", help="pack05 registry.json (default: see README)")
+    p = argparse.ArgumentParser(
+        prog="launcher_cli.py",
+        description="See and steer the plugins the pack04 launcher runs.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 service not running, 4 no such plugin, "
+        "5 plugin did not start, 6 conflict, 7 no sandbox, 124 run timed out.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", parents=[common], help="plugins: state, pid, uptime, restarts, layers")
+    lg = sub.add_parser("logs", parents=[common], help="show the end of a plugin's log")
+    lg.add_argument("plugin_id")
+    lg.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
+    for name, text in (
+        ("start", "start a plugin (or retry a failed one) now"),
+        ("stop", "stop a plugin and hold it stopped until `start`"),
+    ):
+        sp = sub.add_parser(name, parents=[common], help=text)
+        sp.add_argument("plugin_id")
+        sp.add_argument("--wait", type=float, default=15.0, help="seconds to wait (15)")
+    rn = sub.add_parser(
+        "run", parents=[common], help="run a plugin once in the foreground (for its author)"
+    )
+    rn.add_argument("plugin_id")
+    rn.add_argument("--timeout", type=float, default=None, help="kill it after this many s")
+    return p
+
+
+_COMMANDS = {
+    "list": _cmd_list,
+    "logs": _cmd_logs,
+    "start": _cmd_start,
+    "stop": _cmd_stop,
+    "run": _cmd_run,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    paths = Paths.from_env(registry=args.registry)
+    try:
+        return _COMMANDS[args.command](args, paths)
+    except PluginNotFound as exc:
+        _err(str(exc))
+        return EXIT_NOT_FOUND
+    except LauncherError as exc:
+        _err(f"error: {exc}")
+        return EXIT_ERROR
+    except OSError as exc:
+        _err(f"error: {exc.filename or ''}: {exc.strerror}")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

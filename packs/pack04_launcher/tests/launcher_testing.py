@@ -1,0 +1,187 @@
+"""Helpers shared by the launcher tests (a uniquely named module: packs share conftest names)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+if str(PACK_ROOT) not in sys.path:
+    sys.path.insert(0, str(PACK_ROOT))
+
+from launcher.cgroup import CgroupTree  # noqa: E402
+from launcher.process import ProcessId, identify  # noqa: E402
+from launcher.supervisor import Settings, Supervisor  # noqa: E402
+
+#: TEST-ONLY sandbox that confines nothing: for the supervisor's own logic.
+PASSTHROUGH_ROOT = Path(__file__).resolve().parent / "passthrough_sandbox"
+#: The real pack03 sandbox, when it exists in the source tree.
+REAL_PACK03_ROOT = PACK_ROOT.parent / "pack03_os_base"
+
+# Plugin bodies. Each writes what a test needs into its data dir (its cwd).
+IDLE = """
+import os, time
+open("pid", "w").write(str(os.getpid()))
+while True:
+    time.sleep(1)
+"""
+CRASH = "import sys; sys.exit(3)"
+CLEAN_EXIT = "print('done')"
+# Forks a child that calls setsid and forks a grandchild that calls setsid
+# again; records the grandchild's pid; everybody sleeps.
+ESCAPE = """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.setsid()
+        os.write(w, str(os.getpid()).encode())
+        while True:
+            time.sleep(1)
+    while True:
+        time.sleep(1)
+os.close(w)
+pid = os.read(r, 32).decode()
+open("grandchild.tmp", "w").write(pid)
+os.replace("grandchild.tmp", "grandchild")
+while True:
+    time.sleep(1)
+"""
+# Double fork: the middle process exits at once, the grandchild is orphaned.
+DOUBLE_FORK = """
+import os, time
+r, w = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:
+        os.setsid()
+        os.write(w, str(os.getpid()).encode())
+        while True:
+            time.sleep(1)
+    os._exit(0)
+os.close(w)
+pid = os.read(r, 32).decode()
+open("grandchild.tmp", "w").write(pid)
+os.replace("grandchild.tmp", "grandchild")
+while True:
+    time.sleep(1)
+"""
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class FakeRegistry:
+    """A pack05-style plugins/ dir: registry.json per docs/contracts.md + packages."""
+
+    plugins_dir: Path
+    doc: dict[str, Any] = field(
+        default_factory=lambda: {"schema": "aurora-plugin-registry-v1", "plugins": {}}
+    )
+
+    @property
+    def path(self) -> Path:
+        return self.plugins_dir / "registry.json"
+
+    def add(
+        self,
+        plugin_id: str,
+        code: str = IDLE,
+        *,
+        granted: list[str] | None = None,
+        enabled: bool = True,
+        version: str = "1.0.0",
+        entrypoint: str = "main.py",
+    ) -> Path:
+        """Stage a package with ``code`` as its entrypoint and register it."""
+        rel = f"packages/{plugin_id}/{version}"
+        pkg = self.plugins_dir / rel
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / entrypoint).write_text(code)
+        manifest = {
+            "id": plugin_id,
+            "name": plugin_id,
+            "version": version,
+            "entrypoint": entrypoint,
+            "permissions": granted or [],
+        }
+        (pkg / "manifest.json").write_text(json.dumps(manifest))
+        entry = self.doc["plugins"].setdefault(plugin_id, {"versions": {}})
+        entry.update(enabled=enabled, active_version=version, granted=list(granted or []))
+        entry["versions"][version] = {"path": rel, "manifest": manifest, "digest": "sha256:00"}
+        self.write()
+        return pkg
+
+    def set(self, plugin_id: str, **fields: Any) -> None:
+        self.doc["plugins"][plugin_id].update(fields)
+        self.write()
+
+    def remove(self, plugin_id: str) -> None:
+        del self.doc["plugins"][plugin_id]
+        self.write()
+
+    def write(self) -> None:
+        """Replace registry.json atomically, as pack05 does (a new inode each time)."""
+        self.plugins_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1))
+        os.replace(tmp, self.path)
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "python": sys.executable,
+        "poll_interval": 0.05,
+        "backoff_base": 0.05,
+        "backoff_max": 0.2,
+        "max_restarts": 3,
+        "stable_after": 60.0,
+        "stop_grace": 2.0,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+def run_until(sup: Supervisor, pred: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Drive the reconcile loop until ``pred`` holds."""
+
+    def _step() -> Any:
+        sup.reconcile()
+        return pred()
+
+    return wait_until(_step, timeout, getattr(pred, "__name__", "condition"))
+
+
+def read_pid(path: Path) -> ProcessId:
+    """The identity of the pid a plugin wrote to ``path`` (waits for the file)."""
+    text = wait_until(lambda: path.is_file() and path.read_text().strip(), what=str(path))
+    ident = identify(int(text))
+    assert ident is not None, f"pid {text} from {path} is already gone"
+    return ident
+
+
+def cgroup_available() -> bool:
+    """True when this host gives the launcher a cgroup v2 with cgroup.kill."""
+    tree = CgroupTree.create("launcher-tests-probe")
+    if tree is None:
+        return False
+    tree.close()
+    return True

@@ -1,0 +1,285 @@
+"""The reconcile loop, on the TEST-ONLY passthrough sandbox (it confines nothing).
+
+These tests check the supervisor's own behaviour: what it starts, restarts,
+stops and kills, and what it asks the sandbox for. Confinement itself is
+pack03's and is tested with the real sandbox in test_sandbox.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from launcher import control, status
+from launcher.paths import Paths
+from launcher.supervisor import Supervisor
+from launcher_testing import (
+    CLEAN_EXIT,
+    CRASH,
+    ESCAPE,
+    IDLE,
+    FakeRegistry,
+    cgroup_available,
+    read_pid,
+    run_until,
+)
+
+Make = Callable[..., Supervisor]
+
+requires_cgroup = pytest.mark.skipif(
+    not cgroup_available(),
+    reason="no writable cgroup v2 with cgroup.kill on this host",
+)
+
+
+def _state(sup: Supervisor, pid: str) -> str | None:
+    slot = sup.slots.get(pid)
+    return slot.state if slot else None
+
+
+def test_enabled_plugin_runs_with_its_data_dir_and_log(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    assert ident.alive()
+    log_text = paths.plugin_log("acme.idle").read_text()
+    assert "start acme.idle 1.0.0" in log_text
+
+
+def test_disabled_plugin_is_not_started(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.off", enabled=False)
+    sup = make_supervisor()
+    sup.reconcile()
+    sup.reconcile()
+    assert _state(sup, "acme.off") == status.DISABLED
+    assert not paths.plugin_data("acme.off").exists()
+
+
+@pytest.mark.parametrize("change", ["disable", "remove"])
+def test_disabling_or_removing_stops_the_plugin(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, change: str
+) -> None:
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    if change == "disable":
+        fake_registry.set("acme.idle", enabled=False)
+        run_until(sup, lambda: _state(sup, "acme.idle") == status.DISABLED)
+    else:
+        fake_registry.remove("acme.idle")
+        run_until(sup, lambda: "acme.idle" not in sup.slots)
+    assert not ident.alive()
+
+
+def test_crash_restarts_with_doubling_backoff_then_fails(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.crash", CRASH)
+    sup = make_supervisor(max_restarts=4, backoff_base=0.02, backoff_max=0.05)
+    delays: list[float] = []
+
+    def _failed() -> bool:
+        slot = sup.slots.get("acme.crash")
+        if slot and slot.state == status.BACKOFF and len(delays) < slot.restarts:
+            delays.append(slot.backoff or 0.0)
+        return _state(sup, "acme.crash") == status.FAILED
+
+    run_until(sup, _failed)
+    slot = sup.slots["acme.crash"]
+    assert delays == [0.02, 0.04, 0.05, 0.05]  # doubles, capped at backoff_max
+    assert slot.restarts == 4
+    assert slot.last_exit == 3
+    assert "gave up after 4 restart(s)" in (slot.reason or "")
+    # A failed plugin stays down: no new start after more passes.
+    log = paths.plugin_log("acme.crash")
+    for _ in range(5):
+        sup.reconcile()
+    assert log.read_text().count("] start acme.crash") == 5  # first run + 4 restarts
+    assert sup.status_doc()["acme.crash"]["state"] == "failed"
+
+
+def test_clean_exit_is_not_restarted(make_supervisor: Make, fake_registry: FakeRegistry) -> None:
+    fake_registry.add("acme.once", CLEAN_EXIT)
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.once") == status.EXITED)
+    for _ in range(3):
+        sup.reconcile()
+    assert _state(sup, "acme.once") == status.EXITED
+    assert sup.slots["acme.once"].restarts == 0
+
+
+def test_sandbox_refusal_is_reported_not_retried(
+    make_supervisor: Make, fake_registry: FakeRegistry
+) -> None:
+    # The passthrough exits 125 for this id, as pack03 does when it refuses.
+    fake_registry.add("test.refused")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "test.refused") == status.REFUSED)
+    assert "refusing as asked by the test" in (sup.slots["test.refused"].reason or "")
+    assert sup.slots["test.refused"].restarts == 0
+
+
+@pytest.mark.parametrize(
+    "granted",
+    [
+        pytest.param([], id="nothing"),
+        pytest.param(["network"], id="network"),
+        pytest.param(["fs-read", "gpu", "io"], id="three"),
+    ],
+)
+def test_granted_capabilities_are_passed_exactly(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, granted: list[str]
+) -> None:
+    pkg = fake_registry.add("acme.caps", granted=granted)
+    # The manifest asks for more than was granted: only the grant counts.
+    fake_registry.doc["plugins"]["acme.caps"]["versions"]["1.0.0"]["manifest"]["permissions"] = [
+        "network",
+        "fs-write",
+    ]
+    fake_registry.write()
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.caps") == status.RUNNING)
+    report_path = paths.plugin_run("acme.caps") / "report.json"
+    report = json.loads(run_until(sup, lambda: report_path.is_file() and report_path.read_text()))
+    policy = report["policy"]
+    assert policy["granted"] == sorted(granted)
+    assert policy["plugin_id"] == "acme.caps"
+    assert policy["data_dir"] == str(paths.plugin_data("acme.caps"))
+    assert policy["read_paths"] == [str(pkg.resolve())]
+    assert policy["allow_degraded"] is False
+    assert set(policy["limits"]) == {
+        "cpu_seconds",
+        "memory_bytes",
+        "open_files",
+        "file_size_bytes",
+        "processes",
+    }
+
+
+def test_new_grant_restarts_the_plugin(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    first = read_pid(paths.plugin_data("acme.idle") / "pid")
+    (paths.plugin_data("acme.idle") / "pid").unlink()
+    fake_registry.set("acme.idle", granted=["network"])
+    run_until(sup, lambda: not first.alive() and _state(sup, "acme.idle") == status.RUNNING)
+    second = read_pid(paths.plugin_data("acme.idle") / "pid")
+    assert second != first
+    policy = json.loads((paths.plugin_run("acme.idle") / "policy.json").read_text())
+    assert policy["granted"] == ["network"]
+
+
+@pytest.mark.parametrize(
+    "use_cgroup",
+    [
+        pytest.param(True, id="cgroup", marks=requires_cgroup),
+        pytest.param(False, id="proc-tracking"),
+    ],
+)
+def test_stop_kills_a_grandchild_that_called_setsid(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, use_cgroup: bool
+) -> None:
+    fake_registry.add("acme.escape", ESCAPE)
+    sup = make_supervisor(use_cgroup=use_cgroup)
+    run_until(sup, lambda: _state(sup, "acme.escape") == status.RUNNING)
+    grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
+    # Let the loop see the tree at least once (the /proc tracker needs a pass).
+    sup.reconcile()
+    main_pid = sup.slots["acme.escape"].ident
+    assert grandchild.alive() and main_pid is not None
+    fake_registry.set("acme.escape", enabled=False)
+    run_until(sup, lambda: _state(sup, "acme.escape") == status.DISABLED)
+    assert not grandchild.alive()
+    assert not main_pid.alive()
+
+
+def test_operator_hold_and_start(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    control.request(paths.control, paths.control_lock, "acme.idle", start=False)
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.HELD)
+    assert not ident.alive()
+    control.request(paths.control, paths.control_lock, "acme.idle", start=True)
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+
+
+def test_start_request_retries_a_failed_plugin(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.crash", CRASH)
+    sup = make_supervisor(max_restarts=1)
+    run_until(sup, lambda: _state(sup, "acme.crash") == status.FAILED)
+    # The author fixes the plugin in place (same version) and asks for a start.
+    (fake_registry.plugins_dir / "packages/acme.crash/1.0.0/main.py").write_text(IDLE)
+    control.request(paths.control, paths.control_lock, "acme.crash", start=True)
+    run_until(sup, lambda: _state(sup, "acme.crash") == status.RUNNING)
+
+
+def test_invalid_entry_is_blocked_and_others_still_run(
+    make_supervisor: Make, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add("acme.good")
+    fake_registry.add("acme.bad")
+    fake_registry.doc["plugins"]["acme.bad"]["versions"]["1.0.0"]["path"] = "../../etc"
+    fake_registry.write()
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.good") == status.RUNNING)
+    assert _state(sup, "acme.bad") == status.BLOCKED
+    assert "must be relative and stay inside" in (sup.slots["acme.bad"].reason or "")
+
+
+def test_corrupt_registry_keeps_last_good_view(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    tmp = fake_registry.path.with_suffix(".tmp")
+    tmp.write_text("{not json")
+    tmp.replace(fake_registry.path)
+    sup.reconcile()
+    assert sup.registry_error is not None and "not JSON" in sup.registry_error
+    assert ident.alive() and _state(sup, "acme.idle") == status.RUNNING
+
+
+def test_missing_sandbox_blocks_instead_of_running_unconfined(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, tmp_path: Path
+) -> None:
+    fake_registry.add("acme.idle")
+    sup = make_supervisor(sandbox_root=tmp_path / "no-pack03")
+    sup.reconcile()
+    assert _state(sup, "acme.idle") == status.BLOCKED
+    assert "launch.py: not found" in (sup.slots["acme.idle"].reason or "")
+    assert not (paths.plugin_data("acme.idle") / "pid").exists()
+
+
+def test_close_leaves_no_process_behind(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    for n in range(3):
+        fake_registry.add(f"acme.p{n}", ESCAPE)
+    sup = make_supervisor()
+    run_until(sup, lambda: all(_state(sup, f"acme.p{n}") == status.RUNNING for n in range(3)))
+    kids = [read_pid(paths.plugin_data(f"acme.p{n}") / "grandchild") for n in range(3)]
+    mains = [sup.slots[f"acme.p{n}"].ident for n in range(3)]
+    sup.close()
+    assert not any(k.alive() for k in kids)
+    assert not any(m.alive() for m in mains if m is not None)
+    if sup.cgroups is not None:
+        assert not sup.cgroups.base.exists()
