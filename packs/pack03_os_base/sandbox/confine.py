@@ -112,6 +112,13 @@ class Run:
             for cap, layers in self.enforcement().items()
             if not layers
         ]
+        if not self.containment()["signals"]:
+            # The plugin keeps the launcher's uid: without a layer it could signal (and
+            # ptrace) every process of that uid - for root, the whole machine.
+            gaps.append(
+                "signals: no layer keeps the plugin from signalling processes outside it "
+                "(needs Landlock ABI 6 scoping or the bwrap backend's pid namespace)"
+            )
         if "processes" in self.policy.limits and not self.containment()["processes"]:
             gaps.append(
                 "limits.processes: no cgroup pids controller is writable and RLIMIT_NPROC "

@@ -147,6 +147,15 @@ elif action == "escape":
     os.close(w)
     grandchild = int(os.read(r, 64))
     out("escaped-child", pid=grandchild)
+elif action == "ptrace":
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+    if libc.ptrace(PTRACE_ATTACH, int(args[0]), None, None) == 0:
+        libc.ptrace(PTRACE_DETACH, int(args[0]), None, None)
+        out("allowed")
+    else:
+        out("denied", error=os.strerror(ctypes.get_errno()))
 elif action == "signal":
     try:
         os.kill(int(args[0]), signal.SIGTERM)

@@ -204,6 +204,16 @@ def test_signal_to_a_process_outside_is_denied(
     )
 
 
+def test_ptrace_of_a_process_outside_is_denied(
+    sandbox: Sandbox, probe: Probe, outside_process: subprocess.Popen[bytes]
+) -> None:
+    """Root without CAP_SYS_PTRACE may still trace other root processes: a layer must stop it."""
+    probe.require("landlock" if sandbox.backend == "native" else "bwrap")
+    res = sandbox.attack_run("ptrace", str(outside_process.pid))
+    assert res.outcome["outcome"] == "denied", res.outcome
+    assert outside_process.poll() is None
+
+
 def test_environment_is_the_allow_list(sandbox: Sandbox) -> None:
     code = "import json, os; print(json.dumps(dict(os.environ)))"
     os.environ["AURORA_TEST_SECRET"] = "leak"
