@@ -497,15 +497,24 @@ class PluginLoader:
         return {**result, **status}
 
     def remove(self, plugin_id: str, version: str | None = None) -> bool:
-        """Unregister a plugin (or one version) and delete its staged files; False if unknown."""
-        if not self.registry.unregister(plugin_id, version):
+        """Unregister a plugin (or one version) and delete its staged files; False if unknown.
+
+        Holds the staging lock throughout, so a concurrent stager of the same plugin cannot
+        place a new copy between the two steps. Registry first: a crash leaves an
+        unregistered directory, never a registered version without files.
+        """
+        if self.registry.get(plugin_id) is None:
             return False
-        target = self.packages_dir / plugin_id
-        if version is not None:
-            target = target / version
-        if os.path.lexists(target):
-            with self._staging_area() as tmp:
+        with self._staging_area() as tmp:
+            if not self.registry.unregister(plugin_id, version):
+                return False
+            target = self.packages_dir / plugin_id
+            if version is not None:
+                target = target / version
+            if os.path.lexists(target):
                 os.rename(target, tmp / "removed")  # out of packages/ at once, then delete
+            if version is not None and not any(target.parent.iterdir()):
+                target.parent.rmdir()
         return True
 
     def verify(self, plugin_id: str, version: str | None = None) -> list[str]:

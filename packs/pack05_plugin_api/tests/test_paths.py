@@ -31,7 +31,7 @@ def test_importing_every_module_creates_nothing(tmp_path: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.dont_write_bytecode = True\n"
         "import core, core.api, core.registry, core.loader, core.permissions, core.paths, "
-        "core.errors, core.storage, core.capabilities\n"
+        "core.errors, core.storage, core.capabilities, core.frozen\n"
         "import plugins\n"
     )
     before = sorted(str(p) for p in PACK_ROOT.rglob("*") if "__pycache__" not in p.parts)
@@ -53,7 +53,15 @@ def test_reference_tests_never_touch_the_real_data_dir(tmp_path: Path) -> None:
     """Run the reference's two test files from the repo root, as the issue says."""
     repo = PACK_ROOT.parent.parent
     data = PACK_ROOT / "data"
-    existed = data.exists()
+
+    def state() -> list[tuple[str, int]]:
+        return (
+            sorted((str(p), p.lstat().st_mtime_ns) for p in data.rglob("*"))
+            if data.exists()
+            else []
+        )
+
+    existed, before = data.exists(), state()
     result = subprocess.run(
         [
             sys.executable,
@@ -74,4 +82,4 @@ def test_reference_tests_never_touch_the_real_data_dir(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
-    assert data.exists() == existed
+    assert data.exists() == existed and state() == before
