@@ -36,7 +36,7 @@ class PluginEntry:
     id: str
     enabled: bool
     version: str | None
-    granted: tuple[str, ...]
+    granted: tuple[str, ...]  # effective: granted ∩ the active manifest's permissions
     package_dir: Path | None
     entrypoint: Path | None
     digest: str | None
@@ -121,10 +121,6 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
                 )
             elif cap not in granted:
                 granted.append(cap)
-    allow_degraded = raw.get("allow_degraded", False)
-    if not isinstance(allow_degraded, bool):
-        problems.append(f"{where}.allow_degraded: expected true or false")
-        allow_degraded = False
     version = raw.get("active_version")
     package_dir = entrypoint = None
     digest = None
@@ -153,6 +149,12 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
                     entrypoint = None
             d = ventry.get("digest")
             digest = d if isinstance(d, str) else None
+            # The plugin runs with what was granted AND what this version asks for.
+            requested = manifest.get("permissions", []) if isinstance(manifest, dict) else []
+            if not isinstance(requested, list):
+                problems.append(f"{vwhere}.manifest.permissions: expected a list")
+                requested = []
+            granted = [c for c in granted if c in requested]
     return PluginEntry(
         id=pid,
         enabled=enabled,
@@ -161,7 +163,7 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
         package_dir=package_dir,
         entrypoint=entrypoint,
         digest=digest,
-        allow_degraded=allow_degraded,
+        allow_degraded=False,  # not in the registry format: degraded mode is never implied
         problem="; ".join(problems) or None,
     )
 
@@ -171,15 +173,19 @@ def _inside(base: Path, rel: Any, where: str, problems: list[str]) -> Path | Non
 
     Symlinks are resolved, so a link pointing out of the package is refused.
     """
-    if not isinstance(rel, str) or not rel:
+    if not isinstance(rel, str) or not rel or "\0" in rel:
         problems.append(f"{where}: expected a relative path, found {rel!r}")
         return None
     pure = PurePosixPath(rel)
     if pure.is_absolute() or ".." in pure.parts:
         problems.append(f"{where}: {rel!r} must be relative and stay inside {base}")
         return None
-    target = (base / pure).resolve()
-    real_base = base.resolve()
+    try:
+        target = (base / pure).resolve()
+        real_base = base.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (3.11)
+        problems.append(f"{where}: {rel!r} cannot be resolved ({exc})")
+        return None
     if target != real_base and real_base not in target.parents:
         problems.append(f"{where}: {rel!r} resolves to {target}, outside {real_base}")
         return None

@@ -128,29 +128,36 @@ def test_sandbox_refusal_is_reported_not_retried(
 
 
 @pytest.mark.parametrize(
-    "granted",
+    ("granted", "requested", "effective"),
     [
-        pytest.param([], id="nothing"),
-        pytest.param(["network"], id="network"),
-        pytest.param(["fs-read", "gpu", "io"], id="three"),
+        pytest.param([], ["network"], [], id="nothing-granted"),
+        pytest.param(["network"], ["network"], ["network"], id="network"),
+        pytest.param(
+            ["fs-read", "gpu", "io"], ["fs-read", "gpu", "io"], ["fs-read", "gpu", "io"], id="three"
+        ),
+        pytest.param(["fs-write", "network"], ["network"], ["network"], id="granted-not-asked"),
     ],
 )
 def test_granted_capabilities_are_passed_exactly(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, granted: list[str]
+    make_supervisor: Make,
+    fake_registry: FakeRegistry,
+    paths: Paths,
+    granted: list[str],
+    requested: list[str],
+    effective: list[str],
 ) -> None:
     pkg = fake_registry.add("acme.caps", granted=granted)
-    # The manifest asks for more than was granted: only the grant counts.
-    fake_registry.doc["plugins"]["acme.caps"]["versions"]["1.0.0"]["manifest"]["permissions"] = [
-        "network",
-        "fs-write",
-    ]
+    # What runs is granted ∩ what the active version asks for (registry schema).
+    fake_registry.doc["plugins"]["acme.caps"]["versions"]["1.0.0"]["manifest"]["permissions"] = (
+        requested
+    )
     fake_registry.write()
     sup = make_supervisor()
     run_until(sup, lambda: _state(sup, "acme.caps") == status.RUNNING)
     report_path = paths.plugin_run("acme.caps") / "report.json"
     report = json.loads(run_until(sup, lambda: report_path.is_file() and report_path.read_text()))
     policy = report["policy"]
-    assert policy["granted"] == sorted(granted)
+    assert policy["granted"] == effective
     assert policy["plugin_id"] == "acme.caps"
     assert policy["data_dir"] == str(paths.plugin_data("acme.caps"))
     assert policy["read_paths"] == [str(pkg.resolve())]
@@ -172,6 +179,9 @@ def test_new_grant_restarts_the_plugin(
     run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
     first = read_pid(paths.plugin_data("acme.idle") / "pid")
     (paths.plugin_data("acme.idle") / "pid").unlink()
+    fake_registry.doc["plugins"]["acme.idle"]["versions"]["1.0.0"]["manifest"]["permissions"] = [
+        "network"
+    ]
     fake_registry.set("acme.idle", granted=["network"])
     run_until(sup, lambda: not first.alive() and _state(sup, "acme.idle") == status.RUNNING)
     second = read_pid(paths.plugin_data("acme.idle") / "pid")
