@@ -25,6 +25,10 @@ def _steps(pack: str) -> list[list[str]]:
         ["install", "--pack", pack, "--with-deps", "--approve"],
         ["status"],
         ["verify", "--pack", pack],
+        ["start", "--pack", pack],
+        ["health", "--pack", pack],
+        ["status", "--pack", pack],
+        ["stop", "--pack", pack],
         ["uninstall", "--pack", pack],
         ["status", "--pack", pack],
     ]
@@ -39,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, "AURORA_HOME": str(home)}
     print(f"AURORA_HOME={home} (throw-away)\n", flush=True)
     failed: list[str] = []
+    started = False
     try:
         for step in _steps(args.pack):
             shown = "python3 installer/aurora_installer.py " + shlex.join(step)
@@ -52,10 +57,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout=600,
             )
             print(f"-> exit {proc.returncode}\n", flush=True)
+            if step[0] == "start":
+                started = True
+            elif step[0] == "stop" and proc.returncode == 0:
+                started = False
             if proc.returncode != 0:
                 failed.append(shown)
                 break
     finally:
+        if started:  # leave nothing running behind the throw-away home
+            subprocess.run(
+                [sys.executable, str(CLI), "stop", "--pack", args.pack],
+                env=env,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
         if args.keep:
             print(f"kept {home}")
         else:
