@@ -52,6 +52,7 @@ REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
 # A heartbeat older than max(3 intervals, this floor) means the service is stuck; the
 # floor leaves room for one large package being staged between two heartbeats.
 STALE_FLOOR_SECONDS = 10.0
+CHECK_TIMEOUT = 5.0  # the check ends itself after this long (the installer's limit is 10 s)
 _MAX_STATE_FILE = 1 << 20  # pidfile and status file are tiny; refuse anything huge
 _MAX_REGISTRY = 256 << 20
 
@@ -389,10 +390,14 @@ _USAGE = (
 def main(argv: Sequence[str] | None = None) -> int:
     """``health.py [--json]``: the one check ``health_check.sh`` runs.
 
-    No argparse here: it costs 3 ms at import, a third of the budget. It cannot hang:
-    it takes no lock, waits for nothing and opens state files non-blocking (a FIFO
-    planted as a pidfile is refused, not waited on).
+    No argparse here: it costs 3 ms at import, a third of the budget. The check takes no
+    lock, waits for nothing and opens state files non-blocking (a FIFO planted as a
+    pidfile is refused, not waited on); should a read still block (/proc of a process
+    stuck in the kernel), a watchdog thread ends the check after CHECK_TIMEOUT seconds
+    with exit status 1 and the stack on stderr.
     """
+    import faulthandler  # built in: no import cost
+
     args = list(sys.argv[1:] if argv is None else argv)
     if args in (["-h"], ["--help"]):
         print(_USAGE)
@@ -400,7 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args not in ([], ["--json"]):
         print(f"{_USAGE}\nhealth.py: unrecognized arguments: {' '.join(args)}", file=sys.stderr)
         return EXIT_USAGE
-    reason = check_health(Paths.from_env())
+    # The process's own stderr (fd 2): sys.stderr may be replaced by one without a fileno.
+    faulthandler.dump_traceback_later(CHECK_TIMEOUT, exit=True, file=sys.__stderr__ or 2)
+    try:
+        reason = check_health(Paths.from_env())
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     text = "health OK" if reason is None else f"health FAIL: {reason}"
     if args:
         import json

@@ -265,3 +265,23 @@ def test_runs_by_path_without_the_plugin_core(env_paths: Paths) -> None:
     assert proc.returncode == health.EXIT_FAILED
     assert proc.stdout.startswith("health FAIL: not running")
     assert proc.stderr == ""
+
+
+def test_a_check_that_blocks_ends_itself(env_paths: Paths) -> None:
+    """Should a read block (a stuck /proc entry), the watchdog ends the check: exit 1."""
+    program = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import health; "
+        "health.CHECK_TIMEOUT = 0.5; health.check_health = lambda paths: time.sleep(60); "
+        "sys.exit(health.main([]))"
+    )
+    began = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", program, str(PACK_ROOT / "core")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == health.EXIT_FAILED
+    assert "Timeout" in proc.stderr and proc.stdout == ""
+    assert time.monotonic() - began < 30
