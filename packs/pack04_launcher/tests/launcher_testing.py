@@ -26,18 +26,24 @@ PASSTHROUGH_ROOT = Path(__file__).resolve().parent / "passthrough_sandbox"
 #: The real pack03 sandbox, when it exists in the source tree.
 REAL_PACK03_ROOT = PACK_ROOT.parent / "pack03_os_base"
 
-# Plugin bodies. Each writes what a test needs into its data dir (its cwd).
-IDLE = """
+# Plugin bodies. Each writes what a test needs into its data dir.
+_CD = "import os; os.chdir(os.environ.get('AURORA_PLUGIN_DATA', '.'))\n"
+IDLE = (
+    _CD
+    + """
 import os, time
 open("pid", "w").write(str(os.getpid()))
 while True:
     time.sleep(1)
 """
+)
 CRASH = "import sys; sys.exit(3)"
 CLEAN_EXIT = "print('done')"
 # Forks a child that calls setsid and forks a grandchild that calls setsid
 # again; records the grandchild's pid; everybody sleeps.
-ESCAPE = """
+ESCAPE = (
+    _CD
+    + """
 import os, time
 r, w = os.pipe()
 if os.fork() == 0:
@@ -56,8 +62,11 @@ os.replace("grandchild.tmp", "grandchild")
 while True:
     time.sleep(1)
 """
+)
 # Double fork: the middle process exits at once, the grandchild is orphaned.
-DOUBLE_FORK = """
+DOUBLE_FORK = (
+    _CD
+    + """
 import os, time
 r, w = os.pipe()
 if os.fork() == 0:
@@ -74,6 +83,7 @@ os.replace("grandchild.tmp", "grandchild")
 while True:
     time.sleep(1)
 """
+)
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -185,3 +195,10 @@ def cgroup_available() -> bool:
         return False
     tree.close()
     return True
+
+
+def real_sandbox_root() -> Path:
+    """pack03's source tree, or skip: the real sandbox is not faked here."""
+    if not (REAL_PACK03_ROOT / "sandbox" / "launch.py").is_file():
+        pytest.skip(f"pack03 sandbox not present at {REAL_PACK03_ROOT}/sandbox/launch.py")
+    return REAL_PACK03_ROOT
