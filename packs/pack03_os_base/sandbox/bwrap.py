@@ -31,7 +31,8 @@ def arguments(
     if "network" not in pol.granted:
         args.append("--unshare-net")
     if "fs-write" in pol.granted:
-        args += ["--bind", "/", "/"]
+        # /sys stays read-only: for uid 0 it is the host's configuration (cgroups too).
+        args += ["--bind", "/", "/", "--ro-bind", "/sys", "/sys"]
     elif "fs-read" in pol.granted:
         args += ["--ro-bind", "/", "/"]
     else:

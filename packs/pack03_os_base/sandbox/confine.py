@@ -303,10 +303,10 @@ def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
             rs.allow(path, landlock.READ)
         rs.allow(run.executable, landlock.READ)
         rs.allow(f"/proc/{os.getpid()}", landlock.READ_FILE | landlock.READ_DIR)
-        for cap in ("gpu", "io"):
-            if cap in pol.granted:
-                for name in _dev_entries(DEVICES[cap]):
-                    rs.allow(name, write)
+    for cap in ("gpu", "io"):
+        if cap in pol.granted:
+            for name in _dev_entries(DEVICES[cap]):
+                rs.allow(name, write)
     for dev in BASIC_DEVICES:
         rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
     rs.allow(pol.data_dir, write)
@@ -324,20 +324,22 @@ def _dev_entries(patterns: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def _allow_all_but_devices(rs: landlock.Ruleset, access: int, hidden: list[str]) -> None:
-    """Grant `access` on everything except the hidden device nodes.
+    """Grant `access` on the whole filesystem, except kernel interfaces and hidden devices.
 
     Landlock only allows, so "all but /dev/dri" is every top-level entry except
-    /dev, plus every entry of /dev except the hidden ones.
+    /dev, plus every entry of /dev except the hidden ones. /proc, /sys and device
+    nodes stay read-only even with fs-write: for uid 0, writing them is not "writing
+    files" but reconfiguring the host (core_pattern, cgroup.procs, a raw disk).
     """
     import fnmatch
 
     rs.allow("/", landlock.READ_DIR)
     for name in os.listdir("/"):
         if name != "dev":
-            rs.allow(f"/{name}", access)
+            rs.allow(f"/{name}", landlock.READ if name in ("proc", "sys") else access)
     for name in os.listdir("/dev"):
         if not any(fnmatch.fnmatch(name, p) for p in hidden):
-            rs.allow(f"/dev/{name}", access)
+            rs.allow(f"/dev/{name}", access if name in ("shm", "mqueue") else landlock.READ)
 
 
 def _plan_seccomp(run: Run) -> Any:

@@ -120,6 +120,13 @@ def test_granted_fs_read_reads_the_file(sandbox: Sandbox) -> None:
     assert res.outcome == {"outcome": "allowed", "data": "s3cret"}
 
 
+def test_granted_fs_write_writes_outside_the_data_dir(sandbox: Sandbox) -> None:
+    target = sandbox.tmp / "outside.txt"
+    res = sandbox.attack_run("write", str(target), granted=["fs-write"])
+    assert res.outcome["outcome"] == "allowed", res.outcome
+    assert target.read_text() == "attack"
+
+
 def test_serial_device_is_hidden_without_io(sandbox: Sandbox, probe: Probe) -> None:
     probe.require("landlock" if sandbox.backend == "native" else "bwrap")
     devices = sorted(d for d in os.listdir("/dev") if d.startswith(("ttyS", "ttyUSB", "ttyACM")))
@@ -129,8 +136,12 @@ def test_serial_device_is_hidden_without_io(sandbox: Sandbox, probe: Probe) -> N
     assert res.outcome["outcome"] == "denied", res.outcome
 
 
-def test_limits_cannot_be_raised(sandbox: Sandbox) -> None:
-    res = sandbox.attack_run("raise-limits")
+@pytest.mark.parametrize(
+    "granted", [pytest.param([], id="nothing"), pytest.param(["fs-write"], id="even-fs-write")]
+)
+def test_limits_cannot_be_raised(sandbox: Sandbox, granted: list[str]) -> None:
+    """Neither rlimits nor the cgroup's pids.max: /sys stays read-only even with fs-write."""
+    res = sandbox.attack_run("raise-limits", granted=granted)
     out = res.outcome
     assert out["outcome"] == "denied", out["results"]
     assert all(v.startswith("denied") for v in out["results"].values())
