@@ -259,6 +259,28 @@ def test_double_start_and_double_stop_are_harmless(started: Pack05) -> None:
     assert (proc.returncode, proc.stdout.strip()) == (0, "not running")
 
 
+def test_concurrent_starts_make_one_service(pack: Pack05) -> None:
+    starts = [
+        subprocess.Popen(
+            [str(PACK / "start.sh")],
+            cwd=pack.cwd,
+            env=pack.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=60)[0] for p in starts]
+    pid = pack.pid()
+    assert pid is not None
+    pack.started.append(pid)
+    assert [p.returncode for p in starts] == [0, 0, 0, 0], outputs
+    assert sum("started pack05 loader service" in out for out in outputs) == 1
+    assert sum(f"already running (pid {pid})" in out for out in outputs) == 3
+    assert pack.healthy()
+
+
 # --- failures the scripts must see and survive ---------------------------------------------
 
 
