@@ -119,6 +119,13 @@ INVALID = [
         id="dotdot-path",
     ),
     pytest.param(
+        _edit(
+            "  artifacts: []\n", '  artifacts:\n    - path: "data/model.bin"\n      sha256: ""\n'
+        ),
+        ["pack.artifacts[0].path: 'data/model.bin' is in a runtime or cache directory"],
+        id="artifact-in-runtime-dir",
+    ),
+    pytest.param(
         _edit('start: "start.sh"', 'start: "nothere.sh"'),
         ["pack.entrypoint.start: 'nothere.sh' not found in the pack"],
         id="missing-script",

@@ -16,7 +16,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from aurora.errors import ManifestError
-from aurora.tree import walk
+from aurora.tree import is_excluded, walk
 
 MANIFEST_NAME = "manifest.yaml"
 SCHEMA_VERSION = "aurora-manifest-v1"
@@ -220,6 +220,8 @@ def _path_problem(root: Path, rel: str, *, executable: bool) -> str | None:
         return f"{rel!r} is an absolute path (paths are relative to the pack)"
     if ".." in PurePosixPath(rel).parts:
         return f"{rel!r} contains '..' (paths must stay inside the pack)"
+    if is_excluded(PurePosixPath(rel).parts):
+        return f"{rel!r} is in a runtime or cache directory the installer does not copy"
     path = root / rel
     if not path.resolve().is_relative_to(root.resolve()):
         return f"{rel!r} is a symlink leading out of the pack"
