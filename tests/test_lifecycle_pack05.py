@@ -249,6 +249,19 @@ def test_start_reports_a_service_that_dies_at_start(pack: Pack05) -> None:
     assert pack.pidfile() is None
 
 
+def test_start_reports_a_service_that_crashes_on_import(pack: Pack05, tmp_path: Path) -> None:
+    """The reference said "loader started" over a crashed import; here start fails."""
+    broken = tmp_path / "broken-deps"
+    broken.mkdir()
+    (broken / "yaml.py").write_text("raise ImportError('yaml is broken on this host')\n")
+    proc = pack.script("start.sh", PYTHONPATH=str(broken))
+    assert proc.returncode == 1
+    assert "start FAILED: service exited with status 1" in proc.stdout
+    assert "ImportError: yaml is broken on this host" in proc.stdout
+    assert pack.pidfile() is None
+    assert not pack.healthy()
+
+
 def test_double_start_and_double_stop_are_harmless(started: Pack05) -> None:
     pid = started.pid()
     proc = started.script("start.sh")
