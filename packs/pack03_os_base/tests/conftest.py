@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,10 +222,12 @@ class Sandbox:
         self.attack = self.plugin_dir / "attack.py"
         self.attack.write_text(ATTACK)
         self.data_dir = self.tmp / "data"
+        # Unique per test: a concurrent test session's start must not prune our runs.
+        self.plugin_id = f"test.attack-{uuid.uuid4().hex[:12]}"
 
     def policy(self, granted: list[str] | None = None, **limits: int) -> Path:
         doc = {
-            "plugin_id": "test.attack",
+            "plugin_id": self.plugin_id,
             "granted": granted or [],
             "data_dir": str(self.data_dir),
             "read_paths": [str(self.plugin_dir)],

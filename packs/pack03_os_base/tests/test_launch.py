@@ -145,7 +145,7 @@ def test_report_names_every_layer_and_the_denials_they_enforce(
     assert res.returncode == 0, res.stderr
     rep = res.report
     assert rep["status"] == "running" and rep["backend"] == "native"
-    assert rep["plugin_id"] == "test.attack" and rep["pid"] == res.pid
+    assert rep["plugin_id"] == native.plugin_id and rep["pid"] == res.pid
     for name in ("session", "rlimits", "environment", "no-new-privs", "capabilities"):
         assert rep["layers"][name]["active"], name
     for cap in ("network", "fs-read", "fs-write", "gpu", "io"):
