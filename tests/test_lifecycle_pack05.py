@@ -311,6 +311,19 @@ def test_sigkilled_service_is_unhealthy_and_restartable(started: Pack05) -> None
     assert started.pid() != pid and started.healthy()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_signal_stops_the_service_cleanly(started: Pack05, sig: signal.Signals) -> None:
+    pid = started.pid()
+    assert pid is not None
+    os.kill(pid, sig)
+    assert _wait_for(lambda: not _alive(pid), timeout=10)
+    assert started.pidfile() is None  # it removed its own pidfile
+    assert started.status()["state"] == "stopped"
+    assert f"received {sig.name}" in (started.logs / "service.log").read_text()
+    proc = started.script("stop.sh")
+    assert (proc.returncode, proc.stdout.strip()) == (0, "not running")
+
+
 def test_stale_pidfile_of_another_process_is_not_signalled(
     pack: Pack05, bystanders: Callable[..., subprocess.Popen[bytes]]
 ) -> None:

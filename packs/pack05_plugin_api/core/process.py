@@ -318,7 +318,7 @@ def _terminate(record: ProcessRecord, *, timeout: float) -> str:
 
     started = time.monotonic()
     if not _signal_group(record, signal.SIGTERM) or _wait_gone(record, timeout):
-        return f"after TERM in {time.monotonic() - started:.1f} s"
+        return f"after TERM in {time.monotonic() - started:.2f} s"
     _signal_group(record, signal.SIGKILL)
     if not _wait_gone(record, KILL_WAIT):
         raise StopError(f"pid {record.pid} is still running after TERM and KILL")

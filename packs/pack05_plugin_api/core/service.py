@@ -74,9 +74,8 @@ class _SignalStop:
 
     def _handle(self, signum: int, frame: object) -> None:
         if not self._set:
-            log.info(
-                "received %s: finishing the item in hand, then exiting", signal.strsignal(signum)
-            )
+            name = signal.Signals(signum).name
+            log.info("received %s: finishing the item in hand, then exiting", name)
         self._set = True
 
     def is_set(self) -> bool:
