@@ -486,6 +486,9 @@ def _exec_bwrap(run: Run, report: str | None) -> NoReturn:
     run.layer("bwrap", True, f"{path} --cap-drop ALL; mounts: system ro, data_dir rw; "
               "new pid/ipc/uts" + ("" if "network" in run.policy.granted else "/net")
               + " namespaces")  # fmt: skip
+    run.layer("capabilities", True, "bwrap --cap-drop ALL (bwrap keeps the bounding set; "
+              "no-new-privs stops exec from using it)")  # fmt: skip
+    run.layer("ipc-namespace", True, "bwrap --unshare-ipc")
     if "network" not in run.policy.granted:
         run.layer("network-namespace", True, "bwrap --unshare-net")
     _refuse_if_gaps(run)
