@@ -362,6 +362,10 @@ def test_staged_tree_changed_after_staging_refused(env: Env) -> None:
     assert env.active("alpha") is None
     assert not (env.home / "packs" / "alpha" / "1.0.0").exists()
     assert env.run("dry-run", "--pack", "alpha").code == ExitCode.REFUSED
+    # Staging again replaces the tampered copy, and the install goes through.
+    assert env.run("stage", "--pack", "alpha").code == 0
+    assert "echo evil" not in (staged / "install.sh").read_text()
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
 
 
 def test_install_failure_keeps_previous_version(env: Env) -> None:

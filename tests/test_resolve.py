@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aurora.manifest import Dependency, Manifest, load_manifest
 from aurora.resolve import resolve
 from aurora_testing import PackFactory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 Specs = dict[str, tuple[str, list[tuple[str, str]]]]
 
@@ -71,3 +75,39 @@ def test_cycle_is_reported_once_with_its_path(make_pack: PackFactory) -> None:
     )
     plan = resolve(packs["a"], packs, {}, {})
     assert plan.problems == ["dependency cycle: b -> c -> b"]
+
+
+def _manifest(pack_id: str, deps: list[str]) -> Manifest:
+    return Manifest(
+        root=Path("/nonexistent") / pack_id,
+        id=pack_id,
+        name=pack_id,
+        version="1.0",
+        description="",
+        entrypoints={},
+        dependencies=tuple(Dependency(d, ">=1") for d in deps),
+        artifacts=(),
+        dry_run_supported=True,
+        approval_required=False,
+        health_check_timeout=5,
+    )
+
+
+@settings(database=None, max_examples=200)
+@given(
+    st.lists(st.lists(st.integers(min_value=0, max_value=9), max_size=4), min_size=1, max_size=10)
+)
+def test_plan_of_a_random_dag_puts_every_dependency_first(edges: list[list[int]]) -> None:
+    # Node i may only depend on nodes with a larger index: a DAG by construction.
+    n = len(edges)
+    packs = {
+        f"p{i}": _manifest(f"p{i}", sorted({f"p{j}" for j in targets if i < j < n}))
+        for i, targets in enumerate(edges)
+    }
+    plan = resolve(packs["p0"], packs, {}, {})
+    assert plan.problems == []
+    order = [s.pack_id for s in plan.steps]
+    assert order[-1] == "p0" and len(order) == len(set(order))
+    for position, pack_id in enumerate(order):
+        for dep in packs[pack_id].dependencies:
+            assert order.index(dep.pack_id) < position

@@ -300,8 +300,11 @@ class Installer:
         alive = [p for p in pids if p.alive]
         runtime = record.get("runtime") or {}
         started = runtime.get("state") not in (None, "stopped")
+        # A pack that writes pidfiles runs exactly while one names a live process; for
+        # one that does not, what the last start/stop recorded is all there is to go by.
+        uses_pidfiles = bool(pids) or bool(runtime.get("pidfile"))
         info: dict[str, Any] = {
-            "running": bool(alive) or (started and not pids),
+            "running": bool(alive) if uses_pidfiles else started,
             "pid": alive[0].pid if alive else None,
             "uptime_seconds": alive[0].as_dict()["uptime_seconds"] if alive else None,
             "pidfiles": [p.as_dict() for p in pids],
@@ -349,12 +352,8 @@ class Installer:
             raise
         target = parent / version
         previous = record["staged"].get(version)
-        if previous and previous["digest"] == tree.digest and target.is_dir():
-            remove_tree(tmp)
-            record["pending"] = None
-            state.save()
-            log.info("%s %s already staged with digest %s", pack_id, version, tree.digest)
-            return self._staged_result(manifest, target, tree, warnings, changed=False)
+        # The fresh copy always replaces the old one: the old one may have been tampered with.
+        changed = not (previous and previous["digest"] == tree.digest)
         aside = None
         if target.exists():
             aside = parent / temp_name("old", version)
@@ -386,7 +385,7 @@ class Installer:
             source=str(manifest.root),
             warnings=warnings,
         )
-        return self._staged_result(manifest, target, tree, warnings, changed=True)
+        return self._staged_result(manifest, target, tree, warnings, changed=changed)
 
     @staticmethod
     def _staged_result(
@@ -811,6 +810,7 @@ class Installer:
                 "started_epoch": time.time(),
                 "stopped_at": None,
                 "last_check": None,
+                "pidfile": bool(read_pidfiles(self.home.run(pack_id))),
             }
             state.save()
             final = poll_until_healthy(
