@@ -134,6 +134,8 @@ def test_serial_device_is_hidden_without_io(sandbox: Sandbox, probe: Probe) -> N
         pytest.skip("no serial device on this host to hide")
     res = sandbox.attack_run("open-device", f"/dev/{devices[0]}", granted=["fs-read"])
     assert res.outcome["outcome"] == "denied", res.outcome
+    granted = sandbox.attack_run("open-device", f"/dev/{devices[0]}", granted=["io"])
+    assert granted.outcome["outcome"] == "allowed", granted.outcome
 
 
 @pytest.mark.parametrize(
