@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# Placeholder until the launcher lands: healthy only if install created the data dir.
+# pack04 launcher: health. The logic is in launcher/lifecycle.py; see README.md.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")" && pwd)"
-DATA="${AURORA_PACK_DATA:-$ROOT/data}"
-if [[ -d "$DATA" ]]; then
-  echo "health OK: data dir $DATA exists (placeholder pack, no service yet)"
-else
-  echo "health FAIL: data dir $DATA missing (not installed?)"
-  exit 1
-fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+# The launcher package is imported from the pack root (the current directory).
+cd "$ROOT"
+exec "$PYTHON" -m launcher.lifecycle health

@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
-# Placeholder until the launcher lands: checks its environment, creates its data dir.
+# pack04 launcher: install. The logic is in launcher/lifecycle.py; see README.md.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")" && pwd)"
-DATA="${AURORA_PACK_DATA:-$ROOT/data}"
-MODE="${1:-}"
-
-case "$MODE" in
-  --dry-run)
-    echo "[pack04] dry run: would create $DATA (placeholder pack, no service yet)"
-    ;;
-  --install)
-    mkdir -p "$DATA"
-    echo "[pack04] installed: created $DATA (placeholder pack, no service yet)"
-    ;;
-  *)
-    echo "[pack04] usage: install.sh --dry-run | --install" >&2
-    exit 2
-    ;;
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+# The launcher package is imported from the pack root (the current directory).
+cd "$ROOT"
+case "${1:-}" in
+  --dry-run|--install) ;;
+  *) echo "usage: install.sh --dry-run | --install" >&2; exit 2 ;;
 esac
+exec "$PYTHON" -m launcher.lifecycle install "$1"

@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
-# Placeholder until the launcher lands: there is no service to start.
+# pack04 launcher: start. The logic is in launcher/lifecycle.py; see README.md.
 set -euo pipefail
-echo "[pack04] the launcher has no service yet: nothing started"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+# The launcher package is imported from the pack root (the current directory).
+cd "$ROOT"
+exec "$PYTHON" -m launcher.lifecycle start "$@"

@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
-# Placeholder until the launcher lands: there is no service to stop.
+# pack04 launcher: stop. The logic is in launcher/lifecycle.py; see README.md.
 set -euo pipefail
-echo "[pack04] the launcher has no service yet: nothing to stop"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python3}"
+# The launcher package is imported from the pack root (the current directory).
+cd "$ROOT"
+exec "$PYTHON" -m launcher.lifecycle stop

@@ -131,7 +131,16 @@ class Supervisor:
 
     def close(self) -> None:
         """Stop every plugin and remove the cgroup tree."""
+        self._track_descendants()
         self._stop([s for s in self.slots.values() if s.proc is not None])
+        if self.settings.reap_orphans:
+            # Every plugin is stopped: any child still ours is an orphan we adopted.
+            left = [i for p in process.children(os.getpid()) if (i := process.identify(p))]
+            left += [d for i in list(left) for d in process.descendants(i.pid)]
+            if left:
+                log.warning("killing %d adopted orphan(s) at shutdown", len(left))
+                process.terminate(left, self.settings.stop_grace)
+            process.reap_zombie_children(set())
         if self.cgroups is not None:
             self.cgroups.close()
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +16,18 @@ import pytest
 # The launcher package (pack root) and the shared helpers (this dir) on sys.path.
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
+from launcher import process  # noqa: E402
+from launcher.cgroup import CgroupTree  # noqa: E402
 from launcher.paths import Paths  # noqa: E402
 from launcher.supervisor import Supervisor  # noqa: E402
 from launcher_testing import (  # noqa: E402
+    FAST_SERVICE_ARGS,
     PACK_ROOT,
     PASSTHROUGH_ROOT,
     FakeRegistry,
     fast_settings,
+    service_env,
+    wait_until,
 )
 
 
@@ -55,3 +64,59 @@ def make_supervisor(paths: Paths) -> Iterator[Callable[..., Supervisor]]:
     yield _make
     for sup in made:
         sup.close()
+
+
+@dataclass
+class Service:
+    """A launcher service running as a real process on tmp paths."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    paths: Paths
+
+
+@pytest.fixture
+def service_factory(
+    tmp_path: Path, fake_registry: FakeRegistry
+) -> Iterator[Callable[..., Service]]:
+    """Start ``python -m launcher.service`` processes; stop them and sweep at teardown."""
+    started: list[Service] = []
+
+    def _start(*extra: str, sandbox_root: Path = PASSTHROUGH_ROOT, wait: bool = True) -> Service:
+        env = service_env(tmp_path, fake_registry.path, sandbox_root)
+        paths = Paths.from_env(env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.service", *FAST_SERVICE_ARGS, *extra],
+            cwd=PACK_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=open(tmp_path / "service.err", "ab"),  # noqa: SIM115 - child keeps it
+            start_new_session=True,
+        )
+        svc = Service(proc, env, paths)
+        started.append(svc)
+        if wait:
+            wait_until(
+                lambda: (
+                    proc.poll() is not None
+                    or getattr(process.running_from_pidfile(paths.pidfile), "pid", 0) == proc.pid
+                ),
+                what="the service pidfile",
+            )
+            assert proc.poll() is None, (tmp_path / "service.err").read_text()
+        return svc
+
+    yield _start
+    for svc in started:
+        if svc.proc.poll() is None:
+            svc.proc.send_signal(signal.SIGTERM)
+            try:
+                svc.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(svc.proc.pid, signal.SIGKILL)
+                svc.proc.wait()
+        tree = CgroupTree.create(str(svc.paths.run))
+        if tree is not None:
+            for name in tree.leftovers():
+                tree.kill(name)
+            tree.close()

@@ -202,3 +202,35 @@ def real_sandbox_root() -> Path:
     if not (REAL_PACK03_ROOT / "sandbox" / "launch.py").is_file():
         pytest.skip(f"pack03 sandbox not present at {REAL_PACK03_ROOT}/sandbox/launch.py")
     return REAL_PACK03_ROOT
+
+
+def service_env(
+    base: Path, registry: Path, sandbox_root: Path = PASSTHROUGH_ROOT
+) -> dict[str, str]:
+    """The lifecycle environment of a launcher whose every file is under ``base``."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHON": sys.executable,
+        "AURORA_PACK_ROOT": str(PACK_ROOT),
+        "AURORA_PACK_DATA": str(base / "data"),
+        "AURORA_PACK_RUN": str(base / "run"),
+        "AURORA_PACK_LOGS": str(base / "logs"),
+        "AURORA_PLUGIN_REGISTRY": str(registry),
+        "AURORA_SANDBOX_ROOT": str(sandbox_root),
+    }
+
+
+FAST_SERVICE_ARGS = [
+    "--poll",
+    "0.05",
+    "--heartbeat",
+    "0.3",
+    "--backoff-base",
+    "0.05",
+    "--backoff-max",
+    "0.2",
+    "--max-restarts",
+    "2",
+    "--stop-grace",
+    "2",
+]

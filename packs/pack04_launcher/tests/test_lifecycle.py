@@ -1,0 +1,105 @@
+"""install.sh, start.sh, stop.sh and health_check.sh run as the installer runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from launcher import process
+from launcher.paths import Paths
+from launcher.status import read_status
+from launcher_testing import ESCAPE, PACK_ROOT, FakeRegistry, read_pid, service_env
+
+
+def _script(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PACK_ROOT / name), *args],
+        env=env,
+        cwd="/",  # scripts work from any directory
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path, fake_registry: FakeRegistry) -> Iterator[dict[str, str]]:
+    env = service_env(tmp_path, fake_registry.path)
+    yield env
+    _script("stop.sh", env)
+
+
+def test_install_dry_run_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    res = _script("install.sh", env, "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "dry-run: would create" in res.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_install_creates_the_dirs(env: dict[str, str], tmp_path: Path) -> None:
+    res = _script("install.sh", env, "--install")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "data/plugin-data").is_dir() and (tmp_path / "logs/plugins").is_dir()
+
+
+def test_install_without_a_mode_is_a_usage_error(env: dict[str, str]) -> None:
+    res = _script("install.sh", env)
+    assert res.returncode == 2 and "usage: install.sh --dry-run | --install" in res.stderr
+
+
+def test_start_health_stop(env: dict[str, str], fake_registry: FakeRegistry) -> None:
+    fake_registry.add("acme.escape", ESCAPE)
+    paths = Paths.from_env(env)
+    assert _script("health_check.sh", env).returncode == 1
+    res = _script("start.sh", env)
+    assert res.returncode == 0, res.stderr
+    assert "launcher started" in res.stderr
+    ident = process.running_from_pidfile(paths.pidfile)
+    assert ident is not None
+    again = _script("start.sh", env)
+    assert again.returncode == 0 and "already running" in again.stderr
+    health = _script("health_check.sh", env)
+    assert health.returncode == 0 and "healthy" in health.stderr
+    grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
+    stop = _script("stop.sh", env)
+    assert stop.returncode == 0, stop.stderr
+    assert not ident.alive() and not grandchild.alive()
+    assert _script("health_check.sh", env).returncode == 1
+    doc = read_status(paths.status)
+    assert doc is not None and doc["service"]["running"] is False
+
+
+def test_start_reports_a_service_that_dies(env: dict[str, str], tmp_path: Path) -> None:
+    # A launcher that cannot start (here: a bad option) is reported, not "started".
+    res = _script("start.sh", env, "--", "--poll", "soon")
+    assert res.returncode == 1
+    assert "exited with status 2 while starting" in res.stderr
+    assert "invalid float value: 'soon'" in res.stderr
+
+
+def test_health_fails_on_a_stale_heartbeat(env: dict[str, str]) -> None:
+    paths = Paths.from_env(env)
+    assert _script("start.sh", env).returncode == 0
+    ident = process.running_from_pidfile(paths.pidfile)
+    assert ident is not None
+    os.kill(ident.pid, signal.SIGSTOP)  # alive but not working: no heartbeat
+    try:
+        time.sleep(1.0)  # twice --max-age: the bound is the behaviour under test
+        res = subprocess.run(
+            [env["PYTHON"], "-m", "launcher.lifecycle", "health", "--max-age", "0.5"],
+            cwd=PACK_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.kill(ident.pid, signal.SIGCONT)
+    assert res.returncode == 1 and "last heartbeat" in res.stderr

@@ -1,0 +1,117 @@
+"""The launcher service as a real process: pidfile, status, signals, cleanup.
+
+Plugins run through the TEST-ONLY passthrough sandbox (no confinement); what
+is checked is the service's own lifecycle and that it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from conftest import Service
+from launcher import process
+from launcher.cgroup import CgroupTree
+from launcher.service import EXIT_ALREADY_RUNNING
+from launcher.status import read_status
+from launcher_testing import (
+    DOUBLE_FORK,
+    ESCAPE,
+    FAST_SERVICE_ARGS,
+    PACK_ROOT,
+    FakeRegistry,
+    cgroup_available,
+    read_pid,
+    wait_until,
+)
+
+Start = Callable[..., Service]
+
+
+def _plugin_state(svc: Service, plugin_id: str) -> str | None:
+    doc = read_status(svc.paths.status) or {}
+    return doc.get("plugins", {}).get(plugin_id, {}).get("state")
+
+
+def test_sigterm_stops_every_plugin_tree_and_cleans_up(
+    service_factory: Start, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add("acme.escape", ESCAPE)
+    svc = service_factory()
+    wait_until(lambda: _plugin_state(svc, "acme.escape") == "running", what="running")
+    grandchild = read_pid(svc.paths.plugin_data("acme.escape") / "grandchild")
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=30) == 0
+    assert not grandchild.alive()
+    assert not svc.paths.pidfile.exists()
+    doc = read_status(svc.paths.status)
+    assert doc is not None and doc["service"]["running"] is False
+    assert doc["plugins"]["acme.escape"]["state"] == "stopped"
+
+
+def test_heartbeat_and_pidfile_identify_the_service(service_factory: Start) -> None:
+    svc = service_factory()
+    ident = process.running_from_pidfile(svc.paths.pidfile)
+    assert ident is not None and ident.pid == svc.proc.pid
+    first = wait_until(lambda: read_status(svc.paths.status), what="status")["service"]
+    assert first["pid"] == svc.proc.pid and first["start_time"] == ident.start_time
+    later = wait_until(
+        lambda: (
+            (d := read_status(svc.paths.status))
+            and d["service"]["heartbeat_at"] > first["heartbeat_at"]
+            and d
+        ),
+        what="a newer heartbeat",
+    )
+    assert later["service"]["running"] is True
+
+
+def test_a_second_service_on_the_same_run_dir_is_refused(service_factory: Start) -> None:
+    svc = service_factory()
+    second = subprocess.run(
+        [sys.executable, "-m", "launcher.service", *FAST_SERVICE_ARGS],
+        cwd=PACK_ROOT,
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == EXIT_ALREADY_RUNNING
+    assert "another launcher service holds this run dir" in second.stderr
+    assert process.running_from_pidfile(svc.paths.pidfile) is not None
+
+
+def test_without_cgroups_a_double_forked_orphan_is_killed(
+    service_factory: Start, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add("acme.orphan", DOUBLE_FORK)
+    svc = service_factory("--no-cgroup")
+    wait_until(lambda: _plugin_state(svc, "acme.orphan") == "running", what="running")
+    grandchild = read_pid(svc.paths.plugin_data("acme.orphan") / "grandchild")
+    svc.proc.send_signal(signal.SIGTERM)
+    assert svc.proc.wait(timeout=30) == 0
+    # Re-parented to the service (a child subreaper), it is found and killed.
+    assert not grandchild.alive()
+
+
+@pytest.mark.skipif(not cgroup_available(), reason="no writable cgroup v2 with cgroup.kill")
+def test_plugins_of_a_killed_service_are_killed_at_next_start(
+    service_factory: Start, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add("acme.escape", ESCAPE)
+    svc = service_factory()
+    wait_until(lambda: _plugin_state(svc, "acme.escape") == "running", what="running")
+    grandchild = read_pid(svc.paths.plugin_data("acme.escape") / "grandchild")
+    (svc.paths.plugin_data("acme.escape") / "grandchild").unlink()
+    svc.proc.kill()
+    svc.proc.wait()
+    assert grandchild.alive()  # SIGKILL gave the service no chance to clean up
+    tree = CgroupTree.create(str(svc.paths.run))
+    assert tree is not None and tree.leftovers() == ["acme.escape"]
+    again = service_factory()
+    wait_until(lambda: not grandchild.alive(), what="the old grandchild to be killed")
+    wait_until(lambda: _plugin_state(again, "acme.escape") == "running", what="running again")
