@@ -14,7 +14,7 @@ case "${1:-}" in
         ;;
 esac
 
-"$python" "$root/sandbox/launch.py" --check
+"$python" -B "$root/sandbox/launch.py" --check  # -B: not even a .pyc is written
 if [ "$1" = "--install" ]; then
     mkdir -p -- "$data"
     echo "pack03: data directory $data ready" >&2
