@@ -124,9 +124,30 @@ def _wait_state(paths: Paths, plugin_id: str, want: set[str], wait: float) -> di
         time.sleep(0.1)
 
 
+def _wait_started(
+    paths: Paths, plugin_id: str, request: int, wait: float, settle: float
+) -> dict[str, Any]:
+    """Wait until the service has seen start request ``request`` and the plugin has
+    stayed running for ``settle`` seconds, or has ended in a state it cannot leave."""
+    deadline = time.monotonic() + wait
+    rec: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        doc = read_status(paths.status) or {}
+        rec = doc.get("plugins", {}).get(plugin_id, {})
+        if rec.get("starts_seen", 0) >= request:
+            state = rec.get("state")
+            if state in (FAILED, REFUSED, BLOCKED, DISABLED):
+                return rec
+            up = _uptime(rec.get("started_at"))
+            if state == RUNNING and up is not None and up >= settle:
+                return rec
+        time.sleep(0.1)
+    return rec
+
+
 def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
     entry = registry.get_plugin(paths.registry, args.plugin_id)
-    control.request(paths.control, paths.control_lock, entry.id, start=True)
+    ctl = control.request(paths.control, paths.control_lock, entry.id, start=True)
     ident = process.running_from_pidfile(paths.pidfile)
     if ident is None:
         _err("recorded; the launcher service is not running, so nothing was started")
@@ -137,9 +158,7 @@ def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
         _err(f"{entry.id}: cannot run: {why}")
         _emit(args, {"id": entry.id, "state": BLOCKED, "reason": why}, "")
         return EXIT_PLUGIN_FAILED
-    # Give the service time to notice the request and start the plugin.
-    time.sleep(0.1)
-    rec = _wait_state(paths, entry.id, {RUNNING, FAILED, REFUSED, BLOCKED}, args.wait)
+    rec = _wait_started(paths, entry.id, ctl.starts[entry.id], args.wait, args.settle)
     state = rec.get("state")
     _emit(args, {"id": entry.id, **rec}, f"{entry.id}: {state} (pid {rec.get('pid')})")
     if state != RUNNING:
@@ -282,6 +301,10 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, parents=[common], help=text)
         sp.add_argument("plugin_id")
         sp.add_argument("--wait", type=float, default=15.0, help="seconds to wait (15)")
+        if name == "start":
+            sp.add_argument(
+                "--settle", type=float, default=1.0, help="running this long counts as started"
+            )
     rn = sub.add_parser(
         "run", parents=[common], help="run a plugin once in the foreground (for its author)"
     )

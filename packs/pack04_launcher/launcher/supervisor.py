@@ -508,6 +508,7 @@ class Supervisor:
                 "pid_start_time": slot.ident.start_time if slot.ident else None,
                 "started_at": slot.started_at if slot.proc is not None else None,
                 "restarts": slot.restarts,
+                "starts_seen": slot.starts_seen,
                 "backoff_s": slot.backoff if slot.state == status.BACKOFF else None,
                 "last_exit": slot.last_exit,
                 "layers": slot.layers,

@@ -1,0 +1,187 @@
+"""The operator CLI, in-process (``main([...])``) against a real service process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Service
+from launcher import cli, process
+from launcher.status import read_status
+from launcher_testing import (
+    CLEAN_EXIT,
+    CRASH,
+    IDLE,
+    PASSTHROUGH_ROOT,
+    FakeRegistry,
+    read_pid,
+    service_env,
+    wait_until,
+)
+
+Start = Callable[..., Service]
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_registry: FakeRegistry
+) -> dict[str, str]:
+    """Point the CLI (this process) at the same files as the service fixture."""
+    env = service_env(tmp_path, fake_registry.path)
+    for key, value in env.items():
+        if key.startswith("AURORA_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
+def _running(svc: Service, plugin_id: str) -> bool:
+    doc = read_status(svc.paths.status) or {}
+    return doc.get("plugins", {}).get(plugin_id, {}).get("state") == "running"
+
+
+def test_list_without_service(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["list", "--json"]) == cli.EXIT_NOT_RUNNING
+    out, err = capsys.readouterr()
+    assert json.loads(out)["service"]["running"] is False
+    assert "launcher service is not running" in err
+
+
+def test_list_shows_pid_uptime_restarts_layers(
+    cli_env: dict[str, str],
+    service_factory: Start,
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+    svc = service_factory()
+    wait_until(lambda: _running(svc, "acme.idle"), what="running")
+    pid = read_pid(svc.paths.plugin_data("acme.idle") / "pid").pid
+    wait_until(
+        lambda: (read_status(svc.paths.status) or {})["plugins"]["acme.idle"]["layers"],
+        what="layers from the report",
+    )
+    assert cli.main(["list", "--json"]) == cli.EXIT_OK
+    rec = json.loads(capsys.readouterr().out)["plugins"]["acme.idle"]
+    assert rec["pid"] == pid
+    assert rec["restarts"] == 0 and rec["uptime_s"] >= 0
+    assert rec["layers"] == ["test-passthrough"]
+    assert cli.main(["list"]) == cli.EXIT_OK
+    table = capsys.readouterr().out
+    assert "acme.idle" in table and str(pid) in table and "test-passthrough" in table
+
+
+def test_logs(
+    cli_env: dict[str, str],
+    service_factory: Start,
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.once", CLEAN_EXIT)
+    svc = service_factory()
+    log = svc.paths.plugin_log("acme.once")
+    wait_until(lambda: log.is_file() and "exited with status 0" in log.read_text(), what="log")
+    assert cli.main(["logs", "acme.once", "--json"]) == cli.EXIT_OK
+    lines = json.loads(capsys.readouterr().out)["lines"]
+    assert "done" in lines
+    assert cli.main(["logs", "acme.nothing"]) == cli.EXIT_NOT_FOUND
+
+
+def test_stop_then_start_one_plugin(
+    cli_env: dict[str, str],
+    service_factory: Start,
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+    fake_registry.add("acme.other", IDLE)
+    svc = service_factory()
+    wait_until(lambda: _running(svc, "acme.idle") and _running(svc, "acme.other"), what="run")
+    first = read_pid(svc.paths.plugin_data("acme.idle") / "pid")
+    other = read_pid(svc.paths.plugin_data("acme.other") / "pid")
+    assert cli.main(["stop", "acme.idle"]) == cli.EXIT_OK
+    assert not first.alive() and other.alive()  # only that one
+    assert cli.main(["start", "acme.idle", "--json"]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert _running(svc, "acme.idle")
+
+
+def test_start_reports_a_failing_plugin(
+    cli_env: dict[str, str],
+    service_factory: Start,
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.crash", CRASH)
+    service_factory()
+    assert cli.main(["start", "acme.crash", "--wait", "20"]) == cli.EXIT_PLUGIN_FAILED
+    assert "failed" in capsys.readouterr().err
+
+
+def test_start_unknown_plugin(
+    cli_env: dict[str, str], fake_registry: FakeRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_registry.write()
+    assert cli.main(["start", "acme.none"]) == cli.EXIT_NOT_FOUND
+    assert "plugin 'acme.none': not in the registry" in capsys.readouterr().err
+
+
+def test_run_in_the_foreground_passes_the_exit_status(
+    cli_env: dict[str, str], fake_registry: FakeRegistry, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fake_registry.add("acme.once", CLEAN_EXIT, enabled=False)  # authors run disabled ones
+    assert cli.main(["run", "acme.once"]) == 0
+    assert "done" in capfd.readouterr().out
+    fake_registry.add("acme.crash", CRASH)
+    assert cli.main(["run", "acme.crash"]) == 3
+
+
+def test_run_json_is_one_document_and_timeout_kills_the_tree(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+    assert cli.main(["run", "acme.idle", "--timeout", "1", "--json"]) == cli.EXIT_TIMEOUT
+    out, _err = capfd.readouterr()
+    doc = json.loads(out)  # the plugin's own output went to stderr
+    assert doc["timed_out"] is True and doc["layers"] == ["test-passthrough"]
+    pid = int((tmp_path / "data/plugin-data/acme.idle/pid").read_text())
+    assert process.identify(pid) is None or process.is_zombie(pid)
+
+
+def test_run_refuses_what_the_service_runs(
+    cli_env: dict[str, str],
+    service_factory: Start,
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+    svc = service_factory()
+    wait_until(lambda: _running(svc, "acme.idle"), what="running")
+    assert cli.main(["run", "acme.idle"]) == cli.EXIT_CONFLICT
+    assert "stop it first" in capsys.readouterr().err
+
+
+def test_run_without_sandbox_runs_nothing(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+    monkeypatch.setenv("AURORA_SANDBOX_ROOT", str(tmp_path / "nowhere"))
+    assert cli.main(["run", "acme.idle"]) == cli.EXIT_NO_SANDBOX
+    assert "launch.py: not found" in capsys.readouterr().err
+    assert not (tmp_path / "data/plugin-data/acme.idle/pid").exists()
+    assert PASSTHROUGH_ROOT.is_dir()
+
+
+def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    assert "Exit codes" in capsys.readouterr().out
