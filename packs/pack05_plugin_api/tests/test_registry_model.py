@@ -13,12 +13,12 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from pack05_testlib import make_manifest
-from packaging.version import Version
-
 from core.errors import PermissionDenied, PluginError, UnknownPlugin
 from core.permissions import load_policy, update_policy
 from core.registry import PluginRegistry
+from packaging.version import Version
+
+from pack05_testlib import make_manifest
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "schemas" / "plugin-registry-v1.json").read_text()
@@ -69,7 +69,7 @@ def _step(reg: PluginRegistry, rng: random.Random, stats: dict[str, int]) -> Non
         stats["refused"] += 1
 
 
-def _check(reg: PluginRegistry) -> None:
+def _check(reg: PluginRegistry, *, full: bool) -> None:
     blocked = load_policy(reg.plugins_dir).blocked
     for pid, record in reg.list().items():
         assert record["active_version"] in record["versions"], pid
@@ -81,7 +81,7 @@ def _check(reg: PluginRegistry) -> None:
         if pending is not None:
             assert pending in record["versions"]
             assert Version(pending) > Version(record["active_version"])
-    if reg.path.exists():
+    if full and reg.path.exists():
         jsonschema.validate(json.loads(reg.path.read_text()), SCHEMA)
         assert PluginRegistry(reg.plugins_dir).list() == reg.list()
 
@@ -91,8 +91,8 @@ def test_random_walk_keeps_enabled_plugins_within_their_grants(tmp_path: Path, s
     reg = PluginRegistry(tmp_path / "plugins", actor="walk")
     rng = random.Random(seed)
     stats = {"enabled": 0, "revoke disabled": 0, "rolled back": 0, "refused": 0}
-    for _ in range(100):
+    for i in range(150):
         _step(reg, rng, stats)
-        _check(reg)
+        _check(reg, full=i % 10 == 9)
     # the walk reached the states that matter
     assert stats["enabled"] and stats["revoke disabled"] and stats["refused"], stats
