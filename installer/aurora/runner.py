@@ -54,6 +54,14 @@ class ScriptResult:
         return f"{name} exited {self.returncode}"
 
 
+def _exited(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it (WNOWAIT)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def script_env(home: Home, pack_id: str, version: str, root: Path) -> dict[str, str]:
     """The environment contract of docs/contracts.md for one script run."""
     env = dict(os.environ)
@@ -73,11 +81,16 @@ def script_env(home: Home, pack_id: str, version: str, root: Path) -> dict[str, 
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:
-    """TERM the whole process group, wait ``grace`` seconds, then KILL it."""
+    """TERM the whole process group, wait ``grace`` seconds, then KILL it, then reap.
+
+    The leader is only reaped at the end, so its pid (the group id) cannot be
+    reused by an unrelated process while we signal the group.
+    """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while not _exited(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     # Children of the script may outlive it in the group: KILL them all regardless.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -140,7 +153,7 @@ def run_script(
             exited_at: float | None = None
             while True:
                 now = time.monotonic()
-                if exited_at is None and proc.poll() is not None:
+                if exited_at is None and _exited(proc.pid):
                     exited_at = now
                 if exited_at is not None and (eof or now - exited_at > _DRAIN_SECONDS):
                     break
@@ -150,8 +163,7 @@ def run_script(
                     break
                 if eof:
                     # Output closed but the script still runs: just wait for it.
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=max(0.0, min(0.1, deadline - now)))
+                    time.sleep(max(0.0, min(0.05, deadline - now)))
                     continue
                 for _key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - now))):
                     try:
@@ -171,6 +183,8 @@ def run_script(
             feed(b"\n")
         proc.stdout.close()
         if kill_group_on_exit and not timed_out:
+            # The leader is exited but not reaped yet, so its pid cannot have been
+            # reused: the group is still the script's.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
