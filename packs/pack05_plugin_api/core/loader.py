@@ -143,13 +143,13 @@ class PluginLoader:
                 special = _special(st.st_mode)
                 if special:
                     raise StagingError(f"{rel!r} is a {special}", source=source)
+                files += 1  # directories count too: a million empty ones is no package
+                if files > self.max_files:
+                    raise StagingError(f"more than {self.max_files} files", source=source)
                 if stat.S_ISDIR(st.st_mode):
                     entries.append(_Entry(rel, "dir", mode=0o755))
                     stack.append(rel)
                     continue
-                files += 1
-                if files > self.max_files:
-                    raise StagingError(f"more than {self.max_files} files", source=source)
                 if stat.S_ISLNK(st.st_mode):
                     target = os.readlink(root / rel)
                     _check_link(rel, target, source)

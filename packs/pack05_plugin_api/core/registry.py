@@ -280,9 +280,16 @@ class PluginRegistry:
                 f"(grant with: plugins.py grant {plugin_id} {names})",
             )
 
-    def register(self, manifest: Mapping[str, Any], files: Iterable[Any], **options: Any) -> bool:
+    def register(
+        self,
+        manifest: Mapping[str, Any],
+        files: Iterable[Any],
+        *,
+        digest: str | None = None,
+        replace: bool = False,
+    ) -> bool:
         """Record a staged version of a plugin (see ``register_version``); returns True."""
-        self.register_version(manifest, files, **options)
+        self.register_version(manifest, files, digest=digest, replace=replace)
         return True
 
     def register_version(

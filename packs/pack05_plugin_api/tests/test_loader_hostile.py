@@ -118,6 +118,13 @@ def _zip(members: list[tuple[str, bytes, int]]) -> Builder:
     return build
 
 
+def _too_many_dirs(tmp: Path) -> Path:
+    pkg = _dir()(tmp)
+    for i in range(6):
+        (pkg / f"d{i}").mkdir()
+    return pkg
+
+
 def _too_many(kind: str) -> Builder:
     files = {f"f{i}.txt": "x" for i in range(6)}
 
@@ -257,6 +264,7 @@ HOSTILE = [
         _zip([("main.py", b"again", REG)]), StagingError, "duplicate member", id="zip-duplicate"
     ),
     pytest.param(_too_many("dir"), StagingError, "more than 5 files", id="dir-too-many-files"),
+    pytest.param(_too_many_dirs, StagingError, "more than 5 files", id="dir-too-many-dirs"),
     pytest.param(_too_many("zip"), StagingError, "more than 5 files", id="zip-too-many-files"),
     pytest.param(_too_many("tar"), StagingError, "more than 5 files", id="tar-too-many-files"),
     pytest.param(_too_large("dir"), StagingError, "larger than 4096 bytes", id="dir-too-large"),

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from core.errors import RegistryError, StagingError
 from core.loader import PluginLoader, tree_digest
@@ -66,6 +67,13 @@ def test_stage_directory(loader: PluginLoader, package_factory: Any) -> None:
     assert record["enabled"] is False  # staged means disabled
     assert loader.verify("acme.echo") == []
     assert list(loader.staging_dir.iterdir()) == []
+    schema = json.loads(
+        (Path(__file__).parent.parent / "schemas" / "plugin-registry-v1.json").read_text()
+    )
+    jsonschema.validate(json.loads(loader.registry.path.read_text()), schema)
+    files = {f["path"]: f for f in version["files"]}
+    assert files["alias.py"] == {"path": "alias.py", "link": "lib/util.py"}
+    assert files["main.py"]["size"] == len("print(1)\n") and len(files["main.py"]["sha256"]) == 64
 
 
 def test_zip_tar_and_directory_of_the_same_content_have_the_same_digest(
