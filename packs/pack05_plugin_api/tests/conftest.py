@@ -14,10 +14,12 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 PACK_ROOT = TESTS_DIR.parent
 # --import-mode=importlib adds nothing to sys.path: `core` lives in the pack root, the
-# factories in pack05_testlib.py beside this file.
-for _dir in (str(PACK_ROOT), str(TESTS_DIR)):
-    if _dir not in sys.path:
-        sys.path.insert(0, _dir)
+# factories in pack05_testlib.py beside this file. The tests dir goes last so that other
+# packs' `from conftest import ...` still find their own conftest.py first.
+if str(PACK_ROOT) not in sys.path:
+    sys.path.insert(0, str(PACK_ROOT))
+if str(TESTS_DIR) not in sys.path:
+    sys.path.append(str(TESTS_DIR))
 
 from pack05_testlib import make_manifest, write_package  # noqa: E402
 
