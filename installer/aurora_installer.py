@@ -481,7 +481,13 @@ def _setup_logging(verbose: bool) -> logging.Handler:
     return handler
 
 
-def _report_error(out: _Output, command: str, error: AuroraError, code: ExitCode) -> None:
+def _report_error(
+    out: _Output,
+    command: str,
+    error: AuroraError,
+    code: ExitCode,
+    recovered: Sequence[str] = (),
+) -> None:
     print(f"error: {error}", file=sys.stderr, flush=True)
     if out.as_json:
         document = {
@@ -493,6 +499,7 @@ def _report_error(out: _Output, command: str, error: AuroraError, code: ExitCode
                 "message": error.message,
                 "problems": error.problems,
             },
+            "recovered": list(recovered),
         }
         print(json.dumps(document, indent=2, sort_keys=True))
 
@@ -510,20 +517,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     out = _Output(args.json)
     handler = _setup_logging(args.verbose)
+    inst = _installer(args, out)
     try:
-        inst = _installer(args, out)
         result = _HANDLERS[args.command](inst, args, out)
     except AuroraError as exc:
         code = exit_code_for(exc)
-        _report_error(out, args.command, exc, code)
+        _report_error(out, args.command, exc, code, inst.recovered)
         return code
     except OSError as exc:
         err = AuroraError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
-        _report_error(out, args.command, err, ExitCode.FAILED)
+        _report_error(out, args.command, err, ExitCode.FAILED, inst.recovered)
         return ExitCode.FAILED
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        err = AuroraError("interrupted (Ctrl-C); the next command cleans up what was left")
+        _report_error(out, args.command, err, ExitCode.INTERRUPTED, inst.recovered)
+        return ExitCode.INTERRUPTED
     finally:
         log.removeHandler(handler)
     if args.json:

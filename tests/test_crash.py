@@ -177,3 +177,46 @@ def test_status_shows_an_operation_in_progress_as_pending(env: Env) -> None:
         assert status.json["recovered"] == []
     finally:
         assert proc.wait(timeout=30) == ExitCode.OK
+
+
+def test_ctrl_c_during_install_kills_the_script_and_is_cleaned_up(env: Env) -> None:
+    env.make_pack("alpha", "1.0.0")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    env.make_pack("alpha", "2.0.0", install="#!/usr/bin/env bash\necho started\nsleep 300\n")
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), *env.args("install", "--pack", "alpha", "--approve", "--json")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = env.home / "logs" / "alpha" / "install.log"
+    deadline = time.monotonic() + 20
+    while not (log.exists() and "started" in log.read_text().split("install.sh --install")[-1]):
+        assert time.monotonic() < deadline, "install.sh never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == ExitCode.INTERRUPTED
+    assert json.loads(out)["exit_code"] == 130
+    assert _sleepers(env.home) == []
+    assert env.run("status", "--pack", "alpha").code == 0
+    assert env.active("alpha") == "1.0.0"
+    assert env.run("verify", "--pack", "alpha").code == 0
+    _no_leftovers(env)
+
+
+def _sleepers(home: object) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if f"AURORA_HOME={home}".encode() in environ and cmdline.startswith(b"sleep\0300"):
+            found.append(int(entry))
+    return found

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     REFUSED = 4  # refused by state or policy: deps, running, dependents, digest/hash mismatch
     LOCKED = 5  # another installer holds installer.lock (its pid is named)
     APPROVAL = 6  # operator approval required (no terminal, no --approve) or denied
+    INTERRUPTED = 130  # Ctrl-C (SIGINT), as shells report it
 
 
 def exit_code_for(error: AuroraError) -> ExitCode:

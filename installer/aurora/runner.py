@@ -97,6 +97,47 @@ def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:
     proc.wait()
 
 
+def _pump(proc: subprocess.Popen[bytes], feed: Callable[[bytes], None], deadline: float) -> bool:
+    """Stream the script's output to ``feed`` until it exits and its output drains.
+
+    Returns True when the deadline passed first (the group is then killed).
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    eof = False
+    exited_at: float | None = None
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            now = time.monotonic()
+            if exited_at is None and _exited(proc.pid):
+                exited_at = now
+            if exited_at is not None and (eof or now - exited_at > _DRAIN_SECONDS):
+                break
+            if exited_at is None and now >= deadline:
+                kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
+                return True
+            if eof:  # output closed but the script still runs: wait for it
+                time.sleep(max(0.0, min(0.05, deadline - now)))
+                continue
+            for _key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - now))):
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    eof = True
+                    sel.unregister(fd)
+                    break
+                feed(data)
+    if not eof:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while data := os.read(fd, 65536):
+                feed(data)
+    return False
+
+
 def run_script(
     argv: list[str],
     *,
@@ -111,27 +152,15 @@ def run_script(
 
     A script still running after ``timeout`` seconds is killed with its whole
     process group. ``kill_group_on_exit`` also kills what the script left
-    behind in its group (health checks must leave nothing running).
+    behind in its group (health checks must leave nothing running). If the
+    installer is interrupted meanwhile (Ctrl-C), the group is killed too.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     started = time.monotonic()
-    timed_out = False
     with open(log_path, "ab") as logfile:
         logfile.write(f"=== {now_iso()} {' '.join(argv)} (cwd {cwd})\n".encode())
         logfile.flush()
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        os.set_blocking(fd, False)
         pending = b""
 
         def feed(data: bytes) -> None:
@@ -146,45 +175,28 @@ def run_script(
                 if on_output is not None:
                     on_output(line)
 
-        deadline = started + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            eof = False
-            exited_at: float | None = None
-            while True:
-                now = time.monotonic()
-                if exited_at is None and _exited(proc.pid):
-                    exited_at = now
-                if exited_at is not None and (eof or now - exited_at > _DRAIN_SECONDS):
-                    break
-                if exited_at is None and now >= deadline:
-                    timed_out = True
-                    kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
-                    break
-                if eof:
-                    # Output closed but the script still runs: just wait for it.
-                    time.sleep(max(0.0, min(0.05, deadline - now)))
-                    continue
-                for _key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - now))):
-                    try:
-                        data = os.read(fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if not data:
-                        eof = True
-                        sel.unregister(fd)
-                        break
-                    feed(data)
-            if not eof:
-                with contextlib.suppress(BlockingIOError, OSError):
-                    while data := os.read(fd, 65536):
-                        feed(data)
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        try:
+            timed_out = _pump(proc, feed, started + timeout)
+        except BaseException:  # interrupted (Ctrl-C): leave nothing of the script running
+            kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
+            raise
+        finally:
+            proc.stdout.close()
         if pending:
             feed(b"\n")
-        proc.stdout.close()
         if kill_group_on_exit and not timed_out:
-            # The leader is exited but not reaped yet, so its pid cannot have been
-            # reused: the group is still the script's.
+            # The leader has exited but is not reaped yet, so its pid cannot have
+            # been reused: the group is still the script's.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
