@@ -349,6 +349,7 @@ class Supervisor:
             # The main process is gone: whatever it left behind goes with it.
             self._kill_tree(slot)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
+            slot.layers, slot.sandbox_cgroups = [], []
             pid = slot.entry.id
             self._mark_exit(slot, rc)
             if rc == 0:
@@ -486,6 +487,7 @@ class Supervisor:
             rc = slot.proc.wait()
             self._mark_exit(slot, rc)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
+            slot.layers, slot.sandbox_cgroups = [], []
             slot.state, slot.reason = status.STOPPED, None
             self.dirty = True
 
