@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("seal", "write every artifact's sha256 into the pack's manifest.yaml")
     command("dry-run", "stage if needed, plan the dependencies, run install.sh --dry-run")
-    p = command("install", "install a staged pack (after operator approval)")
+    p = command("install", "install a pack (staged first if needed) after operator approval")
     p.add_argument(
         "--with-deps",
         action="store_true",

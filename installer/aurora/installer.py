@@ -662,6 +662,9 @@ class Installer:
                 output_tail=script.output_tail,
                 log_path=str(script.log_path),
             )
+        # The copy's files reach the disk before state.json names it active (a staged
+        # copy needs no such care: its digest is re-verified before it is installed).
+        os.sync()
         record["active_version"] = version
         record["installed"] = {
             "version": version,
