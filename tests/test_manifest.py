@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from aurora.errors import ManifestError
 from aurora.manifest import load_manifest, parse_yaml
 from aurora_testing import PackFactory, manifest_text
@@ -266,3 +267,43 @@ def test_any_yaml_text_gives_a_document_or_a_manifest_error(text: str) -> None:
 def test_manifest_written_by_factory_round_trips() -> None:
     doc = parse_yaml(manifest_text("alpha", deps=[("b", ">=1")]), "m")
     assert doc["pack"]["dependencies"] == [{"pack_id": "b", "version_constraint": ">=1"}]
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8))
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.integers()), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+_KEYS = [
+    "id",
+    "name",
+    "version",
+    "description",
+    "entrypoint",
+    "dependencies",
+    "artifacts",
+    "safety",
+    "extra",
+]
+
+
+@settings(database=None, max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(_KEYS), _values, max_size=9), st.booleans())
+def test_any_document_is_a_manifest_or_a_manifest_error(
+    tmp_path_factory: pytest.TempPathFactory, pack: dict[str, object], with_schema: bool
+) -> None:
+    # Validation of arbitrary input never fails with anything but a ManifestError.
+    root = tmp_path_factory.mktemp("alpha")
+    document: dict[str, object] = {"pack": pack}
+    if with_schema:
+        document["schema_version"] = "aurora-manifest-v1"
+    (root / "manifest.yaml").write_text(yaml.safe_dump(document))
+    try:
+        load_manifest(root)
+    except ManifestError as exc:
+        assert exc.problems
+        assert all(isinstance(p, str) and p for p in exc.problems)
