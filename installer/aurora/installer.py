@@ -445,10 +445,10 @@ class Installer:
         manifest = find_pack(self.packs_dir, pack_id)
         result = seal_manifest(manifest)
         if result["written"]:
-            self.audit_if_home("seal", pack_id, artifacts=result["artifacts"])
+            self._audit_if_home("seal", pack_id, artifacts=result["artifacts"])
         return result
 
-    def audit_if_home(self, event: str, pack_id: str, **fields: Any) -> None:
+    def _audit_if_home(self, event: str, pack_id: str, **fields: Any) -> None:
         """Audit an event that does not need a home, if the home exists."""
         if self.home.root.is_dir():
             self.audit.record(event, pack_id, **fields)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,10 +207,3 @@ def compare(recorded: dict[str, str], actual: dict[str, str]) -> dict[str, list[
         "missing": sorted(r for r in recorded if r not in actual),
         "extra": sorted(r for r in actual if r not in recorded),
     }
-
-
-def iter_parents(rel: str) -> Iterator[str]:
-    """Every ancestor directory of a relative path, nearest last ("a", "a/b" for "a/b/c")."""
-    parts = rel.split("/")[:-1]
-    for i in range(1, len(parts) + 1):
-        yield "/".join(parts[:i])
