@@ -280,7 +280,10 @@ def _show(out: _Output, command: str, result: Any) -> None:
     elif command == "verify":
         out.text(f"{result['pack']} {result['version']}: intact ({result['digest']})")
     elif command == "status":
-        for entry in result.get("packs", [result]):
+        entries = result.get("packs", [result])
+        if not entries:
+            out.text("nothing staged or installed yet")
+        for entry in entries:
             _show_status(out, entry)
     elif command == "start":
         out.text(f"{result['pack']} {result['version']} started: {result['health']['status']}")
