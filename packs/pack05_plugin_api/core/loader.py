@@ -485,9 +485,7 @@ class PluginLoader:
         fsync_dir(id_dir)
         fsync_dir(self.packages_dir)
         try:
-            status = self.registry.register_version(
-                manifest, files, digest=digest, replace=replace or existing is None
-            )
+            status = self.registry.register_version(manifest, files, digest=digest, replace=replace)
         except BaseException:
             os.rename(target, tmp / "refused")
             if os.path.lexists(old):
