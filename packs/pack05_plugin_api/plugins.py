@@ -74,6 +74,10 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 def _summary(pid: str, rec: dict[str, Any]) -> dict[str, Any]:
     active = rec.get("active_version")
     requested = (rec.get("manifest") or {}).get("permissions", [])
+    pending = rec.get("pending_version")
+    pending_requested = (
+        rec["versions"][pending]["manifest"].get("permissions", []) if pending else []
+    )
     return {
         "id": pid,
         "enabled": rec["enabled"],
@@ -83,6 +87,8 @@ def _summary(pid: str, rec: dict[str, Any]) -> dict[str, Any]:
         "requested": requested,
         "granted": rec["granted"],
         "missing": sorted(set(requested) - set(rec["granted"])),
+        # what the operator must grant before `enable` switches to the pending version
+        "pending_missing": sorted(set(pending_requested) - set(rec["granted"])),
     }
 
 
@@ -145,7 +151,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
         f"{'enabled' if p['enabled'] else 'disabled':<9} "
         f"granted={','.join(p['granted']) or '-'}"
         + (f" missing={','.join(p['missing'])}" if p["missing"] else "")
-        + (f" pending={p['pending_version']}" if p["pending_version"] else "")
+        + (
+            f" pending={p['pending_version']} "
+            + (f"(needs {','.join(p['pending_missing'])})" if p["pending_missing"] else "(ready)")
+            if p["pending_version"]
+            else ""
+        )
         for p in plugins
     ]
     _emit(args, {"ok": True, "plugins": plugins}, "\n".join(lines) or "no plugins")

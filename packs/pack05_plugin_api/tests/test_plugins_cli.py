@@ -61,7 +61,9 @@ def test_full_operator_story(
     assert code == 0 and doc["pending_version"] == "2.0.0" and doc["missing"] == ["io"]
     code, doc, _ = run(capsys, "show", "acme.echo", "--verify", "--data", data)
     assert code == 0 and doc["active_version"] == "1.0.0" and doc["pending_version"] == "2.0.0"
-    assert doc["problems"] == []
+    assert doc["problems"] == [] and doc["pending_missing"] == ["io"]
+    assert plugins.main(["list", "--data", data]) == 0
+    assert "pending=2.0.0 (needs io)" in capsys.readouterr()[0]
     run(capsys, "grant", "acme.echo", "io", "--data", data)
     code, doc, _ = run(capsys, "enable", "acme.echo", "--data", data)
     assert doc["active_version"] == "2.0.0"
