@@ -236,7 +236,13 @@ _values: st.SearchStrategy[Any] = st.one_of(
     st.sampled_from(["acme.echo", "1.0.0", "main.py", "../x", "/abs", "network", "netwrk"]),
     st.lists(st.sampled_from(["network", "gpu", "io", "netwrk", 3]), max_size=4),
 )
-_manifests = st.dictionaries(_keys | st.text(max_size=8), _values, max_size=8) | _json
+# What YAML can also produce: non-string keys, dates, bytes, tuples.
+_odd = st.dates() | st.binary(max_size=4) | st.tuples(st.integers()) | st.frozensets(st.integers())
+_manifests = (
+    st.dictionaries(_keys | st.text(max_size=8), _values | _odd, max_size=8)
+    | st.dictionaries(st.integers() | st.none() | st.booleans() | _keys, _values, max_size=4)
+    | _json
+)
 
 
 @settings(max_examples=300, deadline=None, database=None)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from core import paths
+
+from pack05_testlib import write_package
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,3 +87,27 @@ def test_reference_tests_never_touch_the_real_data_dir(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
     assert data.exists() == existed and state() == before
+
+
+def test_a_copy_of_the_pack_elsewhere_works_on_its_own(tmp_path: Path) -> None:
+    """The installer copies only the pack directory: schemas and code must travel with it."""
+    copy = tmp_path / "installed" / "pack05_plugin_api"
+    shutil.copytree(
+        PACK_ROOT,
+        copy,
+        ignore=shutil.ignore_patterns("tests", "data", "run", "logs", "__pycache__"),
+    )
+    pkg = write_package(tmp_path / "pkg")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AURORA_PACK_DATA": str(tmp_path / "d")}
+    for argv in (["validate", str(pkg)], ["stage", str(pkg)], ["list"]):
+        result = subprocess.run(
+            [sys.executable, "-B", str(copy / "plugins.py"), *argv, "--json"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["ok"] is True
+    assert (tmp_path / "d" / "plugins" / "registry.json").exists()
+    assert not (copy / "data").exists()
