@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `core` sits beside this file
-
+# Run as a script, Python puts this file's directory (where `core` lives) on sys.path.
 from core import paths
 from core.api import MANIFEST_NAMES, load_manifest, manifest_problems
 from core.capabilities import CAPABILITIES, CAPABILITY_NAMES

@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 from packaging.version import InvalidVersion, Version
 
-from .capabilities import CAPABILITIES, known_capabilities
+from .capabilities import known_capabilities
 from .errors import ManifestError
 from .paths import schemas_dir
 
@@ -24,7 +24,6 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "load_manifest",
     "manifest_problems",
-    "parse_version",
     "validate_manifest",
 ]
 
@@ -149,14 +148,6 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if kind == "uniqueItems":
         return f"{place}: contains duplicates"
     return f"{place}: {error.message[:200]}"
-
-
-def parse_version(text: str) -> Version:
-    """Parse a manifest version (PEP 440); raises ManifestError."""
-    try:
-        return Version(text)
-    except InvalidVersion:
-        raise ManifestError([f"version: {_show(text)} is not a PEP 440 version"]) from None
 
 
 def _entrypoint_problem(entrypoint: str) -> str | None:
@@ -306,8 +297,3 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
             [f"(manifest): expected an object (mapping), found {_type_name(data)}"], source=source
         )
     return data
-
-
-def capability_known(name: object) -> bool:
-    """True when name is in the closed vocabulary."""
-    return isinstance(name, str) and name in CAPABILITIES

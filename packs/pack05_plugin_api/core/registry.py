@@ -178,11 +178,6 @@ class PluginRegistry:
         self._snapshot = _Snapshot(key=key, data=self._parse(raw))
         return self._snapshot
 
-    def load(self) -> Data:
-        """The whole registry document (a private copy), as stored on disk."""
-        result: Data = _copy(self._snap().data)
-        return result
-
     def list(self) -> dict[str, Record]:
         """Every plugin record by id, each with its active ``manifest``.
 
@@ -242,6 +237,7 @@ class PluginRegistry:
                 self._fragments = fragments
                 for entry in entries:
                     append_audit(self.audit_path, entry)
+                    log.info("%s %s %s", entry["action"], entry["id"], entry["version"] or "")
         return result
 
     @staticmethod
