@@ -169,7 +169,8 @@ def manifest_problems(data: object) -> list[str]:
     known = list(manifest_schema()["properties"])
     for key in data:
         if key not in known:
-            problems.append(f"{key}: unknown key (known: {', '.join(known)})")
+            shown = key if key.isprintable() and len(key) <= _SHOWN else _show(key)
+            problems.append(f"{shown}: unknown key (known: {', '.join(known)})")
     for error in sorted(
         _validator().iter_errors(dict(data)), key=lambda e: _place(e.absolute_path)
     ):

@@ -219,6 +219,8 @@ def test_deep_nesting_is_a_manifest_error(tmp_path: Path) -> None:
 def test_bad_values_are_quoted_shortly() -> None:
     problems = manifest_problems(make_manifest(id="X" * 5000))
     assert len(problems) == 1 and len(problems[0]) < 200
+    problems = manifest_problems({**make_manifest(), "k" * 5000: 1, "a\nb": 2})
+    assert len(problems) == 2 and all(len(p) < 200 and "\n" not in p for p in problems)
 
 
 # -- property tests: whatever the input, the only error is ManifestError -------------------
