@@ -63,23 +63,21 @@ while True:
     time.sleep(1)
 """
 )
-# Double fork: the middle process exits at once, the grandchild is orphaned.
+# Double fork: the middle process records the grandchild's pid and exits at once,
+# orphaning it (the launcher may kill it as soon as it sees it: that is fine).
 DOUBLE_FORK = (
     _CD
     + """
 import os, time
-r, w = os.pipe()
 if os.fork() == 0:
-    if os.fork() == 0:
+    pid = os.fork()
+    if pid == 0:
         os.setsid()
-        os.write(w, str(os.getpid()).encode())
         while True:
             time.sleep(1)
+    open("grandchild.tmp", "w").write(str(pid))
+    os.replace("grandchild.tmp", "grandchild")
     os._exit(0)
-os.close(w)
-pid = os.read(r, 32).decode()
-open("grandchild.tmp", "w").write(pid)
-os.replace("grandchild.tmp", "grandchild")
 while True:
     time.sleep(1)
 """
@@ -234,3 +232,10 @@ FAST_SERVICE_ARGS = [
     "--stop-grace",
     "2",
 ]
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent or a zombie)."""
+    from launcher.process import identify, is_zombie
+
+    return identify(pid) is None or is_zombie(pid)
