@@ -305,7 +305,10 @@ def _wait_gone(record: ProcessRecord, timeout: float) -> bool:
     while True:
         with contextlib.suppress(ChildProcessError):  # reap it if it is our own child
             os.waitpid(record.pid, os.WNOHANG)
-        if identity_problem(record) is not None:
+        # Gone means no process (or a zombie) or another process at that pid. Not a
+        # changed exe alone: an exiting process loses /proc/<pid>/exe before it is a zombie.
+        now = current_identity(record.pid)
+        if now is None or now.start_time != record.start_time:
             return True
         if time.monotonic() >= deadline:
             return False
