@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from launcher_testing import (  # noqa: E402
     PACK_ROOT,
     PASSTHROUGH_ROOT,
     FakeRegistry,
+    Service,
     fast_settings,
     service_env,
     wait_until,
@@ -64,15 +64,6 @@ def make_supervisor(paths: Paths) -> Iterator[Callable[..., Supervisor]]:
     yield _make
     for sup in made:
         sup.close()
-
-
-@dataclass
-class Service:
-    """A launcher service running as a real process on tmp paths."""
-
-    proc: subprocess.Popen[bytes]
-    env: dict[str, str]
-    paths: Paths
 
 
 @pytest.fixture

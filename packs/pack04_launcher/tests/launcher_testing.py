@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ if str(PACK_ROOT) not in sys.path:
     sys.path.insert(0, str(PACK_ROOT))
 
 from launcher.cgroup import CgroupTree  # noqa: E402
+from launcher.paths import Paths  # noqa: E402
 from launcher.process import ProcessId, identify  # noqa: E402
 from launcher.supervisor import Settings, Supervisor  # noqa: E402
 
@@ -239,3 +241,12 @@ def gone(pid: int) -> bool:
     from launcher.process import identify, is_zombie
 
     return identify(pid) is None or is_zombie(pid)
+
+
+@dataclass
+class Service:
+    """A launcher service running as a real process on tmp paths."""
+
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    paths: Paths

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Service
 from launcher import cli, process
 from launcher.status import read_status
 from launcher_testing import (
@@ -16,6 +15,7 @@ from launcher_testing import (
     IDLE,
     PASSTHROUGH_ROOT,
     FakeRegistry,
+    Service,
     read_pid,
     service_env,
     wait_until,

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from conftest import Service
 from launcher import process
 from launcher.cgroup import CgroupTree
 from launcher.service import EXIT_ALREADY_RUNNING
@@ -23,6 +22,7 @@ from launcher_testing import (
     FAST_SERVICE_ARGS,
     PACK_ROOT,
     FakeRegistry,
+    Service,
     cgroup_available,
     gone,
     read_pid,
