@@ -9,6 +9,7 @@ plugin (at most the stop grace period).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -275,11 +276,7 @@ class Supervisor:
             return
         data_dir = self.paths.plugin_data(entry.id)
         run_dir = self.paths.plugin_run(entry.id)
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
-        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, self.settings.limits))
-        report_file.unlink(missing_ok=True)
         argv = sbx.argv(
             policy_file, report_file, sandbox.plugin_argv(self.settings.python, entry.entrypoint)
         )
@@ -289,13 +286,21 @@ class Supervisor:
             "AURORA_PLUGIN_ID": entry.id,
             "AURORA_PLUGIN_DATA": str(data_dir),
         }
-        cgroup = None
-        preexec = None
-        if self.cgroups is not None:
-            cgroup = entry.id
-            self.cgroups.make(cgroup)
-            preexec = self.cgroups.enter_hook(cgroup)
-        logf = self._open_log(entry.id)
+        cgroup = entry.id if self.cgroups is not None else None
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_json(policy_file, sandbox.policy(entry, data_dir, self.settings.limits))
+            report_file.unlink(missing_ok=True)
+            if cgroup is not None and self.cgroups is not None:
+                self.cgroups.make(cgroup)
+            logf = self._open_log(entry.id)
+        except OSError as exc:
+            # A full disk or a cgroup that will not go away: a failed start, not a
+            # dead supervisor; it is retried with back-off like a crash.
+            log.error("%s: cannot prepare the run: %s", entry.id, exc)
+            self._crashed(slot, time.monotonic(), f"cannot prepare the run: {exc}")
+            return
         try:
             _mark(logf, f"start {entry.id} {entry.version} granted={list(entry.granted)}")
             proc = subprocess.Popen(
@@ -307,14 +312,15 @@ class Supervisor:
                 env=env,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=preexec,
+                preexec_fn=self.cgroups.enter_hook(cgroup) if cgroup and self.cgroups else None,
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             log.error("%s: cannot start %s: %s", entry.id, argv[0], exc)
-            _mark(logf, f"cannot start: {exc}")
+            with contextlib.suppress(OSError):
+                _mark(logf, f"cannot start: {exc}")
             logf.close()
             if cgroup is not None and self.cgroups is not None:
-                self.cgroups.remove(cgroup)
+                self.cgroups.kill(cgroup)
             self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
             return
         logf.close()
@@ -386,8 +392,11 @@ class Supervisor:
         log.warning("%s: %s", slot.entry.id, slot.reason)
 
     def _mark_exit(self, slot: Slot, rc: int) -> None:
-        with open(self.paths.plugin_log(slot.entry.id), "ab") as fh:
-            _mark(fh, _describe_exit(rc))
+        try:
+            with open(self.paths.plugin_log(slot.entry.id), "ab") as fh:
+                _mark(fh, _describe_exit(rc))
+        except OSError as exc:
+            log.error("%s: cannot write its log: %s", slot.entry.id, exc)
 
     # --- whole-tree tracking and stopping -----------------------------------------
 

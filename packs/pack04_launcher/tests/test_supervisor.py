@@ -293,3 +293,22 @@ def test_close_leaves_no_process_behind(
     assert not any(m.alive() for m in mains if m is not None)
     if sup.cgroups is not None:
         assert not sup.cgroups.base.exists()
+
+
+def test_a_run_that_cannot_be_prepared_backs_off_and_others_run(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.good")
+    fake_registry.add("acme.nodata")
+    # Its data dir cannot be created: a file is in the way.
+    paths.plugin_data("acme.nodata").parent.mkdir(parents=True)
+    paths.plugin_data("acme.nodata").write_text("in the way")
+    sup = make_supervisor()
+    run_until(
+        sup,
+        lambda: (
+            _state(sup, "acme.good") == status.RUNNING
+            and _state(sup, "acme.nodata") == status.FAILED
+        ),
+    )
+    assert "cannot prepare the run" in (sup.slots["acme.nodata"].reason or "")
