@@ -133,6 +133,11 @@ def _measure(work: Path, n: int, rng: random.Random) -> list[tuple[str, int, flo
     rows.append(("get, new registry object (cold)", n, ref_get, cold_get))
     cold_list = _median_ms(lambda k: PluginRegistry(ours.plugins_dir).list(), reps["list"])
     rows.append(("list, new registry object (cold)", n, ref_list, cold_list))
+    cold_reg = _median_ms(
+        lambda k: PluginRegistry(ours.plugins_dir).register(_manifest(2 * n + k), ["main.py"]),
+        reps["list"],
+    )
+    rows.append(("register, new registry object (cold)", n, ref_reg, cold_reg))
     return rows
 
 

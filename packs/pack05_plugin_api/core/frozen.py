@@ -46,13 +46,18 @@ class FrozenList(list[Any]):
         return (FrozenList, (list(self),))
 
 
+_PLAIN = (dict, list)
+
+
 def freeze(value: Any) -> Any:
     """A read-only copy of JSON-shaped data (already frozen parts are reused as they are)."""
     kind = type(value)
+    # Scalars are returned inline, not through a call: listing a large registry freezes
+    # hundreds of thousands of values.
     if kind is dict:
-        return FrozenDict({k: freeze(v) for k, v in value.items()})
+        return FrozenDict({k: freeze(v) if type(v) in _PLAIN else v for k, v in value.items()})
     if kind is list:
-        return FrozenList(freeze(v) for v in value)
+        return FrozenList([freeze(v) if type(v) in _PLAIN else v for v in value])
     return value
 
 

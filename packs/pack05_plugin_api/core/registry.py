@@ -6,6 +6,7 @@ import builtins
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,47 @@ def _serialize(
         else:
             fragments[pid] = (record, _encode(record))
     head = {k: v for k, v in new.items() if k != "plugins"}
-    parts = [f"{_encode(pid)}:{text}" for pid, (_, text) in fragments.items()]
-    text = _encode(head)[:-1] + ("," if head else "") + '"plugins":{' + ",".join(parts) + "}}"
+    lines = [_encode(head)[:-1] + ("," if head else "") + '"plugins":{']
+    lines.append(",\n".join(f"{_key(pid)}:{text}" for pid, (_, text) in fragments.items()))
+    text = "\n".join(lines) + "\n}}" if fragments else lines[0] + "\n}}"
     return text.encode("utf-8"), fragments
+
+
+# The layout this module writes: a head line, then one line per plugin (compact JSON never
+# holds a raw newline, so a line is exactly one record), then "}}". Readers need not know it.
+_HEAD = '{"schema":"' + "aurora-plugin-registry-v1" + '",'
+_PLUGINS_OPEN = '"plugins":{'
+
+
+def _split_lines(text: str) -> tuple[str, list[str]] | None:
+    """The head line and the record lines, or None when the file is not in our layout."""
+    if not (text.startswith(_HEAD) and text.endswith("\n}}")):
+        return None
+    lines = text[:-3].split("\n")
+    if not lines[0].endswith(_PLUGINS_OPEN):
+        return None
+    return lines[0], lines[1:]
+
+
+_PLAIN_ID = re.compile(r"[a-z0-9._-]+")
+
+
+def _key(pid: str) -> str:
+    """The JSON spelling of a plugin id (valid ids need no escaping: skip the encoder)."""
+    return f'"{pid}"' if _PLAIN_ID.fullmatch(pid) else _encode(pid)
+
+
+def _parse_line(line: str) -> tuple[str, Record, str]:
+    """``"<id>":{...},`` -> (id, record, the record's JSON text); ValueError if malformed."""
+    body = line.rstrip(",")
+    parsed = json.loads("{" + body + "}")
+    if not isinstance(parsed, dict) or len(parsed) != 1:
+        raise ValueError("not one record")
+    ((pid, record),) = parsed.items()
+    prefix = _key(pid) + ":"
+    if not body.startswith(prefix):
+        raise ValueError("unexpected key spelling")
+    return pid, record, body[len(prefix) :]
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, ...]:
@@ -140,12 +179,33 @@ class PluginRegistry:
             f"registry {self.path} is unreadable: {why}; it was not changed; {hint}"
         )
 
+    @staticmethod
+    def _fragments_of(text: str, plugins: Mapping[str, Record]) -> dict[str, tuple[Record, str]]:
+        """Each record's JSON text, sliced from a file in our layout (empty if it is not)."""
+        split = _split_lines(text)
+        if split is None or len(split[1]) != len(plugins):
+            return {}
+        fragments: dict[str, tuple[Record, str]] = {}
+        for (pid, record), line in zip(plugins.items(), split[1], strict=True):
+            prefix = _key(pid) + ":"
+            if not line.startswith(prefix):
+                return {}
+            fragments[pid] = (record, line[len(prefix) :].rstrip(","))
+        return fragments
+
     def _parse(self, raw: bytes) -> Data:
         try:
+            text = raw.decode("utf-8")
             # Plain (C-speed) parse: this copy is private; list() freezes its own views.
-            data = json.loads(raw)
+            data = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
+        data = self._check(data)
+        # The next write re-encodes only the records it changes.
+        self._fragments = self._fragments_of(text, data["plugins"])
+        return data
+
+    def _check(self, data: Any) -> Data:
         if not isinstance(data, dict) or data.get("schema") != REGISTRY_SCHEMA:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise self._corrupt(f"expected schema {REGISTRY_SCHEMA!r}, found {found!r}")
@@ -200,8 +260,42 @@ class PluginRegistry:
 
     def get(self, plugin_id: str) -> Record | None:
         """The record of one plugin (a private copy) or None."""
+        found = self._get_line(plugin_id)
+        if found is not None:
+            return found[0]
         record = self._snap().data["plugins"].get(plugin_id)
         return None if record is None else _copy(_view(record))
+
+    def _get_line(self, plugin_id: str) -> tuple[Record | None] | None:
+        """Without a current snapshot, read just the plugin's line (None: use a snapshot)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # missing or unreadable: _snap() decides what that means
+        try:
+            key = _stat_key(os.fstat(fd))
+            if self._snapshot is not None and self._snapshot.key == key:
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        text = raw.decode("utf-8", "replace")
+        if _split_lines(text) is None:
+            return None
+        start = text.find("\n" + _key(plugin_id) + ":")
+        if start < 0:
+            return (None,)
+        end = text.find("\n", start + 1)
+        try:
+            pid, record, _ = _parse_line(text[start + 1 : end])
+            if pid != plugin_id or not isinstance(record, dict):
+                return None
+            return (_copy(_view(record)),)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return None
 
     def ids(self) -> builtins.list[str]:
         """The registered plugin ids, sorted."""

@@ -149,7 +149,45 @@ def test_writers_wait_for_the_lock(plugins_dir: Path) -> None:
     assert reg.lock_path.exists()  # the lock file is never deleted
 
 
-def test_compact_json_on_disk(plugins_dir: Path) -> None:
+def test_one_compact_line_per_plugin_on_disk(plugins_dir: Path) -> None:
+    reg = PluginRegistry(plugins_dir)
+    assert reg.get("acme.one") is None
+    for pid in ("acme.one", "acme.two", "acme.three"):
+        _register(reg, pid)
+    lines = reg.path.read_text().split("\n")
+    assert len(lines) == 5 and lines[-1] == "}}"
+    assert lines[0].startswith('{"schema":"aurora-plugin-registry-v1",')
+    assert [line.split(":", 1)[0] for line in lines[1:4]] == [
+        '"acme.one"',
+        '"acme.two"',
+        '"acme.three"',
+    ]
+    assert all(" " not in line.split('"name"')[0] for line in lines)  # compact
+    assert set(json.loads(reg.path.read_text())["plugins"]) == {
+        "acme.one",
+        "acme.two",
+        "acme.three",
+    }
+
+
+def test_get_reads_one_line_when_another_process_wrote(plugins_dir: Path) -> None:
+    a, b = PluginRegistry(plugins_dir), PluginRegistry(plugins_dir)
+    _register(a, "acme.one")
+    assert b.get("acme.one")["enabled"] is False
+    a.enable("acme.one")
+    assert b.get("acme.one")["enabled"] is True  # b's view is stale: it reads the new line
+    assert b.get("acme.two") is None
+    _register(b, "acme.two")  # and b can still write on top of a's change
+    assert a.get("acme.one")["enabled"] is True and a.get("acme.two") is not None
+
+
+def test_a_file_in_another_layout_is_still_read(plugins_dir: Path) -> None:
     reg = PluginRegistry(plugins_dir)
     _register(reg, "acme.one")
-    assert b"\n" not in reg.path.read_bytes()
+    data = json.loads(reg.path.read_text())
+    reg.path.write_text(json.dumps(data, indent=0))  # every key at a line start
+    fresh = PluginRegistry(plugins_dir)
+    assert fresh.get("acme.one")["manifest"]["id"] == "acme.one"
+    assert fresh.get("1.0.0") is None  # a version key is not a plugin
+    _register(fresh, "acme.two")
+    assert set(PluginRegistry(plugins_dir).list()) == {"acme.one", "acme.two"}
