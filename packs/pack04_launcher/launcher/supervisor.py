@@ -378,6 +378,7 @@ class Supervisor:
         """Schedule a restart with back-off, or give up after max_restarts."""
         if slot.started_mono and now - slot.started_mono >= self.settings.stable_after:
             slot.crashes = 0
+        slot.started_mono = 0.0  # a run counts once; a failed start is no run at all
         slot.crashes += 1
         if slot.crashes > self.settings.max_restarts:
             slot.state = status.FAILED

@@ -312,3 +312,13 @@ def test_a_run_that_cannot_be_prepared_backs_off_and_others_run(
         ),
     )
     assert "cannot prepare the run" in (sup.slots["acme.nodata"].reason or "")
+
+
+def test_a_stable_run_resets_the_crash_count(
+    make_supervisor: Make, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add("acme.late", "import sys, time\ntime.sleep(0.3)\nsys.exit(4)\n")
+    sup = make_supervisor(max_restarts=1, stable_after=0.2)
+    run_until(sup, lambda: sup.slots.get("acme.late") and sup.slots["acme.late"].restarts >= 3)
+    # Three restarts with a limit of one: each run lasted longer than stable_after.
+    assert _state(sup, "acme.late") != status.FAILED
