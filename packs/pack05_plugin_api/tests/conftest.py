@@ -32,8 +32,10 @@ def pytest_collection_modifyitems() -> None:
 
     Hypothesis fills it while collecting, right after this hook, so a fixture is too late.
     """
-    from hypothesis.configuration import set_hypothesis_home_dir
-
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        return
     if not _HYPOTHESIS_HOME:
         _HYPOTHESIS_HOME.append(Path(tempfile.mkdtemp(prefix="pack05-hypothesis-")))
         set_hypothesis_home_dir(_HYPOTHESIS_HOME[0])

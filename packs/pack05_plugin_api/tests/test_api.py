@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from core.api import MAX_MANIFEST_BYTES, load_manifest, manifest_problems, validate_manifest
 from core.errors import ManifestError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from pack05_testlib import make_manifest
 
@@ -221,55 +218,3 @@ def test_bad_values_are_quoted_shortly() -> None:
     assert len(problems) == 1 and len(problems[0]) < 200
     problems = manifest_problems({**make_manifest(), "k" * 5000: 1, "a\nb": 2})
     assert len(problems) == 2 and all(len(p) < 200 and "\n" not in p for p in problems)
-
-
-# -- property tests: whatever the input, the only error is ManifestError -------------------
-
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-_keys = st.sampled_from(["id", "name", "version", "entrypoint", "description", "permissions"])
-_values: st.SearchStrategy[Any] = st.one_of(
-    _json,
-    st.sampled_from(["acme.echo", "1.0.0", "main.py", "../x", "/abs", "network", "netwrk"]),
-    st.lists(st.sampled_from(["network", "gpu", "io", "netwrk", 3]), max_size=4),
-)
-# What YAML can also produce: non-string keys, dates, bytes, tuples.
-_odd = st.dates() | st.binary(max_size=4) | st.tuples(st.integers()) | st.frozensets(st.integers())
-_manifests = (
-    st.dictionaries(_keys | st.text(max_size=8), _values | _odd, max_size=8)
-    | st.dictionaries(st.integers() | st.none() | st.booleans() | _keys, _values, max_size=4)
-    | _json
-)
-
-
-@settings(max_examples=300, deadline=None, database=None)
-@given(_manifests)
-def test_validate_never_raises_anything_but_manifest_error(data: Any) -> None:
-    try:
-        assert validate_manifest(data) is True
-    except ManifestError as exc:
-        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
-
-
-@settings(
-    max_examples=200,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode), st.booleans())
-def test_load_never_raises_anything_but_manifest_error(
-    tmp_path: Path, raw: bytes, yaml_: bool
-) -> None:
-    path = tmp_path / ("manifest.yaml" if yaml_ else "manifest.json")
-    path.write_bytes(raw)
-    try:
-        data = load_manifest(path)
-        validate_manifest(data)
-    except ManifestError as exc:
-        assert exc.problems
