@@ -168,3 +168,37 @@ def test_symlink_loop_is_a_problem_not_a_crash(fake_registry: FakeRegistry) -> N
     (pkg / "main.py").symlink_to(pkg / "main.py")
     entry = read_registry(fake_registry.path)["acme.loop"]
     assert not entry.runnable and "manifest.entrypoint" in (entry.problem or "")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_entry_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "enabled": _json,
+        "active_version": _json | st.just("1.0.0"),
+        "granted": _json | st.lists(st.sampled_from(["network", "gpu", "x"]), max_size=3),
+        "versions": _json
+        | st.fixed_dictionaries(
+            {"1.0.0": st.fixed_dictionaries({}, optional={"path": _json, "manifest": _json})}
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entry=_entry_values | _json)
+def test_no_registry_entry_can_crash_the_reader(
+    tmp_path_factory: pytest.TempPathFactory, entry: object
+) -> None:
+    path = tmp_path_factory.mktemp("reg") / "registry.json"
+    path.write_text(
+        json.dumps({"schema": "aurora-plugin-registry-v1", "plugins": {"acme.fuzz": entry}})
+    )
+    got = read_registry(path)["acme.fuzz"]
+    assert got.runnable is (got.problem is None and got.entrypoint is not None)
