@@ -146,6 +146,15 @@ def _sort_versions(versions: Iterable[str]) -> list[str]:
     return sorted(versions, key=Version)
 
 
+def _settle_pending(record: Record) -> None:
+    """A pending version must still exist and be newer than the active one."""
+    pending, active = record.get("pending_version"), record.get("active_version")
+    if pending is not None and (
+        pending not in record["versions"] or active is None or Version(pending) <= Version(active)
+    ):
+        record["pending_version"] = None
+
+
 class PluginRegistry:
     """The registry of staged plugins in ``<plugins_dir>/registry.json``.
 
@@ -477,8 +486,7 @@ class PluginRegistry:
                     record["pending_version"] = version
                 else:
                     record["active_version"] = version
-                    if record.get("pending_version") == version:
-                        record["pending_version"] = None
+            _settle_pending(record)
             record["updated_at"] = now
             return self._with(data, plugin_id, record), self._status(record, version, True), entries
 
@@ -516,8 +524,7 @@ class PluginRegistry:
             previous = record["active_version"]
             record["enabled"] = True
             record["active_version"] = target
-            if record.get("pending_version") == target:
-                record["pending_version"] = None
+            _settle_pending(record)
             record["updated_at"] = utc_now()
             entry = self._audit("enable", plugin_id, target, previous_version=previous)
             return self._with(data, plugin_id, record), True, [entry]
@@ -559,13 +566,12 @@ class PluginRegistry:
                 return self._with(data, plugin_id, None), True, [entry]
             del record["versions"][version]
             entries = [self._audit("unregister", plugin_id, version)]
-            if record.get("pending_version") == version:
-                record["pending_version"] = None
             if record["active_version"] == version:
                 if record["enabled"]:
                     entries.append(self._audit("disable", plugin_id, version, reason="removed"))
                 record["enabled"] = False
                 record["active_version"] = _sort_versions(record["versions"])[-1]
+            _settle_pending(record)
             record["updated_at"] = utc_now()
             return self._with(data, plugin_id, record), True, entries
 
@@ -687,6 +693,7 @@ class PluginRegistry:
             if record["enabled"]:
                 self._permission_gate(plugin_id, record, target)
             record["active_version"] = target
+            _settle_pending(record)
             record["updated_at"] = utc_now()
             entry = self._audit("rollback", plugin_id, target, previous_version=active)
             return self._with(data, plugin_id, record), target, [entry]

@@ -177,6 +177,24 @@ def test_new_version_asking_for_more_waits_for_the_operator(reg: PluginRegistry)
     assert record["active_version"] == "2.0.0" and record["pending_version"] is None
 
 
+def test_a_newer_version_that_fits_supersedes_a_pending_one(reg: PluginRegistry) -> None:
+    _stage(reg, "1.0.0", ["network"])
+    reg.grant("acme.echo", ["network"])
+    reg.enable("acme.echo")
+    assert _stage(reg, "2.0.0", ["network", "gpu"])["pending_version"] == "2.0.0"
+    status = _stage(reg, "3.0.0", ["network"])
+    assert status["active_version"] == "3.0.0" and status["pending_version"] is None
+    reg.rollback("acme.echo", "1.0.0")
+    assert reg.get("acme.echo")["pending_version"] is None
+    # removing the active version never leaves a pending one at or below the new active
+    _stage(reg, "4.0.0", ["network", "io"])
+    assert reg.get("acme.echo")["pending_version"] == "4.0.0"
+    reg.unregister("acme.echo", "1.0.0")
+    record = reg.get("acme.echo")
+    assert record["active_version"] == "4.0.0" and record["pending_version"] is None
+    assert record["enabled"] is False
+
+
 def test_new_version_within_grants_becomes_active(reg: PluginRegistry) -> None:
     _stage(reg, "1.0.0", ["network"])
     reg.grant("acme.echo", ["network"])
