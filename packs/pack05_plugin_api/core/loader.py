@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from packaging.version import Version
+
 from . import paths
 from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, StagingError
@@ -458,7 +460,14 @@ class PluginLoader:
                 f"id/version {plugin_id!r}/{version!r} escape packages/", source=source
             )
         record = self.registry.get(plugin_id)
-        existing = (record or {}).get("versions", {}).get(version)
+        staged = (record or {}).get("versions", {})
+        existing = staged.get(version)
+        for other in staged:
+            if other != version and Version(other) == Version(version):
+                raise StagingError(
+                    f"{plugin_id} {version} is the same version as the staged {other}",
+                    source=source,
+                )
         result = {
             "ok": True,
             "id": plugin_id,

@@ -176,6 +176,15 @@ def test_versions_side_by_side_then_remove(loader: PluginLoader, package_factory
     assert loader.remove("acme.echo") is False
 
 
+def test_the_same_version_spelled_differently_is_refused(
+    loader: PluginLoader, package_factory: Any
+) -> None:
+    loader.stage_package(package_factory(make_manifest(version="1.0.0")))
+    with pytest.raises(StagingError, match=r"same version as the staged 1\.0\.0"):
+        loader.stage_package(package_factory(make_manifest(version="1.0")))
+    assert not (loader.packages_dir / "acme.echo" / "1.0").exists()
+
+
 def test_verify_detects_tampering(loader: PluginLoader, package_factory: Any) -> None:
     result = loader.stage_package(package_factory())
     (Path(result["path"]) / "main.py").write_text("print('evil')\n")
