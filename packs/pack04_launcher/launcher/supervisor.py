@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from typing import IO, Any
 from launcher import process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
+from launcher.digest import tree_digest
 from launcher.errors import LauncherError, RegistryError, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
@@ -274,6 +276,8 @@ class Supervisor:
             slot.state, slot.reason = status.BLOCKED, f"not started: {exc}"
             slot.next_start = time.monotonic() + 5.0
             return
+        if not self._digest_ok(slot):
+            return
         data_dir = self.paths.plugin_data(entry.id)
         run_dir = self.paths.plugin_run(entry.id)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
@@ -330,6 +334,30 @@ class Supervisor:
         slot.state, slot.reason, slot.spec = status.RUNNING, None, _spec(entry)
         slot.layers, slot.sandbox_cgroups = [], []
         log.info("%s: started pid %d (granted %s)", entry.id, proc.pid, list(entry.granted))
+
+    def _digest_ok(self, slot: Slot) -> bool:
+        """True when the package is still the tree pack05 staged (or has no digest).
+
+        A changed package is blocked until the registry changes or the operator
+        asks for a start again: it is not re-hashed in a loop.
+        """
+        entry = slot.entry
+        if entry.digest is None or entry.package_dir is None:
+            return True
+        try:
+            found = tree_digest(entry.package_dir)
+        except OSError as exc:
+            found = f"unreadable ({exc})"
+        if found == entry.digest:
+            return True
+        slot.state = status.BLOCKED
+        slot.reason = (
+            f"package {entry.package_dir} changed since it was staged: "
+            f"registry digest {entry.digest}, found {found}"
+        )
+        slot.next_start = math.inf
+        log.error("%s: not started: %s", entry.id, slot.reason)
+        return False
 
     def _open_log(self, plugin_id: str) -> IO[bytes]:
         path = self.paths.plugin_log(plugin_id)

@@ -19,6 +19,7 @@ if str(PACK_ROOT) not in sys.path:
     sys.path.insert(0, str(PACK_ROOT))
 
 from launcher.cgroup import CgroupTree  # noqa: E402
+from launcher.digest import tree_digest  # noqa: E402
 from launcher.paths import Paths  # noqa: E402
 from launcher.process import ProcessId, identify  # noqa: E402
 from launcher.supervisor import Settings, Supervisor  # noqa: E402
@@ -40,6 +41,19 @@ while True:
 """
 )
 CRASH = "import sys; sys.exit(3)"
+# Crashes on its first two runs, then idles: counts its runs in its data dir.
+CRASH_TWICE = (
+    _CD
+    + """
+import os, sys, time
+n = int(open("runs").read()) if os.path.exists("runs") else 0
+open("runs", "w").write(str(n + 1))
+if n < 2:
+    sys.exit(3)
+while True:
+    time.sleep(1)
+"""
+)
 CLEAN_EXIT = "print('done')"
 # Forks a child that calls setsid and forks a grandchild that calls setsid
 # again; records the grandchild's pid; everybody sleeps.
@@ -136,7 +150,11 @@ class FakeRegistry:
         (pkg / "manifest.json").write_text(json.dumps(manifest))
         entry = self.doc["plugins"].setdefault(plugin_id, {"versions": {}})
         entry.update(enabled=enabled, active_version=version, granted=list(granted or []))
-        entry["versions"][version] = {"path": rel, "manifest": manifest, "digest": "sha256:00"}
+        entry["versions"][version] = {
+            "path": rel,
+            "manifest": manifest,
+            "digest": tree_digest(pkg),  # what pack05 records at staging
+        }
         self.write()
         return pkg
 

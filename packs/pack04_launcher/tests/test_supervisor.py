@@ -18,8 +18,8 @@ from launcher.supervisor import Supervisor
 from launcher_testing import (
     CLEAN_EXIT,
     CRASH,
+    CRASH_TWICE,
     ESCAPE,
-    IDLE,
     FakeRegistry,
     cgroup_available,
     read_pid,
@@ -231,13 +231,27 @@ def test_operator_hold_and_start(
 def test_start_request_retries_a_failed_plugin(
     make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
 ) -> None:
-    fake_registry.add("acme.crash", CRASH)
+    fake_registry.add("acme.flaky", CRASH_TWICE)
     sup = make_supervisor(max_restarts=1)
-    run_until(sup, lambda: _state(sup, "acme.crash") == status.FAILED)
-    # The author fixes the plugin in place (same version) and asks for a start.
-    (fake_registry.plugins_dir / "packages/acme.crash/1.0.0/main.py").write_text(IDLE)
-    control.request(paths.control, paths.control_lock, "acme.crash", start=True)
-    run_until(sup, lambda: _state(sup, "acme.crash") == status.RUNNING)
+    run_until(sup, lambda: _state(sup, "acme.flaky") == status.FAILED)
+    # Whatever it needed is fixed now; the operator asks for a start.
+    control.request(paths.control, paths.control_lock, "acme.flaky", start=True)
+    runs = paths.plugin_data("acme.flaky") / "runs"
+    run_until(sup, lambda: _state(sup, "acme.flaky") == status.RUNNING and runs.read_text() == "3")
+    assert sup.slots["acme.flaky"].proc is not None
+
+
+def test_a_package_changed_since_staging_is_not_run(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    pkg = fake_registry.add("acme.tampered")
+    (pkg / "main.py").write_text("import os; os.system('echo pwned > /tmp/x')")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "acme.tampered") == status.BLOCKED)
+    assert "changed since it was staged" in (sup.slots["acme.tampered"].reason or "")
+    for _ in range(3):
+        sup.reconcile()
+    assert not paths.plugin_log("acme.tampered").exists()  # never started
 
 
 def test_invalid_entry_is_blocked_and_others_still_run(
