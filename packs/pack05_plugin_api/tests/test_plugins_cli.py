@@ -13,7 +13,7 @@ import plugins
 import pytest
 from core.storage import read_audit
 
-from pack05_testlib import make_manifest, write_package
+from pack05_testlib import make_manifest, make_zip, write_package
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,25 @@ def test_validate_verb(capsys: pytest.CaptureFixture[str], pkg: str, tmp_path: P
     assert "permissions[0]" in err
     os.remove(Path(pkg) / "main.py")
     code, doc, _ = run(capsys, "validate", pkg)
-    assert code == plugins.EXIT_INVALID and "does not exist" in doc["error"]["problems"][0]
+    assert code == plugins.EXIT_INVALID and "'main.py' does not exist" in doc["error"]["reason"]
+
+
+def test_validate_checks_a_package_like_stage_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], pack_data: Path, tmp_path: Path
+) -> None:
+    good = write_package(tmp_path / "good")
+    code, doc, _ = run(capsys, "validate", str(good))
+    assert code == 0 and doc["digest"].startswith("sha256:") and doc["files"] == 2
+    bad = make_zip(
+        tmp_path / "bad.zip",
+        [
+            ("manifest.json", json.dumps(make_manifest()).encode(), 0o100644),
+            ("../evil", b"x", 0o100644),
+        ],
+    )
+    code, doc, _ = run(capsys, "validate", str(bad))
+    assert code == plugins.EXIT_INVALID and "escapes the package" in doc["error"]["reason"]
+    assert not (pack_data / "plugins").exists()
 
 
 @pytest.mark.parametrize(
