@@ -34,6 +34,8 @@ EXIT_CONFLICT = 6  # run: the service is running this plugin already
 EXIT_NO_SANDBOX = 7  # run: pack03's sandbox cannot be found
 EXIT_TIMEOUT = 124  # run --timeout: the plugin was killed at the deadline
 
+_LOG_TAIL_BYTES = 1024 * 1024
+
 
 def _err(msg: str) -> None:
     print(msg, file=sys.stderr)
@@ -103,8 +105,11 @@ def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
     if not registry.valid_plugin_id(args.plugin_id) or not log_path.is_file():
         _err(f"{args.plugin_id}: no log at {log_path}")
         return EXIT_NOT_FOUND
-    data = log_path.read_bytes()
-    lines = data.decode(errors="replace").splitlines()[-args.lines :]
+    with open(log_path, "rb") as fh:
+        # Only the end is needed: a plugin's log can reach the file-size limit.
+        fh.seek(max(0, log_path.stat().st_size - _LOG_TAIL_BYTES))
+        data = fh.read()
+    lines = data.decode(errors="replace").splitlines()[-args.lines :] if args.lines > 0 else []
     _emit(args, {"id": args.plugin_id, "log": str(log_path), "lines": lines}, "\n".join(lines))
     return EXIT_OK
 
