@@ -475,14 +475,28 @@ def test_status_reports_state_version_digest_approval_last_result(env: Env) -> N
     assert env.run("status", "--pack", "nope").code == ExitCode.NOT_FOUND
 
 
-def test_corrupt_state_is_an_error_not_repaired(env: Env) -> None:
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        pytest.param(b"{not json", "not valid JSON (line 1, column 2)", id="broken-json"),
+        pytest.param(b"\xff\xfe{}", "not UTF-8 text (byte 0)", id="not-utf8"),
+        pytest.param(
+            b'{"schema": "aurora-state-v1", "packs": {"x": {"active_version": 5}}}',
+            "packs/x/active_version: 5 is not of type",
+            id="wrong-schema",
+        ),
+    ],
+)
+def test_corrupt_state_is_an_error_not_repaired(env: Env, content: bytes, said: str) -> None:
     env.make_pack("alpha")
     env.home.mkdir()
-    (env.home / "state.json").write_text("{not json")
-    result = env.run("stage", "--pack", "alpha")
-    assert result.code == ExitCode.FAILED
-    assert "not valid JSON" in result.err
-    assert (env.home / "state.json").read_text() == "{not json"
+    (env.home / "state.json").write_bytes(content)
+    for argv in (["stage", "--pack", "alpha"], ["status"], ["list"]):
+        result = env.run(*argv)
+        assert result.code == ExitCode.FAILED, argv
+        assert said in result.err and "state.json" in result.err
+        assert "Traceback" not in result.err
+    assert (env.home / "state.json").read_bytes() == content
 
 
 def test_json_output_is_exactly_one_document(env: Env) -> None:

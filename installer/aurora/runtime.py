@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,23 @@ class PidInfo:
         }
 
 
+def _read_small_file(path: Path, limit: int = 1 << 16) -> str | None:
+    """A small regular file's text; None for anything else (a FIFO is never waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return os.read(fd, limit + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def _parse_pidfile(text: str) -> tuple[int, int | None, dict[str, Any]] | None:
     """Accept pack05's JSON (`{"pid", "start_time", "boot_id", "exe"}`) or text `PID [START]`."""
     text = text.strip()
@@ -136,10 +154,8 @@ def read_pidfiles(run_dir: Path) -> list[PidInfo]:
     if not run_dir.is_dir():
         return infos
     for path in sorted(run_dir.glob("*.pid")):
-        try:
-            parsed = _parse_pidfile(path.read_text())
-        except OSError:
-            continue
+        text = _read_small_file(path)
+        parsed = None if text is None else _parse_pidfile(text)
         if parsed is None:
             continue
         pid, start_time, extra = parsed
@@ -159,9 +175,10 @@ class HealthRecord:
         self.path = path
 
     def read(self) -> dict[str, Any] | None:
+        text = _read_small_file(self.path)
         try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
+            doc = json.loads(text) if text is not None else None
+        except ValueError:  # half a file cannot happen (atomic writes); garbage can
             return None
         return doc if isinstance(doc, dict) else None
 

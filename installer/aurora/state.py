@@ -46,6 +46,11 @@ class State:
             return cls(path, {"schema": STATE_SCHEMA, "packs": {}})
         except OSError as exc:
             raise StateError(f"{path}: cannot read: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise StateError(
+                f"{path}: not UTF-8 text (byte {exc.start}); it is never repaired "
+                "automatically: restore it or move it aside"
+            ) from exc
         try:
             document = json.loads(text)
         except json.JSONDecodeError as exc:
