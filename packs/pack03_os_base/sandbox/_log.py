@@ -13,6 +13,12 @@ def debug(name: str, msg: str, *args: object) -> None:
     logging.getLogger(name).debug(msg, *args)
 
 
+def info(name: str, msg: str, *args: object) -> None:
+    import logging
+
+    logging.getLogger(name).info(msg, *args)
+
+
 def warning(name: str, msg: str, *args: object) -> None:
     import logging
 

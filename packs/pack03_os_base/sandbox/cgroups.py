@@ -17,6 +17,9 @@ import time
 from sandbox import _log
 
 BASE = "aurora-sandbox"
+#: The group of a server's runs: their cgroups are made before the plugin is known
+#: (cgroups cannot move between parents). Not a valid plugin id (leading "_").
+POOL = "_pool"
 
 
 class Hierarchy:
@@ -79,6 +82,7 @@ class RunCgroup:
     def __init__(self, problems: list[str] | None = None) -> None:
         self.dirs: list[str] = []
         self.origins: list[str] = []  # where the launcher was, per dir
+        self.versions: list[int] = []  # the hierarchy version, per dir
         self.memory: str | None = None  # the file holding the memory limit, when set
         self.pids: str | None = None  # the file holding the process limit, when set
         self.kill_file: str | None = None  # v2 cgroup.kill, when the kernel has it
@@ -89,6 +93,15 @@ class RunCgroup:
         """Move `pid` into every directory of the run."""
         for d in self.dirs:
             _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def set_limits(self, memory_bytes: int | None, processes: int | None) -> None:
+        """Write the limits into the run's directories; problems are recorded, not raised.
+
+        Cheap (a few small writes): a cgroup prepared ahead (server spares) gets its
+        limits only when the policy is known.
+        """
+        for run_dir, version in zip(self.dirs, self.versions, strict=True):
+            _set_limits(version, run_dir, self, memory_bytes, processes)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -112,29 +125,46 @@ def create_run(
     plugin_id: str, pid: int, memory_bytes: int | None, processes: int | None
 ) -> RunCgroup:
     """Create the run's cgroups and set the limits; problems are recorded, not raised."""
+    run = prepare_run(plugin_id, pid, memory_bytes is not None, processes is not None)
+    run.set_limits(memory_bytes, processes)
+    return run
+
+
+def prepare_run(group: str, pid: int, memory: bool, pids: bool) -> RunCgroup:
+    """Create ``<group>/run-<pid>`` in each hierarchy needed for these controllers.
+
+    `group` is the plugin id, or ``POOL`` for a server's spare whose plugin is not
+    known yet. Nothing is limited until ``set_limits``; nothing is joined.
+    """
     run = RunCgroup()
     name = f"run-{pid}"
-    need = {"memory": memory_bytes is not None, "pids": processes is not None}
-    hiers = hierarchies()
+    have: set[str] = set()
     # v2 first (cgroup.kill and, on a pure v2 machine, every controller), then v1 for
     # whatever v2 does not provide.
-    for h in sorted(hiers, key=lambda h: -h.version):
+    for h in sorted(hierarchies(), key=lambda h: -h.version):
         if h.version == 1 and not (
-            (need["memory"] and "memory" in h.controllers and run.memory is None)
-            or (need["pids"] and "pids" in h.controllers and run.pids is None)
-            or ("freezer" in h.controllers and run.kill_file is None and run.freezer is None)
+            (memory and "memory" in h.controllers and "memory" not in have)
+            or (pids and "pids" in h.controllers and "pids" not in have)
+            or ("freezer" in h.controllers and not have & {"kill", "freezer"})
         ):
             continue
         base = h.base_dirs()[0]
-        run_dir = os.path.join(base, plugin_id, name)
+        run_dir = os.path.join(base, group, name)
         try:
-            _make_run_dir(h, base, plugin_id, run_dir)
+            _make_run_dir(h, base, group, run_dir)
         except OSError as exc:
             run.problems.append(f"{h.mount}: cannot create {run_dir}: {exc.strerror}")
             continue
         run.dirs.append(run_dir)
         run.origins.append(os.path.normpath(h.mount + h.own_path))
-        _set_limits(h, run_dir, run, memory_bytes, processes)
+        run.versions.append(h.version)
+        have |= {c for c in ("memory", "pids") if c in h.controllers}
+        if h.version == 2 and os.path.exists(os.path.join(run_dir, "cgroup.kill")):
+            run.kill_file = os.path.join(run_dir, "cgroup.kill")
+            have.add("kill")
+        if h.version == 1 and "freezer" in h.controllers and run.freezer is None:
+            run.freezer = os.path.join(run_dir, "freezer.state")
+            have.add("freezer")
     if not run.dirs:
         run.problems.append("no writable cgroup hierarchy")
     return run
@@ -197,7 +227,7 @@ def _prune(plugin_dir: str) -> None:
 
 
 def _set_limits(
-    h: Hierarchy, run_dir: str, run: RunCgroup, memory_bytes: int | None, processes: int | None
+    version: int, run_dir: str, run: RunCgroup, memory_bytes: int | None, processes: int | None
 ) -> None:
     def setting(fname: str, value: str) -> bool:
         path = os.path.join(run_dir, fname)
@@ -211,18 +241,14 @@ def _set_limits(
         return True
 
     if memory_bytes is not None and run.memory is None:
-        if h.version == 2 and setting("memory.max", str(memory_bytes)):
+        if version == 2 and setting("memory.max", str(memory_bytes)):
             setting("memory.swap.max", "0")
             run.memory = os.path.join(run_dir, "memory.max")
-        elif h.version == 1 and setting("memory.limit_in_bytes", str(memory_bytes)):
+        elif version == 1 and setting("memory.limit_in_bytes", str(memory_bytes)):
             setting("memory.memsw.limit_in_bytes", str(memory_bytes))
             run.memory = os.path.join(run_dir, "memory.limit_in_bytes")
     if processes is not None and run.pids is None and setting("pids.max", str(processes)):
         run.pids = os.path.join(run_dir, "pids.max")
-    if h.version == 2 and os.path.exists(os.path.join(run_dir, "cgroup.kill")):
-        run.kill_file = os.path.join(run_dir, "cgroup.kill")
-    if h.version == 1 and "freezer" in h.controllers and run.freezer is None:
-        run.freezer = os.path.join(run_dir, "freezer.state")
 
 
 def _procs(d: str) -> list[int]:

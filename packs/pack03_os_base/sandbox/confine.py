@@ -28,7 +28,11 @@ from sandbox.report import write_report
 
 TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, NoReturn
+
+    #: Receives the report document (status "running" just before exec, or "refused").
+    Publish = Callable[[dict[str, Any]], None]
 
 REPORT_SCHEMA = "aurora-sandbox-report-v1"
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -227,12 +231,15 @@ def _session(run: Run) -> None:
             run.warnings.append("session: not a new session (launcher is a group leader)")
 
 
-def _cgroup(run: Run) -> None:
+def _cgroup(run: Run, prepared: cgroups.RunCgroup | None) -> None:
     pol = run.policy
-    cg = cgroups.create_run(
-        pol.plugin_id, os.getpid(), pol.limits.get("memory_bytes"), pol.limits.get("processes")
-    )
-    if cg.dirs:
+    memory, processes = pol.limits.get("memory_bytes"), pol.limits.get("processes")
+    if prepared is not None:  # a server's spare: created and joined ahead, limits now
+        cg = prepared
+        cg.set_limits(memory, processes)
+    else:
+        cg = cgroups.create_run(pol.plugin_id, os.getpid(), memory, processes)
+    if cg.dirs and prepared is None:
         try:
             cg.join(os.getpid())
         except OSError as exc:
@@ -374,28 +381,54 @@ def _refuse_if_gaps(run: Run) -> None:
         _log.warning(__name__, "degraded (allow_degraded): %s", gap)
 
 
+class _Output:
+    """Where the report goes: a file (written atomically), a callback, or both."""
+
+    def __init__(self, path: str | None, publish: Publish | None, keep_fd: int | None) -> None:
+        self.path = path
+        self.publish = publish
+        self.keep_fd = keep_fd  # survives the fd sweep, still closed by exec (a status pipe)
+
+    def __bool__(self) -> bool:
+        return bool(self.path) or self.publish is not None
+
+
 def apply_and_exec(
-    policy: Policy, argv: list[str], backend: str = "auto", report: str | None = None
+    policy: Policy,
+    argv: list[str],
+    backend: str = "auto",
+    report: str | None = None,
+    *,
+    cgroup: cgroups.RunCgroup | None = None,
+    publish: Publish | None = None,
+    keep_fd: int | None = None,
 ) -> NoReturn:
-    """Confine this process by `policy` and exec `argv`; raises on refusal, never returns."""
+    """Confine this process by `policy` and exec `argv`; raises on refusal, never returns.
+
+    `cgroup`: the run's cgroups, already made and joined by this process (a server's
+    spare); else they are made and joined here. `publish` receives the report
+    document too; `keep_fd` stays open up to exec (close-on-exec), so its reader
+    sees EOF exactly when exec succeeded.
+    """
+    out = _Output(report, publish, keep_fd)
     run = Run(policy=policy, argv=list(argv), backend=choose_backend(backend))
     run.executable = resolve_command(argv)
     if os.path.basename(run.executable).startswith("python") and "-I" not in argv[1:]:
         run.warnings.append("python started without -I: it reads PYTHON* and the script dir")
     _prepare_data_dir(policy)
-    _cgroup(run)
+    _cgroup(run, cgroup)
     try:
         if run.backend == "bwrap":
-            _exec_bwrap(run, report)
-        _exec_native(run, report)
+            _exec_bwrap(run, out)
+        _exec_native(run, out)
     except BaseException as exc:
-        if run.cgroup is not None and run.cgroup.dirs:
+        if run.cgroup is not None and run.cgroup.dirs and cgroup is None:
             cgroups.leave(run.cgroup, os.getpid())
-        if report and isinstance(exc, Refused):
+        if out and isinstance(exc, Refused):
             run.status = "refused"
             run.refusal = exc.reasons
             try:  # after Landlock the report may be out of reach: the exit code still says it
-                _finish_report(run, report)
+                _finish_report(run, out)
             except OSError as err:
                 _log.debug(__name__, "report %s: %s", report, err)
         raise
@@ -411,12 +444,14 @@ def _common(run: Run) -> dict[str, str]:
     return env
 
 
-def _finish_report(run: Run, report: str | None) -> None:
-    if report:
-        write_report(report, run.to_json())
+def _finish_report(run: Run, out: _Output) -> None:
+    if out.path:
+        write_report(out.path, run.to_json())
+    if out.publish is not None:
+        out.publish(run.to_json())
 
 
-def _exec_native(run: Run, report: str | None) -> NoReturn:
+def _exec_native(run: Run, out: _Output) -> NoReturn:
     abi = landlock.abi_version()
     _namespaces(run)
     env = _common(run)
@@ -453,7 +488,7 @@ def _exec_native(run: Run, report: str | None) -> NoReturn:
     run.layer("no-new-privs", True, "PR_SET_NO_NEW_PRIVS set")
     run.layer("file-descriptors", True, "every fd above 2 closed before exec")
     run.status = "running"
-    _finish_report(run, report)
+    _finish_report(run, out)
     try:
         if flt is not None:
             flt.load()
@@ -461,12 +496,12 @@ def _exec_native(run: Run, report: str | None) -> NoReturn:
             rs.restrict_self()
     except OSError as exc:
         run.status = "refused"
-        _finish_report(run, report)
+        _finish_report(run, out)
         raise Refused([f"seccomp/landlock: could not be applied: {exc.strerror}"]) from None
-    _exec(run, run.executable, run.argv, env)
+    _exec(run, run.executable, run.argv, env, cloexec=out.keep_fd)
 
 
-def _exec_bwrap(run: Run, report: str | None) -> NoReturn:
+def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     from sandbox import bwrap
 
     env = _common(run)
@@ -496,13 +531,18 @@ def _exec_bwrap(run: Run, report: str | None) -> NoReturn:
     run.layer("no-new-privs", True, "PR_SET_NO_NEW_PRIVS set")
     run.layer("file-descriptors", True, "every fd above 2 closed before exec")
     run.status = "running"
-    _finish_report(run, report)
-    _exec(run, path, [path, *args, run.executable, *run.argv[1:]], env, tuple(keep))
+    _finish_report(run, out)
+    argv = [path, *args, run.executable, *run.argv[1:]]
+    _exec(run, path, argv, env, tuple(keep), cloexec=out.keep_fd)
 
 
-def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple[int, ...] = ()
-          ) -> NoReturn:  # fmt: skip
-    """Set the rlimits, close every fd above 2 (but `keep`), exec: nothing runs after this."""
+def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple[int, ...] = (),
+          cloexec: int | None = None) -> NoReturn:  # fmt: skip
+    """Set the rlimits, close every fd above 2 (but `keep`), exec: nothing runs after this.
+
+    `keep` is inherited by the command (bwrap's seccomp fd); `cloexec` survives the
+    sweep but not exec (the server's status channel).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -510,9 +550,9 @@ def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple
     except (OSError, ValueError) as exc:
         raise LayerError(f"rlimits: {exc}") from None
     low = 3
-    for fd in sorted(keep):
+    for fd in sorted({*keep, *([] if cloexec is None else [cloexec])}):
         os.closerange(low, fd)
-        os.set_inheritable(fd, True)
+        os.set_inheritable(fd, fd in keep)
         low = fd + 1
     os.closerange(low, 2**31 - 1)
     try:

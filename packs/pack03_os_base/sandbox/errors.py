@@ -32,5 +32,34 @@ class CommandNotExecutable(SandboxError):
     """The command exists but cannot be executed (exit 126, like env(1))."""
 
 
+class RequestError(SandboxError, ValueError):
+    """A request to the server is malformed; carries every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("bad request:\n  " + "\n  ".join(problems))
+
+
 class LayerError(SandboxError):
     """One confinement layer could not be applied; the message says why."""
+
+
+# Exit statuses, like env(1): a plugin exiting 2 is never mistaken for a launcher error.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+
+def exit_status(exc: BaseException) -> tuple[int, str] | None:
+    """The exit status and message for an error a run can end with (None: not ours)."""
+    if isinstance(exc, CommandNotFound):
+        return EXIT_NOT_FOUND, str(exc)
+    if isinstance(exc, CommandNotExecutable):
+        return EXIT_CANNOT_EXECUTE, str(exc)
+    if isinstance(exc, SandboxError):
+        return EXIT_REFUSED, str(exc)
+    if isinstance(exc, OSError):  # anything the layers did not foresee: still never fail open
+        return EXIT_REFUSED, f"launcher error: {exc}"
+    return None

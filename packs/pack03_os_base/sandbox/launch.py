@@ -5,12 +5,14 @@
     launch.py --probe [--json]
     launch.py --check [--json]
     launch.py --kill-tree (--pid PID | --report FILE) [--grace SECONDS] [--json]
+    launch.py --serve SOCKET [--spares N] [--grace SECONDS]
 
 Exit codes (like env(1)): 125 the sandbox refused or failed to start the command,
 126 the command cannot be executed, 127 it was not found; otherwise the command's
 own status. --probe exits 0 when the always-on layers work, 1 when not; --check
 exits 0 when the launcher can run on this host at all, 1 when not.
 --kill-tree exits 0 when no process of the run is left, 1 when some are.
+--serve runs the fork server (sandbox/server.py) until SIGTERM/SIGINT, then exits 0.
 """
 
 from __future__ import annotations
@@ -28,15 +30,18 @@ if __name__ == "__main__":
 import argparse
 import json
 
+from sandbox.errors import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    exit_status,
+)
+
 TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
 if TYPE_CHECKING:
     from typing import NoReturn
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_REFUSED = 125
-EXIT_CANNOT_EXECUTE = 126
-EXIT_NOT_FOUND = 127
 
 
 class _UsageError(Exception):
@@ -74,6 +79,11 @@ def _parser() -> _Parser:
         action="store_true",
         help="kill every process of a run (its cgroup), given --pid or --report",
     )
+    mode.add_argument(
+        "--serve",
+        metavar="SOCKET",
+        help="fork server: start runs requested on this Unix socket (pack03 README)",
+    )
     p.add_argument("--report", metavar="FILE", help="write the layers applied to this run")
     p.add_argument(
         "--backend",
@@ -84,7 +94,16 @@ def _parser() -> _Parser:
     )
     p.add_argument("--pid", type=int, help="--kill-tree: the pid the run was started as")
     p.add_argument(
-        "--grace", type=float, default=5.0, help="--kill-tree: seconds between TERM and KILL"
+        "--grace",
+        type=float,
+        default=5.0,
+        help="--kill-tree, and --serve when it stops: seconds between TERM and KILL",
+    )
+    p.add_argument(
+        "--spares",
+        type=int,
+        default=1,
+        help="--serve: children kept ready in their own cgroups (default 1)",
     )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     return p
@@ -166,10 +185,22 @@ def _cmd_kill_tree(args: argparse.Namespace) -> int:
     return EXIT_FAILED if left else EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from sandbox.server import Server
+
+    if args.spares < 0 or args.grace < 0:
+        raise _UsageError("--spares and --grace must not be negative")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.serve))):
+        raise _UsageError(f"--serve {args.serve}: its directory does not exist")
+    logging.basicConfig(level=logging.INFO, format="sandbox-server: %(message)s")
+    Server(args.serve, spares=args.spares, grace=args.grace).serve()
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one mode; every failure becomes an exit code."""
-    from sandbox.errors import CommandNotExecutable, CommandNotFound, SandboxError
-
     args_in = list(sys.argv[1:] if argv is None else argv)
     command: list[str] = []
     if "--" in args_in:
@@ -183,23 +214,28 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_check(args)
         if args.kill_tree:
             return _cmd_kill_tree(args)
+        if args.serve is not None:
+            return _cmd_serve(args)
         return _cmd_run(args, command)
     except _UsageError as exc:
         _err(f"usage: {exc} (see --help)")
         return EXIT_REFUSED
-    except CommandNotFound as exc:
-        _err(str(exc))
-        return EXIT_NOT_FOUND
-    except CommandNotExecutable as exc:
-        _err(str(exc))
-        return EXIT_CANNOT_EXECUTE
-    except SandboxError as exc:
-        _err(str(exc))
-        return EXIT_REFUSED
-    except OSError as exc:  # anything the layers did not foresee: still never fail open
-        _err(f"launcher error: {exc}")
-        return EXIT_REFUSED
+    except Exception as exc:
+        status = exit_status(exc)
+        if status is None:
+            raise
+        _err(status[1])
+        return status[0]
 
+
+__all__ = [
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "main",
+]
 
 if __name__ == "__main__":
     raise SystemExit(main())

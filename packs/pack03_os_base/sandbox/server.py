@@ -1,0 +1,526 @@
+"""The fork server: one long-lived launcher that starts each plugin by forking itself.
+
+A one-shot ``launch.py --policy`` pays a second interpreter start, its imports and
+the kernel's cgroup migration (an RCU grace period, about 10 ms) before the plugin's
+own start. The server pays them ahead: the library is imported once, and a few
+*spares* - forked children already sitting in cgroups of their own - wait for work.
+Per request a spare receives the policy and the plugin's stdio, applies every layer
+in its own process (the code path of the one-shot launcher) and execs the plugin.
+The server, its parent, tells the client the pid, and later the exit status.
+
+Protocol (docs/contracts.md): AF_UNIX SOCK_SEQPACKET, one request message per
+connection (JSON, optionally with 3 fds), then event messages: ``started``,
+``exited`` (or ``error`` for a malformed request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+
+from sandbox import _libc, _log, cgroups
+from sandbox.confine import BACKENDS, apply_and_exec
+from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, exit_status
+from sandbox.policy import parse_policy
+from sandbox.report import write_report
+
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+PROTOCOL = "aurora-sandbox-server-v1"
+#: Largest request accepted, in bytes (a message must fit a socket buffer).
+MAX_MESSAGE = 1 << 16
+#: Largest message read from a child (a report).
+_MAX_CHILD_MESSAGE = 1 << 20
+#: Connections waiting for their request at once; more are turned away.
+MAX_PENDING = 64
+_REQUEST_KEYS = ("policy", "argv", "backend", "report")
+_PR_SET_PDEATHSIG = 1
+_UCRED = struct.Struct("3i")
+
+
+def parse_request(raw: bytes, nfds: int) -> dict[str, Any]:
+    """Validate one request; raise RequestError naming every problem at once."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError([f"not a JSON document: {exc}"]) from None
+    if not isinstance(doc, dict):
+        raise RequestError([f"expected a JSON object, found {type(doc).__name__}"])
+    problems = [
+        f"{key}: unknown key (known: {', '.join(_REQUEST_KEYS)})"
+        for key in doc
+        if key not in _REQUEST_KEYS
+    ]
+    policy: dict[str, Any] | None = None
+    if "policy" not in doc:
+        problems.append("policy: missing (the policy document of docs/contracts.md)")
+    else:
+        try:
+            policy = parse_policy(doc["policy"], source="policy").to_json()
+        except PolicyError as exc:
+            problems += [f"policy.{p}" if not p.startswith("expected") else f"policy: {p}"
+                         for p in exc.problems]  # fmt: skip
+    argv = doc.get("argv")
+    if (
+        not isinstance(argv, list)
+        or not argv
+        or not all(isinstance(a, str) and a and "\0" not in a for a in argv)
+    ):
+        problems.append("argv: expected a non-empty list of non-empty strings")
+    backend = doc.get("backend", "auto")
+    if backend not in BACKENDS:
+        problems.append(f"backend: expected one of {', '.join(BACKENDS)}, found {backend!r}")
+    report = doc.get("report")
+    if report is not None and (
+        not isinstance(report, str) or not os.path.isabs(report) or "\0" in report
+    ):
+        problems.append(f"report: expected an absolute path or null, found {report!r}")
+    if nfds not in (0, 3):
+        problems.append(f"fds: expected 0 or 3 (stdin, stdout, stderr), received {nfds}")
+    if problems:
+        raise RequestError(problems)
+    return {"policy": policy, "argv": argv, "backend": backend, "report": report}
+
+
+class _Child:
+    """A forked child: a spare waiting for work, or a run (layers, then the plugin)."""
+
+    def __init__(self, pid: int, pidfd: int, ctrl: socket.socket, spare: bool) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.ctrl: socket.socket | None = ctrl
+        self.spare = spare  # not yet given a request
+        self.ready = False  # a spare in its cgroups, waiting
+        self.dirs: list[str] = []  # its cgroups, once it says so
+        self.conn: socket.socket | None = None  # the client, once claimed
+        self.request: dict[str, Any] = {}
+        self.report: dict[str, Any] | None = None
+        self.error: tuple[int, str] | None = None
+        self.started = False
+
+
+class Server:
+    """Serve run requests on a Unix socket until SIGTERM or SIGINT (see the module doc)."""
+
+    def __init__(self, path: str, spares: int = 1, grace: float = 5.0) -> None:
+        self.path = os.path.abspath(path)
+        self.spares = max(0, spares)
+        self.grace = grace
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._pending: set[socket.socket] = set()
+        self._children: dict[int, _Child] = {}
+        self._wake_r, self._wake_w = -1, -1
+        self._transient: list[int] = []  # fds received for a request being handed over
+        self._stopping = False
+        self._spare_failures = 0
+
+    # --- life cycle -------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Listen, keep the spares, answer requests; on SIGTERM/SIGINT stop every run."""
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old_wake = signal.set_wakeup_fd(self._wake_w)
+        try:
+            self._listen()
+            self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+            self._fill()
+            _log.info(__name__, "listening on %s (%d spare(s))", self.path, self.spares)
+            while not self._stopping:
+                for key, _ in self._sel.select():
+                    self._dispatch(*key.data)
+        finally:
+            signal.set_wakeup_fd(old_wake)
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self._shutdown()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _listen(self) -> None:
+        # Bind a temporary name, then rename: the socket appears only once it accepts.
+        tmp = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            old_umask = os.umask(0o177)  # the socket is the server's owner's only
+            try:
+                sock.bind(tmp)
+            finally:
+                os.umask(old_umask)
+            sock.listen(MAX_PENDING)
+            os.replace(tmp, self.path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, selectors.EVENT_READ, ("listen", None))
+
+    def _shutdown(self) -> None:
+        """Stop listening; end every spare and run (TERM, grace, KILL); leave nothing."""
+        if self._listener is not None:
+            self._sel.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        for conn in list(self._pending):
+            self._close_conn(conn)
+        runs = [c for c in self._children.values() if not c.spare]
+        for child in self._children.values():
+            if child.spare:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGKILL)  # our unreaped child: the pid is its
+        dirs = [d for c in runs for d in self._dirs_of(c)]
+        if dirs:
+            cgroups.kill_dirs(dirs, grace=self.grace)
+        for child in runs:
+            with contextlib.suppress(ProcessLookupError):  # no cgroup: its group, then it
+                os.killpg(child.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+        for child in list(self._children.values()):
+            _, status = os.waitpid(child.pid, 0)
+            self._ended(child, status)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self._sel.close()
+        _log.info(__name__, "stopped")
+
+    # --- events -----------------------------------------------------------------
+
+    def _dispatch(self, kind: str, obj: Any) -> None:
+        if kind == "wake":
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 512)
+        elif kind == "listen":
+            self._accept()
+        elif kind == "conn":
+            self._on_request(obj)
+        elif kind == "ctrl":
+            self._on_child_message(obj)
+        elif kind == "exit":
+            self._on_child_exit(obj)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        pid, uid, _gid = _UCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+        if uid != os.geteuid():
+            _log.warning(__name__, "refused a client of uid %d (pid %d)", uid, pid)
+            _send(conn, {"event": "error", "error": f"uid {uid} may not use this server"})
+            conn.close()
+            return
+        if len(self._pending) >= MAX_PENDING:
+            _send(conn, {"event": "error", "error": "busy: too many pending connections"})
+            conn.close()
+            return
+        conn.setblocking(False)
+        self._pending.add(conn)
+        self._sel.register(conn, selectors.EVENT_READ, ("conn", conn))
+
+    def _on_request(self, conn: socket.socket) -> None:
+        if conn not in self._pending:
+            return
+        try:
+            msg, fds, flags, _ = socket.recv_fds(conn, MAX_MESSAGE + 1, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            _log.debug(__name__, "client: %s", exc)
+            self._close_conn(conn)
+            return
+        try:
+            if not msg and not fds:  # the client left without asking
+                self._close_conn(conn)
+                return
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(msg) > MAX_MESSAGE:
+                raise RequestError([f"request too large (at most {MAX_MESSAGE} bytes, 3 fds)"])
+            request = parse_request(msg, len(fds))
+        except RequestError as exc:
+            for fd in fds:
+                os.close(fd)
+            _log.warning(__name__, "bad request: %s", "; ".join(exc.problems))
+            _send(conn, {"event": "error", "error": str(exc), "problems": exc.problems})
+            self._close_conn(conn)
+            return
+        self._transient = fds
+        try:
+            self._start(conn, request, fds)
+        finally:
+            self._transient = []
+            for fd in fds:
+                os.close(fd)
+        self._sel.unregister(conn)
+        self._pending.discard(conn)
+
+    def _start(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        """Hand the request to a spare (or a fresh child), then replace the spare."""
+        spares = sorted((c for c in self._children.values() if c.spare and c.ctrl),
+                        key=lambda c: not c.ready)  # fmt: skip
+        child = spares[0] if spares else self._fork(prepare=False)
+        child.spare = False
+        child.conn = conn
+        child.request = request
+        try:
+            assert child.ctrl is not None
+            socket.send_fds(child.ctrl, [json.dumps(request).encode()], fds)
+        except OSError as exc:  # it died meanwhile: its exit event answers the client
+            _log.warning(__name__, "child %d: cannot hand over the request: %s", child.pid, exc)
+        _log.info(__name__, "run %s: pid %d", request["policy"]["plugin_id"], child.pid)
+        self._fill()
+
+    def _on_child_message(self, child: _Child) -> None:
+        if child.ctrl is None:  # reaped earlier in this round
+            return
+        try:
+            msg = child.ctrl.recv(_MAX_CHILD_MESSAGE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg = b""
+        if msg:
+            self._child_said(child, msg)
+            return
+        # EOF: the child exec'd (its close-on-exec end closed) or died.
+        self._sel.unregister(child.ctrl)
+        child.ctrl.close()
+        child.ctrl = None
+        if not child.spare and child.error is None and child.report is not None:
+            self._started(child)
+
+    def _child_said(self, child: _Child, msg: bytes) -> None:
+        try:
+            doc = json.loads(msg)
+            event = doc["event"]
+        except (ValueError, KeyError, TypeError):
+            _log.warning(__name__, "child %d: unreadable message", child.pid)
+            return
+        if event == "ready":
+            child.ready = True
+            child.dirs = [str(d) for d in doc.get("dirs", [])]
+            self._spare_failures = 0
+        elif event == "report":
+            child.report = doc.get("report")
+        elif event == "error":
+            child.error = (int(doc.get("status", EXIT_REFUSED)), str(doc.get("error", "")))
+
+    def _started(self, child: _Child) -> None:
+        child.started = True
+        out: dict[str, Any] = {"event": "started", "pid": child.pid, "report": child.report}
+        path = child.request.get("report")
+        if path and child.report is not None:
+            try:
+                write_report(path, child.report)
+            except OSError as exc:
+                out["report_error"] = f"{path}: {exc.strerror or exc}"
+        if child.conn is not None and not _send(child.conn, out):
+            child.conn = None  # the client left: the plugin runs on, its exit is not told
+
+    def _on_child_exit(self, child: _Child) -> None:
+        if child.pid not in self._children:  # reaped earlier in this round
+            return
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = child.pid, 0
+        if pid == 0:
+            return
+        self._ended(child, status)
+        self._fill()
+
+    def _ended(self, child: _Child, status: int) -> None:
+        """A child is reaped: read what it said last, remove its cgroups, tell the client."""
+        if child.ctrl is not None:
+            child.ctrl.setblocking(True)
+            while msg := _recv_or_eof(child.ctrl):  # it is dead: EOF is certain
+                self._child_said(child, msg)
+            self._sel.unregister(child.ctrl)
+            child.ctrl.close()
+            child.ctrl = None
+            if not child.spare and child.error is None and child.report is not None:
+                self._started(child)  # exec'd and ended before we looked
+        self._sel.unregister(child.pidfd)
+        os.close(child.pidfd)
+        del self._children[child.pid]
+        dirs = self._dirs_of(child)
+        left = cgroups.kill_dirs(dirs, grace=0.0) if dirs else []
+        if left:
+            _log.warning(__name__, "run %d: still alive after KILL: %s", child.pid, left)
+        if child.spare:
+            if not child.ready and not self._stopping:
+                self._spare_failures += 1
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if child.error is not None and child.request.get("report") and child.report:
+            with contextlib.suppress(OSError):  # the refusal's report, like the one-shot's
+                write_report(child.request["report"], child.report)
+        out = {
+            "event": "exited",
+            "pid": child.pid,
+            "returncode": code,
+            "error": child.error[1] if child.error else None,
+            "report": None if child.started else child.report,
+        }
+        _log.info(__name__, "run %d exited: %d", child.pid, code)
+        if child.conn is not None:
+            _send(child.conn, out)
+            child.conn.close()
+            child.conn = None
+
+    def _dirs_of(self, child: _Child) -> list[str]:
+        cg = (child.report or {}).get("cgroup") or {}
+        dirs = list(child.dirs) or [str(d) for d in cg.get("dirs") or []]
+        if not dirs and not child.spare:  # a fresh child that died before it reported
+            dirs = cgroups.find_run_dirs(child.pid)
+        return dirs
+
+    def _close_conn(self, conn: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn)
+        self._pending.discard(conn)
+        conn.close()
+
+    # --- children -----------------------------------------------------------------
+
+    def _fill(self) -> None:
+        """Keep `spares` spare children (none while stopping, or after repeated failures)."""
+        if self._stopping or self._spare_failures >= 3:
+            return
+        while sum(1 for c in self._children.values() if c.spare) < self.spares:
+            self._fork(prepare=True)
+
+    def _fork(self, prepare: bool) -> _Child:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(mine.detach())
+            self._child_main(theirs, prepare)
+        theirs.close()
+        child = _Child(pid, os.pidfd_open(pid), mine, spare=True)
+        self._children[pid] = child
+        mine.setblocking(False)
+        self._sel.register(mine, selectors.EVENT_READ, ("ctrl", child))
+        self._sel.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+        return child
+
+    def _server_fds(self) -> list[int]:
+        """Every descriptor of the server a child must not keep (they hold sockets open)."""
+        fds = [self._wake_r, self._wake_w, self._sel.fileno(), *self._transient]
+        fds += [s.fileno() for s in self._pending]
+        if self._listener is not None:
+            fds.append(self._listener.fileno())
+        for c in self._children.values():
+            fds.append(c.pidfd)
+            fds += [s.fileno() for s in (c.ctrl, c.conn) if s is not None]
+        return [fd for fd in fds if fd >= 0]
+
+    def _child_main(self, ctrl: socket.socket, prepare: bool) -> NoReturn:
+        code = EXIT_REFUSED
+        try:
+            signal.set_wakeup_fd(-1)
+            for s in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(s, signal.SIG_DFL)
+            for fd in self._server_fds():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            code = _child(ctrl, prepare, os.getppid())
+        except BaseException as exc:  # nothing may escape into the server's loop
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sandbox: server child: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+
+
+def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
+    """In the child: wait for the request, apply the layers, exec (returns only on failure)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a waiting spare dies with the server
+    if os.getppid() != server:
+        return 0
+    ctrl.setblocking(True)
+    cg: cgroups.RunCgroup | None = None
+    if prepare:
+        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True)
+        try:
+            cg.join(os.getpid())
+        except OSError as exc:
+            cg.problems.append(f"join: {exc.strerror}")
+            cgroups.leave(cg, os.getpid())
+            cg = cgroups.RunCgroup(problems=cg.problems)
+        _send(ctrl, {"event": "ready", "dirs": cg.dirs})
+    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+    if not msg:  # the server stops
+        return 0
+    _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
+    if fds:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+    else:
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+    request = json.loads(msg)
+
+    def publish(doc: dict[str, Any]) -> None:
+        _send(ctrl, {"event": "report", "report": doc})
+
+    try:
+        policy = parse_policy(request["policy"], source="policy")
+        apply_and_exec(
+            policy,
+            request["argv"],
+            backend=request["backend"],
+            cgroup=cg,
+            publish=publish,
+            keep_fd=ctrl.fileno(),
+        )
+    except Exception as exc:
+        status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
+        with contextlib.suppress(OSError):
+            os.write(2, f"sandbox: {status[1]}\n".encode())
+        _send(ctrl, {"event": "error", "status": status[0], "error": status[1]})
+        return status[0]
+
+
+def _send(sock: socket.socket, doc: dict[str, Any]) -> bool:
+    """Send one message; False when the peer is gone."""
+    try:
+        sock.sendmsg([json.dumps(doc).encode()], [], socket.MSG_NOSIGNAL)
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EAGAIN):
+            _log.debug(__name__, "send: %s", exc)
+        return False
+    return True
+
+
+def _recv_or_eof(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(_MAX_CHILD_MESSAGE)
+    except OSError:
+        return b""
+
+
+__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request"]
