@@ -233,10 +233,11 @@ def _show_plan(out: _Output, plan: dict[str, Any]) -> None:
         out.text(f"  - {pack_id}: already installed in a satisfying version")
 
 
-def _show(out: _Output, command: str, result: Any) -> None:
+def _show(out: _Output, command: str, result: Any, packs_dir: Path) -> None:
     if command == "list":
         if not result:
-            out.text("no packs found")
+            where = str(packs_dir) + ("" if packs_dir.is_dir() else " (no such directory)")
+            out.text(f"no packs found in {where}")
         for row in result:
             flags = [f"installed {row['installed']}" if row["installed"] else "not installed"]
             if row["staged"]:
@@ -547,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
-        _show(out, args.command, result)
+        _show(out, args.command, result, inst.packs_dir)
     return ExitCode.OK
 
 

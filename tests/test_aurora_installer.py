@@ -128,20 +128,47 @@ def test_malformed_yaml_exit_2_names_line(env: Env) -> None:
     assert not (env.home / "state.json").exists()
 
 
-def test_unknown_pack_exit_3(env: Env) -> None:
+COMMANDS_WITH_PACK = (
+    "validate",
+    "stage",
+    "seal",
+    "dry-run",
+    "install",
+    "uninstall",
+    "verify",
+    "status",
+    "start",
+    "stop",
+    "health",
+)
+
+
+def test_unknown_pack_exit_3_and_nothing_created(env: Env) -> None:
     env.make_pack("alpha")
-    for command in ("validate", "stage", "dry-run", "install", "seal"):
+    for command in COMMANDS_WITH_PACK:
         result = env.run(command, "--pack", "nope")
-        assert result.code == ExitCode.NOT_FOUND, command
-        assert "unknown pack 'nope'" in result.err and "alpha" in result.err
+        assert result.code == ExitCode.NOT_FOUND, (command, result.err)
+        assert "unknown pack 'nope'" in result.err and "alpha" in result.err, command
+        assert not env.home.exists(), f"{command} created {env.home}"
 
 
-def test_not_installed_exit_3(env: Env) -> None:
+def test_not_installed_exit_3_and_nothing_created(env: Env) -> None:
     env.make_pack("alpha")
     for command in ("verify", "uninstall", "start", "stop", "health"):
         result = env.run(command, "--pack", "alpha")
         assert result.code == ExitCode.NOT_FOUND, (command, result.err)
-        assert "not installed" in result.err
+        assert "alpha is not installed (install --pack alpha)" in result.err
+        assert not env.home.exists(), f"{command} created {env.home}"
+
+
+def test_missing_packs_dir_is_named(env: Env) -> None:
+    missing = env.packs_dir / "nowhere"
+    env.packs_dir = missing  # a mistyped --packs-dir
+    result = env.run("validate", "--pack", "alpha")
+    assert result.code == ExitCode.NOT_FOUND
+    assert f"{missing} (no such directory)" in result.err
+    listed = env.run("list")
+    assert listed.code == 0 and f"no packs found in {missing} (no such directory)" in listed.out
 
 
 def test_stage_copies_and_records_digest(env: Env) -> None:

@@ -41,7 +41,7 @@ from aurora.runtime import (
     read_pidfiles,
 )
 from aurora.seal import seal as seal_manifest
-from aurora.sources import find_pack, find_packs, valid_manifests
+from aurora.sources import find_pack, find_packs, has_pack, unknown_pack, valid_manifests
 from aurora.state import PackState, State
 from aurora.timeutil import now_iso
 from aurora.tree import TreeDigest, compare, copy_tree, digest_tree, sha256_file
@@ -120,21 +120,21 @@ class Installer:
             self.recovered = self.recovery.recover(state)
             yield state
 
-    def _pack_or_installed(self, pack_id: str) -> Manifest:
-        """The source manifest, else the installed copy's (a pack removed from packs/)."""
-        try:
-            return find_pack(self.packs_dir, pack_id)
-        except NotFoundError:
-            state = self._state()
-            version = state.active_version(pack_id)
-            if version is None:
-                raise
-            return load_manifest(self.home.installed(pack_id, version))
+    def _not_installed(self, pack_id: str) -> NotFoundError:
+        if has_pack(self.packs_dir, pack_id):
+            return NotFoundError(f"{pack_id} is not installed (install --pack {pack_id})")
+        return unknown_pack(self.packs_dir, pack_id)
+
+    def _require_installed(self, pack_id: str) -> None:
+        """Refuse a command on a pack that is not installed before taking the lock,
+        so that a mistyped id or --home creates nothing (checked again under the lock)."""
+        if self._state().active_version(pack_id) is None:
+            raise self._not_installed(pack_id)
 
     def _installed_manifest(self, state: State, pack_id: str) -> Manifest:
         version = state.active_version(pack_id)
         if version is None:
-            raise NotFoundError(f"{pack_id} is not installed (install --pack {pack_id})")
+            raise self._not_installed(pack_id)
         root = self.home.installed(pack_id, version)
         try:
             return load_manifest(root)
@@ -236,7 +236,7 @@ class Installer:
         record = state.get(pack_id)
         version = state.active_version(pack_id)
         if record is None or version is None:
-            raise NotFoundError(f"{pack_id} is not installed")
+            raise self._not_installed(pack_id)
         expected = record["installed"]["digest"]
         root = self.home.installed(pack_id, version)
         recorded = self._read_record(pack_id, expected)
@@ -266,8 +266,8 @@ class Installer:
         """State, version, digest, approval, last result and runtime of one or every pack."""
         state = self._read_state()
         if pack_id is not None:
-            if state.get(pack_id) is None:
-                self._pack_or_installed(pack_id)  # unknown pack: NotFoundError
+            if state.get(pack_id) is None and not has_pack(self.packs_dir, pack_id):
+                raise unknown_pack(self.packs_dir, pack_id)
             return self._status_of(pack_id, state.get(pack_id) or {})
         return {"packs": [self._status_of(pid, rec) for pid, rec in sorted(state.packs.items())]}
 
@@ -712,11 +712,11 @@ class Installer:
         self, pack_id: str, *, force: bool = False, purge: bool = False, stop: bool = False
     ) -> dict[str, Any]:
         """Remove the installed copy; data/<id> stays unless purge."""
+        self._require_installed(pack_id)
         with self._locked() as state:
             version = state.active_version(pack_id)
             if version is None:
-                self._pack_or_installed(pack_id)
-                raise NotFoundError(f"{pack_id} is not installed")
+                raise self._not_installed(pack_id)
             record = state.pack(pack_id)
             stopped = None
             if self._running(pack_id, record)["running"]:
@@ -777,6 +777,7 @@ class Installer:
 
     def start(self, pack_id: str, on_health: HealthSink | None = None) -> dict[str, Any]:
         """Run start.sh, then poll health_check.sh until healthy or the manifest's bound."""
+        self._require_installed(pack_id)
         with self._locked() as state:
             manifest = self._installed_manifest(state, pack_id)
             record = state.pack(pack_id)
@@ -907,6 +908,7 @@ class Installer:
 
     def stop(self, pack_id: str) -> dict[str, Any]:
         """Run stop.sh with a timeout and record the result."""
+        self._require_installed(pack_id)
         with self._locked() as state:
             return self._stop(state, pack_id)
 

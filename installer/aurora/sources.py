@@ -37,13 +37,25 @@ def read_pack(root: Path) -> PackSource:
         return PackSource(root.name, root, None, exc)
 
 
+def has_pack(packs_dir: Path, pack_id: str) -> bool:
+    """Whether ``packs_dir`` has a pack directory ``pack_id`` (valid or not)."""
+    if "/" in pack_id or pack_id in ("", ".", ".."):
+        return False
+    return (packs_dir / pack_id / MANIFEST_NAME).is_file()
+
+
+def unknown_pack(packs_dir: Path, pack_id: str) -> NotFoundError:
+    """The error for a pack id that is neither in ``packs_dir`` nor installed."""
+    known = ", ".join(sorted(find_packs(packs_dir))) or "none"
+    where = str(packs_dir) if packs_dir.is_dir() else f"{packs_dir} (no such directory)"
+    return NotFoundError(f"unknown pack {pack_id!r} in {where} (found: {known})")
+
+
 def find_pack(packs_dir: Path, pack_id: str) -> Manifest:
     """The valid manifest of ``pack_id`` (its directory is named after it)."""
-    root = packs_dir / pack_id
-    if "/" in pack_id or pack_id in ("", ".", "..") or not (root / MANIFEST_NAME).is_file():
-        known = ", ".join(sorted(find_packs(packs_dir))) or "none"
-        raise NotFoundError(f"unknown pack {pack_id!r} in {packs_dir} (found: {known})")
-    return load_manifest(root, expected_id=pack_id)
+    if not has_pack(packs_dir, pack_id):
+        raise unknown_pack(packs_dir, pack_id)
+    return load_manifest(packs_dir / pack_id, expected_id=pack_id)
 
 
 def valid_manifests(packs_dir: Path) -> dict[str, Manifest]:
