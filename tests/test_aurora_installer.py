@@ -125,6 +125,7 @@ def test_malformed_yaml_exit_2_names_line(env: Env) -> None:
     result = env.run("stage", "--pack", "alpha")
     assert result.code == ExitCode.USAGE
     assert "line 4, column 1" in result.err
+    assert "quoted scalar that began at line 3, column 7" in result.err
     assert not (env.home / "state.json").exists()
 
 

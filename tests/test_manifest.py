@@ -213,7 +213,18 @@ def test_symlink_inside_pack_is_allowed(make_pack: PackFactory) -> None:
         pytest.param(
             "pack:\n  id: a\n  id: b\n", "line 3, column 3: duplicate key 'id'", id="duplicate-key"
         ),
-        pytest.param("a: 'unterminated\n", "line 2, column 1", id="unterminated-quote"),
+        pytest.param(
+            "a: 'unterminated\n",
+            "line 2, column 1: found unexpected end of stream (while scanning a quoted scalar "
+            "that began at line 1, column 4)",
+            id="unterminated-quote",
+        ),
+        pytest.param(
+            "pack:\n  entrypoint: {install: x\n",
+            "line 3, column 1: expected ',' or '}', but got '<stream end>' (while parsing a "
+            "flow mapping that began at line 2, column 15)",
+            id="unclosed-flow-mapping",
+        ),
     ],
 )
 def test_malformed_yaml_names_line_and_column(
@@ -225,6 +236,14 @@ def test_malformed_yaml_names_line_and_column(
         load_manifest(root)
     assert "malformed YAML" in info.value.message
     assert any(p.startswith(where) for p in info.value.problems), info.value.problems
+
+
+def test_empty_manifest(make_pack: PackFactory) -> None:
+    root = make_pack("alpha")
+    (root / "manifest.yaml").write_text("# nothing yet\n")
+    assert _problems(root) == [
+        "(document): the manifest is empty (expected schema_version and pack)"
+    ]
 
 
 def test_not_a_mapping(make_pack: PackFactory) -> None:

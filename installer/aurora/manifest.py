@@ -127,6 +127,23 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _line_col(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """Where PyYAML stopped and what it found; also where the construct it was
+    reading began (an unclosed quote is found at the end of the file, but starts
+    where the operator must look)."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "malformed YAML"
+    text = f"{_line_col(mark)}: {problem}" if mark else problem
+    context = exc.context_mark
+    if exc.problem and exc.context and context and mark and context.index != mark.index:
+        text += f" ({exc.context} that began at {_line_col(context)})"
+    return text
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML strictly; errors name the file, line and column."""
     try:
@@ -138,10 +155,7 @@ def parse_yaml(text: str, source: str) -> Any:
     try:
         document = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        problem = exc.problem or exc.context or "malformed YAML"
-        raise ManifestError(f"{source}: malformed YAML", [f"{where}: {problem}"]) from exc
+        raise ManifestError(f"{source}: malformed YAML", [_yaml_problem(exc)]) from exc
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: malformed YAML", [str(exc)]) from exc
     finally:
@@ -180,6 +194,8 @@ def _type_name(value: Any) -> str:
 
 def _schema_problems(document: Any) -> list[str]:
     """Every JSON Schema violation as `place: what is wrong`."""
+    if document is None:
+        return ["(document): the manifest is empty (expected schema_version and pack)"]
     schema = load_schema("pack-manifest-v1.json")
     validator = jsonschema.Draft202012Validator(schema)
     problems: list[str] = []
@@ -200,9 +216,11 @@ def _schema_problems(document: Any) -> list[str]:
             hint = ""
             if error.validator_value == "string" and isinstance(error.instance, int | float):
                 hint = " (quote it in YAML)"
+            found = _type_name(error.instance)
+            if error.instance is not None:
+                found += f" {error.instance!r}"
             problems.append(
-                f"{place or '(document)'}: expected {error.validator_value}, found "
-                f"{_type_name(error.instance)} {error.instance!r}{hint}"
+                f"{place or '(document)'}: expected {error.validator_value}, found {found}{hint}"
             )
         elif kind == "const":
             problems.append(f"{place}: must be {error.validator_value!r}, found {error.instance!r}")
