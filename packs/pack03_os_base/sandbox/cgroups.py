@@ -295,10 +295,12 @@ def members(dirs: list[str]) -> list[int]:
     return sorted({p for d in dirs for p in _procs(d)})
 
 
-def kill_dirs(dirs: list[str], grace: float = 5.0) -> list[int]:
+def kill_dirs(dirs: list[str], grace: float = 5.0, remove: bool = True) -> list[int]:
     """TERM every process of the run, wait up to `grace`, KILL the rest, remove the dirs.
 
-    Returns the pids that are still there afterwards (empty on success).
+    Returns the pids that are still there afterwards (empty on success). With
+    `remove` false the (empty) dirs stay for ``remove_dirs`` later: removing a cgroup
+    costs the kernel about a millisecond, which a caller may not want to wait for.
     """
     dirs = [d for d in dirs if os.path.isdir(d)]
     if grace > 0 and members(dirs):
@@ -321,9 +323,15 @@ def kill_dirs(dirs: list[str], grace: float = 5.0) -> list[int]:
             _freeze_and_kill(dirs)
         time.sleep(0.02)
     left = members(dirs)
+    if remove:
+        remove_dirs(dirs)
+    return left
+
+
+def remove_dirs(dirs: list[str]) -> None:
+    """Remove a run's (empty) cgroup dirs, and its group's dir when no other run is left."""
     for d in dirs:
         _rmdir_run(d)
-    return left
 
 
 def _freeze_and_kill(dirs: list[str]) -> None:

@@ -349,6 +349,35 @@ def _allow_all_but_devices(rs: landlock.Ruleset, access: int, hidden: list[str])
             rs.allow(f"/dev/{name}", access if name in ("shm", "mqueue") else landlock.READ)
 
 
+_FILTERS: dict[bool, Any] = {}  # network granted -> seccomp.Filter, built once per process
+
+
+def seccomp_filters() -> None:
+    """Build both seccomp filters now (a server does, so each fork only loads one)."""
+    from sandbox import seccomp
+
+    if seccomp.library() is None:
+        return
+    for network in (False, True):
+        try:
+            _filter(network)
+        except OSError as exc:
+            _log.debug(__name__, "seccomp filter: %s", exc)
+
+
+def _filter(network: bool) -> Any:
+    from sandbox import seccomp
+
+    if network not in _FILTERS:
+        flt = seccomp.Filter()
+        if not network:
+            flt.deny_sockets()
+        for name in seccomp.HARDENING:
+            flt.deny(name)
+        _FILTERS[network] = flt
+    return _FILTERS[network]
+
+
 def _plan_seccomp(run: Run) -> Any:
     from sandbox import seccomp
 
@@ -356,11 +385,7 @@ def _plan_seccomp(run: Run) -> Any:
         run.layer("seccomp", False, "libseccomp.so.2 not found (no binding for seccomp)")
         return None
     try:
-        flt = seccomp.Filter()
-        if "network" not in run.policy.granted:
-            flt.deny_sockets()
-        for name in seccomp.HARDENING:
-            flt.deny(name)
+        flt = _filter("network" in run.policy.granted)
     except OSError as exc:
         run.layer("seccomp", False, f"building the filter: {exc.strerror or exc}")
         return None
@@ -563,4 +588,12 @@ def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple
         raise CommandNotExecutable(f"{path}: {exc.strerror}") from None
 
 
-__all__ = ["BACKENDS", "CAPABILITIES", "Run", "apply_and_exec", "environment", "resolve_command"]
+__all__ = [
+    "BACKENDS",
+    "CAPABILITIES",
+    "Run",
+    "apply_and_exec",
+    "environment",
+    "resolve_command",
+    "seccomp_filters",
+]

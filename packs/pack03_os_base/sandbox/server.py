@@ -25,7 +25,7 @@ import socket
 import struct
 
 from sandbox import _libc, _log, cgroups
-from sandbox.confine import BACKENDS, apply_and_exec
+from sandbox.confine import BACKENDS, apply_and_exec, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, exit_status
 from sandbox.policy import parse_policy
 from sandbox.report import write_report
@@ -43,6 +43,10 @@ _MAX_CHILD_MESSAGE = 1 << 20
 MAX_PENDING = 64
 _REQUEST_KEYS = ("policy", "argv", "backend", "report")
 _PR_SET_PDEATHSIG = 1
+#: Spares are replaced once the server has been idle this long (seconds), so that
+#: preparing one never competes with a plugin starting; with none left a request
+#: gets a fresh child at once.
+IDLE_REFILL = 0.01
 _UCRED = struct.Struct("3i")
 
 
@@ -133,11 +137,15 @@ class Server:
         try:
             self._listen()
             self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+            seccomp_filters()  # built once here, inherited by every child
             self._fill()
             _log.info(__name__, "listening on %s (%d spare(s))", self.path, self.spares)
             while not self._stopping:
-                for key, _ in self._sel.select():
+                events = self._sel.select(IDLE_REFILL if self._short_of_spares() else None)
+                for key, _ in events:
                     self._dispatch(*key.data)
+                if not events:
+                    self._fill()
         finally:
             signal.set_wakeup_fd(old_wake)
             for s, handler in old.items():
@@ -289,7 +297,6 @@ class Server:
         except OSError as exc:  # it died meanwhile: its exit event answers the client
             _log.warning(__name__, "child %d: cannot hand over the request: %s", child.pid, exc)
         _log.info(__name__, "run %s: pid %d", request["policy"]["plugin_id"], child.pid)
-        self._fill()
 
     def _on_child_message(self, child: _Child) -> None:
         if child.ctrl is None:  # reaped earlier in this round
@@ -348,7 +355,6 @@ class Server:
         if pid == 0:
             return
         self._ended(child, status)
-        self._fill()
 
     def _ended(self, child: _Child, status: int) -> None:
         """A child is reaped: read what it said last, remove its cgroups, tell the client."""
@@ -365,10 +371,13 @@ class Server:
         os.close(child.pidfd)
         del self._children[child.pid]
         dirs = self._dirs_of(child)
-        left = cgroups.kill_dirs(dirs, grace=0.0) if dirs else []
+        # Whatever the main process left behind goes with it; the client hears of the
+        # exit once nothing is left, and the (slow) removal of the dirs comes after.
+        left = cgroups.kill_dirs(dirs, grace=0.0, remove=False) if dirs else []
         if left:
             _log.warning(__name__, "run %d: still alive after KILL: %s", child.pid, left)
         if child.spare:
+            cgroups.remove_dirs(dirs)
             if not child.ready and not self._stopping:
                 self._spare_failures += 1
             return
@@ -388,6 +397,7 @@ class Server:
             _send(child.conn, out)
             child.conn.close()
             child.conn = None
+        cgroups.remove_dirs(dirs)
 
     def _dirs_of(self, child: _Child) -> list[str]:
         cg = (child.report or {}).get("cgroup") or {}
@@ -404,11 +414,14 @@ class Server:
 
     # --- children -----------------------------------------------------------------
 
+    def _short_of_spares(self) -> bool:
+        if self._stopping or self._spare_failures >= 3:  # spares that keep dying: go cold
+            return False
+        return sum(1 for c in self._children.values() if c.spare) < self.spares
+
     def _fill(self) -> None:
         """Keep `spares` spare children (none while stopping, or after repeated failures)."""
-        if self._stopping or self._spare_failures >= 3:
-            return
-        while sum(1 for c in self._children.values() if c.spare) < self.spares:
+        while self._short_of_spares():
             self._fork(prepare=True)
 
     def _fork(self, prepare: bool) -> _Child:
