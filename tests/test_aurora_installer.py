@@ -6,9 +6,12 @@ import hashlib
 import io
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from aurora import ApprovalRequest, Installer, IntegrityError
 from aurora.exitcodes import ExitCode
 from aurora_testing import Env, tree_bytes
 
@@ -547,3 +550,85 @@ def test_json_output_is_exactly_one_document(env: Env) -> None:
         doc = json.loads(result.out)  # raises if anything else is on stdout
         assert doc["command"] == argv[0]
         assert doc["exit_code"] == result.code
+
+
+def test_dry_run_runs_in_the_staged_copy_with_the_environment_contract(env: Env) -> None:
+    script = (
+        "#!/usr/bin/env bash\nset -euo pipefail\n"
+        'echo "mode=$1 root=$AURORA_PACK_ROOT cwd=$PWD"\n'
+        'echo "id=$AURORA_PACK_ID $AURORA_PACK_VERSION data=$AURORA_PACK_DATA"\n'
+        'echo "run=$AURORA_PACK_RUN logs=$AURORA_PACK_LOGS python=$PYTHON"\n'
+    )
+    env.make_pack("alpha", install=script)
+    result = env.run("dry-run", "--pack", "alpha")
+    assert result.code == 0, result.err
+    staged = env.home / "staging" / "alpha" / "1.0.0"
+    home = env.home
+    assert f"mode=--dry-run root={staged} cwd={staged}" in result.out
+    assert f"id=alpha 1.0.0 data={home}/data/alpha" in result.out
+    assert f"run={home}/run/alpha logs={home}/logs/alpha python={sys.executable}" in result.out
+    assert f"root={staged}" in (home / "logs" / "alpha" / "install.log").read_text()
+    assert not (home / "data").exists() and not (home / "packs").exists()
+
+
+def test_dry_run_script_timeout_kills_its_group(env: Env, tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    env.make_pack(
+        "alpha",
+        install=f"#!/usr/bin/env bash\nsleep 300 &\necho $! > {child_pid}\nsleep 300\n",
+    )
+    result = env.run("dry-run", "--pack", "alpha", "--script-timeout", "1", "--json")
+    assert result.code == ExitCode.FAILED
+    assert "timed out" in result.json["error"]["message"]
+    child = int(child_pid.read_text())
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{child}").exists() and _state_of(child) not in ("Z", "X"):
+        assert time.monotonic() < deadline, "the dry run's background child survived"
+        time.sleep(0.05)
+    assert env.active("alpha") is None
+
+
+def _state_of(pid: int) -> str:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return text[text.rfind(")") + 2 :].split()[0]
+
+
+def test_staged_tree_changed_after_approval_is_refused(env: Env) -> None:
+    env.make_pack("alpha")
+    staged = env.home / "staging" / "alpha" / "1.0.0"
+
+    def approve_then_tamper(request: ApprovalRequest) -> str:
+        (staged / "install.sh").write_text("#!/usr/bin/env bash\necho evil\n")
+        return "flag"
+
+    inst = Installer(env.home, env.packs_dir, approver=approve_then_tamper)
+    with pytest.raises(IntegrityError, match="changed since it was staged and approved"):
+        inst.install("alpha")
+    assert env.active("alpha") is None
+    assert not (env.home / "packs" / "alpha" / "1.0.0").exists()
+    events = [e["event"] for e in env.audit()]
+    assert events[-2:] == ["approve", "install-refused"]
+    assert env.state()["packs"]["alpha"]["last_result"]["ok"] is False
+
+
+def test_failures_in_json_mode_are_exactly_one_document(env: Env) -> None:
+    env.make_pack("alpha", install="#!/usr/bin/env bash\necho 'no libfoo'\nexit 3\n")
+    env.make_pack("beta", artifacts=[("lib.py", "")], files={"lib.py": "x\n"})
+    for argv, code in (
+        (["dry-run", "--pack", "alpha"], ExitCode.FAILED),
+        (["install", "--pack", "alpha", "--approve"], ExitCode.FAILED),
+        (["stage", "--pack", "beta", "--require-hashes"], ExitCode.REFUSED),
+        (["uninstall", "--pack", "alpha"], ExitCode.NOT_FOUND),
+        (["start", "--pack", "ghost"], ExitCode.NOT_FOUND),
+        (["stage", "--pack", "alpha", "--wait", "abc"], ExitCode.USAGE),
+    ):
+        result = env.run(*argv, "--json")
+        doc = json.loads(result.out)  # raises if anything else is on stdout
+        assert (result.code, doc["exit_code"], doc["ok"]) == (code, code, False), argv
+        assert doc["command"] == argv[0]
+        assert doc["error"]["message"] in result.err
+    sealed = env.run("seal", "--pack", "beta", "--json")
+    assert sealed.code == 0 and json.loads(sealed.out)["result"]["written"] is True

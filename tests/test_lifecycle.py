@@ -67,9 +67,12 @@ def test_start_healthy_status_stop(env: Env) -> None:
     human = env.run("status", "--pack", "svc")
     assert f"running   yes, pid {pid}" in human.out
     assert "health    healthy: health OK" in human.out
+    assert env.run("list", "--json").json["result"][0]["running"] is True
+    assert "installed 1.0.0; staged 1.0.0; running" in env.run("list").out
     stopped = env.run("stop", "--pack", "svc")
     assert stopped.code == 0, stopped.err
     assert not _alive(pid)
+    assert env.run("list", "--json").json["result"][0]["running"] is False
     status = env.run("status", "--pack", "svc", "--json").json["result"]
     assert status["state"] == "installed"
     assert status["runtime"]["running"] is False

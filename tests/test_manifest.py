@@ -127,6 +127,23 @@ INVALID = [
         id="artifact-in-runtime-dir",
     ),
     pytest.param(
+        _edit(
+            "  artifacts: []\n", '  artifacts:\n    - path: "../pack04/x.bin"\n      sha256: ""\n'
+        ),
+        ["pack.artifacts[0].path: '../pack04/x.bin' contains '..'"],
+        id="artifact-dotdot",
+    ),
+    pytest.param(
+        _edit("  artifacts: []\n", '  artifacts:\n    - path: "/etc/passwd"\n      sha256: ""\n'),
+        ["pack.artifacts[0].path: '/etc/passwd' is an absolute path"],
+        id="artifact-absolute",
+    ),
+    pytest.param(
+        _edit('stop: "stop.sh"', 'stop: "bin/../stop.sh"'),
+        ["pack.entrypoint.stop: 'bin/../stop.sh' contains '..'"],
+        id="dotdot-inside",
+    ),
+    pytest.param(
         _edit('start: "start.sh"', 'start: "nothere.sh"'),
         ["pack.entrypoint.start: 'nothere.sh' not found in the pack"],
         id="missing-script",
@@ -197,6 +214,24 @@ def test_symlink_leading_out_is_rejected(make_pack: PackFactory, target: str) ->
     problems = _problems(root)
     assert any(p.startswith("pack.entrypoint.start:") for p in problems), problems
     assert any("(pack tree) start.sh: symlink" in p for p in problems), problems
+
+
+def test_artifact_symlink_leading_out_is_rejected(make_pack: PackFactory, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.bin"
+    outside.write_text("not the pack's")
+    root = make_pack("alpha")
+    (root / "lib").mkdir()
+    os.symlink(outside, root / "lib" / "model.bin")
+    text = (root / "manifest.yaml").read_text()
+    (root / "manifest.yaml").write_text(
+        text.replace(
+            "  artifacts: []\n", '  artifacts:\n    - path: "lib/model.bin"\n      sha256: ""\n'
+        )
+    )
+    problems = _problems(root)
+    assert (
+        "pack.artifacts[0].path: 'lib/model.bin' is a symlink leading out of the pack" in problems
+    )
 
 
 def test_symlink_inside_pack_is_allowed(make_pack: PackFactory) -> None:
