@@ -6,6 +6,10 @@ import ctypes
 import functools
 import os
 
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from typing import Any
+
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
@@ -46,11 +50,16 @@ def syscall(number: int, *args: int | ctypes.c_void_p | None) -> int:
     return _check(int(fn(ctypes.c_long(number), *converted)), f"syscall {number}")
 
 
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+@functools.cache
+def _prctl() -> Any:
     fn = libc().prctl
     fn.restype = ctypes.c_int
-    args = [ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5)]
-    return _check(int(fn(ctypes.c_int(option), *args)), f"prctl({option})")
+    fn.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]  # typed once: dozens of calls per run
+    return fn
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(int(_prctl()(option, arg2, arg3, arg4, arg5)), f"prctl({option})")
 
 
 def unshare(flags: int) -> None:

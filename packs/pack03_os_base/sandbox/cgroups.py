@@ -307,9 +307,11 @@ def kill_dirs(dirs: list[str], grace: float = 5.0, remove: bool = True) -> list[
         for p in members(dirs):
             _signal(p, signal.SIGTERM)
         deadline = time.monotonic() + grace
+        pause = _Backoff(0.05)
         while members(dirs) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            pause()
     deadline = time.monotonic() + 10.0
+    pause = _Backoff(0.02)
     while members(dirs) and time.monotonic() < deadline:
         kill_files = [os.path.join(d, "cgroup.kill") for d in dirs]
         kill_files = [k for k in kill_files if os.path.exists(k)]
@@ -321,7 +323,7 @@ def kill_dirs(dirs: list[str], grace: float = 5.0, remove: bool = True) -> list[
                     _log.debug(__name__, "%s: %s", k, exc)
         else:
             _freeze_and_kill(dirs)
-        time.sleep(0.02)
+        pause()
     left = members(dirs)
     if remove:
         remove_dirs(dirs)
@@ -332,6 +334,19 @@ def remove_dirs(dirs: list[str]) -> None:
     """Remove a run's (empty) cgroup dirs, and its group's dir when no other run is left."""
     for d in dirs:
         _rmdir_run(d)
+
+
+class _Backoff:
+    """Sleep 1 ms, then twice as long each call, up to `longest`: a dying process is
+    usually gone within a millisecond, and a caller waits for the whole loop."""
+
+    def __init__(self, longest: float) -> None:
+        self.next = 0.001
+        self.longest = longest
+
+    def __call__(self) -> None:
+        time.sleep(self.next)
+        self.next = min(self.next * 2, self.longest)
 
 
 def _freeze_and_kill(dirs: list[str]) -> None:

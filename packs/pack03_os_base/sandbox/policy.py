@@ -65,6 +65,22 @@ class Policy:
         }
 
 
+def policy_from_json(doc: dict[str, Any]) -> Policy:
+    """Rebuild a policy from ``Policy.to_json()`` output, without validating it again.
+
+    Only for a document this process family produced from a validated policy (the
+    server hands its children the policy it checked); anything else: parse_policy.
+    """
+    return Policy(
+        plugin_id=doc["plugin_id"],
+        granted=frozenset(doc["granted"]),
+        data_dir=doc["data_dir"],
+        read_paths=tuple(doc["read_paths"]),
+        limits=dict(doc["limits"]),
+        allow_degraded=bool(doc["allow_degraded"]),
+    )
+
+
 def load_policy(path: str) -> Policy:
     """Read and validate a policy file; raise PolicyError naming every problem."""
     try:

@@ -27,7 +27,7 @@ import struct
 from sandbox import _libc, _log, cgroups
 from sandbox.confine import BACKENDS, apply_and_exec, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, exit_status
-from sandbox.policy import parse_policy
+from sandbox.policy import parse_policy, policy_from_json
 from sandbox.report import write_report
 
 TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
@@ -124,6 +124,7 @@ class Server:
         self._children: dict[int, _Child] = {}
         self._wake_r, self._wake_w = -1, -1
         self._transient: list[int] = []  # fds received for a request being handed over
+        self._remove: list[str] = []  # empty cgroup dirs of ended runs, removed when idle
         self._stopping = False
         self._spare_failures = 0
 
@@ -138,14 +139,17 @@ class Server:
             self._listen()
             self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
             seccomp_filters()  # built once here, inherited by every child
+            from sandbox import bwrap  # noqa: F401 - imported once here, not per run
+
             self._fill()
             _log.info(__name__, "listening on %s (%d spare(s))", self.path, self.spares)
             while not self._stopping:
-                events = self._sel.select(IDLE_REFILL if self._short_of_spares() else None)
+                chores = self._remove or self._short_of_spares()
+                events = self._sel.select(IDLE_REFILL if chores else None)
                 for key, _ in events:
                     self._dispatch(*key.data)
                 if not events:
-                    self._fill()
+                    self._idle()
         finally:
             signal.set_wakeup_fd(old_wake)
             for s, handler in old.items():
@@ -204,6 +208,8 @@ class Server:
         for child in list(self._children.values()):
             _, status = os.waitpid(child.pid, 0)
             self._ended(child, status)
+        cgroups.remove_dirs(self._remove)
+        self._remove = []
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
@@ -377,7 +383,7 @@ class Server:
         if left:
             _log.warning(__name__, "run %d: still alive after KILL: %s", child.pid, left)
         if child.spare:
-            cgroups.remove_dirs(dirs)
+            self._remove += dirs
             if not child.ready and not self._stopping:
                 self._spare_failures += 1
             return
@@ -397,7 +403,7 @@ class Server:
             _send(child.conn, out)
             child.conn.close()
             child.conn = None
-        cgroups.remove_dirs(dirs)
+        self._remove += dirs
 
     def _dirs_of(self, child: _Child) -> list[str]:
         cg = (child.report or {}).get("cgroup") or {}
@@ -413,6 +419,12 @@ class Server:
         conn.close()
 
     # --- children -----------------------------------------------------------------
+
+    def _idle(self) -> None:
+        """Chores that would delay a start: remove ended runs' cgroups, replace spares."""
+        dirs, self._remove = self._remove, []
+        cgroups.remove_dirs(dirs)
+        self._fill()
 
     def _short_of_spares(self) -> bool:
         if self._stopping or self._spare_failures >= 3:  # spares that keep dying: go cold
@@ -501,7 +513,7 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         _send(ctrl, {"event": "report", "report": doc})
 
     try:
-        policy = parse_policy(request["policy"], source="policy")
+        policy = policy_from_json(request["policy"])  # validated by the server
         apply_and_exec(
             policy,
             request["argv"],
