@@ -63,41 +63,68 @@ def _count(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--home", type=Path, help="installer home (default: $AURORA_HOME, else <repo>/.aurora)"
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes. They are accepted before the command too
+    (`--json list`); after it (`list --json`) they win, so the subcommand's copies
+    set nothing unless given (SUPPRESS) and the top-level parser holds the defaults."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        default=default(None),
+        help="installer home (default: $AURORA_HOME, else <repo>/.aurora)",
     )
-    common.add_argument(
-        "--packs-dir", type=Path, help="where packs are found (default: <repo>/packs)"
+    parser.add_argument(
+        "--packs-dir",
+        type=Path,
+        metavar="DIR",
+        default=default(None),
+        help="where packs are found (default: <repo>/packs)",
     )
-    common.add_argument(
+    parser.add_argument(
         "--json",
         action="store_true",
+        default=default(False),
         help="print one JSON document on stdout (messages go to stderr)",
     )
-    common.add_argument(
+    parser.add_argument(
         "--wait",
         type=_positive,
-        default=DEFAULT_WAIT,
+        default=default(DEFAULT_WAIT),
         metavar="SECONDS",
         help=f"wait this long for another installer's lock (default {DEFAULT_WAIT:g})",
     )
-    common.add_argument(
+    parser.add_argument(
         "--script-timeout",
         type=_positive,
-        default=DEFAULT_SCRIPT_TIMEOUT,
+        default=default(DEFAULT_SCRIPT_TIMEOUT),
         metavar="SECONDS",
         help="kill a lifecycle script (and its process "
         f"group) after this long (default {DEFAULT_SCRIPT_TIMEOUT:g})",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="more messages on stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="more messages on stderr",
+    )
 
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    _add_common(common, defaults=False)
     parser = _Parser(
         prog="aurora_installer.py",
         description="Validate, stage, install and run Aurora packs. Exit codes: "
         + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode),
+        epilog="Options go before or after the command; `COMMAND --help` lists its own.",
     )
+    _add_common(parser, defaults=True)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
@@ -487,7 +514,7 @@ def _setup_logging(verbose: bool) -> logging.Handler:
 
 def _report_error(
     out: _Output,
-    command: str,
+    command: str | None,
     error: AuroraError,
     code: ExitCode,
     recovered: Sequence[str] = (),
@@ -515,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(arguments)
     except UsageError as exc:
-        _report_error(out, arguments[0] if arguments else "", exc, ExitCode.USAGE)
+        command = next((a for a in arguments if a in _HANDLERS), None)
+        _report_error(out, command, exc, ExitCode.USAGE)
         return ExitCode.USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

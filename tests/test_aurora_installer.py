@@ -68,7 +68,45 @@ def test_usage_error_in_json_mode_is_one_document(env: Env) -> None:
     result = env.run("stage", "--json")
     assert result.code == ExitCode.USAGE
     doc = result.json
-    assert doc["ok"] is False and doc["exit_code"] == 2
+    assert doc["ok"] is False and doc["exit_code"] == 2 and doc["command"] == "stage"
+    assert "--pack" in doc["error"]["message"]
+    no_command = env.run("--json")
+    assert no_command.code == ExitCode.USAGE and no_command.json["command"] is None
+
+
+def test_options_before_the_command(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    import aurora_installer
+
+    env.make_pack("alpha")
+    code = aurora_installer.main(
+        [
+            "--json",
+            "--home",
+            str(env.home),
+            "--packs-dir",
+            str(env.packs_dir),
+            "stage",
+            "--pack",
+            "alpha",
+        ]
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert (code, doc["command"], doc["result"]["pack"]) == (0, "stage", "alpha")
+    # After the command, an option wins over the same option before it.
+    elsewhere = env.home.parent / "elsewhere"
+    code = aurora_installer.main(
+        [
+            "--home",
+            str(elsewhere),
+            "list",
+            "--home",
+            str(env.home),
+            "--packs-dir",
+            str(env.packs_dir),
+        ]
+    )
+    assert code == 0 and "staged 1.0.0" in capsys.readouterr().out
+    assert not elsewhere.exists()
 
 
 def test_list_shows_versions_and_states(env: Env) -> None:
