@@ -134,6 +134,9 @@ def test_health_once_and_watch_reports_changes(env: Env) -> None:
     once = env.run("health", "--pack", "svc", "--json")
     assert once.code == 0
     assert once.json["result"]["status"] == "healthy"
+    steady = env.run("health", "--pack", "svc", "--watch", "--count", "2", "--interval", "0.1")
+    assert steady.code == 0
+    assert steady.out.count("health: healthy (health OK") == 1  # the first state, then changes
     os.killpg(_service_pid(env), signal.SIGKILL)
     failed = env.run("health", "--pack", "svc")
     assert failed.code == ExitCode.FAILED

@@ -882,12 +882,13 @@ class Installer:
         return out
 
     def watch_health(self, pack_id: str, on_health: HealthSink, count: int | None) -> int:
-        """Poll health every interval, reporting each state change; returns checks run."""
+        """Poll health every interval, reporting the first state and each change;
+        returns the number of checks run."""
         state = self._read_state()
         manifest = self._installed_manifest(state, pack_id)
         policy = self.options.health
         health = HealthRecord(self._health_path(pack_id))
-        previous = (health.read() or {}).get("status")
+        previous = None
         checks = 0
         while count is None or checks < count:
             if checks:
@@ -901,7 +902,8 @@ class Installer:
                 counted=True,
                 retries=policy.retries,
             )
-            if doc["status"] != previous:
+            # The first check says where things stand; after it, only changes are news.
+            if checks == 1 or doc["status"] != previous:
                 on_health(doc)
                 previous = doc["status"]
         return checks
