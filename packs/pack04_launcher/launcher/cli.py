@@ -1,4 +1,4 @@
-"""Operator CLI: list, logs, start, stop and run plugins under the launcher.
+"""Operator CLI: list, logs, start, stop and run plugins; allow degraded mode per plugin.
 
 ``python3 packs/pack04_launcher/launcher_cli.py <command>`` (or ``-m launcher.cli``).
 With ``--json`` exactly one JSON document goes to stdout; messages go to stderr.
@@ -8,6 +8,7 @@ Exit codes are the EXIT_* constants below (listed in the README).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import control, process, registry, sandbox
+from launcher import control, degraded, process, registry, sandbox
 from launcher.cgroup import CgroupTree
 from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
@@ -66,16 +67,20 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
     if ident is not None and doc is not None:
         for pid, rec in doc.get("plugins", {}).items():
             plugins[pid] = dict(rec, uptime_s=_uptime(rec.get("started_at")))
+    allowed = sorted(degraded.read_allowed(paths.degraded))
     out = {
         "service": {"running": ident is not None, "pid": ident.pid if ident else None},
         "registry": str(paths.registry),
+        "degraded_allowed": allowed,
         "plugins": plugins,
     }
     if ident is None:
         _err(f"launcher service is not running (no live process in {paths.pidfile})")
+        if allowed:
+            _err(f"degraded mode allowed for: {', '.join(allowed)}")
         _emit(args, out, "")
         return EXIT_NOT_RUNNING
-    rows = [("ID", "STATE", "PID", "UPTIME", "RESTARTS", "LAYERS")]
+    rows = [("ID", "STATE", "PID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
     for pid, rec in sorted(plugins.items()):
         up = rec["uptime_s"]
         rows.append(
@@ -85,16 +90,28 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
                 str(rec.get("pid") or "-"),
                 f"{up:.0f}s" if up is not None else "-",
                 str(rec.get("restarts", 0)),
+                _degraded_cell(rec),
                 ",".join(rec.get("layers") or []) or "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    table = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
     _emit(args, out, table if plugins else "no plugins in the registry")
     for pid, rec in sorted(plugins.items()):
         if rec.get("state") not in (RUNNING, DISABLED) and rec.get("reason"):
             _err(f"{pid}: {rec['reason']}")
+        for gap in rec.get("degraded") or []:
+            _err(f"{pid}: DEGRADED, not enforced: {gap}")
     return EXIT_OK
+
+
+def _degraded_cell(rec: dict[str, Any]) -> str:
+    """'no'; 'allowed' (nothing unenforced this run); 'YES (n)': n denials not enforced."""
+    if rec.get("degraded"):
+        return f"YES ({len(rec['degraded'])})"
+    return "allowed" if rec.get("allow_degraded") else "no"
 
 
 # --- logs -------------------------------------------------------------------------
@@ -191,6 +208,40 @@ def _cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+# --- degraded ---------------------------------------------------------------------
+
+
+def _cmd_degraded(args: argparse.Namespace, paths: Paths) -> int:
+    """Allow or deny degraded mode for one plugin; list who is allowed."""
+    if args.action == "list":
+        allowed = sorted(degraded.read_allowed(paths.degraded))
+        _emit(args, {"allowed": allowed}, "\n".join(allowed))
+        if not allowed:
+            _err("no plugin is allowed to run degraded")
+        return EXIT_OK
+    plugin_id, allow = args.plugin_id, args.action == "allow"
+    if not registry.valid_plugin_id(plugin_id):
+        _err(f"{plugin_id}: not a plugin id ('publisher.name', lowercase)")
+        return EXIT_NOT_FOUND
+    if allow:
+        registry.get_plugin(paths.registry, plugin_id)  # only a plugin the registry knows
+    changed = degraded.set_allowed(
+        paths.degraded, paths.degraded_lock, paths.audit_log, plugin_id, allow
+    )
+    word = "allowed" if allow else "denied"
+    _emit(args, {"id": plugin_id, "allow_degraded": allow, "changed": changed}, "")
+    if not changed:
+        _err(f"{plugin_id}: degraded mode already {word}")
+    elif allow:
+        _err(
+            f"{plugin_id}: degraded mode allowed: the sandbox will run it even where this host "
+            "cannot enforce a denial (listed in `list`); a running plugin is restarted"
+        )
+    else:
+        _err(f"{plugin_id}: degraded mode denied: refused where it cannot be fully confined")
+    return EXIT_OK
+
+
 # --- run --------------------------------------------------------------------------
 
 
@@ -211,6 +262,8 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     except SandboxUnavailable as exc:
         _err(f"{entry.id}: not run: {exc}")
         return EXIT_NO_SANDBOX
+    if entry.id in degraded.read_allowed(paths.degraded):
+        entry = dataclasses.replace(entry, allow_degraded=True)
     assert entry.entrypoint is not None
     data_dir = paths.plugin_data(entry.id)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -228,9 +281,19 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
             "AURORA_PLUGIN_DATA": str(data_dir),
         }
         rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
-        layers = sandbox.active_layers(sandbox.read_report(report_file))
-    out = {"id": entry.id, "exit": rc, "timed_out": timed_out, "layers": layers}
+        report = sandbox.read_report(report_file)
+    layers, gaps = sandbox.active_layers(report), sandbox.report_degraded(report)
+    out = {
+        "id": entry.id,
+        "exit": rc,
+        "timed_out": timed_out,
+        "layers": layers,
+        "allow_degraded": entry.allow_degraded,
+        "degraded": gaps,
+    }
     _emit(args, out, "")
+    for gap in gaps:
+        _err(f"{entry.id}: DEGRADED, not enforced: {gap}")
     _err(f"{entry.id}: {'killed at --timeout' if timed_out else f'exit {rc}'}; layers: {layers}")
     return EXIT_TIMEOUT if timed_out else (rc if rc >= 0 else 128 - rc)
 
@@ -310,6 +373,21 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 "--settle", type=float, default=1.0, help="running this long counts as started"
             )
+    dg = sub.add_parser(
+        "degraded",
+        help="allow a plugin to run where a denial cannot be enforced (or deny it again)",
+        description="pack03 refuses to start a plugin when this host cannot enforce the "
+        "denial of a capability it was not granted. 'allow' lets that plugin run anyway "
+        "(the unenforced denials are listed by `list`); 'deny' (the default) refuses again. "
+        "Every change is recorded in the launcher's audit.log.",
+    )
+    dsub = dg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("allow", "let this plugin run degraded"),
+        ("deny", "refuse it again where it cannot be fully confined"),
+    ):
+        dsub.add_parser(name, parents=[common], help=text).add_argument("plugin_id")
+    dsub.add_parser("list", parents=[common], help="plugins allowed to run degraded")
     rn = sub.add_parser(
         "run", parents=[common], help="run a plugin once in the foreground (for its author)"
     )
@@ -324,6 +402,7 @@ _COMMANDS = {
     "start": _cmd_start,
     "stop": _cmd_stop,
     "run": _cmd_run,
+    "degraded": _cmd_degraded,
 }
 
 

@@ -55,6 +55,20 @@ class Paths:
         return self.run / "control.lock"
 
     @property
+    def degraded(self) -> Path:
+        """The operator's degraded-mode allowances (data: survives restarts)."""
+        return self.data / "degraded.json"
+
+    @property
+    def degraded_lock(self) -> Path:
+        return self.data / "degraded.lock"
+
+    @property
+    def audit_log(self) -> Path:
+        """Append-only JSON lines: operator decisions the launcher acts on."""
+        return self.data / "audit.log"
+
+    @property
     def service_log(self) -> Path:
         return self.logs / "launcher.log"
 

@@ -163,7 +163,8 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
         package_dir=package_dir,
         entrypoint=entrypoint,
         digest=digest,
-        allow_degraded=False,  # not in the registry format: degraded mode is never implied
+        # Not in the registry format: the operator allows it through pack04 (degraded.py).
+        allow_degraded=False,
         problem="; ".join(problems) or None,
     )
 

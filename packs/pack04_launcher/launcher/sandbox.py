@@ -91,6 +91,12 @@ def report_cgroups(report: dict[str, Any] | None) -> list[str]:
     return [d for d in dirs if isinstance(d, str)] if isinstance(dirs, list) else []
 
 
+def report_degraded(report: dict[str, Any] | None) -> list[str]:
+    """What the sandbox could not enforce and ran anyway (allow_degraded); empty if none."""
+    items = report.get("degraded") if report else None
+    return [d for d in items if isinstance(d, str)] if isinstance(items, list) else []
+
+
 def read_report(path: Path) -> dict[str, Any] | None:
     """The sandbox's report for one run, or None if it wrote none (yet)."""
     try:

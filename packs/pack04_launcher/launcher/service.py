@@ -134,6 +134,7 @@ def _write_status(
             "registry": str(paths.registry),
             "registry_error": sup.registry_error,
             "sandbox_error": sup.sandbox_error,
+            "degraded_error": sup.degraded_error,
             "cgroups": str(sup.cgroups.base) if sup.cgroups else None,
         },
         "plugins": sup.status_doc(),

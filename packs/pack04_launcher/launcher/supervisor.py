@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from launcher import process, registry, sandbox, status
+from launcher import degraded, process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
 from launcher.digest import tree_digest
@@ -80,6 +81,7 @@ class Slot:
     backoff: float | None = None  # the delay before the pending restart
     sandbox_cgroups: list[str] = field(default_factory=list)  # from the sandbox report
     sandbox: sandbox.SandboxCommand | None = None  # the one that started this run
+    degraded: list[str] = field(default_factory=list)  # what the sandbox could not enforce
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -107,9 +109,13 @@ class Supervisor:
         self.cgroups: CgroupTree | None = None
         self.registry_error: str | None = None
         self.sandbox_error: str | None = None
+        self.degraded_error: str | None = None
         self._registry_sig: object = _UNREAD
         self._control_sig: object = _UNREAD
-        self._entries: dict[str, PluginEntry] = {}
+        self._degraded_sig: object = _UNREAD
+        self._registered: dict[str, PluginEntry] = {}  # as read from the registry
+        self._degraded: set[str] = set()  # ids the operator allows to run degraded
+        self._entries: dict[str, PluginEntry] = {}  # the two combined
         self._control = Control()
         self._sandbox_root: Path | None = None
         self.dirty = True
@@ -228,18 +234,35 @@ class Supervisor:
     # --- reading the registry and the control file --------------------------------
 
     def _reload(self, force: bool) -> None:
+        changed = False
         sig = registry.signature(self.paths.registry)
         if force or sig != self._registry_sig:
-            self._registry_sig = sig
+            self._registry_sig, changed = sig, True
             try:
-                self._entries = registry.read_registry(self.paths.registry)
+                self._registered = registry.read_registry(self.paths.registry)
                 self.registry_error = None
-                log.info("registry %s: %d plugin(s)", self.paths.registry, len(self._entries))
+                log.info("registry %s: %d plugin(s)", self.paths.registry, len(self._registered))
             except RegistryError as exc:
                 # Keep running the last good view: the file is replaced atomically,
                 # so a bad one is an operator problem to report, not a stop signal.
                 self.registry_error = str(exc)
                 log.error("%s", exc)
+        sig = registry.signature(self.paths.degraded)
+        if force or sig != self._degraded_sig:
+            self._degraded_sig, changed = sig, True
+            try:
+                self._degraded = degraded.read_allowed(self.paths.degraded)
+                self.degraded_error = None
+            except LauncherError as exc:
+                # Fail closed: an unusable file allows nobody (pack03 then refuses
+                # what it cannot fully confine), and says why in the status file.
+                self._degraded, self.degraded_error = set(), str(exc)
+                log.error("%s", exc)
+        if changed:
+            self._entries = {
+                pid: dataclasses.replace(e, allow_degraded=True) if pid in self._degraded else e
+                for pid, e in self._registered.items()
+            }
             self.dirty = True
         sig = registry.signature(self.paths.control)
         if force or sig != self._control_sig:
@@ -332,7 +355,7 @@ class Supervisor:
         slot.ident = process.identify(proc.pid)
         slot.started_at, slot.started_mono = time.time(), time.monotonic()
         slot.state, slot.reason, slot.spec = status.RUNNING, None, _spec(entry)
-        slot.layers, slot.sandbox_cgroups = [], []
+        slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
         log.info("%s: started pid %d (granted %s)", entry.id, proc.pid, list(entry.granted))
 
     def _digest_ok(self, slot: Slot) -> bool:
@@ -383,7 +406,7 @@ class Supervisor:
             # The main process is gone: whatever it left behind goes with it.
             self._kill_tree(slot)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
-            slot.layers, slot.sandbox_cgroups = [], []
+            slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             pid = slot.entry.id
             self._mark_exit(slot, rc)
             if rc == 0:
@@ -525,7 +548,7 @@ class Supervisor:
             rc = slot.proc.wait()
             self._mark_exit(slot, rc)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
-            slot.layers, slot.sandbox_cgroups = [], []
+            slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             slot.state, slot.reason = status.STOPPED, None
             self.dirty = True
 
@@ -539,11 +562,14 @@ class Supervisor:
                 report = sandbox.read_report(self._report(slot))
                 slot.layers = sandbox.active_layers(report)
                 slot.sandbox_cgroups = sandbox.report_cgroups(report)
+                slot.degraded = sandbox.report_degraded(report)
             plugins[pid] = {
                 "state": slot.state,
                 "reason": slot.reason,
                 "version": slot.entry.version,
                 "granted": list(slot.entry.granted),
+                "allow_degraded": slot.entry.allow_degraded,
+                "degraded": slot.degraded,
                 "pid": slot.ident.pid if slot.ident else None,
                 "pid_start_time": slot.ident.start_time if slot.ident else None,
                 "started_at": slot.started_at if slot.proc is not None else None,

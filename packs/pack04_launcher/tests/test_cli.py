@@ -185,3 +185,84 @@ def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert info.value.code == 0
     assert "Exit codes" in capsys.readouterr().out
+
+
+def test_degraded_allow_is_recorded_audited_and_shown_by_list(
+    cli_env: dict[str, str],
+    service_factory: Start,
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The passthrough refuses test.degraded unless allow_degraded (one unenforceable denial).
+    fake_registry.add("test.degraded", IDLE)
+    svc = service_factory()
+    wait_until(
+        lambda: (
+            (read_status(svc.paths.status) or {})
+            .get("plugins", {})
+            .get("test.degraded", {})
+            .get("state")
+            == "refused"
+        ),
+        what="refused",
+    )
+    assert cli.main(["degraded", "allow", "test.degraded", "--json"]) == cli.EXIT_OK
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"id": "test.degraded", "allow_degraded": True, "changed": True}
+    assert "degraded mode allowed" in err
+    audit = [json.loads(x) for x in svc.paths.audit_log.read_text().splitlines()]
+    assert audit[-1]["action"] == "allow-degraded" and audit[-1]["plugin"] == "test.degraded"
+    wait_until(lambda: _running(svc, "test.degraded"), what="running degraded")
+    wait_until(
+        lambda: (read_status(svc.paths.status) or {})["plugins"]["test.degraded"]["degraded"],
+        what="the report's degraded list",
+    )
+    assert cli.main(["list"]) == cli.EXIT_OK
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("test.degraded"))
+    assert "YES (1)" in row
+    assert "test.degraded: DEGRADED, not enforced: network: test gap" in err
+    assert cli.main(["degraded", "list", "--json"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {"allowed": ["test.degraded"]}
+    assert cli.main(["degraded", "allow", "test.degraded"]) == cli.EXIT_OK
+    assert "already allowed" in capsys.readouterr().err
+    assert cli.main(["degraded", "deny", "test.degraded"]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert cli.main(["degraded", "list"]) == cli.EXIT_OK
+    assert "no plugin is allowed to run degraded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("plugin_id", "message"),
+    [
+        pytest.param("acme.none", "plugin 'acme.none': not in the registry", id="unknown"),
+        pytest.param("../etc", "not a plugin id", id="bad-id"),
+    ],
+)
+def test_degraded_allow_needs_a_registered_plugin(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    plugin_id: str,
+    message: str,
+) -> None:
+    fake_registry.write()
+    assert cli.main(["degraded", "allow", plugin_id]) == cli.EXIT_NOT_FOUND
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "data" / "degraded.json").exists()
+
+
+def test_run_in_the_foreground_honours_the_degraded_allowance(
+    cli_env: dict[str, str], fake_registry: FakeRegistry, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fake_registry.add("test.degraded", CLEAN_EXIT)
+    assert cli.main(["run", "test.degraded"]) == 125  # refused: a denial not enforceable
+    assert "refused to start" in capfd.readouterr().err
+    assert cli.main(["degraded", "allow", "test.degraded"]) == cli.EXIT_OK
+    capfd.readouterr()
+    assert cli.main(["run", "test.degraded", "--json"]) == 0
+    out, err = capfd.readouterr()
+    doc = json.loads(out)
+    assert doc["allow_degraded"] is True and doc["degraded"] == ["network: test gap"]
+    assert "DEGRADED, not enforced: network: test gap" in err

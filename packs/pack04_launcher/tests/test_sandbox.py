@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import sandbox, status
+from launcher import degraded, sandbox, status
 from launcher.paths import Paths
 from launcher.registry import read_registry
 from launcher.supervisor import Supervisor
@@ -131,6 +131,34 @@ def test_real_sandbox_runs_the_plugin_with_its_grants(
     assert all(report["enforced"].values())
     doc = sup.status_doc()["acme.real"]
     assert doc["layers"] and "environment" in doc["layers"]
+
+
+def test_real_sandbox_accepts_the_degraded_allowance_and_reports_it(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    root = real_sandbox_root()
+    fake_registry.add("acme.deg", IDLE)
+    degraded.set_allowed(paths.degraded, paths.degraded_lock, paths.audit_log, "acme.deg", True)
+    sup = make_supervisor(sandbox_root=root)
+    run_until(
+        sup,
+        lambda: (
+            sup.slots.get("acme.deg")
+            and sup.slots["acme.deg"].state in (status.RUNNING, status.REFUSED, status.BACKOFF)
+        ),
+    )
+    assert sup.slots["acme.deg"].state == status.RUNNING, sup.slots["acme.deg"].reason
+    policy = json.loads((paths.plugin_run("acme.deg") / "policy.json").read_text())
+    assert policy["allow_degraded"] is True
+    report_file = paths.plugin_run("acme.deg") / "report.json"
+    report = json.loads(run_until(sup, lambda: report_file.is_file() and report_file.read_text()))
+    assert report["allow_degraded"] is True
+    # Whatever this host could not enforce is listed, and list/status show the same.
+    doc = sup.status_doc()["acme.deg"]
+    assert doc["allow_degraded"] is True
+    assert doc["degraded"] == report["degraded"]
+    unenforced = {cap for cap, layers in report["enforced"].items() if not layers}
+    assert all(any(g.startswith(f"{cap}:") for g in report["degraded"]) for cap in unenforced)
 
 
 def test_real_sandbox_stop_kills_the_setsid_grandchild_and_its_cgroups(

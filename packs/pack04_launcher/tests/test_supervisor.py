@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import control, status
+from launcher import control, degraded, status
 from launcher.paths import Paths
 from launcher.supervisor import Supervisor
 from launcher_testing import (
@@ -336,3 +336,53 @@ def test_a_stable_run_resets_the_crash_count(
     run_until(sup, lambda: sup.slots.get("acme.late") and sup.slots["acme.late"].restarts >= 3)
     # Three restarts with a limit of one: each run lasted longer than stable_after.
     assert _state(sup, "acme.late") != status.FAILED
+
+
+def test_degraded_mode_is_the_operators_choice_per_plugin(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    # The passthrough plays a host that cannot enforce one denial for this id.
+    fake_registry.add("test.degraded")
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
+    assert "test gap" in (sup.slots["test.degraded"].reason or "")
+    policy_file = paths.plugin_run("test.degraded") / "policy.json"
+    assert json.loads(policy_file.read_text())["allow_degraded"] is False
+
+    degraded.set_allowed(
+        paths.degraded, paths.degraded_lock, paths.audit_log, "test.degraded", True
+    )
+    # The refused plugin is retried at once with the allowance, and says what is not enforced.
+    run_until(sup, lambda: _state(sup, "test.degraded") == status.RUNNING)
+    assert json.loads(policy_file.read_text())["allow_degraded"] is True
+    doc = run_until(sup, lambda: sup.status_doc()["test.degraded"]["degraded"] and sup.status_doc())
+    assert doc["test.degraded"]["allow_degraded"] is True
+    assert doc["test.degraded"]["degraded"] == ["network: test gap"]
+    # Only that plugin: the other one is asked for full enforcement.
+    idle_policy = json.loads((paths.plugin_run("acme.idle") / "policy.json").read_text())
+    assert idle_policy["allow_degraded"] is False and doc["acme.idle"]["degraded"] == []
+
+    degraded.set_allowed(
+        paths.degraded, paths.degraded_lock, paths.audit_log, "test.degraded", False
+    )
+    # Withdrawn: the running plugin is restarted without it, and refused again.
+    run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
+    assert json.loads(policy_file.read_text())["allow_degraded"] is False
+
+
+def test_an_unusable_degraded_file_allows_nobody(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("test.degraded")
+    degraded.set_allowed(
+        paths.degraded, paths.degraded_lock, paths.audit_log, "test.degraded", True
+    )
+    sup = make_supervisor()
+    run_until(sup, lambda: _state(sup, "test.degraded") == status.RUNNING)
+    tmp = paths.degraded.with_suffix(".tmp")
+    tmp.write_text("{broken")
+    tmp.replace(paths.degraded)
+    # Fail closed: restarted without the allowance, refused, and the error is reported.
+    run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
+    assert sup.degraded_error is not None and "degraded.json" in sup.degraded_error

@@ -26,9 +26,15 @@ def main() -> None:
     if policy.get("plugin_id") == "test.refused":
         print("passthrough: refusing as asked by the test", file=sys.stderr)
         raise SystemExit(125)
+    # Plays a host that cannot enforce one denial: refused unless allow_degraded,
+    # as pack03 does; the unenforced item is then listed in the report.
+    gaps = ["network: test gap"] if policy.get("plugin_id") == "test.degraded" else []
+    if gaps and not policy.get("allow_degraded"):
+        print("passthrough: refused to start: network: test gap", file=sys.stderr)
+        raise SystemExit(125)
     if args.report:
         with open(args.report, "w") as fh:
-            json.dump({"layers": ["test-passthrough"], "policy": policy}, fh)
+            json.dump({"layers": ["test-passthrough"], "policy": policy, "degraded": gaps}, fh)
     os.execv(argv[0], argv)
 
 
