@@ -76,6 +76,31 @@ GOOD_REGISTRY = {
 }
 
 
+# --- paths ----------------------------------------------------------------------------------
+
+
+def test_paths_follow_the_environment_contract(tmp_path: Path) -> None:
+    env = {
+        "AURORA_PACK_DATA": str(tmp_path / "d"),
+        "AURORA_PACK_RUN": str(tmp_path / "r"),
+        "AURORA_PACK_LOGS": str(tmp_path / "l"),
+    }
+    paths = Paths.from_env(env)
+    assert (paths.data_dir, paths.run_dir, paths.logs_dir) == tuple(env.values())
+    assert paths.pidfile == str(tmp_path / "r" / "service.pid")
+    assert paths.log_file == str(tmp_path / "l" / "service.log")
+    assert not any((tmp_path / name).exists() for name in ("d", "r", "l"))  # nothing created
+
+
+def test_paths_by_hand_default_to_the_pack_itself() -> None:
+    # Run by hand from the source tree: data/, run/, logs/ inside the pack (only computed).
+    paths = Paths.from_env({})
+    assert paths.root == str(PACK_ROOT)
+    assert paths.data_dir == str(PACK_ROOT / "data")
+    assert paths.run_dir == str(PACK_ROOT / "run")
+    assert paths.logs_dir == str(PACK_ROOT / "logs")
+
+
 # --- identity -------------------------------------------------------------------------------
 
 
