@@ -276,11 +276,17 @@ class Env:
 
 
 def _pidfile_pids(home: Path) -> list[int]:
+    """Pids named by the pidfiles under home/run: text `PID [START]` or pack05's JSON."""
     pids = []
     for pidfile in home.glob("run/*/*.pid"):
         try:
-            pids.append(int(pidfile.read_text().split()[0]))
-        except (OSError, ValueError, IndexError):
+            text = pidfile.read_text()
+            pids.append(
+                int(json.loads(text)["pid"])
+                if text.lstrip().startswith("{")
+                else int(text.split()[0])
+            )
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
             continue
     return pids
 
