@@ -3,10 +3,11 @@
 Starts ``python -m launcher.service`` (default settings: registry poll 1 s,
 heartbeat 2 s) on a temp registry of 50 idle Python plugins, each run in the
 pack03 sandbox (the source tree's, or the test-only passthrough when pack03 is
-absent: said in the output). Once all run, it samples every second for 20 s the
-CPU time and RSS of the supervisor and of the 50 plugins (the baseline, measured
-side by side), and the supervisor with no plugin at all. Prints one Markdown
-section on stdout; progress on stderr; everything in a temp dir.
+absent: said in the output), side by side with a second service that supervises
+no plugin (the baseline). Once all run, it samples both supervisors' CPU time
+and RSS in the same seconds, every second for 20 s, and reports the cost per
+supervised plugin (CPU per second, memory). One Markdown section on stdout;
+progress on stderr; everything in a temp dir.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,8 +69,8 @@ def _write_registry(plugins_dir: Path, n: int) -> None:
         rel = f"packages/{pid}/1.0.0"
         (plugins_dir / rel).mkdir(parents=True)
         (plugins_dir / rel / "main.py").write_text(IDLE_PLUGIN)
-        manifest = {"id": pid, "name": pid, "version": "1.0.0", "entrypoint": "main.py"}
-        manifest["permissions"] = []
+        manifest: dict[str, object] = {"id": pid, "name": pid, "version": "1.0.0"}
+        manifest |= {"entrypoint": "main.py", "permissions": []}
         plugins[pid] = {
             "enabled": True,
             "active_version": "1.0.0",
@@ -87,8 +89,19 @@ def _status(run: Path) -> dict[str, object]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _measure(base: Path, n: int, sandbox_root: Path) -> dict[str, float]:
-    """Run a service with ``n`` plugins; sample WINDOW_S seconds; stop it."""
+@dataclass
+class _Run:
+    """One launcher service on its own temp registry, and what it supervises."""
+
+    base: Path
+    n: int
+    svc: subprocess.Popen[bytes]
+    started: float
+    pids: list[int] = field(default_factory=list)
+    startup_s: float = 0.0
+
+
+def _start(base: Path, n: int, sandbox_root: Path) -> _Run:
     plugins_dir = base / "plugins"
     plugins_dir.mkdir(parents=True)
     _write_registry(plugins_dir, n)
@@ -100,7 +113,6 @@ def _measure(base: Path, n: int, sandbox_root: Path) -> dict[str, float]:
         "AURORA_PLUGIN_REGISTRY": str(plugins_dir / "registry.json"),
         "AURORA_SANDBOX_ROOT": str(sandbox_root),
     }
-    started = time.monotonic()
     with open(base / "service.log", "ab") as log:
         svc = subprocess.Popen(
             [sys.executable, "-m", "launcher.service"],
@@ -110,57 +122,76 @@ def _measure(base: Path, n: int, sandbox_root: Path) -> dict[str, float]:
             stderr=log,
             start_new_session=True,
         )
+    return _Run(base, n, svc, time.monotonic())
+
+
+def _wait_all_running(run: _Run) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        doc = _status(run.base / "run")
+        plugins = doc.get("plugins", {})
+        assert isinstance(plugins, dict)
+        run.pids = [p["pid"] for p in plugins.values() if p.get("state") == "running"]
+        if doc and len(run.pids) == run.n:
+            run.startup_s = time.monotonic() - run.started
+            return
+        if run.svc.poll() is not None:
+            raise RuntimeError(f"service exited {run.svc.returncode}: see {run.base}/service.log")
+        time.sleep(0.1)
+    raise RuntimeError(f"only {len(run.pids)} of {run.n} plugins running after 90 s")
+
+
+def _stop(run: _Run) -> None:
+    if run.svc.poll() is not None:
+        return
+    run.svc.send_signal(signal.SIGTERM)
     try:
-        pids: list[int] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            plugins = _status(base / "run").get("plugins", {})
-            assert isinstance(plugins, dict)
-            pids = [p["pid"] for p in plugins.values() if p.get("state") == "running"]
-            if len(pids) == n:
-                break
-            if svc.poll() is not None:
-                raise RuntimeError(f"service exited {svc.returncode}: see {base}/service.log")
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"only {len(pids)} of {n} plugins running after 90 s")
-        all_running_s = time.monotonic() - started
-        _say(f"{n} plugin(s) running after {all_running_s:.1f}s; sampling {WINDOW_S}s")
-        time.sleep(2.0)  # let start-up settle
-        sup_cpu: list[float] = []
-        plug_cpu: list[float] = []
-        sup_rss: list[int] = []
-        plug_rss: list[int] = []
-        prev_sup = _cpu_ns(svc.pid) or 0
-        prev_plug = sum(_cpu_ns(p) or 0 for p in pids)
-        prev_t = time.monotonic()
-        for _ in range(WINDOW_S):
-            time.sleep(1.0)
-            now = time.monotonic()
-            cur_sup = _cpu_ns(svc.pid) or 0
-            cur_plug = sum(_cpu_ns(p) or 0 for p in pids)
-            dt = now - prev_t
-            sup_cpu.append(100.0 * (cur_sup - prev_sup) / 1e9 / dt)
-            plug_cpu.append(100.0 * (cur_plug - prev_plug) / 1e9 / dt)
-            sup_rss.append(_rss_kib(svc.pid))
-            plug_rss.append(sum(_rss_kib(p) for p in pids))
-            prev_sup, prev_plug, prev_t = cur_sup, cur_plug, now
-        return {
-            "startup_s": all_running_s,
-            "sup_cpu": statistics.median(sup_cpu),
-            "sup_cpu_total_s": sum(sup_cpu) / 100.0,
-            "plug_cpu": statistics.median(plug_cpu),
-            "plug_cpu_total_s": sum(plug_cpu) / 100.0,
-            "sup_rss_mib": statistics.median(sup_rss) / 1024,
-            "plug_rss_mib": statistics.median(plug_rss) / 1024,
-        }
-    finally:
-        svc.send_signal(signal.SIGTERM)
-        try:
-            svc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(svc.pid, signal.SIGKILL)
-            svc.wait()
+        run.svc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.svc.pid, signal.SIGKILL)
+        run.svc.wait()
+
+
+@dataclass
+class _Samples:
+    cpu_ms_per_s: list[float] = field(default_factory=list)  # one per 1 s sample
+    cpu_ns_total: int = 0
+    rss_kib: list[int] = field(default_factory=list)
+
+
+def _sample(runs: list[_Run]) -> tuple[dict[int, _Samples], _Samples, float]:
+    """Sample every supervisor and the plugins of the last run, in the same seconds."""
+    sups = {r.n: _Samples() for r in runs}
+    plugins = _Samples()
+    plugin_pids = runs[-1].pids
+
+    def cpu_now() -> tuple[dict[int, int], int]:
+        return (
+            {r.n: _cpu_ns(r.svc.pid) or 0 for r in runs},
+            sum(_cpu_ns(p) or 0 for p in plugin_pids),
+        )
+
+    prev_sup, prev_plug = cpu_now()
+    prev_t = t0 = time.monotonic()
+    for _ in range(WINDOW_S):
+        time.sleep(1.0)
+        now = time.monotonic()
+        cur_sup, cur_plug = cpu_now()
+        dt = now - prev_t
+        for r in runs:
+            d = cur_sup[r.n] - prev_sup[r.n]
+            sups[r.n].cpu_ms_per_s.append(d / 1e6 / dt)
+            sups[r.n].cpu_ns_total += d
+            sups[r.n].rss_kib.append(_rss_kib(r.svc.pid))
+        plugins.cpu_ms_per_s.append((cur_plug - prev_plug) / 1e6 / dt)
+        plugins.cpu_ns_total += cur_plug - prev_plug
+        plugins.rss_kib.append(sum(_rss_kib(p) for p in plugin_pids))
+        prev_sup, prev_plug, prev_t = cur_sup, cur_plug, now
+    return sups, plugins, time.monotonic() - t0
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "n/a (baseline 0)"
 
 
 def main() -> int:
@@ -168,56 +199,71 @@ def main() -> int:
     sandbox_root = PACK03 if real else PASSTHROUGH
     _say(f"sandbox: {'pack03 (real)' if real else 'TEST-ONLY passthrough (pack03 absent)'}")
     with tempfile.TemporaryDirectory(prefix="bench-launcher-") as tmp:
-        _say("supervisor with 0 plugins")
-        empty = _measure(Path(tmp) / "empty", 0, sandbox_root)
-        _say(f"supervisor with {N_PLUGINS} idle plugins")
-        full = _measure(Path(tmp) / "full", N_PLUGINS, sandbox_root)
-
-    def ratio(a: float, b: float) -> str:
-        return f"{a / b:.2f}" if b > 0 else "n/a (the idle plugins used no measurable CPU)"
-
-    rows = [
-        ("supervisor, 0 plugins", empty["sup_cpu"], empty["sup_cpu_total_s"], empty["sup_rss_mib"]),
-        (
-            f"supervisor, {N_PLUGINS} plugins",
-            full["sup_cpu"],
-            full["sup_cpu_total_s"],
-            full["sup_rss_mib"],
-        ),
-        (
-            f"baseline: the {N_PLUGINS} plugins themselves (sum)",
-            full["plug_cpu"],
-            full["plug_cpu_total_s"],
-            full["plug_rss_mib"],
-        ),
-    ]
-    sandbox_name = "pack03 sandbox" if real else "TEST-ONLY passthrough sandbox (pack03 absent)"
-    out = [
-        "## Launcher: supervisor cost with 50 idle plugins",
-        "",
-        f"`python -m launcher.service` (default settings: registry poll 1 s, heartbeat 2 s) "
-        f"supervising {N_PLUGINS} idle Python plugins (`time.sleep` loop) run in the "
-        f"{sandbox_name}. After all are running and 2 s of settling, CPU (from "
-        f"/proc/<pid>/schedstat, ns) and RSS are sampled every second for {WINDOW_S} s; "
-        "the medians are shown. "
-        "The baseline is the plugins' own cost, measured side by side in the same run.",
-        "",
-        "| process | CPU % of one core (median, 1 s samples) | CPU s in window | RSS MiB |",
-        "|---|---:|---:|---:|",
-    ]
-    out += [f"| {n} | {c:.3f} | {t:.3f} | {r:.1f} |" for n, c, t, r in rows]
-    out += [
-        "",
-        f"- Ratio supervisor / plugins: CPU seconds "
-        f"{ratio(full['sup_cpu_total_s'], full['plug_cpu_total_s'])}, RSS "
-        f"{ratio(full['sup_rss_mib'], full['plug_rss_mib'])}.",
-        f"- Supervisor with {N_PLUGINS} plugins / with 0: CPU seconds "
-        f"{ratio(full['sup_cpu_total_s'], empty['sup_cpu_total_s'])}, RSS "
-        f"{ratio(full['sup_rss_mib'], empty['sup_rss_mib'])}.",
-        f"- Time from service start to all {N_PLUGINS} plugins running: {full['startup_s']:.1f} s.",
-    ]
-    print("\n".join(out))
+        runs: list[_Run] = []
+        try:
+            for n in (0, N_PLUGINS):
+                _say(f"starting a supervisor with {n} idle plugin(s)")
+                runs.append(_start(Path(tmp) / f"n{n}", n, sandbox_root))
+            for run in runs:
+                _wait_all_running(run)
+                _say(f"{run.n} plugin(s) running after {run.startup_s:.1f}s")
+            time.sleep(3.0)  # let start-up settle (a status write is due every 2 s)
+            _say(f"sampling both supervisors side by side for {WINDOW_S}s")
+            sups, plugins, window = _sample(runs)
+        finally:
+            for run in runs:
+                _stop(run)
+    print(_report(real, sups, plugins, window, runs[-1].startup_s))
     return 0
+
+
+def _report(
+    real: bool, sups: dict[int, _Samples], plugins: _Samples, window: float, startup_s: float
+) -> str:
+    base, full = sups[0], sups[N_PLUGINS]
+    mean = {n: s.cpu_ns_total / 1e6 / window for n, s in sups.items()}  # CPU ms per s
+    rss = {n: statistics.median(s.rss_kib) / 1024 for n, s in sups.items()}  # MiB
+    per_plugin_cpu_us = (mean[N_PLUGINS] - mean[0]) * 1000 / N_PLUGINS
+    per_plugin_rss_kib = (rss[N_PLUGINS] - rss[0]) * 1024 / N_PLUGINS
+    plug_rss_each = statistics.median(plugins.rss_kib) / N_PLUGINS
+    med_full, med_base = statistics.median(full.cpu_ms_per_s), statistics.median(base.cpu_ms_per_s)
+    sandbox_name = "pack03 sandbox" if real else "TEST-ONLY passthrough sandbox (pack03 absent)"
+
+    def row(name: str, s: _Samples, n: int) -> str:
+        return (
+            f"| {name} | {statistics.median(s.cpu_ms_per_s):.3f} | {mean[n]:.3f} | "
+            f"{100 * mean[n] / 1000:.3f} | {rss[n]:.1f} |"
+        )
+
+    out = [
+        f"## Launcher: supervisor cost with {N_PLUGINS} idle plugins",
+        "",
+        "Two `python -m launcher.service` processes (default settings: registry poll 1 s, "
+        "heartbeat 2 s) run side by side in the same seconds: the baseline supervises "
+        f"no plugin, the other {N_PLUGINS} idle Python plugins (`time.sleep` loop) run in "
+        f"the {sandbox_name}. Once all run and 3 s have passed, the CPU time "
+        f"(`/proc/<pid>/schedstat`, ns) and RSS of each supervisor (its own process only) "
+        f"are sampled every second for {WINDOW_S} s.",
+        "",
+        "| supervisor | CPU ms per s (median of 1 s samples) | CPU ms per s (window mean) "
+        "| % of one core (mean) | RSS MiB (median) |",
+        "|---|---:|---:|---:|---:|",
+        row("baseline: 0 plugins", base, 0),
+        row(f"{N_PLUGINS} idle plugins", full, N_PLUGINS),
+        f"| ratio {N_PLUGINS} / 0 | {_ratio(med_full, med_base)} | "
+        f"{_ratio(mean[N_PLUGINS], mean[0])} | | {_ratio(rss[N_PLUGINS], rss[0])} |",
+        "",
+        f"- **Per supervised plugin** ({N_PLUGINS} plugins minus 0, divided by {N_PLUGINS}): "
+        f"{per_plugin_cpu_us:.1f} µs of supervisor CPU per second "
+        f"({per_plugin_cpu_us / 1e4:.4f} % of one core) and {per_plugin_rss_kib:.0f} KiB of "
+        "supervisor RSS.",
+        f"- For scale, each idle plugin itself holds {plug_rss_each / 1024:.1f} MiB RSS "
+        f"(median) and used {plugins.cpu_ns_total / 1e6 / window / N_PLUGINS * 1000:.1f} µs "
+        "CPU per second: in memory, the plugins, not their supervisor, are what an idle "
+        "fleet costs.",
+        f"- Time from service start to all {N_PLUGINS} plugins running: {startup_s:.1f} s.",
+    ]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
