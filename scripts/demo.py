@@ -16,21 +16,28 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "installer" / "aurora_installer.py"
 
 
-def _steps(pack: str) -> list[list[str]]:
+# Exit status 6: approval is required and there is no terminal to ask on.
+APPROVAL_REFUSED = 6
+
+
+def _steps(pack: str) -> list[tuple[list[str], int]]:
+    """Each command with the exit status it must give."""
     return [
-        ["list"],
-        ["validate", "--pack", pack],
-        ["stage", "--pack", pack],
-        ["dry-run", "--pack", pack],
-        ["install", "--pack", pack, "--with-deps", "--approve"],
-        ["status"],
-        ["verify", "--pack", pack],
-        ["start", "--pack", pack],
-        ["health", "--pack", pack],
-        ["status", "--pack", pack],
-        ["stop", "--pack", pack],
-        ["uninstall", "--pack", pack],
-        ["status", "--pack", pack],
+        (["list"], 0),
+        (["validate", "--pack", pack], 0),
+        (["stage", "--pack", pack], 0),
+        (["dry-run", "--pack", pack], 0),
+        # Without a terminal the operator's approval must be given explicitly.
+        (["install", "--pack", pack, "--with-deps"], APPROVAL_REFUSED),
+        (["install", "--pack", pack, "--with-deps", "--approve"], 0),
+        (["status"], 0),
+        (["verify", "--pack", pack], 0),
+        (["start", "--pack", pack], 0),
+        (["health", "--pack", pack], 0),
+        (["status", "--pack", pack], 0),
+        (["stop", "--pack", pack], 0),
+        (["uninstall", "--pack", pack], 0),
+        (["status", "--pack", pack], 0),
     ]
 
 
@@ -45,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[str] = []
     started = False
     try:
-        for step in _steps(args.pack):
+        for step, expected in _steps(args.pack):
             shown = "python3 installer/aurora_installer.py " + shlex.join(step)
             print(f"$ {shown}", flush=True)
             proc = subprocess.run(
@@ -56,13 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check=False,
                 timeout=600,
             )
-            print(f"-> exit {proc.returncode}\n", flush=True)
+            note = " (as expected: refused without --approve)" if expected else ""
+            print(f"-> exit {proc.returncode}{note}\n", flush=True)
             if step[0] == "start":
                 started = True
             elif step[0] == "stop" and proc.returncode == 0:
                 started = False
-            if proc.returncode != 0:
-                failed.append(shown)
+            if proc.returncode != expected:
+                failed.append(f"{shown} (exit {proc.returncode}, expected {expected})")
                 break
     finally:
         if started:  # leave nothing running behind the throw-away home
@@ -80,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print(f"demo FAILED at: {failed[0]}", file=sys.stderr)
         return 1
-    print("demo passed: every step exited 0")
+    print("demo passed: every step gave the exit status it should")
     return 0
 
 
