@@ -302,6 +302,8 @@ def _show(out: _Output, command: str, result: Any, packs_dir: Path) -> None:
                 f"approval: {how}) -> {step['path']}"
             )
     elif command == "uninstall":
+        if result["stopped"]:
+            out.text(f"stopped {result['pack']} first")
         out.text(f"uninstalled {result['pack']} {result['version']}")
         if result["data_kept"]:
             out.text(f"  data kept in {result['data_kept']} (uninstall --purge deletes it)")

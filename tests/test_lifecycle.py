@@ -174,6 +174,7 @@ def test_uninstall_refuses_running_pack_or_stops_it(env: Env) -> None:
     assert reinstall.code == ExitCode.REFUSED
     done = env.run("uninstall", "--pack", "svc", "--stop")
     assert done.code == 0, done.err
+    assert "stopped svc first\nuninstalled svc 1.0.0" in done.out
     assert not _alive(pid)
     assert env.active("svc") is None
 
