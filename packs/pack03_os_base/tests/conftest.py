@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -215,6 +218,7 @@ class Sandbox:
     tmp: Path
     backend: str = "native"
     pids: list[int] = field(default_factory=list)
+    served = False  # the one-shot launcher (ServedSandbox: the fork server)
 
     def __post_init__(self) -> None:
         self.plugin_dir = self.tmp / "plugin"
@@ -288,12 +292,164 @@ class Sandbox:
             self.kill_tree(pid)
 
 
-@pytest.fixture(params=["native", "bwrap"])
+class ServerProc:
+    """A ``launch.py --serve`` process and a client of its protocol (docs/contracts.md)."""
+
+    def __init__(self, directory: Path, spares: int = 1, grace: float = 2.0) -> None:
+        self.sock = directory / "s.sock"
+        self.log = directory / "server.log"
+        self.started: list[int] = []  # pids to kill at teardown, if a test let them live
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, str(LAUNCH), "--serve", str(self.sock), "--spares", str(spares),
+                 "--grace", str(grace)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not self.sock.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"server did not start: {self.log.read_text()}")
+            time.sleep(0.01)
+
+    def connect(self) -> socket.socket:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(str(self.sock))
+        return conn
+
+    def request(
+        self,
+        doc: dict[str, Any] | bytes,
+        fds: list[int] | None = None,
+        timeout: float = 60,
+        started: list[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Send one request; every event until the server closes (pids go to `started`)."""
+        raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        events: list[dict[str, Any]] = []
+        with self.connect() as conn:
+            socket.send_fds(conn, [raw], fds or [])
+            conn.settimeout(timeout)
+            while msg := conn.recv(1 << 20):
+                events.append(json.loads(msg))
+                if started is not None and events[-1].get("pid"):
+                    started.append(int(events[-1]["pid"]))
+        return events
+
+    def children(self) -> list[int]:
+        """The server's child processes (spares and runs)."""
+        try:
+            path = f"/proc/{self.proc.pid}/task/{self.proc.pid}/children"
+            with open(path) as fh:
+                return [int(p) for p in fh.read().split()]
+        except OSError:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """One fork server for the session's served sandboxes; must stop cleanly (exit 0)."""
+    srv = ServerProc(tmp_path_factory.mktemp("srv"))
+    yield srv
+    assert srv.stop() == 0, srv.log.read_text()
+    assert not srv.sock.exists()
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[ServerProc]:
+    """A server of the test's own (2 spares), which the test may stop or kill; whatever it
+    leaves (plugins, cgroups of killed spares) is killed and removed at teardown."""
+    srv = ServerProc(tmp_path, spares=2, grace=1.0)
+    yield srv
+    seen = srv.children()
+    srv.stop(signal.SIGKILL)
+    for pid in {*srv.started, *seen}:
+        subprocess.run([PYTHON, str(LAUNCH), "--kill-tree", "--pid", str(pid), "--grace", "0"],
+                       capture_output=True, timeout=60, check=False)  # fmt: skip
+
+
+@dataclass
+class ServedSandbox(Sandbox):
+    """The same runs, through the fork server instead of the one-shot launcher."""
+
+    server: ServerProc | None = None
+    served = True
+
+    def run(
+        self, argv: list[str], granted: list[str] | None = None, timeout: float = 60, **limits: int
+    ) -> Result:
+        assert self.server is not None
+        report = self.tmp / "report.json"
+        report.unlink(missing_ok=True)
+        doc = {"policy": json.loads(self.policy(granted, **limits).read_text()), "argv": argv,
+               "backend": self.backend, "report": str(report)}  # fmt: skip
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY)
+        out, err = _Drain(out_r), _Drain(err_r)
+        started: list[int] = []
+        try:
+            events = self.server.request(doc, [null, out_w, err_w], timeout, started)
+        except TimeoutError:
+            for pid in started:
+                self.kill_tree(pid)
+            raise AssertionError(f"served run exceeded {timeout}s") from None
+        finally:
+            for fd in (null, out_w, err_w):
+                os.close(fd)
+            self.pids += started
+        last = events[-1]
+        assert last["event"] == "exited", events
+        doc_report = json.loads(report.read_text()) if report.exists() else {}
+        return Result(last["returncode"], out.text(), err.text(), doc_report, last["pid"])
+
+
+class _Drain:
+    """Read a pipe to its end in a thread, so a chatty plugin never blocks on it."""
+
+    def __init__(self, fd: int) -> None:
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._read, args=(fd,), daemon=True)
+        self.thread.start()
+
+    def _read(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as fh:
+            while chunk := fh.read1(65536):
+                self.chunks.append(chunk)
+
+    def text(self) -> str:
+        self.thread.join(30)
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+@pytest.fixture
+def served(tmp_path: Path, server: ServerProc) -> Iterator[Sandbox]:
+    """The native backend through the session's fork server."""
+    box = ServedSandbox(tmp_path, backend="native", server=server)
+    yield box
+    box.cleanup()
+
+
+@pytest.fixture(params=["native", "bwrap", "native-served", "bwrap-served"])
 def sandbox(request: pytest.FixtureRequest, tmp_path: Path, probe: Probe) -> Iterator[Sandbox]:
-    """A sandbox per backend; bwrap is skipped (with the probe's reason) where missing."""
-    if request.param == "bwrap":
+    """A sandbox per backend, one-shot and through the fork server; bwrap is skipped (with
+    the probe's reason) where missing."""
+    backend, _, served = str(request.param).partition("-")
+    if backend == "bwrap":
         probe.require("bwrap")
-    box = Sandbox(tmp_path, backend=request.param)
+    box: Sandbox
+    if served:
+        box = ServedSandbox(tmp_path, backend=backend, server=request.getfixturevalue("server"))
+    else:
+        box = Sandbox(tmp_path, backend=backend)
     yield box
     box.cleanup()
 

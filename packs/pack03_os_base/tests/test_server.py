@@ -1,0 +1,331 @@
+"""The fork server: same layers as the one-shot launcher, errors not crashes, nothing left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sandbox import cgroups, launch
+from sandbox import server as server_lib
+
+if TYPE_CHECKING:
+    from conftest import Sandbox, ServerProc
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root, like CI")
+
+
+def _policy(tmp: Path, plugin_id: str = "test.server", **extra: Any) -> dict[str, Any]:
+    return {"plugin_id": plugin_id, "granted": [], "data_dir": str(tmp / "data"),
+            "read_paths": [], "limits": {"processes": 16, "memory_bytes": 256 << 20},
+            **extra}  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "nfds", "expected"),
+    [
+        pytest.param(b"\xff", 0, "not a JSON document", id="not-utf8"),
+        pytest.param(b"{", 0, "not a JSON document", id="not-json"),
+        pytest.param(b"[1]", 0, "expected a JSON object, found list", id="not-object"),
+        pytest.param(b'{"argv": ["x"]}', 0, "policy: missing", id="no-policy"),
+        pytest.param(
+            b'{"policy": {}, "argv": ["x"]}', 0, "policy.plugin_id: missing", id="empty-policy"
+        ),
+        pytest.param(
+            b'{"policy": [], "argv": ["x"]}', 0, "policy: expected a JSON object", id="policy-list"
+        ),
+    ],
+)
+def test_malformed_requests_name_the_problem(raw: bytes, nfds: int, expected: str) -> None:
+    with pytest.raises(server_lib.RequestError) as err:
+        server_lib.parse_request(raw, nfds)
+    assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def test_every_problem_of_a_request_is_reported_at_once(tmp_path: Path) -> None:
+    doc = {"policy": _policy(tmp_path, granted=["netwrk"]), "argv": [], "backend": "docker",
+           "report": "rel.json", "extra": 1}  # fmt: skip
+    with pytest.raises(server_lib.RequestError) as err:
+        server_lib.parse_request(json.dumps(doc).encode(), 2)
+    problems = err.value.problems
+    assert "extra: unknown key (known: policy, argv, backend, report)" in problems
+    assert any(p.startswith("policy.granted[0]: unknown capability 'netwrk'") for p in problems)
+    assert any(p.startswith("argv: expected a non-empty list") for p in problems)
+    assert any(p.startswith("backend: expected one of auto, native, bwrap") for p in problems)
+    assert any(p.startswith("report: expected an absolute path") for p in problems)
+    assert any(p.startswith("fds: expected 0 or 3") for p in problems)
+
+
+def test_a_valid_request_is_normalised(tmp_path: Path) -> None:
+    doc = {"policy": _policy(tmp_path), "argv": ["/bin/true"]}
+    req = server_lib.parse_request(json.dumps(doc).encode(), 3)
+    assert req["backend"] == "auto" and req["report"] is None
+    assert req["policy"]["plugin_id"] == "test.server" and req["argv"] == ["/bin/true"]
+
+
+@root_only
+@pytest.mark.parametrize(
+    ("payload", "nfds"),
+    [
+        pytest.param(b"garbage", 0, id="garbage"),
+        pytest.param(b'{"policy": {"plugin_id": "../x"}, "argv": "ls"}', 0, id="bad-fields"),
+        pytest.param(b"{}", 4, id="four-fds"),
+        pytest.param(b" " * (server_lib.MAX_MESSAGE + 10), 0, id="too-large"),
+    ],
+)
+def test_a_malformed_request_gets_an_error_and_the_server_keeps_serving(
+    server: ServerProc, tmp_path: Path, payload: bytes, nfds: int
+) -> None:
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(nfds)]
+    try:
+        events = server.request(payload, fds, timeout=30)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert [e["event"] for e in events] == ["error"], events
+    assert events[0]["error"].startswith("bad request")
+    ok = server.request({"policy": _policy(tmp_path), "argv": ["/bin/true"]}, timeout=30)
+    assert ok[-1]["event"] == "exited" and ok[-1]["returncode"] == 0, ok
+
+
+# --- runs -------------------------------------------------------------------------------
+
+
+@root_only
+@pytest.mark.parametrize(
+    "granted",
+    [
+        pytest.param([], id="nothing"),
+        pytest.param(["network"], id="network"),
+        pytest.param(["fs-read", "io"], id="fs-read-io"),
+    ],
+)
+def test_a_served_run_gets_exactly_the_one_shot_layers(
+    server: ServerProc, native: Sandbox, granted: list[str]
+) -> None:
+    """Same policy, one-shot and served: the same layers, enforcement and limits."""
+    one_shot = native.run(["/bin/true"], granted=granted)
+    assert one_shot.returncode == 0, one_shot.stderr
+    report_file = native.tmp / "served-report.json"
+    doc = {"policy": json.loads(native.policy(granted).read_text()), "argv": ["/bin/true"],
+           "backend": "native", "report": str(report_file)}  # fmt: skip
+    events = server.request(doc, timeout=60, started=native.pids)
+    assert [e["event"] for e in events] == ["started", "exited"], events
+    started, exited = events
+    assert exited["returncode"] == 0 and exited["pid"] == started["pid"]
+    served = started["report"]
+    assert json.loads(report_file.read_text()) == served  # written before "started"
+    a, b = one_shot.report, served
+    for key in ("status", "backend", "granted", "enforced", "contained", "degraded", "limits",
+                "allow_degraded", "plugin_id"):  # fmt: skip
+        assert a[key] == b[key], key
+    assert {k: v["active"] for k, v in a["layers"].items()} == {
+        k: v["active"] for k, v in b["layers"].items()
+    }
+    assert {k: v["detail"] for k, v in a["layers"].items() if k != "cgroup"} == {
+        k: v["detail"] for k, v in b["layers"].items() if k != "cgroup"
+    }
+    assert b["pid"] == started["pid"]
+    assert (a["cgroup"]["memory"] is None) == (b["cgroup"]["memory"] is None)
+    assert (a["cgroup"]["pids"] is None) == (b["cgroup"]["pids"] is None)
+    assert all(f"/{cgroups.POOL}/run-{b['pid']}" in d for d in b["cgroup"]["dirs"])
+
+
+@root_only
+def test_a_served_run_has_its_limits_in_its_cgroup(served: Sandbox) -> None:
+    """The spare's cgroups were made before the policy was known: the limits are set after."""
+    code = (
+        "import json\n"
+        "out = {}\n"
+        "for line in open('/proc/self/cgroup'):\n"
+        "    _, ctrl, path = line.strip().split(':', 2)\n"
+        "    for name, f in (('pids', 'pids.max'), ('memory', 'memory.limit_in_bytes')):\n"
+        "        if name in ctrl.split(','):\n"
+        "            out[name] = open(f'/sys/fs/cgroup/{name}{path}/{f}').read().strip()\n"
+        "            out[name + '-dir'] = path\n"
+        "print(json.dumps(out))\n"
+    )
+    res = served.run([sys.executable, "-I", "-c", code], granted=["fs-read"], processes=7)
+    assert res.returncode == 0, res.stderr
+    out = res.outcome
+    if "pids" not in out:
+        pytest.skip("no v1 pids hierarchy here (pure cgroup v2)")
+    assert out["pids"] == "7"
+    assert out["pids-dir"].endswith(f"/{cgroups.POOL}/run-{res.pid}")
+    if "memory" in out:
+        assert int(out["memory"]) == 256 << 20
+
+
+@root_only
+@pytest.mark.parametrize(
+    ("argv", "code", "error"),
+    [
+        pytest.param(["no-such-command-aurora"], 127, "command not found", id="not-found"),
+        pytest.param(["/bin/sh", "-c", "exit 3"], 3, None, id="own-status"),
+        pytest.param(["/bin/sh", "-c", "kill -KILL $$"], -9, None, id="killed"),
+    ],
+)
+def test_exit_statuses_are_the_one_shot_ones(
+    server: ServerProc, tmp_path: Path, argv: list[str], code: int, error: str | None
+) -> None:
+    events = server.request({"policy": _policy(tmp_path), "argv": argv}, timeout=60)
+    exited = events[-1]
+    assert exited["event"] == "exited" and exited["returncode"] == code, events
+    if error:
+        assert error in exited["error"] and "started" not in [e["event"] for e in events]
+    else:
+        assert exited["error"] is None
+
+
+@root_only
+def test_a_run_that_cannot_start_is_told_why(server: ServerProc, tmp_path: Path) -> None:
+    """A data dir that cannot be created: exit 125 and the reason, no "started" event."""
+    (tmp_path / "file").write_text("x")
+    doc = {"policy": _policy(tmp_path, data_dir=str(tmp_path / "file" / "sub")),
+           "argv": ["/bin/true"], "report": str(tmp_path / "r.json")}  # fmt: skip
+    events = server.request(doc, timeout=60)
+    assert [e["event"] for e in events] == ["exited"], events
+    assert events[0]["returncode"] == launch.EXIT_REFUSED
+    assert "data_dir" in events[0]["error"]
+
+
+# --- the server's own life cycle ---------------------------------------------------------
+
+
+@root_only
+def test_the_socket_is_its_owners_only(server: ServerProc) -> None:
+    assert stat.S_IMODE(server.sock.stat().st_mode) == 0o600
+
+
+@root_only
+def test_another_uid_is_turned_away_even_if_it_can_connect(own_server: ServerProc) -> None:
+    # The peer check is the second line: open the socket's mode and reach its directory
+    # through an fd (pytest's temp root is 0700), as a uid other than the server's.
+    os.chmod(own_server.sock, 0o666)
+    os.chmod(own_server.sock.parent, 0o755)
+    dfd = os.open(own_server.sock.parent, os.O_PATH)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.setuid(65534)
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            conn.connect(f"/proc/self/fd/{dfd}/{own_server.sock.name}")
+            conn.settimeout(10)
+            os.write(w, conn.recv(4096))
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(dfd)
+    with os.fdopen(r, "rb") as fh:
+        reply = json.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert reply["event"] == "error" and "uid 65534 may not use this server" in reply["error"]
+
+
+@root_only
+def test_stop_ends_every_run_and_spare_and_leaves_nothing(
+    own_server: ServerProc, tmp_path: Path
+) -> None:
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    script = plugin / "escape_and_wait.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        print(os.getpid(), flush=True)\n"
+        "        time.sleep(120)\n"
+        "    os._exit(0)\n"
+        "time.sleep(120)\n"
+    )
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    doc = {"policy": _policy(tmp_path, read_paths=[str(plugin)]),
+           "argv": [sys.executable, "-I", str(script)], "backend": "native"}  # fmt: skip
+    conn = own_server.connect()
+    socket.send_fds(conn, [json.dumps(doc).encode()], [null, w, null])
+    os.close(null)
+    os.close(w)
+    conn.settimeout(60)
+    started = json.loads(conn.recv(1 << 20))
+    assert started["event"] == "started", started
+    own_server.started.append(started["pid"])
+    with os.fdopen(r) as fh:
+        grandchild = int(fh.readline())
+    dirs = started["report"]["cgroup"]["dirs"]
+    deadline = time.monotonic() + 10
+    while len(own_server.children()) < 3 and time.monotonic() < deadline:  # run + 2 spares
+        time.sleep(0.02)
+    children = own_server.children()
+    assert started["pid"] in children and len(children) == 3, children
+    assert own_server.stop(signal.SIGTERM) == 0, own_server.log.read_text()
+    exited = json.loads(conn.recv(1 << 20))
+    conn.close()
+    assert exited["event"] == "exited" and exited["returncode"] == -signal.SIGTERM, exited
+    for pid in [*children, grandchild]:
+        assert not _alive(pid), pid
+    assert not own_server.sock.exists()
+    assert not any(os.path.exists(d) for d in dirs)
+
+
+@root_only
+def test_spares_die_with_a_killed_server(own_server: ServerProc) -> None:
+    deadline = time.monotonic() + 10
+    while len(own_server.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    spares = own_server.children()
+    assert len(spares) == 2
+    own_server.started += spares  # their (empty) cgroups are removed at teardown
+    own_server.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in spares) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in spares)
+
+
+@root_only
+def test_a_client_that_leaves_does_not_stop_its_plugin(
+    own_server: ServerProc, tmp_path: Path
+) -> None:
+    doc = {"policy": _policy(tmp_path), "argv": ["/bin/sleep", "30"]}
+    with own_server.connect() as conn:
+        socket.send_fds(conn, [json.dumps(doc).encode()], [])
+        conn.settimeout(60)
+        started = json.loads(conn.recv(1 << 20))
+    own_server.started.append(started["pid"])
+    time.sleep(0.2)
+    assert _alive(started["pid"])
+    again = own_server.request({"policy": _policy(tmp_path), "argv": ["/bin/true"]}, timeout=60)
+    assert again[-1]["returncode"] == 0  # and the server still serves
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--serve", "/nonexistent-aurora-dir/s.sock"], id="no-such-dir"),
+        pytest.param(["--serve", "s.sock", "--spares", "-1"], id="negative-spares"),
+    ],
+)
+def test_serve_usage_mistakes_exit_125(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch.main(argv) == launch.EXIT_REFUSED
+    assert capsys.readouterr().err.startswith("sandbox: usage:")
