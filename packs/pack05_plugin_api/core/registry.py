@@ -17,7 +17,7 @@ from packaging.version import Version
 from . import paths
 from .api import validate_manifest
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
-from .frozen import FrozenDict, freeze, thaw
+from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
 from .storage import append_audit, atomic_write, default_actor, locked, utc_now
 
@@ -58,7 +58,7 @@ class _Snapshot:
     """The parsed registry for one on-disk version of the file (files are only replaced)."""
 
     key: tuple[int, ...]
-    data: Data
+    data: Data  # read-only as parsed; records this object wrote are plain, never mutated
     # What list() hands out: read-only views, built on first use for this version of the file.
     frozen: FrozenDict | None = field(default=None)
 
@@ -205,8 +205,9 @@ class PluginRegistry:
     def _parse(self, raw: bytes) -> Data:
         try:
             text = raw.decode("utf-8")
-            # Plain (C-speed) parse: this copy is private; list() freezes its own views.
-            data = json.loads(text)
+            # Read-only from the start: list() shares it without a second (frozen) copy, and
+            # every change copies only the records it touches.
+            data = loads_frozen(text)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
         data = self._check(data)
@@ -255,7 +256,8 @@ class PluginRegistry:
         """
         snapshot = self._snap()
         if snapshot.frozen is None:
-            # Records this object wrote or froze before are reused: only changed ones are frozen.
+            # Parsed records are read-only already (a view only adds "manifest"); views of
+            # records this object saw before are reused; only records it wrote are frozen.
             old = self._frozen
             views: dict[str, Record] = {}
             for pid, record in snapshot.data["plugins"].items():

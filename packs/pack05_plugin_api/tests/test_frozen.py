@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import pickle
 
 import pytest
-from core.frozen import FrozenDict, FrozenList, freeze, thaw
+from core.frozen import FrozenDict, FrozenList, freeze, loads_frozen, thaw
 
 
 def _sample() -> dict:
@@ -55,3 +56,29 @@ def test_freeze_reuses_frozen_parts() -> None:
     inner = freeze({"k": [1]})
     outer = freeze({"inner": inner, "other": [2]})
     assert outer["inner"] is inner
+
+
+def test_loads_frozen_parses_straight_into_read_only_data() -> None:
+    text = json.dumps({**_sample(), "nested": [[1, {"x": [2]}]], "files": [{"path": "a"}]})
+    frozen = loads_frozen(text)
+    assert frozen == json.loads(text)
+    assert isinstance(frozen["nested"][0], FrozenList)
+    assert isinstance(frozen["nested"][0][1]["x"], FrozenList)
+    assert isinstance(frozen["files"][0], FrozenDict)
+    with pytest.raises(TypeError, match="read-only"):
+        frozen["files"][0]["path"] = "b"
+    assert isinstance(loads_frozen("[[1]]")[0], FrozenList)
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-enabled", "gc-disabled"])
+def test_loads_frozen_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        loads_frozen('{"a": [1]}')
+        assert gc.isenabled() is enabled
+        with pytest.raises(ValueError):
+            loads_frozen("{oops")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
