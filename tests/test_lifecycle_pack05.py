@@ -76,7 +76,9 @@ class Pack05:
             "AURORA_PACK05_POLL_SECONDS": str(POLL),
             "AURORA_PACK05_SETTLE_SECONDS": "0.1",
         }
-        self.started: list[int] = []  # pids seen in the pidfile, killed at teardown
+        # (pid, start time) of every service seen in the pidfile, killed at teardown
+        # only while that pid is still that process (never a reused pid).
+        self.started: list[tuple[int, int]] = []
 
     def script(
         self, name: str, *args: str, timeout: float = 60, **env: str
@@ -90,10 +92,15 @@ class Pack05:
             timeout=timeout,
             check=False,
         )
-        pid = self.pid()
-        if pid is not None and pid not in self.started:
-            self.started.append(pid)
+        self.remember()
         return proc
+
+    def remember(self) -> None:
+        """Note the service the pidfile names, for the teardown."""
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            doc = self.pidfile()
+            if doc is not None and (doc["pid"], doc["start_time"]) not in self.started:
+                self.started.append((int(doc["pid"]), int(doc["start_time"])))
 
     def pidfile(self) -> dict[str, Any] | None:
         try:
@@ -124,9 +131,10 @@ class Pack05:
         return self.script("health_check.sh", timeout=30).returncode == 0
 
     def kill_all(self) -> None:
-        for pid in self.started:
-            if _alive(pid) and os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
+        for pid, start_time in self.started:
+            with contextlib.suppress(ProcessLookupError):
+                if _start_time(pid) == start_time and os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -287,7 +295,7 @@ def test_concurrent_starts_make_one_service(pack: Pack05) -> None:
     outputs = [p.communicate(timeout=60)[0] for p in starts]
     pid = pack.pid()
     assert pid is not None
-    pack.started.append(pid)
+    pack.remember()
     assert [p.returncode for p in starts] == [0, 0, 0, 0], outputs
     assert sum("started pack05 loader service" in out for out in outputs) == 1
     assert sum(f"already running (pid {pid})" in out for out in outputs) == 3
@@ -482,6 +490,75 @@ def test_installed_by_the_installer_and_started_with_health_polling(tmp_path: Pa
         assert aurora("health", "--pack", "pack05_plugin_api").returncode != 0
     finally:
         with contextlib.suppress(OSError, ValueError, KeyError):
-            pid = json.loads(pidfile.read_text())["pid"]
-            if _alive(pid) and os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
+            doc = json.loads(pidfile.read_text())
+            if (
+                _start_time(doc["pid"]) == doc["start_time"]
+                and os.getpgid(doc["pid"]) == doc["pid"]
+            ):
+                os.killpg(doc["pid"], signal.SIGKILL)
+
+
+def test_installer_reports_a_killed_service_unhealthy_and_restarts_it(tmp_path: Path) -> None:
+    """SIGKILL the running service: `health --watch` turns unhealthy within the bound,
+    `status` says not running, and `start` replaces the stale pidfile with a new service."""
+    home = tmp_path / "home"
+    env = {**os.environ, "AURORA_PACK05_POLL_SECONDS": str(POLL)}
+    env.pop("AURORA_HOME", None)
+
+    def aurora(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(INSTALLER), *argv, "--home", str(home)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+            check=False,
+        )
+
+    for dependency in ("pack03_os_base", "pack04_launcher"):
+        if aurora("validate", "--pack", dependency).returncode != 0:
+            pytest.skip(f"{dependency} does not validate in this checkout")
+    pidfile = home / "run" / "pack05_plugin_api" / "service.pid"
+    pids: list[int] = []
+    started: list[tuple[int, int]] = []  # (pid, start time): never kill a reused pid
+
+    def record_start() -> None:
+        doc = json.loads(pidfile.read_text())
+        pids.append(doc["pid"])
+        started.append((doc["pid"], doc["start_time"]))
+
+    try:
+        proc = aurora("install", "--pack", "pack05_plugin_api", "--with-deps", "--approve")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = aurora("start", "--pack", "pack05_plugin_api", "--interval", "0.2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        record_start()
+        os.kill(pids[0], signal.SIGKILL)
+        assert _wait_for(lambda: not _alive(pids[0]), timeout=10)
+
+        began = time.monotonic()
+        watch = aurora(
+            "health", "--pack", "pack05_plugin_api", "--watch", "--count", "2",
+            "--interval", "0.2", "--retries", "2", "--json",
+        )  # fmt: skip
+        assert watch.returncode == 0, watch.stderr
+        assert json.loads(watch.stdout)["result"]["status"] == "unhealthy"
+        assert "not running" in watch.stderr and "stale pidfile" in watch.stderr
+        assert time.monotonic() - began < 60  # generous: two checks 0.2 s apart
+
+        status = json.loads(aurora("status", "--pack", "pack05_plugin_api", "--json").stdout)
+        runtime = status["result"]["runtime"]
+        assert runtime["running"] is False and runtime["health"]["status"] == "unhealthy"
+
+        proc = aurora("start", "--pack", "pack05_plugin_api", "--interval", "0.2")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        record_start()
+        assert started[1] != started[0] and _alive(pids[1])
+        assert aurora("stop", "--pack", "pack05_plugin_api").returncode == 0
+        assert not _alive(pids[1])
+    finally:
+        for pid, start_time in started:
+            with contextlib.suppress(ProcessLookupError):
+                if _start_time(pid) == start_time and os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)
