@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "packs" / "pack05_plugin_api"
+INSTALLER = REPO / "installer" / "aurora_installer.py"
 POLL = 1.0  # the service's default poll interval
 ROUNDS = 7
 HEALTH_ROUNDS = 60
@@ -85,6 +86,35 @@ class Lifecycle:
             pass
 
 
+class Installed:
+    """pack05 installed (with its dependencies) on a temporary AURORA_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "AURORA_PACK05_POLL_SECONDS": str(POLL)}
+        self.env.pop("AURORA_HOME", None)
+
+    def must(self, *argv: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, str(INSTALLER), *argv, "--home", str(self.home)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"aurora_installer.py {' '.join(argv)} failed: {proc.stderr}")
+
+    def kill_leftover(self) -> None:
+        try:
+            pidfile = self.home / "run" / "pack05_plugin_api" / "service.pid"
+            os.killpg(json.loads(pidfile.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
 def make_plugin(where: Path, plugin_id: str) -> Path:
     where.mkdir(parents=True)
     manifest = {"id": plugin_id, "name": "Bench", "version": "1.0.0", "entrypoint": "main.py"}
@@ -123,15 +153,19 @@ def staging_times(base: Path, n: int) -> list[float]:
 def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     lc = Lifecycle(base)
+    inst = Installed(base / "home")
     try:
         lc.must("install.sh", "--install")
+        inst.must("install", "--pack", "pack05_plugin_api", "--with-deps", "--approve")
         floor = [0.0] * HEALTH_ROUNDS
         health = [0.0] * HEALTH_ROUNDS
-        starts, stops = [], []
-        log(f"start -> healthy and stop, {ROUNDS} rounds")
+        starts, stops, inst_starts, inst_stops = [], [], [], []
+        log(f"start -> healthy and stop, scripts and installer alternating, {ROUNDS} rounds")
         for _ in range(ROUNDS):
             starts.append(lc.start_to_healthy())
             stops.append(timed(lambda: lc.must("stop.sh")))
+            inst_starts.append(timed(lambda: inst.must("start", "--pack", "pack05_plugin_api")))
+            inst_stops.append(timed(lambda: inst.must("stop", "--pack", "pack05_plugin_api")))
         lc.must("start.sh")
         log(f"health_check.sh vs {sys.executable} -c pass, {HEALTH_ROUNDS} rounds each")
         for i in range(HEALTH_ROUNDS):  # interleaved, so both see the same machine load
@@ -155,6 +189,7 @@ def main() -> int:
         staging = staging_times(base, PICKUPS)
     finally:
         lc.kill_leftover()
+        inst.kill_leftover()
         shutil.rmtree(base, ignore_errors=True)
 
     med = statistics.median
@@ -178,6 +213,15 @@ def main() -> int:
     for what, value, base_value in rows:
         print(
             f"| {what} | {value * 1000:.1f} ms | interpreter floor {base_value * 1000:.1f} ms "
+            f"| {value / base_value:.2f}x |"
+        )
+    for what, value, base_value in (
+        ("`aurora_installer.py start` (start.sh, health polling) until healthy",
+         med(inst_starts), med(starts)),
+        ("`aurora_installer.py stop` (stop.sh, state recorded)", med(inst_stops), med(stops)),
+    ):  # fmt: skip
+        print(
+            f"| {what} | {value * 1000:.1f} ms | the script alone {base_value * 1000:.1f} ms "
             f"| {value / base_value:.2f}x |"
         )
     print(
