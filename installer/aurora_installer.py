@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,12 +45,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive(text: str) -> float:
+    """Seconds, zero or more (a finite number: `nan` or `inf` would wait forever)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    """Seconds a script may run: more than zero."""
+    value = _positive(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
     return value
 
 
@@ -100,7 +112,7 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
     parser.add_argument(
         "--script-timeout",
-        type=_positive,
+        type=_timeout,
         default=default(DEFAULT_SCRIPT_TIMEOUT),
         metavar="SECONDS",
         help="kill a lifecycle script (and its process "
@@ -173,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--check-timeout",
-        type=_positive,
+        type=_timeout,
         default=defaults.timeout,
         metavar="SECONDS",
         help=f"one check is killed after this long (default {defaults.timeout:g})",
@@ -195,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("stop", "run stop.sh and record the result")
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=_timeout,
         default=DEFAULT_STOP_TIMEOUT,
         metavar="SECONDS",
         help=f"kill stop.sh after this long (default {DEFAULT_STOP_TIMEOUT:g})",
@@ -212,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--check-timeout",
-        type=_positive,
+        type=_timeout,
         default=defaults.timeout,
         metavar="SECONDS",
         help=f"a check is killed after this long (default {defaults.timeout:g})",

@@ -53,6 +53,13 @@ def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
         pytest.param(["frobnicate"], id="unknown-command"),
         pytest.param(["stage"], id="missing-pack"),
         pytest.param(["stage", "--pack", "a", "--wait", "-1"], id="negative-wait"),
+        pytest.param(["stage", "--pack", "a", "--wait", "abc"], id="wait-not-a-number"),
+        pytest.param(["stage", "--pack", "a", "--wait", "nan"], id="wait-nan"),
+        pytest.param(["list", "--wait", "inf"], id="wait-inf"),
+        pytest.param(["install", "--pack", "a", "--script-timeout", "0"], id="zero-script-timeout"),
+        pytest.param(["start", "--pack", "a", "--check-timeout", "0"], id="zero-check-timeout"),
+        pytest.param(["start", "--pack", "a", "--retries", "0"], id="zero-retries"),
+        pytest.param(["stop", "--pack", "a", "--timeout", "-5"], id="negative-stop-timeout"),
         pytest.param(["health", "--pack", "a", "--count", "2"], id="count-without-watch"),
     ],
 )
@@ -62,6 +69,7 @@ def test_usage_errors_exit_2_without_traceback(env: Env, argv: list[str]) -> Non
     assert result.code == ExitCode.USAGE
     assert "Traceback" not in result.err
     assert "error:" in result.err
+    assert not env.home.exists()  # nothing happened
 
 
 def test_usage_error_in_json_mode_is_one_document(env: Env) -> None:
