@@ -48,6 +48,7 @@ _PR_SET_PDEATHSIG = 1
 #: gets a fresh child at once.
 IDLE_REFILL = 0.01
 _UCRED = struct.Struct("3i")
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def parse_request(raw: bytes, nfds: int) -> dict[str, Any]:
@@ -112,7 +113,7 @@ class _Child:
 
 
 class Server:
-    """Serve run requests on a Unix socket until SIGTERM or SIGINT (see the module doc)."""
+    """Serve run requests on a Unix socket until SIGTERM, SIGINT or SIGHUP (module doc)."""
 
     def __init__(self, path: str, spares: int = 1, grace: float = 5.0) -> None:
         self.path = os.path.abspath(path)
@@ -131,9 +132,9 @@ class Server:
     # --- life cycle -------------------------------------------------------------
 
     def serve(self) -> None:
-        """Listen, keep the spares, answer requests; on SIGTERM/SIGINT stop every run."""
+        """Listen, keep the spares, answer requests; on SIGTERM/SIGINT/SIGHUP stop every run."""
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
         old_wake = signal.set_wakeup_fd(self._wake_w)
         try:
             self._listen()
@@ -465,7 +466,7 @@ class Server:
         code = EXIT_REFUSED
         try:
             signal.set_wakeup_fd(-1)
-            for s in (signal.SIGTERM, signal.SIGINT):
+            for s in _STOP_SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
             for fd in self._server_fds():
                 with contextlib.suppress(OSError):

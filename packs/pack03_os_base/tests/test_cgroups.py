@@ -94,3 +94,34 @@ def test_a_dead_runs_leftovers_are_pruned_at_the_next_start(run_dirs: list[str])
     assert orphan.wait(timeout=10) == -9
     assert not any(os.path.exists(d) for d in stale.dirs)
     assert all(os.path.isdir(d) for d in fresh.dirs)
+
+
+def test_a_prepared_run_is_limited_only_once_the_policy_is_known(run_dirs: list[str]) -> None:
+    """A server's spare: its cgroups exist (and hold it) before its limits do."""
+    run = cgroups.prepare_run(cgroups.POOL, 4_000_004, memory=True, pids=True)
+    run_dirs.extend(run.dirs)
+    if not run.dirs:
+        pytest.skip(f"no writable cgroup here: {run.problems}")
+    assert all(d.endswith(f"/{cgroups.POOL}/run-4000004") for d in run.dirs)
+    assert run.memory is None and run.pids is None
+    run.set_limits(32 * 1024 * 1024, 5)
+    if run.pids:
+        with open(run.pids) as fh:
+            assert fh.read().strip() == "5"
+    if run.memory:
+        with open(run.memory) as fh:
+            assert int(fh.read()) == 32 * 1024 * 1024
+    assert run.pids or run.memory, run.problems
+
+
+def test_killing_can_leave_the_empty_dirs_for_later(run_dirs: list[str]) -> None:
+    run = cgroups.create_run(PLUGIN, 4_000_005, None, None)
+    run_dirs.extend(run.dirs)
+    if not run.dirs:
+        pytest.skip(f"no writable cgroup here: {run.problems}")
+    proc = _spawn_into(run)
+    assert cgroups.kill_dirs(run.dirs, grace=0.0, remove=False) == []
+    assert proc.wait(timeout=10) == -9
+    assert all(os.path.isdir(d) for d in run.dirs)  # nothing in them, still there
+    cgroups.remove_dirs(run.dirs)
+    assert not any(os.path.exists(d) for d in run.dirs)

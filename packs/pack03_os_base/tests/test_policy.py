@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sandbox.errors import PolicyError
-from sandbox.policy import load_policy, parse_policy
+from sandbox.policy import load_policy, parse_policy, policy_from_json
 
 
 def _valid(tmp_path: Path, **changes: Any) -> dict[str, Any]:
@@ -137,3 +137,13 @@ def test_any_document_is_accepted_or_refused_with_policy_error(doc: object) -> N
         assert exc.problems
     else:
         assert pol.data_dir.startswith("/")
+
+
+def test_a_validated_policy_is_rebuilt_from_its_json(tmp_path: Path) -> None:
+    """The fork server validates once and hands its child the policy as JSON."""
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(_valid(tmp_path, granted=["network", "io"], allow_degraded=True)))
+    policy = load_policy(str(path))
+    rebuilt = policy_from_json(json.loads(json.dumps(policy.to_json())))
+    assert rebuilt == policy
+    assert rebuilt.granted == frozenset({"network", "io"}) and rebuilt.allow_degraded

@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sandbox import cgroups, launch
 from sandbox import server as server_lib
 
 if TYPE_CHECKING:
     from conftest import Sandbox, ServerProc
 
+_json_docs = st.dictionaries(
+    st.sampled_from(["policy", "argv", "backend", "report", "other"]),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=8,
+    ),
+)
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root, like CI")
 
 
@@ -329,3 +339,16 @@ def test_a_client_that_leaves_does_not_stop_its_plugin(
 def test_serve_usage_mistakes_exit_125(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert launch.main(argv) == launch.EXIT_REFUSED
     assert capsys.readouterr().err.startswith("sandbox: usage:")
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.binary(max_size=300) | st.builds(lambda d: json.dumps(d).encode(), _json_docs),
+       st.integers(min_value=0, max_value=5))  # fmt: skip
+def test_any_bytes_are_a_request_or_a_request_error(raw: bytes, nfds: int) -> None:
+    """Hostile input never crashes the server's parser with anything but a RequestError."""
+    try:
+        req = server_lib.parse_request(raw, nfds)
+    except server_lib.RequestError as exc:
+        assert exc.problems
+    else:
+        assert req["argv"] and nfds in (0, 3)
