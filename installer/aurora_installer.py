@@ -275,7 +275,9 @@ def _show_plan(out: _Output, plan: dict[str, Any]) -> None:
 def _show(out: _Output, command: str, result: Any, packs_dir: Path) -> None:
     if command == "list":
         if not result:
-            where = str(packs_dir) + ("" if packs_dir.is_dir() else " (no such directory)")
+            where = str(packs_dir)
+            if not packs_dir.is_dir():
+                where += " (not a directory)" if packs_dir.exists() else " (no such directory)"
             out.text(f"no packs found in {where}")
         for row in result:
             flags = [f"installed {row['installed']}" if row["installed"] else "not installed"]

@@ -219,6 +219,11 @@ def test_missing_packs_dir_is_named(env: Env) -> None:
     assert f"{missing} (no such directory)" in result.err
     listed = env.run("list")
     assert listed.code == 0 and f"no packs found in {missing} (no such directory)" in listed.out
+    missing.parent.mkdir(parents=True, exist_ok=True)
+    missing.write_text("a file, not the packs directory")
+    result = env.run("stage", "--pack", "alpha")
+    assert result.code == ExitCode.NOT_FOUND
+    assert f"{missing} (not a directory)" in result.err
 
 
 def test_stage_copies_and_records_digest(env: Env) -> None:

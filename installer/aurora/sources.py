@@ -47,7 +47,9 @@ def has_pack(packs_dir: Path, pack_id: str) -> bool:
 def unknown_pack(packs_dir: Path, pack_id: str) -> NotFoundError:
     """The error for a pack id that is neither in ``packs_dir`` nor installed."""
     known = ", ".join(sorted(find_packs(packs_dir))) or "none"
-    where = str(packs_dir) if packs_dir.is_dir() else f"{packs_dir} (no such directory)"
+    where = str(packs_dir)
+    if not packs_dir.is_dir():
+        where += " (not a directory)" if packs_dir.exists() else " (no such directory)"
     return NotFoundError(f"unknown pack {pack_id!r} in {where} (found: {known})")
 
 
