@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +13,28 @@ import pytest
 PACK = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str, *args: str, data: Path) -> subprocess.CompletedProcess[str]:
+def _script(
+    name: str, *args: str, data: Path, root: Path = PACK
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHON": sys.executable,
-        "AURORA_PACK_ROOT": str(PACK),
+        "PYTHONDONTWRITEBYTECODE": "1",  # as on this project's machines
+        "AURORA_PACK_ROOT": str(root),
         "AURORA_PACK_DATA": str(data),
     }
     return subprocess.run(
-        [str(PACK / name), *args], capture_output=True, text=True, env=env, timeout=120,
+        [str(root / name), *args], capture_output=True, text=True, env=env, timeout=120,
         cwd="/",
     )  # fmt: skip
+
+
+def _installed_copy(tmp_path: Path) -> Path:
+    """The pack as the installer places it: no __pycache__, no tests."""
+    root = tmp_path / "pack03"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "data", "run", "logs")
+    shutil.copytree(PACK, root, ignore=ignore)
+    return root
 
 
 def test_scripts_are_executable() -> None:
@@ -31,16 +43,22 @@ def test_scripts_are_executable() -> None:
 
 
 def test_dry_run_checks_and_writes_nothing(tmp_path: Path) -> None:
-    proc = _script("install.sh", "--dry-run", data=tmp_path / "data")
+    root = _installed_copy(tmp_path)
+    proc = _script("install.sh", "--dry-run", data=tmp_path / "data", root=root)
     assert proc.returncode == 0, proc.stderr
     assert "dry run ok" in proc.stderr
     assert not (tmp_path / "data").exists()
+    assert not list(root.rglob("__pycache__"))
 
 
-def test_install_creates_the_data_dir(tmp_path: Path) -> None:
-    proc = _script("install.sh", "--install", data=tmp_path / "data")
+def test_install_creates_the_data_dir_and_compiles_the_library(tmp_path: Path) -> None:
+    root = _installed_copy(tmp_path)
+    proc = _script("install.sh", "--install", data=tmp_path / "data", root=root)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "data").is_dir()
+    tag = sys.implementation.cache_tag
+    for module in ("confine", "cgroups", "policy", "server"):
+        assert (root / "sandbox" / "__pycache__" / f"{module}.{tag}.pyc").is_file(), module
 
 
 @pytest.mark.parametrize("args", [pytest.param([], id="no-arg"), pytest.param(["--x"], id="bad")])
