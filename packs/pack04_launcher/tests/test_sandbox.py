@@ -21,7 +21,6 @@ from launcher.supervisor import Supervisor
 from launcher_testing import (
     ESCAPE,
     IDLE,
-    PACK_ROOT,
     FakeRegistry,
     read_pid,
     real_sandbox_root,
@@ -182,21 +181,3 @@ def test_real_sandbox_stop_kills_the_setsid_grandchild_and_its_cgroups(
     run_until(sup, lambda: sup.slots["acme.escape"].state == status.DISABLED)
     assert not grandchild.alive()
     assert [d for d in dirs if os.path.isdir(d)] == []
-
-
-def test_the_example_plugin_beats_in_the_real_sandbox(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
-) -> None:
-    root = real_sandbox_root()
-    example = PACK_ROOT.parent.parent / "examples" / "plugins" / "acme.heartbeat"
-    pkg = fake_registry.add("acme.heartbeat", (example / "main.py").read_text())
-    assert (pkg / "main.py").read_text() == (example / "main.py").read_text()
-    sup = make_supervisor(sandbox_root=root)
-    status_file = paths.plugin_data("acme.heartbeat") / "status.json"
-    doc = json.loads(run_until(sup, lambda: status_file.is_file() and status_file.read_text()))
-    assert doc["plugin"] == "acme.heartbeat" and doc["beats"] >= 1
-    assert sup.slots["acme.heartbeat"].state == status.RUNNING
-    sup.close()
-    log = paths.plugin_log("acme.heartbeat").read_text()
-    assert "acme.heartbeat: beat 1" in log
-    assert "acme.heartbeat: stopping after" in log  # SIGTERM ended it cleanly
