@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 if __package__ in (None, ""):
     # Run as a script (python3 installer/aurora_installer.py): the library sits beside it.
@@ -242,6 +244,21 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output ------------------------------------------------------------------
 
 
+def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
+    """Write one message; a reader that went away (`| head`) stops nothing.
+
+    The operation goes on (its scripts' output is in logs/) and its exit code
+    stays the truth; later writes to that stream go to /dev/null.
+    """
+    try:
+        print(text, file=stream, end=end, flush=True)
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
 class _Output:
     """Human text (stdout) or one JSON document (stdout) with messages on stderr."""
 
@@ -249,7 +266,7 @@ class _Output:
         self.as_json = as_json
 
     def text(self, line: str = "") -> None:
-        print(line, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+        _emit(line, sys.stderr if self.as_json else sys.stdout)
 
     def script_line(self, line: str) -> None:
         self.text(f"  | {line}")
@@ -389,11 +406,12 @@ def _approver(args: argparse.Namespace) -> Callable[[ApprovalRequest], str | Non
                 f"{request.pack_id} {request.version} requires operator approval and there is "
                 "no terminal to ask on: pass --approve"
             )
-        sys.stderr.write(
+        _emit(
             f"{request.action} {request.pack_id} {request.version}\n"
-            f"  staged digest {request.digest}\nApprove? [y/N] "
+            f"  staged digest {request.digest}\nApprove? [y/N] ",
+            sys.stderr,
+            end="",
         )
-        sys.stderr.flush()
         answer = sys.stdin.readline().strip().lower()
         return "prompt" if answer in ("y", "yes") else None
 
@@ -535,7 +553,7 @@ def _report_error(
     code: ExitCode,
     recovered: Sequence[str] = (),
 ) -> None:
-    print(f"error: {error}", file=sys.stderr, flush=True)
+    _emit(f"error: {error}", sys.stderr)
     if out.as_json:
         document = {
             "ok": False,
@@ -548,7 +566,7 @@ def _report_error(
             },
             "recovered": list(recovered),
         }
-        print(json.dumps(document, indent=2, sort_keys=True))
+        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -590,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "result": result,
             "recovered": inst.recovered,
         }
-        print(json.dumps(document, indent=2, sort_keys=True))
+        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
     else:
         _show(out, args.command, result, inst.packs_dir)
     return ExitCode.OK

@@ -81,3 +81,28 @@ def test_runs_with_system_python3(env: Env) -> None:
             stdin=subprocess.DEVNULL,
         )
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["status", "--json"], id="json-document"),
+        pytest.param(["dry-run", "--pack", "alpha"], id="streamed-script-output"),
+    ],
+)
+def test_a_reader_that_goes_away_stops_nothing(env: Env, argv: list[str]) -> None:
+    # `aurora_installer.py ... | head -1`: no traceback, the operation completes.
+    env.make_pack("alpha")
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), *env.args(*argv)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the installer writes anything
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.OK, err
+    assert b"Traceback" not in err and b"Broken pipe" not in err
+    if argv[0] == "dry-run":
+        assert "dry run of alpha 1.0.0: ok" in (env.home / "logs/alpha/install.log").read_text()
