@@ -628,9 +628,11 @@ def test_dry_run_script_timeout_kills_its_group(env: Env, tmp_path: Path) -> Non
         "alpha",
         install=f"#!/usr/bin/env bash\nsleep 300 &\necho $! > {child_pid}\nsleep 300\n",
     )
-    result = env.run("dry-run", "--pack", "alpha", "--script-timeout", "1", "--json")
+    # 3 s: time enough, on a loaded machine, for the script to start its child.
+    result = env.run("dry-run", "--pack", "alpha", "--script-timeout", "3", "--json")
     assert result.code == ExitCode.FAILED
     assert "timed out" in result.json["error"]["message"]
+    assert child_pid.exists(), "the script never started its child (machine overloaded?)"
     child = int(child_pid.read_text())
     deadline = time.monotonic() + 20
     while Path(f"/proc/{child}").exists() and _state_of(child) not in ("Z", "X"):

@@ -36,7 +36,17 @@ def test_lock_file_is_kept_and_released(env: Env) -> None:
 
 
 def test_second_installer_waits_then_proceeds_or_gives_up(env: Env) -> None:
-    env.make_pack("slow", approval=False, install="#!/usr/bin/env bash\nsleep 2\n")
+    # The first installer holds the lock until the test lets its install.sh finish:
+    # no race with a slow machine.
+    release = env.home.parent / "release"
+    env.make_pack(
+        "slow",
+        approval=False,
+        install=(
+            "#!/usr/bin/env bash\n"
+            f'for _ in $(seq 600); do [[ -e "{release}" ]] && exit 0; sleep 0.1; done\nexit 1\n'
+        ),
+    )
     env.make_pack("alpha")
     first = subprocess.Popen(
         [sys.executable, str(CLI), *env.args("install", "--pack", "slow")],
@@ -45,18 +55,28 @@ def test_second_installer_waits_then_proceeds_or_gives_up(env: Env) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while read_holder(env.home / "installer.lock") != first.pid:
             assert time.monotonic() < deadline, "first installer never took the lock"
             time.sleep(0.02)
         busy = env.cli("stage", "--pack", "alpha", "--wait", "0.2", "--json")
         assert busy.code == ExitCode.LOCKED
         assert busy.json["error"]["message"].startswith(f"another installer (pid {first.pid})")
-        patient = env.cli("stage", "--pack", "alpha", "--wait", "30")
-        assert patient.code == 0, patient.err
+        waiting = subprocess.Popen(
+            [sys.executable, str(CLI), *env.args("stage", "--pack", "alpha", "--wait", "60")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)  # let it reach the lock and wait there (no assertion on time)
+        release.touch()
+        _, err = waiting.communicate(timeout=90)
+        assert waiting.returncode == 0, err
     finally:
-        assert first.wait(timeout=30) == 0
+        release.touch()
+        assert first.wait(timeout=60) == 0
     assert env.active("slow") == "1.0.0"
+    assert env.state()["packs"]["alpha"]["staged"]
 
 
 def test_concurrent_installers_lose_no_update(env: Env) -> None:

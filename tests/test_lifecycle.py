@@ -117,7 +117,7 @@ def test_start_period_failures_do_not_count_but_the_bound_holds(env: Env) -> Non
     took = time.monotonic() - began
     assert result.code == ExitCode.FAILED
     assert "not healthy within 2 s (health_check_timeout_seconds)" in result.err
-    assert took < 15  # generous: the bound is 2 s
+    assert took < 30  # generous (loaded machine): the bound is 2 s
 
 
 def test_hanging_check_is_killed_with_its_group_and_counts_as_failure(env: Env) -> None:

@@ -309,7 +309,7 @@ def test_sigkilled_service_is_unhealthy_and_restartable(started: Pack05) -> None
     pid = started.pid()
     assert pid is not None and started.healthy()
     os.kill(pid, signal.SIGKILL)
-    assert _wait_for(lambda: not started.healthy(), timeout=5)
+    assert _wait_for(lambda: not started.healthy(), timeout=15)
     health = started.script("health_check.sh")
     assert "not running" in health.stdout and "stale pidfile" in health.stdout
     proc = started.script("stop.sh")
