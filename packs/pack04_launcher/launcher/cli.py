@@ -34,6 +34,7 @@ EXIT_PLUGIN_FAILED = 5  # start: the plugin did not reach "running"
 EXIT_CONFLICT = 6  # run: the service is running this plugin already
 EXIT_NO_SANDBOX = 7  # run: pack03's sandbox cannot be found
 EXIT_TIMEOUT = 124  # run --timeout: the plugin was killed at the deadline
+EXIT_INTERRUPTED = 130  # Ctrl-C while waiting (start, stop); `run` stops the plugin first
 
 _LOG_TAIL_BYTES = 1024 * 1024
 
@@ -47,6 +48,19 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], human: str) -> None:
         print(json.dumps(doc, indent=2, sort_keys=True))
     elif human:
         print(human)
+
+
+def _fail(args: argparse.Namespace, code: int, msg: str) -> int:
+    """Say why on stderr; with --json the one document on stdout says it too."""
+    _err(msg)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "exit": code, "error": msg}, indent=2, sort_keys=True))
+    return code
+
+
+def _check_id(plugin_id: str) -> None:
+    if not registry.valid_plugin_id(plugin_id):
+        raise PluginNotFound(plugin_id, "not a plugin id ('publisher.name', lowercase)")
 
 
 def _service(paths: Paths) -> tuple[process.ProcessId | None, dict[str, Any] | None]:
@@ -118,10 +132,10 @@ def _degraded_cell(rec: dict[str, Any]) -> str:
 
 
 def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
+    _check_id(args.plugin_id)
     log_path = paths.plugin_log(args.plugin_id)
-    if not registry.valid_plugin_id(args.plugin_id) or not log_path.is_file():
-        _err(f"{args.plugin_id}: no log at {log_path}")
-        return EXIT_NOT_FOUND
+    if not log_path.is_file():
+        return _fail(args, EXIT_NOT_FOUND, f"{args.plugin_id}: no log at {log_path}")
     with open(log_path, "rb") as fh:
         # Only the end is needed: a plugin's log can reach the file-size limit.
         fh.seek(max(0, log_path.stat().st_size - _LOG_TAIL_BYTES))
@@ -168,6 +182,7 @@ def _wait_started(
 
 
 def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
+    _check_id(args.plugin_id)
     entry = registry.get_plugin(paths.registry, args.plugin_id)
     ctl = control.request(paths.control, paths.control_lock, entry.id, start=True)
     ident = process.running_from_pidfile(paths.pidfile)
@@ -190,9 +205,8 @@ def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
-    if not registry.valid_plugin_id(args.plugin_id):
-        _err(f"{args.plugin_id}: not a plugin id ('publisher.name', lowercase)")
-        return EXIT_NOT_FOUND
+    _check_id(args.plugin_id)
+    registry.get_plugin(paths.registry, args.plugin_id)  # a typo holds nothing
     control.request(paths.control, paths.control_lock, args.plugin_id, start=False)
     ident = process.running_from_pidfile(paths.pidfile)
     if ident is None:
@@ -220,9 +234,7 @@ def _cmd_degraded(args: argparse.Namespace, paths: Paths) -> int:
             _err("no plugin is allowed to run degraded")
         return EXIT_OK
     plugin_id, allow = args.plugin_id, args.action == "allow"
-    if not registry.valid_plugin_id(plugin_id):
-        _err(f"{plugin_id}: not a plugin id ('publisher.name', lowercase)")
-        return EXIT_NOT_FOUND
+    _check_id(plugin_id)
     if allow:
         registry.get_plugin(paths.registry, plugin_id)  # only a plugin the registry knows
     changed = degraded.set_allowed(
@@ -247,21 +259,20 @@ def _cmd_degraded(args: argparse.Namespace, paths: Paths) -> int:
 
 def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     """Run one plugin once in the foreground, in the sandbox, as the service would."""
+    _check_id(args.plugin_id)
     entry = registry.get_plugin(paths.registry, args.plugin_id)
     if not entry.runnable:
-        _err(f"{entry.id}: cannot run: {entry.problem}")
-        return EXIT_NOT_FOUND
+        return _fail(args, EXIT_NOT_FOUND, f"{entry.id}: cannot run: {entry.problem}")
     ident, doc = _service(paths)
     if ident is not None and doc is not None:
         rec = doc.get("plugins", {}).get(entry.id, {})
         if rec.get("state") == RUNNING:
-            _err(f"{entry.id}: the launcher service runs it (pid {rec.get('pid')}); stop it first")
-            return EXIT_CONFLICT
+            why = f"the launcher service runs it (pid {rec.get('pid')}); stop it first"
+            return _fail(args, EXIT_CONFLICT, f"{entry.id}: {why}")
     try:
         sbx = sandbox.SandboxCommand(sys.executable, sandbox_root(paths))
     except SandboxUnavailable as exc:
-        _err(f"{entry.id}: not run: {exc}")
-        return EXIT_NO_SANDBOX
+        return _fail(args, EXIT_NO_SANDBOX, f"{entry.id}: not run: {exc}")
     if entry.id in degraded.read_allowed(paths.degraded):
         entry = dataclasses.replace(entry, allow_degraded=True)
     assert entry.entrypoint is not None
@@ -355,7 +366,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="launcher_cli.py",
         description="See and steer the plugins the pack04 launcher runs.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 service not running, 4 no such plugin, "
-        "5 plugin did not start, 6 conflict, 7 no sandbox, 124 run timed out.",
+        "5 plugin did not start, 6 conflict, 7 no sandbox, 124 run timed out, 130 interrupted; "
+        "run: otherwise the plugin's own exit status.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("list", parents=[common], help="plugins: state, pid, uptime, restarts, layers")
@@ -412,14 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args, paths)
     except PluginNotFound as exc:
-        _err(str(exc))
-        return EXIT_NOT_FOUND
+        return _fail(args, EXIT_NOT_FOUND, str(exc))
     except LauncherError as exc:
-        _err(f"error: {exc}")
-        return EXIT_ERROR
+        return _fail(args, EXIT_ERROR, f"error: {exc}")
     except OSError as exc:
-        _err(f"error: {exc.filename or ''}: {exc.strerror}")
-        return EXIT_ERROR
+        return _fail(args, EXIT_ERROR, f"error: {exc.filename or ''}: {exc.strerror}")
+    except KeyboardInterrupt:
+        return _fail(args, EXIT_INTERRUPTED, "interrupted")
 
 
 if __name__ == "__main__":

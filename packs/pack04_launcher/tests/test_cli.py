@@ -266,3 +266,56 @@ def test_run_in_the_foreground_honours_the_degraded_allowance(
     doc = json.loads(out)
     assert doc["allow_degraded"] is True and doc["degraded"] == ["network: test gap"]
     assert "DEGRADED, not enforced: network: test gap" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "registry_text", "code", "message"),
+    [
+        pytest.param(["logs", "../x"], None, 4, "not a plugin id", id="logs-bad-id"),
+        pytest.param(["logs", "acme.none"], None, 4, "no log at", id="logs-no-log"),
+        pytest.param(["start", "../../x"], None, 4, "not a plugin id", id="start-bad-id"),
+        pytest.param(["stop", "acme.none"], None, 4, "not in the registry", id="stop-typo"),
+        pytest.param(["run", "acme.none"], None, 4, "not in the registry", id="run-unknown"),
+        pytest.param(["start", "acme.x"], "{oops", 1, "not JSON", id="corrupt-registry"),
+        pytest.param(
+            ["degraded", "deny", "ACME.X"], None, 4, "not a plugin id", id="degraded-bad-id"
+        ),
+    ],
+)
+def test_operator_mistakes_are_one_message_and_their_exit_code(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    argv: list[str],
+    registry_text: str | None,
+    code: int,
+    message: str,
+) -> None:
+    fake_registry.write()
+    if registry_text is not None:
+        fake_registry.path.write_text(registry_text)
+    assert cli.main(argv) == code
+    out, err = capsys.readouterr()
+    assert message in err and out == ""
+    # With --json the one document on stdout says the same.
+    assert cli.main([*argv, "--json"]) == code
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "exit": code, "error": err.strip()}
+    assert not (tmp_path / "run" / "control.json").exists()  # nothing was recorded
+
+
+def test_ctrl_c_while_waiting_is_a_message_not_a_traceback(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+
+    def _interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.process, "running_from_pidfile", _interrupted)
+    assert cli.main(["stop", "acme.idle"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == "interrupted"
