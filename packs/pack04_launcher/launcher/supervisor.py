@@ -182,6 +182,10 @@ class Supervisor:
                 if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
                     slot.state = status.BLOCKED
             self._settle(slot, pid in wanted, now)
+        if any(s.proc is not None and not s.layers for s in self.slots.values()):
+            # A run whose sandbox report was not there at the last status write:
+            # write again at the next pass rather than at the next heartbeat.
+            self.dirty = True
 
     def _settle(self, slot: Slot, wanted: bool, now: float) -> None:
         """Move one slot toward its desired state."""

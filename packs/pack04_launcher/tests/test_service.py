@@ -20,6 +20,7 @@ from launcher_testing import (
     DOUBLE_FORK,
     ESCAPE,
     FAST_SERVICE_ARGS,
+    IDLE,
     PACK_ROOT,
     FakeRegistry,
     Service,
@@ -118,3 +119,20 @@ def test_plugins_of_a_killed_service_are_killed_at_next_start(
     again = service_factory()
     wait_until(lambda: not grandchild.alive(), what="the old grandchild to be killed")
     wait_until(lambda: _plugin_state(again, "acme.escape") == "running", what="running again")
+
+
+def test_layers_reach_the_status_file_without_waiting_for_a_heartbeat(
+    service_factory: Start, fake_registry: FakeRegistry
+) -> None:
+    fake_registry.add("acme.idle", IDLE)
+    svc = service_factory("--heartbeat", "60")  # no periodic rewrite within this test
+    wait_until(
+        lambda: (
+            (read_status(svc.paths.status) or {})
+            .get("plugins", {})
+            .get("acme.idle", {})
+            .get("layers")
+        ),
+        timeout=20,
+        what="the sandbox report's layers in status.json",
+    )
