@@ -158,6 +158,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=5, help="restarts before 'failed'")
     p.add_argument("--stable-after", type=float, default=60.0, help="run time that resets it")
     p.add_argument("--stop-grace", type=float, default=5.0, help="SIGTERM to SIGKILL, s")
+    p.add_argument(
+        "--max-runtime",
+        type=float,
+        default=0.0,
+        help="wall-clock bound of one plugin run, s; past it the run is stopped and "
+        "restarted with back-off like a crash (0: unbounded, the default)",
+    )
     p.add_argument("--no-cgroup", action="store_true", help="track trees through /proc only")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -179,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         max_restarts=args.max_restarts,
         stable_after=args.stable_after,
         stop_grace=args.stop_grace,
+        max_runtime=args.max_runtime if args.max_runtime > 0 else None,
         limits=sandbox.Limits(),
         use_cgroup=not args.no_cgroup,
         reap_orphans=True,

@@ -51,6 +51,7 @@ class Settings:
     max_restarts: int = 5  # consecutive crashes restarted before "failed"
     stable_after: float = 60.0  # a run this long resets the crash count
     stop_grace: float = 5.0  # TERM to KILL
+    max_runtime: float | None = None  # wall-clock bound of one run; None: unbounded
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)
     use_cgroup: bool = True
     # Without cgroups, become a child subreaper and kill orphans no plugin claims.
@@ -169,6 +170,7 @@ class Supervisor:
             if s.proc is not None and (pid not in wanted or s.spec != _spec(wanted[pid]))
         ]
         self._stop(to_stop)
+        self._enforce_wall_clock(now)
         for pid in list(self.slots):
             if pid not in self._entries:
                 log.info("%s: removed from the registry", pid)
@@ -186,6 +188,18 @@ class Supervisor:
             # A run whose sandbox report was not there at the last status write:
             # write again at the next pass rather than at the next heartbeat.
             self.dirty = True
+
+    def _enforce_wall_clock(self, now: float) -> None:
+        """Stop every run older than ``max_runtime``; it counts as a crash (back-off)."""
+        limit = self.settings.max_runtime
+        if not limit:
+            return
+        overdue = [s for s in self.slots.values() if s.proc and now - s.started_mono >= limit]
+        if not overdue:
+            return
+        self._stop(overdue)
+        for slot in overdue:
+            self._crashed(slot, time.monotonic(), f"killed at the wall-clock bound ({limit:g}s)")
 
     def _settle(self, slot: Slot, wanted: bool, now: float) -> None:
         """Move one slot toward its desired state."""
@@ -233,6 +247,12 @@ class Supervisor:
             for s in self.slots.values()
             if s.proc is None and s.state == status.BACKOFF
         ]
+        if self.settings.max_runtime:
+            due += [
+                s.started_mono + self.settings.max_runtime - now
+                for s in self.slots.values()
+                if s.proc is not None
+            ]
         return max(0.0, min([self.settings.poll_interval, *due]))
 
     # --- reading the registry and the control file --------------------------------

@@ -386,3 +386,19 @@ def test_an_unusable_degraded_file_allows_nobody(
     # Fail closed: restarted without the allowance, refused, and the error is reported.
     run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
     assert sup.degraded_error is not None and "degraded.json" in sup.degraded_error
+
+
+def test_a_run_past_the_wall_clock_bound_is_stopped_and_backs_off(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.hang", ESCAPE)  # never ends; leaves a setsid grandchild
+    sup = make_supervisor(max_runtime=1.0, max_restarts=1, stable_after=60.0)
+    run_until(sup, lambda: _state(sup, "acme.hang") == status.RUNNING)
+    grandchild = read_pid(paths.plugin_data("acme.hang") / "grandchild")
+    (paths.plugin_data("acme.hang") / "grandchild").unlink()
+    run_until(sup, lambda: _state(sup, "acme.hang") == status.BACKOFF)
+    assert "killed at the wall-clock bound (1s)" in (sup.slots["acme.hang"].reason or "")
+    assert not grandchild.alive()  # the whole tree went
+    # Restarted, bounded again, and past max_restarts it is failed.
+    run_until(sup, lambda: _state(sup, "acme.hang") == status.FAILED)
+    assert sup.slots["acme.hang"].restarts == 1
