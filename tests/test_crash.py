@@ -156,14 +156,22 @@ def _digest_after_restage(env: Env) -> str:
 
 
 def test_status_shows_an_operation_in_progress_as_pending(env: Env) -> None:
-    env.make_pack("alpha", install="#!/usr/bin/env bash\nsleep 3\n")
+    # install.sh runs until the test releases it: no race with a slow machine.
+    release = env.home.parent / "release"
+    env.make_pack(
+        "alpha",
+        install=(
+            "#!/usr/bin/env bash\n"
+            f'for _ in $(seq 600); do [[ -e "{release}" ]] && exit 0; sleep 0.1; done\nexit 1\n'
+        ),
+    )
     proc = subprocess.Popen(
         [sys.executable, str(CLI), *env.args("install", "--pack", "alpha", "--approve")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if (env.home / "state.json").exists():
                 pending = env.state()["packs"].get("alpha", {}).get("pending")
@@ -176,7 +184,8 @@ def test_status_shows_an_operation_in_progress_as_pending(env: Env) -> None:
         assert status.json["result"]["pending"]["op"] == "install"
         assert status.json["recovered"] == []
     finally:
-        assert proc.wait(timeout=30) == ExitCode.OK
+        release.touch()
+        assert proc.wait(timeout=60) == ExitCode.OK
 
 
 def test_ctrl_c_during_install_kills_the_script_and_is_cleaned_up(env: Env) -> None:
