@@ -7,6 +7,7 @@ report), and that stopping leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import degraded, sandbox, status
+from launcher import control, degraded, sandbox, status
 from launcher.paths import Paths
+from launcher.process import ProcessId, identify
 from launcher.registry import read_registry
 from launcher.supervisor import Supervisor
 from launcher_testing import (
@@ -160,11 +162,24 @@ def test_real_sandbox_accepts_the_degraded_allowance_and_reports_it(
     assert all(any(g.startswith(f"{cap}:") for g in report["degraded"]) for cap in unenforced)
 
 
-def test_real_sandbox_stop_kills_the_setsid_grandchild_and_its_cgroups(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+def _members(dirs: list[str]) -> list[ProcessId]:
+    """Every process in the run's cgroups (and their sub-cgroups), with its identity."""
+    found: list[ProcessId] = []
+    for top in dirs:
+        for dirpath, _dirs, _files in os.walk(top):
+            with contextlib.suppress(OSError):
+                for pid in Path(dirpath, "cgroup.procs").read_text().split():
+                    if (ident := identify(int(pid))) is not None:
+                        found.append(ident)
+    return found
+
+
+@pytest.mark.parametrize("how", ["disable", "remove", "operator-stop", "service-stop"])
+def test_real_sandbox_stop_leaves_no_process_of_the_plugin(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, how: str
 ) -> None:
     root = real_sandbox_root()
-    fake_registry.add("acme.escape", ESCAPE)
+    fake_registry.add("acme.escape", ESCAPE)  # a child and a grandchild, each after setsid
     sup = make_supervisor(sandbox_root=root)
     run_until(
         sup,
@@ -177,7 +192,19 @@ def test_real_sandbox_stop_kills_the_setsid_grandchild_and_its_cgroups(
     grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
     report = json.loads((paths.plugin_run("acme.escape") / "report.json").read_text())
     dirs = sandbox.report_cgroups(report)
-    fake_registry.set("acme.escape", enabled=False)
-    run_until(sup, lambda: sup.slots["acme.escape"].state == status.DISABLED)
-    assert not grandchild.alive()
+    members = _members(dirs)
+    main = sup.slots["acme.escape"].ident
+    assert main in members and grandchild in members and len(members) >= 3
+    if how == "disable":
+        fake_registry.set("acme.escape", enabled=False)
+        run_until(sup, lambda: sup.slots["acme.escape"].state == status.DISABLED)
+    elif how == "remove":
+        fake_registry.remove("acme.escape")
+        run_until(sup, lambda: "acme.escape" not in sup.slots)
+    elif how == "operator-stop":
+        control.request(paths.control, paths.control_lock, "acme.escape", start=False)
+        run_until(sup, lambda: sup.slots["acme.escape"].state == status.HELD)
+    else:
+        sup.close()
+    assert [m for m in members if m.alive()] == []
     assert [d for d in dirs if os.path.isdir(d)] == []
