@@ -21,6 +21,7 @@ from launcher.process import ProcessId, identify
 from launcher.registry import read_registry
 from launcher.supervisor import Supervisor
 from launcher_testing import (
+    CRASH,
     ESCAPE,
     IDLE,
     FakeRegistry,
@@ -208,3 +209,16 @@ def test_real_sandbox_stop_leaves_no_process_of_the_plugin(
         sup.close()
     assert [m for m in members if m.alive()] == []
     assert [d for d in dirs if os.path.isdir(d)] == []
+
+
+def test_real_sandbox_crashing_plugin_backs_off_then_fails(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    root = real_sandbox_root()
+    fake_registry.add("acme.crash", CRASH)
+    sup = make_supervisor(sandbox_root=root, max_restarts=2)
+    run_until(sup, lambda: getattr(sup.slots.get("acme.crash"), "state", None) == status.FAILED)
+    slot = sup.slots["acme.crash"]
+    assert slot.restarts == 2 and slot.last_exit == 3  # the plugin's own status, through exec
+    assert "gave up after 2 restart(s)" in (slot.reason or "")
+    assert paths.plugin_log("acme.crash").read_text().count("] start acme.crash") == 3
