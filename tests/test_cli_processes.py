@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import shutil
@@ -31,6 +32,11 @@ def test_every_exit_code_from_a_real_process(env: Env) -> None:
     with InstallerLock(env.home / "installer.lock", wait=0):
         assert env.cli("stage", "--pack", "alpha", "--wait", "0").code == ExitCode.LOCKED
     assert env.cli("install", "--pack", "alpha", "--approve").code == ExitCode.OK
+    listed = env.cli("list", "--json")
+    assert listed.code == ExitCode.OK
+    assert {r["id"]: r["installed"] for r in json.loads(listed.out)["result"]}["alpha"] == "1.0.0"
+    assert env.cli("seal", "--pack", "alpha").code == ExitCode.OK  # no artifacts: unchanged
+    assert env.cli("status", "--pack", "alpha").code == ExitCode.OK
 
 
 @pytest.mark.parametrize(("answer", "code"), [(b"y\n", 0), (b"no\n", 6)])
