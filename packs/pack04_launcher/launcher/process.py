@@ -2,7 +2,8 @@
 
 A pid alone is not an identity (pids are reused), so every pid we keep is
 paired with the process start time from ``/proc/<pid>/stat`` (field 22) and
-checked again before any signal.
+checked again before any signal. The service's pidfile, which outlives a
+reboot, also records the boot id and the executable (as pack05's does).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import ServiceError
@@ -25,14 +26,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProcessId:
-    """A process as identified by its pid and its start time (clock ticks since boot)."""
+    """A process as identified by its pid and its start time (clock ticks since boot).
+
+    ``boot_id`` and ``exe``, when known (read from a pidfile), must match too: a
+    start time only means something within one boot.
+    """
 
     pid: int
     start_time: int
+    boot_id: str | None = field(default=None, compare=False)
+    exe: str | None = field(default=None, compare=False)
 
     def alive(self) -> bool:
         """True while this very process exists and is not a zombie."""
-        return start_time(self.pid) == self.start_time and not is_zombie(self.pid)
+        if start_time(self.pid) != self.start_time or is_zombie(self.pid):
+            return False
+        if self.boot_id is not None and self.boot_id != boot_id():
+            return False
+        return self.exe is None or self.exe == executable(self.pid)
+
+
+def boot_id() -> str | None:
+    """This boot's id (/proc/sys/kernel/random/boot_id)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def executable(pid: int) -> str | None:
+    """The program ``pid`` runs (/proc/<pid>/exe), or None when it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -99,8 +126,16 @@ def descendants(pid: int) -> list[ProcessId]:
 
 
 def write_pidfile(path: Path, ident: ProcessId) -> None:
-    """Record ``ident`` atomically: {"pid": ..., "start_time": ...}."""
-    atomic_write_json(path, {"pid": ident.pid, "start_time": ident.start_time})
+    """Record ``ident`` atomically: {"pid", "start_time", "boot_id", "exe"} (as pack05)."""
+    atomic_write_json(
+        path,
+        {
+            "pid": ident.pid,
+            "start_time": ident.start_time,
+            "boot_id": boot_id(),
+            "exe": executable(ident.pid),
+        },
+    )
 
 
 def read_pidfile(path: Path) -> ProcessId | None:
@@ -117,7 +152,14 @@ def read_pidfile(path: Path) -> ProcessId | None:
     pid, st = (doc.get("pid"), doc.get("start_time")) if isinstance(doc, dict) else (None, None)
     if not isinstance(pid, int) or not isinstance(st, int) or pid <= 0:
         raise ServiceError(f"{path}: expected {{'pid': int, 'start_time': int}}, found {doc!r}")
-    return ProcessId(pid, st)
+    boot, exe = doc.get("boot_id"), doc.get("exe")
+    # Missing (an older pidfile) or unreadable when written: not checked.
+    return ProcessId(
+        pid,
+        st,
+        boot_id=boot if isinstance(boot, str) and boot else None,
+        exe=exe if isinstance(exe, str) and exe else None,
+    )
 
 
 def running_from_pidfile(path: Path) -> ProcessId | None:

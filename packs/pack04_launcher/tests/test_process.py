@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +48,41 @@ def test_pidfile_round_trip(tmp_path: Path, sleeper: subprocess.Popen[bytes]) ->
     assert process.read_pidfile(tmp_path / "x.pid") == ident
     assert process.running_from_pidfile(tmp_path / "x.pid") == ident
     assert process.read_pidfile(tmp_path / "none.pid") is None
+
+
+def test_pidfile_records_boot_and_executable_like_pack05(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    ident = process.identify(sleeper.pid)
+    assert ident is not None
+    process.write_pidfile(tmp_path / "x.pid", ident)
+    doc = json.loads((tmp_path / "x.pid").read_text())
+    assert set(doc) == {"pid", "start_time", "boot_id", "exe"}
+    assert doc["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert doc["exe"] == os.readlink(f"/proc/{sleeper.pid}/exe")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("boot_id", "00000000-0000-0000-0000-000000000000", id="earlier-boot"),
+        pytest.param("exe", "/usr/sbin/not-the-launcher", id="other-program"),
+    ],
+)
+def test_a_pidfile_from_another_boot_or_program_names_no_live_process(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes], field: str, value: str
+) -> None:
+    ident = process.identify(sleeper.pid)
+    assert ident is not None
+    process.write_pidfile(tmp_path / "x.pid", ident)
+    doc = json.loads((tmp_path / "x.pid").read_text())
+    doc[field] = value
+    (tmp_path / "x.pid").write_text(json.dumps(doc))
+    assert process.running_from_pidfile(tmp_path / "x.pid") is None
+    recorded = process.read_pidfile(tmp_path / "x.pid")
+    assert recorded is not None
+    assert not process.signal_identity(recorded, signal.SIGTERM)  # never signalled
+    assert sleeper.poll() is None
 
 
 @pytest.mark.parametrize(
