@@ -12,11 +12,13 @@ from launcher.status import read_status
 from launcher_testing import (
     CLEAN_EXIT,
     CRASH,
+    ESCAPE,
     IDLE,
     PASSTHROUGH_ROOT,
     FakeRegistry,
     Service,
     read_pid,
+    real_sandbox_root,
     service_env,
     wait_until,
 )
@@ -319,3 +321,20 @@ def test_ctrl_c_while_waiting_is_a_message_not_a_traceback(
     monkeypatch.setattr(cli.process, "running_from_pidfile", _interrupted)
     assert cli.main(["stop", "acme.idle"]) == cli.EXIT_INTERRUPTED
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_run_in_the_real_sandbox_leaves_nothing_at_timeout(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("AURORA_SANDBOX_ROOT", str(real_sandbox_root()))
+    fake_registry.add("acme.escape", ESCAPE)  # a setsid child and grandchild
+    assert cli.main(["run", "acme.escape", "--timeout", "4", "--json"]) == cli.EXIT_TIMEOUT
+    doc = json.loads(capfd.readouterr().out)
+    assert doc["timed_out"] is True and "landlock" in doc["layers"]
+    gc_file = tmp_path / "data/plugin-data/acme.escape/grandchild"
+    grandchild = int(gc_file.read_text())  # written before the deadline, on any sane machine
+    assert process.identify(grandchild) is None or process.is_zombie(grandchild)
