@@ -130,11 +130,12 @@ def create_run(
     return run
 
 
-def prepare_run(group: str, pid: int, memory: bool, pids: bool) -> RunCgroup:
+def prepare_run(group: str, pid: int, memory: bool, pids: bool, prune: bool = True) -> RunCgroup:
     """Create ``<group>/run-<pid>`` in each hierarchy needed for these controllers.
 
     `group` is the plugin id, or ``POOL`` for a server's spare whose plugin is not
-    known yet. Nothing is limited until ``set_limits``; nothing is joined.
+    known yet. Nothing is limited until ``set_limits``; nothing is joined. `prune`
+    first removes the group's dead runs; spares must not (see ``prune_pool``).
     """
     run = RunCgroup()
     name = f"run-{pid}"
@@ -151,7 +152,7 @@ def prepare_run(group: str, pid: int, memory: bool, pids: bool) -> RunCgroup:
         base = h.base_dirs()[0]
         run_dir = os.path.join(base, group, name)
         try:
-            _make_run_dir(h, base, group, run_dir)
+            _make_run_dir(h, base, group, run_dir, prune)
         except OSError as exc:
             run.problems.append(f"{h.mount}: cannot create {run_dir}: {exc.strerror}")
             continue
@@ -170,8 +171,9 @@ def prepare_run(group: str, pid: int, memory: bool, pids: bool) -> RunCgroup:
     return run
 
 
-def _make_run_dir(h: Hierarchy, base: str, plugin_id: str, run_dir: str) -> None:
-    _prune(os.path.join(base, plugin_id))
+def _make_run_dir(h: Hierarchy, base: str, plugin_id: str, run_dir: str, prune: bool) -> None:
+    if prune:
+        _prune(os.path.join(base, plugin_id))
     for attempt in range(3):  # a concurrent prune may remove the plugin dir under us
         for d in (base, os.path.join(base, plugin_id)):
             with contextlib.suppress(FileExistsError):
@@ -211,19 +213,33 @@ def _run_is_live(name: str) -> bool:
         return False
 
 
-def _prune(plugin_dir: str) -> None:
+def _prune(plugin_dir: str, only_gone: bool = False) -> None:
     """Remove the plugin's runs whose main process is gone, killing what they left behind.
 
     A crashed plugin's escaped grandchildren must not outlive it forever; a run whose
-    main process lives (another instance, run in the foreground) is left alone.
+    main process lives (another instance, run in the foreground) is left alone. With
+    `only_gone`, a run counts as dead only once no process has its pid at all: a spare
+    has made its dirs but not yet moved in, and must not lose them to a neighbour.
     """
     try:
         names = [n for n in os.listdir(plugin_dir) if n.startswith("run-")]
     except OSError:
         return
     for name in names:
-        if not _run_is_live(name):
-            kill_dirs([os.path.join(plugin_dir, name)], grace=0.0)
+        if _run_is_live(name) or (only_gone and _pid_exists(name.removeprefix("run-"))):
+            continue
+        kill_dirs([os.path.join(plugin_dir, name)], grace=0.0)
+
+
+def _pid_exists(pid: str) -> bool:
+    return pid.isdigit() and os.path.exists(f"/proc/{pid}")
+
+
+def prune_pool() -> None:
+    """Remove the runs of servers that are gone (a server killed by SIGKILL leaves its
+    spares' empty cgroups, and maybe a run's escaped processes): called as a server starts."""
+    for h in hierarchies():
+        _prune(os.path.join(h.base_dirs()[0], POOL), only_gone=True)
 
 
 def _set_limits(

@@ -40,6 +40,10 @@ class RequestError(SandboxError, ValueError):
         super().__init__("bad request:\n  " + "\n  ".join(problems))
 
 
+class ServerError(SandboxError):
+    """The fork server cannot start (its socket path is taken)."""
+
+
 class LayerError(SandboxError):
     """One confinement layer could not be applied; the message says why."""
 

@@ -22,11 +22,12 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import struct
 
 from sandbox import _libc, _log, cgroups
 from sandbox.confine import BACKENDS, apply_and_exec, seccomp_filters
-from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, exit_status
+from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, ServerError, exit_status
 from sandbox.policy import parse_policy, policy_from_json
 from sandbox.report import write_report
 
@@ -128,6 +129,7 @@ class Server:
         self._remove: list[str] = []  # empty cgroup dirs of ended runs, removed when idle
         self._stopping = False
         self._spare_failures = 0
+        self._inode: tuple[int, int] | None = None  # the socket file, once bound
 
     # --- life cycle -------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class Server:
         try:
             self._listen()
             self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+            cgroups.prune_pool()
             seccomp_filters()  # built once here, inherited by every child
             from sandbox import bwrap  # noqa: F401 - imported once here, not per run
 
@@ -161,6 +164,7 @@ class Server:
         self._stopping = True
 
     def _listen(self) -> None:
+        _check_free(self.path)
         # Bind a temporary name, then rename: the socket appears only once it accepts.
         tmp = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.tmp")
         with contextlib.suppress(FileNotFoundError):
@@ -174,6 +178,8 @@ class Server:
                 os.umask(old_umask)
             sock.listen(MAX_PENDING)
             os.replace(tmp, self.path)
+            st = os.stat(self.path)
+            self._inode = (st.st_dev, st.st_ino)
         except BaseException:
             sock.close()
             with contextlib.suppress(OSError):
@@ -190,7 +196,9 @@ class Server:
             self._listener.close()
             self._listener = None
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._inode:  # still ours, not a successor's
+                    os.unlink(self.path)
         for conn in list(self._pending):
             self._close_conn(conn)
         runs = [c for c in self._children.values() if not c.spare]
@@ -487,7 +495,7 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
     ctrl.setblocking(True)
     cg: cgroups.RunCgroup | None = None
     if prepare:
-        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True)
+        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False)
         try:
             cg.join(os.getpid())
         except OSError as exc:
@@ -529,6 +537,24 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
             os.write(2, f"sandbox: {status[1]}\n".encode())
         _send(ctrl, {"event": "error", "status": status[0], "error": status[1]})
         return status[0]
+
+
+def _check_free(path: str) -> None:
+    """Refuse a path that is not a socket, or a socket another server still answers on."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServerError(f"{path}: exists and is not a socket (not replaced)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except OSError:
+        return  # a stale socket of a server that is gone: replaced
+    finally:
+        probe.close()
+    raise ServerError(f"{path}: another server is listening there")
 
 
 def _send(sock: socket.socket, doc: dict[str, Any]) -> bool:

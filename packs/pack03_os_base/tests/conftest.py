@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,11 +306,18 @@ class ServerProc:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 30
-        while not self.sock.exists():
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise AssertionError(f"server did not start: {self.log.read_text()}")
             time.sleep(0.01)
+
+    def _answers(self) -> bool:
+        try:
+            self.connect().close()  # the server drops a connection that sends nothing
+        except OSError:
+            return False
+        return True
 
     def connect(self) -> socket.socket:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -362,6 +369,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
     assert not srv.sock.exists()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[[Path], ServerProc]]:
+    """Start servers in given directories; each is stopped (SIGTERM) at teardown."""
+    started: list[ServerProc] = []
+
+    def start(directory: Path) -> ServerProc:
+        started.append(ServerProc(directory))
+        return started[-1]
+
+    yield start
+    for srv in started:
+        srv.stop()
 
 
 @pytest.fixture

@@ -125,3 +125,20 @@ def test_killing_can_leave_the_empty_dirs_for_later(run_dirs: list[str]) -> None
     assert all(os.path.isdir(d) for d in run.dirs)  # nothing in them, still there
     cgroups.remove_dirs(run.dirs)
     assert not any(os.path.exists(d) for d in run.dirs)
+
+
+def test_pool_pruning_spares_a_spare_that_has_not_moved_in_yet(run_dirs: list[str]) -> None:
+    """Spares made at once must not take each other's dirs; a gone server's are removed."""
+    waiting = subprocess.Popen(["sleep", "60"])  # alive, not (yet) in its run dirs
+    try:
+        young = cgroups.prepare_run(cgroups.POOL, waiting.pid, memory=False, pids=True, prune=False)
+        gone = cgroups.prepare_run(cgroups.POOL, 4_000_006, memory=False, pids=True, prune=False)
+        run_dirs.extend(young.dirs + gone.dirs)
+        if not young.dirs:
+            pytest.skip(f"no writable cgroup here: {young.problems}")
+        cgroups.prune_pool()
+        assert all(os.path.isdir(d) for d in young.dirs)
+        assert not any(os.path.exists(d) for d in gone.dirs)
+    finally:
+        waiting.kill()
+        waiting.wait()

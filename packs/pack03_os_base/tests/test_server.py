@@ -19,6 +19,8 @@ from sandbox import cgroups, launch
 from sandbox import server as server_lib
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from conftest import Sandbox, ServerProc
 
 _json_docs = st.dictionaries(
@@ -278,7 +280,7 @@ def test_stop_ends_every_run_and_spare_and_leaves_nothing(
     os.close(w)
     conn.settimeout(60)
     started = json.loads(conn.recv(1 << 20))
-    assert started["event"] == "started", started
+    assert started["event"] == "started", started["error"]
     own_server.started.append(started["pid"])
     with os.fdopen(r) as fh:
         grandchild = int(fh.readline())
@@ -352,3 +354,36 @@ def test_any_bytes_are_a_request_or_a_request_error(raw: bytes, nfds: int) -> No
         assert exc.problems
     else:
         assert req["argv"] and nfds in (0, 3)
+
+
+@root_only
+def test_a_second_server_on_the_same_socket_is_refused(
+    own_server: ServerProc, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert launch.main(["--serve", str(own_server.sock)]) == launch.EXIT_REFUSED
+    assert "another server is listening there" in capsys.readouterr().err
+    ok = own_server.request({"policy": _policy(own_server.sock.parent), "argv": ["/bin/true"]})
+    assert ok[-1]["returncode"] == 0, ok  # the first one still serves, on its own socket
+
+
+def test_a_file_in_the_sockets_place_is_never_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s.sock"
+    path.write_text("an operator's file")
+    assert launch.main(["--serve", str(path)]) == launch.EXIT_REFUSED
+    assert "exists and is not a socket" in capsys.readouterr().err
+    assert path.read_text() == "an operator's file"
+
+
+@root_only
+def test_a_stale_socket_is_replaced(
+    tmp_path: Path, start_server: Callable[[Path], ServerProc]
+) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(tmp_path / "s.sock"))
+    stale.close()  # the file stays, nobody listens: a server that died
+    srv = start_server(tmp_path)
+    ok = srv.request({"policy": _policy(tmp_path), "argv": ["/bin/true"]}, timeout=60)
+    assert ok[-1]["returncode"] == 0
+    assert srv.stop() == 0 and not srv.sock.exists()
