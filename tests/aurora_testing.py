@@ -315,6 +315,27 @@ def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
+def processes_under(base: Path) -> dict[int, str]:
+    """Live processes (pid -> command line) whose AURORA_HOME lies under ``base``: what the
+    installer's scripts and the services they start carry in their environment."""
+    prefix = f"AURORA_HOME={base}".encode()
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2 :].split()[0] in ("Z", "X"):
+            continue
+        if any(var.startswith(prefix) for var in environ):
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
 def kill_services(home: Path) -> None:
     """Leave no process behind: kill fixture services started under this home."""
     for pid in _pidfile_pids(home):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aurora_testing import Env, PackFactory, kill_services
+from aurora_testing import Env, PackFactory, kill_services, processes_under
 
 
 @pytest.fixture
@@ -26,3 +30,17 @@ def env(
     environment.packs_dir.mkdir(parents=True, exist_ok=True)
     yield environment
     kill_services(environment.home)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test: nothing that the installer or a pack started is still running."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    deadline = time.monotonic() + 15  # what was just killed may still be exiting
+    while (left := processes_under(base)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind by the tests: {left}"
