@@ -23,8 +23,8 @@ from packaging.version import Version
 
 from . import paths
 from .api import MANIFEST_NAMES, load_manifest, validate_manifest
-from .errors import ManifestError, StagingError
-from .registry import PluginRegistry
+from .errors import ManifestError, PluginError, StagingError
+from .registry import REPLACED_MARK, PluginRegistry
 from .storage import fsync_dir, locked
 
 __all__ = ["PluginLoader", "tree_digest"]
@@ -452,10 +452,21 @@ class PluginLoader:
         source: str,
         tmp: Path,
     ) -> dict[str, Any]:
+        """Move the checked tree into ``packages/`` and register it (we hold the staging lock).
+
+        The registry always names a directory holding exactly its digest: new content goes
+        to a directory no registered version uses, the registry is switched to it, and only
+        then is the replaced copy removed. A crash at any point leaves unregistered
+        leftovers, which the next staging of the plugin removes.
+        """
         plugin_id, version = manifest["id"], manifest["version"]
         id_dir = self.packages_dir / plugin_id
-        target = id_dir / version
-        if id_dir.parent != self.packages_dir or target.parent != id_dir or version in (".", ".."):
+        canonical = id_dir / version
+        if (
+            id_dir.parent != self.packages_dir
+            or canonical.parent != id_dir
+            or version in (".", "..")
+        ):
             raise StagingError(
                 f"id/version {plugin_id!r}/{version!r} escape packages/", source=source
             )
@@ -468,40 +479,100 @@ class PluginLoader:
                     f"{plugin_id} {version} is the same version as the staged {other}",
                     source=source,
                 )
-        result = {
-            "ok": True,
-            "id": plugin_id,
-            "version": version,
-            "digest": digest,
-            "path": str(target),
-            "files": len(files),
-            "bytes": sum(int(f.get("size", 0)) for f in files),
-        }
-        if existing is not None and existing.get("digest") == digest and target.is_dir():
-            status = self.registry.register_version(manifest, files, digest=digest)
-            return {**result, **status}
         if existing is not None and existing.get("digest") != digest and not replace:
             raise StagingError(
                 f"{plugin_id} {version} is already staged with different content "
                 "(stage with replace to overwrite it)",
                 source=source,
             )
-        id_dir.mkdir(exist_ok=True)
-        old = tmp / "old"
+        registered = {str(v.get("path")) for v in staged.values()}
+        self._sweep(id_dir, registered, tmp)
+        old = self._own_dir(id_dir, existing.get("path") if existing is not None else None)
+        if existing is not None and existing.get("digest") == digest and old is not None:
+            target = old  # same content: same place (restored if it went missing)
+            if target.is_dir():
+                status = self.registry.register_version(
+                    manifest, files, digest=digest, path=self._rel(target)
+                )
+                return {**self._result(manifest, target, files, digest), **status}
+        elif old == canonical:
+            target = id_dir / f"{version}{REPLACED_MARK}{digest[len('sha256:') :][:16]}"
+        else:
+            target = canonical
         if os.path.lexists(target):
-            os.rename(target, old)  # a previous copy, or an unregistered leftover of a crash
+            os.rename(target, tmp / "leftover")  # missing or half a copy: never registered
+        id_dir.mkdir(exist_ok=True)
         os.rename(root, target)
         fsync_dir(id_dir)
         fsync_dir(self.packages_dir)
         try:
-            status = self.registry.register_version(manifest, files, digest=digest, replace=replace)
+            status = self.registry.register_version(
+                manifest, files, digest=digest, replace=replace, path=self._rel(target)
+            )
         except BaseException:
-            os.rename(target, tmp / "refused")
-            if os.path.lexists(old):
-                os.rename(old, target)
+            if not self._registered_at(plugin_id, version, target, digest):
+                os.rename(target, tmp / "refused")
             raise
-        log.info("staged %s %s (%s)", plugin_id, version, digest)
-        return {**result, **status}
+        if old is not None and old != target and os.path.lexists(old):
+            os.rename(old, tmp / "replaced")  # no longer registered: out of packages/
+            fsync_dir(id_dir)
+        log.info("staged %s %s (%s) in %s", plugin_id, version, digest, target)
+        return {**self._result(manifest, target, files, digest), **status}
+
+    def _registered_at(self, plugin_id: str, version: str, target: Path, digest: str) -> bool:
+        """Whether the registry names ``target`` (a write can fail after the rename, e.g.
+        appending to audit.log); unreadable counts as yes: a leftover is swept later, a
+        registered directory that is gone is not."""
+        try:
+            record = self.registry.get(plugin_id)
+        except (PluginError, OSError):  # any doubt keeps the directory
+            return True
+        entry: dict[str, Any] = (record or {}).get("versions", {}).get(version) or {}
+        return entry.get("path") == self._rel(target) and entry.get("digest") == digest
+
+    def _own_dir(self, id_dir: Path, rel: object) -> Path | None:
+        """The registered directory ``rel`` when it is an entry of ``id_dir`` (else None)."""
+        if not isinstance(rel, str):
+            return None
+        path = self.plugins_dir / rel
+        if path.parent != id_dir or path.name in ("", ".", "..") or "\\" in rel:
+            return None
+        return path
+
+    def _rel(self, path: Path) -> str:
+        """A path under ``plugins/`` as the registry spells it."""
+        return path.relative_to(self.plugins_dir).as_posix()
+
+    @staticmethod
+    def _result(
+        manifest: dict[str, Any], target: Path, files: list[dict[str, Any]], digest: str
+    ) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "id": manifest["id"],
+            "version": manifest["version"],
+            "digest": digest,
+            "path": str(target),
+            "files": len(files),
+            "bytes": sum(int(f.get("size", 0)) for f in files),
+        }
+
+    def _sweep(self, id_dir: Path, registered: set[str], tmp: Path) -> None:
+        """Move out of ``packages/<id>/`` every entry no registered version names.
+
+        Only a stager killed mid-way leaves such entries, and we hold the staging lock.
+        """
+        try:
+            children = sorted(id_dir.iterdir())
+        except FileNotFoundError:
+            return
+        swept = False
+        for i, child in enumerate(children):
+            if self._rel(child) not in registered:
+                os.rename(child, tmp / f"swept-{i}")
+                swept = True
+        if swept:
+            fsync_dir(id_dir)
 
     def remove(self, plugin_id: str, version: str | None = None) -> bool:
         """Unregister a plugin (or one version) and delete its staged files; False if unknown.
@@ -510,18 +581,27 @@ class PluginLoader:
         place a new copy between the two steps. Registry first: a crash leaves an
         unregistered directory, never a registered version without files.
         """
-        if self.registry.get(plugin_id) is None:
+        record = self.registry.get(plugin_id)
+        if record is None:
             return False
         with self._staging_area() as tmp:
+            record = self.registry.get(plugin_id)
+            entry = (record or {}).get("versions", {}).get(version) if version else None
             if not self.registry.unregister(plugin_id, version):
                 return False
-            target = self.packages_dir / plugin_id
-            if version is not None:
-                target = target / version
+            id_dir = self.packages_dir / plugin_id
+            if version is None or self.registry.get(plugin_id) is None:
+                target = id_dir  # the whole plugin is gone: leftovers of crashes go too
+            elif entry is not None and Path(str(entry.get("path"))).parent.as_posix() == (
+                f"packages/{plugin_id}"
+            ):
+                target = self.plugins_dir / str(entry["path"])
+            else:
+                target = id_dir / version
             if os.path.lexists(target):
                 os.rename(target, tmp / "removed")  # out of packages/ at once, then delete
-            if version is not None and not any(target.parent.iterdir()):
-                target.parent.rmdir()
+            if version is not None and id_dir.is_dir() and not any(id_dir.iterdir()):
+                id_dir.rmdir()
         return True
 
     def verify(self, plugin_id: str, version: str | None = None) -> list[str]:

@@ -21,12 +21,16 @@ from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
 from .storage import append_audit, atomic_write, default_actor, locked, utc_now
 
-__all__ = ["REGISTRY_SCHEMA", "PluginRegistry"]
+__all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 
 log = logging.getLogger(__name__)
 
 REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
 _DIGEST_PREFIX = "sha256:"
+# A version whose content was replaced lives in packages/<id>/<version>~<suffix> (no PEP 440
+# version contains '~'), so the registry never names a directory being rewritten.
+REPLACED_MARK = "~"
+_REPLACED_SUFFIX = re.compile(r"[0-9a-f]{16}")
 
 Record = dict[str, Any]
 Data = dict[str, Any]
@@ -400,25 +404,38 @@ class PluginRegistry:
         *,
         digest: str | None = None,
         replace: bool = False,
+        path: str | None = None,
     ) -> dict[str, Any]:
         """Record a version; return what happened (changed, active, pending, missing grants).
 
         A first version becomes active (disabled). A newer version becomes active unless the
         plugin is enabled and the version requests capabilities not granted: then it waits as
         ``pending_version`` until the operator grants the difference and enables it.
-        Capabilities in the policy's ``allowed`` list are granted automatically.
+        Capabilities in the policy's ``allowed`` list are granted automatically. ``path`` is
+        where the files are, relative to the plugins directory (default:
+        ``packages/<id>/<version>``; the loader stages replaced content elsewhere).
         """
         validate_manifest(manifest)
         manifest = _copy(dict(manifest))
         file_list = _normalize_files(files)
+        plugin_id: str = manifest["id"]
+        version: str = manifest["version"]
+        canonical = f"packages/{plugin_id}/{version}"
+        where = canonical if path is None else path
+        suffix = where[len(canonical) + len(REPLACED_MARK) :]
+        if where != canonical and not (
+            where.startswith(canonical + REPLACED_MARK) and _REPLACED_SUFFIX.fullmatch(suffix)
+        ):
+            raise RegistryError(
+                f"path: expected {canonical} or {canonical}{REPLACED_MARK}<16 hex digits>, "
+                f"found {where!r}"
+            )
         if digest is not None and not (
             isinstance(digest, str)
             and digest.startswith(_DIGEST_PREFIX)
             and len(digest) == len(_DIGEST_PREFIX) + 64
         ):
             raise RegistryError(f"digest: expected 'sha256:<64 hex>', found {digest!r}")
-        plugin_id: str = manifest["id"]
-        version: str = manifest["version"]
 
         def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
             now = utc_now()
@@ -437,7 +454,7 @@ class PluginRegistry:
                 }
             )
             entry = {
-                "path": f"packages/{plugin_id}/{version}",
+                "path": where,
                 "manifest": manifest,
                 "digest": digest,
                 "files": file_list,
@@ -445,7 +462,9 @@ class PluginRegistry:
             }
             existing = record["versions"].get(version)
             if existing is not None:
-                same = all(existing.get(k) == entry[k] for k in ("manifest", "digest", "files"))
+                same = all(
+                    existing.get(k) == entry[k] for k in ("manifest", "digest", "files", "path")
+                )
                 if same:
                     return None, self._status(record, version, changed=False), []
                 if not replace:

@@ -156,7 +156,19 @@ def test_different_content_same_version_needs_replace(
     assert loader.registry.get("acme.echo")["versions"]["1.0.0"]["digest"] == first["digest"]
     second = loader.stage_package(src, replace=True)
     assert second["digest"] != first["digest"]
-    assert (target / "main.py").read_text() == "print('v2')\n"
+    # the new content sits beside the old until the registry names it; then the old goes
+    assert Path(second["path"]) == target.with_name("1.0.0~" + second["digest"][7:23])
+    assert (Path(second["path"]) / "main.py").read_text() == "print('v2')\n"
+    assert not target.exists()
+    assert loader.registry.get("acme.echo")["versions"]["1.0.0"]["path"] == (
+        "packages/acme.echo/" + Path(second["path"]).name
+    )
+    assert loader.verify("acme.echo") == []
+    # replacing again goes back to the plain name
+    (src / "main.py").write_text("print('v3')\n")
+    third = loader.stage_package(src, replace=True)
+    assert Path(third["path"]) == target and (target / "main.py").read_text() == "print('v3')\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1.0.0"]
     assert loader.verify("acme.echo") == []
 
 
@@ -271,3 +283,103 @@ def test_source_file_swapped_during_staging_is_refused(
 def test_importing_and_constructing_create_nothing(tmp_path: Path) -> None:
     PluginLoader(tmp_path / "plugins")
     assert not (tmp_path / "plugins").exists()
+
+
+def _replace_and_die(plugins_dir: Path, src: Path, when: str) -> None:
+    """In a child: replace the staged copy, dying (like SIGKILL: no cleanup) at ``when``."""
+    import core.registry as registry_module
+
+    real_change = registry_module.PluginRegistry._change
+
+    def change_then_die(self: Any, change: Any) -> Any:
+        if when == "before-registry-write":
+            os._exit(9)
+        result = real_change(self, change)
+        os._exit(9)
+        return result  # never reached
+
+    registry_module.PluginRegistry._change = change_then_die  # type: ignore[method-assign]
+    PluginLoader(plugins_dir).stage_package(src, replace=True)
+
+
+@pytest.mark.parametrize("when", ["before-registry-write", "after-registry-write"])
+def test_replace_killed_mid_way_keeps_the_registry_and_the_files_in_step(
+    loader: PluginLoader, package_factory: Any, when: str
+) -> None:
+    import multiprocessing
+
+    src = package_factory(files={"main.py": "v1"})
+    first = loader.stage_package(src)
+    (src / "main.py").write_text("v2")
+    child = multiprocessing.get_context("fork").Process(
+        target=_replace_and_die, args=(loader.plugins_dir, src, when)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9
+    entry = loader.registry.get("acme.echo")["versions"]["1.0.0"]
+    # Either way the registered directory holds exactly the registered digest.
+    assert loader.verify("acme.echo") == []
+    id_dir = loader.packages_dir / "acme.echo"
+    if when == "before-registry-write":
+        assert entry["digest"] == first["digest"]
+        assert (loader.plugins_dir / entry["path"] / "main.py").read_text() == "v1"
+    else:
+        assert entry["digest"] != first["digest"]
+        assert (loader.plugins_dir / entry["path"] / "main.py").read_text() == "v2"
+    assert len(list(id_dir.iterdir())) == 2  # the unregistered copy is still there
+    # The next staging of the plugin removes the leftover.
+    assert loader.stage_package(src, replace=True)["ok"] is True
+    entry = loader.registry.get("acme.echo")["versions"]["1.0.0"]
+    assert [p.name for p in id_dir.iterdir()] == [Path(entry["path"]).name]
+    assert loader.verify("acme.echo") == []
+
+
+def test_a_failure_after_the_registry_write_keeps_the_registered_directory(
+    loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.registry as registry_module
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry_module, "append_audit", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        loader.stage_package(package_factory())
+    monkeypatch.undo()
+    assert loader.registry.get("acme.echo") is not None  # the registry write had happened
+    assert loader.verify("acme.echo") == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("packages/acme.echo/../../etc", id="dotdot"),
+        pytest.param("/etc/passwd", id="absolute"),
+        pytest.param("packages/acme.other/1.0.0", id="other-plugin"),
+        pytest.param("packages/acme.echo/2.0.0", id="other-version"),
+        pytest.param("packages/acme.echo/1.0.0/sub", id="nested"),
+    ],
+)
+def test_register_refuses_a_path_outside_the_version_directory(
+    loader: PluginLoader, path: str
+) -> None:
+    with pytest.raises(RegistryError, match=r"path: expected packages/acme\.echo/1\.0\.0"):
+        loader.registry.register_version(make_manifest(), ["main.py"], path=path)
+    assert loader.registry.get("acme.echo") is None
+
+
+def test_a_hand_edited_registry_path_is_never_used_as_a_target(
+    loader: PluginLoader, package_factory: Any
+) -> None:
+    src = package_factory(files={"main.py": "v1"})
+    loader.stage_package(src)
+    doc = json.loads(loader.registry.path.read_text())
+    outside = loader.plugins_dir.parent / "outside"
+    outside.mkdir()
+    doc["plugins"]["acme.echo"]["versions"]["1.0.0"]["path"] = "packages/acme.echo/../../outside"
+    loader.registry.path.write_text(json.dumps(doc))
+    (src / "main.py").write_text("v2")
+    result = loader.stage_package(src, replace=True)
+    assert list(outside.iterdir()) == []
+    assert loader.verify("acme.echo") == [] and Path(result["path"]).parent.name == "acme.echo"
