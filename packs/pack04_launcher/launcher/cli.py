@@ -370,7 +370,9 @@ def _parser() -> argparse.ArgumentParser:
         "run: otherwise the plugin's own exit status.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("list", parents=[common], help="plugins: state, pid, uptime, restarts, layers")
+    sub.add_parser(
+        "list", parents=[common], help="plugins: state, pid, uptime, restarts, degraded, layers"
+    )
     lg = sub.add_parser("logs", parents=[common], help="show the end of a plugin's log")
     lg.add_argument("plugin_id")
     lg.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
