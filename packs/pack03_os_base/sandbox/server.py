@@ -262,6 +262,7 @@ class Server:
         conn.setblocking(False)
         self._pending.add(conn)
         self._sel.register(conn, selectors.EVENT_READ, ("conn", conn))
+        self._on_request(conn)  # a client sends right after connecting: no extra round
 
     def _on_request(self, conn: socket.socket) -> None:
         if conn not in self._pending:
