@@ -56,7 +56,7 @@ class _Result(Exception):
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data) if args.data else paths.plugins_dir()
+    return paths.plugins_dir() if args.data is None else Path(args.data)
 
 
 def _registry(args: argparse.Namespace) -> PluginRegistry:
@@ -196,7 +196,8 @@ def _cmd_disable(args: argparse.Namespace) -> int:
 def _cmd_remove(args: argparse.Namespace) -> int:
     loader = PluginLoader(_data_dir(args), actor=args.actor)
     if not loader.remove(args.id, args.version):
-        raise UnknownPlugin(args.id, args.version)
+        record = loader.registry.get(args.id)
+        raise UnknownPlugin(args.id, args.version, staged=record and record["versions"])
     what = f"{args.id} {args.version}" if args.version else args.id
     _emit(args, {"ok": True, "id": args.id, "version": args.version}, f"removed: {what}")
     return EXIT_OK
@@ -359,8 +360,19 @@ def _parser() -> _Parser:
     return parser
 
 
+def _describe(exc: BaseException) -> str:
+    """The message for an error; an OSError names the file first, without the errno."""
+    if isinstance(exc, OSError) and exc.strerror:
+        if exc.filename is not None and exc.filename2 is not None:
+            return f"{exc.filename} -> {exc.filename2}: {exc.strerror}"
+        if exc.filename is not None:
+            return f"{exc.filename}: {exc.strerror}"
+        return exc.strerror
+    return str(exc)
+
+
 def _error_doc(exc: BaseException, code: int) -> dict[str, Any]:
-    error: dict[str, Any] = {"kind": type(exc).__name__, "message": str(exc)}
+    error: dict[str, Any] = {"kind": type(exc).__name__, "message": _describe(exc)}
     if isinstance(exc, ManifestError):
         error["problems"] = exc.problems
     if isinstance(exc, StagingError):
@@ -388,6 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     want_json = "--json" in argv
     try:
         args = _parser().parse_args(argv)
+        if args.data is not None and not args.data.strip():
+            raise _UsageError("--data: expected a directory, found an empty string")
+        if args.data is not None and os.path.exists(args.data) and not os.path.isdir(args.data):
+            raise _UsageError(f"--data: {args.data} is not a directory")
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except SystemExit as exc:  # --help
@@ -396,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _exit_code(exc)
         if want_json:
             print(json.dumps(_error_doc(exc, code), indent=2, sort_keys=True))
-        print(f"plugins: error: {exc}", file=sys.stderr)
+        print(f"plugins: error: {_describe(exc)}", file=sys.stderr)
         return code
 
 

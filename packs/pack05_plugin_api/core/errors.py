@@ -31,11 +31,23 @@ class RegistryError(PluginError):
 class UnknownPlugin(RegistryError, LookupError):
     """The plugin id, or one of its versions, is not in the registry."""
 
-    def __init__(self, plugin_id: str, version: str | None = None) -> None:
+    def __init__(
+        self, plugin_id: str, version: str | None = None, *, staged: Iterable[str] | None = None
+    ) -> None:
         self.plugin_id = plugin_id
         self.version = version
-        what = f"{plugin_id} {version}" if version else plugin_id
-        super().__init__(f"unknown plugin: {what}")
+        self.staged: list[str] | None = None if staged is None else sorted(staged)
+        if version and self.staged is not None:
+            # the plugin is known: say which versions are there to choose from
+            shown = ", ".join(self.staged) or "none"
+            message = f"{plugin_id} has no staged version {version} (staged: {shown})"
+        else:
+            message = (
+                f"unknown plugin: {plugin_id} {version}"
+                if version
+                else (f"unknown plugin: {plugin_id}")
+            )
+        super().__init__(message)
 
 
 class CapabilityError(PluginError, ValueError):

@@ -118,13 +118,21 @@ def update_policy(
     both = (allow_set & block_set) | (clear_set & (allow_set | block_set))
     if both:
         raise CapabilityError(f"asked to set and unset at once: {', '.join(sorted(both))}")
+    from .registry import PluginRegistry  # the registry reads the policy: import late
+
     path = _policy_path(plugins_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
+    registry = PluginRegistry(path.parent, actor=actor)
     with locked(path.with_name("permissions.lock")):
         old = load_policy(plugins_dir)
         allowed = (old.allowed - block_set - clear_set) | allow_set
         blocked = (old.blocked - allow_set - clear_set) | block_set
         new = Policy(allowed=frozenset(allowed), blocked=frozenset(blocked))
+        if block_set:
+            # Blocked means never granted: withdraw from the registry (what pack04 reads)
+            # before the policy says so. An unreadable registry stops here, with nothing
+            # changed; a crash in between leaves less granted, never more.
+            registry.enforce_blocked(new.blocked)
         if new != old or not path.exists():
             data = json.dumps(new.to_json(), indent=2) + "\n"
             atomic_write(path, data.encode("utf-8"))
@@ -140,11 +148,8 @@ def update_policy(
                     "blocked": sorted(new.blocked),
                 },
             )
-    if block_set:
-        from .registry import PluginRegistry  # the registry reads the policy: import late
-
-        # blocked means never granted: withdraw it from plugins that hold it now.
-        PluginRegistry(path.parent, actor=actor).enforce_blocked(new.blocked)
+        if block_set:
+            registry.enforce_blocked(new.blocked)  # granted from `allowed` meanwhile
     return new
 
 

@@ -538,7 +538,7 @@ class PluginRegistry:
             record = self._record(data, plugin_id)
             target = version or record.get("pending_version") or record["active_version"]
             if target not in record["versions"]:
-                raise UnknownPlugin(plugin_id, target)
+                raise UnknownPlugin(plugin_id, target, staged=record["versions"])
             self._permission_gate(plugin_id, record, target)
             if record["enabled"] and record["active_version"] == target:
                 return None, True, []
@@ -703,12 +703,14 @@ class PluginRegistry:
             if version is None:
                 older = [v for v in record["versions"] if Version(v) < Version(active)]
                 if not older:
-                    raise UnknownPlugin(plugin_id, f"older than {active}")
+                    raise UnknownPlugin(
+                        plugin_id, f"older than {active}", staged=record["versions"]
+                    )
                 target = _sort_versions(older)[-1]
             else:
                 target = version
             if target not in record["versions"]:
-                raise UnknownPlugin(plugin_id, target)
+                raise UnknownPlugin(plugin_id, target, staged=record["versions"])
             if target == active:
                 return None, target, []
             if record["enabled"]:

@@ -44,5 +44,8 @@ def test_permission_denied_names_plugin_and_capabilities() -> None:
 
 def test_unknown_plugin_message() -> None:
     assert str(UnknownPlugin("acme.echo", "2.0")) == "unknown plugin: acme.echo 2.0"
+    err = UnknownPlugin("acme.echo", "2.0", staged={"1.1": {}, "1.0": {}})
+    assert str(err) == "acme.echo has no staged version 2.0 (staged: 1.0, 1.1)"
+    assert err.staged == ["1.0", "1.1"] and err.version == "2.0"
     with pytest.raises(LookupError):
         raise UnknownPlugin("acme.echo")

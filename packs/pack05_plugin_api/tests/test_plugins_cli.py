@@ -145,6 +145,9 @@ def test_validate_checks_a_package_like_stage_and_writes_nothing(
         pytest.param(["grant", "acme.nope"], plugins.EXIT_INVALID, id="grant-no-capability"),
         pytest.param(["frobnicate"], plugins.EXIT_INVALID, id="unknown-verb"),
         pytest.param([], plugins.EXIT_INVALID, id="no-verb"),
+        pytest.param(["show"], plugins.EXIT_INVALID, id="show-no-id"),
+        pytest.param(["policy", "--allow"], plugins.EXIT_INVALID, id="policy-allow-nothing"),
+        pytest.param(["list", "--bogus"], plugins.EXIT_INVALID, id="unknown-option"),
     ],
 )
 def test_bad_input_gives_a_message_and_an_exit_code(
@@ -218,3 +221,55 @@ def test_runs_as_a_script_from_the_repository_root(tmp_path: Path, pkg: str) -> 
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["id"] == "acme.echo"
+
+
+def test_unknown_versions_name_the_staged_ones(
+    capsys: pytest.CaptureFixture[str], data: str, pkg: str
+) -> None:
+    run(capsys, "stage", pkg, "--data", data)
+    for argv in (
+        ["enable", "acme.echo", "--version", "9"],
+        ["rollback", "acme.echo", "9"],
+        ["remove", "acme.echo", "--version", "9"],
+    ):
+        code, doc, err = run(capsys, *argv, "--data", data)
+        assert code == plugins.EXIT_NOT_FOUND
+        assert "acme.echo has no staged version 9 (staged: 1.0.0)" in err
+        assert doc["error"]["message"] in err
+    code, _doc, err = run(capsys, "rollback", "acme.echo", "--data", data)
+    assert code == plugins.EXIT_NOT_FOUND and "no staged version older than 1.0.0" in err
+
+
+def test_an_io_error_names_the_file_without_errno(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pkg: str
+) -> None:
+    (tmp_path / "file").write_text("x")
+    code, doc, err = run(capsys, "stage", pkg, "--data", str(tmp_path / "file" / "plugins"))
+    assert code == plugins.EXIT_FAILED
+    where = tmp_path / "file" / "plugins" / "packages"
+    assert doc["error"]["message"] == f"{where}: Not a directory"
+    assert "Errno" not in err and "Traceback" not in err
+
+
+def test_blocking_with_a_corrupt_registry_changes_nothing(
+    capsys: pytest.CaptureFixture[str], data: str, pkg: str
+) -> None:
+    run(capsys, "stage", pkg, "--data", data)
+    run(capsys, "grant", "acme.echo", "network", "--data", data)
+    registry = Path(data) / "registry.json"
+    registry.write_text("{oops")
+    audit = (Path(data) / "audit.log").read_bytes()
+    code, _doc, err = run(capsys, "policy", "--block", "network", "--data", data)
+    assert code == plugins.EXIT_FAILED and "registry.json" in err
+    assert not (Path(data) / "permissions.json").exists()  # the policy was not changed
+    assert registry.read_text() == "{oops"
+    assert (Path(data) / "audit.log").read_bytes() == audit
+
+
+@pytest.mark.parametrize(
+    "value", [pytest.param("", id="empty"), pytest.param("/dev/null", id="not-a-directory")]
+)
+def test_a_bad_data_dir_is_a_usage_error(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    code, doc, err = run(capsys, "--data", value, "list")
+    assert code == plugins.EXIT_INVALID and doc["exit"] == code
+    assert err.startswith("plugins: error: --data: ")
