@@ -24,6 +24,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 
 from sandbox import _libc, _log, cgroups
 from sandbox.confine import BACKENDS, apply_and_exec, seccomp_filters
@@ -44,10 +45,13 @@ _MAX_CHILD_MESSAGE = 1 << 20
 MAX_PENDING = 64
 _REQUEST_KEYS = ("policy", "argv", "backend", "report")
 _PR_SET_PDEATHSIG = 1
-#: Spares are replaced once the server has been idle this long (seconds), so that
-#: preparing one never competes with a plugin starting; with none left a request
-#: gets a fresh child at once.
+#: Chores (replacing spares, removing ended runs' cgroups) wait until the server has
+#: been idle this long (seconds) ...
 IDLE_REFILL = 0.01
+#: ... and every live run was handed over at least this long ago: a fork and a few
+#: cgroup rmdirs (about 1 ms of kernel time each) must not take the CPU from a plugin
+#: that is starting. With no spare left a request gets a fresh child at once.
+SETTLE = 0.1
 _UCRED = struct.Struct("3i")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -111,6 +115,7 @@ class _Child:
         self.report: dict[str, Any] | None = None
         self.error: tuple[int, str] | None = None
         self.started = False
+        self.claimed_at = 0.0  # monotonic time it was given its request
 
 
 class Server:
@@ -148,11 +153,10 @@ class Server:
             self._fill()
             _log.info(__name__, "listening on %s (%d spare(s))", self.path, self.spares)
             while not self._stopping:
-                chores = self._remove or self._short_of_spares()
-                events = self._sel.select(IDLE_REFILL if chores else None)
+                events = self._sel.select(self._chores_in())
                 for key, _ in events:
                     self._dispatch(*key.data)
-                if not events:
+                if not events and self._settle_in() <= 0:
                     self._idle()
         finally:
             signal.set_wakeup_fd(old_wake)
@@ -305,6 +309,7 @@ class Server:
                         key=lambda c: not c.ready)  # fmt: skip
         child = spares[0] if spares else self._fork(prepare=False)
         child.spare = False
+        child.claimed_at = time.monotonic()
         child.conn = conn
         child.request = request
         try:
@@ -429,6 +434,18 @@ class Server:
         conn.close()
 
     # --- children -----------------------------------------------------------------
+
+    def _chores_in(self) -> float | None:
+        """How long to wait before the chores may run (None: there are none)."""
+        if not (self._remove or self._short_of_spares()):
+            return None
+        return max(IDLE_REFILL, self._settle_in())
+
+    def _settle_in(self) -> float:
+        """Seconds until every live run was handed over at least SETTLE ago (<= 0: now)."""
+        now = time.monotonic()
+        return max((c.claimed_at + SETTLE - now for c in self._children.values()
+                    if not c.spare), default=0.0)  # fmt: skip
 
     def _idle(self) -> None:
         """Chores that would delay a start: remove ended runs' cgroups, replace spares."""
