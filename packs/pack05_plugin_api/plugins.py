@@ -21,6 +21,7 @@ from core.errors import (
     ManifestError,
     PermissionDenied,
     PluginError,
+    RegistryError,
     StagingError,
     UnknownPlugin,
 )
@@ -71,7 +72,16 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
         print(text)
 
 
-def _summary(pid: str, rec: dict[str, Any]) -> dict[str, Any]:
+def _policy_blocked(args: argparse.Namespace) -> frozenset[str]:
+    """What the policy blocks, for display; an unreadable policy is a warning here."""
+    try:
+        return load_policy(_data_dir(args)).blocked
+    except RegistryError as exc:
+        print(f"plugins: warning: {exc}", file=sys.stderr)
+        return frozenset()
+
+
+def _summary(pid: str, rec: dict[str, Any], blocked: frozenset[str]) -> dict[str, Any]:
     active = rec.get("active_version")
     requested = (rec.get("manifest") or {}).get("permissions", [])
     pending = rec.get("pending_version")
@@ -89,6 +99,8 @@ def _summary(pid: str, rec: dict[str, Any]) -> dict[str, Any]:
         "missing": sorted(set(requested) - set(rec["granted"])),
         # what the operator must grant before `enable` switches to the pending version
         "pending_missing": sorted(set(pending_requested) - set(rec["granted"])),
+        # granted, but blocked since (permissions.json edited by hand): `policy --block` withdraws
+        "blocked_by_policy": sorted(set(rec["granted"]) & blocked),
     }
 
 
@@ -138,7 +150,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     records = _registry(args).list()
-    plugins = [_summary(pid, records[pid]) for pid in sorted(records)]
+    blocked = _policy_blocked(args) if records else frozenset()
+    plugins = [_summary(pid, records[pid], blocked) for pid in sorted(records)]
     lines = [
         f"{p['id']:<32} {p['active_version'] or '-':<12} "
         f"{'enabled' if p['enabled'] else 'disabled':<9} "
@@ -148,6 +161,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f" pending={p['pending_version']} "
             + (f"(needs {','.join(p['pending_missing'])})" if p["pending_missing"] else "(ready)")
             if p["pending_version"]
+            else ""
+        )
+        + (
+            f" blocked-by-policy={','.join(p['blocked_by_policy'])}"
+            if p["blocked_by_policy"]
             else ""
         )
         for p in plugins
@@ -161,7 +179,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     record = registry.get(args.id)
     if record is None:
         raise UnknownPlugin(args.id)
-    doc: dict[str, Any] = {"ok": True, **_summary(args.id, record), "record": record}
+    summary = _summary(args.id, record, _policy_blocked(args))
+    doc: dict[str, Any] = {"ok": True, **summary, "record": record}
     if args.verify:
         loader = PluginLoader(registry.plugins_dir)
         doc["problems"] = [p for v in record["versions"] for p in loader.verify(args.id, v)]

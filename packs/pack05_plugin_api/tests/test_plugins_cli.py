@@ -273,3 +273,24 @@ def test_a_bad_data_dir_is_a_usage_error(capsys: pytest.CaptureFixture[str], val
     code, doc, err = run(capsys, "--data", value, "list")
     assert code == plugins.EXIT_INVALID and doc["exit"] == code
     assert err.startswith("plugins: error: --data: ")
+
+
+def test_list_marks_grants_a_hand_edited_policy_blocks(
+    capsys: pytest.CaptureFixture[str], data: str, pkg: str
+) -> None:
+    run(capsys, "stage", pkg, "--data", data)
+    run(capsys, "grant", "acme.echo", "network", "--data", data)
+    policy = Path(data) / "permissions.json"
+    policy.write_text(json.dumps({"allowed": [], "blocked": ["network"]}))
+    code, doc, _ = run(capsys, "list", "--data", data)
+    assert code == 0 and doc["plugins"][0]["blocked_by_policy"] == ["network"]
+    assert plugins.main(["list", "--data", data]) == 0
+    assert "blocked-by-policy=network" in capsys.readouterr()[0]
+    # `policy --block` withdraws it although the file already says blocked
+    run(capsys, "policy", "--block", "network", "--data", data)
+    code, doc, _ = run(capsys, "show", "acme.echo", "--data", data)
+    assert doc["granted"] == [] and doc["blocked_by_policy"] == []
+    # an invalid policy does not stop list or show: a warning names the file
+    policy.write_text("{oops")
+    code, doc, err = run(capsys, "list", "--data", data)
+    assert code == 0 and "permissions.json" in err and doc["plugins"][0]["id"] == "acme.echo"
