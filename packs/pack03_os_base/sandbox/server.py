@@ -304,7 +304,8 @@ class Server:
         self._pending.discard(conn)
 
     def _start(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        """Hand the request to a spare (or a fresh child), then replace the spare."""
+        """Hand the request and the client's fds to a spare (or a fresh child when none is
+        left); the spare is replaced later, with the chores."""
         spares = sorted((c for c in self._children.values() if c.spare and c.ctrl),
                         key=lambda c: not c.ready)  # fmt: skip
         child = spares[0] if spares else self._fork(prepare=False)
