@@ -512,6 +512,8 @@ class PluginLoader:
         except BaseException:
             if not self._registered_at(plugin_id, version, target, digest):
                 os.rename(target, tmp / "refused")
+                with contextlib.suppress(OSError):
+                    id_dir.rmdir()  # only if empty: nothing of this plugin was there before
             raise
         if old is not None and old != target and os.path.lexists(old):
             os.rename(old, tmp / "replaced")  # no longer registered: out of packages/

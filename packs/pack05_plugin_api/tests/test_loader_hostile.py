@@ -261,6 +261,9 @@ HOSTILE = [
     ),
     pytest.param(_zip([("pipe", b"", stat.S_IFIFO | 0o600)]), StagingError, "FIFO", id="zip-fifo"),
     pytest.param(
+        _zip([("sock", b"", stat.S_IFSOCK | 0o600)]), StagingError, "socket", id="zip-socket"
+    ),
+    pytest.param(
         _zip([("main.py", b"again", REG)]), StagingError, "duplicate member", id="zip-duplicate"
     ),
     pytest.param(_too_many("dir"), StagingError, "more than 5 files", id="dir-too-many-files"),

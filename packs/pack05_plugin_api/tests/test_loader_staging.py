@@ -216,7 +216,7 @@ def test_registry_failure_leaves_no_directory_and_no_entry(
     monkeypatch.setattr(loader.registry, "register_version", fail)
     with pytest.raises(RegistryError, match="disk full"):
         loader.stage_package(package_factory())
-    assert list((loader.packages_dir / "acme.echo").iterdir()) == []
+    assert list(loader.packages_dir.iterdir()) == []
     assert list(loader.staging_dir.iterdir()) == []
     assert loader.registry.get("acme.echo") is None
 
