@@ -65,6 +65,8 @@ class _Snapshot:
     data: Data  # read-only as parsed; records this object wrote are plain, never mutated
     # What list() hands out: read-only views, built on first use for this version of the file.
     frozen: FrozenDict | None = field(default=None)
+    # The file's text until the first write slices each record's JSON out of it.
+    text: str | None = field(default=None)
 
 
 def _encode(value: Any) -> str:
@@ -206,7 +208,7 @@ class PluginRegistry:
             fragments[pid] = (record, line[len(prefix) :].rstrip(","))
         return fragments
 
-    def _parse(self, raw: bytes) -> Data:
+    def _parse(self, raw: bytes) -> tuple[Data, str]:
         try:
             text = raw.decode("utf-8")
             # Read-only from the start: list() shares it without a second (frozen) copy, and
@@ -214,10 +216,7 @@ class PluginRegistry:
             data = loads_frozen(text)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
-        data = self._check(data)
-        # The next write re-encodes only the records it changes.
-        self._fragments = self._fragments_of(text, data["plugins"])
-        return data
+        return self._check(data), text
 
     def _check(self, data: Any) -> Data:
         if not isinstance(data, dict) or data.get("schema") != REGISTRY_SCHEMA:
@@ -249,7 +248,8 @@ class PluginRegistry:
             raise self._corrupt(exc.strerror or str(exc)) from None
         finally:
             os.close(fd)
-        self._snapshot = _Snapshot(key=key, data=self._parse(raw))
+        data, text = self._parse(raw)
+        self._snapshot = _Snapshot(key=key, data=data, text=text)
         return self._snapshot
 
     def list(self) -> dict[str, Record]:
@@ -339,6 +339,11 @@ class PluginRegistry:
             new, result, entries = change(snapshot.data)
             if new is not None:
                 new["updated_at"] = utc_now()
+                if snapshot.text is not None:  # read, not written, by this object
+                    # The write re-encodes only the records it changes (readers never
+                    # pay for slicing the file into records).
+                    self._fragments = self._fragments_of(snapshot.text, snapshot.data["plugins"])
+                    snapshot.text = None
                 blob, fragments = _serialize(new, self._fragments)
                 atomic_write(self.path, blob, backup=self.backup_path)
                 # Cache what we wrote: the next reader or writer need not parse it again.

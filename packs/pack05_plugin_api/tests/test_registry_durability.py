@@ -191,3 +191,28 @@ def test_a_file_in_another_layout_is_still_read(plugins_dir: Path) -> None:
     assert fresh.get("1.0.0") is None  # a version key is not a plugin
     _register(fresh, "acme.two")
     assert set(PluginRegistry(plugins_dir).list()) == {"acme.one", "acme.two"}
+
+
+def test_a_write_re_encodes_only_the_records_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.registry as registry_module
+
+    writer = PluginRegistry(tmp_path)
+    for i in range(20):
+        writer.register(make_manifest(id=f"acme.p{i}", permissions=None), ["main.py"])
+    encoded: list[object] = []
+    real_encode = registry_module._encode
+
+    def counting_encode(value: object) -> str:
+        encoded.append(value)
+        return real_encode(value)
+
+    monkeypatch.setattr(registry_module, "_encode", counting_encode)
+    fresh = PluginRegistry(tmp_path)  # a new process: it read the file, never wrote it
+    fresh.list()
+    fresh.enable("acme.p3")
+    records = [v for v in encoded if isinstance(v, dict) and "versions" in v]
+    assert len(records) == 1 and records[0]["enabled"] is True
+    assert PluginRegistry(tmp_path).list() == fresh.list()
+    assert json.loads(fresh.path.read_text())["plugins"]["acme.p3"]["enabled"] is True
