@@ -174,16 +174,18 @@ def prepare_run(group: str, pid: int, memory: bool, pids: bool, prune: bool = Tr
 def _make_run_dir(h: Hierarchy, base: str, plugin_id: str, run_dir: str, prune: bool) -> None:
     if prune:
         _prune(os.path.join(base, plugin_id))
-    for attempt in range(3):  # a concurrent prune may remove the plugin dir under us
-        for d in (base, os.path.join(base, plugin_id)):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(d, 0o755)
-            if h.version == 2:
-                _enable_controllers(h, d)
-        if os.path.isdir(run_dir):
-            # Leftovers of an earlier run whose pid we now have: that run is over.
-            kill_dirs([run_dir], grace=0.0)
+    # A run ending at the same time removes the plugin's dir, and the base, when they
+    # become empty (_rmdir_run): make them again.
+    for attempt in range(3):
         try:
+            for d in (base, os.path.join(base, plugin_id)):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(d, 0o755)
+                if h.version == 2:
+                    _enable_controllers(h, d)
+            if os.path.isdir(run_dir):
+                # Leftovers of an earlier run whose pid we now have: that run is over.
+                kill_dirs([run_dir], grace=0.0)
             os.mkdir(run_dir, 0o755)
             return
         except FileNotFoundError:
@@ -401,8 +403,13 @@ def _rmdir_run(run_dir: str) -> None:
                 _log.debug(__name__, "rmdir %s: %s", run_dir, exc)
                 return
             time.sleep(0.02)
+    group = os.path.dirname(run_dir)
     with contextlib.suppress(OSError):  # the plugin's dir, when no other run uses it
-        os.rmdir(os.path.dirname(run_dir))
+        os.rmdir(group)
+        # ... and aurora-sandbox itself, when no plugin is left: no empty directory
+        # stays behind in the caller's cgroup (v1) or at the root (v2).
+        if os.path.basename(os.path.dirname(group)) == BASE:
+            os.rmdir(os.path.dirname(group))
 
 
 def leave(run: RunCgroup, pid: int) -> None:

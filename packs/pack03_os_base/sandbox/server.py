@@ -34,6 +34,7 @@ from sandbox.report import write_report
 
 TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, NoReturn
 
 PROTOCOL = "aurora-sandbox-server-v1"
@@ -177,7 +178,8 @@ class Server:
         try:
             old_umask = os.umask(0o177)  # the socket is the server's owner's only
             try:
-                sock.bind(tmp)
+                with unix_address(tmp) as address:
+                    sock.bind(address)
             finally:
                 os.umask(old_umask)
             sock.listen(MAX_PENDING)
@@ -558,6 +560,27 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         return status[0]
 
 
+#: Longest path a sockaddr_un holds (108 bytes with its NUL).
+_SUN_PATH_MAX = 107
+
+
+@contextlib.contextmanager
+def unix_address(path: str) -> Iterator[str]:
+    """An address for ``path`` that fits a sockaddr_un (108 bytes).
+
+    A longer path (a deep run dir) is reached through its directory's descriptor:
+    ``/proc/self/fd/<fd>/<name>``; the descriptor is closed on leaving the block.
+    """
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield path
+        return
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+    finally:
+        os.close(fd)
+
+
 def _check_free(path: str) -> None:
     """Refuse a path that is not a socket, or a socket another server still answers on."""
     try:
@@ -568,7 +591,8 @@ def _check_free(path: str) -> None:
         raise ServerError(f"{path}: exists and is not a socket (not replaced)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        probe.connect(path)
+        with unix_address(path) as address:
+            probe.connect(address)
     except OSError:
         return  # a stale socket of a server that is gone: replaced
     finally:
@@ -594,4 +618,4 @@ def _recv_or_eof(sock: socket.socket) -> bytes:
         return b""
 
 
-__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request"]
+__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request", "unix_address"]

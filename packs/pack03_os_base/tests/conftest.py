@@ -26,6 +26,8 @@ PYTHON = sys.executable
 if str(PACK) not in sys.path:
     sys.path.insert(0, str(PACK))
 
+from sandbox.server import unix_address  # noqa: E402
+
 # The attack plugin: one forbidden action per call, one JSON line on stdout.
 ATTACK = r"""
 import json, os, resource, signal, socket, sys, time
@@ -321,7 +323,8 @@ class ServerProc:
 
     def connect(self) -> socket.socket:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        conn.connect(str(self.sock))
+        with unix_address(str(self.sock)) as address:
+            conn.connect(address)
         return conn
 
     def request(

@@ -142,3 +142,17 @@ def test_pool_pruning_spares_a_spare_that_has_not_moved_in_yet(run_dirs: list[st
     finally:
         waiting.kill()
         waiting.wait()
+
+
+def test_no_empty_aurora_sandbox_dir_is_left_after_a_run(run_dirs: list[str]) -> None:
+    run = cgroups.create_run(PLUGIN, 4_000_004, None, 8)
+    run_dirs.extend(run.dirs)
+    if not run.dirs:
+        pytest.skip(f"no writable cgroup here: {run.problems}")
+    bases = [os.path.dirname(os.path.dirname(d)) for d in run.dirs]
+    assert all(os.path.basename(b) == cgroups.BASE for b in bases)
+    assert cgroups.kill_dirs(run.dirs, grace=0.0) == []
+    for base in bases:
+        # Gone, unless another run (a concurrent test, a live server) still uses it.
+        left = [e.name for e in os.scandir(base) if e.is_dir()] if os.path.isdir(base) else []
+        assert not os.path.isdir(base) or left, f"{base} left empty"

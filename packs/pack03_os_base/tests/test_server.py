@@ -387,3 +387,16 @@ def test_a_stale_socket_is_replaced(
     ok = srv.request({"policy": _policy(tmp_path), "argv": ["/bin/true"]}, timeout=60)
     assert ok[-1]["returncode"] == 0
     assert srv.stop() == 0 and not srv.sock.exists()
+
+
+@root_only
+def test_a_socket_path_longer_than_sockaddr_un_works(
+    tmp_path: Path, start_server: Callable[[Path], ServerProc]
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(str(deep / "s.sock")) > 108  # too long for a sockaddr_un
+    srv = start_server(deep)
+    ok = srv.request({"policy": _policy(deep), "argv": ["/bin/true"]}, timeout=60)
+    assert ok[-1]["returncode"] == 0
+    assert srv.stop() == 0 and not srv.sock.exists()
