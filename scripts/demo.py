@@ -131,8 +131,9 @@ class Demo:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {**os.environ, "AURORA_HOME": str(home)}
-        self.env.pop("AURORA_PACK_DATA", None)
+        # Only the throw-away home: no AURORA_PACK_*, registry or sandbox override inherited.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AURORA_")}
+        self.env = {**inherited, "AURORA_HOME": str(home)}
         self.started: list[str] = []  # packs started by the demo and not stopped yet
         self.version: dict[str, str] = {}
         self.t0 = time.monotonic()
