@@ -62,7 +62,9 @@ class _Snapshot:
     """The parsed registry for one on-disk version of the file (files are only replaced)."""
 
     key: tuple[int, ...]
-    data: Data  # read-only as parsed; records this object wrote are plain, never mutated
+    # Read-only when parsed for a reader, plain when parsed for a write (cheaper); never
+    # mutated either way: a change copies the records it touches.
+    data: Data
     # What list() hands out: read-only views, built on first use for this version of the file.
     frozen: FrozenDict | None = field(default=None)
     # The file's text until the first write slices each record's JSON out of it.
@@ -208,12 +210,12 @@ class PluginRegistry:
             fragments[pid] = (record, line[len(prefix) :].rstrip(","))
         return fragments
 
-    def _parse(self, raw: bytes) -> tuple[Data, str]:
+    def _parse(self, raw: bytes, *, frozen: bool) -> tuple[Data, str]:
         try:
             text = raw.decode("utf-8")
-            # Read-only from the start: list() shares it without a second (frozen) copy, and
-            # every change copies only the records it touches.
-            data = loads_frozen(text)
+            # For readers, read-only from the start: list() shares it without building a
+            # second (frozen) copy. A writer needs no views: the plain parse is cheaper.
+            data = loads_frozen(text) if frozen else json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
         return self._check(data), text
@@ -229,7 +231,7 @@ class PluginRegistry:
             raise self._corrupt("'plugins' is not a mapping of plugin records")
         return data
 
-    def _snap(self) -> _Snapshot:
+    def _snap(self, *, frozen: bool = True) -> _Snapshot:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -248,7 +250,7 @@ class PluginRegistry:
             raise self._corrupt(exc.strerror or str(exc)) from None
         finally:
             os.close(fd)
-        data, text = self._parse(raw)
+        data, text = self._parse(raw, frozen=frozen)
         self._snapshot = _Snapshot(key=key, data=data, text=text)
         return self._snapshot
 
@@ -260,8 +262,9 @@ class PluginRegistry:
         """
         snapshot = self._snap()
         if snapshot.frozen is None:
-            # Parsed records are read-only already (a view only adds "manifest"); views of
-            # records this object saw before are reused; only records it wrote are frozen.
+            # Records parsed for a reader are read-only already (a view only adds "manifest");
+            # views of records seen before are reused; the others (written, or parsed for a
+            # write) are frozen here.
             old = self._frozen
             views: dict[str, Record] = {}
             for pid, record in snapshot.data["plugins"].items():
@@ -335,7 +338,7 @@ class PluginRegistry:
         """Run one read-modify-write under the lock; write and audit only if data changed."""
         self.plugins_dir.mkdir(parents=True, exist_ok=True)
         with locked(self.lock_path):
-            snapshot = self._snap()
+            snapshot = self._snap(frozen=False)
             new, result, entries = change(snapshot.data)
             if new is not None:
                 new["updated_at"] = utc_now()

@@ -221,7 +221,7 @@ def test_registry_failure_leaves_no_directory_and_no_entry(
     assert loader.registry.get("acme.echo") is None
 
 
-def test_failed_replace_restores_the_previous_copy(
+def test_failed_replace_keeps_the_previous_copy_registered(
     loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = package_factory(files={"main.py": "v1"})
