@@ -513,7 +513,7 @@ class Supervisor:
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         except OSError as exc:
-            log.error("%s: cannot run %s: %s", slot.entry.id, argv[1], exc)
+            log.error("%s: cannot run %s: %s", slot.entry.id, slot.sandbox.launch, exc)
             return None
 
     def _kill_tree(self, slot: Slot, sandbox_kill: subprocess.Popen[bytes] | None = None) -> None:

@@ -92,6 +92,8 @@ def test_command_line_follows_the_contract(tmp_path: Path) -> None:
     argv = cmd.argv(Path("/p.json"), Path("/r.json"), ["x", "--y"])
     assert argv == [
         "/py",
+        "-I",
+        "-S",
         str(tmp_path / "sandbox" / "launch.py"),
         "--policy",
         "/p.json",
