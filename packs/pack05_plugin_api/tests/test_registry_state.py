@@ -100,6 +100,16 @@ def test_get_returns_a_private_copy_and_list_a_read_only_view(reg: PluginRegistr
     # the view follows changes
     reg.grant("acme.echo", ["network"])
     assert reg.list()["acme.echo"]["granted"] == ["network"]
+    # read-only too for a new reader, and for one whose first act was a write
+    fresh = PluginRegistry(reg.plugins_dir)
+    writer = PluginRegistry(reg.plugins_dir)
+    writer.disable("acme.echo")
+    for other in (fresh, writer):
+        files = other.list()["acme.echo"]["versions"]["1.0.0"]["files"]
+        with pytest.raises(TypeError, match="read-only"):
+            files.append({"path": "x"})
+        with pytest.raises(TypeError, match="read-only"):
+            other.list()["acme.echo"]["granted"].clear()
 
 
 def test_enable_refuses_until_every_requested_capability_is_granted(reg: PluginRegistry) -> None:
