@@ -2,6 +2,7 @@
 
 from launcher.errors import (
     ConfigError,
+    ForkServerError,
     LauncherError,
     PluginNotFound,
     RegistryError,
@@ -11,6 +12,7 @@ from launcher.errors import (
 
 __all__ = [
     "ConfigError",
+    "ForkServerError",
     "LauncherError",
     "PluginNotFound",
     "RegistryError",

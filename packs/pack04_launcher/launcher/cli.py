@@ -82,8 +82,13 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
         for pid, rec in doc.get("plugins", {}).items():
             plugins[pid] = dict(rec, uptime_s=_uptime(rec.get("started_at")))
     allowed = sorted(degraded.read_allowed(paths.degraded))
+    sandbox_mode = doc.get("service", {}).get("sandbox") if ident and doc else None
     out = {
-        "service": {"running": ident is not None, "pid": ident.pid if ident else None},
+        "service": {
+            "running": ident is not None,
+            "pid": ident.pid if ident else None,
+            "sandbox": sandbox_mode,
+        },
         "registry": str(paths.registry),
         "degraded_allowed": allowed,
         "plugins": plugins,
@@ -113,6 +118,13 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
     _emit(args, out, table if plugins else "no plugins in the registry")
+    if isinstance(sandbox_mode, dict):
+        how = sandbox_mode.get("mode")
+        if sandbox_mode.get("server_pid"):
+            how = f"{how} (pid {sandbox_mode['server_pid']})"
+        if sandbox_mode.get("error"):
+            how = f"{how}; {sandbox_mode['error']}"
+        _err(f"sandbox: {how}")
     for pid, rec in sorted(plugins.items()):
         if rec.get("state") not in (RUNNING, DISABLED) and rec.get("reason"):
             _err(f"{pid}: {rec['reason']}")

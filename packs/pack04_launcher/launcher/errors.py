@@ -41,3 +41,7 @@ class SandboxUnavailable(LauncherError):
 
 class ServiceError(LauncherError):
     """The launcher service could not be started, stopped or reached."""
+
+
+class ForkServerError(LauncherError):
+    """pack03's fork server cannot be started, or did not answer a request."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from launcher import process
 from launcher.cgroup import CgroupTree
 from launcher.errors import LauncherError, SandboxUnavailable
+from launcher.forkserver import stop_leftover
 from launcher.paths import Paths, sandbox_root
 from launcher.status import FAILED, RUNNING, read_status
 
@@ -146,7 +147,10 @@ def stop(paths: Paths, timeout: float) -> int:
                 return EXIT_FAILED
         if process.read_pidfile(paths.pidfile) == ident:
             paths.pidfile.unlink(missing_ok=True)
-    # A launcher that was killed leaves its plugins in their cgroups: kill them.
+    # A launcher that was killed leaves its sandbox fork server, which stops the
+    # plugins it started when TERMed, and its one-shot plugins in their cgroups.
+    if stop_leftover(paths.sandbox_server_pidfile, grace=5.0):
+        _say("stopped the sandbox fork server a killed launcher left (and its plugins)")
     tree = CgroupTree.create(str(paths.run))
     if tree is not None:
         for name in tree.leftovers():

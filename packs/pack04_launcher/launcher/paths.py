@@ -72,6 +72,19 @@ class Paths:
     def service_log(self) -> Path:
         return self.logs / "launcher.log"
 
+    @property
+    def sandbox_socket(self) -> Path:
+        """pack03's fork server socket (the supervisor runs the server)."""
+        return self.run / "sandbox.sock"
+
+    @property
+    def sandbox_server_pidfile(self) -> Path:
+        return self.run / "sandbox-server.pid"
+
+    @property
+    def sandbox_server_log(self) -> Path:
+        return self.logs / "sandbox-server.log"
+
     def plugin_log(self, plugin_id: str) -> Path:
         return self.logs / "plugins" / f"{plugin_id}.log"
 

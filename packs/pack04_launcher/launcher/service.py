@@ -66,10 +66,11 @@ class _Signals:
         elif signum == signal.SIGHUP:
             self.reload = True
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until a signal arrives (SIGCHLD included) or ``timeout`` passes."""
-        ready, _, _ = select.select([self.read_fd], [], [], timeout)
-        if ready:
+    def wait(self, timeout: float, fds: list[int] | None = None) -> None:
+        """Sleep until a signal arrives (SIGCHLD included), one of ``fds`` is readable
+        (a fork server run's exit), or ``timeout`` passes."""
+        ready, _, _ = select.select([self.read_fd, *(fds or [])], [], [], timeout)
+        if self.read_fd in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.read_fd, 512)
 
@@ -92,10 +93,11 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
             sup.open()
             process.write_pidfile(paths.pidfile, me)
             log.info(
-                "launcher pid %d: registry %s, cgroups %s",
+                "launcher pid %d: registry %s, cgroups %s, sandbox %s",
                 me.pid,
                 paths.registry,
                 "on" if sup.cgroups else "off",
+                sup.sandbox_mode()["mode"],
             )
             last_beat = 0.0
             while not sigs.stop:
@@ -105,7 +107,10 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
                 if sup.dirty or now - last_beat >= heartbeat:
                     _write_status(paths, sup, me, started_at, running=True)
                     sup.dirty, last_beat = False, now
-                sigs.wait(min(sup.next_wakeup(), max(0.0, heartbeat - (now - last_beat))))
+                sigs.wait(
+                    min(sup.next_wakeup(), max(0.0, heartbeat - (now - last_beat))),
+                    sup.wait_fds(),
+                )
             log.info("launcher pid %d: stopping every plugin", me.pid)
         finally:
             sup.close()
@@ -136,6 +141,7 @@ def _write_status(
             "sandbox_error": sup.sandbox_error,
             "degraded_error": sup.degraded_error,
             "cgroups": str(sup.cgroups.base) if sup.cgroups else None,
+            "sandbox": sup.sandbox_mode(),
         },
         "plugins": sup.status_doc(),
     }
@@ -166,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
         "restarted with back-off like a crash (0: unbounded, the default)",
     )
     p.add_argument("--no-cgroup", action="store_true", help="track trees through /proc only")
+    p.add_argument(
+        "--no-fork-server",
+        action="store_true",
+        help="start each plugin with pack03's one-shot launch.py, not its fork server",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         limits=sandbox.Limits(),
         use_cgroup=not args.no_cgroup,
         reap_orphans=True,
+        fork_server=not args.no_fork_server,
     )
     try:
         serve(paths, settings, heartbeat=args.heartbeat)

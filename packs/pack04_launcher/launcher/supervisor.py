@@ -27,7 +27,8 @@ from launcher import degraded, process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
 from launcher.digest import tree_digest
-from launcher.errors import LauncherError, RegistryError, SandboxUnavailable
+from launcher.errors import ForkServerError, LauncherError, RegistryError, SandboxUnavailable
+from launcher.forkserver import LOST, ForkServer, ServerRun, stop_leftover
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
 from launcher.process import ProcessId
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 _PR_SET_CHILD_SUBREAPER = 36
 _LOG_ROTATE_BYTES = 5 * 1024 * 1024
 _UNREAD = object()  # signature of a file not read yet: differs from any stat
+#: Sandbox modes (status file): runs requested from pack03's fork server, or one
+#: ``launch.py --policy`` process per run.
+FORK_SERVER = "fork-server"
+ONE_SHOT = "one-shot"
+#: Restarts of a fork server that died before the supervisor gives up on it.
+_SERVER_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class Settings:
     # Without cgroups, become a child subreaper and kill orphans no plugin claims.
     # Only for a dedicated service process: it would adopt a host process's orphans.
     reap_orphans: bool = False
+    # Start plugins through pack03's fork server (one-shot launch.py if it cannot start).
+    fork_server: bool = True
 
 
 @dataclass
@@ -66,7 +75,8 @@ class Slot:
     entry: PluginEntry
     state: str = status.BLOCKED
     reason: str | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | ServerRun | None = None
+    mode: str | None = None  # FORK_SERVER or ONE_SHOT: how the current/last run started
     ident: ProcessId | None = None
     started_at: float | None = None  # wall clock, for the status file
     started_mono: float = 0.0
@@ -119,14 +129,23 @@ class Supervisor:
         self._entries: dict[str, PluginEntry] = {}  # the two combined
         self._control = Control()
         self._sandbox_root: Path | None = None
+        self.server: ForkServer | None = None
+        self.server_error: str | None = None  # why runs are one-shot, or the last server death
+        self._server_off: Path | None = None  # the pack03 root the server failed to run from
+        self._server_restarts = 0
         self.dirty = True
 
     # --- setup and teardown -------------------------------------------------------
 
     def open(self) -> None:
-        """Create the run/log dirs and the cgroup tree; kill what a dead run left."""
+        """Create the run/log dirs and the cgroup tree; kill what a dead run left.
+
+        Then start pack03's fork server (a server left by a killed supervisor is
+        stopped first, and with it the plugins it ran).
+        """
         for d in (self.paths.run, self.paths.logs / "plugins", self.paths.data):
             d.mkdir(parents=True, exist_ok=True)
+        stop_leftover(self.paths.sandbox_server_pidfile, self.settings.stop_grace)
         if self.settings.use_cgroup:
             self.cgroups = CgroupTree.create(str(self.paths.run))
         if self.cgroups is not None:
@@ -138,11 +157,15 @@ class Supervisor:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+        if self.settings.fork_server:
+            with contextlib.suppress(SandboxUnavailable):  # blocked plugins say why
+                self._server_for(self._sandbox_command())
 
     def close(self) -> None:
-        """Stop every plugin and remove the cgroup tree."""
+        """Stop every plugin, then the fork server, and remove the cgroup tree."""
         self._track_descendants()
         self._stop([s for s in self.slots.values() if s.proc is not None])
+        self._stop_server()
         if self.settings.reap_orphans:
             # Every plugin is stopped: any child still ours is an orphan we adopted.
             left = [i for p in process.children(os.getpid()) if (i := process.identify(p))]
@@ -160,6 +183,7 @@ class Supervisor:
         """One pass: read changes, collect exits, stop and start to match."""
         now = time.monotonic()
         self._reload(force_reload)
+        self._check_server()
         self._collect()
         self._track_descendants()
         wanted = self._wanted()
@@ -328,20 +352,14 @@ class Supervisor:
         data_dir = self.paths.plugin_data(entry.id)
         run_dir = self.paths.plugin_run(entry.id)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
-        argv = sbx.argv(
-            policy_file, report_file, sandbox.plugin_argv(self.settings.python, entry.entrypoint)
-        )
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "AURORA_PLUGIN_ID": entry.id,
-            "AURORA_PLUGIN_DATA": str(data_dir),
-        }
-        cgroup = entry.id if self.cgroups is not None else None
+        command = sandbox.plugin_argv(self.settings.python, entry.entrypoint)
+        doc = sandbox.policy(entry, data_dir, self.settings.limits)
+        server = self._server_for(sbx)
+        cgroup = entry.id if self.cgroups is not None and server is None else None
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write_json(policy_file, sandbox.policy(entry, data_dir, self.settings.limits))
+            atomic_write_json(policy_file, doc)  # kept for the operator in both modes
             report_file.unlink(missing_ok=True)
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.make(cgroup)
@@ -352,21 +370,20 @@ class Supervisor:
             log.error("%s: cannot prepare the run: %s", entry.id, exc)
             self._crashed(slot, time.monotonic(), f"cannot prepare the run: {exc}")
             return
+        proc: subprocess.Popen[bytes] | ServerRun | None = None
         try:
             _mark(logf, f"start {entry.id} {entry.version} granted={list(entry.granted)}")
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                cwd=data_dir,
-                env=env,
-                close_fds=True,
-                start_new_session=True,
-                preexec_fn=self.cgroups.enter_hook(cgroup) if cgroup and self.cgroups else None,
-            )
+            if server is not None:
+                proc = self._request(server, doc, command, report_file, logf)
+            if proc is None:
+                if cgroup is None and self.cgroups is not None:
+                    cgroup = entry.id  # the server failed just now: one-shot, contained
+                    self.cgroups.make(cgroup)
+                proc = self._popen(
+                    entry.id, sbx, policy_file, report_file, command, logf, data_dir, cgroup
+                )
         except (OSError, subprocess.SubprocessError) as exc:
-            log.error("%s: cannot start %s: %s", entry.id, argv[0], exc)
+            log.error("%s: cannot start %s: %s", entry.id, sbx.launch, exc)
             with contextlib.suppress(OSError):
                 _mark(logf, f"cannot start: {exc}")
             logf.close()
@@ -376,11 +393,59 @@ class Supervisor:
             return
         logf.close()
         slot.proc, slot.cgroup, slot.tracked, slot.sandbox = proc, cgroup, set(), sbx
-        slot.ident = process.identify(proc.pid)
+        slot.mode = FORK_SERVER if isinstance(proc, ServerRun) else ONE_SHOT
+        slot.ident = proc.ident if isinstance(proc, ServerRun) else process.identify(proc.pid)
         slot.started_at, slot.started_mono = time.time(), time.monotonic()
         slot.state, slot.reason, slot.spec = status.RUNNING, None, _spec(entry)
         slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
-        log.info("%s: started pid %d (granted %s)", entry.id, proc.pid, list(entry.granted))
+        log.info("%s: started pid %d (granted %s, %s)",
+                 entry.id, proc.pid, list(entry.granted), slot.mode)  # fmt: skip
+
+    def _popen(
+        self,
+        plugin_id: str,
+        sbx: sandbox.SandboxCommand,
+        policy_file: Path,
+        report_file: Path,
+        command: list[str],
+        logf: IO[bytes],
+        data_dir: Path,
+        cgroup: str | None,
+    ) -> subprocess.Popen[bytes]:
+        """One-shot: ``launch.py --policy`` in its own session, in our cgroup ``cgroup``."""
+        return subprocess.Popen(
+            sbx.argv(policy_file, report_file, command),
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir,
+            env={
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "AURORA_PLUGIN_ID": plugin_id,
+                "AURORA_PLUGIN_DATA": str(data_dir),
+            },
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=self.cgroups.enter_hook(cgroup) if cgroup and self.cgroups else None,
+        )
+
+    def _request(
+        self,
+        server: ForkServer,
+        doc: dict[str, Any],
+        command: list[str],
+        report_file: Path,
+        logf: IO[bytes],
+    ) -> ServerRun | None:
+        """Ask the fork server for the run; None (one-shot instead) when it fails."""
+        try:
+            return server.run(doc, command, report_file, logf.fileno())
+        except ForkServerError as exc:
+            log.error("%s: %s: starting it one-shot", doc["plugin_id"], exc)
+            self.server_error = str(exc)
+            self.dirty = True
+            return None
 
     def _digest_ok(self, slot: Slot) -> bool:
         """True when the package is still the tree pack05 staged (or has no digest).
@@ -420,15 +485,21 @@ class Supervisor:
 
     def _collect(self) -> None:
         now = time.monotonic()
+        orphans: list[Slot] = []
         for slot in self.slots.values():
             if slot.proc is None:
                 continue
             rc = slot.proc.poll()
+            if isinstance(slot.proc, ServerRun) and slot.proc.lost:
+                orphans.append(slot)  # its server died: no exit status will come
+                continue
             if rc is None:
                 continue
             self.dirty = True
-            # The main process is gone: whatever it left behind goes with it.
-            self._kill_tree(slot)
+            # The main process is gone: whatever it left behind goes with it (the
+            # fork server has done so for its runs before it reported the exit).
+            self._kill_tree(slot, sandbox_kill=None, by_sandbox=slot.mode != FORK_SERVER)
+            error = slot.proc.error if isinstance(slot.proc, ServerRun) else None
             slot.proc, slot.ident, slot.last_exit = None, None, rc
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             pid = slot.entry.id
@@ -438,16 +509,34 @@ class Supervisor:
                 log.info("%s: exited with status 0", pid)
             elif rc == sandbox.SANDBOX_REFUSED:
                 slot.state = status.REFUSED
-                slot.reason = "sandbox refused to start it: " + _last_line(
-                    self.paths.plugin_log(pid)
+                slot.reason = "sandbox refused to start it: " + (
+                    error or _last_line(self.paths.plugin_log(pid))
                 )
                 log.error("%s: %s", pid, slot.reason)
             else:
                 self._crashed(slot, now, _describe_exit(rc))
+        if orphans:
+            self._restart_orphans(orphans)
         if self.cgroups is None and self.settings.reap_orphans:
-            process.reap_zombie_children(
-                {s.proc.pid for s in self.slots.values() if s.proc is not None}
-            )
+            process.reap_zombie_children(self._own_children())
+
+    def _own_children(self) -> set[int]:
+        """Our children owned by a Popen: one-shot runs and the fork server."""
+        mine = {s.proc.pid for s in self.slots.values() if isinstance(s.proc, subprocess.Popen)}
+        if self.server is not None and self.server.pid is not None:
+            mine.add(self.server.pid)
+        return mine
+
+    def _restart_orphans(self, orphans: list[Slot]) -> None:
+        """Runs whose fork server died: stop what is left of them (their trees, found
+        through the sandbox reports), then start them again through a new server."""
+        log.error("%d plugin(s) lost their sandbox server: stopping and restarting them",
+                  len(orphans))  # fmt: skip
+        self._stop(orphans)
+        for slot in orphans:
+            slot.restarts += 1
+            slot.next_start = 0.0
+            slot.reason = "restarted: its sandbox fork server died"
 
     def _crashed(self, slot: Slot, now: float, why: str) -> None:
         """Schedule a restart with back-off, or give up after max_restarts."""
@@ -480,7 +569,7 @@ class Supervisor:
         """Without cgroups: remember every descendant while its parent still lives."""
         if self.cgroups is not None:
             return
-        mine = {s.proc.pid for s in self.slots.values() if s.proc is not None}
+        mine = self._own_children()
         claimed: set[ProcessId] = set()
         for slot in self.slots.values():
             if slot.proc is None:
@@ -516,9 +605,14 @@ class Supervisor:
             log.error("%s: cannot run %s: %s", slot.entry.id, slot.sandbox.launch, exc)
             return None
 
-    def _kill_tree(self, slot: Slot, sandbox_kill: subprocess.Popen[bytes] | None = None) -> None:
+    def _kill_tree(
+        self,
+        slot: Slot,
+        sandbox_kill: subprocess.Popen[bytes] | None = None,
+        by_sandbox: bool = True,
+    ) -> None:
         """KILL whatever is left of the run: the sandbox's cgroup, ours, tracked pids."""
-        killer = sandbox_kill or self._sandbox_kill(slot, 0.0)
+        killer = sandbox_kill or (self._sandbox_kill(slot, 0.0) if by_sandbox else None)
         if killer is not None:
             try:
                 rc = killer.wait(timeout=self.settings.stop_grace + 15.0)
@@ -569,12 +663,97 @@ class Supervisor:
             elif slot.ident is not None:
                 slot.tracked.add(slot.ident)
             self._kill_tree(slot, killers[slot.entry.id])
-            rc = slot.proc.wait()
+            try:
+                rc = slot.proc.wait(timeout=self.settings.stop_grace + 15.0)
+            except subprocess.TimeoutExpired:  # a fork server run whose server hangs
+                log.error("%s: no exit status after KILL", slot.entry.id)
+                rc = LOST
             self._mark_exit(slot, rc)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             slot.state, slot.reason = status.STOPPED, None
             self.dirty = True
+
+    # --- pack03's fork server -----------------------------------------------------
+
+    def _server_for(self, sbx: sandbox.SandboxCommand) -> ForkServer | None:
+        """The fork server to start runs with (started if need be), or None: one-shot.
+
+        A server that cannot start is not tried again for the same pack03 root (an
+        upgraded pack03 gets a new try); one whose pack03 was upgraded is replaced
+        once none of its runs is left.
+        """
+        if not self.settings.fork_server:
+            return None
+        srv = self.server
+        if srv is not None and srv.root != sbx.root:
+            if any(isinstance(s.proc, ServerRun) for s in self.slots.values()):
+                return srv  # plugins started by it still run: keep it for now
+            log.info("pack03 moved to %s: replacing the fork server", sbx.root)
+            self._stop_server()
+            srv = None
+        if srv is not None or self._server_off == sbx.root:
+            return srv
+        srv = ForkServer(
+            self.settings.python,
+            sbx.root,
+            self.paths.sandbox_socket,
+            self.paths.sandbox_server_pidfile,
+            self.settings.stop_grace,
+        )
+        try:
+            srv.start(self.paths.sandbox_server_log)
+        except (ForkServerError, OSError) as exc:
+            log.error("sandbox fork server: %s: plugins start one-shot", exc)
+            self.server_error, self._server_off = str(exc), sbx.root
+            self.dirty = True
+            return None
+        self.server, self._server_off, self.dirty = srv, None, True
+        return srv
+
+    def _check_server(self) -> None:
+        """A server that died on its own: its runs are lost (restarted by _collect)."""
+        srv = self.server
+        if srv is None or srv.alive():
+            return
+        rc = srv.stop()
+        self.server = None
+        self._server_restarts += 1
+        self.server_error = f"fork server pid {srv.pid or '?'} died (status {rc})"
+        if self._server_restarts > _SERVER_RESTARTS:
+            self._server_off = srv.root
+            self.server_error += f"; died {self._server_restarts} times: plugins start one-shot"
+        log.error("sandbox %s", self.server_error)
+        self.dirty = True
+        for slot in self.slots.values():
+            if isinstance(slot.proc, ServerRun):
+                slot.proc.mark_lost()
+
+    def _stop_server(self) -> None:
+        """SIGTERM the server (after its plugins were stopped) and wait for it."""
+        srv, self.server = self.server, None
+        if srv is not None:
+            rc = srv.stop()
+            if rc not in (0, None):
+                log.warning("sandbox fork server exited with status %s", rc)
+
+    def sandbox_mode(self) -> dict[str, Any]:
+        """How plugins are started now (the service part of the status file)."""
+        srv = self.server
+        return {
+            "mode": FORK_SERVER if srv is not None else ONE_SHOT,
+            "server_pid": srv.pid if srv is not None else None,
+            "socket": str(srv.sock) if srv is not None else None,
+            "error": self.server_error,
+        }
+
+    def wait_fds(self) -> list[int]:
+        """Connections on which a fork server run's exit will arrive (to select on)."""
+        return [
+            fd
+            for s in self.slots.values()
+            if isinstance(s.proc, ServerRun) and (fd := s.proc.fileno()) >= 0
+        ]
 
     # --- status -------------------------------------------------------------------
 
@@ -590,6 +769,7 @@ class Supervisor:
             plugins[pid] = {
                 "state": slot.state,
                 "reason": slot.reason,
+                "mode": slot.mode,
                 "version": slot.entry.version,
                 "granted": list(slot.entry.granted),
                 "allow_degraded": slot.entry.allow_degraded,
@@ -631,4 +811,4 @@ def _last_line(path: Path) -> str:
     return "(no message)"
 
 
-__all__ = ["Settings", "Slot", "Supervisor"]
+__all__ = ["FORK_SERVER", "ONE_SHOT", "Settings", "Slot", "Supervisor"]
