@@ -37,19 +37,3 @@ class AuditLog:
         }
         append_line(self.path, json.dumps(entry, sort_keys=True))
         return entry
-
-    def read(self) -> list[dict[str, Any]]:
-        """Every event so far (an unreadable line is skipped: the log is for people)."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        events: list[dict[str, Any]] = []
-        for line in lines:
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                events.append(value)
-        return events

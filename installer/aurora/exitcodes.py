@@ -10,7 +10,6 @@ from aurora.errors import (
     LockBusyError,
     ManifestError,
     NotFoundError,
-    OperationFailed,
     RefusedError,
     UsageError,
 )
@@ -41,6 +40,4 @@ def exit_code_for(error: AuroraError) -> ExitCode:
         return ExitCode.LOCKED
     if isinstance(error, ApprovalError):
         return ExitCode.APPROVAL
-    if isinstance(error, OperationFailed):
-        return ExitCode.FAILED
-    return ExitCode.FAILED
+    return ExitCode.FAILED  # OperationFailed, and any other AuroraError

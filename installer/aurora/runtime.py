@@ -14,8 +14,6 @@ from typing import Any
 from aurora.fsutil import atomic_write_json
 from aurora.runner import ScriptResult
 
-HEALTH_STATES = ("unknown", "stopped", "starting", "healthy", "unhealthy")
-
 
 @dataclass(frozen=True)
 class HealthPolicy:

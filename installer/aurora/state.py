@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -66,10 +65,6 @@ class State:
         if problems:
             raise StateError(f"{path}: does not match {STATE_SCHEMA}", problems)
         return cls(path, document)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A deep copy of the document (to compare or roll back)."""
-        return copy.deepcopy(self.document)
 
     @property
     def packs(self) -> dict[str, PackState]:

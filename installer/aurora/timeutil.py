@@ -8,8 +8,3 @@ from datetime import UTC, datetime
 def now_iso() -> str:
     """The current UTC time, second precision, e.g. 2026-01-31T12:00:00Z."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> datetime:
-    """Parse a timestamp written by now_iso()."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
