@@ -176,35 +176,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="store_true", help="stop it first if it is running")
     command("verify", "re-hash an installed pack against its recorded digest")
     command("status", "state, version, digest, approval, last result and runtime", pack="optional")
-    p = command("start", "run start.sh, then poll health_check.sh until healthy")
     defaults = HealthPolicy()
-    p.add_argument(
-        "--interval",
-        type=_positive,
-        default=defaults.interval,
-        metavar="SECONDS",
-        help=f"between health checks (default {defaults.interval:g})",
-    )
-    p.add_argument(
-        "--check-timeout",
-        type=_timeout,
-        default=defaults.timeout,
-        metavar="SECONDS",
-        help=f"one check is killed after this long (default {defaults.timeout:g})",
-    )
+
+    def health_options(p: argparse.ArgumentParser, *, watch: bool) -> None:
+        when = "with --watch: " if watch else ""
+        p.add_argument(
+            "--interval",
+            type=_positive,
+            default=defaults.interval,
+            metavar="SECONDS",
+            help=f"{when}between checks (default {defaults.interval:g})",
+        )
+        p.add_argument(
+            "--check-timeout",
+            type=_timeout,
+            default=defaults.timeout,
+            metavar="SECONDS",
+            help=f"a check is killed after this long (default {defaults.timeout:g})",
+        )
+        p.add_argument(
+            "--retries",
+            type=_count,
+            default=defaults.retries,
+            metavar="N",
+            help=f"consecutive failures that make the pack unhealthy (default {defaults.retries})",
+        )
+
+    p = command("start", "run start.sh, then poll health_check.sh until healthy")
+    health_options(p, watch=False)
     p.add_argument(
         "--start-period",
         type=_positive,
         default=defaults.start_period,
         metavar="SECONDS",
         help=f"failures in this window do not count (default {defaults.start_period:g})",
-    )
-    p.add_argument(
-        "--retries",
-        type=_count,
-        default=defaults.retries,
-        metavar="N",
-        help=f"consecutive failures that make the pack unhealthy (default {defaults.retries})",
     )
     p = command("stop", "run stop.sh and record the result")
     p.add_argument(
@@ -217,27 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("health", "run health_check.sh once (or keep watching)")
     p.add_argument("--watch", action="store_true", help="keep checking; print state changes")
     p.add_argument("--count", type=_count, metavar="N", help="with --watch: stop after N checks")
-    p.add_argument(
-        "--interval",
-        type=_positive,
-        default=defaults.interval,
-        metavar="SECONDS",
-        help=f"with --watch: between checks (default {defaults.interval:g})",
-    )
-    p.add_argument(
-        "--check-timeout",
-        type=_timeout,
-        default=defaults.timeout,
-        metavar="SECONDS",
-        help=f"a check is killed after this long (default {defaults.timeout:g})",
-    )
-    p.add_argument(
-        "--retries",
-        type=_count,
-        default=defaults.retries,
-        metavar="N",
-        help=f"consecutive failures that make the pack unhealthy (default {defaults.retries})",
-    )
+    health_options(p, watch=True)
     return parser
 
 

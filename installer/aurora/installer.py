@@ -23,7 +23,6 @@ from aurora.errors import (
     NotFoundError,
     OperationFailed,
     PackRunningError,
-    ScriptError,
     StateError,
 )
 from aurora.fsutil import atomic_write_json, crash_point, fsync_dir, remove_tree
@@ -32,7 +31,7 @@ from aurora.lock import InstallerLock
 from aurora.manifest import Dependency, Manifest, load_manifest
 from aurora.recovery import Recovery, record_result, temp_name
 from aurora.resolve import Plan, resolve
-from aurora.runner import OutputSink, ScriptResult, run_script, script_env
+from aurora.runner import OutputSink, ScriptResult, run_script, script_env, script_error
 from aurora.runtime import (
     HealthPolicy,
     HealthRecord,
@@ -207,21 +206,9 @@ class Installer:
     def validate(self, pack_id: str) -> dict[str, Any]:
         """Validate a pack and check pinned artifact hashes; writes nothing."""
         manifest = find_pack(self.packs_dir, pack_id)
-        warnings: list[str] = []
-        mismatches: list[str] = []
-        for i, artifact in enumerate(manifest.artifacts):
-            actual = sha256_file(manifest.root / artifact.path)
-            if not artifact.sha256:
-                warnings.append(f"pack.artifacts[{i}]: {artifact.path} has no sha256 (run seal)")
-            elif actual != artifact.sha256:
-                mismatches.append(
-                    f"pack.artifacts[{i}]: {artifact.path} sha256 is {actual}, "
-                    f"the manifest pins {artifact.sha256}"
-                )
-        if mismatches:
-            raise IntegrityError(f"{pack_id}: artifact hash mismatch", mismatches)
-        for w in warnings:
-            log.warning("%s", w)
+        warnings = _check_artifacts(
+            manifest, lambda rel: sha256_file(manifest.root / rel), require_hashes=False
+        )
         return {
             "pack": manifest.id,
             "version": manifest.version,
@@ -329,13 +316,7 @@ class Installer:
     def _stage(self, state: State, manifest: Manifest, *, require_hashes: bool) -> dict[str, Any]:
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
-        record["pending"] = {
-            "op": "stage",
-            "version": version,
-            "started_at": now_iso(),
-            "pid": os.getpid(),
-        }
-        state.save()
+        _begin(state, pack_id, "stage", version)
         parent = self.home.staging(pack_id)
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / temp_name("tmp", version)
@@ -344,7 +325,7 @@ class Installer:
             if problems:
                 raise ManifestError(f"{manifest.root}: pack tree cannot be staged", problems)
             crash_point("stage:copied")
-            warnings = self._check_artifacts(manifest, tree, require_hashes)
+            warnings = _check_artifacts(manifest, tree.file_sha256, require_hashes=require_hashes)
         except BaseException:
             remove_tree(tmp)
             record["pending"] = None
@@ -401,31 +382,6 @@ class Installer:
             "warnings": warnings,
             "changed": changed,
         }
-
-    @staticmethod
-    def _check_artifacts(manifest: Manifest, tree: TreeDigest, require_hashes: bool) -> list[str]:
-        warnings: list[str] = []
-        unpinned: list[str] = []
-        mismatches: list[str] = []
-        for i, artifact in enumerate(manifest.artifacts):
-            actual = tree.file_sha256(artifact.path)
-            if not artifact.sha256:
-                unpinned.append(f"pack.artifacts[{i}]: {artifact.path} has no sha256 (run seal)")
-            elif actual != artifact.sha256:
-                mismatches.append(
-                    f"pack.artifacts[{i}]: {artifact.path} sha256 is {actual}, "
-                    f"the manifest pins {artifact.sha256}"
-                )
-        if mismatches:
-            raise IntegrityError(f"{manifest.id}: artifact hash mismatch", mismatches)
-        if unpinned and require_hashes:
-            raise IntegrityError(
-                f"{manifest.id}: --require-hashes and artifacts are not pinned", unpinned
-            )
-        for w in unpinned:
-            log.warning("%s", w)
-            warnings.append(w)
-        return warnings
 
     def _write_record(self, pack_id: str, tree: TreeDigest) -> None:
         path = self.home.record(pack_id, tree.digest)
@@ -512,13 +468,7 @@ class Installer:
             script = self._run(staged, "install", ["--dry-run"], self.options.script_timeout)
             result["script"] = _script_dict(script)
             if not script.ok:
-                raise ScriptError(
-                    f"{pack_id}: dry run failed: {script.describe()} (log: {script.log_path})",
-                    returncode=script.returncode,
-                    timed_out=script.timed_out,
-                    output_tail=script.output_tail,
-                    log_path=str(script.log_path),
-                )
+                raise script_error(f"{pack_id}: dry run failed: {script.describe()}", script)
             return result
 
     def install(self, pack_id: str, *, with_deps: bool = False) -> dict[str, Any]:
@@ -601,13 +551,7 @@ class Installer:
         pack_id, version = staged.id, staged.version
         record = state.pack(pack_id)
         previous = record.get("active_version")
-        record["pending"] = {
-            "op": "install",
-            "version": version,
-            "started_at": now_iso(),
-            "pid": os.getpid(),
-        }
-        state.save()
+        _begin(state, pack_id, "install", version)
         parent = self.home.packs(pack_id)
         parent.mkdir(parents=True, exist_ok=True)
         incoming = parent / temp_name("incoming", version)
@@ -655,13 +599,7 @@ class Installer:
                 reason=script.describe(),
                 log=str(script.log_path),
             )
-            raise ScriptError(
-                f"{pack_id} {version}: install failed: {message} (log: {script.log_path})",
-                returncode=script.returncode,
-                timed_out=script.timed_out,
-                output_tail=script.output_tail,
-                log_path=str(script.log_path),
-            )
+            raise script_error(f"{pack_id} {version}: install failed: {message}", script)
         # The copy's files reach the disk before state.json names it active (a staged
         # copy needs no such care: its digest is re-verified before it is installed).
         os.sync()
@@ -800,13 +738,7 @@ class Installer:
                 self.audit.record(
                     "start-failed", pack_id, version=manifest.version, reason=script.describe()
                 )
-                raise ScriptError(
-                    f"{pack_id}: {message} (log: {script.log_path})",
-                    returncode=script.returncode,
-                    timed_out=script.timed_out,
-                    output_tail=script.output_tail,
-                    log_path=str(script.log_path),
-                )
+                raise script_error(f"{pack_id}: {message}", script)
             record["runtime"] = {
                 "state": "starting",
                 "version": manifest.version,
@@ -925,13 +857,7 @@ class Installer:
             self.audit.record(
                 "stop-failed", pack_id, version=manifest.version, reason=script.describe()
             )
-            raise ScriptError(
-                f"{pack_id}: {message} (log: {script.log_path})",
-                returncode=script.returncode,
-                timed_out=script.timed_out,
-                output_tail=script.output_tail,
-                log_path=str(script.log_path),
-            )
+            raise script_error(f"{pack_id}: {message}", script)
         runtime = record.get("runtime") or {}
         record["runtime"] = {
             **runtime,
@@ -949,6 +875,48 @@ class Installer:
                 "%s: stop.sh succeeded but pidfiles still name live processes: %s", pack_id, still
             )
         return {"pack": pack_id, "version": manifest.version, "script": _script_dict(script)}
+
+
+def _begin(state: State, pack_id: str, op: str, version: str) -> None:
+    """Record ``op`` as pending before it touches the disk: a crash is then found and undone."""
+    state.pack(pack_id)["pending"] = {
+        "op": op,
+        "version": version,
+        "started_at": now_iso(),
+        "pid": os.getpid(),
+    }
+    state.save()
+
+
+def _check_artifacts(
+    manifest: Manifest, sha256_of: Callable[[str], str | None], *, require_hashes: bool
+) -> list[str]:
+    """Compare each artifact's sha256 (``sha256_of`` its path) with the pinned one.
+
+    Raises IntegrityError on any mismatch, and on an unpinned artifact when
+    ``require_hashes``; otherwise returns (and logs) one warning per unpinned artifact.
+    """
+    unpinned: list[str] = []
+    mismatches: list[str] = []
+    for i, artifact in enumerate(manifest.artifacts):
+        if not artifact.sha256:
+            unpinned.append(f"pack.artifacts[{i}]: {artifact.path} has no sha256 (run seal)")
+            continue
+        actual = sha256_of(artifact.path)
+        if actual != artifact.sha256:
+            mismatches.append(
+                f"pack.artifacts[{i}]: {artifact.path} sha256 is {actual}, "
+                f"the manifest pins {artifact.sha256}"
+            )
+    if mismatches:
+        raise IntegrityError(f"{manifest.id}: artifact hash mismatch", mismatches)
+    if unpinned and require_hashes:
+        raise IntegrityError(
+            f"{manifest.id}: --require-hashes and artifacts are not pinned", unpinned
+        )
+    for w in unpinned:
+        log.warning("%s", w)
+    return unpinned
 
 
 def _script_dict(result: ScriptResult) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from aurora.errors import ScriptError
 from aurora.home import Home
 from aurora.timeutil import now_iso
 
@@ -52,6 +53,17 @@ class ScriptResult:
         if self.returncode is not None and self.returncode < 0:
             return f"{name} was killed by signal {-self.returncode}"
         return f"{name} exited {self.returncode}"
+
+
+def script_error(message: str, result: ScriptResult) -> ScriptError:
+    """The error for a failed script run: ``message``, its log and its last lines."""
+    return ScriptError(
+        f"{message} (log: {result.log_path})",
+        returncode=result.returncode,
+        timed_out=result.timed_out,
+        output_tail=result.output_tail,
+        log_path=str(result.log_path),
+    )
 
 
 def _exited(pid: int) -> bool:
