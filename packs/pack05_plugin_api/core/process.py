@@ -29,6 +29,7 @@ try:
         read_small,
         read_status,
     )
+    from .storage import FileLock, atomic_write
 except ImportError:  # run by path from the scripts: core/ itself is sys.path[0]
     from health import (  # type: ignore[no-redef, import-not-found]
         EXIT_FAILED,
@@ -42,6 +43,7 @@ except ImportError:  # run by path from the scripts: core/ itself is sys.path[0]
         read_small,
         read_status,
     )
+    from storage import FileLock, atomic_write  # type: ignore[no-redef, import-not-found]
 
 __all__ = [
     "FileLock",
@@ -85,70 +87,6 @@ def json_bytes(value: Any) -> bytes:
     import json
 
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-
-
-# --- files ----------------------------------------------------------------------------
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: temp file beside it, fsync, rename, fsync the dir."""
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-class FileLock:
-    """An exclusive ``flock`` on a lock file that is never deleted."""
-
-    def __init__(self, path: str, *, blocking: bool = True) -> None:
-        self.path = path
-        self.blocking = blocking
-        self.fd = -1
-
-    def acquire(self) -> bool:
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = -1
-
-    def __enter__(self) -> FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def _uptime_of(record: ProcessRecord) -> float:

@@ -1,4 +1,7 @@
-"""Durable file primitives shared by the registry and the policy: atomic writes, locks, audit."""
+"""Durable file primitives: atomic writes, locks, audit (standard library only).
+
+The lifecycle scripts import this module by path (``process.py``), without the plugin core.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import fcntl
 import getpass
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +38,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, backup: Path | None = None) -> os.stat_result:
+def atomic_write(path: Path | str, data: bytes, *, backup: Path | None = None) -> os.stat_result:
     """Replace ``path`` with ``data`` atomically and durably; return the new file's stat.
 
     Temp file in the same directory, write, fsync, (hard-link the old file as ``backup``),
     rename, fsync the directory. The temp file is removed on any exception, so a crash
     leaves the old or the new content, never a mix and never neither.
     """
+    path = Path(path)
     directory = path.parent
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -84,18 +88,47 @@ def _link_backup(path: Path, backup: Path) -> None:
         raise
 
 
-@contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``lock_path`` (created if needed, never deleted).
+class FileLock:
+    """An exclusive ``flock`` on a lock file that is created if needed and never deleted.
 
     The kernel drops the lock when the holder dies, so it cannot go stale.
     """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+
+    def __init__(self, path: Path | str, *, blocking: bool = True) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.fd = -1
+
+    def acquire(self) -> bool:
+        """Take the lock; False (without waiting) when non-blocking and someone holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def locked(lock_path: Path) -> FileLock:
+    """Hold an exclusive flock on ``lock_path`` for a ``with`` block (waits for it)."""
+    return FileLock(lock_path)
 
 
 def append_audit(path: Path, record: Mapping[str, Any]) -> None:

@@ -111,22 +111,6 @@ def test_pidfile_round_trip_and_no_temp_left(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["service.pid"]
 
 
-def test_atomic_write_keeps_old_content_when_rename_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "state.json"
-    target.write_bytes(b"old")
-
-    def fail(src: str, dst: str) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        process.atomic_write(str(target), b"new")
-    assert target.read_bytes() == b"old"
-    assert os.listdir(tmp_path) == ["state.json"]
-
-
 def test_remove_pidfile_if_leaves_someone_elses(tmp_path: Path) -> None:
     me = current_identity(os.getpid())
     assert me is not None

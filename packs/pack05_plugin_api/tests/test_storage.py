@@ -36,6 +36,32 @@ def test_atomic_write_removes_its_temp_file_on_failure(
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+def test_atomic_write_keeps_old_content_when_rename_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old")
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(storage.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        storage.atomic_write(str(target), b"new")  # a str path, as the lifecycle code passes
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_a_held_lock_refuses_a_non_blocking_taker_until_released(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    with storage.locked(lock):
+        other = storage.FileLock(lock, blocking=False)
+        assert other.acquire() is False
+    assert other.acquire() is True
+    other.release()
+    assert lock.exists()  # never deleted: a lock file that vanished could be held twice
+
+
 def _append(path: str, n: int, worker: int) -> None:
     for i in range(n):
         storage.append_audit(Path(path), {"worker": worker, "i": i, "pad": "x" * 500})
