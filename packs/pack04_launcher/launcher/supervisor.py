@@ -157,9 +157,28 @@ class Supervisor:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
-        if self.settings.fork_server:
-            with contextlib.suppress(SandboxUnavailable):  # blocked plugins say why
-                self._server_for(self._sandbox_command())
+        with contextlib.suppress(SandboxUnavailable):  # blocked plugins say why
+            sbx = self._sandbox_command()
+            self._kill_leftover_runs(sbx)
+            self._server_for(sbx)
+
+    def _kill_leftover_runs(self, sbx: sandbox.SandboxCommand) -> None:
+        """Kill runs a dead launcher left in pack03's cgroups (found by their reports).
+
+        A launcher and its fork server both killed with SIGKILL leave their plugins
+        running, moved out of every cgroup of ours by the sandbox.
+        """
+        for report in sorted(self.paths.run.glob("plugins/*/report.json")):
+            dirs = sandbox.report_cgroups(sandbox.read_report(report))
+            if not any(os.path.isdir(d) for d in dirs):
+                continue  # the usual case: that run was stopped and its cgroups removed
+            log.warning("killing a run left in %s (from %s)", ", ".join(dirs), report)
+            argv = sbx.kill_tree_argv(report, 0.0)
+            try:
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               timeout=30, check=False)  # fmt: skip
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.error("%s: %s", argv[3], exc)
 
     def close(self) -> None:
         """Stop every plugin, then the fork server, and remove the cgroup tree."""

@@ -249,3 +249,22 @@ def test_the_service_reports_its_sandbox_mode(
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=30) == 0
     assert gone(server_pid) and not svc.paths.sandbox_socket.exists()
+
+
+def test_plugins_left_by_a_killed_launcher_and_server_are_killed_at_the_next_start(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    root = real_sandbox_root()
+    fake_registry.add("acme.leftover", ESCAPE)
+    first = make_supervisor(sandbox_root=root)
+    run_until(first, _settled(first, "acme.leftover"))
+    assert first.slots["acme.leftover"].mode == FORK_SERVER
+    read_pid(paths.plugin_data("acme.leftover") / "grandchild")
+    dirs, members = _members(paths.plugin_run("acme.leftover") / "report.json")
+    assert first.server is not None and first.server.proc is not None
+    os.kill(first.server.proc.pid, signal.SIGKILL)  # as if both were killed:
+    first.server.proc.wait()  # `first` is never asked again
+    assert [m for m in members if m.alive()] != []  # the plugin tree outlives its server
+    make_supervisor(sandbox_root=root)  # a new launcher on the same run dir
+    assert [m for m in members if m.alive()] == []
+    assert [d for d in dirs if os.path.isdir(d)] == []
