@@ -12,7 +12,7 @@ from typing import Any
 from . import paths
 from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
 from .errors import CapabilityError, RegistryError
-from .storage import append_audit, atomic_write, default_actor, locked, utc_now
+from .storage import append_audit, atomic_write, audit_entry, locked
 
 __all__ = [
     "CAPABILITIES",
@@ -136,18 +136,15 @@ def update_policy(
         if new != old or not path.exists():
             data = json.dumps(new.to_json(), indent=2) + "\n"
             atomic_write(path, data.encode("utf-8"))
-            append_audit(
-                path.with_name("audit.log"),
-                {
-                    "time": utc_now(),
-                    "actor": actor or default_actor(),
-                    "action": "policy",
-                    "id": None,
-                    "version": None,
-                    "allowed": sorted(new.allowed),
-                    "blocked": sorted(new.blocked),
-                },
+            entry = audit_entry(
+                actor,
+                "policy",
+                None,
+                None,
+                allowed=sorted(new.allowed),
+                blocked=sorted(new.blocked),
             )
+            append_audit(path.with_name("audit.log"), entry)
         if block_set:
             registry.enforce_blocked(new.blocked)  # granted from `allowed` meanwhile
     return new

@@ -19,7 +19,7 @@ from .api import validate_manifest
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
 from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
-from .storage import append_audit, atomic_write, default_actor, locked, utc_now
+from .storage import append_audit, atomic_write, audit_entry, locked, utc_now
 
 __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 
@@ -37,11 +37,6 @@ Data = dict[str, Any]
 # A change: takes the current data, returns (new data or None when nothing changes,
 # the caller's result, audit entries to append).
 Change = Callable[[Data], tuple[Data | None, Any, list[dict[str, Any]]]]
-
-
-def _copy(value: Any) -> Any:
-    """A plain, mutable deep copy of (possibly read-only) JSON-shaped data."""
-    return thaw(value)
 
 
 def _requested(record: Mapping[str, Any], version: str | None) -> set[str]:
@@ -99,7 +94,7 @@ def _serialize(
 
 # The layout this module writes: a head line, then one line per plugin (compact JSON never
 # holds a raw newline, so a line is exactly one record), then "}}". Readers need not know it.
-_HEAD = '{"schema":"' + "aurora-plugin-registry-v1" + '",'
+_HEAD = '{"schema":"' + REGISTRY_SCHEMA + '",'
 _PLUGINS_OPEN = '"plugins":{'
 
 
@@ -282,7 +277,7 @@ class PluginRegistry:
         if found is not None:
             return found[0]
         record = self._snap().data["plugins"].get(plugin_id)
-        return None if record is None else _copy(_view(record))
+        return None if record is None else thaw(_view(record))
 
     def _get_line(self, plugin_id: str) -> tuple[Record | None] | None:
         """Without a current snapshot, read just the plugin's line (None: use a snapshot)."""
@@ -311,7 +306,7 @@ class PluginRegistry:
             pid, record, _ = _parse_line(text[start + 1 : end])
             if pid != plugin_id or not isinstance(record, dict):
                 return None
-            return (_copy(_view(record)),)
+            return (thaw(_view(record)),)
         except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
@@ -324,15 +319,7 @@ class PluginRegistry:
     def _audit(
         self, action: str, plugin_id: str | None, version: str | None, **details: Any
     ) -> dict[str, Any]:
-        entry = {
-            "time": utc_now(),
-            "actor": self.actor or default_actor(),
-            "action": action,
-            "id": plugin_id,
-            "version": version,
-        }
-        entry.update(details)
-        return entry
+        return audit_entry(self.actor, action, plugin_id, version, **details)
 
     def _change(self, change: Change) -> Any:
         """Run one read-modify-write under the lock; write and audit only if data changed."""
@@ -370,7 +357,7 @@ class PluginRegistry:
         record = data["plugins"].get(plugin_id)
         if record is None:
             raise UnknownPlugin(plugin_id)
-        copied: Record = _copy(record)
+        copied: Record = thaw(record)
         return copied
 
     def _permission_gate(self, plugin_id: str, record: Record, version: str) -> None:
@@ -424,7 +411,7 @@ class PluginRegistry:
         ``packages/<id>/<version>``; the loader stages replaced content elsewhere).
         """
         validate_manifest(manifest)
-        manifest = _copy(dict(manifest))
+        manifest = thaw(dict(manifest))
         file_list = _normalize_files(files)
         plugin_id: str = manifest["id"]
         version: str = manifest["version"]
@@ -449,7 +436,7 @@ class PluginRegistry:
             now = utc_now()
             old = data["plugins"].get(plugin_id)
             record: Record = (
-                _copy(old)
+                thaw(old)
                 if old is not None
                 else {
                     "enabled": False,
@@ -683,7 +670,7 @@ class PluginRegistry:
                 gone = sorted(blocked_set & set(old["granted"]))
                 if not gone:
                     continue
-                record: Record = _copy(old)
+                record: Record = thaw(old)
                 active = record["active_version"]
                 record["granted"] = sorted(set(record["granted"]) - blocked_set)
                 entries.append(self._audit("revoke", pid, active, capabilities=gone, by="policy"))

@@ -131,6 +131,20 @@ def locked(lock_path: Path) -> FileLock:
     return FileLock(lock_path)
 
 
+def audit_entry(
+    actor: str | None, action: str, plugin_id: str | None, version: str | None, **details: Any
+) -> dict[str, Any]:
+    """One audit record: time, actor (default: the login name), action, id, version, details."""
+    return {
+        "time": utc_now(),
+        "actor": actor or default_actor(),
+        "action": action,
+        "id": plugin_id,
+        "version": version,
+        **details,
+    }
+
+
 def append_audit(path: Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line to the audit log and make it durable.
 
