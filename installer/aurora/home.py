@@ -56,6 +56,9 @@ class Home:
     def record(self, pack_id: str, digest: str) -> Path:
         return self.records(pack_id) / (digest.removeprefix("sha256:") + ".json")
 
+    def health(self, pack_id: str) -> Path:
+        return self.root / "health" / f"{pack_id}.json"
+
     def data(self, pack_id: str) -> Path:
         return self.root / "data" / pack_id
 

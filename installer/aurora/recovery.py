@@ -34,17 +34,15 @@ def temp_version(name: str) -> str:
     return name.split("-", 1)[1].rsplit("-", 1)[0]
 
 
-def record_result(
-    state: State, pack_id: str, op: str, ok: bool, version: str | None, message: str
-) -> None:
-    """Record the outcome of an operation as the pack's last_result."""
-    state.pack(pack_id)["last_result"] = {
+def begin(state: State, pack_id: str, op: str, version: str) -> None:
+    """Record ``op`` as pending before it touches the disk, so that a crash is found."""
+    state.pack(pack_id)["pending"] = {
         "op": op,
-        "ok": ok,
         "version": version,
-        "at": now_iso(),
-        "message": message,
+        "started_at": now_iso(),
+        "pid": os.getpid(),
     }
+    state.save()
 
 
 class Recovery:
@@ -102,8 +100,7 @@ class Recovery:
                 pending_version=pending.get("version") if pending.get("op") == "install" else None,
             )
             if pending:
-                record_result(
-                    state,
+                state.record_result(
                     pack_id,
                     str(pending.get("op")),
                     False,

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aurora.errors import ScriptError
 from aurora.home import Home
+from aurora.manifest import Manifest
 from aurora.timeutil import now_iso
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,17 @@ class ScriptResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
+
+    def as_dict(self) -> dict[str, Any]:
+        """The run as plain data, for --json output."""
+        return {
+            "command": self.argv,
+            "exit_code": self.returncode,
+            "timed_out": self.timed_out,
+            "seconds": round(self.duration, 3),
+            "log": str(self.log_path),
+            "output_tail": self.output_tail,
+        }
 
     def describe(self) -> str:
         name = Path(self.argv[0]).name + "".join(f" {a}" for a in self.argv[1:])
@@ -90,6 +103,30 @@ def script_env(home: Home, pack_id: str, version: str, root: Path) -> dict[str, 
         }
     )
     return env
+
+
+def run_entrypoint(
+    home: Home,
+    manifest: Manifest,
+    entry: str,
+    args: list[str],
+    timeout: float,
+    *,
+    on_output: OutputSink | None = None,
+    kill_group_on_exit: bool = False,
+) -> ScriptResult:
+    """Run one of the pack's scripts (``entry``: install, start, stop, health) in the copy
+    ``manifest`` was read from, with the environment contract; logs to logs/<id>/<script>.log."""
+    script = manifest.script(entry)
+    return run_script(
+        [str(script), *args],
+        cwd=manifest.root,
+        env=script_env(home, manifest.id, manifest.version, manifest.root),
+        timeout=timeout,
+        log_path=home.logs(manifest.id) / f"{script.stem}.log",
+        on_output=on_output,
+        kill_group_on_exit=kill_group_on_exit,
+    )
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:

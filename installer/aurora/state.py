@@ -11,6 +11,7 @@ import jsonschema
 from aurora.errors import StateError
 from aurora.fsutil import atomic_write_json
 from aurora.manifest import load_schema
+from aurora.timeutil import now_iso
 
 STATE_SCHEMA = "aurora-state-v1"
 
@@ -91,6 +92,18 @@ class State:
             pid: rec["active_version"]
             for pid, rec in self.packs.items()
             if rec.get("active_version")
+        }
+
+    def record_result(
+        self, pack_id: str, op: str, ok: bool, version: str | None, message: str
+    ) -> None:
+        """Record the outcome of an operation as the pack's last_result."""
+        self.pack(pack_id)["last_result"] = {
+            "op": op,
+            "ok": ok,
+            "version": version,
+            "at": now_iso(),
+            "message": message,
         }
 
     def save(self) -> None:
