@@ -378,7 +378,8 @@ class Supervisor:
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write_json(policy_file, doc)  # kept for the operator in both modes
+            if server is None:
+                atomic_write_json(policy_file, doc)
             report_file.unlink(missing_ok=True)
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.make(cgroup)
@@ -395,9 +396,11 @@ class Supervisor:
             if server is not None:
                 proc = self._request(server, doc, command, report_file, logf)
             if proc is None:
-                if cgroup is None and self.cgroups is not None:
-                    cgroup = entry.id  # the server failed just now: one-shot, contained
-                    self.cgroups.make(cgroup)
+                if server is not None:  # the server failed just now: one-shot, contained
+                    atomic_write_json(policy_file, doc)
+                    if self.cgroups is not None:
+                        cgroup = entry.id
+                        self.cgroups.make(cgroup)
                 proc = self._popen(
                     entry.id, sbx, policy_file, report_file, command, logf, data_dir, cgroup
                 )
@@ -411,6 +414,13 @@ class Supervisor:
             self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
             return
         logf.close()
+        if isinstance(proc, ServerRun):
+            # The server got the policy inline; the file is the operator's copy, written
+            # once the plugin runs rather than before (its fsyncs cost about 1 ms).
+            try:
+                atomic_write_json(policy_file, doc)
+            except OSError as exc:
+                log.warning("%s: cannot write %s: %s", entry.id, policy_file, exc)
         slot.proc, slot.cgroup, slot.tracked, slot.sandbox = proc, cgroup, set(), sbx
         slot.mode = FORK_SERVER if isinstance(proc, ServerRun) else ONE_SHOT
         slot.ident = proc.ident if isinstance(proc, ServerRun) else process.identify(proc.pid)
