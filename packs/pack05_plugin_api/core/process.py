@@ -359,9 +359,11 @@ def _cmd_status(paths: Paths, as_json: bool) -> int:
         doc["uptime_seconds"] = round(_uptime_of(record), 1)
         text = f"running (pid {record.pid}, up {doc['uptime_seconds']:g} s)"
         if status:
+            counts = status.get("counts") or {}
+            shown = " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
             text += (
-                f"; scans {status.get('scans')}, counts {status.get('counts')}"
-                f", last error {status.get('last_error')}"
+                f"; scans {status.get('scans')}, {shown}"
+                f", last error: {status.get('last_error') or 'none'}"
             )
     else:
         text = f"not running ({problem})"

@@ -288,6 +288,23 @@ def test_cli_stop_and_status_when_nothing_runs(
     assert doc["running"] is False and "not running" in out.err
 
 
+def test_cli_status_of_a_running_service_names_pid_and_counts(
+    paths: Paths,
+    start_fake: Callable[..., tuple[ProcessRecord, bool]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record, _ = start_fake()
+    status = {"pid": record.pid, "scans": 3, "counts": {"staged": 2, "quarantined": 1}}
+    Path(paths.status_file).write_text(json.dumps(status))
+    for name, value in (("DATA", paths.data_dir), ("RUN", paths.run_dir)):
+        monkeypatch.setenv(f"AURORA_PACK_{name}", value)
+    assert process.main(["status"]) == health.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"running (pid {record.pid}," in out
+    assert "scans 3, quarantined=1 staged=2, last error: none" in out
+
+
 def test_cli_bad_timeout_is_a_message_not_a_traceback(
     cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
