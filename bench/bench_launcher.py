@@ -1,13 +1,16 @@
-"""Supervisor cost: the pack04 launcher's CPU and memory with 50 idle plugins running.
+"""Supervisor cost: plugin start-up through pack04, and its CPU and memory with 50 plugins.
 
-Starts ``python -m launcher.service`` (default settings: registry poll 1 s,
-heartbeat 2 s) on a temp registry of 50 idle Python plugins, each run in the
-pack03 sandbox (the source tree's, or the test-only passthrough when pack03 is
-absent: said in the output), side by side with a second service that supervises
-no plugin (the baseline). Once all run, it samples both supervisors' CPU time
-and RSS in the same seconds, every second for 20 s, and reports the cost per
-supervised plugin (CPU per second, memory). One Markdown section on stdout;
-progress on stderr; everything in a temp dir.
+First, start-up: a plugin that does nothing (``pass``) started by the supervisor's own
+code path (policy written, package digest checked, log opened, sandbox asked, exit
+collected) through pack03's fork server and through the one-shot ``launch.py``, against
+the bare ``python -I main.py``, in interleaved rounds. Then the idle cost: starts
+``python -m launcher.service`` (default settings: registry poll 1 s, heartbeat 2 s) on a
+temp registry of 50 idle Python plugins, each run in the pack03 sandbox (the source
+tree's, or the test-only passthrough when pack03 is absent: said in the output), side by
+side with a second service that supervises no plugin (the baseline). Once all run, it
+samples both supervisors' CPU time and RSS (with their fork server and its spare) in the
+same seconds, every second for 20 s, and reports the cost per supervised plugin. One
+Markdown section on stdout; progress on stderr; everything in a temp dir.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PACK04 = REPO / "packs" / "pack04_launcher"
@@ -31,6 +35,8 @@ N_PLUGINS = 50
 WINDOW_S = 20
 TICK = os.sysconf("SC_CLK_TCK")
 IDLE_PLUGIN = "import time\nwhile True:\n    time.sleep(3600)\n"
+START_ROUNDS = 40
+PAUSE_S = 0.2
 
 
 def _say(msg: str) -> None:
@@ -99,6 +105,22 @@ class _Run:
     started: float
     pids: list[int] = field(default_factory=list)
     startup_s: float = 0.0
+    server: int | None = None  # its sandbox fork server, if it runs one
+    mode: str = "?"
+
+    def own_pids(self) -> list[int]:
+        """The supervisor, its fork server and the server's spares (not the plugins)."""
+        if self.server is None:
+            return [self.svc.pid]
+        spares = [p for p in _children(self.server) if p not in self.pids]
+        return [self.svc.pid, self.server, *spares]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _start(base: Path, n: int, sandbox_root: Path) -> _Run:
@@ -134,6 +156,10 @@ def _wait_all_running(run: _Run) -> None:
         run.pids = [p["pid"] for p in plugins.values() if p.get("state") == "running"]
         if doc and len(run.pids) == run.n:
             run.startup_s = time.monotonic() - run.started
+            service = doc.get("service", {})
+            mode = service.get("sandbox", {}) if isinstance(service, dict) else {}
+            run.server = mode.get("server_pid") if isinstance(mode, dict) else None
+            run.mode = str(mode.get("mode", "?")) if isinstance(mode, dict) else "?"
             return
         if run.svc.poll() is not None:
             raise RuntimeError(f"service exited {run.svc.returncode}: see {run.base}/service.log")
@@ -167,7 +193,7 @@ def _sample(runs: list[_Run]) -> tuple[dict[int, _Samples], _Samples, float]:
 
     def cpu_now() -> tuple[dict[int, int], int]:
         return (
-            {r.n: _cpu_ns(r.svc.pid) or 0 for r in runs},
+            {r.n: sum(_cpu_ns(p) or 0 for p in r.own_pids()) for r in runs},
             sum(_cpu_ns(p) or 0 for p in plugin_pids),
         )
 
@@ -182,12 +208,96 @@ def _sample(runs: list[_Run]) -> tuple[dict[int, _Samples], _Samples, float]:
             d = cur_sup[r.n] - prev_sup[r.n]
             sups[r.n].cpu_ms_per_s.append(d / 1e6 / dt)
             sups[r.n].cpu_ns_total += d
-            sups[r.n].rss_kib.append(_rss_kib(r.svc.pid))
+            sups[r.n].rss_kib.append(sum(_rss_kib(p) for p in r.own_pids()))
         plugins.cpu_ms_per_s.append((cur_plug - prev_plug) / 1e6 / dt)
         plugins.cpu_ns_total += cur_plug - prev_plug
         plugins.rss_kib.append(sum(_rss_kib(p) for p in plugin_pids))
         prev_sup, prev_plug, prev_t = cur_sup, cur_plug, now
     return sups, plugins, time.monotonic() - t0
+
+
+# --- start-up through the supervisor ------------------------------------------------
+
+
+def _supervisor(base: Path, sandbox_root: Path, fork_server: bool) -> Any:
+    """An in-process pack04 Supervisor on a registry of one ``pass`` plugin."""
+    from launcher.digest import tree_digest
+    from launcher.paths import Paths
+    from launcher.supervisor import Settings, Supervisor
+
+    plugins_dir = base / "plugins"
+    rel = "packages/bench.pass/1.0.0"
+    (plugins_dir / rel).mkdir(parents=True)
+    (plugins_dir / rel / "main.py").write_text("pass\n")
+    manifest = {"id": "bench.pass", "name": "bench.pass", "version": "1.0.0",
+                "entrypoint": "main.py", "permissions": []}  # fmt: skip
+    version = {"path": rel, "manifest": manifest, "digest": tree_digest(plugins_dir / rel)}
+    doc = {
+        "schema": "aurora-plugin-registry-v1",
+        "plugins": {"bench.pass": {"enabled": True, "active_version": "1.0.0", "granted": [],
+                                   "versions": {"1.0.0": version}}},
+    }  # fmt: skip
+    (plugins_dir / "registry.json").write_text(json.dumps(doc))
+    paths = Paths(home=None, root=PACK04, data=base / "data", run=base / "run",
+                  logs=base / "logs", registry=plugins_dir / "registry.json")  # fmt: skip
+    sup = Supervisor(
+        paths,
+        Settings(python=sys.executable, fork_server=fork_server),
+        {"AURORA_SANDBOX_ROOT": str(sandbox_root)},
+    )
+    sup.open()
+    sup.reconcile()  # reads the registry and makes the plugin's slot (its first start)
+    return sup
+
+
+def _one_start(sup: Any) -> float:
+    """Seconds from the supervisor's start of the plugin to its exit, collected."""
+    slot = sup.slots["bench.pass"]
+    if slot.proc is not None:
+        slot.proc.wait(timeout=30)
+    sup._collect()  # the previous run: exit recorded, its tree killed (not timed)
+    started = time.perf_counter()
+    sup._start(slot)
+    if slot.proc is None:
+        raise RuntimeError(f"bench.pass did not start: {slot.state}: {slot.reason}")
+    rc = slot.proc.wait(timeout=30)
+    took = time.perf_counter() - started
+    if rc != 0:
+        raise RuntimeError(f"bench.pass exited {rc}: see {sup.paths.plugin_log('bench.pass')}")
+    return took
+
+
+def _start_latency(tmp: Path, sandbox_root: Path) -> tuple[dict[str, list[float]], str]:
+    """Interleaved rounds: bare interpreter, supervisor via fork server, via one-shot."""
+    sys.path.insert(0, str(PACK04))
+    served = _supervisor(tmp / "served", sandbox_root, fork_server=True)
+    oneshot = _supervisor(tmp / "oneshot", sandbox_root, fork_server=False)
+    server_mode = served.sandbox_mode()
+    main_py = tmp / "served" / "plugins" / "packages" / "bench.pass" / "1.0.0" / "main.py"
+    bare = [sys.executable, "-I", str(main_py)]
+    times: dict[str, list[float]] = {"bare": [], "server": [], "one-shot": []}
+    try:
+        for _ in range(3):  # warm-up: caches, spares, bytecode
+            subprocess.run(bare, check=True)
+            _one_start(served)
+            _one_start(oneshot)
+        for _ in range(START_ROUNDS):
+            # Starts spaced as a supervisor's are (back-off >= 1 s): the server has
+            # replaced its spare (it does so once idle 0.1 s after a hand-over).
+            time.sleep(PAUSE_S)
+            started = time.perf_counter()
+            subprocess.run(bare, check=True)
+            times["bare"].append(time.perf_counter() - started)
+            times["server"].append(_one_start(served))
+            times["one-shot"].append(_one_start(oneshot))
+    finally:
+        for sup in (served, oneshot):
+            sup.reconcile()
+            sup.close()
+    note = str(server_mode["mode"])
+    if server_mode.get("error"):
+        note += f" ({server_mode['error']})"
+    return times, note
 
 
 def _ratio(a: float, b: float) -> str:
@@ -199,6 +309,8 @@ def main() -> int:
     sandbox_root = PACK03 if real else PASSTHROUGH
     _say(f"sandbox: {'pack03 (real)' if real else 'TEST-ONLY passthrough (pack03 absent)'}")
     with tempfile.TemporaryDirectory(prefix="bench-launcher-") as tmp:
+        _say(f"plugin start-up through the supervisor: {START_ROUNDS} interleaved rounds")
+        latency, server_note = _start_latency(Path(tmp) / "latency", sandbox_root)
         runs: list[_Run] = []
         try:
             for n in (0, N_PLUGINS):
@@ -213,13 +325,49 @@ def main() -> int:
         finally:
             for run in runs:
                 _stop(run)
-    print(_report(real, sups, plugins, window, runs[-1].startup_s))
+    print(_report(real, sups, plugins, window, runs, latency, server_note))
     return 0
 
 
+def _latency_table(latency: dict[str, list[float]], server_note: str) -> list[str]:
+    med = {k: statistics.median(v) * 1000 for k, v in latency.items()}
+    names = {
+        "bare": "bare `python -I main.py` (baseline)",
+        "server": f"supervisor, pack03 fork server (mode: {server_note})",
+        "one-shot": "supervisor, one-shot `python -I -S launch.py --policy`",
+    }
+    rows = [
+        f"| {names[k]} | {med[k]:.1f} | {min(v) * 1000:.1f} | {_ratio(med[k], med['bare'])} |"
+        for k, v in latency.items()
+    ]
+    return [
+        "### Plugin start-up through the supervisor",
+        "",
+        f"A plugin whose `main.py` is `pass`, {START_ROUNDS} interleaved rounds (after 3 "
+        f"warm-up rounds), {PAUSE_S:g} s apart: from the supervisor's start of the plugin "
+        "(`Supervisor._start`: package digest checked, log opened, sandbox asked, policy "
+        "and report written) to its exit status in the supervisor's hands, against the "
+        "bare interpreter running the same file. Every layer and limit of pack03 applies "
+        "in both supervisor rows. The fork server row is the supervisor's whole path; "
+        "`bench_sandbox.py` times the server's protocol alone.",
+        "",
+        "| how | median ms | min ms | ratio to bare (median) |",
+        "|---|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def _report(
-    real: bool, sups: dict[int, _Samples], plugins: _Samples, window: float, startup_s: float
+    real: bool,
+    sups: dict[int, _Samples],
+    plugins: _Samples,
+    window: float,
+    runs: list[_Run],
+    latency: dict[str, list[float]],
+    server_note: str,
 ) -> str:
+    startup_s = runs[-1].startup_s
     base, full = sups[0], sups[N_PLUGINS]
     mean = {n: s.cpu_ns_total / 1e6 / window for n, s in sups.items()}  # CPU ms per s
     rss = {n: statistics.median(s.rss_kib) / 1024 for n, s in sups.items()}  # MiB
@@ -236,13 +384,17 @@ def _report(
         )
 
     out = [
-        f"## Launcher: supervisor cost with {N_PLUGINS} idle plugins",
+        f"## Launcher: plugin start-up, and supervisor cost with {N_PLUGINS} idle plugins",
+        "",
+        *_latency_table(latency, server_note),
+        f"### Supervisor cost with {N_PLUGINS} idle plugins",
         "",
         "Two `python -m launcher.service` processes (default settings: registry poll 1 s, "
         "heartbeat 2 s) run side by side in the same seconds: the baseline supervises "
         f"no plugin, the other {N_PLUGINS} idle Python plugins (`time.sleep` loop) run in "
         f"the {sandbox_name}. Once all run and 3 s have passed, the CPU time "
-        f"(`/proc/<pid>/schedstat`, ns) and RSS of each supervisor (its own process only) "
+        f"(`/proc/<pid>/schedstat`, ns) and RSS of each supervisor (its own process, plus "
+        f"its sandbox fork server and the server's spare: mode `{runs[-1].mode}`) "
         f"are sampled every second for {WINDOW_S} s.",
         "",
         "| supervisor | CPU ms per s (median of 1 s samples) | CPU ms per s (window mean) "
