@@ -316,9 +316,7 @@ class Installer:
         """Stage if needed, plan the dependencies, run install.sh --dry-run; install nothing."""
         manifest = find_pack(self.packs_dir, pack_id)
         with self._locked() as state:
-            staged, digest, staged_now = staging.ensure_staged(
-                self.home, self.audit, state, manifest
-            )
+            staged, digest, staged_now = self._ensure_staged(state, manifest)
             actual, _ = digest_tree(staged.root)
             if actual.digest != digest:
                 raise IntegrityError(
@@ -376,9 +374,7 @@ class Installer:
             # a refusal leaves nothing half done.
             prepared = []
             for source, action in steps:
-                staged, digest, staged_now = staging.ensure_staged(
-                    self.home, self.audit, state, source
-                )
+                staged, digest, staged_now = self._ensure_staged(state, source)
                 prepared.append((staged, digest, action, staged_now))
             approvals = [
                 self._approve(staged, digest, action) for staged, digest, action, _ in prepared
