@@ -10,7 +10,8 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,25 @@ def _kill_if_started_here(pid: int, home: Path) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not: it has exited)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under root with its content (to prove nothing changed)."""
     return {
@@ -326,10 +346,9 @@ def processes_under(base: Path) -> dict[int, str]:
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
             cmdline = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if stat[stat.rfind(")") + 2 :].split()[0] in ("Z", "X"):
+        if not alive(int(entry.name)):
             continue
         if any(var.startswith(prefix) for var in environ):
             found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")

@@ -7,13 +7,12 @@ import io
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from aurora import ApprovalRequest, Installer, IntegrityError
 from aurora.exitcodes import ExitCode
-from aurora_testing import Env, tree_bytes
+from aurora_testing import Env, alive, tree_bytes, wait_for
 
 
 def _install_chain(env: Env) -> None:
@@ -22,25 +21,27 @@ def _install_chain(env: Env) -> None:
     env.make_pack("top", "1.0.0", deps=[("mid", "~=0.2"), ("base", "!=0.0.9")])
 
 
+COMMANDS_WITH_PACK = (
+    "validate",
+    "stage",
+    "seal",
+    "dry-run",
+    "install",
+    "uninstall",
+    "verify",
+    "status",
+    "start",
+    "stop",
+    "health",
+)
+
+
 def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
     import aurora_installer
 
     assert aurora_installer.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in (
-        "list",
-        "validate",
-        "stage",
-        "seal",
-        "dry-run",
-        "install",
-        "uninstall",
-        "verify",
-        "status",
-        "start",
-        "stop",
-        "health",
-    ):
+    for command in ("list", *COMMANDS_WITH_PACK):
         assert command in out
     assert aurora_installer.main(["install", "--help"]) == 0
     assert "--with-deps" in capsys.readouterr().out
@@ -178,21 +179,6 @@ def test_malformed_yaml_exit_2_names_line(env: Env) -> None:
     assert not (env.home / "state.json").exists()
 
 
-COMMANDS_WITH_PACK = (
-    "validate",
-    "stage",
-    "seal",
-    "dry-run",
-    "install",
-    "uninstall",
-    "verify",
-    "status",
-    "start",
-    "stop",
-    "health",
-)
-
-
 def test_unknown_pack_exit_3_and_nothing_created(env: Env) -> None:
     env.make_pack("alpha")
     for command in COMMANDS_WITH_PACK:
@@ -265,6 +251,17 @@ def test_stage_hash_mismatch_exit_4_nothing_staged(env: Env) -> None:
     assert "pack.artifacts[0]: lib.py sha256 is" in result.err
     assert list((env.home / "staging" / "alpha").iterdir()) == []
     assert env.state()["packs"]["alpha"]["staged"] == {}
+
+
+def test_validate_hash_mismatch_exit_4_writes_nothing(env: Env) -> None:
+    env.make_pack("alpha", artifacts=[("lib.py", "0" * 64)], files={"lib.py": "x\n"})
+    result = env.run("validate", "--pack", "alpha", "--json")
+    assert result.code == ExitCode.REFUSED
+    actual = hashlib.sha256(b"x\n").hexdigest()
+    assert result.json["error"]["problems"] == [
+        f"pack.artifacts[0]: lib.py sha256 is {actual}, the manifest pins {'0' * 64}"
+    ]
+    assert not env.home.exists()
 
 
 def test_seal_pins_hashes_keeps_yaml_readable(env: Env) -> None:
@@ -583,24 +580,23 @@ def test_corrupt_state_is_an_error_not_repaired(env: Env, content: bytes, said: 
 
 def test_json_output_is_exactly_one_document(env: Env) -> None:
     env.make_pack("alpha")
-    for argv in (
-        ["list"],
-        ["validate", "--pack", "alpha"],
-        ["stage", "--pack", "alpha"],
-        ["dry-run", "--pack", "alpha"],
-        ["install", "--pack", "alpha", "--approve"],
-        ["status"],
-        ["verify", "--pack", "alpha"],
-        ["start", "--pack", "alpha"],
-        ["health", "--pack", "alpha"],
-        ["stop", "--pack", "alpha"],
-        ["uninstall", "--pack", "alpha"],
-        ["verify", "--pack", "alpha"],
+    for argv, code in (
+        (["list"], ExitCode.OK),
+        (["validate", "--pack", "alpha"], ExitCode.OK),
+        (["stage", "--pack", "alpha"], ExitCode.OK),
+        (["dry-run", "--pack", "alpha"], ExitCode.OK),
+        (["install", "--pack", "alpha", "--approve"], ExitCode.OK),
+        (["status"], ExitCode.OK),
+        (["verify", "--pack", "alpha"], ExitCode.OK),
+        (["start", "--pack", "alpha"], ExitCode.OK),
+        (["health", "--pack", "alpha"], ExitCode.OK),
+        (["stop", "--pack", "alpha"], ExitCode.OK),
+        (["uninstall", "--pack", "alpha"], ExitCode.OK),
+        (["verify", "--pack", "alpha"], ExitCode.NOT_FOUND),
     ):
         result = env.run(*argv, "--json")
         doc = json.loads(result.out)  # raises if anything else is on stdout
-        assert doc["command"] == argv[0]
-        assert doc["exit_code"] == result.code
+        assert (result.code, doc["exit_code"], doc["command"]) == (code, code, argv[0]), result.err
 
 
 def test_dry_run_runs_in_the_staged_copy_with_the_environment_contract(env: Env) -> None:
@@ -634,19 +630,8 @@ def test_dry_run_script_timeout_kills_its_group(env: Env, tmp_path: Path) -> Non
     assert "timed out" in result.json["error"]["message"]
     assert child_pid.exists(), "the script never started its child (machine overloaded?)"
     child = int(child_pid.read_text())
-    deadline = time.monotonic() + 20
-    while Path(f"/proc/{child}").exists() and _state_of(child) not in ("Z", "X"):
-        assert time.monotonic() < deadline, "the dry run's background child survived"
-        time.sleep(0.05)
+    assert wait_for(lambda: not alive(child)), "the dry run's background child survived"
     assert env.active("alpha") is None
-
-
-def _state_of(pid: int) -> str:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "X"
-    return text[text.rfind(")") + 2 :].split()[0]
 
 
 def test_staged_tree_changed_after_approval_is_refused(env: Env) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aurora.exitcodes import ExitCode
-from aurora_testing import Env
+from aurora_testing import Env, alive, processes_under
 
 FAST = ["--interval", "0.1", "--start-period", "0", "--retries", "2"]
 
@@ -25,29 +25,9 @@ def _service_pid(env: Env) -> int:
     return int((env.home / "run" / "svc" / "service.pid").read_text().split()[0])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rfind(")") + 2 :].split()[0] not in ("Z", "X")
-
-
 def _processes_of(home: Path, marker: str) -> list[int]:
-    """Live processes whose environment names this home and whose command line has marker."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        mine = f"AURORA_HOME={home}".encode() in environ.split(b"\0")
-        if mine and marker.encode() in cmdline and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    """Live processes started under this home whose command line has ``marker``."""
+    return [pid for pid, cmdline in processes_under(home).items() if marker in cmdline]
 
 
 def test_start_healthy_status_stop(env: Env) -> None:
@@ -56,7 +36,7 @@ def test_start_healthy_status_stop(env: Env) -> None:
     assert started.code == 0, started.err
     assert started.json["result"]["health"]["status"] == "healthy"
     pid = _service_pid(env)
-    assert _alive(pid)
+    assert alive(pid)
     status = env.run("status", "--pack", "svc", "--json").json["result"]
     assert status["state"] == "running"
     assert status["runtime"]["running"] is True
@@ -71,7 +51,7 @@ def test_start_healthy_status_stop(env: Env) -> None:
     assert "installed 1.0.0; staged 1.0.0; running" in env.run("list").out
     stopped = env.run("stop", "--pack", "svc")
     assert stopped.code == 0, stopped.err
-    assert not _alive(pid)
+    assert not alive(pid)
     assert env.run("list", "--json").json["result"][0]["running"] is False
     status = env.run("status", "--pack", "svc", "--json").json["result"]
     assert status["state"] == "installed"
@@ -169,13 +149,13 @@ def test_uninstall_refuses_running_pack_or_stops_it(env: Env) -> None:
     refused = env.run("uninstall", "--pack", "svc")
     assert refused.code == ExitCode.REFUSED
     assert "is running" in refused.err
-    assert _alive(pid)
+    assert alive(pid)
     reinstall = env.run("install", "--pack", "svc", "--approve")
     assert reinstall.code == ExitCode.REFUSED
     done = env.run("uninstall", "--pack", "svc", "--stop")
     assert done.code == 0, done.err
     assert "stopped svc first\nuninstalled svc 1.0.0" in done.out
-    assert not _alive(pid)
+    assert not alive(pid)
     assert env.active("svc") is None
 
 
@@ -233,5 +213,5 @@ def test_lifecycle_as_real_processes(env: Env) -> None:
     assert env.cli("health", "--pack", "svc").code == 0
     assert env.cli("uninstall", "--pack", "svc").code == ExitCode.REFUSED
     assert env.cli("stop", "--pack", "svc").code == 0
-    assert not _alive(pid)
+    assert not alive(pid)
     assert env.cli("uninstall", "--pack", "svc", "--purge").code == 0

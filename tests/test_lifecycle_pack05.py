@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aurora_testing import alive, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "packs" / "pack05_plugin_api"
@@ -37,19 +38,6 @@ def _start_time(pid: int) -> int | None:
         return None
     fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def _alive(pid: int) -> bool:
-    return _start_time(pid) is not None
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 class Pack05:
@@ -212,26 +200,26 @@ def test_install_start_stage_quarantine_stop(pack: Pack05, tmp_path: Path) -> No
     assert (health.returncode, health.stdout.strip()) == (0, "health OK")
 
     os.rename(make_plugin(tmp_path / "src" / "echo"), pack.inbox / "echo")
-    assert _wait_for(lambda: "acme.echo" in pack.registry()["plugins"])
-    assert _wait_for(lambda: not (pack.inbox / "echo").exists())
+    assert wait_for(lambda: "acme.echo" in pack.registry()["plugins"])
+    assert wait_for(lambda: not (pack.inbox / "echo").exists())
     assert (pack.plugins / "packages" / "acme.echo" / "1.0.0" / "main.py").is_file()
 
     os.rename(evil_tar(tmp_path / "src" / "evil.tar.gz"), pack.inbox / "evil.tar.gz")
     reason_file = pack.plugins / "quarantine" / "evil.tar.gz.reason.json"
     # The reason is written first, then the item moved: once the item is there, both are.
-    assert _wait_for((pack.plugins / "quarantine" / "evil.tar.gz").is_file)
+    assert wait_for((pack.plugins / "quarantine" / "evil.tar.gz").is_file)
     assert "escapes the package" in json.loads(reason_file.read_text())["reason"]
     assert list(tmp_path.rglob("escaped.txt")) == []
     assert not (pack.inbox / "evil.tar.gz").exists()
 
     assert pack.healthy()  # a bad item does not take the service down
     counts = {"staged": 1, "quarantined": 1, "errors": 0}
-    assert _wait_for(lambda: pack.status().get("counts") == counts), pack.status()
+    assert wait_for(lambda: pack.status().get("counts") == counts), pack.status()
 
     proc = pack.script("stop.sh")
     assert proc.returncode == 0, proc.stderr
     assert f"stopped pid {pid} after TERM" in proc.stdout
-    assert not _alive(pid)
+    assert not alive(pid)
     assert pack.pidfile() is None
     assert pack.status()["state"] == "stopped"
     health = pack.script("health_check.sh")
@@ -309,7 +297,7 @@ def test_sigkilled_service_is_unhealthy_and_restartable(started: Pack05) -> None
     pid = started.pid()
     assert pid is not None and started.healthy()
     os.kill(pid, signal.SIGKILL)
-    assert _wait_for(lambda: not started.healthy(), timeout=15)
+    assert wait_for(lambda: not started.healthy(), timeout=15)
     health = started.script("health_check.sh")
     assert "not running" in health.stdout and "stale pidfile" in health.stdout
     proc = started.script("stop.sh")
@@ -324,7 +312,7 @@ def test_signal_stops_the_service_cleanly(started: Pack05, sig: signal.Signals) 
     pid = started.pid()
     assert pid is not None
     os.kill(pid, sig)
-    assert _wait_for(lambda: not _alive(pid), timeout=10)
+    assert wait_for(lambda: not alive(pid), timeout=10)
     assert started.pidfile() is None  # it removed its own pidfile
     assert started.status()["state"] == "stopped"
     assert f"received {sig.name}" in (started.logs / "service.log").read_text()
@@ -368,7 +356,7 @@ def test_decoy_with_the_service_name_survives_stop(
     pid = started.pid()
     assert pid is not None
     assert started.script("stop.sh").returncode == 0
-    assert not _alive(pid)
+    assert not alive(pid)
     assert started.script("stop.sh").returncode == 0
     assert decoy.poll() is None
 
@@ -419,7 +407,7 @@ def test_service_that_ignores_term_is_killed_after_the_timeout(
 def test_sigterm_during_staging_leaves_no_partial_state(started: Pack05, tmp_path: Path) -> None:
     big = make_plugin(tmp_path / "src" / "big", "acme.big", **{"blob.bin": b"\0" * (60 << 20)})
     os.rename(big, started.inbox / "big")
-    assert _wait_for(lambda: started.status().get("current") == "big", timeout=20), (
+    assert wait_for(lambda: started.status().get("current") == "big", timeout=20), (
         "never saw the service staging the item"
     )
     proc = started.script("stop.sh")
@@ -442,9 +430,9 @@ def test_sigterm_during_staging_leaves_no_partial_state(started: Pack05, tmp_pat
 INSTALLER = REPO / "installer" / "aurora_installer.py"
 
 
-def test_installed_by_the_installer_and_started_with_health_polling(tmp_path: Path) -> None:
-    """install (with pack03, pack04), start (polls health_check.sh), stage, status, stop."""
-    home = tmp_path / "home"
+def _installer_cli(home: Path, cwd: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The installer as a process on ``home``; skips the test when pack05's dependencies
+    (other parts of the project, not pack05's lifecycle) do not validate in this checkout."""
     env = {**os.environ, "AURORA_PACK05_POLL_SECONDS": str(POLL)}
     env.pop("AURORA_HOME", None)
 
@@ -455,14 +443,21 @@ def test_installed_by_the_installer_and_started_with_health_polling(tmp_path: Pa
             text=True,
             timeout=120,
             env=env,
-            cwd=tmp_path,
+            cwd=cwd,
             check=False,
         )
 
     for dependency in ("pack03_os_base", "pack04_launcher"):
         check = aurora("validate", "--pack", dependency)
-        if check.returncode != 0:  # another part of the project, not pack05's lifecycle
+        if check.returncode != 0:
             pytest.skip(f"{dependency} does not validate in this checkout: {check.stderr[:300]}")
+    return aurora
+
+
+def test_installed_by_the_installer_and_started_with_health_polling(tmp_path: Path) -> None:
+    """install (with pack03, pack04), start (polls health_check.sh), stage, status, stop."""
+    home = tmp_path / "home"
+    aurora = _installer_cli(home, tmp_path)
     pidfile = home / "run" / "pack05_plugin_api" / "service.pid"
     try:
         proc = aurora("install", "--pack", "pack05_plugin_api", "--with-deps", "--approve")
@@ -470,13 +465,13 @@ def test_installed_by_the_installer_and_started_with_health_polling(tmp_path: Pa
         proc = aurora("start", "--pack", "pack05_plugin_api", "--interval", "0.2")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         pid = json.loads(pidfile.read_text())["pid"]
-        assert _alive(pid)
+        assert alive(pid)
         assert aurora("health", "--pack", "pack05_plugin_api").returncode == 0
 
         inbox = home / "data" / "pack05_plugin_api" / "plugins" / "inbox"
         os.rename(make_plugin(tmp_path / "src" / "echo"), inbox / "echo")
         registry = inbox.parent / "registry.json"
-        assert _wait_for(
+        assert wait_for(
             lambda: registry.exists() and "acme.echo" in json.loads(registry.read_text())["plugins"]
         )
 
@@ -486,7 +481,7 @@ def test_installed_by_the_installer_and_started_with_health_polling(tmp_path: Pa
 
         proc = aurora("stop", "--pack", "pack05_plugin_api")
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert not _alive(pid) and not pidfile.exists()
+        assert not alive(pid) and not pidfile.exists()
         assert aurora("health", "--pack", "pack05_plugin_api").returncode != 0
     finally:
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -502,23 +497,7 @@ def test_installer_reports_a_killed_service_unhealthy_and_restarts_it(tmp_path: 
     """SIGKILL the running service: `health --watch` turns unhealthy within the bound,
     `status` says not running, and `start` replaces the stale pidfile with a new service."""
     home = tmp_path / "home"
-    env = {**os.environ, "AURORA_PACK05_POLL_SECONDS": str(POLL)}
-    env.pop("AURORA_HOME", None)
-
-    def aurora(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, str(INSTALLER), *argv, "--home", str(home)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-            cwd=tmp_path,
-            check=False,
-        )
-
-    for dependency in ("pack03_os_base", "pack04_launcher"):
-        if aurora("validate", "--pack", dependency).returncode != 0:
-            pytest.skip(f"{dependency} does not validate in this checkout")
+    aurora = _installer_cli(home, tmp_path)
     pidfile = home / "run" / "pack05_plugin_api" / "service.pid"
     pids: list[int] = []
     started: list[tuple[int, int]] = []  # (pid, start time): never kill a reused pid
@@ -535,7 +514,7 @@ def test_installer_reports_a_killed_service_unhealthy_and_restarts_it(tmp_path: 
         assert proc.returncode == 0, proc.stdout + proc.stderr
         record_start()
         os.kill(pids[0], signal.SIGKILL)
-        assert _wait_for(lambda: not _alive(pids[0]), timeout=10)
+        assert wait_for(lambda: not alive(pids[0]), timeout=10)
 
         began = time.monotonic()
         watch = aurora(
@@ -554,9 +533,9 @@ def test_installer_reports_a_killed_service_unhealthy_and_restarts_it(tmp_path: 
         proc = aurora("start", "--pack", "pack05_plugin_api", "--interval", "0.2")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         record_start()
-        assert started[1] != started[0] and _alive(pids[1])
+        assert started[1] != started[0] and alive(pids[1])
         assert aurora("stop", "--pack", "pack05_plugin_api").returncode == 0
-        assert not _alive(pids[1])
+        assert not alive(pids[1])
     finally:
         for pid, start_time in started:
             with contextlib.suppress(ProcessLookupError):

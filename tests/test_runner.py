@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from aurora.runner import run_script
+from aurora_testing import alive, wait_for
 
 
 def _script(tmp_path: Path, body: str) -> Path:
@@ -15,14 +16,6 @@ def _script(tmp_path: Path, body: str) -> Path:
     path.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + body)
     path.chmod(0o755)
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rfind(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def test_output_streamed_and_logged(tmp_path: Path) -> None:
@@ -54,10 +47,7 @@ def test_hanging_script_killed_with_its_group(tmp_path: Path) -> None:
     assert time.monotonic() - began < 20
     assert "timed out" in result.describe()
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 20
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child), "the script's background child survived"
+    assert wait_for(lambda: not alive(child)), "the script's background child survived"
 
 
 def test_background_child_holding_output_does_not_block(tmp_path: Path) -> None:
@@ -74,7 +64,7 @@ def test_background_child_holding_output_does_not_block(tmp_path: Path) -> None:
         assert result.output_tail == ["done"]
         assert time.monotonic() - began < 20  # the child sleeps 30 s
     finally:
-        if _alive(child):
+        if alive(child):
             os.killpg(os.getpgid(child), signal.SIGKILL)
 
 
@@ -91,7 +81,4 @@ def test_kill_group_on_exit_leaves_nothing(tmp_path: Path) -> None:
     )
     assert result.ok
     child = int(pidfile.read_text())
-    deadline = time.monotonic() + 20
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    assert wait_for(lambda: not alive(child)), "the health check's child survived"
