@@ -287,7 +287,10 @@ def test_list_marks_grants_a_hand_edited_policy_blocks(
     assert plugins.main(["list", "--data", data]) == 0
     assert "blocked-by-policy=network" in capsys.readouterr()[0]
     # `policy --block` withdraws it although the file already says blocked
-    run(capsys, "policy", "--block", "network", "--data", data)
+    code, doc, _ = run(capsys, "policy", "--block", "network", "--data", data)
+    assert code == 0
+    code, doc, _ = run(capsys, "list", "--data", data)
+    assert doc["plugins"][0]["granted"] == [] and doc["plugins"][0]["blocked_by_policy"] == []
     code, doc, _ = run(capsys, "show", "acme.echo", "--data", data)
     assert doc["granted"] == [] and doc["blocked_by_policy"] == []
     # an invalid policy does not stop list or show: a warning names the file
