@@ -592,15 +592,19 @@ class PluginLoader:
             if not self.registry.unregister(plugin_id, version):
                 return False
             id_dir = self.packages_dir / plugin_id
+            # The registry may have been edited by hand: only ever delete an entry of
+            # packages/<id>/, or packages/<id> itself, never what a path leads to.
+            if id_dir.parent != self.packages_dir or plugin_id in (".", ".."):
+                log.warning("%s: not a directory name; staged files left in place", plugin_id)
+                return True
+            target: Path | None
             if version is None or self.registry.get(plugin_id) is None:
                 target = id_dir  # the whole plugin is gone: leftovers of crashes go too
-            elif entry is not None and Path(str(entry.get("path"))).parent.as_posix() == (
-                f"packages/{plugin_id}"
-            ):
-                target = self.plugins_dir / str(entry["path"])
             else:
-                target = id_dir / version
-            if os.path.lexists(target):
+                target = self._own_dir(id_dir, (entry or {}).get("path")) or self._own_dir(
+                    id_dir, self._rel(id_dir / version)
+                )
+            if target is not None and os.path.lexists(target):
                 os.rename(target, tmp / "removed")  # out of packages/ at once, then delete
             if version is not None and id_dir.is_dir() and not any(id_dir.iterdir()):
                 id_dir.rmdir()

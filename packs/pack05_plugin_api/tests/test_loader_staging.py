@@ -383,3 +383,34 @@ def test_a_hand_edited_registry_path_is_never_used_as_a_target(
     result = loader.stage_package(src, replace=True)
     assert list(outside.iterdir()) == []
     assert loader.verify("acme.echo") == [] and Path(result["path"]).parent.name == "acme.echo"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("path", "packages/acme.echo/..", id="path-dotdot"),
+        pytest.param("path", "packages/acme.echo/../../outside", id="path-escape"),
+        pytest.param("version", "..", id="version-dotdot"),
+    ],
+)
+def test_remove_never_deletes_what_a_hand_edited_registry_points_at(
+    loader: PluginLoader, package_factory: Any, field: str, value: str
+) -> None:
+    loader.stage_package(package_factory(files={"main.py": "v1"}))
+    loader.stage_package(package_factory(make_manifest(id="acme.other"), name="other"))
+    loader.stage_package(package_factory(make_manifest(version="2.0"), name="v2"))
+    outside = loader.plugins_dir.parent / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    doc = json.loads(loader.registry.path.read_text())
+    versions = doc["plugins"]["acme.echo"]["versions"]
+    if field == "path":
+        versions["1.0.0"]["path"] = value
+        victim = "1.0.0"
+    else:
+        versions[value] = versions.pop("1.0.0")
+        victim = value
+    loader.registry.path.write_text(json.dumps(doc))
+    assert loader.remove("acme.echo", victim) is True
+    assert (outside / "keep").exists()
+    assert loader.verify("acme.other") == [] and loader.verify("acme.echo", "2.0") == []
