@@ -13,7 +13,14 @@ import pytest
 from launcher import process
 from launcher.paths import Paths
 from launcher.status import read_status
-from launcher_testing import ESCAPE, PACK_ROOT, FakeRegistry, read_pid, service_env
+from launcher_testing import (
+    ESCAPE,
+    PACK_ROOT,
+    FakeRegistry,
+    read_pid,
+    real_sandbox_root,
+    service_env,
+)
 
 
 def _script(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +110,26 @@ def test_health_fails_on_a_stale_heartbeat(env: dict[str, str]) -> None:
     finally:
         os.kill(ident.pid, signal.SIGCONT)
     assert res.returncode == 1 and "last heartbeat" in res.stderr
+
+
+def test_stop_after_a_killed_service_stops_its_fork_server_and_plugins(
+    tmp_path: Path, fake_registry: FakeRegistry
+) -> None:
+    env = service_env(tmp_path, fake_registry.path, real_sandbox_root())
+    fake_registry.add("acme.escape", ESCAPE)
+    paths = Paths.from_env(env)
+    try:
+        assert _script("start.sh", env).returncode == 0
+        grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
+        server = process.running_from_pidfile(paths.sandbox_server_pidfile)
+        service = process.running_from_pidfile(paths.pidfile)
+        assert server is not None and service is not None
+        os.kill(service.pid, signal.SIGKILL)  # the server and the plugin live on
+        assert not process.wait_gone([service], 10) and server.alive() and grandchild.alive()
+        stop = _script("stop.sh", env)
+        assert stop.returncode == 0, stop.stderr
+        assert "stopped the sandbox fork server" in stop.stderr
+        assert not server.alive() and not grandchild.alive()
+        assert not paths.sandbox_socket.exists()
+    finally:
+        _script("stop.sh", env)
