@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aurora import staging
 from aurora.audit import AuditLog
@@ -420,10 +420,61 @@ class Installer:
         action: str,
         approval: dict[str, Any] | None,
     ) -> dict[str, Any]:
+        """Copy the approved staged tree into packs/<id>/<version>/, run install.sh --install,
+        make it the active version; on failure the previous version stays in force."""
         pack_id, version = staged.id, staged.version
-        record = state.pack(pack_id)
-        previous = record.get("active_version")
+        previous = state.active_version(pack_id)
         begin(state, pack_id, "install", version)
+        target, aside = self._place(state, staged, digest)
+        installed = load_manifest(target)
+        script = self._install_script(installed, "--install")
+        crash_point("install:script-done")
+        if not script.ok:
+            self._roll_back(state, installed, aside, previous, digest, script)
+        # The copy's files reach the disk before state.json names it active (a staged
+        # copy needs no such care: its digest is re-verified before it is installed).
+        os.sync()
+        record = state.pack(pack_id)
+        record["active_version"] = version
+        record["installed"] = {
+            "version": version,
+            "digest": digest,
+            "installed_at": now_iso(),
+            "approval": approval,
+            "dependencies": [
+                {"pack_id": d.pack_id, "version_constraint": d.constraint}
+                for d in installed.dependencies
+            ],
+        }
+        record["pending"] = None
+        was = f" (was {previous})" if previous else ""
+        state.record_result(pack_id, "install", True, version, f"{action} {version}{was}")
+        state.save()
+        crash_point("install:committed")
+        if aside is not None:
+            remove_tree(aside)
+        for child in target.parent.iterdir():
+            if child.name != version:
+                remove_tree(child)
+        self.audit.record(
+            "install", pack_id, version=version, digest=digest, previous=previous, approval=approval
+        )
+        return {
+            "pack": pack_id,
+            "version": version,
+            "digest": digest,
+            "action": action,
+            "previous": previous,
+            "path": str(target),
+            "approval": approval,
+            "script": script.as_dict(),
+        }
+
+    def _place(self, state: State, staged: Manifest, digest: str) -> tuple[Path, Path | None]:
+        """Copy the staged tree to packs/<id>/<version>/ (a copy already there is moved
+        aside); returns the copy and the moved-aside one. Refuses a tree whose digest is
+        not the approved one, leaving nothing behind."""
+        pack_id, version = staged.id, staged.version
         parent = self.home.packs(pack_id)
         parent.mkdir(parents=True, exist_ok=True)
         incoming = parent / temp_name("incoming", version)
@@ -432,7 +483,7 @@ class Installer:
         crash_point("install:copied")
         if problems or tree.digest != digest:
             remove_tree(incoming)
-            record["pending"] = None
+            state.pack(pack_id)["pending"] = None
             message = (
                 f"staged copy changed since it was staged and approved (approved "
                 f"{digest}, found {tree.digest}): run stage again"
@@ -451,69 +502,37 @@ class Installer:
         os.rename(incoming, target)
         fsync_dir(parent)
         crash_point("install:placed")
-        installed = load_manifest(target)
-        script = self._install_script(installed, "--install")
-        crash_point("install:script-done")
-        if not script.ok:
-            remove_tree(target)
-            if aside is not None:
-                os.rename(aside, target)
-            fsync_dir(parent)
-            record["pending"] = None
-            message = f"{script.describe()}; {previous or 'nothing'} stays active"
-            state.record_result(pack_id, "install", False, version, message)
-            state.save()
-            self.audit.record(
-                "install-failed",
-                pack_id,
-                version=version,
-                digest=digest,
-                reason=script.describe(),
-                log=str(script.log_path),
-            )
-            raise script_error(f"{pack_id} {version}: install failed: {message}", script)
-        # The copy's files reach the disk before state.json names it active (a staged
-        # copy needs no such care: its digest is re-verified before it is installed).
-        os.sync()
-        record["active_version"] = version
-        record["installed"] = {
-            "version": version,
-            "digest": digest,
-            "installed_at": now_iso(),
-            "approval": approval,
-            "dependencies": [
-                {"pack_id": d.pack_id, "version_constraint": d.constraint}
-                for d in installed.dependencies
-            ],
-        }
-        record["pending"] = None
-        state.record_result(
-            pack_id,
-            "install",
-            True,
-            version,
-            f"{action} {version}" + (f" (was {previous})" if previous else ""),
-        )
-        state.save()
-        crash_point("install:committed")
+        return target, aside
+
+    def _roll_back(
+        self,
+        state: State,
+        installed: Manifest,
+        aside: Path | None,
+        previous: str | None,
+        digest: str,
+        script: ScriptResult,
+    ) -> NoReturn:
+        """After a failed install.sh: remove the new copy, put back the one it replaced,
+        record the failure and raise it."""
+        pack_id, version, target = installed.id, installed.version, installed.root
+        remove_tree(target)
         if aside is not None:
-            remove_tree(aside)
-        for child in parent.iterdir():
-            if child.name != version:
-                remove_tree(child)
+            os.rename(aside, target)
+        fsync_dir(target.parent)
+        state.pack(pack_id)["pending"] = None
+        message = f"{script.describe()}; {previous or 'nothing'} stays active"
+        state.record_result(pack_id, "install", False, version, message)
+        state.save()
         self.audit.record(
-            "install", pack_id, version=version, digest=digest, previous=previous, approval=approval
+            "install-failed",
+            pack_id,
+            version=version,
+            digest=digest,
+            reason=script.describe(),
+            log=str(script.log_path),
         )
-        return {
-            "pack": pack_id,
-            "version": version,
-            "digest": digest,
-            "action": action,
-            "previous": previous,
-            "path": str(target),
-            "approval": approval,
-            "script": script.as_dict(),
-        }
+        raise script_error(f"{pack_id} {version}: install failed: {message}", script)
 
     # -- uninstall ------------------------------------------------------------
 
