@@ -46,10 +46,8 @@ except ImportError:  # run by path from the scripts: core/ itself is sys.path[0]
     from storage import FileLock, atomic_write  # type: ignore[no-redef, import-not-found]
 
 __all__ = [
-    "FileLock",
     "StartError",
     "StopError",
-    "atomic_write",
     "json_bytes",
     "main",
     "remove_pidfile_if",

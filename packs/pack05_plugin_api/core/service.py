@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import health, process
+from .storage import FileLock, atomic_write
 
 __all__ = ["InboxService", "Stager", "StopSignal", "main"]
 
@@ -198,7 +199,7 @@ class InboxService:
         }
 
     def write_status(self, state: str = "running") -> None:
-        process.atomic_write(self.paths.status_file, process.json_bytes(self.status(state)))
+        atomic_write(self.paths.status_file, process.json_bytes(self.status(state)))
 
     # -- one scan ----------------------------------------------------------------
 
@@ -363,9 +364,7 @@ class InboxService:
         }
         # The reason first: a crash in between leaves the item in the inbox, to be
         # looked at again, rather than an item in quarantine without its reason.
-        process.atomic_write(
-            str(self.quarantine / f"{target}.reason.json"), process.json_bytes(doc)
-        )
+        atomic_write(str(self.quarantine / f"{target}.reason.json"), process.json_bytes(doc))
         os.rename(self.inbox / name, self.quarantine / target)
         self.counts["quarantined"] += 1
         self._note_error(name, reason)
@@ -489,7 +488,7 @@ def _cmd_run(plugins_dir: Path, paths: health.Paths, interval: float, settle: fl
     from .registry import PluginRegistry
 
     os.makedirs(paths.run_dir, exist_ok=True)
-    lock = process.FileLock(paths.service_lock, blocking=False)
+    lock = FileLock(paths.service_lock, blocking=False)
     if not lock.acquire():
         log.error("another loader service holds %s; not starting a second one", lock.path)
         return EXIT_ALREADY_RUNNING

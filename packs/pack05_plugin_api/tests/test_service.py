@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core import health, process, service
+from core import health, service, storage
 from core.errors import PluginError
 from core.loader import PluginLoader
 from core.registry import PluginRegistry
@@ -397,7 +397,7 @@ def test_init_creates_the_layout(cli_env: Path) -> None:
 def test_a_second_service_refuses_to_run(cli_env: Path) -> None:
     run = cli_env / "run"
     run.mkdir(parents=True)
-    lock = process.FileLock(str(run / health.SERVICE_LOCK_NAME))
+    lock = storage.FileLock(str(run / health.SERVICE_LOCK_NAME))
     with lock:
         assert service.main([]) == service.EXIT_ALREADY_RUNNING
     assert not (run / health.PIDFILE_NAME).exists()
