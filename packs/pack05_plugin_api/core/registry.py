@@ -26,7 +26,7 @@ __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 log = logging.getLogger(__name__)
 
 REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
-_DIGEST_PREFIX = "sha256:"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # A version whose content was replaced lives in packages/<id>/<version>~<suffix> (no PEP 440
 # version contains '~'), so the registry never names a directory being rewritten.
 REPLACED_MARK = "~"
@@ -143,6 +143,20 @@ def _normalize_files(files: Iterable[Any]) -> list[dict[str, Any]]:
         else:
             raise RegistryError(f"files[{i}]: expected a path or a {{'path': ...}} mapping")
     return out
+
+
+def _version_path(plugin_id: str, version: str, path: str | None) -> str:
+    """Where a version's files are, relative to plugins/ (the schema's ``path`` pattern)."""
+    canonical = f"packages/{plugin_id}/{version}"
+    if path is None or path == canonical:
+        return canonical
+    suffix = path[len(canonical) + len(REPLACED_MARK) :]
+    if not (path.startswith(canonical + REPLACED_MARK) and _REPLACED_SUFFIX.fullmatch(suffix)):
+        raise RegistryError(
+            f"path: expected {canonical} or {canonical}{REPLACED_MARK}<16 hex digits>, "
+            f"found {path!r}"
+        )
+    return path
 
 
 def _sort_versions(versions: Iterable[str]) -> list[str]:
@@ -415,21 +429,8 @@ class PluginRegistry:
         file_list = _normalize_files(files)
         plugin_id: str = manifest["id"]
         version: str = manifest["version"]
-        canonical = f"packages/{plugin_id}/{version}"
-        where = canonical if path is None else path
-        suffix = where[len(canonical) + len(REPLACED_MARK) :]
-        if where != canonical and not (
-            where.startswith(canonical + REPLACED_MARK) and _REPLACED_SUFFIX.fullmatch(suffix)
-        ):
-            raise RegistryError(
-                f"path: expected {canonical} or {canonical}{REPLACED_MARK}<16 hex digits>, "
-                f"found {where!r}"
-            )
-        if digest is not None and not (
-            isinstance(digest, str)
-            and digest.startswith(_DIGEST_PREFIX)
-            and len(digest) == len(_DIGEST_PREFIX) + 64
-        ):
+        where = _version_path(plugin_id, version, path)
+        if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
             raise RegistryError(f"digest: expected 'sha256:<64 hex>', found {digest!r}")
 
         def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:

@@ -293,3 +293,7 @@ def test_bad_files_and_digest_arguments(reg: PluginRegistry) -> None:
         reg.register(make_manifest(), [42])
     with pytest.raises(RegistryError, match="digest"):
         reg.register(make_manifest(), [], digest="md5:abc")
+    # the right length but not hex would write a registry its own schema rejects
+    with pytest.raises(RegistryError, match="digest"):
+        reg.register(make_manifest(), [], digest="sha256:" + "Z" * 64)
+    assert reg.get("acme.echo") is None
