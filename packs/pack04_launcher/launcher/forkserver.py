@@ -11,6 +11,7 @@ parent: a run's exit status arrives on its connection.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,19 @@ _MAX_EVENT = 1 << 20
 _SUN_PATH_MAX = 107
 #: Status of a run whose server died before it said how the run ended.
 LOST = -int(signal.SIGKILL)
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the server gets SIGTERM when the supervisor dies (even by
+    SIGKILL), so it stops the plugins it started rather than running on unsupervised."""
+
+    def _set() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return _set
 
 
 @contextlib.contextmanager
@@ -185,6 +199,7 @@ class ForkServer:
                     stderr=out,
                     close_fds=True,
                     start_new_session=True,  # a Ctrl-C to the supervisor is not its
+                    preexec_fn=_term_with_parent(os.getpid()),
                 )
             except OSError as exc:
                 raise ForkServerError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
