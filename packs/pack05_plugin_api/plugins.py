@@ -36,24 +36,22 @@ EXIT_INVALID = 2  # bad usage or invalid input: manifest, package, capability na
 EXIT_NOT_FOUND = 3  # unknown plugin, version or path
 EXIT_DENIED = 4  # refused by the permission policy or missing grants
 
-log = logging.getLogger("plugins")
-
 
 class _UsageError(Exception):
     pass
 
 
+class UnknownPath(PluginError):
+    """A path given on the command line does not exist (exit 3, like an unknown plugin)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f"{path}: no such file or directory")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{self.prog}: {message}")
-
-
-class _Result(Exception):
-    """Raised by a handler to end with a given exit code and JSON document."""
-
-    def __init__(self, code: int, doc: dict[str, Any], text: str) -> None:
-        self.code, self.doc, self.text = code, doc, text
-        super().__init__(text)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -272,12 +270,6 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     )
     _emit(args, doc, text)
     return EXIT_OK
-
-
-class UnknownPath(PluginError):
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        super().__init__(f"{path}: no such file or directory")
 
 
 # -- parser and error handling -------------------------------------------------------------
