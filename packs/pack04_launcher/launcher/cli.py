@@ -118,7 +118,7 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
     _emit(args, out, table if plugins else "no plugins in the registry")
-    if isinstance(sandbox_mode, dict):
+    if isinstance(sandbox_mode, dict) and not args.json:  # --json: in service.sandbox
         how = sandbox_mode.get("mode")
         if sandbox_mode.get("server_pid"):
             how = f"{how} (pid {sandbox_mode['server_pid']})"

@@ -65,13 +65,20 @@ def test_list_shows_pid_uptime_restarts_layers(
         what="layers from the report",
     )
     assert cli.main(["list", "--json"]) == cli.EXIT_OK
-    rec = json.loads(capsys.readouterr().out)["plugins"]["acme.idle"]
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    rec = doc["plugins"]["acme.idle"]
     assert rec["pid"] == pid
     assert rec["restarts"] == 0 and rec["uptime_s"] >= 0
     assert rec["layers"] == ["test-passthrough"]
+    # The passthrough sandbox has no fork server: one-shot, and why.
+    assert rec["mode"] == "one-shot" and doc["service"]["sandbox"]["mode"] == "one-shot"
+    assert "--serve exited" in doc["service"]["sandbox"]["error"]
+    assert "sandbox:" not in err  # --json: nothing but the document, and no extra noise
     assert cli.main(["list"]) == cli.EXIT_OK
-    table = capsys.readouterr().out
+    table, err = capsys.readouterr()
     assert "acme.idle" in table and str(pid) in table and "test-passthrough" in table
+    assert "sandbox: one-shot; " in err
 
 
 def test_logs(
