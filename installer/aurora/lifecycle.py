@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aurora.audit import AuditLog
-from aurora.errors import OperationFailed
+from aurora.errors import OperationFailed, ScriptError
 from aurora.home import Home
 from aurora.manifest import Manifest
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
@@ -108,12 +108,8 @@ class Lifecycle:
                 "stopped_at": now_iso(),
                 "last_check": None,
             }
-            message = f"start failed: {script.describe()}"
-            state.record_result(pack_id, "start", False, version, message)
-            state.save()
             health.reset("stopped")
-            self.audit.record("start-failed", pack_id, version=version, reason=script.describe())
-            raise script_error(f"{pack_id}: {message}", script)
+            raise self._script_failed(state, manifest, "start", script)
         record["runtime"] = {
             "state": "starting",
             "version": version,
@@ -156,11 +152,7 @@ class Lifecycle:
         record = state.pack(pack_id)
         script = self._run(manifest, "stop", self.stop_timeout)
         if not script.ok:
-            message = f"stop failed: {script.describe()}"
-            state.record_result(pack_id, "stop", False, version, message)
-            state.save()
-            self.audit.record("stop-failed", pack_id, version=version, reason=script.describe())
-            raise script_error(f"{pack_id}: {message}", script)
+            raise self._script_failed(state, manifest, "stop", script)
         record["runtime"] = {
             **(record.get("runtime") or {}),
             "state": "stopped",
@@ -177,6 +169,19 @@ class Lifecycle:
                 "%s: stop.sh succeeded but pidfiles still name live processes: %s", pack_id, still
             )
         return {"pack": pack_id, "version": version, "script": script.as_dict()}
+
+    def _script_failed(
+        self, state: State, manifest: Manifest, op: str, script: ScriptResult
+    ) -> ScriptError:
+        """Record a failed start.sh or stop.sh in state.json and the audit log; returns
+        the error to raise."""
+        message = f"{op} failed: {script.describe()}"
+        state.record_result(manifest.id, op, False, manifest.version, message)
+        state.save()
+        self.audit.record(
+            f"{op}-failed", manifest.id, version=manifest.version, reason=script.describe()
+        )
+        return script_error(f"{manifest.id}: {message}", script)
 
     def _check_and_record(self, manifest: Manifest) -> tuple[ScriptResult, dict[str, Any]]:
         """One counted check outside any start period, applied to the health record."""
