@@ -171,6 +171,7 @@ def test_stop_timeout_kills_script_and_records_failure(env: Env) -> None:
     assert "timed out" in result.err
     record = env.state()["packs"]["slow"]
     assert record["last_result"] == {**record["last_result"], "op": "stop", "ok": False}
+    assert env.audit()[-1]["event"] == "stop-failed"
     assert _processes_of(env.home, "sleep 300") == []
 
 
@@ -185,6 +186,11 @@ def test_start_script_failure_reported(env: Env) -> None:
     assert "output: port 8080 in use" in result.json["error"]["problems"]
     log = (env.home / "logs" / "bad" / "start.log").read_text()
     assert "port 8080 in use" in log
+    record = env.state()["packs"]["bad"]
+    assert record["last_result"] == {**record["last_result"], "op": "start", "ok": False}
+    assert record["runtime"]["state"] == "stopped"
+    assert env.audit()[-1] == {**env.audit()[-1], "event": "start-failed", "pack": "bad"}
+    assert env.run("status", "--pack", "bad", "--json").json["result"]["state"] == "installed"
 
 
 def test_status_reads_pack05_style_json_pidfile(env: Env) -> None:
