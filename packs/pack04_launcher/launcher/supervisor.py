@@ -745,10 +745,10 @@ class Supervisor:
         srv = self.server
         if srv is None or srv.alive():
             return
-        rc = srv.stop()
+        pid, rc = srv.pid, srv.stop()
         self.server = None
         self._server_restarts += 1
-        self.server_error = f"fork server pid {srv.pid or '?'} died (status {rc})"
+        self.server_error = f"fork server pid {pid} died (status {rc})"
         if self._server_restarts > _SERVER_RESTARTS:
             self._server_off = srv.root
             self.server_error += f"; died {self._server_restarts} times: plugins start one-shot"
