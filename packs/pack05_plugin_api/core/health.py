@@ -48,7 +48,7 @@ LIFECYCLE_LOCK_NAME = "lifecycle.lock"
 SERVICE_LOCK_NAME = "service.lock"
 LOG_NAME = "service.log"
 STATUS_SCHEMA = "aurora-pack05-service-status-v1"
-REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
+REGISTRY_SCHEMA = "aurora-plugin-registry-v1"  # registry.REGISTRY_SCHEMA, not imported: too dear
 # A heartbeat older than max(3 intervals, this floor) means the service is stuck; the
 # floor leaves room for one large package being staged between two heartbeats.
 STALE_FLOOR_SECONDS = 10.0

@@ -31,10 +31,8 @@ __all__ = ["InboxService", "Stager", "StopSignal", "main"]
 # Named for the module even when run as __main__ (python -m core.service).
 log = logging.getLogger("core.service")
 
-# Exit codes of ``python -m core.service``.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+# Exit codes of ``python -m core.service``: the lifecycle's own (health.py), plus one.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = health.EXIT_OK, health.EXIT_FAILED, health.EXIT_USAGE
 EXIT_ALREADY_RUNNING = 3
 
 POLL_ENV = "AURORA_PACK05_POLL_SECONDS"

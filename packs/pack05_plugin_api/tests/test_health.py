@@ -136,6 +136,18 @@ def test_healthy_with_a_valid_registry(healthy: Paths) -> None:
     assert check_health(healthy) is None
 
 
+def test_healthy_with_a_registry_the_real_writer_wrote(healthy: Paths) -> None:
+    """health.py keeps its own copy of the registry's schema name and shape checks."""
+    from core.registry import PluginRegistry
+
+    from pack05_testlib import make_manifest
+
+    registry = PluginRegistry(Path(healthy.data_dir) / "plugins")
+    registry.register(make_manifest(), ["main.py"])
+    registry.register(make_manifest(version="2.0"), ["main.py"])
+    assert check_health(healthy) is None
+
+
 def test_no_pidfile(paths: Paths) -> None:
     assert "not running (no pidfile" in (check_health(paths) or "")
 
