@@ -266,7 +266,10 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
-def _show_plan(out: _Output, plan: dict[str, Any]) -> None:
+def _show_plan(out: _Output, result: dict[str, Any]) -> None:
+    if result["staged_now"]:
+        out.text(f"staged {result['pack']} {result['version']} first")
+    plan = result["plan"]
     out.text("plan (install --with-deps would do, in order):")
     for i, step in enumerate(plan["steps"], 1):
         out.text(f"  {i}. {step['action']} {step['pack']} {step['version']}  ({step['reason']})")
@@ -303,10 +306,7 @@ def _show(out: _Output, command: str, result: Any, packs_dir: Path) -> None:
             mark = "pinned" if art["changed"] else "unchanged"
             out.text(f"{art['path']}: sha256 {art['sha256']} ({mark})")
         out.text(f"{result['manifest']}: " + ("written" if result["written"] else "unchanged"))
-    elif command == "dry-run":
-        if result["staged_now"]:
-            out.text(f"staged {result['pack']} {result['version']} first")
-        _show_plan(out, result["plan"])
+    elif command == "dry-run":  # the plan was shown before the script ran (_cmd_dry_run)
         if result["script"] is None:
             out.text("install.sh --dry-run not run (dry_run_supported: false)")
         out.text(f"dry run of {result['pack']} {result['version']} passed; nothing installed")
@@ -445,7 +445,7 @@ def _cmd_seal(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
 
 
 def _cmd_dry_run(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
-    return inst.dry_run(args.pack)
+    return inst.dry_run(args.pack, on_plan=None if args.json else lambda r: _show_plan(out, r))
 
 
 def _cmd_install(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:

@@ -314,12 +314,19 @@ def test_dry_run_leaves_state_files_byte_identical(env: Env) -> None:
     assert tree_bytes(env.home / "packs") == installed_before
 
 
-def test_dry_run_failing_script_exit_1(env: Env) -> None:
-    env.make_pack("alpha", install='#!/usr/bin/env bash\necho "missing libfoo"\nexit 3\n')
+def test_dry_run_failing_script_exit_1_after_showing_the_plan(env: Env) -> None:
+    env.make_pack("base", "0.1.0")
+    env.make_pack(
+        "alpha",
+        deps=[("base", ">=0.1")],
+        install='#!/usr/bin/env bash\necho "missing libfoo"\nexit 3\n',
+    )
     result = env.run("dry-run", "--pack", "alpha")
     assert result.code == ExitCode.FAILED
-    assert "missing libfoo" in result.out + result.err
     assert "exited 3" in result.err
+    # The plan is shown before the script runs, so a failing script does not hide it.
+    plan = result.out.index("1. install base 0.1.0")
+    assert plan < result.out.index("2. install alpha 1.0.0") < result.out.index("missing libfoo")
 
 
 def test_dry_run_unsatisfiable_dependency_exit_4(env: Env) -> None:

@@ -312,8 +312,14 @@ class Installer:
         invalid = [pid for pid, src in sources.items() if src.manifest is None]
         return resolve(target, valid, installed, installed_deps, invalid)
 
-    def dry_run(self, pack_id: str) -> dict[str, Any]:
-        """Stage if needed, plan the dependencies, run install.sh --dry-run; install nothing."""
+    def dry_run(
+        self, pack_id: str, on_plan: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Stage if needed, plan the dependencies, run install.sh --dry-run; install nothing.
+
+        ``on_plan`` gets the result so far (the plan) before the script runs, so that
+        the operator sees the plan even when the script then fails.
+        """
         manifest = find_pack(self.packs_dir, pack_id)
         with self._locked() as state:
             staged, digest, staged_now = self._ensure_staged(state, manifest)
@@ -334,6 +340,8 @@ class Installer:
             }
             if plan.problems:
                 raise DependencyError(f"{pack_id}: install could not succeed", plan.problems)
+            if on_plan is not None:
+                on_plan(result)
             if not staged.dry_run_supported:
                 log.warning("%s does not support a dry run: install.sh not run", pack_id)
                 return result
