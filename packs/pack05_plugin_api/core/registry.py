@@ -484,31 +484,38 @@ class PluginRegistry:
                     self._audit("grant", plugin_id, version, capabilities=auto, by="policy")
                 )
             covered = not (requested - set(record["granted"])) and not (requested & policy.blocked)
-            active = record["active_version"]
-            if active is None or active not in record["versions"]:
-                record["active_version"] = version
-            elif version == active:
-                if record["enabled"] and not covered:
-                    record["enabled"] = False
-                    entries.append(
-                        self._audit(
-                            "disable",
-                            plugin_id,
-                            version,
-                            reason="replaced by content that requests ungranted capabilities",
-                        )
-                    )
-            elif Version(version) > Version(active):
-                if record["enabled"] and not covered:
-                    record["pending_version"] = version
-                else:
-                    record["active_version"] = version
+            entries += self._take_version(plugin_id, record, version, covered=covered)
             _settle_pending(record)
             record["updated_at"] = now
             return self._with(data, plugin_id, record), self._status(record, version, True), entries
 
         result: dict[str, Any] = self._change(change)
         return result
+
+    def _take_version(
+        self, plugin_id: str, record: Record, version: str, *, covered: bool
+    ) -> builtins.list[dict[str, Any]]:
+        """Make a newly registered version active, pending or neither; return audit entries.
+
+        ``covered``: every capability it requests is granted and none is blocked. The first
+        version becomes active. A newer one becomes active unless the plugin is enabled and
+        the version is not covered: then it waits as pending. New content for the active
+        version that is not covered disables the plugin.
+        """
+        active = record["active_version"]
+        if active is None or active not in record["versions"]:
+            record["active_version"] = version
+        elif version == active:
+            if record["enabled"] and not covered:
+                record["enabled"] = False
+                reason = "replaced by content that requests ungranted capabilities"
+                return [self._audit("disable", plugin_id, version, reason=reason)]
+        elif Version(version) > Version(active):
+            if record["enabled"] and not covered:
+                record["pending_version"] = version
+            else:
+                record["active_version"] = version
+        return []
 
     def _status(self, record: Record, version: str, changed: bool) -> dict[str, Any]:
         requested = _requested(record, version)
