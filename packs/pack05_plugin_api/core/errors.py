@@ -42,11 +42,7 @@ class UnknownPlugin(RegistryError, LookupError):
             shown = ", ".join(self.staged) or "none"
             message = f"{plugin_id} has no staged version {version} (staged: {shown})"
         else:
-            message = (
-                f"unknown plugin: {plugin_id} {version}"
-                if version
-                else (f"unknown plugin: {plugin_id}")
-            )
+            message = f"unknown plugin: {plugin_id}" + (f" {version}" if version else "")
         super().__init__(message)
 
 
