@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .audit import append_audit, audit_entry
 from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
 from .errors import CapabilityError, RegistryError
-from .storage import append_audit, atomic_write, audit_entry, locked
+from .storage import atomic_write, locked
 
 __all__ = [
     "CAPABILITIES",

@@ -16,10 +16,11 @@ from packaging.version import Version
 
 from . import paths
 from .api import validate_manifest
+from .audit import append_audit, audit_entry, utc_now
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
 from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
-from .storage import append_audit, atomic_write, audit_entry, locked, utc_now
+from .storage import atomic_write, locked
 
 __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 

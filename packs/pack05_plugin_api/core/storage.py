@@ -1,35 +1,19 @@
-"""Durable file primitives: atomic writes, locks, audit (standard library only).
+"""Durable files: atomic replacement and flock locks (os and fcntl only).
 
-The lifecycle scripts import this module by path (``process.py``), without the plugin core.
+The lifecycle scripts import this module by path (``process.py``), without the plugin core,
+so it stays cheap to import: no pathlib, no json.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
-import getpass
-import json
 import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+
+StrPath = str | os.PathLike[str]
 
 
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with microseconds (``2026-01-01T12:00:00.000000Z``)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def default_actor() -> str:
-    """Who is acting: the login name, else the uid."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
-
-
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StrPath) -> None:
     """Make a rename or a new entry in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -38,16 +22,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path | str, data: bytes, *, backup: Path | None = None) -> os.stat_result:
+def atomic_write(path: StrPath, data: bytes, *, backup: StrPath | None = None) -> os.stat_result:
     """Replace ``path`` with ``data`` atomically and durably; return the new file's stat.
 
     Temp file in the same directory, write, fsync, (hard-link the old file as ``backup``),
     rename, fsync the directory. The temp file is removed on any exception, so a crash
     leaves the old or the new content, never a mix and never neither.
     """
-    path = Path(path)
-    directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}"
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         try:
@@ -59,7 +43,7 @@ def atomic_write(path: Path | str, data: bytes, *, backup: Path | None = None) -
         finally:
             os.close(fd)
         if backup is not None:
-            _link_backup(path, backup)
+            _link_backup(path, os.fspath(backup))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -69,9 +53,9 @@ def atomic_write(path: Path | str, data: bytes, *, backup: Path | None = None) -
     return stat
 
 
-def _link_backup(path: Path, backup: Path) -> None:
+def _link_backup(path: str, backup: str) -> None:
     """Keep the current file as ``backup``; a hard link costs nothing since files are replaced."""
-    tmp = backup.with_name(f".{backup.name}.tmp-{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(backup), f".{os.path.basename(backup)}.tmp-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     try:
@@ -79,7 +63,8 @@ def _link_backup(path: Path, backup: Path) -> None:
     except FileNotFoundError:
         return  # first write: nothing to keep yet
     except OSError:  # no hard links on this filesystem: copy instead
-        tmp.write_bytes(path.read_bytes())
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(src.read())
     try:
         os.replace(tmp, backup)
     except BaseException:
@@ -94,7 +79,7 @@ class FileLock:
     The kernel drops the lock when the holder dies, so it cannot go stale.
     """
 
-    def __init__(self, path: Path | str, *, blocking: bool = True) -> None:
+    def __init__(self, path: StrPath, *, blocking: bool = True) -> None:
         self.path = path
         self.blocking = blocking
         self.fd = -1
@@ -126,43 +111,6 @@ class FileLock:
         self.release()
 
 
-def locked(lock_path: Path) -> FileLock:
+def locked(lock_path: StrPath) -> FileLock:
     """Hold an exclusive flock on ``lock_path`` for a ``with`` block (waits for it)."""
     return FileLock(lock_path)
-
-
-def audit_entry(
-    actor: str | None, action: str, plugin_id: str | None, version: str | None, **details: Any
-) -> dict[str, Any]:
-    """One audit record: time, actor (default: the login name), action, id, version, details."""
-    return {
-        "time": utc_now(),
-        "actor": actor or default_actor(),
-        "action": action,
-        "id": plugin_id,
-        "version": version,
-        **details,
-    }
-
-
-def append_audit(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line to the audit log and make it durable.
-
-    One ``write`` on an O_APPEND descriptor, so concurrent writers never interleave lines.
-    """
-    line = json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, line.encode("utf-8"))
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_audit(path: Path) -> list[dict[str, Any]]:
-    """Every record of an audit log (empty when it does not exist)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -12,9 +12,9 @@ from typing import Any
 
 import jsonschema
 import pytest
+from core.audit import read_audit
 from core.errors import RegistryError, StagingError
 from core.loader import PluginLoader, tree_digest
-from core.storage import read_audit
 
 from pack05_testlib import (
     make_manifest,

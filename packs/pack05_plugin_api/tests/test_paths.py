@@ -35,7 +35,7 @@ def test_importing_every_module_creates_nothing(tmp_path: Path) -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.dont_write_bytecode = True\n"
         "import core, core.api, core.registry, core.loader, core.permissions, core.paths, "
-        "core.errors, core.storage, core.capabilities, core.frozen, core.service, "
+        "core.errors, core.storage, core.audit, core.capabilities, core.frozen, core.service, "
         "core.process, core.health\n"
         "import plugins\n"
     )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from core.audit import read_audit
 from core.errors import CapabilityError, RegistryError
 from core.permissions import (
     CAPABILITIES,
@@ -17,7 +18,6 @@ from core.permissions import (
     update_policy,
 )
 from core.registry import PluginRegistry
-from core.storage import read_audit
 
 from pack05_testlib import make_manifest
 

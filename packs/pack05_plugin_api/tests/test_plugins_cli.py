@@ -11,7 +11,7 @@ from typing import Any
 
 import plugins
 import pytest
-from core.storage import read_audit
+from core.audit import read_audit
 
 from pack05_testlib import make_manifest, make_zip, write_package
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from core.audit import read_audit
 from core.errors import (
     CapabilityError,
     ManifestError,
@@ -17,7 +18,6 @@ from core.errors import (
 )
 from core.permissions import update_policy
 from core.registry import PluginRegistry
-from core.storage import read_audit
 
 from pack05_testlib import make_manifest
 

@@ -1,9 +1,7 @@
-"""Atomic writes, locks and the audit log (core/storage.py)."""
+"""Atomic writes and locks (core/storage.py)."""
 
 from __future__ import annotations
 
-import json
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -60,32 +58,3 @@ def test_a_held_lock_refuses_a_non_blocking_taker_until_released(tmp_path: Path)
     assert other.acquire() is True
     other.release()
     assert lock.exists()  # never deleted: a lock file that vanished could be held twice
-
-
-def _append(path: str, n: int, worker: int) -> None:
-    for i in range(n):
-        storage.append_audit(Path(path), {"worker": worker, "i": i, "pad": "x" * 500})
-
-
-def test_audit_lines_from_many_processes_never_interleave(tmp_path: Path) -> None:
-    log = tmp_path / "audit.log"
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_append, args=(str(log), 50, w)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(30)
-    records = storage.read_audit(log)
-    assert len(records) == 200
-    assert all(set(r) == {"worker", "i", "pad"} for r in records)
-    assert all(json.loads(line) for line in log.read_text().splitlines())
-
-
-def test_read_audit_of_missing_log_is_empty(tmp_path: Path) -> None:
-    assert storage.read_audit(tmp_path / "audit.log") == []
-
-
-def test_utc_now_format() -> None:
-    import re
-
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", storage.utc_now())
