@@ -15,7 +15,7 @@ StrPath = str | os.PathLike[str]
 
 def fsync_dir(path: StrPath) -> None:
     """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
