@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -26,6 +27,7 @@ from aurora import (
     ExitCode,
     HealthPolicy,
     Installer,
+    OperationFailed,
     Options,
     UsageError,
     exit_code_for,
@@ -220,7 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"kill stop.sh after this long (default {DEFAULT_STOP_TIMEOUT:g})",
     )
     p = command("health", "run health_check.sh once (or keep watching)")
-    p.add_argument("--watch", action="store_true", help="keep checking; print state changes")
+    p.epilog = (
+        "Exit 0 if the check passes, 1 if not. With --watch: 0 if the pack is healthy "
+        "after the last check, 1 if not (starting or unhealthy), 130 on Ctrl-C."
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep checking; print the first state and each change",
+    )
     p.add_argument("--count", type=_count, metavar="N", help="with --watch: stop after N checks")
     health_options(p, watch=True)
     return parser
@@ -406,6 +416,16 @@ def _approver(args: argparse.Namespace) -> Callable[[ApprovalRequest], str | Non
 # -- handlers ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A handler's result that still ends in failure (health --watch ending not healthy,
+    or by Ctrl-C): the error is reported and the JSON document carries the result too."""
+
+    result: dict[str, Any]
+    error: AuroraError
+    code: ExitCode
+
+
 def _installer(args: argparse.Namespace, out: _Output) -> Installer:
     policy = HealthPolicy(
         interval=getattr(args, "interval", HealthPolicy.interval),
@@ -494,16 +514,19 @@ def _cmd_health(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
         changes.append(doc)
         show(doc)
 
-    try:
+    checks: int | None = None  # stays None when Ctrl-C ends the watch
+    with contextlib.suppress(KeyboardInterrupt):
         checks = inst.watch_health(args.pack, record, args.count)
-    except KeyboardInterrupt:
-        checks = None
-    return {
-        "pack": args.pack,
-        "checks": checks,
-        "changes": changes,
-        "status": changes[-1]["status"] if changes else None,
-    }
+    # Every change is recorded, so the last one is the state the last check left.
+    status = changes[-1]["status"] if changes else None
+    result = {"pack": args.pack, "checks": checks, "changes": changes, "status": status}
+    if checks is None:
+        error = AuroraError(f"{args.pack}: health --watch ended by Ctrl-C; last state: {status}")
+        return _Failed(result, error, ExitCode.INTERRUPTED)
+    if status != "healthy":
+        error = OperationFailed(f"{args.pack} is {status} after the last check ({checks} in all)")
+        return _Failed(result, error, ExitCode.FAILED)
+    return result
 
 
 _HANDLERS: dict[str, Callable[[Installer, argparse.Namespace, _Output], Any]] = {
@@ -537,10 +560,11 @@ def _report_error(
     error: AuroraError,
     code: ExitCode,
     recovered: Sequence[str] = (),
+    result: Any = None,
 ) -> None:
     _emit(f"error: {error}", sys.stderr)
     if out.as_json:
-        document = {
+        document: dict[str, Any] = {
             "ok": False,
             "command": command,
             "exit_code": int(code),
@@ -551,6 +575,8 @@ def _report_error(
             },
             "recovered": list(recovered),
         }
+        if result is not None:
+            document["result"] = result
         _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
 
 
@@ -585,6 +611,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     finally:
         log.removeHandler(handler)
+    if isinstance(result, _Failed):
+        _report_error(out, args.command, result.error, result.code, inst.recovered, result.result)
+        return result.code
     if args.json:
         document = {
             "ok": True,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from aurora.exitcodes import ExitCode
-from aurora_testing import Env, alive, processes_under
+from aurora_testing import CLI, Env, alive, processes_under, wait_for
 
 FAST = ["--interval", "0.1", "--start-period", "0", "--retries", "2"]
 
@@ -115,7 +117,7 @@ def test_health_once_and_watch_reports_changes(env: Env) -> None:
     assert once.code == 0
     assert once.json["result"]["status"] == "healthy"
     steady = env.run("health", "--pack", "svc", "--watch", "--count", "2", "--interval", "0.1")
-    assert steady.code == 0
+    assert steady.code == 0, steady.err  # healthy at the last check
     assert steady.out.count("health: healthy (health OK") == 1  # the first state, then changes
     os.killpg(_service_pid(env), signal.SIGKILL)
     failed = env.run("health", "--pack", "svc")
@@ -134,12 +136,50 @@ def test_health_once_and_watch_reports_changes(env: Env) -> None:
         "2",
         "--json",
     )
-    assert watch.code == 0
+    # Like a single `health`: a watch that ends with the pack not healthy exits 1,
+    # and its document still holds what it saw.
+    assert watch.code == ExitCode.FAILED
+    assert (watch.json["ok"], watch.json["exit_code"]) == (False, ExitCode.FAILED)
+    assert "svc is unhealthy after the last check (3 in all)" in watch.json["error"]["message"]
     changes = watch.json["result"]["changes"]
     assert [c["status"] for c in changes] == ["unhealthy"]
+    assert watch.json["result"]["status"] == "unhealthy"
     assert "health: unhealthy (health FAIL: not running)" in watch.err
+    human = env.run("health", "--pack", "svc", "--watch", "--count", "1")
+    assert human.code == ExitCode.FAILED
+    assert "health: unhealthy (health FAIL: not running)" in human.out
+    assert "error: svc is unhealthy after the last check (1 in all)" in human.err
     status = env.run("status", "--pack", "svc", "--json").json["result"]
     assert status["runtime"]["health"]["status"] == "unhealthy"
+
+
+def test_health_watch_ended_by_ctrl_c_exits_130_with_what_it_saw(env: Env) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    messages = env.home.parent / "watch.err"
+    with messages.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(CLI), *env.args("health", "--pack", "svc", "--watch", "--json")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        # Interrupt once the watch has reported the first state.
+        assert wait_for(lambda: "health: healthy" in messages.read_text())
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, messages.read_text()
+    doc = json.loads(out)
+    assert (doc["ok"], doc["exit_code"]) == (False, ExitCode.INTERRUPTED)
+    assert "Ctrl-C" in doc["error"]["message"]
+    assert doc["result"]["status"] == "healthy"
+    assert [c["status"] for c in doc["result"]["changes"]] == ["healthy"]
 
 
 def test_uninstall_refuses_running_pack_or_stops_it(env: Env) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aurora.exitcodes import ExitCode
 from aurora_testing import alive, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -521,7 +522,7 @@ def test_installer_reports_a_killed_service_unhealthy_and_restarts_it(tmp_path: 
             "health", "--pack", "pack05_plugin_api", "--watch", "--count", "2",
             "--interval", "0.2", "--retries", "2", "--json",
         )  # fmt: skip
-        assert watch.returncode == 0, watch.stderr
+        assert watch.returncode == ExitCode.FAILED, watch.stderr  # ends unhealthy
         assert json.loads(watch.stdout)["result"]["status"] == "unhealthy"
         assert "not running" in watch.stderr and "stale pidfile" in watch.stderr
         assert time.monotonic() - began < 60  # generous: two checks 0.2 s apart
