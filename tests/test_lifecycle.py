@@ -199,6 +199,45 @@ def test_uninstall_refuses_running_pack_or_stops_it(env: Env) -> None:
     assert env.active("svc") is None
 
 
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("stop-first", id="uninstall-stop"),
+        pytest.param("stopped", id="stopped-then-uninstalled"),
+        pytest.param("symlink", id="symlink-not-followed"),
+    ],
+)
+def test_uninstall_removes_the_health_record_keeps_data_and_logs(env: Env, how: str) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    assert env.run("health", "--pack", "svc").code == 0
+    record = env.home / "health" / "svc.json"
+    assert json.loads(record.read_text())["status"] == "healthy"
+    if how != "stop-first":
+        assert env.run("stop", "--pack", "svc").code == 0
+        assert json.loads(record.read_text())["status"] == "stopped"
+    outside = env.home.parent / "not-a-health-record.json"
+    if how == "symlink":  # a hostile record: the link goes, never what it points to
+        outside.write_text("{}")
+        record.unlink()
+        record.symlink_to(outside)
+    done = env.run("uninstall", "--pack", "svc", "--stop", "--json")
+    assert done.code == 0, done.err
+    assert not record.exists() and not record.is_symlink()
+    assert str(record) in done.json["result"]["removed"]
+    if how == "symlink":
+        assert outside.read_text() == "{}"
+    status = env.run("status", "--pack", "svc", "--json").json["result"]
+    assert status["state"] == "staged" and status["runtime"]["health"] is None
+    assert "health" not in env.run("status", "--pack", "svc").out
+    assert env.run("list", "--json").json["result"][0]["installed"] is None
+    assert "not installed; staged 1.0.0" in env.run("list").out
+    # Not health: the pack's data (until --purge) and its logs (forensics) stay.
+    assert (env.home / "data" / "svc" / "installed-version").exists()
+    assert (env.home / "logs" / "svc" / "start.log").exists()
+    assert done.json["result"]["data_kept"] == str(env.home / "data" / "svc")
+
+
 def test_stop_timeout_kills_script_and_records_failure(env: Env) -> None:
     env.make_pack("slow", files={})
     (env.packs_dir / "slow" / "stop.sh").write_text(

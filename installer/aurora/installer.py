@@ -547,7 +547,8 @@ class Installer:
     def uninstall(
         self, pack_id: str, *, force: bool = False, purge: bool = False, stop: bool = False
     ) -> dict[str, Any]:
-        """Remove the installed copy; data/<id> stays unless purge."""
+        """Remove the installed copy and its health record; data/<id> stays unless purge,
+        logs/<id> always."""
         self._require_installed(pack_id)
         with self._locked() as state:
             version = state.active_version(pack_id)
@@ -574,6 +575,11 @@ class Installer:
                     f"{pack_id} is needed by installed packs (uninstall them first, or --force)",
                     [f"{d} depends on {pack_id}" for d in dependents],
                 )
+            # The health record describes the installed pack, so it goes with it; first,
+            # so that a crash before state.json is saved leaves an installed pack without
+            # a health record (the next check writes one), never a removed pack with one.
+            health = self.lifecycle.health_record(pack_id)
+            health_removed = [str(health.path)] if health.remove() else []
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
@@ -586,13 +592,9 @@ class Installer:
             )
             state.save()
             remove_tree(self.home.packs(pack_id))
-            removed = [str(self.home.packs(pack_id))]
+            removed = [str(self.home.packs(pack_id)), *health_removed]
             if purge:
-                for path in (
-                    self.home.data(pack_id),
-                    self.home.run(pack_id),
-                    self.home.health(pack_id),
-                ):
+                for path in (self.home.data(pack_id), self.home.run(pack_id)):
                     if path.exists():
                         remove_tree(path)
                         removed.append(str(path))

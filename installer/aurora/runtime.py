@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aurora.fsutil import atomic_write_json
+from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.runner import ScriptResult
 
 
@@ -190,6 +190,18 @@ class HealthRecord:
         }
         atomic_write_json(self.path, doc)
         return doc
+
+    def remove(self) -> bool:
+        """Delete the record, durably (the pack it described is gone); False if there was none.
+
+        A symlink is removed, never followed; anything else at the path goes too: it is
+        not data, and a check writes a fresh record.
+        """
+        if not (self.path.is_symlink() or self.path.exists()):
+            return False
+        remove_tree(self.path)
+        fsync_dir(self.path.parent)
+        return True
 
     def update(
         self, ok: bool, output: str, exit_code: int | None, *, counted: bool, retries: int
