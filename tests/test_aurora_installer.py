@@ -490,6 +490,8 @@ def test_upgrade_replaces_active_version(env: Env) -> None:
     step = result.json["result"]["installed"][0]
     assert (step["action"], step["previous"]) == ("upgrade", "1.0.0")
     assert sorted(p.name for p in (env.home / "packs" / "alpha").iterdir()) == ["1.1.0"]
+    record = env.state()["packs"]["alpha"]  # the schema says the two always agree
+    assert record["active_version"] == record["installed"]["version"] == "1.1.0"
 
 
 def test_install_script_timeout_kills_group(env: Env) -> None:
