@@ -277,7 +277,9 @@ def stop_service(paths: Paths, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
         try:
             record = read_pidfile(paths.pidfile)
         except LifecycleError as exc:
-            os.unlink(paths.pidfile)
+            # The service removes its own pidfile as it exits, without our lock.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(paths.pidfile)
             return f"not running; removed an unreadable pidfile ({exc})"
         if record is None:
             return "not running"
