@@ -9,9 +9,11 @@ or pack03's sandbox is absent.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -177,3 +179,37 @@ def test_portwatch_without_the_grant_reports_the_port_unreachable(
     assert report["granted"] == [] and report["enforced"]["network"]
     log = paths.plugin_log("acme.portwatch").read_text()
     assert f"127.0.0.1:{port} unreachable" in log
+
+
+def test_portwatch_sees_a_changed_ports_json_well_within_its_interval(
+    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, listener: socket.socket
+) -> None:
+    root = real_sandbox_root()
+    port = listener.getsockname()[1]
+    _portwatch(fake_registry, paths, port, "network")
+    data = paths.plugin_data("acme.portwatch")
+    ports_json, status_file = data / "ports.json", data / "status.json"
+    # Nothing to watch yet, at the default interval (5 s) between rounds.
+    ports_json.write_text(json.dumps({"ports": []}))
+    sup = make_supervisor(sandbox_root=root)
+
+    def _status() -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return doc
+
+    first = run_until(sup, lambda: (d := _status()) and d["rounds"] >= 1 and d)
+    assert first["ports"] == [] and first["note"].startswith("no port configured")
+    # The operator lists the port after the start (replacing the file, as an editor does).
+    tmp = data / "ports.json.tmp"
+    tmp.write_text(json.dumps({"ports": [port]}))
+    os.replace(tmp, ports_json)
+    changed = time.monotonic()
+    seen = run_until(sup, lambda: (d := _status()) and d["ports"] and d, timeout=30)
+    elapsed = time.monotonic() - changed
+    # Seen by the next round it started because the file changed, not after the 5 s interval.
+    assert elapsed < 3.0, f"ports.json change seen after {elapsed:.1f}s"
+    assert seen["rounds"] == 2 and seen["config_error"] is None
+    assert seen["ports"][0]["port"] == port and seen["ports"][0]["reachable"] is True
