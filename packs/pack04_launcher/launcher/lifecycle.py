@@ -17,9 +17,10 @@ from pathlib import Path
 
 from launcher import process
 from launcher.cgroup import CgroupTree
-from launcher.errors import LauncherError, SandboxUnavailable
+from launcher.errors import ConfigError, LauncherError, SandboxUnavailable
 from launcher.forkserver import stop_leftover
 from launcher.paths import Paths, sandbox_root
+from launcher.service import max_runtime_from_env
 from launcher.status import FAILED, RUNNING, read_status
 
 EXIT_OK = 0
@@ -84,6 +85,12 @@ def _ready(paths: Paths, pid: int) -> bool:
 
 def start(paths: Paths, wait: float, service_args: list[str]) -> int:
     """Start the service in its own session, detached; wait until it is ready."""
+    try:
+        # The service reads it too; checked here so that a bad value starts nothing.
+        max_runtime_from_env()
+    except ConfigError as exc:
+        _say(f"error: {exc}; launcher not started")
+        return EXIT_FAILED
     running = process.running_from_pidfile(paths.pidfile)
     if running is not None:
         _say(f"launcher already running (pid {running.pid})")

@@ -13,19 +13,20 @@ import argparse
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import select
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from launcher import process, sandbox, status
-from launcher.errors import LauncherError, ServiceError
+from launcher.errors import ConfigError, LauncherError, ServiceError
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths
 from launcher.supervisor import Settings, Supervisor
@@ -35,6 +36,30 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_ALREADY_RUNNING = 3
+
+#: The wall-clock bound per plugin run (s) for a service started by start.sh, which the
+#: installer runs without arguments; ``--max-runtime`` wins over it.
+MAX_RUNTIME_ENV = "AURORA_LAUNCHER_MAX_RUNTIME"
+
+
+def max_runtime_from_env(environ: Mapping[str, str] | None = None) -> float | None:
+    """``AURORA_LAUNCHER_MAX_RUNTIME`` in seconds; None (no bound) when unset, empty or 0.
+
+    Raise ConfigError when it is anything but a finite number >= 0.
+    """
+    raw = (os.environ if environ is None else environ).get(MAX_RUNTIME_ENV, "")
+    if not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"{MAX_RUNTIME_ENV}={raw!r}: expected a number of seconds >= 0 "
+            "(unset, empty or 0: no bound)"
+        )
+    return value or None
 
 
 @contextlib.contextmanager
@@ -93,11 +118,12 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
             sup.open()
             process.write_pidfile(paths.pidfile, me)
             log.info(
-                "launcher pid %d: registry %s, cgroups %s, sandbox %s",
+                "launcher pid %d: registry %s, cgroups %s, sandbox %s, max runtime %s",
                 me.pid,
                 paths.registry,
                 "on" if sup.cgroups else "off",
                 sup.sandbox_mode()["mode"],
+                f"{settings.max_runtime:g}s" if settings.max_runtime else "off",
             )
             last_beat = 0.0
             while not sigs.stop:
@@ -167,9 +193,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-runtime",
         type=float,
-        default=0.0,
+        default=None,
         help="wall-clock bound of one plugin run, s; past it the run is stopped and "
-        "restarted with back-off like a crash (0: unbounded, the default)",
+        f"restarted with back-off like a crash (0: unbounded; default: ${MAX_RUNTIME_ENV}, "
+        "unset or empty: unbounded)",
     )
     p.add_argument("--no-cgroup", action="store_true", help="track trees through /proc only")
     p.add_argument(
@@ -188,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        # Checked even when --max-runtime is given: a bad setting is the operator's to fix.
+        max_runtime = max_runtime_from_env()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    if args.max_runtime is not None:
+        max_runtime = args.max_runtime if args.max_runtime > 0 else None
     paths = Paths.from_env(registry=args.registry)
     settings = Settings(
         python=sys.executable,
@@ -197,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         max_restarts=args.max_restarts,
         stable_after=args.stable_after,
         stop_grace=args.stop_grace,
-        max_runtime=args.max_runtime if args.max_runtime > 0 else None,
+        max_runtime=max_runtime,
         limits=sandbox.Limits(),
         use_cgroup=not args.no_cgroup,
         reap_orphans=True,

@@ -12,14 +12,17 @@ from pathlib import Path
 import pytest
 from launcher import process
 from launcher.paths import Paths
+from launcher.service import MAX_RUNTIME_ENV
 from launcher.status import read_status
 from launcher_testing import (
     ESCAPE,
+    IDLE,
     PACK_ROOT,
     FakeRegistry,
     read_pid,
     real_sandbox_root,
     service_env,
+    wait_until,
 )
 
 
@@ -88,6 +91,45 @@ def test_start_reports_a_service_that_dies(env: dict[str, str], tmp_path: Path) 
     assert res.returncode == 1
     assert "exited with status 2 while starting" in res.stderr
     assert "invalid float value: 'soon'" in res.stderr
+
+
+def test_start_takes_the_max_runtime_from_the_environment(
+    env: dict[str, str], fake_registry: FakeRegistry
+) -> None:
+    # The installer runs start.sh without arguments: the operator sets the bound in the env.
+    fake_registry.add("acme.idle", IDLE)  # never ends on its own
+    paths = Paths.from_env(env)
+    res = _script("start.sh", {**env, MAX_RUNTIME_ENV: "1"})
+    assert res.returncode == 0, res.stderr
+
+    def _reason() -> str | None:
+        doc = read_status(paths.status) or {}
+        reason = doc.get("plugins", {}).get("acme.idle", {}).get("reason")
+        return reason if isinstance(reason, str) else None
+
+    reason = wait_until(lambda: (r := _reason()) and "wall-clock" in r and r, what="bound")
+    assert "killed at the wall-clock bound (1s)" in reason
+    assert "max runtime 1s" in paths.service_log.read_text()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("ten", id="not-a-number"),
+        pytest.param("-1", id="negative"),
+        pytest.param("nan", id="nan"),
+    ],
+)
+def test_start_refuses_an_invalid_max_runtime_and_starts_nothing(
+    env: dict[str, str], tmp_path: Path, value: str
+) -> None:
+    paths = Paths.from_env(env)
+    res = _script("start.sh", {**env, MAX_RUNTIME_ENV: value})
+    assert res.returncode == 1
+    assert f"error: {MAX_RUNTIME_ENV}={value!r}: expected a number of seconds" in res.stderr
+    assert "launcher not started" in res.stderr
+    assert not paths.pidfile.exists() and not paths.service_log.exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_health_fails_on_a_stale_heartbeat(env: dict[str, str]) -> None:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import pytest
 from launcher import process
 from launcher.cgroup import CgroupTree
-from launcher.service import EXIT_ALREADY_RUNNING
+from launcher.errors import ConfigError
+from launcher.service import EXIT_ALREADY_RUNNING, MAX_RUNTIME_ENV, max_runtime_from_env
 from launcher.status import read_status
 from launcher_testing import (
     DOUBLE_FORK,
@@ -136,3 +137,35 @@ def test_layers_reach_the_status_file_without_waiting_for_a_heartbeat(
         timeout=20,
         what="the sandbox report's layers in status.json",
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        pytest.param(None, None, id="unset"),
+        pytest.param("", None, id="empty"),
+        pytest.param("  ", None, id="blank"),
+        pytest.param("0", None, id="zero-is-off"),
+        pytest.param("30", 30.0, id="seconds"),
+        pytest.param(" 2.5 ", 2.5, id="fraction-with-spaces"),
+    ],
+)
+def test_max_runtime_from_the_environment(value: str | None, seconds: float | None) -> None:
+    env = {} if value is None else {MAX_RUNTIME_ENV: value}
+    assert max_runtime_from_env(env) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("ten", id="not-a-number"),
+        pytest.param("-5", id="negative"),
+        pytest.param("nan", id="nan"),
+        pytest.param("inf", id="infinite"),
+        pytest.param("30s", id="unit-suffix"),
+    ],
+)
+def test_an_invalid_max_runtime_in_the_environment_is_an_error(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        max_runtime_from_env({MAX_RUNTIME_ENV: value})
+    assert str(info.value).startswith(f"{MAX_RUNTIME_ENV}={value!r}: expected a number of seconds")
