@@ -8,16 +8,12 @@ service to clear a failed plugin's back-off and start it now.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import LauncherError
-from launcher.fsutil import atomic_write_json
+from launcher.fsutil import atomic_write_json, locked
 
 SCHEMA = "aurora-launcher-control-v1"
 
@@ -53,20 +49,9 @@ def read_control(path: Path) -> Control:
     )
 
 
-@contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def request(path: Path, lock: Path, plugin_id: str, *, start: bool) -> Control:
     """Record ``start`` (un-hold, restart now) or stop (hold) for ``plugin_id``."""
-    with _locked(lock):
+    with locked(lock):
         ctl = read_control(path)
         if start:
             ctl.held.discard(plugin_id)

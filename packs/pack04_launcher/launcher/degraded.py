@@ -10,17 +10,14 @@ Absent means nobody is allowed: degraded mode is never implied.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import pwd
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from launcher.errors import LauncherError
-from launcher.fsutil import atomic_write_json
+from launcher.fsutil import atomic_write_json, locked
 
 SCHEMA = "aurora-launcher-degraded-v1"
 
@@ -42,17 +39,6 @@ def read_allowed(path: Path) -> set[str]:
     if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
         raise LauncherError(f"{path}: allowed: expected a list of plugin ids, found {allowed!r}")
     return set(allowed)
-
-
-@contextlib.contextmanager
-def _locked(lock: Path) -> Iterator[None]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _who() -> str:
@@ -78,7 +64,7 @@ def set_allowed(path: Path, lock: Path, audit: Path, plugin_id: str, allow: bool
 
     The audit line is written first: a change is never in force unrecorded.
     """
-    with _locked(lock):
+    with locked(lock):
         allowed = read_allowed(path)
         changed = (plugin_id in allowed) != allow
         _audit(

@@ -1,11 +1,13 @@
-"""Durable file writes: a reader sees the old or the new file, never half of one."""
+"""Durable file writes (a reader sees the old or the new file, never half) and their lock."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +41,15 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 def atomic_write_json(path: Path, doc: Any) -> None:
     """Write ``doc`` as indented JSON, atomically and durably."""
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock`` (created, never deleted) for a read-modify-write."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
