@@ -142,6 +142,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     if kind == "maxLength":
         return f"{place}: longer than {error.validator_value} characters"
     if kind == "minLength":
+        if error.validator_value == 1:
+            return f"{place}: must not be empty"
         return f"{place}: shorter than {error.validator_value} characters"
     if kind == "maxItems":
         return f"{place}: more than {error.validator_value} items"

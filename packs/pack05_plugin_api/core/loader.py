@@ -432,7 +432,12 @@ class PluginLoader:
                 entries = [e for e in entries if e.path.startswith(prefix)]
                 for e in entries:
                     e.path = e.path[len(prefix) :]
-            manifest = load_manifest(manifest_path)
+            # Errors name the operator's path, never the temp copy being checked.
+            try:
+                manifest = load_manifest(manifest_path)
+            except ManifestError as exc:
+                where = f"{source}/{manifest_path.relative_to(tree).as_posix()}"
+                raise ManifestError(exc.problems, source=where) from None
             try:
                 validate_manifest(manifest)
             except ManifestError as exc:

@@ -40,7 +40,7 @@ def test_every_problem_is_reported_at_once_with_its_place() -> None:
     )
     assert "colour: unknown key" in joined
     assert joined.count("id:") == 1 and "publisher.name" in joined
-    assert "name: shorter than 1 characters" in problems
+    assert "name: must not be empty" in problems
     assert "version:" in joined
     assert "entrypoint:" in joined
     assert len(problems) == 6

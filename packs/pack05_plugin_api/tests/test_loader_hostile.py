@@ -335,3 +335,22 @@ def test_hostile_package_is_refused_and_leaves_nothing(
 def test_missing_path_is_refused(plugins_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(StagingError, match="does not exist"):
         PluginLoader(plugins_dir).stage_package(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["directory", "tar.gz"])
+def test_a_malformed_manifest_is_reported_at_the_operators_path(
+    tmp_path: Path, plugins_dir: Path, archive: bool
+) -> None:
+    pkg = tmp_path / "badplug"
+    pkg.mkdir()
+    (pkg / "manifest.yaml").write_text("id: acme.x\nname: [unclosed\n")
+    src = pkg
+    if archive:
+        src = tmp_path / "badplug.tar.gz"
+        with tarfile.open(src, "w:gz") as tar:
+            tar.add(pkg, arcname="badplug")
+    with pytest.raises(ManifestError) as info:
+        PluginLoader(plugins_dir).stage_package(src)
+    expected = f"{src}/badplug/manifest.yaml" if archive else f"{pkg}/manifest.yaml"
+    assert str(info.value).startswith(f"{expected}: invalid manifest: line 3, column 1")
+    assert not (plugins_dir / "registry.json").exists()
