@@ -18,11 +18,13 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 if str(PACK_ROOT) not in sys.path:
     sys.path.insert(0, str(PACK_ROOT))
 
+from launcher import status  # noqa: E402
 from launcher.cgroup import CgroupTree  # noqa: E402
 from launcher.digest import tree_digest  # noqa: E402
 from launcher.paths import Paths  # noqa: E402
 from launcher.process import ProcessId, identify  # noqa: E402
-from launcher.supervisor import Settings, Supervisor  # noqa: E402
+from launcher.status import read_status  # noqa: E402
+from launcher.supervisor import Settings, Slot, Supervisor  # noqa: E402
 
 #: TEST-ONLY sandbox that confines nothing: for the supervisor's own logic.
 PASSTHROUGH_ROOT = Path(__file__).resolve().parent / "passthrough_sandbox"
@@ -198,6 +200,38 @@ def run_until(sup: Supervisor, pred: Callable[[], Any], timeout: float = 15.0) -
     return wait_until(_step, timeout, getattr(pred, "__name__", "condition"))
 
 
+def slot_state(sup: Supervisor, plugin_id: str) -> str | None:
+    """The supervisor's state for ``plugin_id``, or None while it has no slot."""
+    slot = sup.slots.get(plugin_id)
+    return slot.state if slot else None
+
+
+def run_until_state(sup: Supervisor, plugin_id: str, state: str) -> None:
+    """Drive the reconcile loop until ``plugin_id`` is in ``state``."""
+
+    def _in_state() -> bool:
+        return slot_state(sup, plugin_id) == state
+
+    _in_state.__name__ = f"{plugin_id} {state}"
+    run_until(sup, _in_state)
+
+
+def run_until_started(sup: Supervisor, plugin_id: str) -> Slot:
+    """Drive the loop until ``plugin_id`` runs; fail with the reason if it was turned away.
+
+    A refusal or crash (the real sandbox may refuse on a host without some layer)
+    fails at once with the sandbox's reason instead of waiting for the timeout.
+    """
+
+    def _started_or_turned_away() -> bool:
+        return slot_state(sup, plugin_id) in (status.RUNNING, status.REFUSED, status.BACKOFF)
+
+    run_until(sup, _started_or_turned_away)
+    slot = sup.slots[plugin_id]
+    assert slot.state == status.RUNNING, f"{plugin_id} {slot.state}: {slot.reason}"
+    return slot
+
+
 def read_pid(path: Path) -> ProcessId:
     """The identity of the pid a plugin wrote to ``path`` (waits for the file)."""
     text = wait_until(lambda: path.is_file() and path.read_text().strip(), what=str(path))
@@ -259,6 +293,13 @@ def gone(pid: int) -> bool:
     from launcher.process import identify, is_zombie
 
     return identify(pid) is None or is_zombie(pid)
+
+
+def service_plugin_record(svc: Service, plugin_id: str) -> dict[str, Any]:
+    """``plugin_id``'s record in the service's status.json ({} while there is none)."""
+    doc = read_status(svc.paths.status) or {}
+    record: dict[str, Any] = doc.get("plugins", {}).get(plugin_id, {})
+    return record
 
 
 @dataclass

@@ -22,7 +22,14 @@ import pytest
 from launcher import sandbox, status
 from launcher.paths import Paths
 from launcher.supervisor import Supervisor
-from launcher_testing import PACK_ROOT, FakeRegistry, real_sandbox_root, run_until
+from launcher_testing import (
+    PACK_ROOT,
+    FakeRegistry,
+    real_sandbox_root,
+    run_until,
+    run_until_started,
+    run_until_state,
+)
 
 Make = Callable[..., Supervisor]
 
@@ -53,14 +60,6 @@ def _stage(fake_registry: FakeRegistry, name: str, *grants: str) -> None:
         assert res.returncode == 0, res.stderr
     res = _pack05(plugins_dir, "enable", name)
     assert res.returncode == 0, res.stderr
-
-
-def _running_or_ended(sup: Supervisor, plugin_id: str) -> Callable[[], Any]:
-    def _pred() -> Any:
-        slot = sup.slots.get(plugin_id)
-        return slot and slot.state in (status.RUNNING, status.REFUSED, status.BACKOFF)
-
-    return _pred
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()))
@@ -138,9 +137,7 @@ def test_portwatch_reaches_a_local_listener_with_network_granted(
     port = listener.getsockname()[1]
     _portwatch(fake_registry, paths, port, "network")
     sup = make_supervisor(sandbox_root=root)
-    run_until(sup, _running_or_ended(sup, "acme.portwatch"))
-    slot = sup.slots["acme.portwatch"]
-    assert slot.state == status.RUNNING, slot.reason
+    run_until_started(sup, "acme.portwatch")
     result = _watch(sup, paths, port, rounds=1000)
     assert result["reachable"] is True and result["error"] is None
     listener.settimeout(10)
@@ -155,7 +152,7 @@ def test_portwatch_reaches_a_local_listener_with_network_granted(
     assert ident is not None
     res = _pack05(fake_registry.plugins_dir, "revoke", "acme.portwatch", "network")
     assert res.returncode == 0, res.stderr
-    run_until(sup, lambda: sup.slots["acme.portwatch"].state == status.DISABLED)
+    run_until_state(sup, "acme.portwatch", status.DISABLED)
     assert not ident.alive()
 
 
@@ -166,9 +163,7 @@ def test_portwatch_without_the_grant_reports_the_port_unreachable(
     port = listener.getsockname()[1]
     _portwatch(fake_registry, paths, port)
     sup = make_supervisor(sandbox_root=root)
-    run_until(sup, _running_or_ended(sup, "acme.portwatch"))
-    slot = sup.slots["acme.portwatch"]
-    assert slot.state == status.RUNNING, slot.reason
+    run_until_started(sup, "acme.portwatch")
     result = _watch(sup, paths, port, rounds=3)
     assert result["reachable"] is False
     assert "Refused" not in result["error"]  # denied by the sandbox, not by the listener

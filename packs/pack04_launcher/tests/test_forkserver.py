@@ -29,18 +29,12 @@ from launcher_testing import (
     read_pid,
     real_sandbox_root,
     run_until,
+    run_until_started,
+    run_until_state,
     wait_until,
 )
 
 Make = Callable[..., Supervisor]
-
-
-def _settled(sup: Supervisor, plugin_id: str) -> Callable[[], bool]:
-    def _pred() -> bool:
-        slot = sup.slots.get(plugin_id)
-        return slot is not None and slot.state in (status.RUNNING, status.REFUSED, status.BACKOFF)
-
-    return _pred
 
 
 def _ppid(pid: int) -> int:
@@ -116,9 +110,7 @@ def test_plugins_start_through_the_fork_server_and_stop_leaves_nothing(
     assert sup.server is not None, sup.server_error
     server_pid = sup.server.pid
     assert server_pid is not None
-    run_until(sup, _settled(sup, "acme.served"))
-    slot = sup.slots["acme.served"]
-    assert slot.state == status.RUNNING, slot.reason
+    slot = run_until_started(sup, "acme.served")
     assert slot.mode == FORK_SERVER and sup.status_doc()["acme.served"]["mode"] == FORK_SERVER
     assert sup.sandbox_mode()["mode"] == FORK_SERVER
     assert slot.ident is not None and _ppid(slot.ident.pid) == server_pid  # the server's child
@@ -139,7 +131,7 @@ def test_a_plugin_exit_arrives_through_the_server(
     root = real_sandbox_root()
     fake_registry.add("acme.crash", "import sys; sys.exit(3)")
     sup = make_supervisor(sandbox_root=root, max_restarts=1)
-    run_until(sup, lambda: getattr(sup.slots.get("acme.crash"), "state", None) == status.FAILED)
+    run_until_state(sup, "acme.crash", status.FAILED)
     slot = sup.slots["acme.crash"]
     assert slot.mode == FORK_SERVER
     assert slot.restarts == 1 and slot.last_exit == 3
@@ -154,9 +146,8 @@ def test_without_a_server_plugins_start_one_shot(
     assert sup.server is None
     mode = sup.sandbox_mode()
     assert mode["mode"] == ONE_SHOT and "--serve exited with status" in mode["error"]
-    run_until(sup, _settled(sup, "acme.oneshot"))
-    slot = sup.slots["acme.oneshot"]
-    assert slot.state == status.RUNNING and slot.mode == ONE_SHOT
+    slot = run_until_started(sup, "acme.oneshot")
+    assert slot.mode == ONE_SHOT
     assert read_pid(paths.plugin_data("acme.oneshot") / "pid").alive()
     assert not paths.sandbox_socket.exists()
 
@@ -167,9 +158,8 @@ def test_the_fork_server_can_be_turned_off(
     root = real_sandbox_root()
     fake_registry.add("acme.off", IDLE)
     sup = make_supervisor(sandbox_root=root, fork_server=False)
-    run_until(sup, _settled(sup, "acme.off"))
-    assert sup.server is None and sup.slots["acme.off"].mode == ONE_SHOT
-    assert sup.slots["acme.off"].state == status.RUNNING, sup.slots["acme.off"].reason
+    slot = run_until_started(sup, "acme.off")
+    assert sup.server is None and slot.mode == ONE_SHOT
 
 
 def test_plugins_of_a_killed_server_are_killed_and_restarted(
@@ -178,9 +168,8 @@ def test_plugins_of_a_killed_server_are_killed_and_restarted(
     root = real_sandbox_root()
     fake_registry.add("acme.orphan", ESCAPE)
     sup = make_supervisor(sandbox_root=root)
-    run_until(sup, _settled(sup, "acme.orphan"))
-    slot = sup.slots["acme.orphan"]
-    assert slot.state == status.RUNNING and slot.mode == FORK_SERVER, slot.reason
+    slot = run_until_started(sup, "acme.orphan")
+    assert slot.mode == FORK_SERVER
     first = slot.ident
     read_pid(paths.plugin_data("acme.orphan") / "grandchild")
     _dirs, members = _members(paths.plugin_run("acme.orphan") / "report.json")
@@ -257,8 +246,7 @@ def test_plugins_left_by_a_killed_launcher_and_server_are_killed_at_the_next_sta
     root = real_sandbox_root()
     fake_registry.add("acme.leftover", ESCAPE)
     first = make_supervisor(sandbox_root=root)
-    run_until(first, _settled(first, "acme.leftover"))
-    assert first.slots["acme.leftover"].mode == FORK_SERVER
+    assert run_until_started(first, "acme.leftover").mode == FORK_SERVER
     read_pid(paths.plugin_data("acme.leftover") / "grandchild")
     dirs, members = _members(paths.plugin_run("acme.leftover") / "report.json")
     assert first.server is not None and first.server.proc is not None

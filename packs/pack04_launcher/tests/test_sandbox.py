@@ -28,6 +28,8 @@ from launcher_testing import (
     read_pid,
     real_sandbox_root,
     run_until,
+    run_until_started,
+    run_until_state,
 )
 
 Make = Callable[..., Supervisor]
@@ -114,15 +116,7 @@ def test_real_sandbox_runs_the_plugin_with_its_grants(
     root = real_sandbox_root()
     fake_registry.add("acme.real", IDLE, granted=[])
     sup = make_supervisor(sandbox_root=root)
-    run_until(
-        sup,
-        lambda: (
-            sup.slots.get("acme.real")
-            and sup.slots["acme.real"].state in (status.RUNNING, status.REFUSED, status.BACKOFF)
-        ),
-    )
-    slot = sup.slots["acme.real"]
-    assert slot.state == status.RUNNING, f"{slot.state}: {slot.reason}"
+    run_until_started(sup, "acme.real")
     ident = read_pid(paths.plugin_data("acme.real") / "pid")  # its data dir is writable
     assert ident.alive()
     report_file = paths.plugin_run("acme.real") / "report.json"
@@ -144,14 +138,7 @@ def test_real_sandbox_accepts_the_degraded_allowance_and_reports_it(
     fake_registry.add("acme.deg", IDLE)
     degraded.set_allowed(paths.degraded, paths.degraded_lock, paths.audit_log, "acme.deg", True)
     sup = make_supervisor(sandbox_root=root)
-    run_until(
-        sup,
-        lambda: (
-            sup.slots.get("acme.deg")
-            and sup.slots["acme.deg"].state in (status.RUNNING, status.REFUSED, status.BACKOFF)
-        ),
-    )
-    assert sup.slots["acme.deg"].state == status.RUNNING, sup.slots["acme.deg"].reason
+    run_until_started(sup, "acme.deg")
     policy = json.loads((paths.plugin_run("acme.deg") / "policy.json").read_text())
     assert policy["allow_degraded"] is True
     report_file = paths.plugin_run("acme.deg") / "report.json"
@@ -184,14 +171,7 @@ def test_real_sandbox_stop_leaves_no_process_of_the_plugin(
     root = real_sandbox_root()
     fake_registry.add("acme.escape", ESCAPE)  # a child and a grandchild, each after setsid
     sup = make_supervisor(sandbox_root=root)
-    run_until(
-        sup,
-        lambda: (
-            sup.slots.get("acme.escape")
-            and sup.slots["acme.escape"].state in (status.RUNNING, status.REFUSED, status.BACKOFF)
-        ),
-    )
-    assert sup.slots["acme.escape"].state == status.RUNNING, sup.slots["acme.escape"].reason
+    run_until_started(sup, "acme.escape")
     grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
     report = json.loads((paths.plugin_run("acme.escape") / "report.json").read_text())
     dirs = sandbox.report_cgroups(report)
@@ -200,13 +180,13 @@ def test_real_sandbox_stop_leaves_no_process_of_the_plugin(
     assert main in members and grandchild in members and len(members) >= 3
     if how == "disable":
         fake_registry.set("acme.escape", enabled=False)
-        run_until(sup, lambda: sup.slots["acme.escape"].state == status.DISABLED)
+        run_until_state(sup, "acme.escape", status.DISABLED)
     elif how == "remove":
         fake_registry.remove("acme.escape")
         run_until(sup, lambda: "acme.escape" not in sup.slots)
     elif how == "operator-stop":
         control.request(paths.control, paths.control_lock, "acme.escape", start=False)
-        run_until(sup, lambda: sup.slots["acme.escape"].state == status.HELD)
+        run_until_state(sup, "acme.escape", status.HELD)
     else:
         sup.close()
     assert [m for m in members if m.alive()] == []
@@ -219,7 +199,7 @@ def test_real_sandbox_crashing_plugin_backs_off_then_fails(
     root = real_sandbox_root()
     fake_registry.add("acme.crash", CRASH)
     sup = make_supervisor(sandbox_root=root, max_restarts=2)
-    run_until(sup, lambda: getattr(sup.slots.get("acme.crash"), "state", None) == status.FAILED)
+    run_until_state(sup, "acme.crash", status.FAILED)
     slot = sup.slots["acme.crash"]
     assert slot.restarts == 2 and slot.last_exit == 3  # the plugin's own status, through exec
     assert "gave up after 2 restart(s)" in (slot.reason or "")

@@ -24,6 +24,8 @@ from launcher_testing import (
     cgroup_available,
     read_pid,
     run_until,
+    run_until_state,
+    slot_state,
 )
 
 Make = Callable[..., Supervisor]
@@ -34,17 +36,12 @@ requires_cgroup = pytest.mark.skipif(
 )
 
 
-def _state(sup: Supervisor, pid: str) -> str | None:
-    slot = sup.slots.get(pid)
-    return slot.state if slot else None
-
-
 def test_enabled_plugin_runs_with_its_data_dir_and_log(
     make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
 ) -> None:
     fake_registry.add("acme.idle")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    run_until_state(sup, "acme.idle", status.RUNNING)
     ident = read_pid(paths.plugin_data("acme.idle") / "pid")
     assert ident.alive()
     log_text = paths.plugin_log("acme.idle").read_text()
@@ -58,7 +55,7 @@ def test_disabled_plugin_is_not_started(
     sup = make_supervisor()
     sup.reconcile()
     sup.reconcile()
-    assert _state(sup, "acme.off") == status.DISABLED
+    assert slot_state(sup, "acme.off") == status.DISABLED
     assert not paths.plugin_data("acme.off").exists()
 
 
@@ -68,11 +65,11 @@ def test_disabling_or_removing_stops_the_plugin(
 ) -> None:
     fake_registry.add("acme.idle")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    run_until_state(sup, "acme.idle", status.RUNNING)
     ident = read_pid(paths.plugin_data("acme.idle") / "pid")
     if change == "disable":
         fake_registry.set("acme.idle", enabled=False)
-        run_until(sup, lambda: _state(sup, "acme.idle") == status.DISABLED)
+        run_until_state(sup, "acme.idle", status.DISABLED)
     else:
         fake_registry.remove("acme.idle")
         run_until(sup, lambda: "acme.idle" not in sup.slots)
@@ -90,7 +87,7 @@ def test_crash_restarts_with_doubling_backoff_then_fails(
         slot = sup.slots.get("acme.crash")
         if slot and slot.state == status.BACKOFF and len(delays) < slot.restarts:
             delays.append(slot.backoff or 0.0)
-        return _state(sup, "acme.crash") == status.FAILED
+        return slot_state(sup, "acme.crash") == status.FAILED
 
     run_until(sup, _failed)
     slot = sup.slots["acme.crash"]
@@ -109,10 +106,10 @@ def test_crash_restarts_with_doubling_backoff_then_fails(
 def test_clean_exit_is_not_restarted(make_supervisor: Make, fake_registry: FakeRegistry) -> None:
     fake_registry.add("acme.once", CLEAN_EXIT)
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.once") == status.EXITED)
+    run_until_state(sup, "acme.once", status.EXITED)
     for _ in range(3):
         sup.reconcile()
-    assert _state(sup, "acme.once") == status.EXITED
+    assert slot_state(sup, "acme.once") == status.EXITED
     assert sup.slots["acme.once"].restarts == 0
 
 
@@ -122,7 +119,7 @@ def test_sandbox_refusal_is_reported_not_retried(
     # The passthrough exits 125 for this id, as pack03 does when it refuses.
     fake_registry.add("test.refused")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "test.refused") == status.REFUSED)
+    run_until_state(sup, "test.refused", status.REFUSED)
     assert "refusing as asked by the test" in (sup.slots["test.refused"].reason or "")
     assert sup.slots["test.refused"].restarts == 0
 
@@ -153,7 +150,7 @@ def test_granted_capabilities_are_passed_exactly(
     )
     fake_registry.write()
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.caps") == status.RUNNING)
+    run_until_state(sup, "acme.caps", status.RUNNING)
     report_path = paths.plugin_run("acme.caps") / "report.json"
     report = json.loads(run_until(sup, lambda: report_path.is_file() and report_path.read_text()))
     policy = report["policy"]
@@ -176,14 +173,14 @@ def test_new_grant_restarts_the_plugin(
 ) -> None:
     fake_registry.add("acme.idle")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    run_until_state(sup, "acme.idle", status.RUNNING)
     first = read_pid(paths.plugin_data("acme.idle") / "pid")
     (paths.plugin_data("acme.idle") / "pid").unlink()
     fake_registry.doc["plugins"]["acme.idle"]["versions"]["1.0.0"]["manifest"]["permissions"] = [
         "network"
     ]
     fake_registry.set("acme.idle", granted=["network"])
-    run_until(sup, lambda: not first.alive() and _state(sup, "acme.idle") == status.RUNNING)
+    run_until(sup, lambda: not first.alive() and slot_state(sup, "acme.idle") == status.RUNNING)
     second = read_pid(paths.plugin_data("acme.idle") / "pid")
     assert second != first
     policy = json.loads((paths.plugin_run("acme.idle") / "policy.json").read_text())
@@ -202,14 +199,14 @@ def test_stop_kills_a_grandchild_that_called_setsid(
 ) -> None:
     fake_registry.add("acme.escape", ESCAPE)
     sup = make_supervisor(use_cgroup=use_cgroup)
-    run_until(sup, lambda: _state(sup, "acme.escape") == status.RUNNING)
+    run_until_state(sup, "acme.escape", status.RUNNING)
     grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
     # Let the loop see the tree at least once (the /proc tracker needs a pass).
     sup.reconcile()
     main_pid = sup.slots["acme.escape"].ident
     assert grandchild.alive() and main_pid is not None
     fake_registry.set("acme.escape", enabled=False)
-    run_until(sup, lambda: _state(sup, "acme.escape") == status.DISABLED)
+    run_until_state(sup, "acme.escape", status.DISABLED)
     assert not grandchild.alive()
     assert not main_pid.alive()
 
@@ -219,13 +216,13 @@ def test_operator_hold_and_start(
 ) -> None:
     fake_registry.add("acme.idle")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    run_until_state(sup, "acme.idle", status.RUNNING)
     ident = read_pid(paths.plugin_data("acme.idle") / "pid")
     control.request(paths.control, paths.control_lock, "acme.idle", start=False)
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.HELD)
+    run_until_state(sup, "acme.idle", status.HELD)
     assert not ident.alive()
     control.request(paths.control, paths.control_lock, "acme.idle", start=True)
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    run_until_state(sup, "acme.idle", status.RUNNING)
 
 
 def test_start_request_retries_a_failed_plugin(
@@ -233,11 +230,13 @@ def test_start_request_retries_a_failed_plugin(
 ) -> None:
     fake_registry.add("acme.flaky", CRASH_TWICE)
     sup = make_supervisor(max_restarts=1)
-    run_until(sup, lambda: _state(sup, "acme.flaky") == status.FAILED)
+    run_until_state(sup, "acme.flaky", status.FAILED)
     # Whatever it needed is fixed now; the operator asks for a start.
     control.request(paths.control, paths.control_lock, "acme.flaky", start=True)
     runs = paths.plugin_data("acme.flaky") / "runs"
-    run_until(sup, lambda: _state(sup, "acme.flaky") == status.RUNNING and runs.read_text() == "3")
+    run_until(
+        sup, lambda: slot_state(sup, "acme.flaky") == status.RUNNING and runs.read_text() == "3"
+    )
     assert sup.slots["acme.flaky"].proc is not None
 
 
@@ -247,7 +246,7 @@ def test_a_package_changed_since_staging_is_not_run(
     pkg = fake_registry.add("acme.tampered")
     (pkg / "main.py").write_text("import os; os.system('echo pwned > /tmp/x')")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.tampered") == status.BLOCKED)
+    run_until_state(sup, "acme.tampered", status.BLOCKED)
     assert "changed since it was staged" in (sup.slots["acme.tampered"].reason or "")
     for _ in range(3):
         sup.reconcile()
@@ -262,8 +261,8 @@ def test_invalid_entry_is_blocked_and_others_still_run(
     fake_registry.doc["plugins"]["acme.bad"]["versions"]["1.0.0"]["path"] = "../../etc"
     fake_registry.write()
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.good") == status.RUNNING)
-    assert _state(sup, "acme.bad") == status.BLOCKED
+    run_until_state(sup, "acme.good", status.RUNNING)
+    assert slot_state(sup, "acme.bad") == status.BLOCKED
     assert "must be relative and stay inside" in (sup.slots["acme.bad"].reason or "")
 
 
@@ -272,14 +271,14 @@ def test_corrupt_registry_keeps_last_good_view(
 ) -> None:
     fake_registry.add("acme.idle")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "acme.idle") == status.RUNNING)
+    run_until_state(sup, "acme.idle", status.RUNNING)
     ident = read_pid(paths.plugin_data("acme.idle") / "pid")
     tmp = fake_registry.path.with_suffix(".tmp")
     tmp.write_text("{not json")
     tmp.replace(fake_registry.path)
     sup.reconcile()
     assert sup.registry_error is not None and "not JSON" in sup.registry_error
-    assert ident.alive() and _state(sup, "acme.idle") == status.RUNNING
+    assert ident.alive() and slot_state(sup, "acme.idle") == status.RUNNING
 
 
 def test_missing_sandbox_blocks_instead_of_running_unconfined(
@@ -288,7 +287,7 @@ def test_missing_sandbox_blocks_instead_of_running_unconfined(
     fake_registry.add("acme.idle")
     sup = make_supervisor(sandbox_root=tmp_path / "no-pack03")
     sup.reconcile()
-    assert _state(sup, "acme.idle") == status.BLOCKED
+    assert slot_state(sup, "acme.idle") == status.BLOCKED
     assert "launch.py: not found" in (sup.slots["acme.idle"].reason or "")
     assert not (paths.plugin_data("acme.idle") / "pid").exists()
 
@@ -299,7 +298,7 @@ def test_close_leaves_no_process_behind(
     for n in range(3):
         fake_registry.add(f"acme.p{n}", ESCAPE)
     sup = make_supervisor()
-    run_until(sup, lambda: all(_state(sup, f"acme.p{n}") == status.RUNNING for n in range(3)))
+    run_until(sup, lambda: all(slot_state(sup, f"acme.p{n}") == status.RUNNING for n in range(3)))
     kids = [read_pid(paths.plugin_data(f"acme.p{n}") / "grandchild") for n in range(3)]
     mains = [sup.slots[f"acme.p{n}"].ident for n in range(3)]
     sup.close()
@@ -321,8 +320,8 @@ def test_a_run_that_cannot_be_prepared_backs_off_and_others_run(
     run_until(
         sup,
         lambda: (
-            _state(sup, "acme.good") == status.RUNNING
-            and _state(sup, "acme.nodata") == status.FAILED
+            slot_state(sup, "acme.good") == status.RUNNING
+            and slot_state(sup, "acme.nodata") == status.FAILED
         ),
     )
     assert "cannot prepare the run" in (sup.slots["acme.nodata"].reason or "")
@@ -335,7 +334,7 @@ def test_a_stable_run_resets_the_crash_count(
     sup = make_supervisor(max_restarts=1, stable_after=0.2)
     run_until(sup, lambda: sup.slots.get("acme.late") and sup.slots["acme.late"].restarts >= 3)
     # Three restarts with a limit of one: each run lasted longer than stable_after.
-    assert _state(sup, "acme.late") != status.FAILED
+    assert slot_state(sup, "acme.late") != status.FAILED
 
 
 def test_degraded_mode_is_the_operators_choice_per_plugin(
@@ -345,7 +344,7 @@ def test_degraded_mode_is_the_operators_choice_per_plugin(
     fake_registry.add("test.degraded")
     fake_registry.add("acme.idle")
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
+    run_until_state(sup, "test.degraded", status.REFUSED)
     assert "test gap" in (sup.slots["test.degraded"].reason or "")
     policy_file = paths.plugin_run("test.degraded") / "policy.json"
     assert json.loads(policy_file.read_text())["allow_degraded"] is False
@@ -354,7 +353,7 @@ def test_degraded_mode_is_the_operators_choice_per_plugin(
         paths.degraded, paths.degraded_lock, paths.audit_log, "test.degraded", True
     )
     # The refused plugin is retried at once with the allowance, and says what is not enforced.
-    run_until(sup, lambda: _state(sup, "test.degraded") == status.RUNNING)
+    run_until_state(sup, "test.degraded", status.RUNNING)
     assert json.loads(policy_file.read_text())["allow_degraded"] is True
     doc = run_until(sup, lambda: sup.status_doc()["test.degraded"]["degraded"] and sup.status_doc())
     assert doc["test.degraded"]["allow_degraded"] is True
@@ -367,7 +366,7 @@ def test_degraded_mode_is_the_operators_choice_per_plugin(
         paths.degraded, paths.degraded_lock, paths.audit_log, "test.degraded", False
     )
     # Withdrawn: the running plugin is restarted without it, and refused again.
-    run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
+    run_until_state(sup, "test.degraded", status.REFUSED)
     assert json.loads(policy_file.read_text())["allow_degraded"] is False
 
 
@@ -379,12 +378,12 @@ def test_an_unusable_degraded_file_allows_nobody(
         paths.degraded, paths.degraded_lock, paths.audit_log, "test.degraded", True
     )
     sup = make_supervisor()
-    run_until(sup, lambda: _state(sup, "test.degraded") == status.RUNNING)
+    run_until_state(sup, "test.degraded", status.RUNNING)
     tmp = paths.degraded.with_suffix(".tmp")
     tmp.write_text("{broken")
     tmp.replace(paths.degraded)
     # Fail closed: restarted without the allowance, refused, and the error is reported.
-    run_until(sup, lambda: _state(sup, "test.degraded") == status.REFUSED)
+    run_until_state(sup, "test.degraded", status.REFUSED)
     assert sup.degraded_error is not None and "degraded.json" in sup.degraded_error
 
 
@@ -393,12 +392,12 @@ def test_a_run_past_the_wall_clock_bound_is_stopped_and_backs_off(
 ) -> None:
     fake_registry.add("acme.hang", ESCAPE)  # never ends; leaves a setsid grandchild
     sup = make_supervisor(max_runtime=1.0, max_restarts=1, stable_after=60.0)
-    run_until(sup, lambda: _state(sup, "acme.hang") == status.RUNNING)
+    run_until_state(sup, "acme.hang", status.RUNNING)
     grandchild = read_pid(paths.plugin_data("acme.hang") / "grandchild")
     (paths.plugin_data("acme.hang") / "grandchild").unlink()
-    run_until(sup, lambda: _state(sup, "acme.hang") == status.BACKOFF)
+    run_until_state(sup, "acme.hang", status.BACKOFF)
     assert "killed at the wall-clock bound (1s)" in (sup.slots["acme.hang"].reason or "")
     assert not grandchild.alive()  # the whole tree went
     # Restarted, bounded again, and past max_restarts it is failed.
-    run_until(sup, lambda: _state(sup, "acme.hang") == status.FAILED)
+    run_until_state(sup, "acme.hang", status.FAILED)
     assert sup.slots["acme.hang"].restarts == 1
