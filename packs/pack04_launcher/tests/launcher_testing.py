@@ -295,11 +295,21 @@ def gone(pid: int) -> bool:
     return identify(pid) is None or is_zombie(pid)
 
 
-def service_plugin_record(svc: Service, plugin_id: str) -> dict[str, Any]:
-    """``plugin_id``'s record in the service's status.json ({} while there is none)."""
-    doc = read_status(svc.paths.status) or {}
+def plugin_status_record(status_file: Path, plugin_id: str) -> dict[str, Any]:
+    """``plugin_id``'s record in a status.json ({} while there is none)."""
+    doc = read_status(status_file) or {}
     record: dict[str, Any] = doc.get("plugins", {}).get(plugin_id, {})
     return record
+
+
+def wait_until_service_reports(
+    svc: Service, plugin_id: str, state: str = "running", what: str | None = None
+) -> None:
+    """Wait until the service's status.json gives ``plugin_id`` the state ``state``."""
+    wait_until(
+        lambda: plugin_status_record(svc.paths.status, plugin_id).get("state") == state,
+        what=what or f"{plugin_id} {state}",
+    )
 
 
 @dataclass

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from launcher import cli, process
-from launcher.status import read_status
 from launcher_testing import (
     CLEAN_EXIT,
     CRASH,
@@ -17,10 +16,12 @@ from launcher_testing import (
     PASSTHROUGH_ROOT,
     FakeRegistry,
     Service,
+    plugin_status_record,
     read_pid,
     real_sandbox_root,
     service_env,
     wait_until,
+    wait_until_service_reports,
 )
 
 Start = Callable[..., Service]
@@ -38,11 +39,6 @@ def cli_env(
     return env
 
 
-def _running(svc: Service, plugin_id: str) -> bool:
-    doc = read_status(svc.paths.status) or {}
-    return doc.get("plugins", {}).get(plugin_id, {}).get("state") == "running"
-
-
 def test_list_without_service(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["list", "--json"]) == cli.EXIT_NOT_RUNNING
     out, err = capsys.readouterr()
@@ -58,10 +54,10 @@ def test_list_shows_pid_uptime_restarts_layers(
 ) -> None:
     fake_registry.add("acme.idle", IDLE)
     svc = service_factory()
-    wait_until(lambda: _running(svc, "acme.idle"), what="running")
+    wait_until_service_reports(svc, "acme.idle", what="running")
     pid = read_pid(svc.paths.plugin_data("acme.idle") / "pid").pid
     wait_until(
-        lambda: (read_status(svc.paths.status) or {})["plugins"]["acme.idle"]["layers"],
+        lambda: plugin_status_record(svc.paths.status, "acme.idle").get("layers"),
         what="layers from the report",
     )
     assert cli.main(["list", "--json"]) == cli.EXIT_OK
@@ -106,14 +102,15 @@ def test_stop_then_start_one_plugin(
     fake_registry.add("acme.idle", IDLE)
     fake_registry.add("acme.other", IDLE)
     svc = service_factory()
-    wait_until(lambda: _running(svc, "acme.idle") and _running(svc, "acme.other"), what="run")
+    wait_until_service_reports(svc, "acme.idle")
+    wait_until_service_reports(svc, "acme.other")
     first = read_pid(svc.paths.plugin_data("acme.idle") / "pid")
     other = read_pid(svc.paths.plugin_data("acme.other") / "pid")
     assert cli.main(["stop", "acme.idle"]) == cli.EXIT_OK
     assert not first.alive() and other.alive()  # only that one
     assert cli.main(["start", "acme.idle", "--json"]) == cli.EXIT_OK
     capsys.readouterr()
-    assert _running(svc, "acme.idle")
+    assert plugin_status_record(svc.paths.status, "acme.idle")["state"] == "running"
 
 
 def test_start_reports_a_failing_plugin(
@@ -169,7 +166,7 @@ def test_run_refuses_what_the_service_runs(
 ) -> None:
     fake_registry.add("acme.idle", IDLE)
     svc = service_factory()
-    wait_until(lambda: _running(svc, "acme.idle"), what="running")
+    wait_until_service_reports(svc, "acme.idle", what="running")
     assert cli.main(["run", "acme.idle"]) == cli.EXIT_CONFLICT
     assert "stop it first" in capsys.readouterr().err
 
@@ -205,25 +202,16 @@ def test_degraded_allow_is_recorded_audited_and_shown_by_list(
     # The passthrough refuses test.degraded unless allow_degraded (one unenforceable denial).
     fake_registry.add("test.degraded", IDLE)
     svc = service_factory()
-    wait_until(
-        lambda: (
-            (read_status(svc.paths.status) or {})
-            .get("plugins", {})
-            .get("test.degraded", {})
-            .get("state")
-            == "refused"
-        ),
-        what="refused",
-    )
+    wait_until_service_reports(svc, "test.degraded", "refused")
     assert cli.main(["degraded", "allow", "test.degraded", "--json"]) == cli.EXIT_OK
     out, err = capsys.readouterr()
     assert json.loads(out) == {"id": "test.degraded", "allow_degraded": True, "changed": True}
     assert "degraded mode allowed" in err
     audit = [json.loads(x) for x in svc.paths.audit_log.read_text().splitlines()]
     assert audit[-1]["action"] == "allow-degraded" and audit[-1]["plugin"] == "test.degraded"
-    wait_until(lambda: _running(svc, "test.degraded"), what="running degraded")
+    wait_until_service_reports(svc, "test.degraded", what="running degraded")
     wait_until(
-        lambda: (read_status(svc.paths.status) or {})["plugins"]["test.degraded"]["degraded"],
+        lambda: plugin_status_record(svc.paths.status, "test.degraded").get("degraded"),
         what="the report's degraded list",
     )
     assert cli.main(["list"]) == cli.EXIT_OK

@@ -19,6 +19,7 @@ from launcher_testing import (
     IDLE,
     PACK_ROOT,
     FakeRegistry,
+    plugin_status_record,
     read_pid,
     real_sandbox_root,
     service_env,
@@ -103,8 +104,7 @@ def test_start_takes_the_max_runtime_from_the_environment(
     assert res.returncode == 0, res.stderr
 
     def _reason() -> str | None:
-        doc = read_status(paths.status) or {}
-        reason = doc.get("plugins", {}).get("acme.idle", {}).get("reason")
+        reason = plugin_status_record(paths.status, "acme.idle").get("reason")
         return reason if isinstance(reason, str) else None
 
     reason = wait_until(lambda: (r := _reason()) and "wall-clock" in r and r, what="bound")

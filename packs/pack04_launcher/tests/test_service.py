@@ -27,16 +27,13 @@ from launcher_testing import (
     Service,
     cgroup_available,
     gone,
+    plugin_status_record,
     read_pid,
     wait_until,
+    wait_until_service_reports,
 )
 
 Start = Callable[..., Service]
-
-
-def _plugin_state(svc: Service, plugin_id: str) -> str | None:
-    doc = read_status(svc.paths.status) or {}
-    return doc.get("plugins", {}).get(plugin_id, {}).get("state")
 
 
 def test_sigterm_stops_every_plugin_tree_and_cleans_up(
@@ -44,7 +41,7 @@ def test_sigterm_stops_every_plugin_tree_and_cleans_up(
 ) -> None:
     fake_registry.add("acme.escape", ESCAPE)
     svc = service_factory()
-    wait_until(lambda: _plugin_state(svc, "acme.escape") == "running", what="running")
+    wait_until_service_reports(svc, "acme.escape", what="running")
     grandchild = read_pid(svc.paths.plugin_data("acme.escape") / "grandchild")
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=30) == 0
@@ -93,7 +90,7 @@ def test_without_cgroups_a_double_forked_orphan_is_killed(
 ) -> None:
     fake_registry.add("acme.orphan", DOUBLE_FORK)
     svc = service_factory("--no-cgroup")
-    wait_until(lambda: _plugin_state(svc, "acme.orphan") == "running", what="running")
+    wait_until_service_reports(svc, "acme.orphan", what="running")
     path = svc.paths.plugin_data("acme.orphan") / "grandchild"
     pid = int(wait_until(lambda: path.is_file() and path.read_text(), what=str(path)))
     svc.proc.send_signal(signal.SIGTERM)
@@ -109,7 +106,7 @@ def test_plugins_of_a_killed_service_are_killed_at_next_start(
 ) -> None:
     fake_registry.add("acme.escape", ESCAPE)
     svc = service_factory()
-    wait_until(lambda: _plugin_state(svc, "acme.escape") == "running", what="running")
+    wait_until_service_reports(svc, "acme.escape", what="running")
     grandchild = read_pid(svc.paths.plugin_data("acme.escape") / "grandchild")
     (svc.paths.plugin_data("acme.escape") / "grandchild").unlink()
     svc.proc.kill()
@@ -119,7 +116,7 @@ def test_plugins_of_a_killed_service_are_killed_at_next_start(
     assert tree is not None and tree.leftovers() == ["acme.escape"]
     again = service_factory()
     wait_until(lambda: not grandchild.alive(), what="the old grandchild to be killed")
-    wait_until(lambda: _plugin_state(again, "acme.escape") == "running", what="running again")
+    wait_until_service_reports(again, "acme.escape", what="running again")
 
 
 def test_layers_reach_the_status_file_without_waiting_for_a_heartbeat(
@@ -128,12 +125,7 @@ def test_layers_reach_the_status_file_without_waiting_for_a_heartbeat(
     fake_registry.add("acme.idle", IDLE)
     svc = service_factory("--heartbeat", "60")  # no periodic rewrite within this test
     wait_until(
-        lambda: (
-            (read_status(svc.paths.status) or {})
-            .get("plugins", {})
-            .get("acme.idle", {})
-            .get("layers")
-        ),
+        lambda: plugin_status_record(svc.paths.status, "acme.idle").get("layers"),
         timeout=20,
         what="the sandbox report's layers in status.json",
     )
