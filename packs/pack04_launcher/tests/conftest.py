@@ -15,19 +15,25 @@ import pytest
 # The launcher package (pack root) and the shared helpers (this dir) on sys.path.
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-from launcher import process  # noqa: E402
+from launcher import process, status  # noqa: E402
 from launcher.cgroup import CgroupTree  # noqa: E402
 from launcher.paths import Paths  # noqa: E402
 from launcher.supervisor import Supervisor  # noqa: E402
 from launcher_testing import (  # noqa: E402
+    ESCAPE,
     FAST_SERVICE_ARGS,
     PACK_ROOT,
     PASSTHROUGH_ROOT,
     FakeRegistry,
+    RunningPlugin,
     Service,
+    ServiceWithGrandchild,
     fast_settings,
+    read_pid,
+    run_until_state,
     service_env,
     wait_until,
+    wait_until_service_reports,
 )
 
 
@@ -64,6 +70,17 @@ def make_supervisor(paths: Paths) -> Iterator[Callable[..., Supervisor]]:
     yield _make
     for sup in made:
         sup.close()
+
+
+@pytest.fixture
+def idle_plugin_running(
+    make_supervisor: Callable[..., Supervisor], fake_registry: FakeRegistry, paths: Paths
+) -> RunningPlugin:
+    """``acme.idle`` registered and running under a fresh supervisor (passthrough sandbox)."""
+    fake_registry.add("acme.idle")
+    sup = make_supervisor()
+    run_until_state(sup, "acme.idle", status.RUNNING)
+    return RunningPlugin(sup, read_pid(paths.plugin_data("acme.idle") / "pid"))
 
 
 @pytest.fixture
@@ -111,3 +128,14 @@ def service_factory(
             for name in tree.leftovers():
                 tree.kill(name)
             tree.close()
+
+
+@pytest.fixture
+def service_with_escaped_grandchild(
+    service_factory: Callable[..., Service], fake_registry: FakeRegistry
+) -> ServiceWithGrandchild:
+    """A service whose ``acme.escape`` runs and has a grandchild that left its session."""
+    fake_registry.add("acme.escape", ESCAPE)
+    svc = service_factory()
+    wait_until_service_reports(svc, "acme.escape")
+    return ServiceWithGrandchild(svc, read_pid(svc.paths.plugin_data("acme.escape") / "grandchild"))

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -200,6 +200,13 @@ def run_until(sup: Supervisor, pred: Callable[[], Any], timeout: float = 15.0) -
     return wait_until(_step, timeout, getattr(pred, "__name__", "condition"))
 
 
+class RunningPlugin(NamedTuple):
+    """A supervisor and the identity of the plugin process it runs."""
+
+    sup: Supervisor
+    ident: ProcessId
+
+
 def slot_state(sup: Supervisor, plugin_id: str) -> str | None:
     """The supervisor's state for ``plugin_id``, or None while it has no slot."""
     slot = sup.slots.get(plugin_id)
@@ -310,6 +317,13 @@ def wait_until_service_reports(
         lambda: plugin_status_record(svc.paths.status, plugin_id).get("state") == state,
         what=what or f"{plugin_id} {state}",
     )
+
+
+class ServiceWithGrandchild(NamedTuple):
+    """A service running ``acme.escape`` and the identity of that plugin's setsid grandchild."""
+
+    svc: Service
+    grandchild: ProcessId
 
 
 @dataclass

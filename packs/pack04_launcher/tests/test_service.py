@@ -19,16 +19,15 @@ from launcher.service import EXIT_ALREADY_RUNNING, MAX_RUNTIME_ENV, max_runtime_
 from launcher.status import read_status
 from launcher_testing import (
     DOUBLE_FORK,
-    ESCAPE,
     FAST_SERVICE_ARGS,
     IDLE,
     PACK_ROOT,
     FakeRegistry,
     Service,
+    ServiceWithGrandchild,
     cgroup_available,
     gone,
     plugin_status_record,
-    read_pid,
     wait_until,
     wait_until_service_reports,
 )
@@ -37,12 +36,9 @@ Start = Callable[..., Service]
 
 
 def test_sigterm_stops_every_plugin_tree_and_cleans_up(
-    service_factory: Start, fake_registry: FakeRegistry
+    service_with_escaped_grandchild: ServiceWithGrandchild,
 ) -> None:
-    fake_registry.add("acme.escape", ESCAPE)
-    svc = service_factory()
-    wait_until_service_reports(svc, "acme.escape", what="running")
-    grandchild = read_pid(svc.paths.plugin_data("acme.escape") / "grandchild")
+    svc, grandchild = service_with_escaped_grandchild
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(timeout=30) == 0
     assert not grandchild.alive()
@@ -102,12 +98,9 @@ def test_without_cgroups_a_double_forked_orphan_is_killed(
 
 @pytest.mark.skipif(not cgroup_available(), reason="no writable cgroup v2 with cgroup.kill")
 def test_plugins_of_a_killed_service_are_killed_at_next_start(
-    service_factory: Start, fake_registry: FakeRegistry
+    service_with_escaped_grandchild: ServiceWithGrandchild, service_factory: Start
 ) -> None:
-    fake_registry.add("acme.escape", ESCAPE)
-    svc = service_factory()
-    wait_until_service_reports(svc, "acme.escape", what="running")
-    grandchild = read_pid(svc.paths.plugin_data("acme.escape") / "grandchild")
+    svc, grandchild = service_with_escaped_grandchild
     (svc.paths.plugin_data("acme.escape") / "grandchild").unlink()
     svc.proc.kill()
     svc.proc.wait()

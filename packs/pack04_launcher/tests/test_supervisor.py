@@ -21,6 +21,7 @@ from launcher_testing import (
     CRASH_TWICE,
     ESCAPE,
     FakeRegistry,
+    RunningPlugin,
     cgroup_available,
     read_pid,
     run_until,
@@ -37,12 +38,9 @@ requires_cgroup = pytest.mark.skipif(
 
 
 def test_enabled_plugin_runs_with_its_data_dir_and_log(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+    idle_plugin_running: RunningPlugin, paths: Paths
 ) -> None:
-    fake_registry.add("acme.idle")
-    sup = make_supervisor()
-    run_until_state(sup, "acme.idle", status.RUNNING)
-    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    ident = idle_plugin_running.ident
     assert ident.alive()
     log_text = paths.plugin_log("acme.idle").read_text()
     assert "start acme.idle 1.0.0" in log_text
@@ -61,12 +59,9 @@ def test_disabled_plugin_is_not_started(
 
 @pytest.mark.parametrize("change", ["disable", "remove"])
 def test_disabling_or_removing_stops_the_plugin(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, change: str
+    idle_plugin_running: RunningPlugin, fake_registry: FakeRegistry, change: str
 ) -> None:
-    fake_registry.add("acme.idle")
-    sup = make_supervisor()
-    run_until_state(sup, "acme.idle", status.RUNNING)
-    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    sup, ident = idle_plugin_running
     if change == "disable":
         fake_registry.set("acme.idle", enabled=False)
         run_until_state(sup, "acme.idle", status.DISABLED)
@@ -169,12 +164,9 @@ def test_granted_capabilities_are_passed_exactly(
 
 
 def test_new_grant_restarts_the_plugin(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+    idle_plugin_running: RunningPlugin, fake_registry: FakeRegistry, paths: Paths
 ) -> None:
-    fake_registry.add("acme.idle")
-    sup = make_supervisor()
-    run_until_state(sup, "acme.idle", status.RUNNING)
-    first = read_pid(paths.plugin_data("acme.idle") / "pid")
+    sup, first = idle_plugin_running
     (paths.plugin_data("acme.idle") / "pid").unlink()
     fake_registry.doc["plugins"]["acme.idle"]["versions"]["1.0.0"]["manifest"]["permissions"] = [
         "network"
@@ -211,13 +203,8 @@ def test_stop_kills_a_grandchild_that_called_setsid(
     assert not main_pid.alive()
 
 
-def test_operator_hold_and_start(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
-) -> None:
-    fake_registry.add("acme.idle")
-    sup = make_supervisor()
-    run_until_state(sup, "acme.idle", status.RUNNING)
-    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+def test_operator_hold_and_start(idle_plugin_running: RunningPlugin, paths: Paths) -> None:
+    sup, ident = idle_plugin_running
     control.request(paths.control, paths.control_lock, "acme.idle", start=False)
     run_until_state(sup, "acme.idle", status.HELD)
     assert not ident.alive()
@@ -267,12 +254,9 @@ def test_invalid_entry_is_blocked_and_others_still_run(
 
 
 def test_corrupt_registry_keeps_last_good_view(
-    make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths
+    idle_plugin_running: RunningPlugin, fake_registry: FakeRegistry
 ) -> None:
-    fake_registry.add("acme.idle")
-    sup = make_supervisor()
-    run_until_state(sup, "acme.idle", status.RUNNING)
-    ident = read_pid(paths.plugin_data("acme.idle") / "pid")
+    sup, ident = idle_plugin_running
     tmp = fake_registry.path.with_suffix(".tmp")
     tmp.write_text("{not json")
     tmp.replace(fake_registry.path)
