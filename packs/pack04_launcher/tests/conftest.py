@@ -139,3 +139,31 @@ def service_with_escaped_grandchild(
     svc = service_factory()
     wait_until_service_reports(svc, "acme.escape")
     return ServiceWithGrandchild(svc, read_pid(svc.paths.plugin_data("acme.escape") / "grandchild"))
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_registry: FakeRegistry
+) -> dict[str, str]:
+    """Point the CLI (this process) at the same files as the service fixture."""
+    env = service_env(tmp_path, fake_registry.path)
+    for key, value in env.items():
+        if key.startswith("AURORA_"):
+            monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def start_service_for_cli(
+    cli_env: dict[str, str],
+    service_factory: Callable[..., Service],
+    fake_registry: FakeRegistry,
+) -> Callable[[dict[str, str]], Service]:
+    """Register ``{plugin id: code}`` and start the service the in-process CLI talks to."""
+
+    def _start(plugins: dict[str, str]) -> Service:
+        for plugin_id, code in plugins.items():
+            fake_registry.add(plugin_id, code)
+        return service_factory()
+
+    return _start

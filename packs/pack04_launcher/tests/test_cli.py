@@ -19,24 +19,11 @@ from launcher_testing import (
     plugin_status_record,
     read_pid,
     real_sandbox_root,
-    service_env,
     wait_until,
     wait_until_service_reports,
 )
 
-Start = Callable[..., Service]
-
-
-@pytest.fixture
-def cli_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_registry: FakeRegistry
-) -> dict[str, str]:
-    """Point the CLI (this process) at the same files as the service fixture."""
-    env = service_env(tmp_path, fake_registry.path)
-    for key, value in env.items():
-        if key.startswith("AURORA_"):
-            monkeypatch.setenv(key, value)
-    return env
+StartForCli = Callable[[dict[str, str]], Service]
 
 
 def test_list_without_service(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,14 +34,10 @@ def test_list_without_service(cli_env: dict[str, str], capsys: pytest.CaptureFix
 
 
 def test_list_shows_pid_uptime_restarts_layers(
-    cli_env: dict[str, str],
-    service_factory: Start,
-    fake_registry: FakeRegistry,
-    capsys: pytest.CaptureFixture[str],
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_registry.add("acme.idle", IDLE)
-    svc = service_factory()
-    wait_until_service_reports(svc, "acme.idle", what="running")
+    svc = start_service_for_cli({"acme.idle": IDLE})
+    wait_until_service_reports(svc, "acme.idle")
     pid = read_pid(svc.paths.plugin_data("acme.idle") / "pid").pid
     wait_until(
         lambda: plugin_status_record(svc.paths.status, "acme.idle").get("layers"),
@@ -77,14 +60,8 @@ def test_list_shows_pid_uptime_restarts_layers(
     assert "sandbox: one-shot; " in err
 
 
-def test_logs(
-    cli_env: dict[str, str],
-    service_factory: Start,
-    fake_registry: FakeRegistry,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    fake_registry.add("acme.once", CLEAN_EXIT)
-    svc = service_factory()
+def test_logs(start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]) -> None:
+    svc = start_service_for_cli({"acme.once": CLEAN_EXIT})
     log = svc.paths.plugin_log("acme.once")
     wait_until(lambda: log.is_file() and "exited with status 0" in log.read_text(), what="log")
     assert cli.main(["logs", "acme.once", "--json"]) == cli.EXIT_OK
@@ -94,14 +71,9 @@ def test_logs(
 
 
 def test_stop_then_start_one_plugin(
-    cli_env: dict[str, str],
-    service_factory: Start,
-    fake_registry: FakeRegistry,
-    capsys: pytest.CaptureFixture[str],
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_registry.add("acme.idle", IDLE)
-    fake_registry.add("acme.other", IDLE)
-    svc = service_factory()
+    svc = start_service_for_cli({"acme.idle": IDLE, "acme.other": IDLE})
     wait_until_service_reports(svc, "acme.idle")
     wait_until_service_reports(svc, "acme.other")
     first = read_pid(svc.paths.plugin_data("acme.idle") / "pid")
@@ -114,13 +86,9 @@ def test_stop_then_start_one_plugin(
 
 
 def test_start_reports_a_failing_plugin(
-    cli_env: dict[str, str],
-    service_factory: Start,
-    fake_registry: FakeRegistry,
-    capsys: pytest.CaptureFixture[str],
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_registry.add("acme.crash", CRASH)
-    service_factory()
+    start_service_for_cli({"acme.crash": CRASH})
     assert cli.main(["start", "acme.crash", "--wait", "20"]) == cli.EXIT_PLUGIN_FAILED
     assert "failed" in capsys.readouterr().err
 
@@ -159,14 +127,10 @@ def test_run_json_is_one_document_and_timeout_kills_the_tree(
 
 
 def test_run_refuses_what_the_service_runs(
-    cli_env: dict[str, str],
-    service_factory: Start,
-    fake_registry: FakeRegistry,
-    capsys: pytest.CaptureFixture[str],
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_registry.add("acme.idle", IDLE)
-    svc = service_factory()
-    wait_until_service_reports(svc, "acme.idle", what="running")
+    svc = start_service_for_cli({"acme.idle": IDLE})
+    wait_until_service_reports(svc, "acme.idle")
     assert cli.main(["run", "acme.idle"]) == cli.EXIT_CONFLICT
     assert "stop it first" in capsys.readouterr().err
 
@@ -194,14 +158,10 @@ def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_degraded_allow_is_recorded_audited_and_shown_by_list(
-    cli_env: dict[str, str],
-    service_factory: Start,
-    fake_registry: FakeRegistry,
-    capsys: pytest.CaptureFixture[str],
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The passthrough refuses test.degraded unless allow_degraded (one unenforceable denial).
-    fake_registry.add("test.degraded", IDLE)
-    svc = service_factory()
+    svc = start_service_for_cli({"test.degraded": IDLE})
     wait_until_service_reports(svc, "test.degraded", "refused")
     assert cli.main(["degraded", "allow", "test.degraded", "--json"]) == cli.EXIT_OK
     out, err = capsys.readouterr()

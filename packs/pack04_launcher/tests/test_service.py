@@ -86,7 +86,7 @@ def test_without_cgroups_a_double_forked_orphan_is_killed(
 ) -> None:
     fake_registry.add("acme.orphan", DOUBLE_FORK)
     svc = service_factory("--no-cgroup")
-    wait_until_service_reports(svc, "acme.orphan", what="running")
+    wait_until_service_reports(svc, "acme.orphan")
     path = svc.paths.plugin_data("acme.orphan") / "grandchild"
     pid = int(wait_until(lambda: path.is_file() and path.read_text(), what=str(path)))
     svc.proc.send_signal(signal.SIGTERM)
