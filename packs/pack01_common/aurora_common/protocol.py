@@ -1,0 +1,231 @@
+"""aurora-plugin-protocol-v1 on the wire: framing and message shapes.
+
+One implementation for both ends (the supervisor and the plugin SDK), standard
+library only. The format is docs/plugin-protocol-v1.md; every limit here is a
+defence against a hostile peer, checked before the bytes it guards are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL = "aurora-plugin-protocol-v1"
+SUPPORTED = (PROTOCOL,)
+MAX_HEADER_BYTES = 1024
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+CONTENT_TYPES = ("application/vscode-jsonrpc; charset=utf-8", "application/json")
+FD_VARIABLE = "AURORA_PLUGIN_PROTOCOL_FD"
+
+# JSON-RPC 2.0 codes, then the protocol's own (docs: "Error codes").
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+PLUGIN_ERROR = -32000
+NO_COMMON_VERSION = -32001
+DEADLINE_EXCEEDED = -32002
+REFUSED = -32003
+NOT_RUNNING = -32004
+OVERLOADED = -32005
+
+_TERMINATOR = b"\r\n\r\n"
+
+
+class FramingError(ValueError):
+    """The byte stream breaks the framing rules; the connection must be closed."""
+
+
+class ProtocolError(Exception):
+    """A message is well framed but not acceptable; answerable with ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Frame one message: ``Content-Length`` header, blank line, compact UTF-8 JSON."""
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    data = body.encode("utf-8")
+    return b"Content-Length: %d\r\n\r\n" % len(data) + data
+
+
+class Decoder:
+    """Incremental decoder: ``feed`` bytes as they arrive, get whole messages back.
+
+    Never holds more than one header part (``MAX_HEADER_BYTES``) plus one
+    content part (``max_message_bytes``): a peer announcing a larger message is
+    refused from its header, before its content is read.
+    """
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._buffer = bytearray()
+        self._length: int | None = None
+
+    def feed(self, data: bytes) -> list[Any]:
+        self._buffer += data
+        messages: list[Any] = []
+        while True:
+            if self._length is None:
+                end = self._buffer.find(_TERMINATOR)
+                if end < 0:
+                    if len(self._buffer) > MAX_HEADER_BYTES:
+                        raise FramingError(f"header part longer than {MAX_HEADER_BYTES} bytes")
+                    return messages
+                if end + len(_TERMINATOR) > MAX_HEADER_BYTES:
+                    raise FramingError(f"header part longer than {MAX_HEADER_BYTES} bytes")
+                self._length = self._content_length(bytes(self._buffer[:end]))
+                del self._buffer[: end + len(_TERMINATOR)]
+            if len(self._buffer) < self._length:
+                return messages
+            body = bytes(self._buffer[: self._length])
+            del self._buffer[: self._length]
+            self._length = None
+            messages.append(_parse_json(body))
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a whole message."""
+        return len(self._buffer)
+
+    def _content_length(self, header: bytes) -> int:
+        try:
+            text = header.decode("ascii")
+        except UnicodeDecodeError:
+            raise FramingError("header part is not ASCII") from None
+        length: int | None = None
+        for line in text.split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise FramingError(f"malformed header line {line[:60]!r}")
+            name, value = name.strip().lower(), value.strip()
+            if name == "content-length":
+                if length is not None:
+                    raise FramingError("Content-Length given twice")
+                if not value.isdigit() or (len(value) > 1 and value[0] == "0"):
+                    raise FramingError(f"Content-Length {value[:30]!r} is not a decimal number")
+                length = int(value)
+                if length > self.max_message_bytes:
+                    raise FramingError(f"Content-Length {length} exceeds {self.max_message_bytes}")
+            elif name == "content-type":
+                if value.lower() not in CONTENT_TYPES:
+                    raise FramingError(f"unsupported Content-Type {value[:60]!r}")
+            else:
+                raise FramingError(f"unknown header {name[:60]!r}")
+        if length is None:
+            raise FramingError("no Content-Length header")
+        return length
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FramingError(f"content is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise FramingError(f"content is not JSON: {str(exc)[:80]}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@dataclass(frozen=True)
+class Request:
+    id: int | str
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Notification:
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int | str | None
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+Message = Request | Notification | Response
+_MAX_ID_CHARS = 64
+
+
+def classify(obj: Any) -> Message:
+    """Check the JSON-RPC 2.0 shape of a decoded message; ``ProtocolError`` if wrong."""
+    if not isinstance(obj, dict):
+        raise ProtocolError(INVALID_REQUEST, "a message must be a JSON object")
+    if obj.get("jsonrpc") != "2.0":
+        raise ProtocolError(INVALID_REQUEST, 'jsonrpc must be "2.0"')
+    if "method" in obj:
+        unknown = set(obj) - {"jsonrpc", "id", "method", "params"}
+        if unknown:
+            raise ProtocolError(INVALID_REQUEST, f"unknown member {sorted(unknown)[0]!r}")
+        method = obj["method"]
+        if not isinstance(method, str) or not 0 < len(method) <= 64:
+            raise ProtocolError(INVALID_REQUEST, "method must be a string of 1 to 64 characters")
+        params = obj.get("params", {})
+        if not isinstance(params, dict):
+            raise ProtocolError(INVALID_REQUEST, "params must be an object")
+        if "id" not in obj:
+            return Notification(method, params)
+        return Request(_check_id(obj["id"]), method, params)
+    unknown = set(obj) - {"jsonrpc", "id", "result", "error"}
+    if unknown:
+        raise ProtocolError(INVALID_REQUEST, f"unknown member {sorted(unknown)[0]!r}")
+    if ("result" in obj) == ("error" in obj):
+        raise ProtocolError(INVALID_REQUEST, "a response has exactly one of result and error")
+    if "error" in obj and obj.get("id") is None:
+        msg_id: int | str | None = None  # an answer to a message whose id was unreadable
+    else:
+        msg_id = _check_id(obj.get("id"))
+    if "error" in obj:
+        error = obj["error"]
+        if (
+            not isinstance(error, dict)
+            or not isinstance(error.get("code"), int)
+            or isinstance(error.get("code"), bool)
+            or not isinstance(error.get("message"), str)
+        ):
+            raise ProtocolError(INVALID_REQUEST, "error must be {code: int, message: str}")
+        return Response(msg_id, error=error)
+    return Response(msg_id, result=obj["result"])
+
+
+def _check_id(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ProtocolError(INVALID_REQUEST, "id must be an integer or a string")
+    if isinstance(value, str) and len(value) > _MAX_ID_CHARS:
+        raise ProtocolError(INVALID_REQUEST, f"id longer than {_MAX_ID_CHARS} characters")
+    if isinstance(value, int) and not -(2**53) < value < 2**53:
+        raise ProtocolError(INVALID_REQUEST, "id out of range")
+    return value
+
+
+def request(msg_id: int | str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
+
+
+def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def result(msg_id: int | str, value: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": msg_id, "result": value}
+
+
+def error(msg_id: int | str | None, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": msg_id, "error": err}

@@ -1,0 +1,244 @@
+"""The Python SDK for plugin authors: serve functions and a health check over the protocol.
+
+A plugin declares its functions (they must also be in its manifest) and serves::
+
+    from aurora_common.sdk import Plugin
+
+    plugin = Plugin()
+
+    @plugin.function("echo")
+    def echo(args, ctx):
+        return args
+
+    plugin.serve()
+
+Standard library only. Calls run on a small thread pool, so several may be in
+flight; ``ctx.cancelled`` is set when the host cancels a call (its deadline
+passed) and ``ctx.remaining()`` tells the time left. The wire format is
+docs/plugin-protocol-v1.md; nothing here is needed to speak it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aurora_common import protocol as p
+
+LEVELS = ("debug", "info", "warning", "error")
+
+
+class NotConnected(RuntimeError):
+    """The plugin was not started by Aurora with a protocol connection."""
+
+
+class CallFailed(RuntimeError):
+    """A call out to another plugin (or the handshake) was answered with an error."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{message} (code {code})")
+        self.code = code
+        self.message = message
+
+
+class Context:
+    """What a function gets besides its arguments: its deadline and cancellation."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+
+    def remaining(self) -> float:
+        """Seconds left before the caller gives up (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+
+Function = Callable[[Any, Context], Any]
+Health = Callable[[], "bool | tuple[bool, str]"]
+
+
+class Plugin:
+    """Declare functions and a health check, then ``serve()`` until the host hangs up."""
+
+    def __init__(self, *, workers: int = 8) -> None:
+        self._functions: dict[str, Function] = {}
+        self._health: Health | None = None
+        self._workers = workers
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, tuple[threading.Event, list[p.Response]]] = {}
+        self._pending_lock = threading.Lock()
+        self._next_id = 1
+        self._calls: dict[int | str, Context] = {}
+        self.protocol: str | None = None
+        self.limits: dict[str, Any] = {}
+
+    def function(self, name: str) -> Callable[[Function], Function]:
+        def register(fn: Function) -> Function:
+            self._functions[name] = fn
+            return fn
+
+        return register
+
+    def health(self, fn: Health) -> Health:
+        self._health = fn
+        return fn
+
+    # -- talking to the host ------------------------------------------------
+
+    def serve(self, fd: int | None = None) -> None:
+        """Handshake, then answer the host until it closes the connection."""
+        self._sock = _connection(fd)
+        decoder = p.Decoder()
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="aurora-call") as pool:
+            reader = threading.Thread(
+                target=self._read_loop, args=(decoder, pool), name="aurora-reader", daemon=True
+            )
+            reader.start()
+            answer = self._request(
+                "aurora.hello",
+                {
+                    "protocols": list(p.SUPPORTED),
+                    "functions": sorted(self._functions),
+                    "health": self._health is not None,
+                },
+                timeout=None,
+            )
+            self.protocol = answer.get("protocol") if isinstance(answer, dict) else None
+            if isinstance(answer, dict) and isinstance(answer.get("limits"), dict):
+                self.limits = answer["limits"]
+            reader.join()
+
+    def log(self, level: str, message: str, **fields: Any) -> None:
+        """Send a log record; it lands in the plugin's log with its level."""
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+        self._send(p.notification("aurora.log", {"level": level, "message": message,
+                                                 "fields": fields}))  # fmt: skip
+
+    def call(self, plugin: str, function: str, args: Any = None, timeout: float = 10.0) -> Any:
+        """Call another plugin's function (only if granted); its value or ``CallFailed``."""
+        params = {"plugin": plugin, "function": function, "args": args,
+                  "timeout_ms": int(timeout * 1000)}  # fmt: skip
+        answer = self._request("aurora.call", params, timeout=timeout + 1.0)
+        return answer.get("value") if isinstance(answer, dict) else None
+
+    def _request(self, method: str, params: dict[str, Any], timeout: float | None) -> Any:
+        with self._pending_lock:
+            msg_id = self._next_id
+            self._next_id += 1
+            done: tuple[threading.Event, list[p.Response]] = (threading.Event(), [])
+            self._pending[msg_id] = done
+        try:
+            self._send(p.request(msg_id, method, params))
+            if not done[0].wait(timeout):
+                raise CallFailed(p.DEADLINE_EXCEEDED, f"{method}: no answer in {timeout} s")
+        finally:
+            with self._pending_lock:
+                self._pending.pop(msg_id, None)
+        if not done[1]:
+            raise CallFailed(p.NOT_RUNNING, f"{method}: the host closed the connection")
+        response = done[1][0]
+        if response.error is not None:
+            raise CallFailed(response.error["code"], response.error["message"])
+        return response.result
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._sock is None:
+            raise NotConnected("serve() has not been called")
+        data = p.encode(message)
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def _read_loop(self, decoder: p.Decoder, pool: ThreadPoolExecutor) -> None:
+        assert self._sock is not None
+        try:
+            while chunk := self._sock.recv(65536):
+                for obj in decoder.feed(chunk):
+                    self._dispatch(obj, pool)
+        except (OSError, p.FramingError):
+            pass  # the host went away or broke the framing: nothing more to answer
+        finally:
+            with self._pending_lock:
+                waiting = list(self._pending.values())
+            for event, _ in waiting:
+                event.set()  # no response: callers see "closed the connection"
+
+    def _dispatch(self, obj: Any, pool: ThreadPoolExecutor) -> None:
+        try:
+            message = p.classify(obj)
+        except p.ProtocolError as exc:
+            msg_id = obj.get("id") if isinstance(obj, dict) else None
+            self._send(p.error(msg_id if isinstance(msg_id, int | str) else None,
+                               exc.code, exc.message))  # fmt: skip
+            return
+        if isinstance(message, p.Response):
+            with self._pending_lock:
+                waiter = self._pending.get(message.id) if isinstance(message.id, int) else None
+            if waiter is not None:
+                waiter[1].append(message)
+                waiter[0].set()
+        elif isinstance(message, p.Notification):
+            if message.method == "aurora.cancel":
+                ctx = self._calls.get(message.params.get("id"))  # type: ignore[arg-type]
+                if ctx is not None:
+                    ctx.cancelled.set()
+        elif message.method == "aurora.call":
+            deadline_ms = message.params.get("deadline_ms", 60_000)
+            seconds = deadline_ms / 1000 if isinstance(deadline_ms, int | float) else 60.0
+            ctx = Context(time.monotonic() + seconds)
+            self._calls[message.id] = ctx
+            pool.submit(self._run_call, message, ctx)
+        elif message.method == "aurora.health":
+            pool.submit(self._run_health, message)
+        else:
+            self._send(p.error(message.id, p.METHOD_NOT_FOUND, f"unknown method {message.method}"))
+
+    def _run_call(self, message: p.Request, ctx: Context) -> None:
+        name = message.params.get("function")
+        fn = self._functions.get(name) if isinstance(name, str) else None
+        try:
+            if fn is None:
+                reply = p.error(message.id, p.METHOD_NOT_FOUND, f"no function {name!r}")
+            else:
+                try:
+                    reply = p.result(message.id, {"value": fn(message.params.get("args"), ctx)})
+                except Exception as exc:  # the plugin's own failure, reported to its caller
+                    reply = p.error(message.id, p.PLUGIN_ERROR, f"{type(exc).__name__}: {exc}")
+            try:
+                self._send(reply)
+            except (TypeError, ValueError) as exc:  # a value that is not JSON
+                self._send(p.error(message.id, p.PLUGIN_ERROR, f"result is not JSON: {exc}"))
+        except OSError:
+            pass  # the host is gone
+        finally:
+            self._calls.pop(message.id, None)
+
+    def _run_health(self, message: p.Request) -> None:
+        status, text = "serving", ""
+        if self._health is not None:
+            try:
+                outcome = self._health()
+                ok, text = outcome if isinstance(outcome, tuple) else (bool(outcome), "")
+                status = "serving" if ok else "not-serving"
+            except Exception as exc:
+                status, text = "not-serving", f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            self._send(p.result(message.id, {"status": status, "message": str(text)[:1000]}))
+
+
+def _connection(fd: int | None) -> socket.socket:
+    if fd is None:
+        raw = os.environ.get(p.FD_VARIABLE)
+        if raw is None or not raw.isdigit():
+            raise NotConnected(
+                f"{p.FD_VARIABLE} is not set: this plugin was not started by Aurora's launcher"
+            )
+        fd = int(raw)
+    return socket.socket(fileno=fd)

@@ -1,0 +1,176 @@
+"""The plugin SDK against a scripted host on the other end of a socket pair."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aurora_common import protocol as p
+from aurora_common.sdk import CallFailed, Context, NotConnected, Plugin
+
+
+class Host:
+    """The supervisor's end, reduced to reading and writing messages."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = p.Decoder()
+        self.inbox: list[Any] = []
+        sock.settimeout(5)
+
+    def read(self) -> Any:
+        while not self.inbox:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("plugin closed the connection")
+            self.inbox += self.decoder.feed(chunk)
+        return self.inbox.pop(0)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(p.encode(message))
+
+    def handshake(self) -> dict[str, Any]:
+        hello = self.read()
+        self.send(p.result(hello["id"], {"protocol": p.PROTOCOL, "limits": {"max_in_flight": 4}}))
+        return hello
+
+    def answers(self, count: int) -> dict[Any, Any]:
+        out = {}
+        while len(out) < count:
+            msg = self.read()
+            out[msg["id"]] = msg
+        return out
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Plugin, Host, threading.Thread]]:
+    plugin = Plugin()
+
+    @plugin.function("echo")
+    def echo(args: Any, ctx: Context) -> Any:
+        return args
+
+    @plugin.function("slow")
+    def slow(args: Any, ctx: Context) -> Any:
+        ctx.cancelled.wait(args["seconds"])
+        return {"cancelled": ctx.cancelled.is_set()}
+
+    @plugin.function("boom")
+    def boom(args: Any, ctx: Context) -> Any:
+        raise RuntimeError("it broke")
+
+    state = {"ok": True}
+
+    @plugin.health
+    def health() -> tuple[bool, str]:
+        return state["ok"], "fine" if state["ok"] else "stuck"
+
+    ours, theirs = socket.socketpair()
+    thread = threading.Thread(target=plugin.serve, args=(theirs.detach(),), daemon=True)
+    thread.start()
+    host = Host(ours)
+    plugin.state = state  # type: ignore[attr-defined]
+    yield plugin, host, thread
+    ours.close()
+    thread.join(5)
+    assert not thread.is_alive(), "serve() did not return after the host hung up"
+
+
+def test_handshake_names_versions_functions_and_health(served: Any) -> None:
+    _plugin, host, _ = served
+    hello = host.handshake()
+    assert hello["method"] == "aurora.hello"
+    assert hello["params"] == {"protocols": [p.PROTOCOL], "functions": ["boom", "echo", "slow"],
+                               "health": True}  # fmt: skip
+
+
+def test_calls_health_and_errors_each_get_their_answer(served: Any) -> None:
+    plugin, host, _ = served
+    host.handshake()
+    host.send(p.request(1, "aurora.call", {"function": "echo", "args": {"a": [1]},
+                                           "deadline_ms": 1000}))  # fmt: skip
+    host.send(p.request(2, "aurora.call", {"function": "boom", "args": None, "deadline_ms": 1000}))
+    host.send(p.request(3, "aurora.call", {"function": "nope", "args": None, "deadline_ms": 1000}))
+    host.send(p.request(4, "aurora.health", {}))
+    host.send(p.request(5, "aurora.frobnicate", {}))
+    got = host.answers(5)
+    assert got[1]["result"] == {"value": {"a": [1]}}
+    assert got[2]["error"]["code"] == p.PLUGIN_ERROR
+    assert "it broke" in got[2]["error"]["message"]
+    assert got[3]["error"]["code"] == p.METHOD_NOT_FOUND
+    assert got[4]["result"] == {"status": "serving", "message": "fine"}
+    assert got[5]["error"]["code"] == p.METHOD_NOT_FOUND
+    plugin.state["ok"] = False
+    host.send(p.request(6, "aurora.health", {}))
+    assert host.read()["result"] == {"status": "not-serving", "message": "stuck"}
+
+
+def test_calls_run_concurrently_and_cancel_reaches_the_function(served: Any) -> None:
+    _plugin, host, _ = served
+    host.handshake()
+    started = time.monotonic()
+    for i in (1, 2, 3):
+        host.send(p.request(i, "aurora.call", {"function": "slow", "args": {"seconds": 1.0},
+                                               "deadline_ms": 5000}))  # fmt: skip
+    host.send(p.request(4, "aurora.call", {"function": "slow", "args": {"seconds": 30},
+                                           "deadline_ms": 100}))  # fmt: skip
+    host.send(p.notification("aurora.cancel", {"id": 4}))
+    got = host.answers(4)
+    assert got[4]["result"] == {"value": {"cancelled": True}}
+    assert all(got[i]["result"] == {"value": {"cancelled": False}} for i in (1, 2, 3))
+    assert time.monotonic() - started < 2.5, "three 1 s calls ran one after another"
+
+
+def test_log_records_and_calls_out_go_to_the_host(served: Any) -> None:
+    plugin, host, _ = served
+    host.handshake()
+    plugin.log("warning", "disk nearly full", used=0.93)
+    assert host.read() == p.notification(
+        "aurora.log", {"level": "warning", "message": "disk nearly full", "fields": {"used": 0.93}}
+    )
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(plugin.call("acme.b", "echo", [1])))
+    caller.start()
+    out = host.read()
+    assert out["method"] == "aurora.call"
+    assert out["params"] == {"plugin": "acme.b", "function": "echo", "args": [1],
+                             "timeout_ms": 10000}  # fmt: skip
+    host.send(p.result(out["id"], {"value": "pong"}))
+    caller.join(5)
+    assert answers == ["pong"]
+    failures: list[Exception] = []
+
+    def refused() -> None:
+        try:
+            plugin.call("acme.c", "secret")
+        except CallFailed as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=refused)
+    caller.start()
+    out = host.read()
+    host.send(p.error(out["id"], p.REFUSED, "not granted: acme.c/secret"))
+    caller.join(5)
+    assert [f.code for f in failures] == [p.REFUSED]  # type: ignore[attr-defined]
+
+
+def test_garbage_from_the_host_gets_an_invalid_request_answer(served: Any) -> None:
+    _plugin, host, _ = served
+    host.handshake()
+    host.send({"jsonrpc": "1.0", "id": 9, "method": "x"})
+    answer = host.read()
+    assert answer["id"] == 9 and answer["error"]["code"] == p.INVALID_REQUEST
+
+
+def test_serve_without_a_connection_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(p.FD_VARIABLE, raising=False)
+    with pytest.raises(NotConnected, match=p.FD_VARIABLE):
+        Plugin().serve()
