@@ -119,13 +119,18 @@ class Plugin:
         """Send a log record; it lands in the plugin's log with its level."""
         if level not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}")
-        self._send(p.notification("aurora.log", {"level": level, "message": message,
-                                                 "fields": fields}))  # fmt: skip
+        self._send(
+            p.notification("aurora.log", {"level": level, "message": message, "fields": fields})
+        )
 
     def call(self, plugin: str, function: str, args: Any = None, timeout: float = 10.0) -> Any:
         """Call another plugin's function (only if granted); its value or ``CallFailed``."""
-        params = {"plugin": plugin, "function": function, "args": args,
-                  "timeout_ms": int(timeout * 1000)}  # fmt: skip
+        params = {
+            "plugin": plugin,
+            "function": function,
+            "args": args,
+            "timeout_ms": int(timeout * 1000),
+        }
         answer = self._request("aurora.call", params, timeout=timeout + 1.0)
         return answer.get("value") if isinstance(answer, dict) else None
 
@@ -175,8 +180,9 @@ class Plugin:
             message = p.classify(obj)
         except p.ProtocolError as exc:
             msg_id = obj.get("id") if isinstance(obj, dict) else None
-            self._send(p.error(msg_id if isinstance(msg_id, int | str) else None,
-                               exc.code, exc.message))  # fmt: skip
+            self._send(
+                p.error(msg_id if isinstance(msg_id, int | str) else None, exc.code, exc.message)
+            )
             return
         if isinstance(message, p.Response):
             with self._pending_lock:

@@ -23,8 +23,10 @@ json_values = st.recursive(
 )
 
 
-@given(st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=5), max_size=5),
-       st.integers(1, 64))  # fmt: skip
+@given(
+    st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=5), max_size=5),
+    st.integers(1, 64),
+)
 def test_any_split_of_a_stream_decodes_to_the_same_messages(
     messages: list[dict[str, Any]], chunk: int
 ) -> None:

@@ -88,15 +88,19 @@ def test_handshake_names_versions_functions_and_health(served: Any) -> None:
     _plugin, host, _ = served
     hello = host.handshake()
     assert hello["method"] == "aurora.hello"
-    assert hello["params"] == {"protocols": [p.PROTOCOL], "functions": ["boom", "echo", "slow"],
-                               "health": True}  # fmt: skip
+    assert hello["params"] == {
+        "protocols": [p.PROTOCOL],
+        "functions": ["boom", "echo", "slow"],
+        "health": True,
+    }
 
 
 def test_calls_health_and_errors_each_get_their_answer(served: Any) -> None:
     plugin, host, _ = served
     host.handshake()
-    host.send(p.request(1, "aurora.call", {"function": "echo", "args": {"a": [1]},
-                                           "deadline_ms": 1000}))  # fmt: skip
+    host.send(
+        p.request(1, "aurora.call", {"function": "echo", "args": {"a": [1]}, "deadline_ms": 1000})
+    )
     host.send(p.request(2, "aurora.call", {"function": "boom", "args": None, "deadline_ms": 1000}))
     host.send(p.request(3, "aurora.call", {"function": "nope", "args": None, "deadline_ms": 1000}))
     host.send(p.request(4, "aurora.health", {}))
@@ -118,10 +122,18 @@ def test_calls_run_concurrently_and_cancel_reaches_the_function(served: Any) -> 
     host.handshake()
     started = time.monotonic()
     for i in (1, 2, 3):
-        host.send(p.request(i, "aurora.call", {"function": "slow", "args": {"seconds": 1.0},
-                                               "deadline_ms": 5000}))  # fmt: skip
-    host.send(p.request(4, "aurora.call", {"function": "slow", "args": {"seconds": 30},
-                                           "deadline_ms": 100}))  # fmt: skip
+        host.send(
+            p.request(
+                i,
+                "aurora.call",
+                {"function": "slow", "args": {"seconds": 1.0}, "deadline_ms": 5000},
+            )
+        )
+    host.send(
+        p.request(
+            4, "aurora.call", {"function": "slow", "args": {"seconds": 30}, "deadline_ms": 100}
+        )
+    )
     host.send(p.notification("aurora.cancel", {"id": 4}))
     got = host.answers(4)
     assert got[4]["result"] == {"value": {"cancelled": True}}
@@ -141,8 +153,12 @@ def test_log_records_and_calls_out_go_to_the_host(served: Any) -> None:
     caller.start()
     out = host.read()
     assert out["method"] == "aurora.call"
-    assert out["params"] == {"plugin": "acme.b", "function": "echo", "args": [1],
-                             "timeout_ms": 10000}  # fmt: skip
+    assert out["params"] == {
+        "plugin": "acme.b",
+        "function": "echo",
+        "args": [1],
+        "timeout_ms": 10000,
+    }
     host.send(p.result(out["id"], {"value": "pong"}))
     caller.join(5)
     assert answers == ["pong"]
