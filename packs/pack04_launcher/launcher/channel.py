@@ -31,7 +31,8 @@ class Limits:
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
     max_in_flight: int = 16
     handshake_s: float = 10.0
-    #: Messages a plugin may send per second, averaged over ``burst`` messages.
+    #: Messages a plugin may send per second on its own (answers to our calls are not
+    #: counted: max_in_flight bounds them), averaged over ``burst`` messages.
     rate: float = 500.0
     burst: int = 1000
     read_bytes: int = 256 * 1024  # per on_readable: one plugin never holds the loop
@@ -152,7 +153,7 @@ class Channel:
         for obj in messages:
             if self.state == "closed":
                 return
-            if not self._take_token(now):
+            if not self._answers_us(obj) and not self._take_token(now):
                 self.close(f"protocol: flood: more than {self.limits.rate:g} messages per second")
                 return
             self._handle(obj, now)
@@ -399,6 +400,14 @@ class Channel:
             )  # it went away with our bytes unread: the same thing to the operator
         else:
             self.close(f"connection error: {exc.strerror or exc}")
+
+    def _answers_us(self, obj: Any) -> bool:
+        """An answer to a request of ours still in flight: bounded by us, not rate-limited."""
+        if not isinstance(obj, dict) or "method" in obj:
+            return False
+        msg_id = obj.get("id")
+        health = self._health is not None and msg_id == self._health[0]
+        return health or (isinstance(msg_id, int) and msg_id in self._calls)
 
     def _take_token(self, now: float) -> bool:
         elapsed = max(0.0, now - self._allowance_at)

@@ -206,6 +206,26 @@ def test_a_flood_closes_the_channel_and_fails_calls_in_flight() -> None:
         h.close()
 
 
+def test_answers_to_our_own_calls_are_not_counted_as_a_flood() -> None:
+    plugin = Plugin()
+    plugin.function("sleep")(lambda args, ctx: None)
+    host, ours = socket.socketpair()
+    thread = threading.Thread(target=plugin.serve, args=(ours.detach(),), daemon=True)
+    thread.start()
+    channel = Channel("acme.busy", host, SPECS, limits=Limits(rate=5, burst=5))
+    try:
+        pump(channel, lambda: channel.state == "ready")
+        out = Outcomes()
+        for n in range(1, 61):  # far more answers than the rate allows unsolicited messages
+            channel.call("sleep", None, 5, time.monotonic(), out)
+            pump(channel, lambda n=n: len(out.got) == n or channel.state == "closed")
+        assert channel.state == "ready", channel.reason
+        assert [o.kind for o in out.got] == ["result"] * 60
+    finally:
+        channel.close("test over")
+        thread.join(5)
+
+
 def test_a_plugin_that_crashes_mid_call_gives_the_caller_a_clear_error(hostile: Hostile) -> None:
     hostile.hello()
     pump(hostile.channel, lambda: hostile.channel.state == "ready")
