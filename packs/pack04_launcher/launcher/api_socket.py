@@ -1,0 +1,224 @@
+"""The operator's door into plugin calls: a Unix socket the supervisor serves.
+
+``aurora plugin call`` and Aurora's client library (``aurora_common.calls``)
+connect, send one framed request ``{"plugin", "function", "args", "timeout"}``
+and get one framed answer ``{"outcome", "value" | "message"}``. Only peers whose
+uid the operator allows (root by default) are served: the kernel's
+``SO_PEERCRED`` says who connected. The socket is mode 0600 in a directory only
+root can enter. Non-blocking and bounded like the plugin channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aurora_common import protocol as p
+
+from launcher.channel import Outcome
+from launcher.protocol_host import ProtocolHost
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = p.DEFAULT_MAX_MESSAGE_BYTES
+MAX_CLIENTS = 64
+REQUEST_DEADLINE_S = 5.0  # a client must have sent its request by then
+MAX_TIMEOUT_S = 300.0
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    uid: int
+    opened: float
+    decoder: p.Decoder = field(default_factory=lambda: p.Decoder(MAX_REQUEST_BYTES))
+    unsent: bytearray = field(default_factory=bytearray)
+    asked: bool = False
+    done: bool = False
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def parse_request(obj: Any) -> tuple[str, str, Any, float] | str:
+    """``(plugin, function, args, timeout)`` or the problem with the request."""
+    if not isinstance(obj, dict):
+        return "a request is a JSON object"
+    unknown = set(obj) - {"plugin", "function", "args", "timeout"}
+    if unknown:
+        return f"unknown key {sorted(unknown)[0]!r}"
+    plugin, function, timeout = obj.get("plugin"), obj.get("function"), obj.get("timeout", 30)
+    if not isinstance(plugin, str) or not 0 < len(plugin) <= 128:
+        return "plugin: expected a plugin id"
+    if not isinstance(function, str) or not 0 < len(function) <= 64:
+        return "function: expected a function name"
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= MAX_TIMEOUT_S
+    ):
+        return f"timeout: expected seconds in (0, {MAX_TIMEOUT_S:g}]"
+    return plugin, function, obj.get("args"), float(timeout)
+
+
+class ApiServer:
+    """Accepts callers, passes each request to the ProtocolHost, writes the outcome back."""
+
+    def __init__(self, path: Path, host: ProtocolHost, allowed_uids: Iterable[int] = (0,)) -> None:
+        self.path = path
+        self.host = host
+        self.allowed_uids = frozenset(allowed_uids)
+        self._listener: socket.socket | None = None
+        self._clients: dict[int, _Client] = {}
+        self.refused = 0  # peers turned away (not an allowed uid, too many clients)
+
+    def open(self) -> None:
+        """Bind under a temporary name, restrict it to 0600, then rename into place."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            listener.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            listener.listen(16)
+            os.replace(tmp, self.path)
+        except OSError:
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        listener.setblocking(False)
+        self._listener = listener
+
+    def close(self) -> None:
+        for client in list(self._clients.values()):
+            self._drop(client)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def read_fds(self) -> list[int]:
+        fds = [c.sock.fileno() for c in self._clients.values() if not c.asked]
+        return fds + ([self._listener.fileno()] if self._listener is not None else [])
+
+    def write_fds(self) -> list[int]:
+        return [c.sock.fileno() for c in self._clients.values() if c.unsent]
+
+    def on_ready(self, fd: int, readable: bool, writable: bool, now: float) -> None:
+        if self._listener is not None and fd == self._listener.fileno():
+            self._accept(now)
+            return
+        client = self._clients.get(fd)
+        if client is None:
+            return
+        if readable and not client.asked:
+            self._read(client, now)
+        if writable and client.unsent:
+            self._flush(client)
+
+    def tick(self, now: float) -> None:
+        for client in list(self._clients.values()):
+            if not client.asked and now - client.opened > REQUEST_DEADLINE_S:
+                self._drop(client)
+
+    def _accept(self, now: float) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again at the next pass
+                log.warning("api socket: accept failed: %s", exc.strerror or exc)
+                return
+            sock.setblocking(False)
+            uid = _peer_uid(sock)
+            if uid not in self.allowed_uids or len(self._clients) >= MAX_CLIENTS:
+                self.refused += 1
+                why = "not allowed" if uid not in self.allowed_uids else "too many callers"
+                log.warning("api socket: refused a caller with uid %d (%s)", uid, why)
+                self._reply_and_close(sock, Outcome("refused", message=f"uid {uid}: {why}"))
+                continue
+            client = _Client(sock, uid, now)
+            self._clients[sock.fileno()] = client
+
+    def _read(self, client: _Client, now: float) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(client)
+            return
+        if not data:
+            self._drop(client)
+            return
+        try:
+            messages = client.decoder.feed(data)
+        except p.FramingError as exc:
+            self._answer(client, Outcome("invalid", message=f"request: {exc}"))
+            return
+        if not messages:
+            return
+        client.asked = True
+        parsed = parse_request(messages[0])
+        if isinstance(parsed, str):
+            self._answer(client, Outcome("invalid", message=f"request: {parsed}"))
+            return
+        plugin, function, args, timeout = parsed
+        self.host.call(plugin, function, args, timeout, now, lambda o: self._answer(client, o))
+
+    def _answer(self, client: _Client, outcome: Outcome) -> None:
+        if client.done:
+            return
+        client.asked = client.done = True
+        client.unsent += p.encode(_outcome_doc(outcome))
+        self._flush(client)
+
+    def _flush(self, client: _Client) -> None:
+        while client.unsent:
+            try:
+                sent = client.sock.send(client.unsent, socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN:
+                    self._drop(client)
+                return
+            del client.unsent[:sent]
+        if client.done:
+            self._drop(client)
+
+    def _reply_and_close(self, sock: socket.socket, outcome: Outcome) -> None:
+        with contextlib.suppress(OSError):
+            sock.send(p.encode(_outcome_doc(outcome)), socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        sock.close()
+
+    def _drop(self, client: _Client) -> None:
+        self._clients.pop(client.sock.fileno(), None)
+        client.done = True
+        client.sock.close()
+
+
+def _outcome_doc(outcome: Outcome) -> dict[str, Any]:
+    if outcome.kind == "result":
+        return {"outcome": "result", "value": outcome.value}
+    return {"outcome": outcome.kind, "message": outcome.message}

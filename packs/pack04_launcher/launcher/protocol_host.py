@@ -1,0 +1,269 @@
+"""Every running plugin's protocol channel, as the supervisor sees them together.
+
+The supervisor ``attach``es a channel when it starts a plugin with a protocol
+connection and ``detach``es it when the run ends. In between this module routes
+calls (from the operator's socket, from Aurora, and from other plugins — only as
+granted), keeps the calls that arrive while a plugin is (re)starting until it is
+ready or their deadline passes, asks each plugin for its health on its policy and
+says which plugins turned unhealthy. Nothing a plugin sends raises out of here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.channel import Channel, FunctionSpec, Limits, Outcome, Reply
+
+log = logging.getLogger(__name__)
+
+#: How a grant to call another plugin's function is spelled in the registry's
+#: ``granted`` list, beside the capabilities: ``call:<plugin id>/<function>``.
+CALL_GRANT_PREFIX = "call:"
+MAX_WAITING_CALLS = 64  # per plugin, while it is not ready
+
+
+def call_grant(plugin_id: str, function: str) -> str:
+    return f"{CALL_GRANT_PREFIX}{plugin_id}/{function}"
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """The manifest's ``health``: ask every ``interval_s``, wait ``timeout_s``, and
+    ``failures`` unanswered or failed checks in a row make the plugin unhealthy."""
+
+    interval_s: float = 10.0
+    timeout_s: float = 2.0
+    failures: int = 3
+
+
+@dataclass
+class _Waiting:
+    function: str
+    args: Any
+    deadline: float
+    reply: Reply
+
+
+@dataclass
+class _Plugin:
+    channel: Channel | None = None
+    functions: Mapping[str, FunctionSpec] = field(default_factory=dict)
+    health: HealthPolicy | None = None
+    next_health: float = 0.0
+    waiting: list[_Waiting] = field(default_factory=list)
+    last_call: float = 0.0
+    reason: str | None = None  # why the last channel closed
+    restarting: bool = False  # the supervisor will start it again: calls wait
+
+
+class ProtocolHost:
+    """The protocol side of the supervisor; driven by its loop like the channels."""
+
+    def __init__(
+        self,
+        grants: Callable[[str], Iterable[str]],
+        *,
+        limits: Limits | None = None,
+        on_log: Callable[[str, str, str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self._grants = grants
+        self._limits = limits or Limits()
+        self._on_log = on_log
+        self._plugins: dict[str, _Plugin] = {}
+
+    # -- runs ------------------------------------------------------------------
+
+    def attach(
+        self,
+        plugin_id: str,
+        sock: socket.socket,
+        functions: Mapping[str, FunctionSpec],
+        health: HealthPolicy | None,
+        now: float,
+    ) -> None:
+        """A run of ``plugin_id`` started with ``sock`` as the supervisor's end."""
+        entry = self._plugins.setdefault(plugin_id, _Plugin())
+        if entry.channel is not None:
+            entry.channel.close("replaced by a new run")
+        entry.functions, entry.health, entry.reason = functions, health, None
+        entry.restarting = False
+        entry.channel = Channel(
+            plugin_id,
+            sock,
+            functions,
+            now=now,
+            limits=self._limits,
+            on_log=lambda level, text, fields: self._log(plugin_id, level, text, fields),
+            on_call_out=lambda target, fn, args, timeout, reply: self._call_out(
+                plugin_id, target, fn, args, timeout, reply
+            ),
+        )
+
+    def detach(self, plugin_id: str, reason: str, *, restarting: bool = False) -> None:
+        """The run ended. Calls in flight fail with ``reason``; waiting calls are kept
+        for the next run when ``restarting``, else they fail too."""
+        entry = self._plugins.get(plugin_id)
+        if entry is None:
+            return
+        if entry.channel is not None:
+            entry.channel.close(reason)
+            entry.channel = None
+        entry.reason = reason
+        entry.restarting = restarting
+        if not restarting:
+            self._fail_waiting(entry, Outcome("not-running", message=f"{plugin_id}: {reason}"))
+
+    def forget(self, plugin_id: str, reason: str) -> None:
+        """The plugin is gone from the registry or disabled: nothing waits for it."""
+        self.detach(plugin_id, reason)
+        self._plugins.pop(plugin_id, None)
+
+    # -- calls ---------------------------------------------------------------
+
+    def call(
+        self,
+        plugin_id: str,
+        function: str,
+        args: Any,
+        timeout: float,
+        now: float,
+        reply: Reply,
+        *,
+        may_wait: bool = False,
+    ) -> None:
+        """Call ``function`` of ``plugin_id``; ``reply`` gets the one outcome.
+
+        A plugin that is starting (or restarting, or ``may_wait``: an on-call plugin
+        the supervisor is about to start) gets the call once it is ready.
+        """
+        entry = self._plugins.get(plugin_id)
+        if entry is None and may_wait:
+            entry = self._plugins.setdefault(plugin_id, _Plugin())
+        if entry is None:
+            reply(Outcome("not-running", message=f"{plugin_id} is not running"))
+            return
+        entry.last_call = now
+        channel = entry.channel
+        if channel is not None and channel.state == "ready":
+            channel.call(function, args, timeout, now, reply)
+        elif (
+            (channel is not None and channel.state == "handshake")
+            or may_wait
+            or entry.restarting
+            or entry.waiting
+        ):
+            if len(entry.waiting) >= MAX_WAITING_CALLS:
+                reply(Outcome("refused", message=f"{plugin_id}: too many calls waiting"))
+                return
+            entry.waiting.append(_Waiting(function, args, now + timeout, reply))
+        else:
+            why = entry.reason or "it does not speak the plugin protocol"
+            reply(Outcome("not-running", message=f"{plugin_id}: {why}"))
+
+    def waiting_for(self) -> list[str]:
+        """Plugins that calls are waiting for and that nothing is starting (on-call)."""
+        return [
+            pid
+            for pid, e in self._plugins.items()
+            if e.waiting and e.channel is None and not e.restarting
+        ]
+
+    def idle_since(self, plugin_id: str) -> float:
+        entry = self._plugins.get(plugin_id)
+        return entry.last_call if entry is not None else 0.0
+
+    def _call_out(
+        self, source: str, target: str, function: str, args: Any, timeout: float, reply: Reply
+    ) -> None:
+        if call_grant(target, function) not in set(self._grants(source)):
+            reply(Outcome("refused", message=f"{source} is not granted {target}/{function}"))
+            return
+        self.call(target, function, args, timeout, time.monotonic(), reply)
+
+    # -- the loop --------------------------------------------------------------
+
+    def channels(self) -> list[Channel]:
+        return [e.channel for e in self._plugins.values() if e.channel is not None]
+
+    def tick(self, now: float) -> list[tuple[str, str]]:
+        """Deadlines, health checks, hand-over of waiting calls; returns the plugins that
+        turned unhealthy (or broke the protocol) with why, for the supervisor to restart."""
+        restart: list[tuple[str, str]] = []
+        for plugin_id, entry in self._plugins.items():
+            for expired in [w for w in entry.waiting if now >= w.deadline]:
+                entry.waiting.remove(expired)
+                expired.reply(Outcome("timeout", message=f"{plugin_id} was not ready in time"))
+            channel = entry.channel
+            if channel is None:
+                continue
+            before = channel.health_failures
+            channel.tick(now)
+            if channel.state == "closed":
+                entry.reason = channel.reason
+                entry.channel = None
+                self._fail_waiting(
+                    entry, Outcome("not-running", message=f"{plugin_id}: {channel.reason}")
+                )
+                if channel.reason and channel.reason.startswith("protocol"):
+                    restart.append((plugin_id, channel.reason))
+                continue
+            if channel.state == "ready":
+                ready, entry.waiting = entry.waiting, []
+                for w in ready:
+                    channel.call(w.function, w.args, max(0.0, w.deadline - now), now, w.reply)
+                policy = entry.health
+                if policy is not None:
+                    if now >= entry.next_health:
+                        entry.next_health = now + policy.interval_s
+                        channel.check_health(now, policy.timeout_s)
+                    if channel.health_failures >= policy.failures > before:
+                        message = channel.health_message or "no answer"
+                        restart.append((plugin_id, f"unhealthy: {message}"))
+        return restart
+
+    def next_wakeup(self, now: float) -> float:
+        """Seconds until the next deadline this module keeps (at most 1 s)."""
+        soonest = now + 1.0
+        for entry in self._plugins.values():
+            for w in entry.waiting:
+                soonest = min(soonest, w.deadline)
+            if entry.channel is not None and entry.health is not None:
+                soonest = min(soonest, entry.next_health)
+        return max(0.0, soonest - now)
+
+    def status(self, plugin_id: str) -> dict[str, Any]:
+        """What ``list``/``status`` show: protocol state, health and the plugin's message."""
+        entry = self._plugins.get(plugin_id)
+        if entry is None or (entry.channel is None and entry.reason is None):
+            return {"protocol": None}
+        channel = entry.channel
+        if channel is None:
+            return {"protocol": "closed", "reason": entry.reason}
+        return {
+            "protocol": channel.state,
+            "health": channel.health_status if entry.health is not None else None,
+            "message": channel.health_message,
+            "functions": channel.offered,
+        }
+
+    def close(self, reason: str) -> None:
+        for plugin_id in list(self._plugins):
+            self.forget(plugin_id, reason)
+
+    def _fail_waiting(self, entry: _Plugin, outcome: Outcome) -> None:
+        waiting, entry.waiting = entry.waiting, []
+        for w in waiting:
+            w.reply(outcome)
+
+    def _log(self, plugin_id: str, level: str, text: str, fields: dict[str, Any]) -> None:
+        if self._on_log is None:
+            return
+        try:
+            self._on_log(plugin_id, level, text, fields)
+        except Exception:  # a log that cannot be written must not end the channel
+            log.exception("%s: could not record a log record", plugin_id)
