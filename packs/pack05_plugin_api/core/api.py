@@ -135,8 +135,19 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
             hint = " (quote it in YAML)"
         found = f"{_type_name(value)} {_show(value)}"
         return f"{place}: expected {error.validator_value}, found {found}{hint}"
-    if kind == "enum":
+    if kind == "enum" and place.startswith("permissions"):
         return f"{place}: unknown capability {_show(value)} (known: {known_capabilities()})"
+    if kind == "enum":
+        choices: list[Any] = list(error.validator_value)  # type: ignore[arg-type]
+        known = ", ".join(str(v) for v in choices)
+        return f"{place}: {_show(value)} is not one of {known}"
+    if kind == "additionalProperties" and isinstance(value, Mapping):
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        allowed = schema.get("properties", {})
+        extra = sorted(k for k in value if k not in allowed)
+        return f"{place}: unknown key {_show(extra[0] if extra else '?')} (known: " + (
+            ", ".join(allowed) + ")"
+        )
     if kind == "pattern":
         return _pattern_message(place, value, str(error.validator_value))
     if kind == "maxLength":
@@ -176,8 +187,8 @@ def manifest_problems(data: object) -> list[str]:
     for error in sorted(
         _validator().iter_errors(dict(data)), key=lambda e: _place(e.absolute_path)
     ):
-        if error.validator == "additionalProperties":
-            continue  # reported above, one line per key
+        if error.validator == "additionalProperties" and not error.absolute_path:
+            continue  # top-level unknown keys: reported above, one line per key
         if error.validator == "required":
             missing = re.findall(r"'([^']+)' is a required property", error.message)
             problems.extend(f"{m}: missing (required)" for m in missing)
@@ -208,6 +219,39 @@ def manifest_problems(data: object) -> list[str]:
         problem = _entrypoint_problem(entry)
         if problem:
             problems.append(f"entrypoint: {_show(entry)} {problem}")
+    problems.extend(_protocol_problems(data, problems))
+    return problems
+
+
+_FUNCTION_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_CALL = re.compile(r"[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9][a-z0-9_-]*)+/[a-z][a-z0-9_-]{0,63}")
+
+
+def _protocol_problems(data: Mapping[str, Any], found: list[str]) -> list[str]:
+    """What the protocol keys need beyond the schema: whole-string names (see the
+    newline note above) and function schemas that are JSON Schemas themselves."""
+    problems: list[str] = []
+    functions = data.get("functions")
+    if isinstance(functions, Mapping) and not any(p.startswith("functions") for p in found):
+        for name, spec in functions.items():
+            if not _FUNCTION_NAME.fullmatch(name):
+                problems.append(f"functions.{_show(name)}: not a function name ([a-z][a-z0-9_-]*)")
+                continue
+            for part in ("parameters", "result"):
+                schema = spec.get(part) if isinstance(spec, Mapping) else None
+                if schema is None:
+                    continue
+                try:
+                    jsonschema.Draft202012Validator.check_schema(schema)
+                except jsonschema.SchemaError as exc:
+                    problems.append(
+                        f"functions.{name}.{part}: not a valid JSON Schema: {exc.message[:120]}"
+                    )
+    calls = data.get("calls")
+    if isinstance(calls, list) and not any(p.startswith("calls") for p in found):
+        for i, target in enumerate(calls):
+            if isinstance(target, str) and not _CALL.fullmatch(target):
+                problems.append(f"calls[{i}]: {_show(target)} is not <plugin id>/<function>")
     return problems
 
 

@@ -1,0 +1,1 @@
+"""Aurora's shared library (pack01_common)."""
