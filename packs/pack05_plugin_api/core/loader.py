@@ -5,15 +5,19 @@ The loader never runs plugin code.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import logging
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -25,7 +29,7 @@ from . import paths
 from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, PluginError, StagingError
 from .registry import REPLACED_MARK, PluginRegistry
-from .storage import fsync_dir, locked
+from .storage import fsync_dir, is_io_failure, locked, named
 
 __all__ = ["PluginLoader", "tree_digest"]
 
@@ -33,6 +37,36 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _MAX_LINK = 4096
+# Archive metadata is read into memory by tarfile: a GNU long name/link or pax header
+# larger than this is refused before it is read, and all of them together are capped.
+MAX_TAR_META = 64 * 1024
+MAX_TAR_META_TOTAL = 16 * 2**20
+# What may follow the end-of-archive marker of a .tar.gz (writers pad to 10 KiB records).
+_MAX_TAR_TRAILER = 1 << 20
+# staging/rm~<id>[~<version dir>]: a plugin or version being removed (see ``remove``).
+_TOMB = "rm~"
+# plugins/space.reserve*: space and inodes kept free so that ``remove`` works on a full disk.
+RESERVE = "space.reserve"
+_RESERVE_MIN = 64 * 1024
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized metadata headers before tarfile reads them."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo | None:
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or (
+            self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+        ):
+            seen = getattr(tarfile_, "_aurora_meta", 0) + self.size
+            if self.size > MAX_TAR_META or seen > MAX_TAR_META_TOTAL:
+                raise tarfile.SubsequentHeaderError(  # type: ignore[attr-defined]
+                    f"a {self.size}-byte metadata header at offset {self.offset} "
+                    f"(at most {MAX_TAR_META} bytes each, {MAX_TAR_META_TOTAL} in all)"
+                )
+            tarfile_._aurora_meta = seen  # type: ignore[attr-defined]
+        result: tarfile.TarInfo | None = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return result
 
 
 @dataclass
@@ -282,7 +316,12 @@ class PluginLoader:
                 if info.is_dir():
                     target.mkdir(mode=0o755, parents=True, exist_ok=True)
                 elif stat.S_ISLNK(mode):
-                    link = zf.read(info)[:_MAX_LINK].decode("utf-8", "replace")
+                    if info.file_size > _MAX_LINK:
+                        raise StagingError(f"symlink {rel!r} target is too long", source=source)
+                    try:
+                        link = zf.read(info).decode("utf-8", "replace")
+                    except _ZIP_ERRORS as exc:
+                        raise StagingError(f"member {rel!r}: {exc}", source=source) from None
                     _check_link(rel, link, source)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(link, target)
@@ -306,20 +345,40 @@ class PluginLoader:
     ) -> None:
         mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
         written = 0
-        with zf.open(info) as src, open(target, "xb") as out:
-            os.chmod(target, mode)
-            while chunk := src.read(_CHUNK):
-                written += len(chunk)
-                if written > info.file_size:  # the header lied: a zip bomb
-                    raise StagingError(f"member {rel!r} is larger than declared", source=source)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with zf.open(info) as src, open(target, "xb") as out:
+                os.chmod(target, mode)
+                while True:
+                    try:
+                        chunk = src.read(_CHUNK)  # CRC and deflate errors surface here
+                    except _ZIP_ERRORS as exc:
+                        raise StagingError(f"member {rel!r}: {exc}", source=source) from None
+                    if not chunk:
+                        break
+                    written += len(chunk)
+                    if written > info.file_size:  # the header lied: a zip bomb
+                        raise StagingError(f"member {rel!r} is larger than declared", source=source)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except _ZIP_ERRORS as exc:  # opening the member: bad local header, encryption
+            raise StagingError(f"member {rel!r}: {exc}", source=source) from None
+        except OSError as exc:
+            raise named(exc, target) from None
 
     def _extract_tar(self, src: Path, dest: Path, source: str) -> None:
+        """Extract a tar archive: headers capped, members counted, the gzip CRC checked.
+
+        A disk-full or I/O error while writing is an OSError naming the file (exit 1, the
+        inbox retries); anything wrong with the archive is a StagingError with its place.
+        """
         try:
-            tf = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by the with below
-        except (tarfile.TarError, OSError) as exc:
+            tf = tarfile.open(src, "r:*", tarinfo=_CappedTarInfo)  # noqa: SIM115 - with below
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
+        except OSError as exc:
+            if is_io_failure(exc) or exc.errno is not None:
+                raise
             raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
         with tf:
             tf.errorlevel = 2
@@ -335,12 +394,38 @@ class PluginLoader:
                     if total > self.max_bytes:
                         raise StagingError(f"larger than {self.max_bytes} bytes", source=source)
                     tarfile.data_filter(member, str(dest))
+                self._check_trailer(tf, source)
                 dest.mkdir()
                 tf.extractall(dest, members=members, filter="data")
             except tarfile.FilterError as exc:
                 raise StagingError(f"refused archive member: {exc}", source=source) from None
-            except (tarfile.TarError, EOFError, OSError) as exc:
+            except (tarfile.TarError, EOFError, zlib.error, RecursionError) as exc:
                 raise StagingError(f"cannot extract: {exc}", source=source) from None
+            except OSError as exc:
+                if is_io_failure(exc):
+                    raise named(exc, dest) from None
+                raise StagingError(f"cannot extract: {exc}", source=source) from None
+
+    @staticmethod
+    def _check_trailer(tf: tarfile.TarFile, source: str) -> None:
+        """Read a compressed archive to its end, so that gzip checks its CRC and length.
+
+        tarfile stops at the end-of-archive marker and never reads the gzip trailer.
+        """
+        stream = tf.fileobj
+        if not isinstance(stream, gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile):
+            return  # an uncompressed tar: nothing to verify
+        left = _MAX_TAR_TRAILER
+        while True:
+            chunk = stream.read(min(left + 1, _CHUNK))
+            if not chunk:
+                return
+            left -= len(chunk)
+            if left < 0:
+                raise StagingError(
+                    f"more than {_MAX_TAR_TRAILER} bytes after the end of the archive",
+                    source=source,
+                )
 
     # -- staging ---------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .audit import append_audit, audit_entry
+from .audit import audit_entry
 from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
 from .errors import CapabilityError, RegistryError
-from .storage import atomic_write, locked
+from .storage import UnsafeFile, locked, read_bounded
+from .txn import TxnError, audited_replace, recover
 
 __all__ = [
     "CAPABILITIES",
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 POLICY_SCHEMA = "aurora-plugin-permissions-v1"
 POLICY_FILE = "permissions.json"
+MAX_POLICY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,11 @@ def load_policy(plugins_dir: Path | None = None) -> Policy:
     """Read ``permissions.json``; a missing file is the default policy (deny everything)."""
     path = _policy_path(plugins_dir)
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_POLICY_BYTES)
     except FileNotFoundError:
         return Policy()
+    except UnsafeFile as exc:
+        raise RegistryError(f"permission policy {path} is unreadable: {exc.what}") from None
     except OSError as exc:
         raise RegistryError(f"permission policy {path} is unreadable: {exc}") from None
     try:
@@ -92,6 +96,8 @@ def load_policy(plugins_dir: Path | None = None) -> Policy:
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list of capabilities")
             continue
+        if len({repr(v) for v in value}) != len(value):
+            problems.append(f"{key}: contains duplicates")
         try:
             lists[key] = frozenset(check_capabilities(value, place=key))
         except CapabilityError as exc:
@@ -124,8 +130,13 @@ def update_policy(
     path = _policy_path(plugins_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     registry = PluginRegistry(path.parent, actor=actor)
+    audit = path.with_name("audit.log")
     with locked(path.with_name("permissions.lock")):
-        old = load_policy(plugins_dir)
+        try:
+            recover(path, audit, actor=actor, max_bytes=MAX_POLICY_BYTES)
+        except TxnError as exc:
+            raise RegistryError(str(exc)) from None
+        old = load_policy(path.parent)
         allowed = (old.allowed - block_set - clear_set) | allow_set
         blocked = (old.blocked - allow_set - clear_set) | block_set
         new = Policy(allowed=frozenset(allowed), blocked=frozenset(blocked))
@@ -136,7 +147,6 @@ def update_policy(
             registry.enforce_blocked(new.blocked)
         if new != old or not path.exists():
             data = json.dumps(new.to_json(), indent=2) + "\n"
-            atomic_write(path, data.encode("utf-8"))
             entry = audit_entry(
                 actor,
                 "policy",
@@ -145,7 +155,14 @@ def update_policy(
                 allowed=sorted(new.allowed),
                 blocked=sorted(new.blocked),
             )
-            append_audit(path.with_name("audit.log"), entry)
+            audited_replace(
+                path,
+                data.encode("utf-8"),
+                [entry],
+                audit=audit,
+                actor=actor,
+                max_bytes=MAX_POLICY_BYTES,
+            )
         if block_set:
             registry.enforce_blocked(new.blocked)  # granted from `allowed` meanwhile
     return new
