@@ -18,6 +18,7 @@ from packaging.version import InvalidVersion, Version
 from .capabilities import known_capabilities
 from .errors import ManifestError
 from .paths import schemas_dir
+from .storage import UnsafeFile, is_io_failure, read_bounded
 
 __all__ = [
     "MANIFEST_NAMES",
@@ -282,12 +283,13 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     source = str(path)
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        raw = read_bounded(path, MAX_MANIFEST_BYTES)  # no FIFO, device or symlink
+    except UnsafeFile as exc:
+        raise ManifestError([exc.what], source=source) from None
     except OSError as exc:
+        if is_io_failure(exc):
+            raise  # the machine's failure, not the manifest's
         raise ManifestError([f"cannot read: {exc.strerror or exc}"], source=source) from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError([f"larger than {MAX_MANIFEST_BYTES} bytes"], source=source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -253,6 +253,8 @@ class PluginLoader:
                 if copied != entry.size:
                     raise StagingError(f"{entry.path!r} shrank while staging", source=source)
                 os.fsync(dfd)
+            except OSError as exc:
+                raise named(exc, dest) from None
             finally:
                 os.close(dfd)
         finally:
@@ -463,21 +465,125 @@ class PluginLoader:
             raise StagingError(f"entrypoint {entry!r} is not a regular file", source=source)
 
     def _clean_staging(self) -> None:
-        """Remove leftovers of stagers that died (we hold the staging lock: none is running)."""
-        for child in self.staging_dir.iterdir():
-            shutil.rmtree(child, ignore_errors=True)
+        """Settle what dead stagers and removers left (we hold the staging lock).
+
+        ``rm~`` entries are removals in progress: finished, or put back when the registry
+        still names them (the remover died before unregistering). Other entries are temp
+        dirs of stagers: deleted.
+        """
+        try:
+            children = sorted(os.listdir(self.staging_dir))
+        except FileNotFoundError:
+            return
+        for name in children:
+            if name.startswith(_TOMB):
+                self._settle_tomb(name)
+            else:
+                shutil.rmtree(self.staging_dir / name, ignore_errors=True)
+
+    def _tomb_name(self, plugin_id: str, rel: str | None) -> str:
+        """``rm~<id>`` for a whole plugin, ``rm~<id>~<version dir>`` for one version."""
+        return _TOMB + plugin_id + ("" if rel is None else "~" + PurePosixPath(rel).name)
+
+    def _settle_tomb(self, name: str) -> None:
+        plugin_id, _, dirname = name[len(_TOMB) :].partition("~")
+        tomb = self.staging_dir / name
+        record = self.registry.get(plugin_id)  # an unreadable registry: stop, delete nothing
+        versions = (record or {}).get("versions", {})
+        if dirname:
+            dest = self.packages_dir / plugin_id / dirname
+            wanted = any(v.get("path") == self._rel(dest) for v in versions.values())
+        else:
+            dest = self.packages_dir / plugin_id
+            wanted = record is not None
+        if wanted and not os.path.lexists(dest):
+            dest.parent.mkdir(exist_ok=True)
+            os.rename(tomb, dest)  # the remover died before unregistering: roll back
+            fsync_dir(dest.parent)
+            log.warning("rolled back an interrupted removal: %s is registered", dest)
+            return
+        shutil.rmtree(tomb, ignore_errors=True)  # unregistered: finish the removal
+        if not os.path.lexists(tomb):
+            log.info("finished an interrupted removal of %s", name[len(_TOMB) :])
 
     @contextlib.contextmanager
-    def _staging_area(self) -> Iterator[Path]:
+    def _locked(self) -> Iterator[None]:
+        """The staging lock, with what dead stagers and removers left settled first."""
         self.packages_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         with locked(self.lock_path):
+            self.registry.recover()
             self._clean_staging()
+            yield
+
+    @contextlib.contextmanager
+    def _staging_area(self) -> Iterator[Path]:
+        with self._locked():
+            self._keep_reserve()
             tmp = Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging_dir))
             try:
                 yield tmp
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def needs_recovery(self) -> bool:
+        """Whether an interrupted change or removal waits to be settled (cheap: no lock)."""
+        if os.path.lexists(self.registry.path.with_name("registry.json.txn")):
+            return True
+        try:
+            return any(n.startswith(_TOMB) for n in os.listdir(self.staging_dir))
+        except OSError:
+            return False
+
+    def recover(self) -> None:
+        """Settle an interrupted change of the registry and interrupted removals."""
+        if self.needs_recovery():
+            with self._locked():
+                pass
+
+    # -- the space reserve ------------------------------------------------------------------
+
+    def _reserve_size(self) -> int:
+        try:
+            size = os.stat(self.registry.path).st_size
+        except OSError:
+            size = 0
+        return _RESERVE_MIN + size
+
+    def _keep_reserve(self) -> None:
+        """Keep ``space.reserve`` (space for one registry write) and ``space.reserve.i`` (an
+        inode) allocated, so that ``remove`` can free space on a full disk. Best effort."""
+        path = self.plugins_dir / RESERVE
+        want = self._reserve_size()
+        try:
+            if os.stat(path).st_size >= want and os.path.lexists(f"{path}.i"):
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, want)
+            finally:
+                os.close(fd)
+            os.close(os.open(f"{path}.i", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError:
+            self._release_reserve()  # no room for it: never keep half a reserve
+
+    def _release_reserve(self) -> None:
+        for name in (RESERVE, f"{RESERVE}.i"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.plugins_dir / name)
+
+    def _make_room(self) -> None:
+        """Free the reserve when the disk is too full for the writes of a removal."""
+        try:
+            st = os.statvfs(self.plugins_dir)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize < self._reserve_size() or st.f_favail < 4:
+            self._release_reserve()
+            log.warning("%s: the disk is full; used the space reserve", self.plugins_dir)
 
     def stage_package(self, path: Path | str, *, replace: bool = False) -> dict[str, Any]:
         """Stage a package directory, ``.zip`` or ``.tar.gz``; return what was staged.
@@ -669,34 +775,38 @@ class PluginLoader:
     def remove(self, plugin_id: str, version: str | None = None) -> bool:
         """Unregister a plugin (or one version) and delete its staged files; False if unknown.
 
-        Holds the staging lock throughout, so a concurrent stager of the same plugin cannot
-        place a new copy between the two steps. Registry first: a crash leaves an
-        unregistered directory, never a registered version without files.
+        Tracked while it runs: the directory is first renamed out of ``packages/`` to
+        ``staging/rm~<id>[~<version dir>]`` (the pending record, which costs no disk space),
+        then the registry is changed (audited), then the directory is deleted. Whoever takes
+        the staging lock next finishes a removal that was unregistered, or puts the
+        directory back if the registry still names it. Works on a full disk: the space
+        reserve is released first when it is needed.
         """
-        record = self.registry.get(plugin_id)
-        if record is None:
+        if self.registry.get(plugin_id) is None:
             return False
-        with self._staging_area() as tmp:
+        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(exist_ok=True)
+        self._make_room()
+        with self._locked():
             record = self.registry.get(plugin_id)
-            entry = (record or {}).get("versions", {}).get(version) if version else None
-            if not self.registry.unregister(plugin_id, version):
+            if record is None or (version is not None and version not in record["versions"]):
                 return False
             id_dir = self.packages_dir / plugin_id
-            # The registry may have been edited by hand: only ever delete an entry of
-            # packages/<id>/, or packages/<id> itself, never what a path leads to.
-            if id_dir.parent != self.packages_dir or plugin_id in (".", ".."):
-                log.warning("%s: not a directory name; staged files left in place", plugin_id)
-                return True
-            target: Path | None
-            if version is None or self.registry.get(plugin_id) is None:
-                target = id_dir  # the whole plugin is gone: leftovers of crashes go too
-            else:
-                target = self._own_dir(id_dir, (entry or {}).get("path")) or self._own_dir(
-                    id_dir, self._rel(id_dir / version)
-                )
-            if target is not None and os.path.lexists(target):
-                os.rename(target, tmp / "removed")  # out of packages/ at once, then delete
-            if version is not None and id_dir.is_dir() and not any(id_dir.iterdir()):
+            whole = version is None or len(record["versions"]) == 1
+            rel = None if whole else str(record["versions"][version]["path"])
+            source = id_dir if rel is None else self.plugins_dir / rel
+            tomb = self.staging_dir / self._tomb_name(plugin_id, rel)
+            if os.path.lexists(source):
+                os.rename(source, tomb)
+                fsync_dir(source.parent)
+            try:
+                self.registry.unregister(plugin_id, version)
+            except BaseException:
+                if os.path.lexists(tomb):
+                    self._settle_tomb(tomb.name)  # still registered: put back
+                raise
+            shutil.rmtree(tomb, ignore_errors=True)
+            if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
                 id_dir.rmdir()
         return True
 
