@@ -48,6 +48,7 @@ _TOMB = "rm~"
 # plugins/space.reserve*: space and inodes kept free so that ``remove`` works on a full disk.
 RESERVE = "space.reserve"
 _RESERVE_MIN = 64 * 1024
+_RESERVE_INODES = 4
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
@@ -556,7 +557,7 @@ class PluginLoader:
         path = self.plugins_dir / RESERVE
         want = self._reserve_size()
         try:
-            if os.stat(path).st_size >= want and os.path.lexists(f"{path}.i"):
+            if os.stat(path).st_size >= want and os.path.lexists(self._reserve_names()[-1]):
                 return
         except FileNotFoundError:
             pass
@@ -566,14 +567,22 @@ class PluginLoader:
                 os.posix_fallocate(fd, 0, want)
             finally:
                 os.close(fd)
-            os.close(os.open(f"{path}.i", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            for name in self._reserve_names()[1:]:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(name, flags, 0o600))
         except OSError:
             self._release_reserve()  # no room for it: never keep half a reserve
 
+    def _reserve_names(self) -> list[Path]:
+        """The space file, then empty files holding inodes: a registry write needs three
+        (its marker, its temp file, the backup's hard link, which tmpfs counts)."""
+        base = self.plugins_dir / RESERVE
+        return [base] + [base.with_name(f"{RESERVE}.i{i}") for i in range(_RESERVE_INODES)]
+
     def _release_reserve(self) -> None:
-        for name in (RESERVE, f"{RESERVE}.i"):
+        for path in self._reserve_names():
             with contextlib.suppress(OSError):
-                os.unlink(self.plugins_dir / name)
+                os.unlink(path)
 
     def _make_room(self) -> None:
         """Free the reserve when the disk is too full for the writes of a removal."""
@@ -581,7 +590,7 @@ class PluginLoader:
             st = os.statvfs(self.plugins_dir)
         except OSError:
             return
-        if st.f_bavail * st.f_frsize < self._reserve_size() or st.f_favail < 4:
+        if st.f_bavail * st.f_frsize < self._reserve_size() or st.f_favail < _RESERVE_INODES:
             self._release_reserve()
             log.warning("%s: the disk is full; used the space reserve", self.plugins_dir)
 

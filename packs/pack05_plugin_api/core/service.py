@@ -332,7 +332,10 @@ class InboxService:
         except OSError as exc:
             self._note_error(name, f"{type(exc).__name__}: {exc}")
             log.error("could not process inbox/%s: %s", name, exc)
-            self._stuck[name] = _signature(str(path))
+            if is_io_failure(exc):  # disk full: try again later, as it is
+                self._retry_at[name] = time.monotonic() + max(IO_RETRY_SECONDS, self.interval)
+            else:
+                self._stuck[name] = _signature(str(path))
         finally:
             self.current = None
 
