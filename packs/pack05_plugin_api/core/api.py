@@ -18,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 from .capabilities import known_capabilities
 from .errors import ManifestError
 from .paths import schemas_dir
-from .storage import UnsafeFile, is_io_failure, read_bounded
+from .storage import InputRefused, is_io_failure, read_bytes, refusal_reason
 
 __all__ = [
     "MANIFEST_NAMES",
@@ -283,9 +283,9 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     source = str(path)
     try:
-        raw = read_bounded(path, MAX_MANIFEST_BYTES)  # no FIFO, device or symlink
-    except UnsafeFile as exc:
-        raise ManifestError([exc.what], source=source) from None
+        raw = read_bytes(path, MAX_MANIFEST_BYTES)  # no FIFO, device or symlink
+    except InputRefused as exc:
+        raise ManifestError([refusal_reason(exc, path)], source=source) from None
     except OSError as exc:
         if is_io_failure(exc):
             raise  # the machine's failure, not the manifest's

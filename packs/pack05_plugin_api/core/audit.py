@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .storage import append_durable
+from aurora_common.journal import append_record, read_records
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = ("commit", "abort")
 
@@ -47,44 +49,29 @@ def audit_entry(
     }
 
 
-def _line(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
-
-
 def append_audit(path: Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line to the audit log durably: the whole line or nothing."""
     append_audit_many(path, [record])
 
 
 def append_audit_many(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Append several lines in one write: all of them durably, or none (disk full)."""
-    append_durable(path, "".join(_line(r) for r in records).encode("utf-8"))
+    """Append records in order, each durably and whole (``aurora_common.journal``).
+
+    A failure part-way leaves the first records without their ``commit`` line: they do not
+    count (see ``read_audit``).
+    """
+    for record in records:
+        append_record(path, dict(record))
 
 
 def read_audit_raw(path: Path) -> list[dict[str, Any]]:
-    """Every line of an audit log, intents and outcomes included (empty when missing).
+    """Every record of an audit log, intents and outcomes included (empty when missing).
 
-    A last line without its newline (cut by a power loss mid-append) is ignored; any other
-    line that is not a JSON object raises ValueError naming the file and the line.
+    A line that is not a JSON object (cut by a power loss) is skipped with a warning.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    lines = text.split("\n")
-    tail = lines.pop()  # "" when the file ends with a newline
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise ValueError(f"{path}: line {number} is not a JSON record") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {number} is not a JSON object")
-        records.append(record)
-    del tail
+    records, problems = read_records(path)
+    for problem in problems:
+        log.warning("%s", problem)
     return records
 
 

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from aurora_common.digest import Entry, digest_entries
 from packaging.version import Version
 
 from . import paths
 from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, PluginError, StagingError
 from .registry import REPLACED_MARK, PluginRegistry
-from .storage import fsync_dir, is_io_failure, locked, named
+from .storage import fsync_dir, is_io_failure, locked, named_oserror
 
 __all__ = ["PluginLoader", "tree_digest"]
 
@@ -84,22 +85,25 @@ class _Entry:
     mtime_ns: int = 0
     nlink: int = 1
 
+    def common(self) -> Entry:
+        """This entry as the shared tree digest records it."""
+        if self.kind == "dir":
+            return Entry(self.path, "d")
+        if self.kind == "link":
+            return Entry(self.path, "l", target=self.link)
+        kind = "x" if self.mode & 0o111 else "f"
+        return Entry(self.path, kind, size=self.size, sha256=self.sha256)
+
     def record(self) -> dict[str, Any]:
         if self.kind == "link":
             return {"path": self.path, "link": self.link}
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
 
-def tree_digest(files: list[dict[str, Any]]) -> str:
-    """``sha256:`` over one line per file (``<sha256> <size> <path>``) or link
-    (``-> <target> <path>``), sorted by path: the identity of a staged tree."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f["path"].encode("utf-8")):
-        if "link" in f:
-            h.update(f"-> {f['link']} {f['path']}\n".encode())
-        else:
-            h.update(f"{f['sha256']} {f['size']} {f['path']}\n".encode())
-    return "sha256:" + h.hexdigest()
+def tree_digest(entries: list[_Entry]) -> str:
+    """The ``tree-v1`` digest of a package tree (pack01_common, docs/primitives.md):
+    every directory, file (executable or not) and link, unambiguously encoded."""
+    return digest_entries([e.common() for e in entries])
 
 
 def _check_name(rel: str, source: str) -> None:
@@ -255,7 +259,7 @@ class PluginLoader:
                     raise StagingError(f"{entry.path!r} shrank while staging", source=source)
                 os.fsync(dfd)
             except OSError as exc:
-                raise named(exc, dest) from None
+                raise named_oserror(exc, "write", dest) from None
             finally:
                 os.close(dfd)
         finally:
@@ -367,7 +371,7 @@ class PluginLoader:
         except _ZIP_ERRORS as exc:  # opening the member: bad local header, encryption
             raise StagingError(f"member {rel!r}: {exc}", source=source) from None
         except OSError as exc:
-            raise named(exc, target) from None
+            raise named_oserror(exc, "write", target) from None
 
     def _extract_tar(self, src: Path, dest: Path, source: str) -> None:
         """Extract a tar archive: headers capped, members counted, the gzip CRC checked.
@@ -406,7 +410,7 @@ class PluginLoader:
                 raise StagingError(f"cannot extract: {exc}", source=source) from None
             except OSError as exc:
                 if is_io_failure(exc):
-                    raise named(exc, dest) from None
+                    raise named_oserror(exc, "write", dest) from None
                 raise StagingError(f"cannot extract: {exc}", source=source) from None
 
     @staticmethod
@@ -644,7 +648,7 @@ class PluginLoader:
                 raise ManifestError(exc.problems, source=source) from None
             self._check_entrypoint(root, manifest, source)
             files = [e.record() for e in entries if e.kind != "dir"]
-            digest = tree_digest(files)
+            digest = tree_digest(entries)
             return self._place(root, manifest, files, digest, replace, source, tmp)
 
     def _place(
@@ -701,7 +705,7 @@ class PluginLoader:
                 )
                 return {**self._result(manifest, target, files, digest), **status}
         elif old == canonical:
-            target = id_dir / f"{version}{REPLACED_MARK}{digest[len('sha256:') :][:16]}"
+            target = id_dir / f"{version}{REPLACED_MARK}{digest.rpartition(':')[2][:16]}"
         else:
             target = canonical
         if os.path.lexists(target):
@@ -836,7 +840,7 @@ class PluginLoader:
             self._hash_tree(root, entries)
         except (StagingError, OSError) as exc:
             return [f"{plugin_id} {version}: {exc}"]
-        digest = tree_digest([e.record() for e in entries if e.kind != "dir"])
+        digest = tree_digest(entries)
         if digest != entry["digest"]:
             return [f"{plugin_id} {version}: content differs from the registry ({digest})"]
         return []

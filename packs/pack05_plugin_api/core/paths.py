@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .storage import read_bounded
+from .storage import read_bytes
 
 PACK_DATA_ENV = "AURORA_PACK_DATA"
 HOME_ENV = "AURORA_HOME"
@@ -34,7 +34,7 @@ def _installed_in(home: Path) -> bool:
     """Whether ``home/state.json`` records this pack installed (an active version)."""
     state = home / "state.json"
     try:
-        doc = json.loads(read_bounded(state, _MAX_STATE_BYTES))
+        doc = json.loads(read_bytes(state, _MAX_STATE_BYTES))
     except FileNotFoundError:
         return False
     except (OSError, ValueError) as exc:

@@ -13,7 +13,7 @@ from . import paths
 from .audit import audit_entry
 from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
 from .errors import CapabilityError, RegistryError
-from .storage import UnsafeFile, locked, read_bounded
+from .storage import InputRefused, locked, read_bytes, refusal_reason
 from .txn import TxnError, audited_replace, recover
 
 __all__ = [
@@ -74,11 +74,12 @@ def load_policy(plugins_dir: Path | None = None) -> Policy:
     """Read ``permissions.json``; a missing file is the default policy (deny everything)."""
     path = _policy_path(plugins_dir)
     try:
-        raw = read_bounded(path, MAX_POLICY_BYTES)
+        raw = read_bytes(path, MAX_POLICY_BYTES)
     except FileNotFoundError:
         return Policy()
-    except UnsafeFile as exc:
-        raise RegistryError(f"permission policy {path} is unreadable: {exc.what}") from None
+    except InputRefused as exc:
+        reason = refusal_reason(exc, path)
+        raise RegistryError(f"permission policy {path} is unreadable: {reason}") from None
     except OSError as exc:
         raise RegistryError(f"permission policy {path} is unreadable: {exc}") from None
     try:

@@ -21,7 +21,7 @@ from .capabilities import CAPABILITIES
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
 from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
-from .storage import UnsafeFile, locked, open_regular, read_fd
+from .storage import InputRefused, locked, read_bytes, refusal_reason
 from .txn import TxnError, audited_replace, recover
 
 __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
@@ -32,7 +32,7 @@ REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
 # Far above any real registry (1,000 plugins take about 2 MiB); a bigger file is refused
 # before it is read.
 MAX_REGISTRY_BYTES = 64 * 2**20
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_DIGEST = re.compile(r"(tree-v1:)?sha256:[0-9a-f]{64}")
 # A version whose content was replaced lives in packages/<id>/<version>~<suffix> (no PEP 440
 # version contains '~'), so the registry never names a directory being rewritten.
 REPLACED_MARK = "~"
@@ -221,7 +221,7 @@ def _version_problems(pid: str, version: object, entry: object) -> list[str]:
             problems.append(f"{where}.{exc}")
     digest = entry.get("digest")
     if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
-        problems.append(f"{where}.digest: expected 'sha256:<64 hex>' or null")
+        problems.append(f"{where}.digest: expected 'tree-v1:sha256:<64 hex>' or null")
     files = entry.get("files", [])
     if not (isinstance(files, list) and all(isinstance(f, dict) for f in files)):
         problems.append(f"{where}.files: expected an array of objects")
@@ -351,37 +351,32 @@ class PluginRegistry:
             raise self._corrupt("wrong shape (" + "; ".join(problems[:20]) + ")")
         return data
 
-    def _open(self) -> tuple[int, os.stat_result] | None:
-        """The registry opened for reading (None when missing); never blocks on a FIFO."""
+    def _read(self) -> bytes:
+        """The registry's bytes (bounded; never blocks on a FIFO, never follows a link)."""
         try:
-            fd, st = open_regular(self.path)
+            return read_bytes(self.path, MAX_REGISTRY_BYTES)
+        except InputRefused as exc:
+            raise self._corrupt(refusal_reason(exc, self.path)) from None
         except FileNotFoundError:
-            return None
-        except UnsafeFile as exc:
-            raise self._corrupt(exc.what) from None
+            raise
         except OSError as exc:
             raise self._corrupt(exc.strerror or str(exc)) from None
-        if st.st_size > MAX_REGISTRY_BYTES:
-            os.close(fd)
-            raise self._corrupt(f"larger than {MAX_REGISTRY_BYTES} bytes")
-        return fd, st
 
     def _snap(self, *, frozen: bool = True) -> _Snapshot:
-        opened = self._open()
-        if opened is None:
-            if os.path.lexists(self.backup_path):
-                raise self._corrupt("the file is missing but a backup exists")
-            return _Snapshot(key=(), data={"schema": REGISTRY_SCHEMA, "plugins": {}})
-        fd, st = opened
         try:
-            key = _stat_key(st)
-            if self._snapshot is not None and self._snapshot.key == key:
-                return self._snapshot
-            raw = read_fd(fd, self.path, MAX_REGISTRY_BYTES)
+            key = _stat_key(os.lstat(self.path))
+        except FileNotFoundError:
+            key = ()
         except OSError as exc:
             raise self._corrupt(exc.strerror or str(exc)) from None
-        finally:
-            os.close(fd)
+        if key and self._snapshot is not None and self._snapshot.key == key:
+            return self._snapshot
+        try:
+            raw = self._read()
+        except FileNotFoundError:
+            if os.path.lexists(self.backup_path):
+                raise self._corrupt("the file is missing but a backup exists") from None
+            return _Snapshot(key=(), data={"schema": REGISTRY_SCHEMA, "plugins": {}})
         data, text = self._parse(raw, frozen=frozen)
         self._snapshot = _Snapshot(key=key, data=data, text=text)
         return self._snapshot
@@ -419,20 +414,12 @@ class PluginRegistry:
     def _get_line(self, plugin_id: str) -> tuple[Record | None] | None:
         """Without a current snapshot, read just the plugin's line (None: use a snapshot)."""
         try:
-            fd, st = open_regular(self.path)
-        except OSError:
-            return None  # missing, unreadable or no regular file: _snap() says what it is
-        try:
-            key = _stat_key(st)
+            key = _stat_key(os.lstat(self.path))
             if self._snapshot is not None and self._snapshot.key == key:
                 return None
-            if st.st_size > MAX_REGISTRY_BYTES:
-                return None
-            raw = read_fd(fd, self.path, MAX_REGISTRY_BYTES)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+            raw = read_bytes(self.path, MAX_REGISTRY_BYTES)
+        except (OSError, InputRefused):
+            return None  # missing, unreadable or no regular file: _snap() says what it is
         text = raw.decode("utf-8", "replace")
         if _split_lines(text) is None:
             return None
@@ -584,7 +571,7 @@ class PluginRegistry:
         version: str = manifest["version"]
         where = _version_path(plugin_id, version, path)
         if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
-            raise RegistryError(f"digest: expected 'sha256:<64 hex>', found {digest!r}")
+            raise RegistryError(f"digest: expected 'tree-v1:sha256:<64 hex>', found {digest!r}")
 
         def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
             now = utc_now()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .audit import append_audit, append_audit_many, audit_entry
-from .storage import atomic_write, fsync_dir, read_bounded
+from .storage import InputRefused, atomic_write, fsync_dir, read_bytes
 
 __all__ = ["TxnError", "audited_replace", "marker_path", "recover"]
 
@@ -53,9 +53,9 @@ def _digest(data: bytes) -> str:
 
 def _current_digest(target: Path, max_bytes: int) -> str | None:
     try:
-        return _digest(read_bounded(target, max_bytes))
-    except FileNotFoundError:
-        return None
+        return _digest(read_bytes(target, max_bytes))
+    except (FileNotFoundError, InputRefused):
+        return None  # not the content the change wrote
 
 
 def _drop_marker(marker: Path) -> None:
@@ -71,9 +71,11 @@ def recover(target: Path, audit: Path, *, actor: str | None, max_bytes: int) -> 
     """
     marker = marker_path(target)
     try:
-        raw = read_bounded(marker, _MAX_MARKER)
+        raw = read_bytes(marker, _MAX_MARKER)
     except FileNotFoundError:
         return None
+    except InputRefused as exc:
+        raise TxnError(f"{exc}; check {target} and {audit}, then remove {marker}") from None
     try:
         doc = json.loads(raw)
         txn, expect = doc["txn"], doc["expect"]

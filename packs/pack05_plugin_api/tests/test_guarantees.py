@@ -313,8 +313,8 @@ def test_a_special_file_in_place_of_a_state_file_is_an_error_never_a_hang(
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert str(staged / name) in proc.stderr
-    what = {"fifo": "FIFO", "directory": "directory", "symlink": "symbolic link"}
-    what |= {"device": "device", "huge": "larger than"}
+    what = {"fifo": "FIFO", "directory": "directory", "symlink": "symlink"}
+    what |= {"device": "device", "huge": "exceeds the limit"}
     assert what[kind] in proc.stderr
 
 
@@ -520,7 +520,7 @@ HOSTILE_MANIFESTS = [
         id="alias-bomb",
     ),
     pytest.param("x: " + "[" * 20_000 + "]" * 20_000 + "\n", "deeper", id="deep-nesting"),
-    pytest.param("id: acme.echo\n" + "k: v\n" * 20_000, "larger than", id="too-large"),
+    pytest.param("id: acme.echo\n" + "k: v\n" * 20_000, "exceeds the limit", id="too-large"),
 ]
 
 
