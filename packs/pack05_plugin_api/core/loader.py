@@ -519,7 +519,28 @@ class PluginLoader:
         with locked(self.lock_path):
             self.registry.recover()
             self._clean_staging()
+            self._sweep_unregistered()
             yield
+
+    def _sweep_unregistered(self) -> None:
+        """Delete what no registered version names from ``packages/`` (only a stager killed
+        between placing a tree and registering it leaves such a thing; we hold the lock)."""
+        try:
+            ids = os.listdir(self.packages_dir)
+        except FileNotFoundError:
+            return
+        plugins = self.registry.list()  # unreadable: raises, and nothing is deleted
+        for plugin_id in ids:
+            id_dir = self.packages_dir / plugin_id
+            record = plugins.get(plugin_id)
+            if record is None:
+                shutil.rmtree(id_dir, ignore_errors=True)
+                continue
+            wanted = {str(v.get("path")) for v in record["versions"].values()}
+            with contextlib.suppress(NotADirectoryError):
+                for child in os.listdir(id_dir):
+                    if f"packages/{plugin_id}/{child}" not in wanted:
+                        shutil.rmtree(id_dir / child, ignore_errors=True)
 
     @contextlib.contextmanager
     def _staging_area(self) -> Iterator[Path]:
@@ -540,9 +561,14 @@ class PluginLoader:
         except OSError:
             return False
 
-    def recover(self) -> None:
-        """Settle an interrupted change of the registry and interrupted removals."""
-        if self.needs_recovery():
+    def recover(self, *, always: bool = False) -> None:
+        """Settle an interrupted change of the registry, interrupted removals and stagings.
+
+        Without ``always``, only when ``needs_recovery`` says something waits (no lock
+        taken otherwise); a killed stager's unregistered tree is also removed by the next
+        ``stage`` or ``remove``.
+        """
+        if always or self.needs_recovery():
             with self._locked():
                 pass
 
