@@ -29,6 +29,7 @@ from packaging.version import Version
 from . import paths
 from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, PluginError, StagingError
+from .permissions import recover_policy
 from .registry import REPLACED_MARK, PluginRegistry
 from .storage import fsync_dir, is_io_failure, locked, named_oserror
 
@@ -517,6 +518,7 @@ class PluginLoader:
         self.packages_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         with locked(self.lock_path):
+            recover_policy(self.plugins_dir, actor=self.registry.actor)
             self.registry.recover()
             self._clean_staging()
             self._sweep_unregistered()
@@ -554,8 +556,9 @@ class PluginLoader:
 
     def needs_recovery(self) -> bool:
         """Whether an interrupted change or removal waits to be settled (cheap: no lock)."""
-        if os.path.lexists(self.registry.path.with_name("registry.json.txn")):
-            return True
+        for marker in ("registry.json.txn", "permissions.json.txn"):
+            if os.path.lexists(self.plugins_dir / marker):
+                return True
         try:
             return any(n.startswith(_TOMB) for n in os.listdir(self.staging_dir))
         except OSError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "Policy",
     "check_capabilities",
     "load_policy",
+    "recover_policy",
     "request_permissions",
     "update_policy",
 ]
@@ -167,6 +169,18 @@ def update_policy(
         if block_set:
             registry.enforce_blocked(new.blocked)  # granted from `allowed` meanwhile
     return new
+
+
+def recover_policy(plugins_dir: Path | None = None, *, actor: str | None = None) -> None:
+    """Record the outcome of a policy change that was interrupted (``core/txn.py``)."""
+    path = _policy_path(plugins_dir)
+    if not os.path.lexists(path.with_name(POLICY_FILE + ".txn")):
+        return
+    with locked(path.with_name("permissions.lock")):
+        try:
+            recover(path, path.with_name("audit.log"), actor=actor, max_bytes=MAX_POLICY_BYTES)
+        except TxnError as exc:
+            raise RegistryError(str(exc)) from None
 
 
 def request_permissions(
