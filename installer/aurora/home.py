@@ -54,7 +54,7 @@ class Home:
         return self.root / "records" / pack_id
 
     def record(self, pack_id: str, digest: str) -> Path:
-        return self.records(pack_id) / (digest.removeprefix("sha256:") + ".json")
+        return self.records(pack_id) / (digest.rpartition(":")[2] + ".json")
 
     def health(self, pack_id: str) -> Path:
         return self.root / "health" / f"{pack_id}.json"

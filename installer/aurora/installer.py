@@ -41,6 +41,8 @@ from aurora.tree import compare, copy_tree, digest_tree, sha256_file
 
 log = logging.getLogger(__name__)
 
+COMMON_PACK = "pack01_common"  # the shared primitives library (docs/primitives.md)
+
 
 @dataclass(frozen=True)
 class ApprovalRequest:
@@ -145,7 +147,9 @@ class Installer:
                 exc.problems,
             ) from exc
 
-    def _install_script(self, manifest: Manifest, mode: str) -> ScriptResult:
+    def _install_script(
+        self, manifest: Manifest, mode: str, extra_env: dict[str, str] | None = None
+    ) -> ScriptResult:
         """install.sh --dry-run or --install in the copy ``manifest`` was read from."""
         return run_entrypoint(
             self.home,
@@ -154,7 +158,16 @@ class Installer:
             [mode],
             self.options.script_timeout,
             on_output=self.on_output,
+            extra_env=extra_env,
         )
+
+    def _planned_library_env(self, plan: Plan) -> dict[str, str]:
+        """For a dry run whose plan installs pack01_common first: where the pack's
+        bootstrap finds it meanwhile (the source the plan would install)."""
+        for step in plan.dependency_steps:
+            if step.pack_id == COMMON_PACK and has_pack(self.packs_dir, COMMON_PACK):
+                return {"AURORA_COMMON_ROOT": str(find_pack(self.packs_dir, COMMON_PACK).root)}
+        return {}
 
     # -- crash recovery (see recovery.py) -------------------------------------------------------
 
@@ -345,7 +358,7 @@ class Installer:
             if not staged.dry_run_supported:
                 log.warning("%s does not support a dry run: install.sh not run", pack_id)
                 return result
-            script = self._install_script(staged, "--dry-run")
+            script = self._install_script(staged, "--dry-run", self._planned_library_env(plan))
             result["script"] = script.as_dict()
             if not script.ok:
                 raise script_error(f"{pack_id}: dry run failed: {script.describe()}", script)

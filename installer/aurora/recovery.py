@@ -154,14 +154,12 @@ class Recovery:
 
     def _collect_records(self, pack_id: str, record: PackState) -> None:
         """Drop digest records no staged or installed copy refers to."""
-        wanted = {s["digest"] for s in record["staged"].values()}
+        wanted = {s["digest"].rpartition(":")[2] for s in record["staged"].values()}
         if record.get("installed"):
-            wanted.add(record["installed"]["digest"])
+            wanted.add(record["installed"]["digest"].rpartition(":")[2])
         directory = self.home.records(pack_id)
         if not directory.is_dir():
             return
         for path in directory.iterdir():
-            if (
-                path.suffix == ".json" and "sha256:" + path.stem not in wanted
-            ) or path.name.startswith("."):
+            if (path.suffix == ".json" and path.stem not in wanted) or path.name.startswith("."):
                 remove_tree(path)

@@ -159,7 +159,9 @@ def test_different_content_same_version_needs_replace(
     second = loader.stage_package(src, replace=True)
     assert second["digest"] != first["digest"]
     # the new content sits beside the old until the registry names it; then the old goes
-    assert Path(second["path"]) == target.with_name("1.0.0~" + second["digest"].rpartition(":")[2][:16])
+    assert Path(second["path"]) == target.with_name(
+        "1.0.0~" + second["digest"].rpartition(":")[2][:16]
+    )
     assert (Path(second["path"]) / "main.py").read_text() == "print('v2')\n"
     assert not target.exists()
     assert loader.registry.get("acme.echo")["versions"]["1.0.0"]["path"] == (
