@@ -299,7 +299,10 @@ def load_manifest(root: Path, *, expected_id: str | None = None) -> Manifest:
     problems = _schema_problems(document)
     if isinstance(document, dict):
         problems += _semantic_problems(document, root, expected_id)
-    _, tree_problems = walk(root)
+    try:
+        _, tree_problems = walk(root)
+    except (OSError, RuntimeError, RecursionError) as exc:
+        tree_problems = [f"cannot walk the tree: {exc}"]
     problems += [f"(pack tree) {p}" for p in tree_problems]
     if problems:
         raise ManifestError(f"{root / MANIFEST_NAME}: invalid manifest", problems)

@@ -75,6 +75,8 @@ class Recovery:
         back, so the previous good state is in force again.
         """
         notes: list[str] = []
+        if self.has_leftovers(state):
+            self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
         ids = set(state.packs)
         for parent in (self.home.root / "staging", self.home.root / "packs"):
             if parent.is_dir():
@@ -121,6 +123,7 @@ class Recovery:
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
                 log.warning("recovered: %s", note)
+        self.audit.done()
         return notes
 
     def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:

@@ -104,7 +104,11 @@ def walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
                 if os.path.isabs(target):
                     problems.append(f"{rel}: symlink to an absolute path ({target}) is not allowed")
                     continue
-                resolved = (path.parent / target).resolve()
+                try:
+                    resolved = (path.parent / target).resolve()
+                except (RuntimeError, OSError):  # a symlink loop
+                    problems.append(f"{rel}: symlink loop ({target})")
+                    continue
                 if not resolved.is_relative_to(real_root):
                     problems.append(f"{rel}: symlink leads out of the pack ({target})")
                     continue
