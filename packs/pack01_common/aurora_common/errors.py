@@ -12,11 +12,15 @@ import os
 
 
 class InputRefused(ValueError):
-    """The input is refused; the message names the file (or place) and the reason."""
+    """The input is refused; the message names the file (or place) and the reason.
 
-    def __init__(self, message: str, where: str = "") -> None:
+    ``problems`` lists the details (e.g. ``line 3, column 7: ...``) without the place.
+    """
+
+    def __init__(self, message: str, where: str = "", problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.where = where
+        self.problems = list(problems or [])
 
 
 def named_oserror(exc: OSError, action: str, path: str | os.PathLike[str]) -> OSError:

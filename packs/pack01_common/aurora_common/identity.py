@@ -60,7 +60,7 @@ def boot_id() -> str:
 
 def exe_of(pid: int) -> str | None:
     try:
-        return os.readlink(f"/proc/{pid}/exe")
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
     except OSError:
         return None
 

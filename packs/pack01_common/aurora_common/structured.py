@@ -93,38 +93,70 @@ def read_json(path: Path, limit: int = DEFAULT_LIMIT, max_depth: int = DEFAULT_D
     return loads_json(read_bytes(path, limit), str(path), max_depth)
 
 
+def _line_col(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(exc: Any) -> str:
+    """Where PyYAML stopped and what it found, and where that construct began (an
+    unclosed quote is found at the end of the file but starts where one must look)."""
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "malformed YAML"
+    text = f"{_line_col(mark)}: {problem}" if mark else str(problem)
+    context = exc.context_mark
+    if exc.problem and exc.context and context and mark and context.index != mark.index:
+        text += f" ({exc.context} that began at {_line_col(context)})"
+    return text
+
+
 def _limited_loader(text: str, where: str, max_depth: int, max_aliases: int) -> Any:
     import yaml  # PyYAML: only the YAML half of this module needs it
+
+    def refuse(problem: str, mark: Any) -> InputRefused:
+        detail = f"{_line_col(mark)}: {problem}"
+        return InputRefused(f"{where}: {detail}", where, [detail])
 
     class Loader(yaml.SafeLoader):
         depth = 0
         aliases = 0
+        duplicates: list[str]
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(yaml.AliasEvent):
                 self.aliases += 1
                 if self.aliases > max_aliases:
-                    mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                     allowed = "not allowed" if max_aliases == 0 else f"more than {max_aliases}"
-                    raise InputRefused(
-                        f"{where}: line {mark.line + 1}, column {mark.column + 1}: "
-                        f"YAML aliases are {allowed}",
-                        where,
-                    )
-            self.depth += 1
+                    mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                    raise refuse(f"YAML aliases are {allowed}", mark)
+            if self.check_event(yaml.ScalarEvent, yaml.AliasEvent):
+                return super().compose_node(parent, index)
+            self.depth += 1  # a sequence or mapping: one level deeper
             try:
                 if self.depth > max_depth:
                     mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                    raise InputRefused(
-                        f"{where}: line {mark.line + 1}, column {mark.column + 1}: "
-                        f"nested deeper than {max_depth}",
-                        where,
-                    )
+                    raise refuse(f"nested deeper than {max_depth}", mark)
                 return super().compose_node(parent, index)
             finally:
                 self.depth -= 1
 
-    return Loader(text)
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    self.duplicates.append(
+                        f"{_line_col(key_node.start_mark)}: duplicate key {key!r}"
+                    )
+            return super().construct_mapping(node, deep=True)
+
+    loader = Loader(text)
+    loader.duplicates = []
+    return loader
 
 
 def loads_yaml(
@@ -133,7 +165,8 @@ def loads_yaml(
     max_depth: int = DEFAULT_DEPTH,
     max_aliases: int = 0,
 ) -> Any:
-    """Parse one YAML document within the limits (SafeLoader; aliases refused by default)."""
+    """Parse one YAML document within the limits (SafeLoader; aliases refused by default;
+    duplicate keys refused, every one listed in ``problems``)."""
     import yaml
 
     text = decode_utf8(data, where)
@@ -142,18 +175,20 @@ def loads_yaml(
         loader = _limited_loader(text, where, max_depth, max_aliases)
         value = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise InputRefused(
-            f"{where}: not valid YAML ({place}{exc.problem or exc})", where
-        ) from None
+        detail = _yaml_problem(exc)
+        raise InputRefused(f"{where}: not valid YAML ({detail})", where, [detail]) from None
     except yaml.YAMLError as exc:
-        raise InputRefused(f"{where}: not valid YAML ({exc})", where) from None
+        detail = str(exc).replace("\n", " ")
+        raise InputRefused(f"{where}: not valid YAML ({detail})", where, [detail]) from None
     except RecursionError:
-        raise InputRefused(f"{where}: nested too deeply", where) from None
+        raise InputRefused(f"{where}: nested too deeply", where, ["nested too deeply"]) from None
     finally:
         if loader is not None:
             loader.dispose()
+    if loader.duplicates:
+        raise InputRefused(
+            f"{where}: not valid YAML (duplicate keys)", where, list(loader.duplicates)
+        )
     check_strings(value, where)
     return value
 
