@@ -55,7 +55,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return paths.plugins_dir() if args.data is None else Path(args.data)
+    """--data, else $AURORA_PACK_DATA/plugins, else the pack as installed in $AURORA_HOME."""
+    return paths.operator_plugins_dir() if args.data is None else Path(args.data)
+
+
+# Commands that only read: an interrupted change they find is settled when the data
+# directory is writable, else they warn and go on reading.
+_READ_ONLY = {"list", "show", "policy"}
+
+
+def _recover(args: argparse.Namespace) -> None:
+    """Settle what an interrupted command left (an unrecorded outcome, a removal), first."""
+    data = _data_dir(args)
+    if not data.is_dir():
+        return
+    loader = PluginLoader(data, actor=args.actor)
+    try:
+        loader.recover()
+    except (PluginError, OSError) as exc:
+        policy_change = any(getattr(args, k, None) for k in ("allow", "block", "clear"))
+        if args.command not in _READ_ONLY or policy_change:
+            raise
+        print(f"plugins: warning: {_describe(exc)}", file=sys.stderr)
 
 
 def _registry(args: argparse.Namespace) -> PluginRegistry:
@@ -288,7 +309,8 @@ def _common() -> _Parser:
         "--data",
         metavar="DIR",
         default=argparse.SUPPRESS,
-        help="plugins directory (default: $AURORA_PACK_DATA/plugins, else <pack>/data/plugins)",
+        help="plugins directory (default: $AURORA_PACK_DATA/plugins, else the pack's data "
+        "in $AURORA_HOME when set, else <pack>/data/plugins)",
     )
     common.add_argument(
         "--actor",
@@ -416,10 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.data is not None and os.path.exists(args.data) and not os.path.isdir(args.data):
             raise _UsageError(f"--data: {args.data} is not a directory")
         handler: Callable[[argparse.Namespace], int] = args.handler
+        if args.command != "validate":
+            _recover(args)
         return handler(args)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (PluginError, _UsageError, OSError) as exc:
+    except (PluginError, _UsageError, OSError, paths.DataLocationError) as exc:
         code = _exit_code(exc)
         if want_json:
             print(json.dumps(_error_doc(exc, code), indent=2, sort_keys=True))

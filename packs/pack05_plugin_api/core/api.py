@@ -18,6 +18,7 @@ from packaging.version import InvalidVersion, Version
 from .capabilities import known_capabilities
 from .errors import ManifestError
 from .paths import schemas_dir
+from .storage import InputRefused, is_io_failure, read_bytes, refusal_reason
 
 __all__ = [
     "MANIFEST_NAMES",
@@ -326,12 +327,13 @@ def load_manifest(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     source = str(path)
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        raw = read_bytes(path, MAX_MANIFEST_BYTES)  # no FIFO, device or symlink
+    except InputRefused as exc:
+        raise ManifestError([refusal_reason(exc, path)], source=source) from None
     except OSError as exc:
+        if is_io_failure(exc):
+            raise  # the machine's failure, not the manifest's
         raise ManifestError([f"cannot read: {exc.strerror or exc}"], source=source) from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError([f"larger than {MAX_MANIFEST_BYTES} bytes"], source=source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -42,7 +42,12 @@ class UnknownPlugin(RegistryError, LookupError):
             shown = ", ".join(self.staged) or "none"
             message = f"{plugin_id} has no staged version {version} (staged: {shown})"
         else:
-            message = f"unknown plugin: {plugin_id}" + (f" {version}" if version else "")
+            shown = (
+                plugin_id
+                if len(plugin_id) <= 100
+                else f"{plugin_id[:100]}... ({len(plugin_id)} characters)"
+            )
+            message = f"unknown plugin: {shown}" + (f" {version}" if version else "")
         super().__init__(message)
 
 

@@ -3,17 +3,28 @@
 The read side of the lifecycle, run by ``health_check.sh`` as ``$PYTHON -S
 core/health.py``: by path, so that the plugin core (and its dependencies) is not
 imported, and small, because a script run by path is compiled on every run. It
-imports only cheap standard modules: the whole check must cost little more than
-starting the interpreter (the target is 2x). ``process`` builds start and stop on it.
+imports cheap standard modules and, through ``aurora_boot``, pack01_common's process
+identity and bounded reads (standard library only): the whole check must cost little
+more than starting the interpreter (the target is 2x). ``process`` builds start and
+stop on it.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import stat
 import sys
 import time
+from pathlib import Path
+
+try:
+    from . import aurora_boot
+except ImportError:  # run by path (health_check.sh): core/ itself is on sys.path
+    import aurora_boot  # type: ignore[no-redef]  # noqa: F401
+
+from aurora_common import bounded as _bounded
+from aurora_common import identity as _identity
+from aurora_common.errors import InputRefused as _InputRefused
 
 TYPE_CHECKING = False  # typing costs 4 ms at import; mypy still reads the block below
 if TYPE_CHECKING:
@@ -160,28 +171,15 @@ def loads(data: bytes) -> Any:
 def read_small(path: str, limit: int = _MAX_STATE_FILE) -> bytes | None:
     """The bytes of a regular file, or None when it does not exist.
 
-    Opens with O_NONBLOCK and O_NOFOLLOW and checks the type first, so a FIFO or a
-    symlink planted in place of a state file cannot make a check hang or wander.
+    ``aurora_common.bounded``: a FIFO or a symlink planted in place of a state file
+    cannot make a check hang or wander; anything but a small regular file is an OSError.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return _bounded.read_bytes(Path(path), limit)
     except FileNotFoundError:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        if st.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    except _InputRefused as exc:
+        raise OSError(errno.EINVAL, str(exc).removeprefix(f"{path}: "), path) from None
 
 
 # --- process identity -----------------------------------------------------------------
@@ -238,34 +236,14 @@ class ProcessRecord:
         return cls(data["pid"], data["start_time"], data["boot_id"], data["exe"])
 
 
-def _boot_id() -> str:
-    data = read_small("/proc/sys/kernel/random/boot_id")
-    return data.decode().strip() if data else ""
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name, or None when pid is gone."""
-    try:
-        data = read_small(f"/proc/{pid}/stat")
-    except OSError:
-        return None
-    if not data:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    return data[data.rindex(b")") + 2 :].decode().split()
-
-
 def current_identity(pid: int) -> ProcessRecord | None:
-    """The identity of the live process ``pid``; None when there is none or a zombie."""
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] in ("Z", "X"):  # field 3: state
+    """The identity of the live process ``pid``; None when there is none or a zombie
+    (``aurora_common.identity``: start time is field 22 of /proc/<pid>/stat)."""
+    ident = _identity.of_pid(pid)
+    if ident is None or _identity.is_zombie(pid):
         return None
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        exe = ""  # a kernel thread, or a process we may not inspect
-    exe = exe.removesuffix(" (deleted)")
-    return ProcessRecord(pid, int(fields[19]), _boot_id(), exe)  # field 22: starttime
+    exe = ident.exe.removesuffix(" (deleted)")
+    return ProcessRecord(pid, ident.start_time, ident.boot_id, exe)
 
 
 def identity_problem(record: ProcessRecord) -> str | None:

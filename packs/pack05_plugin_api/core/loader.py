@@ -5,27 +5,33 @@ The loader never runs plugin code.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import logging
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from aurora_common.digest import Entry, digest_entries
 from packaging.version import Version
 
 from . import paths
 from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, PluginError, StagingError
+from .permissions import recover_policy
 from .registry import REPLACED_MARK, PluginRegistry
-from .storage import fsync_dir, locked
+from .storage import fsync_dir, is_io_failure, locked, named_oserror
 
 __all__ = ["PluginLoader", "tree_digest"]
 
@@ -33,6 +39,37 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _MAX_LINK = 4096
+# Archive metadata is read into memory by tarfile: a GNU long name/link or pax header
+# larger than this is refused before it is read, and all of them together are capped.
+MAX_TAR_META = 64 * 1024
+MAX_TAR_META_TOTAL = 16 * 2**20
+# What may follow the end-of-archive marker of a .tar.gz (writers pad to 10 KiB records).
+_MAX_TAR_TRAILER = 1 << 20
+# staging/rm~<id>[~<version dir>]: a plugin or version being removed (see ``remove``).
+_TOMB = "rm~"
+# plugins/space.reserve*: space and inodes kept free so that ``remove`` works on a full disk.
+RESERVE = "space.reserve"
+_RESERVE_MIN = 64 * 1024
+_RESERVE_INODES = 4
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized metadata headers before tarfile reads them."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo | None:
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or (
+            self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+        ):
+            seen = getattr(tarfile_, "_aurora_meta", 0) + self.size
+            if self.size > MAX_TAR_META or seen > MAX_TAR_META_TOTAL:
+                raise tarfile.SubsequentHeaderError(  # type: ignore[attr-defined]
+                    f"a {self.size}-byte metadata header at offset {self.offset} "
+                    f"(at most {MAX_TAR_META} bytes each, {MAX_TAR_META_TOTAL} in all)"
+                )
+            tarfile_._aurora_meta = seen  # type: ignore[attr-defined]
+        result: tarfile.TarInfo | None = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return result
 
 
 @dataclass
@@ -49,22 +86,25 @@ class _Entry:
     mtime_ns: int = 0
     nlink: int = 1
 
+    def common(self) -> Entry:
+        """This entry as the shared tree digest records it."""
+        if self.kind == "dir":
+            return Entry(self.path, "d")
+        if self.kind == "link":
+            return Entry(self.path, "l", target=self.link)
+        kind = "x" if self.mode & 0o111 else "f"
+        return Entry(self.path, kind, size=self.size, sha256=self.sha256)
+
     def record(self) -> dict[str, Any]:
         if self.kind == "link":
             return {"path": self.path, "link": self.link}
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
 
-def tree_digest(files: list[dict[str, Any]]) -> str:
-    """``sha256:`` over one line per file (``<sha256> <size> <path>``) or link
-    (``-> <target> <path>``), sorted by path: the identity of a staged tree."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f["path"].encode("utf-8")):
-        if "link" in f:
-            h.update(f"-> {f['link']} {f['path']}\n".encode())
-        else:
-            h.update(f"{f['sha256']} {f['size']} {f['path']}\n".encode())
-    return "sha256:" + h.hexdigest()
+def tree_digest(entries: list[_Entry]) -> str:
+    """The ``tree-v1`` digest of a package tree (pack01_common, docs/primitives.md):
+    every directory, file (executable or not) and link, unambiguously encoded."""
+    return digest_entries([e.common() for e in entries])
 
 
 def _check_name(rel: str, source: str) -> None:
@@ -219,6 +259,8 @@ class PluginLoader:
                 if copied != entry.size:
                     raise StagingError(f"{entry.path!r} shrank while staging", source=source)
                 os.fsync(dfd)
+            except OSError as exc:
+                raise named_oserror(exc, "write", dest) from None
             finally:
                 os.close(dfd)
         finally:
@@ -282,7 +324,12 @@ class PluginLoader:
                 if info.is_dir():
                     target.mkdir(mode=0o755, parents=True, exist_ok=True)
                 elif stat.S_ISLNK(mode):
-                    link = zf.read(info)[:_MAX_LINK].decode("utf-8", "replace")
+                    if info.file_size > _MAX_LINK:
+                        raise StagingError(f"symlink {rel!r} target is too long", source=source)
+                    try:
+                        link = zf.read(info).decode("utf-8", "replace")
+                    except _ZIP_ERRORS as exc:
+                        raise StagingError(f"member {rel!r}: {exc}", source=source) from None
                     _check_link(rel, link, source)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(link, target)
@@ -306,20 +353,40 @@ class PluginLoader:
     ) -> None:
         mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
         written = 0
-        with zf.open(info) as src, open(target, "xb") as out:
-            os.chmod(target, mode)
-            while chunk := src.read(_CHUNK):
-                written += len(chunk)
-                if written > info.file_size:  # the header lied: a zip bomb
-                    raise StagingError(f"member {rel!r} is larger than declared", source=source)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with zf.open(info) as src, open(target, "xb") as out:
+                os.chmod(target, mode)
+                while True:
+                    try:
+                        chunk = src.read(_CHUNK)  # CRC and deflate errors surface here
+                    except _ZIP_ERRORS as exc:
+                        raise StagingError(f"member {rel!r}: {exc}", source=source) from None
+                    if not chunk:
+                        break
+                    written += len(chunk)
+                    if written > info.file_size:  # the header lied: a zip bomb
+                        raise StagingError(f"member {rel!r} is larger than declared", source=source)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except _ZIP_ERRORS as exc:  # opening the member: bad local header, encryption
+            raise StagingError(f"member {rel!r}: {exc}", source=source) from None
+        except OSError as exc:
+            raise named_oserror(exc, "write", target) from None
 
     def _extract_tar(self, src: Path, dest: Path, source: str) -> None:
+        """Extract a tar archive: headers capped, members counted, the gzip CRC checked.
+
+        A disk-full or I/O error while writing is an OSError naming the file (exit 1, the
+        inbox retries); anything wrong with the archive is a StagingError with its place.
+        """
         try:
-            tf = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by the with below
-        except (tarfile.TarError, OSError) as exc:
+            tf = tarfile.open(src, "r:*", tarinfo=_CappedTarInfo)  # noqa: SIM115 - with below
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
+        except OSError as exc:
+            if is_io_failure(exc) or exc.errno is not None:
+                raise
             raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
         with tf:
             tf.errorlevel = 2
@@ -335,12 +402,38 @@ class PluginLoader:
                     if total > self.max_bytes:
                         raise StagingError(f"larger than {self.max_bytes} bytes", source=source)
                     tarfile.data_filter(member, str(dest))
+                self._check_trailer(tf, source)
                 dest.mkdir()
                 tf.extractall(dest, members=members, filter="data")
             except tarfile.FilterError as exc:
                 raise StagingError(f"refused archive member: {exc}", source=source) from None
-            except (tarfile.TarError, EOFError, OSError) as exc:
+            except (tarfile.TarError, EOFError, zlib.error, RecursionError) as exc:
                 raise StagingError(f"cannot extract: {exc}", source=source) from None
+            except OSError as exc:
+                if is_io_failure(exc):
+                    raise named_oserror(exc, "write", dest) from None
+                raise StagingError(f"cannot extract: {exc}", source=source) from None
+
+    @staticmethod
+    def _check_trailer(tf: tarfile.TarFile, source: str) -> None:
+        """Read a compressed archive to its end, so that gzip checks its CRC and length.
+
+        tarfile stops at the end-of-archive marker and never reads the gzip trailer.
+        """
+        stream = tf.fileobj
+        if not isinstance(stream, gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile):
+            return  # an uncompressed tar: nothing to verify
+        left = _MAX_TAR_TRAILER
+        while True:
+            chunk = stream.read(min(left + 1, _CHUNK))
+            if not chunk:
+                return
+            left -= len(chunk)
+            if left < 0:
+                raise StagingError(
+                    f"more than {_MAX_TAR_TRAILER} bytes after the end of the archive",
+                    source=source,
+                )
 
     # -- staging ---------------------------------------------------------------------------
 
@@ -378,21 +471,161 @@ class PluginLoader:
             raise StagingError(f"entrypoint {entry!r} is not a regular file", source=source)
 
     def _clean_staging(self) -> None:
-        """Remove leftovers of stagers that died (we hold the staging lock: none is running)."""
-        for child in self.staging_dir.iterdir():
-            shutil.rmtree(child, ignore_errors=True)
+        """Settle what dead stagers and removers left (we hold the staging lock).
+
+        ``rm~`` entries are removals in progress: finished, or put back when the registry
+        still names them (the remover died before unregistering). Other entries are temp
+        dirs of stagers: deleted.
+        """
+        try:
+            children = sorted(os.listdir(self.staging_dir))
+        except FileNotFoundError:
+            return
+        for name in children:
+            if name.startswith(_TOMB):
+                self._settle_tomb(name)
+            else:
+                shutil.rmtree(self.staging_dir / name, ignore_errors=True)
+
+    def _tomb_name(self, plugin_id: str, rel: str | None) -> str:
+        """``rm~<id>`` for a whole plugin, ``rm~<id>~<version dir>`` for one version."""
+        return _TOMB + plugin_id + ("" if rel is None else "~" + PurePosixPath(rel).name)
+
+    def _settle_tomb(self, name: str) -> None:
+        plugin_id, _, dirname = name[len(_TOMB) :].partition("~")
+        tomb = self.staging_dir / name
+        record = self.registry.get(plugin_id)  # an unreadable registry: stop, delete nothing
+        versions = (record or {}).get("versions", {})
+        if dirname:
+            dest = self.packages_dir / plugin_id / dirname
+            wanted = any(v.get("path") == self._rel(dest) for v in versions.values())
+        else:
+            dest = self.packages_dir / plugin_id
+            wanted = record is not None
+        if wanted and not os.path.lexists(dest):
+            dest.parent.mkdir(exist_ok=True)
+            os.rename(tomb, dest)  # the remover died before unregistering: roll back
+            fsync_dir(dest.parent)
+            log.warning("rolled back an interrupted removal: %s is registered", dest)
+            return
+        shutil.rmtree(tomb, ignore_errors=True)  # unregistered: finish the removal
+        if not os.path.lexists(tomb):
+            log.info("finished an interrupted removal of %s", name[len(_TOMB) :])
 
     @contextlib.contextmanager
-    def _staging_area(self) -> Iterator[Path]:
+    def _locked(self) -> Iterator[None]:
+        """The staging lock, with what dead stagers and removers left settled first."""
         self.packages_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         with locked(self.lock_path):
+            recover_policy(self.plugins_dir, actor=self.registry.actor)
+            self.registry.recover()
             self._clean_staging()
+            self._sweep_unregistered()
+            yield
+
+    def _sweep_unregistered(self) -> None:
+        """Delete what no registered version names from ``packages/`` (only a stager killed
+        between placing a tree and registering it leaves such a thing; we hold the lock)."""
+        try:
+            ids = os.listdir(self.packages_dir)
+        except FileNotFoundError:
+            return
+        plugins = self.registry.list()  # unreadable: raises, and nothing is deleted
+        for plugin_id in ids:
+            id_dir = self.packages_dir / plugin_id
+            record = plugins.get(plugin_id)
+            if record is None:
+                shutil.rmtree(id_dir, ignore_errors=True)
+                continue
+            wanted = {str(v.get("path")) for v in record["versions"].values()}
+            with contextlib.suppress(NotADirectoryError):
+                for child in os.listdir(id_dir):
+                    if f"packages/{plugin_id}/{child}" not in wanted:
+                        shutil.rmtree(id_dir / child, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _staging_area(self) -> Iterator[Path]:
+        with self._locked():
+            self._keep_reserve()
             tmp = Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging_dir))
             try:
                 yield tmp
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def needs_recovery(self) -> bool:
+        """Whether an interrupted change or removal waits to be settled (cheap: no lock)."""
+        for marker in ("registry.json.txn", "permissions.json.txn"):
+            if os.path.lexists(self.plugins_dir / marker):
+                return True
+        try:
+            return any(n.startswith(_TOMB) for n in os.listdir(self.staging_dir))
+        except OSError:
+            return False
+
+    def recover(self, *, always: bool = False) -> None:
+        """Settle an interrupted change of the registry, interrupted removals and stagings.
+
+        Without ``always``, only when ``needs_recovery`` says something waits (no lock
+        taken otherwise); a killed stager's unregistered tree is also removed by the next
+        ``stage`` or ``remove``.
+        """
+        if always or self.needs_recovery():
+            with self._locked():
+                pass
+
+    # -- the space reserve ------------------------------------------------------------------
+
+    def _reserve_size(self) -> int:
+        try:
+            size = os.stat(self.registry.path).st_size
+        except OSError:
+            size = 0
+        return _RESERVE_MIN + size
+
+    def _keep_reserve(self) -> None:
+        """Keep ``space.reserve`` (space for one registry write) and ``space.reserve.i`` (an
+        inode) allocated, so that ``remove`` can free space on a full disk. Best effort."""
+        path = self.plugins_dir / RESERVE
+        want = self._reserve_size()
+        try:
+            if os.stat(path).st_size >= want and os.path.lexists(self._reserve_names()[-1]):
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, want)
+            finally:
+                os.close(fd)
+            for name in self._reserve_names()[1:]:
+                flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                os.close(os.open(name, flags, 0o600))
+        except OSError:
+            self._release_reserve()  # no room for it: never keep half a reserve
+
+    def _reserve_names(self) -> list[Path]:
+        """The space file, then empty files holding inodes: a registry write needs three
+        (its marker, its temp file, the backup's hard link, which tmpfs counts)."""
+        base = self.plugins_dir / RESERVE
+        return [base] + [base.with_name(f"{RESERVE}.i{i}") for i in range(_RESERVE_INODES)]
+
+    def _release_reserve(self) -> None:
+        for path in self._reserve_names():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _make_room(self) -> None:
+        """Free the reserve when the disk is too full for the writes of a removal."""
+        try:
+            st = os.statvfs(self.plugins_dir)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize < self._reserve_size() or st.f_favail < _RESERVE_INODES:
+            self._release_reserve()
+            log.warning("%s: the disk is full; used the space reserve", self.plugins_dir)
 
     def stage_package(self, path: Path | str, *, replace: bool = False) -> dict[str, Any]:
         """Stage a package directory, ``.zip`` or ``.tar.gz``; return what was staged.
@@ -444,7 +677,7 @@ class PluginLoader:
                 raise ManifestError(exc.problems, source=source) from None
             self._check_entrypoint(root, manifest, source)
             files = [e.record() for e in entries if e.kind != "dir"]
-            digest = tree_digest(files)
+            digest = tree_digest(entries)
             return self._place(root, manifest, files, digest, replace, source, tmp)
 
     def _place(
@@ -501,7 +734,7 @@ class PluginLoader:
                 )
                 return {**self._result(manifest, target, files, digest), **status}
         elif old == canonical:
-            target = id_dir / f"{version}{REPLACED_MARK}{digest[len('sha256:') :][:16]}"
+            target = id_dir / f"{version}{REPLACED_MARK}{digest.rpartition(':')[2][:16]}"
         else:
             target = canonical
         if os.path.lexists(target):
@@ -584,34 +817,38 @@ class PluginLoader:
     def remove(self, plugin_id: str, version: str | None = None) -> bool:
         """Unregister a plugin (or one version) and delete its staged files; False if unknown.
 
-        Holds the staging lock throughout, so a concurrent stager of the same plugin cannot
-        place a new copy between the two steps. Registry first: a crash leaves an
-        unregistered directory, never a registered version without files.
+        Tracked while it runs: the directory is first renamed out of ``packages/`` to
+        ``staging/rm~<id>[~<version dir>]`` (the pending record, which costs no disk space),
+        then the registry is changed (audited), then the directory is deleted. Whoever takes
+        the staging lock next finishes a removal that was unregistered, or puts the
+        directory back if the registry still names it. Works on a full disk: the space
+        reserve is released first when it is needed.
         """
-        record = self.registry.get(plugin_id)
-        if record is None:
+        if self.registry.get(plugin_id) is None:
             return False
-        with self._staging_area() as tmp:
+        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(exist_ok=True)
+        self._make_room()
+        with self._locked():
             record = self.registry.get(plugin_id)
-            entry = (record or {}).get("versions", {}).get(version) if version else None
-            if not self.registry.unregister(plugin_id, version):
+            if record is None or (version is not None and version not in record["versions"]):
                 return False
             id_dir = self.packages_dir / plugin_id
-            # The registry may have been edited by hand: only ever delete an entry of
-            # packages/<id>/, or packages/<id> itself, never what a path leads to.
-            if id_dir.parent != self.packages_dir or plugin_id in (".", ".."):
-                log.warning("%s: not a directory name; staged files left in place", plugin_id)
-                return True
-            target: Path | None
-            if version is None or self.registry.get(plugin_id) is None:
-                target = id_dir  # the whole plugin is gone: leftovers of crashes go too
-            else:
-                target = self._own_dir(id_dir, (entry or {}).get("path")) or self._own_dir(
-                    id_dir, self._rel(id_dir / version)
-                )
-            if target is not None and os.path.lexists(target):
-                os.rename(target, tmp / "removed")  # out of packages/ at once, then delete
-            if version is not None and id_dir.is_dir() and not any(id_dir.iterdir()):
+            whole = version is None or len(record["versions"]) == 1
+            rel = None if whole else str(record["versions"][version]["path"])
+            source = id_dir if rel is None else self.plugins_dir / rel
+            tomb = self.staging_dir / self._tomb_name(plugin_id, rel)
+            if os.path.lexists(source):
+                os.rename(source, tomb)
+                fsync_dir(source.parent)
+            try:
+                self.registry.unregister(plugin_id, version)
+            except BaseException:
+                if os.path.lexists(tomb):
+                    self._settle_tomb(tomb.name)  # still registered: put back
+                raise
+            shutil.rmtree(tomb, ignore_errors=True)
+            if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
                 id_dir.rmdir()
         return True
 
@@ -632,7 +869,7 @@ class PluginLoader:
             self._hash_tree(root, entries)
         except (StagingError, OSError) as exc:
             return [f"{plugin_id} {version}: {exc}"]
-        digest = tree_digest([e.record() for e in entries if e.kind != "dir"])
+        digest = tree_digest(entries)
         if digest != entry["digest"]:
             return [f"{plugin_id} {version}: content differs from the registry ({digest})"]
         return []

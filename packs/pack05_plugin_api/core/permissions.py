@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import paths
-from .audit import append_audit, audit_entry
+from .audit import audit_entry
 from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
 from .errors import CapabilityError, RegistryError
-from .storage import atomic_write, locked
+from .storage import InputRefused, locked, read_bytes, refusal_reason
+from .txn import TxnError, audited_replace, recover
 
 __all__ = [
     "CAPABILITIES",
@@ -23,6 +25,7 @@ __all__ = [
     "Policy",
     "check_capabilities",
     "load_policy",
+    "recover_policy",
     "request_permissions",
     "update_policy",
 ]
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLICY_SCHEMA = "aurora-plugin-permissions-v1"
 POLICY_FILE = "permissions.json"
+MAX_POLICY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,12 @@ def load_policy(plugins_dir: Path | None = None) -> Policy:
     """Read ``permissions.json``; a missing file is the default policy (deny everything)."""
     path = _policy_path(plugins_dir)
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, MAX_POLICY_BYTES)
     except FileNotFoundError:
         return Policy()
+    except InputRefused as exc:
+        reason = refusal_reason(exc, path)
+        raise RegistryError(f"permission policy {path} is unreadable: {reason}") from None
     except OSError as exc:
         raise RegistryError(f"permission policy {path} is unreadable: {exc}") from None
     try:
@@ -92,6 +99,8 @@ def load_policy(plugins_dir: Path | None = None) -> Policy:
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list of capabilities")
             continue
+        if len({repr(v) for v in value}) != len(value):
+            problems.append(f"{key}: contains duplicates")
         try:
             lists[key] = frozenset(check_capabilities(value, place=key))
         except CapabilityError as exc:
@@ -124,8 +133,13 @@ def update_policy(
     path = _policy_path(plugins_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     registry = PluginRegistry(path.parent, actor=actor)
+    audit = path.with_name("audit.log")
     with locked(path.with_name("permissions.lock")):
-        old = load_policy(plugins_dir)
+        try:
+            recover(path, audit, actor=actor, max_bytes=MAX_POLICY_BYTES)
+        except TxnError as exc:
+            raise RegistryError(str(exc)) from None
+        old = load_policy(path.parent)
         allowed = (old.allowed - block_set - clear_set) | allow_set
         blocked = (old.blocked - allow_set - clear_set) | block_set
         new = Policy(allowed=frozenset(allowed), blocked=frozenset(blocked))
@@ -136,7 +150,6 @@ def update_policy(
             registry.enforce_blocked(new.blocked)
         if new != old or not path.exists():
             data = json.dumps(new.to_json(), indent=2) + "\n"
-            atomic_write(path, data.encode("utf-8"))
             entry = audit_entry(
                 actor,
                 "policy",
@@ -145,10 +158,29 @@ def update_policy(
                 allowed=sorted(new.allowed),
                 blocked=sorted(new.blocked),
             )
-            append_audit(path.with_name("audit.log"), entry)
+            audited_replace(
+                path,
+                data.encode("utf-8"),
+                [entry],
+                audit=audit,
+                actor=actor,
+                max_bytes=MAX_POLICY_BYTES,
+            )
         if block_set:
             registry.enforce_blocked(new.blocked)  # granted from `allowed` meanwhile
     return new
+
+
+def recover_policy(plugins_dir: Path | None = None, *, actor: str | None = None) -> None:
+    """Record the outcome of a policy change that was interrupted (``core/txn.py``)."""
+    path = _policy_path(plugins_dir)
+    if not os.path.lexists(path.with_name(POLICY_FILE + ".txn")):
+        return
+    with locked(path.with_name("permissions.lock")):
+        try:
+            recover(path, path.with_name("audit.log"), actor=actor, max_bytes=MAX_POLICY_BYTES)
+        except TxnError as exc:
+            raise RegistryError(str(exc)) from None
 
 
 def request_permissions(

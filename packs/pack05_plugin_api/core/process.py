@@ -1,7 +1,8 @@
 """Start and stop the loader service: own session, pidfile, TERM the group, wait, KILL.
 
-Only the standard library, ``health`` (the read side: pidfile, process identity,
-heartbeat) and ``storage`` (atomic writes, locks) are used, so ``start.sh`` and
+Only the standard library, pack01_common (standard library only), ``health`` (the read
+side: pidfile, process identity, heartbeat) and ``storage`` (atomic writes, locks) are
+used, so ``start.sh`` and
 ``stop.sh`` run this file by path without importing the plugin core: stopping works
 even when the core's dependencies do not.
 The pidfile holds pid, start time, boot id and executable, all read from ``/proc``;

@@ -16,18 +16,23 @@ from packaging.version import Version
 
 from . import paths
 from .api import validate_manifest
-from .audit import append_audit, audit_entry, utc_now
+from .audit import audit_entry, utc_now
+from .capabilities import CAPABILITIES
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
 from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
-from .storage import atomic_write, locked
+from .storage import InputRefused, locked, read_bytes, refusal_reason
+from .txn import TxnError, audited_replace, recover
 
 __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 
 log = logging.getLogger(__name__)
 
 REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# Far above any real registry (1,000 plugins take about 2 MiB); a bigger file is refused
+# before it is read.
+MAX_REGISTRY_BYTES = 64 * 2**20
+_DIGEST = re.compile(r"(tree-v1:)?sha256:[0-9a-f]{64}")
 # A version whose content was replaced lives in packages/<id>/<version>~<suffix> (no PEP 440
 # version contains '~'), so the registry never names a directory being rewritten.
 REPLACED_MARK = "~"
@@ -173,6 +178,99 @@ def _settle_pending(record: Record) -> None:
         record["pending_version"] = None
 
 
+_ID = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)+")
+_RECORD_KEYS = {
+    "enabled",
+    "active_version",
+    "pending_version",
+    "granted",
+    "registered_at",
+    "updated_at",
+    "versions",
+}
+_REQUIRED = ("enabled", "active_version", "granted", "versions")
+_VERSION_KEYS = {"path", "manifest", "digest", "files", "staged_at"}
+_TOP_KEYS = {"schema", "updated_at", "plugins"}
+
+
+def _found(value: object) -> str:
+    name = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    for cls, word in name.items():
+        if isinstance(value, cls):
+            return word
+    return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def _version_problems(pid: str, version: object, entry: object) -> list[str]:
+    where = f"versions[{version!r}]"
+    if not isinstance(version, str):
+        return [f"{where}: version is not a string"]
+    try:
+        Version(version)
+    except ValueError:
+        return [f"{where}: not a PEP 440 version"]
+    if not isinstance(entry, dict):
+        return [f"{where}: expected an object, found {_found(entry)}"]
+    problems = [f"{where}.{k}: missing" for k in ("path", "manifest", "digest") if k not in entry]
+    problems += [f"{where}.{k}: unknown key" for k in sorted(set(entry) - _VERSION_KEYS)]
+    path = entry.get("path")
+    if "path" in entry:
+        try:
+            _version_path(pid, version, path if isinstance(path, str) else repr(path))
+        except RegistryError as exc:
+            problems.append(f"{where}.{exc}")
+    digest = entry.get("digest")
+    if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+        problems.append(f"{where}.digest: expected 'tree-v1:sha256:<64 hex>' or null")
+    files = entry.get("files", [])
+    if not (isinstance(files, list) and all(isinstance(f, dict) for f in files)):
+        problems.append(f"{where}.files: expected an array of objects")
+    manifest = entry.get("manifest", {})
+    if not isinstance(manifest, dict):
+        problems.append(f"{where}.manifest: expected an object, found {_found(manifest)}")
+    elif "manifest" in entry:
+        if manifest.get("id") != pid or manifest.get("version") != version:
+            problems.append(f"{where}.manifest: its id and version are not {pid} {version}")
+        perms = manifest.get("permissions", [])
+        if not (isinstance(perms, list) and all(isinstance(c, str) for c in perms)):
+            problems.append(f"{where}.manifest.permissions: expected an array of strings")
+    return problems
+
+
+def record_problems(pid: str, record: object) -> list[str]:
+    """What is wrong with one registry record (empty when it matches the schema)."""
+    if not isinstance(record, dict):
+        return [f"expected an object, found {_found(record)}"]
+    problems = [f"{k}: missing (required)" for k in _REQUIRED if k not in record]
+    problems += [f"{k}: unknown key" for k in sorted(set(record) - _RECORD_KEYS)]
+    if "enabled" in record and not isinstance(record["enabled"], bool):
+        problems.append(f"enabled: expected a boolean, found {_found(record['enabled'])}")
+    granted = record.get("granted", [])
+    if not (
+        isinstance(granted, list)
+        and all(isinstance(c, str) and c in CAPABILITIES for c in granted)
+        and len(set(granted)) == len(granted)
+    ):
+        problems.append(f"granted: expected an array of distinct capabilities, found {granted!r}")
+    for key in ("registered_at", "updated_at"):
+        if not isinstance(record.get(key, ""), str):
+            problems.append(f"{key}: expected a time string")
+    versions = record.get("versions", {})
+    if not isinstance(versions, dict) or ("versions" in record and not versions):
+        problems.append(f"versions: expected a non-empty object, found {_found(versions)}")
+        versions = {}
+    for version, entry in versions.items():
+        problems += _version_problems(pid, version, entry)
+    if "active_version" in record and record["active_version"] not in versions:
+        problems.append(
+            f"active_version: {record['active_version']!r} is not one of the staged versions"
+        )
+    pending = record.get("pending_version")
+    if pending is not None and pending not in versions:
+        problems.append(f"pending_version: {pending!r} is not one of the staged versions")
+    return problems
+
+
 class PluginRegistry:
     """The registry of staged plugins in ``<plugins_dir>/registry.json``.
 
@@ -231,35 +329,54 @@ class PluginRegistry:
         return self._check(data), text
 
     def _check(self, data: Any) -> Data:
+        """Validate the whole file: a wrong shape is an error naming the record, never used."""
         if not isinstance(data, dict) or data.get("schema") != REGISTRY_SCHEMA:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise self._corrupt(f"expected schema {REGISTRY_SCHEMA!r}, found {found!r}")
+        extra = sorted(set(data) - _TOP_KEYS)
+        if extra:
+            raise self._corrupt(f"unknown top-level keys {extra}")
         plugins = data.get("plugins")
-        if not isinstance(plugins, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("versions"), dict) for r in plugins.values()
-        ):
+        if not isinstance(plugins, dict):
             raise self._corrupt("'plugins' is not a mapping of plugin records")
+        problems: list[str] = []
+        for pid, record in plugins.items():
+            if not _ID.fullmatch(pid):
+                problems.append(f"record {pid[:80]!r}: not a valid plugin id")
+                continue
+            problems += [f"record {pid!r}: {p}" for p in record_problems(pid, record)]
+            if len(problems) > 20:
+                break
+        if problems:
+            raise self._corrupt("wrong shape (" + "; ".join(problems[:20]) + ")")
         return data
+
+    def _read(self) -> bytes:
+        """The registry's bytes (bounded; never blocks on a FIFO, never follows a link)."""
+        try:
+            return read_bytes(self.path, MAX_REGISTRY_BYTES)
+        except InputRefused as exc:
+            raise self._corrupt(refusal_reason(exc, self.path)) from None
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._corrupt(exc.strerror or str(exc)) from None
 
     def _snap(self, *, frozen: bool = True) -> _Snapshot:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            key = _stat_key(os.lstat(self.path))
         except FileNotFoundError:
-            if self.backup_path.exists():
+            key = ()
+        except OSError as exc:
+            raise self._corrupt(exc.strerror or str(exc)) from None
+        if key and self._snapshot is not None and self._snapshot.key == key:
+            return self._snapshot
+        try:
+            raw = self._read()
+        except FileNotFoundError:
+            if os.path.lexists(self.backup_path):
                 raise self._corrupt("the file is missing but a backup exists") from None
             return _Snapshot(key=(), data={"schema": REGISTRY_SCHEMA, "plugins": {}})
-        except OSError as exc:
-            raise self._corrupt(exc.strerror or str(exc)) from None
-        try:
-            key = _stat_key(os.fstat(fd))
-            if self._snapshot is not None and self._snapshot.key == key:
-                return self._snapshot
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                raw = f.read()
-        except OSError as exc:
-            raise self._corrupt(exc.strerror or str(exc)) from None
-        finally:
-            os.close(fd)
         data, text = self._parse(raw, frozen=frozen)
         self._snapshot = _Snapshot(key=key, data=data, text=text)
         return self._snapshot
@@ -297,19 +414,12 @@ class PluginRegistry:
     def _get_line(self, plugin_id: str) -> tuple[Record | None] | None:
         """Without a current snapshot, read just the plugin's line (None: use a snapshot)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None  # missing or unreadable: _snap() decides what that means
-        try:
-            key = _stat_key(os.fstat(fd))
+            key = _stat_key(os.lstat(self.path))
             if self._snapshot is not None and self._snapshot.key == key:
                 return None
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                raw = f.read()
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
+            raw = read_bytes(self.path, MAX_REGISTRY_BYTES)
+        except (OSError, InputRefused):
+            return None  # missing, unreadable or no regular file: _snap() says what it is
         text = raw.decode("utf-8", "replace")
         if _split_lines(text) is None:
             return None
@@ -319,8 +429,8 @@ class PluginRegistry:
         end = text.find("\n", start + 1)
         try:
             pid, record, _ = _parse_line(text[start + 1 : end])
-            if pid != plugin_id or not isinstance(record, dict):
-                return None
+            if pid != plugin_id or record_problems(pid, record):
+                return None  # _snap() reports the wrong shape
             return (thaw(_view(record)),)
         except (ValueError, KeyError, TypeError, RecursionError):
             return None
@@ -336,10 +446,32 @@ class PluginRegistry:
     ) -> dict[str, Any]:
         return audit_entry(self.actor, action, plugin_id, version, **details)
 
+    def _recover_locked(self) -> None:
+        try:
+            recover(self.path, self.audit_path, actor=self.actor, max_bytes=MAX_REGISTRY_BYTES)
+        except TxnError as exc:
+            raise RegistryError(str(exc)) from None
+
+    def recover(self) -> None:
+        """Record the outcome of a change interrupted between its audit records and its end.
+
+        Every change does this first; call it to settle the log without changing anything.
+        """
+        if not os.path.lexists(self.path.with_name(self.path.name + ".txn")):
+            return
+        with locked(self.lock_path):
+            self._recover_locked()
+
     def _change(self, change: Change) -> Any:
-        """Run one read-modify-write under the lock; write and audit only if data changed."""
+        """Run one read-modify-write under the lock; write and audit only if data changed.
+
+        The audit records are written before the change and its outcome after it
+        (``core/txn.py``): a change is never made without its records, and a failure is
+        never reported for a change that was made.
+        """
         self.plugins_dir.mkdir(parents=True, exist_ok=True)
         with locked(self.lock_path):
+            self._recover_locked()
             snapshot = self._snap(frozen=False)
             new, result, entries = change(snapshot.data)
             if new is not None:
@@ -350,12 +482,19 @@ class PluginRegistry:
                     self._fragments = self._fragments_of(snapshot.text, snapshot.data["plugins"])
                     snapshot.text = None
                 blob, fragments = _serialize(new, self._fragments)
-                atomic_write(self.path, blob, backup=self.backup_path)
+                st = audited_replace(
+                    self.path,
+                    blob,
+                    entries,
+                    audit=self.audit_path,
+                    actor=self.actor,
+                    max_bytes=MAX_REGISTRY_BYTES,
+                    backup=self.backup_path,
+                )
                 # Cache what we wrote: the next reader or writer need not parse it again.
-                self._snapshot = _Snapshot(key=_stat_key(os.stat(self.path)), data=new)
+                self._snapshot = _Snapshot(key=_stat_key(st), data=new)
                 self._fragments = fragments
                 for entry in entries:
-                    append_audit(self.audit_path, entry)
                     log.info("%s %s %s", entry["action"], entry["id"], entry["version"] or "")
         return result
 
@@ -432,7 +571,7 @@ class PluginRegistry:
         version: str = manifest["version"]
         where = _version_path(plugin_id, version, path)
         if digest is not None and not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
-            raise RegistryError(f"digest: expected 'sha256:<64 hex>', found {digest!r}")
+            raise RegistryError(f"digest: expected 'tree-v1:sha256:<64 hex>', found {digest!r}")
 
         def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
             now = utc_now()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import health, process
-from .storage import FileLock, atomic_write
+from .storage import FileLock, atomic_write, is_io_failure
 
 __all__ = ["InboxService", "Stager", "StopSignal", "main"]
 
@@ -38,6 +38,8 @@ EXIT_ALREADY_RUNNING = 3
 POLL_ENV = "AURORA_PACK05_POLL_SECONDS"
 SETTLE_ENV = "AURORA_PACK05_SETTLE_SECONDS"
 DEFAULT_INTERVAL = 1.0
+# How long an item that met a disk-full or I/O failure waits before it is tried again.
+IO_RETRY_SECONDS = 5.0
 # Long enough that a copy in progress shows a change, short enough that a renamed-in
 # item is picked up within the poll interval plus staging time.
 DEFAULT_SETTLE = 0.25
@@ -172,6 +174,8 @@ class InboxService:
         self._pending: dict[str, _Pending] = {}
         # Entries we could not move out of the inbox: skipped until they change.
         self._stuck: dict[str, tuple[int, ...] | None] = {}
+        # Entries that met a disk-full or I/O failure: retried after this (monotonic) time.
+        self._retry_at: dict[str, float] = {}
 
     # -- status ------------------------------------------------------------------
 
@@ -233,6 +237,8 @@ class InboxService:
                 if self._stuck[name] == sig:
                     continue
                 del self._stuck[name]
+            if self._retry_at.get(name, now) > now:
+                continue
             seen = self._pending.get(name)
             if seen is None or seen.signature != sig:
                 seen = self._pending[name] = _Pending(sig, now)
@@ -302,6 +308,13 @@ class InboxService:
             try:
                 result = self.stager.stage_package(path)
             except Exception as exc:
+                if is_io_failure(exc):
+                    # Disk full, I/O error: not the package's fault. It stays in the inbox
+                    # and is tried again later, never quarantined.
+                    self._note_error(name, f"{type(exc).__name__}: {exc}")
+                    self._retry_at[name] = time.monotonic() + max(IO_RETRY_SECONDS, self.interval)
+                    log.error("could not stage inbox/%s (retried later): %s", name, exc)
+                    return
                 if not os.path.lexists(path):
                     log.warning("inbox/%s vanished while it was being staged", name)
                     return
@@ -312,13 +325,17 @@ class InboxService:
                     reason = f"unexpected error: {type(exc).__name__}: {reason}"
                 self._reject(name, reason, problems, type(exc).__name__)
                 return
+            self._retry_at.pop(name, None)
             log.info("staged %s %s from inbox/%s", result.get("id"), result.get("version"), name)
             self.counts["staged"] += 1
             self._remove_accepted(name)
         except OSError as exc:
             self._note_error(name, f"{type(exc).__name__}: {exc}")
             log.error("could not process inbox/%s: %s", name, exc)
-            self._stuck[name] = _signature(str(path))
+            if is_io_failure(exc):  # disk full: try again later, as it is
+                self._retry_at[name] = time.monotonic() + max(IO_RETRY_SECONDS, self.interval)
+            else:
+                self._stuck[name] = _signature(str(path))
         finally:
             self.current = None
 

@@ -1,70 +1,95 @@
-"""Durable files: atomic replacement and flock locks (os and fcntl only).
+"""Durable files of pack05: the shared primitives (pack01_common) plus what only pack05 needs.
 
-The lifecycle scripts import this module by path (``process.py``), without the plugin core,
-so it stays cheap to import: no pathlib, no json.
+Atomic replace, fsync of a directory and bounded reads are ``aurora_common``'s
+(docs/primitives.md); this module adds the registry's backup hard link, the ``flock``
+lock pack05 has always used, and which errors count as I/O failures. The lifecycle scripts
+import this module by path (``process.py``), without the plugin core.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+from pathlib import Path
+
+try:
+    from . import aurora_boot
+except ImportError:  # imported by path (process.py): core/ itself is on sys.path
+    import aurora_boot  # type: ignore[no-redef]  # noqa: F401
+
+from aurora_common.atomic import fsync_dir as _fsync_dir
+from aurora_common.atomic import replace_bytes
+from aurora_common.bounded import read_bytes
+from aurora_common.errors import InputRefused, named_oserror
+
+__all__ = [
+    "IO_ERRNOS",
+    "FileLock",
+    "InputRefused",
+    "atomic_write",
+    "fsync_dir",
+    "is_io_failure",
+    "locked",
+    "named_oserror",
+    "read_bytes",
+    "refusal_reason",
+]
 
 StrPath = str | os.PathLike[str]
+
+# errno values that mean "this machine could not do it now", never "the input is bad":
+# disk full, quota, inodes, I/O, read-only or out of memory. Callers report them as I/O
+# failures (retried later), not as refused input.
+IO_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+)
+
+
+def is_io_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a resource or I/O failure of this machine (see ``IO_ERRNOS``)."""
+    return isinstance(exc, OSError) and exc.errno in IO_ERRNOS
+
+
+def refusal_reason(exc: InputRefused, path: StrPath) -> str:
+    """The reason of a bounded-read refusal without the file name it starts with."""
+    text, prefix = str(exc), f"{os.fspath(path)}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def fsync_dir(path: StrPath) -> None:
     """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(Path(path))
 
 
 def atomic_write(path: StrPath, data: bytes, *, backup: StrPath | None = None) -> os.stat_result:
     """Replace ``path`` with ``data`` atomically and durably; return the new file's stat.
 
-    Temp file in the same directory, write, fsync, (hard-link the old file as ``backup``),
-    rename, fsync the directory. The temp file is removed on any exception, so a crash
-    leaves the old or the new content, never a mix and never neither.
+    ``aurora_common.atomic.replace_bytes``, after hard-linking the current file as
+    ``backup`` (the last good copy: files are only ever replaced, so a link costs nothing).
+    A crash leaves the old or the new content, never a mix and never neither.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            stat = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if backup is not None:
-            _link_backup(path, os.fspath(backup))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-    return stat
+    target = Path(path)
+    if backup is not None:
+        _link_backup(target, Path(backup))
+    replace_bytes(target, data, parents=False)
+    return os.stat(target)
 
 
-def _link_backup(path: str, backup: str) -> None:
-    """Keep the current file as ``backup``; a hard link costs nothing since files are replaced."""
-    tmp = os.path.join(os.path.dirname(backup), f".{os.path.basename(backup)}.tmp-{os.getpid()}")
+def _link_backup(path: Path, backup: Path) -> None:
+    tmp = backup.with_name(f".{backup.name}.tmp-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     try:
         os.link(path, tmp)
     except FileNotFoundError:
         return  # first write: nothing to keep yet
-    except OSError:  # no hard links on this filesystem: copy instead
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
+    except OSError as exc:
+        if exc.errno in IO_ERRNOS:
+            raise named_oserror(exc, "keep the backup", backup) from None
+        replace_bytes(backup, read_bytes(path, 1 << 30), parents=False)  # no hard links here
+        return
     try:
         os.replace(tmp, backup)
     except BaseException:

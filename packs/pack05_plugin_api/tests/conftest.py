@@ -78,3 +78,24 @@ def package_factory(tmp_path: Path) -> Callable[..., Path]:
         return write_package(tmp_path / "src" / (name or f"pkg{next(counter)}"), manifest, files)
 
     return build
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Any:
+    """A factory of small tmpfs mounts (root only), all unmounted at teardown."""
+    import os
+
+    from pack05_testlib import SmallFs
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounts: list[SmallFs] = []
+
+    def make(size: int = 512 * 1024, inodes: int = 4096) -> SmallFs:
+        fs = SmallFs(tmp_path / f"fs{len(mounts)}", size, inodes)
+        mounts.append(fs)
+        return fs
+
+    yield make
+    for fs in mounts:
+        fs.unmount()

@@ -86,3 +86,58 @@ def make_zip(path: Path, members: list[tuple[str, bytes, int]]) -> Path:
 
 def manifest_bytes(**overrides: Any) -> bytes:
     return json.dumps(make_manifest(**overrides)).encode()
+
+
+class SmallFs:
+    """A tmpfs of a few hundred KiB mounted for one test (root only); ``fill`` leaves
+    exactly ``free`` bytes (or ``inodes`` inodes) available."""
+
+    def __init__(self, root: Path, size: int, inodes: int = 4096) -> None:
+        import subprocess
+
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes},mode=0755", "tmpfs",
+             str(root)],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        self.fillers = root / ".fill"
+        self.fillers.mkdir()
+        self._n = 0
+
+    def available(self) -> tuple[int, int]:
+        import os
+
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize, st.f_favail
+
+    def fill(self, free: int | None = None, inodes: int | None = None) -> None:
+        """Take space (to ``free`` bytes left) and/or inodes (to ``inodes`` left)."""
+        import os
+
+        if free is not None:
+            take = self.available()[0] - free
+            if take > 0:
+                self._n += 1
+                fd = os.open(self.fillers / f"s{self._n}", os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, take)
+                finally:
+                    os.close(fd)
+        if inodes is not None:
+            while self.available()[1] > inodes:
+                self._n += 1
+                (self.fillers / f"i{self._n}").touch()
+
+    def unfill(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.fillers)
+        self.fillers.mkdir()
+
+    def unmount(self) -> None:
+        import subprocess
+
+        subprocess.run(["umount", "-l", str(self.root)], check=False, capture_output=True)

@@ -173,7 +173,7 @@ def test_duplicate_keys_are_refused(tmp_path: Path, name: str, text: str) -> Non
 def test_manifest_larger_than_64_kib_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(make_manifest(description="x" * MAX_MANIFEST_BYTES)))
-    with pytest.raises(ManifestError, match="larger than 65536 bytes"):
+    with pytest.raises(ManifestError, match="exceeds the limit of 65536"):
         load_manifest(path)
 
 

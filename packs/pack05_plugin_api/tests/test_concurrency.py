@@ -6,6 +6,7 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
+from core.audit import read_audit, read_audit_raw
 from core.loader import PluginLoader
 from core.registry import PluginRegistry
 
@@ -38,8 +39,10 @@ def test_16_processes_x_50_registrations_all_present(tmp_path: Path) -> None:
     expected = {f"w{w}.p{i}" for w in range(WORKERS) for i in range(EACH)}
     assert len(plugins) == WORKERS * EACH
     assert set(plugins) == expected
-    audit = (plugins_dir / "audit.log").read_text().splitlines()
-    assert len(audit) == WORKERS * EACH
+    audit = read_audit(plugins_dir / "audit.log")
+    assert sorted(e["id"] for e in audit) == sorted(expected)
+    # each change: its record before, its commit line after; nothing left unresolved
+    assert len(read_audit_raw(plugins_dir / "audit.log")) == 2 * WORKERS * EACH
 
 
 def _stage_many(plugins_dir: str, src: str, worker: int) -> None:

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from core.audit import read_audit
 from core.errors import RegistryError, StagingError
-from core.loader import PluginLoader, tree_digest
+from core.loader import PluginLoader
 
 from pack05_testlib import (
     make_manifest,
@@ -51,13 +51,15 @@ def test_stage_directory(loader: PluginLoader, package_factory: Any) -> None:
     result = loader.stage_package(src)
     assert result["ok"] is True and result["id"] == "acme.echo" and result["version"] == "1.0.0"
     assert result["changed"] is True and result["missing"] == ["network"]
+    from aurora_common.digest import tree_digest as shared_tree_digest
+
     target = loader.packages_dir / "acme.echo" / "1.0.0"
     assert Path(result["path"]) == target
     assert _tree(target) == _tree(src)
     assert (target / "main.py").stat().st_mode & 0o777 == 0o755
     record = loader.registry.get("acme.echo")
     version = record["versions"]["1.0.0"]
-    assert version["digest"] == result["digest"] == tree_digest(version["files"])
+    assert version["digest"] == result["digest"] == shared_tree_digest(target)
     assert {f["path"] for f in version["files"]} == {
         "manifest.json",
         "main.py",
@@ -157,7 +159,9 @@ def test_different_content_same_version_needs_replace(
     second = loader.stage_package(src, replace=True)
     assert second["digest"] != first["digest"]
     # the new content sits beside the old until the registry names it; then the old goes
-    assert Path(second["path"]) == target.with_name("1.0.0~" + second["digest"][7:23])
+    assert Path(second["path"]) == target.with_name(
+        "1.0.0~" + second["digest"].rpartition(":")[2][:16]
+    )
     assert (Path(second["path"]) / "main.py").read_text() == "print('v2')\n"
     assert not target.exists()
     assert loader.registry.get("acme.echo")["versions"]["1.0.0"]["path"] == (
@@ -335,20 +339,38 @@ def test_replace_killed_mid_way_keeps_the_registry_and_the_files_in_step(
     assert loader.verify("acme.echo") == []
 
 
-def test_a_failure_after_the_registry_write_keeps_the_registered_directory(
+def test_an_audit_log_that_cannot_be_written_stages_nothing(
     loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import core.registry as registry_module
+    import core.txn as txn_module
 
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(registry_module, "append_audit", disk_full)
+    monkeypatch.setattr(txn_module, "append_audit_many", disk_full)
     with pytest.raises(OSError, match="No space"):
         loader.stage_package(package_factory())
     monkeypatch.undo()
-    assert loader.registry.get("acme.echo") is not None  # the registry write had happened
-    assert loader.verify("acme.echo") == []
+    assert loader.registry.get("acme.echo") is None  # refused before the registry write
+    assert not (loader.packages_dir / "acme.echo").exists()
+    assert read_audit(loader.registry.audit_path) == []
+
+
+def test_a_failed_outcome_record_still_reports_the_staging_done(
+    loader: PluginLoader, package_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.txn as txn_module
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(txn_module, "append_audit", disk_full)
+    result = loader.stage_package(package_factory())  # the change took effect: no error
+    monkeypatch.undo()
+    assert result["changed"] and loader.verify("acme.echo") == []
+    assert read_audit(loader.registry.audit_path) == []  # not confirmed yet
+    loader.registry.recover()  # what the next command does first
+    assert [e["action"] for e in read_audit(loader.registry.audit_path)] == ["register"]
 
 
 @pytest.mark.parametrize(
@@ -369,20 +391,25 @@ def test_register_refuses_a_path_outside_the_version_directory(
     assert loader.registry.get("acme.echo") is None
 
 
-def test_a_hand_edited_registry_path_is_never_used_as_a_target(
+def test_a_hand_edited_registry_path_is_refused_and_nothing_is_written(
     loader: PluginLoader, package_factory: Any
 ) -> None:
     src = package_factory(files={"main.py": "v1"})
     loader.stage_package(src)
+    loader.stage_package(package_factory(make_manifest(id="acme.other"), name="other"))
     doc = json.loads(loader.registry.path.read_text())
     outside = loader.plugins_dir.parent / "outside"
     outside.mkdir()
     doc["plugins"]["acme.echo"]["versions"]["1.0.0"]["path"] = "packages/acme.echo/../../outside"
     loader.registry.path.write_text(json.dumps(doc))
+    before = loader.registry.path.read_bytes()
+    backup = loader.registry.backup_path.read_bytes()
     (src / "main.py").write_text("v2")
-    result = loader.stage_package(src, replace=True)
+    with pytest.raises(RegistryError, match=r"record 'acme.echo': versions\['1.0.0'\]\.path"):
+        loader.stage_package(src, replace=True)
     assert list(outside.iterdir()) == []
-    assert loader.verify("acme.echo") == [] and Path(result["path"]).parent.name == "acme.echo"
+    assert loader.registry.path.read_bytes() == before
+    assert loader.registry.backup_path.read_bytes() == backup  # the last good copy is kept
 
 
 @pytest.mark.parametrize(
@@ -411,6 +438,11 @@ def test_remove_never_deletes_what_a_hand_edited_registry_points_at(
         versions[value] = versions.pop("1.0.0")
         victim = value
     loader.registry.path.write_text(json.dumps(doc))
-    assert loader.remove("acme.echo", victim) is True
+    with pytest.raises(RegistryError, match=r"record 'acme\.echo'"):
+        loader.remove("acme.echo", victim)
     assert (outside / "keep").exists()
-    assert loader.verify("acme.other") == [] and loader.verify("acme.echo", "2.0") == []
+    assert sorted(p.name for p in (loader.packages_dir / "acme.echo").iterdir()) == [
+        "1.0.0",
+        "2.0",
+    ]
+    assert (loader.packages_dir / "acme.other" / "1.0.0" / "main.py").exists()
