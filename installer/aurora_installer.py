@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +17,9 @@ from typing import Any, NoReturn, TextIO
 if __package__ in (None, ""):
     # Run as a script (python3 installer/aurora_installer.py): the library sits beside it.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The shared CLI conventions (aurora_common.cli) come from the repository's library pack.
+# TODO(pack01_common bootstrap, H3): use the installer's import of packs/pack01_common.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "packs" / "pack01_common"))
 
 from aurora import (
     ApprovalError,
@@ -33,6 +34,7 @@ from aurora import (
     exit_code_for,
 )
 from aurora.home import default_home, default_packs_dir
+from aurora_common import cli as conventions
 
 log = logging.getLogger("aurora")
 
@@ -131,14 +133,28 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
+_EXAMPLES = {
+    "list": "",
+    "stage": "--pack pack05_plugin_api --require-hashes",
+    "install": "--pack pack05_plugin_api --with-deps --approve",
+    "uninstall": "--pack pack05_plugin_api --stop --purge",
+    "status": "--json",
+    "health": "--pack pack05_plugin_api --watch --count 10",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     _add_common(common, defaults=False)
+    prog = conventions.prog_name(PROG)
     parser = _Parser(
-        prog="aurora_installer.py",
-        description="Validate, stage, install and run Aurora packs. Exit codes: "
-        + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode),
-        epilog="Options go before or after the command; `COMMAND --help` lists its own.",
+        prog=prog,
+        description="Validate, stage, install and run Aurora packs. Options go before or "
+        "after the command; `COMMAND --help` lists its own.",
+        epilog=conventions.epilog(
+            [f"{prog} list", f"{prog} install --pack pack05_plugin_api --with-deps --approve"]
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, defaults=True)
     sub = parser.add_subparsers(
@@ -146,7 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def command(name: str, help_text: str, pack: str = "required") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        args = _EXAMPLES.get(name, "--pack pack05_plugin_api")
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=conventions.epilog([f"{prog} {name} {args}".rstrip()]),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if pack == "required":
             p.add_argument("--pack", required=True, metavar="ID", help="the pack id")
         elif pack == "optional":
@@ -224,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("health", "run health_check.sh once (or keep watching)")
     p.epilog = (
         "Exit 0 if the check passes, 1 if not. With --watch: 0 if the pack is healthy "
-        "after the last check, 1 if not (starting or unhealthy), 130 on Ctrl-C."
+        "after the last check, 1 if not (starting or unhealthy), 130 on Ctrl-C.\n\n"
+        + (p.epilog or "")
     )
     p.add_argument(
         "--watch",
@@ -245,13 +270,7 @@ def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
     The operation goes on (its scripts' output is in logs/) and its exit code
     stays the truth; later writes to that stream go to /dev/null.
     """
-    try:
-        print(text, file=stream, end=end, flush=True)
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
+    conventions.emit(text, stream, end=end)
 
 
 class _Output:
@@ -554,6 +573,9 @@ def _setup_logging(verbose: bool) -> logging.Handler:
     return handler
 
 
+PROG = "aurora_installer.py"
+
+
 def _report_error(
     out: _Output,
     command: str | None,
@@ -562,22 +584,14 @@ def _report_error(
     recovered: Sequence[str] = (),
     result: Any = None,
 ) -> None:
-    _emit(f"error: {error}", sys.stderr)
+    """The one error line on stderr; with --json the envelope on stdout says it too."""
+    _emit(conventions.error_line(conventions.prog_name(PROG), str(error)), sys.stderr)
     if out.as_json:
-        document: dict[str, Any] = {
-            "ok": False,
-            "command": command,
-            "exit_code": int(code),
-            "error": {
-                "type": type(error).__name__,
-                "message": error.message,
-                "problems": error.problems,
-            },
-            "recovered": list(recovered),
-        }
-        if result is not None:
-            document["result"] = result
-        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
+        detail = conventions.error_object(
+            error.message, kind=type(error).__name__, problems=error.problems
+        )
+        doc = conventions.envelope(command, code, result, detail, recovered=list(recovered))
+        conventions.emit_json(doc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -615,18 +629,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_error(out, args.command, result.error, result.code, inst.recovered, result.result)
         return result.code
     if args.json:
-        document = {
-            "ok": True,
-            "command": args.command,
-            "exit_code": 0,
-            "result": result,
-            "recovered": inst.recovered,
-        }
-        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
+        document = conventions.envelope(
+            args.command, ExitCode.OK, result, None, recovered=inst.recovered
+        )
+        conventions.emit_json(document)
     else:
         _show(out, args.command, result, inst.packs_dir)
     return ExitCode.OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(conventions.run_main(main))

@@ -77,7 +77,7 @@ def test_usage_error_in_json_mode_is_one_document(env: Env) -> None:
     result = env.run("stage", "--json")
     assert result.code == ExitCode.USAGE
     doc = result.json
-    assert doc["ok"] is False and doc["exit_code"] == 2 and doc["command"] == "stage"
+    assert doc["ok"] is False and doc["exit"] == 2 and doc["command"] == "stage"
     assert "--pack" in doc["error"]["message"]
     no_command = env.run("--json")
     assert no_command.code == ExitCode.USAGE and no_command.json["command"] is None
@@ -605,7 +605,7 @@ def test_json_output_is_exactly_one_document(env: Env) -> None:
     ):
         result = env.run(*argv, "--json")
         doc = json.loads(result.out)  # raises if anything else is on stdout
-        assert (result.code, doc["exit_code"], doc["command"]) == (code, code, argv[0]), result.err
+        assert (result.code, doc["exit"], doc["command"]) == (code, code, argv[0]), result.err
 
 
 def test_dry_run_runs_in_the_staged_copy_with_the_environment_contract(env: Env) -> None:
@@ -674,7 +674,7 @@ def test_failures_in_json_mode_are_exactly_one_document(env: Env) -> None:
     ):
         result = env.run(*argv, "--json")
         doc = json.loads(result.out)  # raises if anything else is on stdout
-        assert (result.code, doc["exit_code"], doc["ok"]) == (code, code, False), argv
+        assert (result.code, doc["exit"], doc["ok"]) == (code, code, False), argv
         assert doc["command"] == argv[0]
         assert doc["error"]["message"] in result.err
     sealed = env.run("seal", "--pack", "beta", "--json")

@@ -139,7 +139,7 @@ def test_health_once_and_watch_reports_changes(env: Env) -> None:
     # Like a single `health`: a watch that ends with the pack not healthy exits 1,
     # and its document still holds what it saw.
     assert watch.code == ExitCode.FAILED
-    assert (watch.json["ok"], watch.json["exit_code"]) == (False, ExitCode.FAILED)
+    assert (watch.json["ok"], watch.json["exit"]) == (False, ExitCode.FAILED)
     assert "svc is unhealthy after the last check (3 in all)" in watch.json["error"]["message"]
     changes = watch.json["result"]["changes"]
     assert [c["status"] for c in changes] == ["unhealthy"]
@@ -176,7 +176,7 @@ def test_health_watch_ended_by_ctrl_c_exits_130_with_what_it_saw(env: Env) -> No
             proc.wait()
     assert proc.returncode == ExitCode.INTERRUPTED, messages.read_text()
     doc = json.loads(out)
-    assert (doc["ok"], doc["exit_code"]) == (False, ExitCode.INTERRUPTED)
+    assert (doc["ok"], doc["exit"]) == (False, ExitCode.INTERRUPTED)
     assert "Ctrl-C" in doc["error"]["message"]
     assert doc["result"]["status"] == "healthy"
     assert [c["status"] for c in doc["result"]["changes"]] == ["healthy"]
