@@ -82,7 +82,8 @@ class UnknownPath(PluginError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(f"{self.prog}: {message}")
+        verb = self.prog.partition(" ")[2]  # the error line names the program already
+        raise _UsageError(f"{verb}: {message}" if verb else message)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
