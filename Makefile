@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck shellcheck pytest bench sysdeps clean
+.PHONY: venv demo test lint typecheck shellcheck pytest bench seal sysdeps clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,14 @@ pytest: $(STAMP) sysdeps
 	$(PY) -m pytest -q
 
 test: lint typecheck shellcheck pytest
+
+# Pin the sha256 of every artifact of every pack in this repository (after editing one;
+# tests/test_sealed.py fails until then).
+seal: $(STAMP)
+	for manifest in packs/*/manifest.yaml; do \
+		pack=$$(basename "$$(dirname "$$manifest")"); \
+		$(PY) installer/aurora_installer.py seal --pack "$$pack" || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -61,15 +61,13 @@ def collect(home: Path) -> tuple[dict[str, Any], Problem | None]:
 
 
 def _pack_line(p: dict[str, Any]) -> str:
-    rt = p.get("runtime") or {}
-    health = (rt.get("health") or {}).get("status") or "-"
-    running = "running" if rt.get("running") else "stopped"
-    if rt.get("pid"):
-        running += f" (pid {rt['pid']})"
     version = p.get("active_version") or "-"
-    if not p.get("active_version"):
-        return f"  {p['pack']:<20} {version:<8} {p['state']}"
-    return f"  {p['pack']:<20} {version:<8} {running:<22} health {health}"
+    line = f"  {p['pack']:<20} {version:<8} {p['state']}"
+    rt = p.get("runtime") or {}
+    if rt.get("pid"):
+        line += f" (pid {rt['pid']})"
+    health = (rt.get("health") or {}).get("status")
+    return line + (f", health {health}" if health else "")
 
 
 def _plugin_line(p: dict[str, Any]) -> str:
