@@ -487,7 +487,7 @@ class PluginLoader:
         if existing is not None and existing.get("digest") != digest and not replace:
             raise StagingError(
                 f"{plugin_id} {version} is already staged with different content "
-                "(stage with replace to overwrite it)",
+                "(`stage --replace` overwrites it)",
                 source=source,
             )
         registered = {str(v.get("path")) for v in staged.values()}
