@@ -131,12 +131,7 @@ class Lifecycle:
         record["runtime"]["last_check"] = final.get("last_check")
         ok = final["status"] == "healthy"
         last = (final.get("last_check") or {}).get("output", "")
-        message = (
-            "healthy"
-            if ok
-            else f"not healthy ({final['status']}) within the bound: {final['reason']}; "
-            f"last check: {last or '(no output)'}"
-        )
+        message = "healthy" if ok else f"{final['reason']}; last check: {last or '(no output)'}"
         state.record_result(pack_id, "start", ok, version, message)
         state.save()
         self.audit.record(
