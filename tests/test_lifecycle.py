@@ -300,3 +300,33 @@ def test_lifecycle_as_real_processes(env: Env) -> None:
     assert env.cli("stop", "--pack", "svc").code == 0
     assert not alive(pid)
     assert env.cli("uninstall", "--pack", "svc", "--purge").code == 0
+
+
+def test_start_does_not_hold_the_lock_while_it_polls_health(env: Env) -> None:
+    """Stopping another pack while one is starting is not refused as busy (exit 5)."""
+    env.make_pack("other", service=True)
+    assert env.run("install", "--pack", "other", "--approve").code == 0
+    assert env.run("start", "--pack", "other", *FAST).code == 0
+    _install_service(env, mode="never", health_timeout=4)
+    slow = subprocess.Popen(
+        [sys.executable, str(CLI), *env.args("start", "--pack", "svc", "--start-period", "60")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: (env.home / "run" / "svc" / "service.pid").exists())
+        assert wait_for(
+            lambda: (env.state()["packs"]["svc"].get("runtime") or {}).get("state") == "starting"
+        )
+        stopped = env.cli("stop", "--pack", "other", "--wait", "0")
+        assert stopped.code == 0, stopped.err
+        assert slow.poll() is None  # still polling svc's health meanwhile
+        _out, err = slow.communicate(timeout=60)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+    assert slow.returncode == ExitCode.FAILED and "not healthy within 4 s" in err
+    assert env.state()["packs"]["svc"]["last_result"]["op"] == "start"
+    assert env.run("stop", "--pack", "svc").code == 0

@@ -616,7 +616,13 @@ class Installer:
         """Run start.sh, then poll health_check.sh until healthy or the manifest's bound."""
         self._require_installed(pack_id)
         with self._locked() as state:
-            return self.lifecycle.start(state, self._installed_manifest(state, pack_id), on_health)
+            manifest = self._installed_manifest(state, pack_id)
+            script = self.lifecycle.begin_start(state, manifest)
+        # The lock is not held while health is only polled: stopping (or installing)
+        # another pack meanwhile is not refused as busy.
+        final = self.lifecycle.poll_start(manifest, on_health)
+        with self._locked() as state:
+            return self.lifecycle.finish_start(state, manifest, script, final)
 
     def health(self, pack_id: str) -> dict[str, Any]:
         """Run health_check.sh once and update the health state."""
