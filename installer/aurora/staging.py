@@ -16,7 +16,7 @@ from aurora.manifest import Manifest, load_manifest
 from aurora.recovery import begin, temp_name
 from aurora.state import State
 from aurora.timeutil import now_iso
-from aurora.tree import TreeDigest, copy_tree
+from aurora.tree import TreeDigest, copy_tree, digest_tree
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ def ensure_staged(
         stage(home, audit, state, manifest, require_hashes=False)
         staged_now = True
     digest: str = state.pack(manifest.id)["staged"][manifest.version]["digest"]
+    if not staged_now:
+        warn_if_source_differs(manifest, digest)
     try:
         staged = load_manifest(target)
     except ManifestError as exc:
@@ -139,6 +141,25 @@ def ensure_staged(
             f"staged copy {target} is no longer valid: run stage again", exc.problems
         ) from exc
     return staged, digest, staged_now
+
+
+def warn_if_source_differs(manifest: Manifest, staged_digest: str) -> bool:
+    """Say so (a warning) when the pack's source no longer matches its staged copy: the
+    staged copy is what dry-run and install use, so an edit after `stage` is not in it."""
+    source, _ = digest_tree(manifest.root)
+    if source.digest == staged_digest:
+        return False
+    log.warning(
+        "%s %s: the source in %s differs from its staged copy (staged %s, source %s); "
+        "the staged copy is used: run `stage --pack %s` again to take the change",
+        manifest.id,
+        manifest.version,
+        manifest.root,
+        staged_digest,
+        source.digest,
+        manifest.id,
+    )
+    return True
 
 
 def write_tree_record(home: Home, pack_id: str, tree: TreeDigest) -> None:
