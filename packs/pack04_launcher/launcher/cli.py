@@ -209,24 +209,42 @@ def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
 # --- start / stop -----------------------------------------------------------------
 
 
-def _wait_state(paths: Paths, plugin_id: str, want: set[str], wait: float) -> dict[str, Any]:
+def _progress(
+    progress: conventions.Progress, plugin_id: str, rec: dict[str, Any], t0: float
+) -> None:
+    """On a terminal only: what the wait has seen so far."""
+    progress.update(f"{plugin_id}: {rec.get('state') or 'waiting'} ({time.monotonic() - t0:.0f} s)")
+
+
+def _wait_state(
+    paths: Paths, plugin_id: str, want: set[str], wait: float, progress: conventions.Progress
+) -> dict[str, Any]:
     """Poll the status file until the plugin's state is in ``want`` (or time is up)."""
-    deadline = time.monotonic() + wait
+    t0 = time.monotonic()
+    deadline = t0 + wait
     rec: dict[str, Any] = {}
     while True:
         doc = read_status(paths.status) or {}
         rec = doc.get("plugins", {}).get(plugin_id, {})
         if rec.get("state") in want or time.monotonic() >= deadline:
+            progress.done()
             return rec
+        _progress(progress, plugin_id, rec, t0)
         time.sleep(0.1)
 
 
 def _wait_started(
-    paths: Paths, plugin_id: str, request: int, wait: float, settle: float
+    paths: Paths,
+    plugin_id: str,
+    request: int,
+    wait: float,
+    settle: float,
+    progress: conventions.Progress,
 ) -> dict[str, Any]:
     """Wait until the service has seen start request ``request`` and the plugin has
     stayed running for ``settle`` seconds, or has ended in a state it cannot leave."""
-    deadline = time.monotonic() + wait
+    t0 = time.monotonic()
+    deadline = t0 + wait
     rec: dict[str, Any] = {}
     while time.monotonic() < deadline:
         doc = read_status(paths.status) or {}
@@ -234,11 +252,13 @@ def _wait_started(
         if rec.get("starts_seen", 0) >= request:
             state = rec.get("state")
             if state in (FAILED, REFUSED, BLOCKED, DISABLED):
-                return rec
+                break
             up = _uptime(rec.get("started_at"))
             if state == RUNNING and up is not None and up >= settle:
-                return rec
+                break
+        _progress(progress, plugin_id, rec, t0)
         time.sleep(0.1)
+    progress.done()
     return rec
 
 
@@ -257,7 +277,8 @@ def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
         _err(f"{entry.id}: cannot run: {why}")
         _emit(args, {"id": entry.id, "state": BLOCKED, "reason": why}, "", EXIT_PLUGIN_FAILED)
         return EXIT_PLUGIN_FAILED
-    rec = _wait_started(paths, entry.id, ctl.starts[entry.id], args.wait, args.settle)
+    progress = conventions.Progress(as_json=args.json)
+    rec = _wait_started(paths, entry.id, ctl.starts[entry.id], args.wait, args.settle, progress)
     state = rec.get("state")
     code = EXIT_OK if state == RUNNING else EXIT_PLUGIN_FAILED
     _emit(args, {"id": entry.id, **rec}, f"{entry.id}: {state} (pid {rec.get('pid')})", code)
@@ -277,7 +298,8 @@ def _cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
         doc = {"id": args.plugin_id, "state": HELD, "service_running": False}
         _emit(args, doc, "", EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
-    rec = _wait_state(paths, args.plugin_id, {HELD}, args.wait)
+    progress = conventions.Progress(as_json=args.json)
+    rec = _wait_state(paths, args.plugin_id, {HELD}, args.wait, progress)
     state = rec.get("state")
     code = EXIT_OK if state == HELD else EXIT_ERROR
     _emit(args, {"id": args.plugin_id, **rec}, f"{args.plugin_id}: {state}", code)
