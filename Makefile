@@ -30,8 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 # Strict typing on the library code of the installer and of every pack.
-TYPED := $(wildcard aurora_cli installer/aurora installer/aurora_installer.py \
-	packs/pack01_common/aurora_common/cli.py \
+TYPED := $(wildcard aurora_cli packs/pack01_common/aurora_common packs/pack01_common/aurora_boot.py \
+	installer/aurora installer/aurora_installer.py \
 	packs/pack05_plugin_api/core packs/pack05_plugin_api/plugins.py \
 	packs/pack04_launcher/launcher packs/pack03_os_base/sandbox scripts/*.py)
 

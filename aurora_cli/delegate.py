@@ -12,19 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aurora_cli.home import COMMON, INSTALLER, InstalledPack, installed
-
-
-def _common_path(home: Path) -> dict[str, str]:
-    """PYTHONPATH giving the child the shared CLI conventions (aurora_common).
-
-    TODO(pack01_common bootstrap, H3): once every pack depends on pack01_common, the
-    installed copy finds its own library; this fallback is for a home without it.
-    """
-    if installed(home, "pack01_common") is not None:
-        return {}
-    path = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": str(COMMON) + (os.pathsep + path if path else "")}
+from aurora_cli.home import INSTALLER, InstalledPack
 
 
 def run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:
@@ -54,9 +42,9 @@ def installer_argv(home: Path, args: Sequence[str]) -> list[str]:
 
 
 def installer_env(home: Path) -> dict[str, str]:
-    return {"AURORA_PROG": "aurora pack", **_common_path(home)}
+    return {"AURORA_PROG": "aurora pack"}
 
 
 def pack_cli_env(pack: InstalledPack, prog: str) -> dict[str, str]:
     """What an installed pack's CLI runs with: the lifecycle scripts' environment."""
-    return {**pack.env(), "PYTHON": sys.executable, "AURORA_PROG": prog, **_common_path(pack.home)}
+    return {**pack.env(), "PYTHON": sys.executable, "AURORA_PROG": prog}

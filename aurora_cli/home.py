@@ -9,7 +9,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLER = REPO / "installer" / "aurora_installer.py"
-COMMON = REPO / "packs" / "pack01_common"
 
 
 class HomeError(Exception):

@@ -17,9 +17,6 @@ from typing import Any, NoReturn, TextIO
 if __package__ in (None, ""):
     # Run as a script (python3 installer/aurora_installer.py): the library sits beside it.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The shared CLI conventions (aurora_common.cli) come from the repository's library pack.
-# TODO(pack01_common bootstrap, H3): use the installer's import of packs/pack01_common.
-sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "packs" / "pack01_common"))
 
 from aurora import (
     ApprovalError,
@@ -33,8 +30,9 @@ from aurora import (
     UsageError,
     exit_code_for,
 )
-from aurora.home import default_home, default_packs_dir
-from aurora_common import cli as conventions
+from aurora.home import check_home, default_home, default_packs_dir
+from aurora_common import cli as conventions  # importable once aurora is (aurora/_common.py)
+from aurora_common.errors import InputRefused
 
 log = logging.getLogger("aurora")
 
@@ -91,7 +89,7 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
     parser.add_argument(
         "--home",
-        type=Path,
+        type=str,
         metavar="DIR",
         default=default(None),
         help="installer home (default: $AURORA_HOME, else <repo>/.aurora)",
@@ -459,7 +457,7 @@ def _installer(args: argparse.Namespace, out: _Output) -> Installer:
         health=policy,
     )
     return Installer(
-        args.home or default_home(),
+        check_home(args.home) if args.home is not None else default_home(),
         args.packs_dir or default_packs_dir(),
         options=options,
         on_output=out.script_line,
@@ -608,7 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     out = _Output(args.json)
     handler = _setup_logging(args.verbose)
-    inst = _installer(args, out)
+    try:
+        inst = _installer(args, out)
+    except UsageError as exc:
+        log.removeHandler(handler)
+        _report_error(out, args.command, exc, ExitCode.USAGE)
+        return ExitCode.USAGE
     try:
         result = _HANDLERS[args.command](inst, args, out)
     except AuroraError as exc:
@@ -619,6 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = AuroraError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         _report_error(out, args.command, err, ExitCode.FAILED, inst.recovered)
         return ExitCode.FAILED
+    except InputRefused as exc:  # hostile input the command did not expect: exit 2, no traceback
+        _report_error(out, args.command, AuroraError(str(exc)), ExitCode.USAGE, inst.recovered)
+        return ExitCode.USAGE
+    except (RecursionError, MemoryError, UnicodeError) as exc:
+        err = AuroraError(f"refused: {type(exc).__name__}: {exc}")
+        _report_error(out, args.command, err, ExitCode.USAGE, inst.recovered)
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         err = AuroraError("interrupted (Ctrl-C); the next command cleans up what was left")
         _report_error(out, args.command, err, ExitCode.INTERRUPTED, inst.recovered)

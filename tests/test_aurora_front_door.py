@@ -94,6 +94,7 @@ def test_status_shows_packs_plugins_grants_and_the_launcher(home: Path) -> None:
     doc = envelope(aurora("status", "--json", "--home", str(home)))
     result = doc["result"]
     assert {p["pack"]: p["active_version"] for p in result["packs"]} == {
+        "pack01_common": "0.1.0",
         "pack03_os_base": "0.1.0",
         "pack04_launcher": "0.1.0",
         "pack05_plugin_api": "0.1.0",

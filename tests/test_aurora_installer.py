@@ -554,7 +554,7 @@ def test_status_reports_state_version_digest_approval_last_result(env: Env) -> N
     status = result.json["result"]
     assert status["state"] == "installed"
     assert status["active_version"] == "1.0.0"
-    assert status["digest"].startswith("sha256:")
+    assert status["digest"].startswith("tree-v1:sha256:")
     assert status["approval"]["how"] == "flag"
     assert status["last_result"]["op"] == "install" and status["last_result"]["ok"]
     every = env.run("status", "--json").json["result"]["packs"]

@@ -60,7 +60,11 @@ def test_start_healthy_status_stop(env: Env) -> None:
     assert status["runtime"]["running"] is False
     assert status["last_result"]["op"] == "stop" and status["last_result"]["ok"]
     events = [e["event"] for e in env.audit()]
-    assert events[-2:] == ["start", "stop"]
+    # Each change: its intent first, its outcome after (carrying the intent's id).
+    assert events[-4:] == ["intent", "start", "intent", "stop"]
+    intents = [e for e in env.audit() if e["event"] == "intent"][-2:]
+    assert [i["op"] for i in intents] == ["start", "stop"]
+    assert [e["intent"] for e in env.audit()[-3::2]] == [i["intent"] for i in intents]
 
 
 def test_double_start_and_double_stop_are_harmless(env: Env) -> None:

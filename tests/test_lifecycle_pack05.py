@@ -448,7 +448,7 @@ def _installer_cli(home: Path, cwd: Path) -> Callable[..., subprocess.CompletedP
             check=False,
         )
 
-    for dependency in ("pack03_os_base", "pack04_launcher"):
+    for dependency in ("pack01_common", "pack03_os_base", "pack04_launcher"):
         check = aurora("validate", "--pack", dependency)
         if check.returncode != 0:
             pytest.skip(f"{dependency} does not validate in this checkout: {check.stderr[:300]}")

@@ -27,7 +27,9 @@ def real(env: Env) -> Env:
     return env
 
 
-@pytest.mark.parametrize("pack_id", ["pack03_os_base", "pack04_launcher", "pack05_plugin_api"])
+@pytest.mark.parametrize(
+    "pack_id", ["pack01_common", "pack03_os_base", "pack04_launcher", "pack05_plugin_api"]
+)
 def test_repository_pack_validates(real: Env, pack_id: str) -> None:
     if not _ready(pack_id):
         pytest.skip(f"{pack_id}: scripts not there yet")
@@ -56,7 +58,12 @@ def test_pack05_stage_then_dry_run_on_a_fresh_home(real: Env) -> None:
     dry = real.cli("dry-run", "--pack", "pack05_plugin_api", "--json")
     assert dry.code == 0, dry.err
     steps = json.loads(dry.out)["result"]["plan"]["steps"]
-    assert [s["pack"] for s in steps] == ["pack03_os_base", "pack04_launcher", "pack05_plugin_api"]
+    assert [s["pack"] for s in steps] == [
+        "pack01_common",
+        "pack03_os_base",
+        "pack04_launcher",
+        "pack05_plugin_api",
+    ]
     assert not (real.home / "packs").exists()
 
 
@@ -64,7 +71,7 @@ def test_pack05_stage_then_dry_run_on_a_fresh_home(real: Env) -> None:
 def test_pack05_install_with_deps_then_uninstall(real: Env) -> None:
     result = real.cli("install", "--pack", "pack05_plugin_api", "--with-deps", "--approve")
     assert result.code == 0, result.err
-    for pack_id in ("pack03_os_base", "pack04_launcher", "pack05_plugin_api"):
+    for pack_id in ("pack01_common", "pack03_os_base", "pack04_launcher", "pack05_plugin_api"):
         assert real.active(pack_id) == "0.1.0"
         assert real.cli("verify", "--pack", pack_id).code == 0
     assert real.cli("uninstall", "--pack", "pack03_os_base").code == ExitCode.REFUSED

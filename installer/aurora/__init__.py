@@ -1,5 +1,7 @@
 """Aurora installer library: validate, stage, install and run Aurora packs."""
 
+# First: puts pack01_common (aurora_common) on sys.path for every installer module.
+from aurora import _common  # noqa: F401
 from aurora.errors import (
     ApprovalError,
     AuroraError,

@@ -15,6 +15,24 @@ def default_home() -> Path:
     return Path(env) if env else REPO_ROOT / ".aurora"
 
 
+def check_home(text: str) -> Path:
+    """``--home`` as a path; UsageError unless a directory (or yet to be made) that is not '/'.
+
+    An empty value would mean the current directory and '/' would fill the root
+    with installer files; a file cannot hold a home.
+    """
+    from aurora.errors import UsageError
+
+    if not text.strip():
+        raise UsageError("--home: empty; give the installer home directory")
+    path = Path(text)
+    if path.absolute().resolve() == Path("/"):
+        raise UsageError("--home: '/' cannot be an installer home; give a directory of its own")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--home: {text} exists and is not a directory")
+    return path
+
+
 def default_packs_dir() -> Path:
     """<repo>/packs: where packs are found."""
     return REPO_ROOT / "packs"
@@ -54,7 +72,7 @@ class Home:
         return self.root / "records" / pack_id
 
     def record(self, pack_id: str, digest: str) -> Path:
-        return self.records(pack_id) / (digest.removeprefix("sha256:") + ".json")
+        return self.records(pack_id) / (digest.rpartition(":")[2] + ".json")
 
     def health(self, pack_id: str) -> Path:
         return self.root / "health" / f"{pack_id}.json"

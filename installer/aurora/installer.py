@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from aurora import staging
-from aurora.audit import AuditLog
+from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
     DependencyError,
@@ -40,6 +40,8 @@ from aurora.timeutil import now_iso
 from aurora.tree import compare, copy_tree, digest_tree, sha256_file
 
 log = logging.getLogger(__name__)
+
+COMMON_PACK = "pack01_common"  # the shared primitives library (docs/primitives.md)
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,27 @@ class Installer:
         return State.load(self.home.state)
 
     @contextmanager
-    def _locked(self) -> Iterator[State]:
-        """Hold the installer lock, recover from an interrupted run, yield the state."""
+    def _locked(self, op: str | None, pack_id: str) -> Iterator[State]:
+        """Hold the installer lock, recover from an interrupted run, record the intent
+        of ``op`` in audit.log (refused, unchanged, if it cannot be), yield the state.
+
+        A command that fails without recording an outcome of its own gets
+        ``<op>-aborted`` with the error, so every intent has its outcome.
+        """
         with InstallerLock(self.home.lock, self.options.lock_wait):
             state = self._state()
             self.recovered = self.recovery.recover(state)
-            yield state
+            if op is not None:  # None: a command that records its own intent if it changes
+                self.audit.intent(op, pack_id)
+            try:
+                yield state
+            except BaseException as exc:
+                if self.audit.current_intent is not None and self.audit.outcomes == 0:
+                    name = op or "change"
+                    self.audit.record(f"{name}-aborted", pack_id, error=str(exc) or repr(exc))
+                raise
+            finally:
+                self.audit.done()
 
     def _not_installed(self, pack_id: str) -> NotFoundError:
         if has_pack(self.packs_dir, pack_id):
@@ -145,7 +162,9 @@ class Installer:
                 exc.problems,
             ) from exc
 
-    def _install_script(self, manifest: Manifest, mode: str) -> ScriptResult:
+    def _install_script(
+        self, manifest: Manifest, mode: str, extra_env: dict[str, str] | None = None
+    ) -> ScriptResult:
         """install.sh --dry-run or --install in the copy ``manifest`` was read from."""
         return run_entrypoint(
             self.home,
@@ -154,7 +173,16 @@ class Installer:
             [mode],
             self.options.script_timeout,
             on_output=self.on_output,
+            extra_env=extra_env,
         )
+
+    def _planned_library_env(self, plan: Plan) -> dict[str, str]:
+        """For a dry run whose plan installs pack01_common first: where the pack's
+        bootstrap finds it meanwhile (the source the plan would install)."""
+        for step in plan.dependency_steps:
+            if step.pack_id == COMMON_PACK and has_pack(self.packs_dir, COMMON_PACK):
+                return {"AURORA_COMMON_ROOT": str(find_pack(self.packs_dir, COMMON_PACK).root)}
+        return {}
 
     # -- crash recovery (see recovery.py) -------------------------------------------------------
 
@@ -167,8 +195,8 @@ class Installer:
                 with InstallerLock(self.home.lock, 0):
                     state = self._state()
                     self.recovered = self.recovery.recover(state)
-            except LockBusyError:
-                pass
+            except (LockBusyError, AuditUnavailable):
+                pass  # a read-only command still reads; the next change recovers
         return state
 
     # -- read-only commands ---------------------------------------------------
@@ -278,7 +306,7 @@ class Installer:
     def stage(self, pack_id: str, *, require_hashes: bool = False) -> dict[str, Any]:
         """Validate and copy a pack into staging/<id>/<version>/, recording its digest."""
         manifest = find_pack(self.packs_dir, pack_id)
-        with self._locked() as state:
+        with self._locked("stage", pack_id) as state:
             return staging.stage(
                 self.home, self.audit, state, manifest, require_hashes=require_hashes
             )
@@ -286,15 +314,22 @@ class Installer:
     def seal(self, pack_id: str) -> dict[str, Any]:
         """Write every artifact's sha256 into the pack's manifest.yaml."""
         manifest = find_pack(self.packs_dir, pack_id)
-        result = seal_manifest(manifest)
-        if result["written"]:
-            self._audit_if_home("seal", pack_id, artifacts=result["artifacts"])
+        # Audited when the home exists (seal needs none): intent first, outcome after.
+        audited = self.home.root.is_dir()
+        if audited:
+            self.audit.intent("seal", pack_id, manifest=str(manifest.root / "manifest.yaml"))
+        try:
+            result = seal_manifest(manifest)
+            if audited:
+                event = "seal" if result["written"] else "seal-unchanged"
+                self.audit.record(event, pack_id, artifacts=result["artifacts"])
+        except BaseException as exc:
+            if audited and self.audit.outcomes == 0:
+                self.audit.record("seal-aborted", pack_id, error=str(exc) or repr(exc))
+            raise
+        finally:
+            self.audit.done()
         return result
-
-    def _audit_if_home(self, event: str, pack_id: str, **fields: Any) -> None:
-        """Audit an event that does not need a home, if the home exists."""
-        if self.home.root.is_dir():
-            self.audit.record(event, pack_id, **fields)
 
     # -- dry-run and install --------------------------------------------------
 
@@ -321,7 +356,11 @@ class Installer:
         the operator sees the plan even when the script then fails.
         """
         manifest = find_pack(self.packs_dir, pack_id)
-        with self._locked() as state:
+        with self._locked(None, pack_id) as state:
+            # Dependencies first, like install: a plan that cannot succeed stages nothing.
+            early = self._plan(state, manifest)
+            if early.problems:
+                raise DependencyError(f"{pack_id}: install could not succeed", early.problems)
             staged, digest, staged_now = self._ensure_staged(state, manifest)
             actual, _ = digest_tree(staged.root)
             if actual.digest != digest:
@@ -345,7 +384,7 @@ class Installer:
             if not staged.dry_run_supported:
                 log.warning("%s does not support a dry run: install.sh not run", pack_id)
                 return result
-            script = self._install_script(staged, "--dry-run")
+            script = self._install_script(staged, "--dry-run", self._planned_library_env(plan))
             result["script"] = script.as_dict()
             if not script.ok:
                 raise script_error(f"{pack_id}: dry run failed: {script.describe()}", script)
@@ -354,7 +393,7 @@ class Installer:
     def install(self, pack_id: str, *, with_deps: bool = False) -> dict[str, Any]:
         """Install a pack (and with_deps, what it needs, in order) after approval."""
         manifest = find_pack(self.packs_dir, pack_id)
-        with self._locked() as state:
+        with self._locked("install", pack_id) as state:
             plan = self._plan(state, manifest)
             if plan.problems:
                 raise DependencyError(f"{pack_id}: cannot install", plan.problems)
@@ -550,7 +589,7 @@ class Installer:
         """Remove the installed copy and its health record; data/<id> stays unless purge,
         logs/<id> always."""
         self._require_installed(pack_id)
-        with self._locked() as state:
+        with self._locked("uninstall", pack_id) as state:
             version = state.active_version(pack_id)
             if version is None:
                 raise self._not_installed(pack_id)
@@ -615,13 +654,15 @@ class Installer:
     def start(self, pack_id: str, on_health: HealthSink | None = None) -> dict[str, Any]:
         """Run start.sh, then poll health_check.sh until healthy or the manifest's bound."""
         self._require_installed(pack_id)
-        with self._locked() as state:
+        with self._locked("start", pack_id) as state:
             manifest = self._installed_manifest(state, pack_id)
             script = self.lifecycle.begin_start(state, manifest)
+            intent = self.audit.current_intent
         # The lock is not held while health is only polled: stopping (or installing)
         # another pack meanwhile is not refused as busy.
         final = self.lifecycle.poll_start(manifest, on_health)
-        with self._locked() as state:
+        with self._locked(None, pack_id) as state:
+            self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
             return self.lifecycle.finish_start(state, manifest, script, final)
 
     def health(self, pack_id: str) -> dict[str, Any]:
@@ -637,5 +678,5 @@ class Installer:
     def stop(self, pack_id: str) -> dict[str, Any]:
         """Run stop.sh with a timeout and record the result."""
         self._require_installed(pack_id)
-        with self._locked() as state:
+        with self._locked("stop", pack_id) as state:
             return self.lifecycle.stop(state, self._installed_manifest(state, pack_id))

@@ -11,7 +11,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
-import yaml
+from aurora_common import bounded, structured
+from aurora_common.errors import InputRefused
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -19,6 +20,9 @@ from aurora.errors import ManifestError
 from aurora.tree import is_excluded, walk
 
 MANIFEST_NAME = "manifest.yaml"
+# The same cap as pack05's plugin manifests; the depth is far above any real manifest.
+MANIFEST_LIMIT = 64 * 1024
+MANIFEST_DEPTH = 16
 SCHEMA_VERSION = "aurora-manifest-v1"
 ENTRYPOINTS = ("install", "start", "stop", "health")
 
@@ -105,81 +109,18 @@ class Manifest:
         }
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicate keys instead of silently keeping the last."""
-
-    duplicates: list[str]
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            mark = key_node.start_mark
-            loader.duplicates.append(
-                f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {key!r}"
-            )
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _line_col(mark: yaml.Mark) -> str:
-    return f"line {mark.line + 1}, column {mark.column + 1}"
-
-
-# PyYAML's words for the common mistakes, in an operator's words.
-_PLAIN_CONTEXT = {
-    "while scanning a quoted scalar": "a quoted string is never closed",
-    "while scanning a simple key": "a line that is not 'key: value' (no ':' after the key)",
-    "while parsing a block mapping": "the indentation does not line up with the keys above",
-}
-_PLAIN_PROBLEM = {
-    "mapping values are not allowed here": (
-        "unexpected ':' (a key above lacks its ':', or a value holding ': ' needs quotes)"
-    ),
-    "found character '\\t' that cannot start any token": "a tab (indent with spaces)",
-}
-
-
-def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
-    """Where PyYAML stopped and what it found, in plain words where the mistake is a
-    common one; also where the construct it was reading began (an unclosed quote is
-    found at the end of the file, but starts where the operator must look)."""
-    mark = exc.problem_mark or exc.context_mark
-    context = exc.context_mark
-    plain = _PLAIN_CONTEXT.get(exc.context or "")
-    if plain and context is not None:
-        return f"{_line_col(context)}: {plain}"
-    problem = _PLAIN_PROBLEM.get(exc.problem or "", exc.problem) or exc.context or "malformed YAML"
-    text = f"{_line_col(mark)}: {problem}" if mark else problem
-    if exc.problem and exc.context and context and mark and context.index != mark.index:
-        text += f" ({exc.context} that began at {_line_col(context)})"
-    return text
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML strictly; errors name the file, line and column."""
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """Parse YAML strictly (pack01_common's ``structured``: size cap, no aliases, depth
+    capped, duplicate keys refused); errors name the file, line and column."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if len(data) > MANIFEST_LIMIT:
+        raise ManifestError(
+            f"{source}: {len(data)} bytes exceeds the manifest limit of {MANIFEST_LIMIT}"
+        )
     try:
-        # The reader rejects control characters while it is being constructed.
-        loader = _StrictLoader(text)
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{source}: malformed YAML", [str(exc).replace("\n", " ")]) from exc
-    loader.duplicates = []
-    try:
-        document = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        raise ManifestError(f"{source}: malformed YAML", [_yaml_problem(exc)]) from exc
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{source}: malformed YAML", [str(exc)]) from exc
-    finally:
-        loader.dispose()
-    if loader.duplicates:
-        raise ManifestError(f"{source}: malformed YAML", loader.duplicates)
-    return document
+        return structured.loads_yaml(data, source, max_depth=MANIFEST_DEPTH)
+    except InputRefused as exc:
+        raise ManifestError(f"{source}: malformed YAML", exc.problems or [str(exc)]) from None
 
 
 def _place(path: Iterable[Any]) -> str:
@@ -334,15 +275,18 @@ def _semantic_problems(data: dict[str, Any], root: Path, expected_id: str | None
 
 
 def read_manifest_document(root: Path) -> Any:
-    """Read and parse ``root/manifest.yaml`` (YAML errors name line and column)."""
+    """Read and parse ``root/manifest.yaml`` within the limits (a regular file of at most
+    64 KiB, like pack05's; YAML errors name line and column)."""
     path = root / MANIFEST_NAME
     try:
-        text = path.read_text(encoding="utf-8")
+        data = bounded.read_bytes(path, MANIFEST_LIMIT)
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: no {MANIFEST_NAME} in the pack") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except InputRefused as exc:
+        raise ManifestError(f"{path}: refused: {exc}") from None
+    except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc}") from exc
-    return parse_yaml(text, str(path))
+    return parse_yaml(data, str(path))
 
 
 def load_manifest(root: Path, *, expected_id: str | None = None) -> Manifest:
@@ -355,7 +299,10 @@ def load_manifest(root: Path, *, expected_id: str | None = None) -> Manifest:
     problems = _schema_problems(document)
     if isinstance(document, dict):
         problems += _semantic_problems(document, root, expected_id)
-    _, tree_problems = walk(root)
+    try:
+        _, tree_problems = walk(root)
+    except (OSError, RuntimeError, RecursionError) as exc:
+        tree_problems = [f"cannot walk the tree: {exc}"]
     problems += [f"(pack tree) {p}" for p in tree_problems]
     if problems:
         raise ManifestError(f"{root / MANIFEST_NAME}: invalid manifest", problems)

@@ -75,6 +75,8 @@ class Recovery:
         back, so the previous good state is in force again.
         """
         notes: list[str] = []
+        if self.has_leftovers(state):
+            self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
         ids = set(state.packs)
         for parent in (self.home.root / "staging", self.home.root / "packs"):
             if parent.is_dir():
@@ -121,6 +123,7 @@ class Recovery:
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
                 log.warning("recovered: %s", note)
+        self.audit.done()
         return notes
 
     def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:
@@ -154,14 +157,12 @@ class Recovery:
 
     def _collect_records(self, pack_id: str, record: PackState) -> None:
         """Drop digest records no staged or installed copy refers to."""
-        wanted = {s["digest"] for s in record["staged"].values()}
+        wanted = {s["digest"].rpartition(":")[2] for s in record["staged"].values()}
         if record.get("installed"):
-            wanted.add(record["installed"]["digest"])
+            wanted.add(record["installed"]["digest"].rpartition(":")[2])
         directory = self.home.records(pack_id)
         if not directory.is_dir():
             return
         for path in directory.iterdir():
-            if (
-                path.suffix == ".json" and "sha256:" + path.stem not in wanted
-            ) or path.name.startswith("."):
+            if (path.suffix == ".json" and path.stem not in wanted) or path.name.startswith("."):
                 remove_tree(path)

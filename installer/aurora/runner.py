@@ -112,6 +112,7 @@ def run_entrypoint(
     *,
     on_output: OutputSink | None = None,
     kill_group_on_exit: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> ScriptResult:
     """Run one of the pack's scripts (``entry``: install, start, stop, health) in the copy
     ``manifest`` was read from, with the environment contract; logs to logs/<id>/<script>.log."""
@@ -119,7 +120,7 @@ def run_entrypoint(
     return run_script(
         [str(script), *args],
         cwd=manifest.root,
-        env=script_env(home, manifest.id, manifest.version, manifest.root),
+        env=script_env(home, manifest.id, manifest.version, manifest.root) | (extra_env or {}),
         timeout=timeout,
         log_path=home.logs(manifest.id) / f"{script.stem}.log",
         on_output=on_output,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from aurora_common import bounded, identity
+from aurora_common.errors import InputRefused
 
 from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.runner import ScriptResult
@@ -31,28 +33,9 @@ class HealthPolicy:
     retries: int = 3
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from field 3 (state) on; None when there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    return text[text.rfind(")") + 2 :].split()
-
-
 def proc_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22)."""
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    return fields[0] if fields else None
+    return identity.start_time(pid)
 
 
 def uptime_of(start_ticks: int) -> float | None:
@@ -86,65 +69,46 @@ class PidInfo:
 def _read_small_file(path: Path, limit: int = 1 << 16) -> str | None:
     """A small regular file's text; None for anything else (a FIFO is never waited on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+        return bounded.read_text(path, limit)
+    except (OSError, InputRefused):
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            return None
-        return os.read(fd, limit + 1).decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(fd)
 
 
-def _parse_pidfile(text: str) -> tuple[int, int | None, dict[str, Any]] | None:
-    """Accept pack05's JSON (`{"pid", "start_time", "boot_id", "exe"}`) or text `PID [START]`."""
+def _parse_pidfile(text: str, where: str) -> tuple[int, int | None, dict[str, Any]] | None:
+    """Accept pack05's JSON (``aurora_common.identity``) or the text ``PID [START]``."""
     text = text.strip()
     if not text:
         return None
     if text.startswith("{"):
         try:
             doc = json.loads(text)
-        except json.JSONDecodeError:
+            # boot_id and exe are checked when the pidfile has them.
+            full = {"boot_id": "", "exe": "", **doc} if isinstance(doc, dict) else doc
+            ident = identity.ProcessIdentity.from_dict(full, where)
+        except (ValueError, InputRefused):
             return None
-        if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int):
-            return None
-        start = doc.get("start_time")
-        return doc["pid"], start if isinstance(start, int) else None, doc
+        return ident.pid, ident.start_time, ident.as_dict()
     parts = text.split()
     try:
         pid = int(parts[0])
         start_time = int(parts[1]) if len(parts) > 1 else None
     except ValueError:
         return None
-    return pid, start_time, {}
+    return (pid, start_time, {}) if pid > 0 else None
 
 
 def _same_process(pid: int, start_time: int | None, extra: dict[str, Any]) -> bool:
     """Whether ``pid`` is still the process the pidfile describes (never a reused pid)."""
-    actual = proc_start_time(pid)
-    if actual is None or _proc_state(pid) in ("Z", "X"):
+    actual = identity.start_time(pid)
+    if actual is None:
         return False
-    if start_time is not None and actual != start_time:
-        return False
-    boot_id = extra.get("boot_id")
-    if isinstance(boot_id, str) and boot_id:
-        try:
-            if Path("/proc/sys/kernel/random/boot_id").read_text().strip() != boot_id:
-                return False
-        except OSError:
-            pass
-    exe = extra.get("exe")
-    if isinstance(exe, str) and exe:
-        try:
-            if os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)") != exe:
-                return False
-        except OSError:
-            pass
-    return True
+    recorded = identity.ProcessIdentity(
+        pid,
+        actual if start_time is None else start_time,
+        str(extra.get("boot_id") or ""),
+        str(extra.get("exe") or ""),
+    )
+    return identity.matches(recorded)
 
 
 def read_pidfiles(run_dir: Path) -> list[PidInfo]:
@@ -154,7 +118,7 @@ def read_pidfiles(run_dir: Path) -> list[PidInfo]:
         return infos
     for path in sorted(run_dir.glob("*.pid")):
         text = _read_small_file(path)
-        parsed = None if text is None else _parse_pidfile(text)
+        parsed = None if text is None else _parse_pidfile(text, str(path))
         if parsed is None:
             continue
         pid, start_time, extra = parsed

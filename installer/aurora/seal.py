@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from aurora.errors import ManifestError
-from aurora.fsutil import atomic_write_bytes
+from aurora.fsutil import atomic_write_bytes, remove_temps
 from aurora.manifest import MANIFEST_NAME, Manifest, parse_yaml
 from aurora.tree import sha256_file
 
@@ -32,6 +32,9 @@ def seal(manifest: Manifest) -> dict[str, Any]:
     checked before it is written.
     """
     path = manifest.root / MANIFEST_NAME
+    # A killed seal leaves its temp file beside the manifest: never part of the pack.
+    leftovers = [str(p) for p in remove_temps(manifest.root, MANIFEST_NAME)]
+    # The manifest was validated moments ago (bounded read, no aliases, depth capped).
     text = path.read_text(encoding="utf-8")
     root_node = yaml.compose(text, Loader=yaml.SafeLoader)
     pack_node = _mapping_get(root_node, "pack") if root_node is not None else None
@@ -64,4 +67,5 @@ def seal(manifest: Manifest) -> dict[str, Any]:
         "manifest": str(path),
         "artifacts": results,
         "written": new_text != text,
+        "removed_temps": leftovers,
     }

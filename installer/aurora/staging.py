@@ -129,6 +129,8 @@ def ensure_staged(
     staged_now = False
     if manifest.version not in state.pack(manifest.id)["staged"] or not target.is_dir():
         log.info("staging %s %s", manifest.id, manifest.version)
+        if audit.current_intent is None:  # a dry run: it changes state only by staging
+            audit.intent("stage", manifest.id)
         stage(home, audit, state, manifest, require_hashes=False)
         staged_now = True
     digest: str = state.pack(manifest.id)["staged"][manifest.version]["digest"]

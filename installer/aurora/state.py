@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from aurora_common import structured
+from aurora_common.errors import InputRefused
 
 from aurora.errors import StateError
 from aurora.fsutil import atomic_write_json
@@ -14,6 +15,8 @@ from aurora.manifest import load_schema
 from aurora.timeutil import now_iso
 
 STATE_SCHEMA = "aurora-state-v1"
+STATE_LIMIT = 16 << 20
+STATE_DEPTH = 16
 
 PackState = dict[str, Any]
 
@@ -41,23 +44,15 @@ class State:
     def load(cls, path: Path) -> State:
         """Read state.json (a missing file is an empty state; a corrupt one is an error)."""
         try:
-            text = path.read_text(encoding="utf-8")
+            document = structured.read_json(path, STATE_LIMIT, max_depth=STATE_DEPTH)
         except FileNotFoundError:
             return cls(path, {"schema": STATE_SCHEMA, "packs": {}})
+        except InputRefused as exc:
+            raise StateError(
+                f"{exc}; it is never repaired automatically: restore it or move it aside"
+            ) from None
         except OSError as exc:
             raise StateError(f"{path}: cannot read: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise StateError(
-                f"{path}: not UTF-8 text (byte {exc.start}); it is never repaired "
-                "automatically: restore it or move it aside"
-            ) from exc
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StateError(
-                f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}); "
-                "it is never repaired automatically: restore it or move it aside"
-            ) from exc
         validator = jsonschema.Draft202012Validator(load_schema("aurora-state-v1.json"))
         problems = [
             f"{'/'.join(str(p) for p in e.absolute_path) or '(document)'}: {e.message}"

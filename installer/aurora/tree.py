@@ -1,4 +1,8 @@
-"""A pack's file tree: which files belong to it, their digest, and a copy that hashes as it goes."""
+"""A pack's file tree: which files belong to it, their digest, and a copy that hashes as it goes.
+
+The digest is pack01_common's ``tree-v1`` (``aurora_common.digest``, docs/primitives.md);
+this module decides which members belong to a pack and copies trees.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from aurora_common import digest as shared_digest
+from aurora_common.atomic import is_temp_name
+from aurora_common.errors import InputRefused
 
 # Runtime directories a pack gets when its scripts are run by hand from the
 # source tree (see docs/contracts.md), and caches: never part of the pack.
@@ -51,10 +59,19 @@ class TreeDigest:
 
 
 def is_excluded(rel_parts: tuple[str, ...]) -> bool:
-    """Whether a path (as parts relative to the pack root) is left out of the pack."""
+    """Whether a path (as parts relative to the pack root) is left out of the pack.
+
+    Besides runtime directories and caches, the temp file of an interrupted atomic
+    replace (``.manifest.yaml.<random>.tmp`` left by a killed ``seal``) is never
+    part of a pack.
+    """
     if rel_parts and rel_parts[0] in EXCLUDED_TOP_LEVEL:
         return True
-    return any(p in EXCLUDED_NAMES for p in rel_parts) or rel_parts[-1].endswith(EXCLUDED_SUFFIXES)
+    return (
+        any(p in EXCLUDED_NAMES for p in rel_parts)
+        or rel_parts[-1].endswith(EXCLUDED_SUFFIXES)
+        or is_temp_name(rel_parts[-1])
+    )
 
 
 def walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
@@ -76,13 +93,22 @@ def walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
                 continue
             rel = "/".join(parts)
             path = directory / name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(f"{rel.encode('utf-8', 'surrogateescape')!r}: name is not UTF-8")
+                continue
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
                 target = os.readlink(path)
                 if os.path.isabs(target):
                     problems.append(f"{rel}: symlink to an absolute path ({target}) is not allowed")
                     continue
-                resolved = (path.parent / target).resolve()
+                try:
+                    resolved = (path.parent / target).resolve()
+                except (RuntimeError, OSError):  # a symlink loop
+                    problems.append(f"{rel}: symlink loop ({target})")
+                    continue
                 if not resolved.is_relative_to(real_root):
                     problems.append(f"{rel}: symlink leads out of the pack ({target})")
                     continue
@@ -100,12 +126,11 @@ def walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
 
 
 def sha256_file(path: Path) -> str:
-    """The sha256 hex digest of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    """The sha256 hex digest of a regular file's content (OSError for anything else)."""
+    try:
+        return shared_digest.file_sha256(path)[0]
+    except InputRefused as exc:
+        raise OSError(str(exc)) from None
 
 
 def _kind(st: os.stat_result) -> str:
@@ -116,13 +141,23 @@ def _kind(st: os.stat_result) -> str:
     return "exec" if st.st_mode & 0o111 else "file"
 
 
-def _finish(entries: list[Entry], size: int) -> TreeDigest:
-    h = hashlib.sha256()
-    for e in entries:
-        h.update(f"{e.record()}\t{e.rel}\n".encode())
+_SHARED_KIND = {"dir": "d", "file": "f", "exec": "x", "link": "l"}
+
+
+def _shared(entry: Entry, size: int) -> shared_digest.Entry:
+    kind = _SHARED_KIND[entry.kind]
+    if kind in ("f", "x"):
+        return shared_digest.Entry(entry.rel, kind, size=size, sha256=entry.value)
+    if kind == "l":
+        return shared_digest.Entry(entry.rel, kind, target=entry.value)
+    return shared_digest.Entry(entry.rel, kind)
+
+
+def _finish(entries: list[Entry], size: int, sizes: dict[str, int]) -> TreeDigest:
     files = sum(1 for e in entries if e.kind in ("file", "exec"))
+    shared = [_shared(e, sizes.get(e.rel, 0)) for e in entries]
     return TreeDigest(
-        digest="sha256:" + h.hexdigest(),
+        digest=shared_digest.digest_entries(shared),
         entries={e.rel: e.record() for e in entries},
         files=files,
         size=size,
@@ -133,22 +168,22 @@ def digest_tree(root: Path) -> tuple[TreeDigest, list[str]]:
     """Hash the tree at ``root`` in place; returns the digest and walk problems."""
     members, problems = walk(root)
     entries: list[Entry] = []
-    size = 0
+    sizes: dict[str, int] = {}
     for rel, st in members:
         kind = _kind(st)
         value = ""
         if kind == "link":
             value = os.readlink(root / rel)
         elif kind in ("file", "exec"):
-            value = sha256_file(root / rel)
-            size += st.st_size
+            value, sizes[rel] = shared_digest.file_sha256(root / rel)
         entries.append(Entry(rel, kind, value))
-    return _finish(entries, size), problems
+    return _finish(entries, sum(sizes.values()), sizes), problems
 
 
-def _copy_hashing(src: Path, dst: Path, mode: int, buf: memoryview) -> str:
-    """Copy one file reading it once, hashing what is written."""
+def _copy_hashing(src: Path, dst: Path, mode: int, buf: memoryview) -> tuple[str, int]:
+    """Copy one file reading it once, hashing what is written; (sha256 hex, size)."""
     h = hashlib.sha256()
+    size = 0
     fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -156,6 +191,7 @@ def _copy_hashing(src: Path, dst: Path, mode: int, buf: memoryview) -> str:
             while n := os.readv(fd_in, [buf]):
                 chunk = buf[:n]
                 h.update(chunk)
+                size += n
                 view = chunk
                 while view:
                     written = os.write(fd_out, view)
@@ -165,7 +201,7 @@ def _copy_hashing(src: Path, dst: Path, mode: int, buf: memoryview) -> str:
             os.close(fd_out)
     finally:
         os.close(fd_in)
-    return h.hexdigest()
+    return h.hexdigest(), size
 
 
 def copy_tree(src: Path, dst: Path) -> tuple[TreeDigest, list[str]]:
@@ -178,11 +214,11 @@ def copy_tree(src: Path, dst: Path) -> tuple[TreeDigest, list[str]]:
     """
     members, problems = walk(src)
     if problems:
-        return _finish([], 0), problems
+        return _finish([], 0, {}), problems
     dst.mkdir(mode=0o755)
     buf = memoryview(bytearray(_CHUNK))
     entries: list[Entry] = []
-    size = 0
+    sizes: dict[str, int] = {}
     for rel, st in members:
         kind = _kind(st)
         target = dst / rel
@@ -194,10 +230,11 @@ def copy_tree(src: Path, dst: Path) -> tuple[TreeDigest, list[str]]:
             os.symlink(link, target)
             entries.append(Entry(rel, kind, link))
         else:
-            value = _copy_hashing(src / rel, target, stat.S_IMODE(st.st_mode) & 0o755, buf)
-            size += st.st_size
+            value, sizes[rel] = _copy_hashing(
+                src / rel, target, stat.S_IMODE(st.st_mode) & 0o755, buf
+            )
             entries.append(Entry(rel, kind, value))
-    return _finish(entries, size), []
+    return _finish(entries, sum(sizes.values()), sizes), []
 
 
 def compare(recorded: dict[str, str], actual: dict[str, str]) -> dict[str, list[str]]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -14,38 +12,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+# Run as a script, Python puts this file's directory (where `core` lives) on sys.path;
+# importing core first puts pack01_common (aurora_common) there too (core/aurora_boot.py).
+from core import aurora_boot  # noqa: F401
 
-def _find_common() -> None:
-    """Put the shared CLI conventions (``aurora_common``) on sys.path.
-
-    TODO(pack01_common bootstrap, H3): replace with the pack's bootstrap module. Until
-    then: already importable (``aurora`` sets PYTHONPATH), else the source tree's
-    ``packs/pack01_common``, else pack01_common installed in this copy's home.
-    """
-    if importlib.util.find_spec("aurora_common") is not None:
-        return
-    here = Path(__file__).resolve().parent
-    candidates = [here.parent / "pack01_common"]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        home = here.parents[2]  # <home>/packs/<id>/<version>/plugins.py
-        state = json.loads((home / "state.json").read_text())
-        version = state["packs"]["pack01_common"]["active_version"]
-        candidates.append(home / "packs" / "pack01_common" / str(version))
-    for candidate in candidates:
-        if (candidate / "aurora_common" / "cli.py").is_file():
-            sys.path.insert(0, str(candidate))
-            return
-
-
-_find_common()
-
-# Run as a script, Python puts this file's directory (where `core` lives) on sys.path.
-from aurora_common import cli as conventions  # noqa: E402
-from aurora_common.cli import Exit  # noqa: E402
-from core import paths  # noqa: E402
-from core.api import load_manifest, manifest_problems  # noqa: E402
-from core.capabilities import CAPABILITIES, CAPABILITY_NAMES  # noqa: E402
-from core.errors import (  # noqa: E402
+# isort: split
+from aurora_common import cli as conventions
+from aurora_common.cli import Exit
+from core import paths
+from core.api import load_manifest, manifest_problems
+from core.capabilities import CAPABILITIES, CAPABILITY_NAMES
+from core.errors import (
     CapabilityError,
     ManifestError,
     PermissionDenied,
@@ -54,9 +31,9 @@ from core.errors import (  # noqa: E402
     StagingError,
     UnknownPlugin,
 )
-from core.loader import PluginLoader  # noqa: E402
-from core.permissions import load_policy, update_policy  # noqa: E402
-from core.registry import PluginRegistry  # noqa: E402
+from core.loader import PluginLoader
+from core.permissions import load_policy, update_policy
+from core.registry import PluginRegistry
 
 # Exit codes: aurora_common.cli.Exit, the table every Aurora command line shares.
 EXIT_OK = Exit.OK  # done

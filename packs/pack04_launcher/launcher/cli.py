@@ -8,10 +8,7 @@ Exit codes are the EXIT_* constants below (listed in the README).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -21,40 +18,19 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+# The launcher package (its __init__: launcher/aurora_boot.py) puts aurora_common on sys.path.
+from launcher import aurora_boot  # noqa: F401
 
-def _find_common() -> None:
-    """Put the shared CLI conventions (``aurora_common``) on sys.path.
+# isort: split
+from aurora_common import cli as conventions
+from aurora_common.cli import Exit
 
-    TODO(pack01_common bootstrap, H3): replace with the pack's bootstrap module. Until
-    then: already importable (``aurora`` sets PYTHONPATH), else the source tree's
-    ``packs/pack01_common``, else pack01_common installed in this copy's home.
-    """
-    if importlib.util.find_spec("aurora_common") is not None:
-        return
-    here = Path(__file__).resolve().parents[1]
-    candidates = [here.parent / "pack01_common"]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, IndexError):
-        home = here.parents[2]  # <home>/packs/<id>/<version>/launcher/cli.py
-        state = json.loads((home / "state.json").read_text())
-        version = state["packs"]["pack01_common"]["active_version"]
-        candidates.append(home / "packs" / "pack01_common" / str(version))
-    for candidate in candidates:
-        if (candidate / "aurora_common" / "cli.py").is_file():
-            sys.path.insert(0, str(candidate))
-            return
-
-
-_find_common()
-
-from aurora_common import cli as conventions  # noqa: E402
-from aurora_common.cli import Exit  # noqa: E402
-
-from launcher import control, degraded, process, registry, sandbox  # noqa: E402
-from launcher.cgroup import CgroupTree  # noqa: E402
-from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable  # noqa: E402
-from launcher.fsutil import atomic_write_json  # noqa: E402
-from launcher.paths import Paths, sandbox_root  # noqa: E402
-from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status  # noqa: E402
+from launcher import control, degraded, process, registry, sandbox
+from launcher.cgroup import CgroupTree
+from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
+from launcher.fsutil import atomic_write_json
+from launcher.paths import Paths, sandbox_root
+from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status
 
 # The one exit-code table of every Aurora command line (aurora_common.cli.Exit).
 EXIT_OK = Exit.OK

@@ -1,48 +1,37 @@
-"""The tree digest pack05 records for a staged package (schemas/plugin-registry-v1.json).
+"""The tree digest pack05 records for a staged package: pack01_common's ``tree-v1``.
 
-``sha256:`` over one line per file, ``<sha256> <size> <path>``, or symlink,
-``-> <target> <path>``, sorted by the UTF-8 bytes of the relative POSIX path;
-directories are implied. The launcher recomputes it before each start so that
-what runs is what the operator enabled, not a package changed since.
+The launcher recomputes it before each start so that what runs is what the
+operator enabled, not a package changed since. The format is defined once, in
+``aurora_common.digest`` (docs/primitives.md); this module only adapts errors.
+``launcher/__init__.py`` has put pack01_common on ``sys.path`` (``aurora_boot``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import stat
 from pathlib import Path
 
-_CHUNK = 1024 * 1024
+from aurora_common import digest as _digest
+from aurora_common.errors import InputRefused
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["old_format_hint", "tree_digest"]
 
 
 def tree_digest(root: Path) -> str:
-    """The digest of the tree at ``root`` (symlinks recorded, never followed).
+    """The tree-v1 digest of the package at ``root``.
 
-    Raises OSError if the tree cannot be read.
+    Raises OSError when the tree cannot be read or holds what a package may not
+    (a FIFO, a device, a name that is not UTF-8).
     """
-    lines: list[tuple[bytes, str]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        base = Path(dirpath)
-        # A symlink to a directory is listed among dirnames: record it as a link.
-        for name in [*dirnames, *filenames]:
-            full = base / name
-            rel = full.relative_to(root).as_posix()
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                lines.append((rel.encode(), f"-> {os.readlink(full)} {rel}\n"))
-            elif stat.S_ISREG(st.st_mode):
-                lines.append((rel.encode(), f"{_file_sha256(full)} {st.st_size} {rel}\n"))
-    h = hashlib.sha256()
-    for _key, line in sorted(lines):
-        h.update(line.encode())
-    return "sha256:" + h.hexdigest()
+    try:
+        return _digest.tree_digest(root)
+    except InputRefused as exc:
+        raise OSError(str(exc)) from None
+
+
+def old_format_hint(recorded: str) -> str:
+    """ "" for a current digest; else why it cannot match (an old format: restage)."""
+    try:
+        _digest.check_format(recorded, "registry digest")
+    except InputRefused as exc:
+        return f" ({exc})"
+    return ""

@@ -26,7 +26,7 @@ from typing import IO, Any
 from launcher import degraded, process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
-from launcher.digest import tree_digest
+from launcher.digest import old_format_hint, tree_digest
 from launcher.errors import ForkServerError, LauncherError, RegistryError, SandboxUnavailable
 from launcher.forkserver import LOST, ForkServer, ServerRun, stop_leftover
 from launcher.fsutil import atomic_write_json
@@ -494,7 +494,7 @@ class Supervisor:
         slot.state = status.BLOCKED
         slot.reason = (
             f"package {entry.package_dir} changed since it was staged: "
-            f"registry digest {entry.digest}, found {found}"
+            f"registry digest {entry.digest}, found {found}{old_format_hint(entry.digest)}"
         )
         slot.next_start = math.inf
         log.error("%s: not started: %s", entry.id, slot.reason)

@@ -20,7 +20,7 @@ def test_digest_changes_with_content_names_and_links(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("a")
     (tmp_path / "sub" / "x.txt").write_text("b")
     first = tree_digest(tmp_path)
-    assert first.startswith("sha256:") and len(first) == 7 + 64
+    assert first.startswith("tree-v1:sha256:") and len(first) == 15 + 64
     assert tree_digest(tmp_path) == first
     (tmp_path / "main.py").write_text("A")
     assert tree_digest(tmp_path) != first
@@ -49,3 +49,26 @@ def test_digest_matches_what_pack05_records(tmp_path: Path) -> None:
     reg = json.loads((data / "registry.json").read_text())
     version = reg["plugins"]["acme.heartbeat"]["versions"]["1.0.0"]
     assert tree_digest(data / version["path"]) == version["digest"]
+
+
+def test_digest_is_the_shared_tree_v1_digest(tmp_path: Path) -> None:
+    from aurora_common.digest import tree_digest as shared
+
+    (tmp_path / "a\nb").write_text("x")
+    (tmp_path / "empty").mkdir()
+    assert tree_digest(tmp_path) == shared(tmp_path)
+
+
+def test_an_old_format_registry_digest_says_restage() -> None:
+    from launcher.digest import old_format_hint
+
+    assert "restage" in old_format_hint("sha256:" + "0" * 64)
+    assert old_format_hint("tree-v1:sha256:" + "0" * 64) == ""
+
+
+def test_a_fifo_in_a_package_is_an_oserror(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "p")
+    with pytest.raises(OSError, match="not a regular file"):
+        tree_digest(tmp_path)

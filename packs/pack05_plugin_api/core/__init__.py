@@ -1,5 +1,7 @@
 """Aurora Plugin API core: manifests, registry, loader and permissions of plugins."""
 
+# First: puts pack01_common (aurora_common) on sys.path for every core module.
+from . import aurora_boot  # noqa: F401
 from .api import load_manifest, validate_manifest
 from .errors import (
     CapabilityError,

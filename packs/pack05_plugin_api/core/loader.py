@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from aurora_common.digest import Entry, digest_entries
 from packaging.version import Version
 
 from . import paths
@@ -49,22 +50,25 @@ class _Entry:
     mtime_ns: int = 0
     nlink: int = 1
 
+    def common(self) -> Entry:
+        """This entry as the shared tree digest records it."""
+        if self.kind == "dir":
+            return Entry(self.path, "d")
+        if self.kind == "link":
+            return Entry(self.path, "l", target=self.link)
+        kind = "x" if self.mode & 0o111 else "f"
+        return Entry(self.path, kind, size=self.size, sha256=self.sha256)
+
     def record(self) -> dict[str, Any]:
         if self.kind == "link":
             return {"path": self.path, "link": self.link}
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
 
-def tree_digest(files: list[dict[str, Any]]) -> str:
-    """``sha256:`` over one line per file (``<sha256> <size> <path>``) or link
-    (``-> <target> <path>``), sorted by path: the identity of a staged tree."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f["path"].encode("utf-8")):
-        if "link" in f:
-            h.update(f"-> {f['link']} {f['path']}\n".encode())
-        else:
-            h.update(f"{f['sha256']} {f['size']} {f['path']}\n".encode())
-    return "sha256:" + h.hexdigest()
+def tree_digest(entries: list[_Entry]) -> str:
+    """The ``tree-v1`` digest of a package tree (pack01_common, docs/primitives.md):
+    every directory, file (executable or not) and link, unambiguously encoded."""
+    return digest_entries([e.common() for e in entries])
 
 
 def _check_name(rel: str, source: str) -> None:
@@ -444,7 +448,7 @@ class PluginLoader:
                 raise ManifestError(exc.problems, source=source) from None
             self._check_entrypoint(root, manifest, source)
             files = [e.record() for e in entries if e.kind != "dir"]
-            digest = tree_digest(files)
+            digest = tree_digest(entries)
             return self._place(root, manifest, files, digest, replace, source, tmp)
 
     def _place(
@@ -501,7 +505,7 @@ class PluginLoader:
                 )
                 return {**self._result(manifest, target, files, digest), **status}
         elif old == canonical:
-            target = id_dir / f"{version}{REPLACED_MARK}{digest[len('sha256:') :][:16]}"
+            target = id_dir / f"{version}{REPLACED_MARK}{digest.rpartition(':')[2][:16]}"
         else:
             target = canonical
         if os.path.lexists(target):
@@ -632,7 +636,7 @@ class PluginLoader:
             self._hash_tree(root, entries)
         except (StagingError, OSError) as exc:
             return [f"{plugin_id} {version}: {exc}"]
-        digest = tree_digest([e.record() for e in entries if e.kind != "dir"])
+        digest = tree_digest(entries)
         if digest != entry["digest"]:
             return [f"{plugin_id} {version}: content differs from the registry ({digest})"]
         return []

@@ -27,7 +27,7 @@ __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 log = logging.getLogger(__name__)
 
 REGISTRY_SCHEMA = "aurora-plugin-registry-v1"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_DIGEST = re.compile(r"(tree-v1:)?sha256:[0-9a-f]{64}")
 # A version whose content was replaced lives in packages/<id>/<version>~<suffix> (no PEP 440
 # version contains '~'), so the registry never names a directory being rewritten.
 REPLACED_MARK = "~"

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 from core.audit import read_audit
 from core.errors import RegistryError, StagingError
-from core.loader import PluginLoader, tree_digest
+from core.loader import PluginLoader
 
 from pack05_testlib import (
     make_manifest,
@@ -51,13 +51,15 @@ def test_stage_directory(loader: PluginLoader, package_factory: Any) -> None:
     result = loader.stage_package(src)
     assert result["ok"] is True and result["id"] == "acme.echo" and result["version"] == "1.0.0"
     assert result["changed"] is True and result["missing"] == ["network"]
+    from aurora_common.digest import tree_digest as shared_tree_digest
+
     target = loader.packages_dir / "acme.echo" / "1.0.0"
     assert Path(result["path"]) == target
     assert _tree(target) == _tree(src)
     assert (target / "main.py").stat().st_mode & 0o777 == 0o755
     record = loader.registry.get("acme.echo")
     version = record["versions"]["1.0.0"]
-    assert version["digest"] == result["digest"] == tree_digest(version["files"])
+    assert version["digest"] == result["digest"] == shared_tree_digest(target)
     assert {f["path"] for f in version["files"]} == {
         "manifest.json",
         "main.py",
@@ -157,7 +159,9 @@ def test_different_content_same_version_needs_replace(
     second = loader.stage_package(src, replace=True)
     assert second["digest"] != first["digest"]
     # the new content sits beside the old until the registry names it; then the old goes
-    assert Path(second["path"]) == target.with_name("1.0.0~" + second["digest"][7:23])
+    assert Path(second["path"]) == target.with_name(
+        "1.0.0~" + second["digest"].rpartition(":")[2][:16]
+    )
     assert (Path(second["path"]) / "main.py").read_text() == "print('v2')\n"
     assert not target.exists()
     assert loader.registry.get("acme.echo")["versions"]["1.0.0"]["path"] == (

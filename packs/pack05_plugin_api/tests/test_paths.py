@@ -98,11 +98,11 @@ def test_a_copy_of_the_pack_elsewhere_works_on_its_own(tmp_path: Path) -> None:
         copy,
         ignore=shutil.ignore_patterns("tests", "data", "run", "logs", "__pycache__"),
     )
-    # The shared CLI conventions come from the library pack it depends on, found beside it.
+    # ... beside its declared dependency pack01_common (the shared primitives library).
     shutil.copytree(
-        PACK_ROOT.parent / "pack01_common" / "aurora_common",
-        copy.parent / "pack01_common" / "aurora_common",
-        ignore=shutil.ignore_patterns("__pycache__"),
+        PACK_ROOT.parent / "pack01_common",
+        copy.parent / "pack01_common",
+        ignore=shutil.ignore_patterns("tests", "__pycache__"),
     )
     pkg = write_package(tmp_path / "pkg")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AURORA_PACK_DATA": str(tmp_path / "d")}

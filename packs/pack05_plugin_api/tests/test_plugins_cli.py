@@ -124,7 +124,7 @@ def test_validate_checks_a_package_like_stage_and_writes_nothing(
 ) -> None:
     good = write_package(tmp_path / "good")
     code, doc, _ = run(capsys, "validate", str(good))
-    assert code == 0 and doc["digest"].startswith("sha256:") and doc["files"] == 2
+    assert code == 0 and doc["digest"].startswith("tree-v1:sha256:") and doc["files"] == 2
     bad = make_zip(
         tmp_path / "bad.zip",
         [

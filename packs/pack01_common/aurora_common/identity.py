@@ -1,0 +1,146 @@
+"""Process identity and pidfiles: a pid is only trusted together with what proves it.
+
+A process is named by ``{"pid", "start_time", "boot_id", "exe"}``: ``start_time``
+is field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), ``boot_id`` is
+``/proc/sys/kernel/random/boot_id``, ``exe`` the target of ``/proc/<pid>/exe``.
+A pidfile holds that JSON object and is written atomically. A recorded identity
+matches a live process only if the pid exists, is not a zombie, has the same
+start time, the boot is the same, and (when both are readable) the same exe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aurora_common.atomic import replace_bytes
+from aurora_common.bounded import read_bytes
+from aurora_common.errors import InputRefused
+
+PIDFILE_LIMIT = 4096
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after the parenthesised command name)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read(4096)
+    except OSError:
+        return None
+    _, _, rest = data.rpartition(b")")
+    return rest.decode("ascii", "replace").split()
+
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat, or None when there is no such process."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20:
+        return None
+    try:
+        return int(fields[19])
+    except ValueError:
+        return None
+
+
+def is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and bool(fields) and fields[0] in ("Z", "X")
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read(64).strip()
+    except OSError:
+        return ""
+
+
+def exe_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    pid: int
+    start_time: int
+    boot_id: str
+    exe: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "boot_id": self.boot_id,
+            "exe": self.exe,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str) -> ProcessIdentity:
+        """Validate a pidfile document; raises InputRefused naming ``where``."""
+        if not isinstance(doc, dict):
+            raise InputRefused(f"{where}: expected a JSON object", where)
+        pid, start, boot, exe = (doc.get(k) for k in ("pid", "start_time", "boot_id", "exe"))
+        if not (isinstance(pid, int) and not isinstance(pid, bool) and pid > 0):
+            raise InputRefused(f"{where}: pid: expected a positive integer, found {pid!r}", where)
+        if not (isinstance(start, int) and not isinstance(start, bool) and start >= 0):
+            raise InputRefused(f"{where}: start_time: expected an integer, found {start!r}", where)
+        if not isinstance(boot, str) or not isinstance(exe, str):
+            raise InputRefused(f"{where}: boot_id and exe must be strings", where)
+        return cls(pid, start, boot, exe)
+
+
+def of_pid(pid: int) -> ProcessIdentity | None:
+    """The identity of live process ``pid`` (None when it does not exist)."""
+    start = start_time(pid)
+    if start is None:
+        return None
+    return ProcessIdentity(pid, start, boot_id(), exe_of(pid) or "")
+
+
+def current() -> ProcessIdentity:
+    """The identity of this process."""
+    me = of_pid(os.getpid())
+    assert me is not None  # /proc/self exists while we run
+    return me
+
+
+def matches(recorded: ProcessIdentity) -> bool:
+    """Whether ``recorded`` still names a live (non-zombie) process: the same one."""
+    actual = of_pid(recorded.pid)
+    if actual is None or is_zombie(recorded.pid):
+        return False
+    if actual.start_time != recorded.start_time:
+        return False
+    if recorded.boot_id and actual.boot_id and recorded.boot_id != actual.boot_id:
+        return False
+    return not (recorded.exe and actual.exe and recorded.exe != actual.exe)
+
+
+def write_pidfile(path: Path, ident: ProcessIdentity) -> None:
+    """Write ``ident`` to ``path`` atomically (mode 0644)."""
+    replace_bytes(path, (json.dumps(ident.as_dict(), sort_keys=True) + "\n").encode())
+
+
+def read_pidfile(path: Path) -> ProcessIdentity:
+    """Read and validate a pidfile. FileNotFoundError if missing, InputRefused if bad."""
+    data = read_bytes(path, PIDFILE_LIMIT)
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputRefused(f"{path}: not a JSON pidfile ({exc})", str(path)) from None
+    return ProcessIdentity.from_dict(doc, str(path))
+
+
+def verify_pidfile(path: Path) -> ProcessIdentity | None:
+    """The identity in ``path`` when it names a live process, else None (missing/bad/dead)."""
+    try:
+        ident = read_pidfile(path)
+    except (OSError, InputRefused):
+        return None
+    return ident if matches(ident) else None

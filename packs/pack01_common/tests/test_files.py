@@ -1,0 +1,138 @@
+"""atomic, journal, bounded, lock and identity, judged by what is on disk and in /proc."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aurora_common import atomic, bounded, identity, journal
+from aurora_common.errors import InputRefused
+from aurora_common.lock import FileLock, LockBusy, holder_of
+
+
+def test_atomic_replace_leaves_no_temp_and_names_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "state.json"
+    atomic.replace_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["state.json"]
+    with pytest.raises(ValueError):
+        atomic.replace_json(target, {"a": float("nan")})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_atomic_replace_error_names_target_and_keeps_errno(tmp_path: Path) -> None:
+    missing_parent = tmp_path / "file"
+    missing_parent.write_text("x")
+    with pytest.raises(OSError) as info:
+        atomic.replace_bytes(missing_parent / "inner.json", b"{}", parents=True)
+    assert "inner.json" in str(info.value)
+    assert info.value.errno in (errno.ENOTDIR, errno.EEXIST)
+
+
+def test_temp_names_are_recognised_and_removed(tmp_path: Path) -> None:
+    (tmp_path / ".manifest.yaml.ab12_xyz.tmp").write_text("half")
+    (tmp_path / "manifest.yaml").write_text("whole")
+    assert atomic.is_temp_name(".manifest.yaml.ab12_xyz.tmp")
+    assert not atomic.is_temp_name("manifest.yaml")
+    removed = atomic.remove_temps(tmp_path, "manifest.yaml")
+    assert [p.name for p in removed] == [".manifest.yaml.ab12_xyz.tmp"]
+    assert os.listdir(tmp_path) == ["manifest.yaml"]
+
+
+def test_journal_appends_whole_records_and_separates_a_cut_one(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    journal.append_record(log, {"event": "a"})
+    with open(log, "ab") as fh:
+        fh.write(b'{"event": "cut')  # a power loss mid-record
+    journal.append_record(log, {"event": "b"})
+    records, problems = journal.read_records(log)
+    assert [r["event"] for r in records] == ["a", "b"]
+    assert len(problems) == 1 and "line 2" in problems[0]
+
+
+def test_journal_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "audit.log"
+    os.mkfifo(fifo)
+    with pytest.raises(InputRefused, match="a FIFO"):
+        journal.read_records(fifo)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda p: os.mkfifo(p), "a FIFO"),
+        (lambda p: p.mkdir(), "a directory"),
+        (lambda p: os.symlink("/etc/hostname", p), "a symlink"),
+    ],
+)
+def test_bounded_read_refuses_what_is_not_a_regular_file(tmp_path: Path, make, kind) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "registry.json"
+    make(path)
+    with pytest.raises(InputRefused, match=f"registry.json: is {kind}"):
+        bounded.read_bytes(path, 100)
+
+
+def test_bounded_read_refuses_a_device_and_a_large_file(tmp_path: Path) -> None:
+    with pytest.raises(InputRefused, match="character device"):
+        bounded.read_bytes(Path("/dev/zero"), 100)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(InputRefused, match="exceeds the limit of 100"):
+        bounded.read_bytes(big, 100)
+    assert bounded.read_bytes(big, 101) == b"x" * 101
+
+
+def test_lock_names_its_holder_from_proc_locks_even_with_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "installer.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time; fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+            "fcntl.flock(fd,fcntl.LOCK_EX); print('locked',flush=True); time.sleep(30)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert path.read_bytes() == b""  # the holder wrote nothing
+        assert holder_of(path) == holder.pid
+        with pytest.raises(LockBusy, match=f"pid {holder.pid} holds"):
+            FileLock(path, wait=0.1).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with FileLock(path, wait=1) as lock:
+        assert lock.held and path.read_text().strip() == str(os.getpid())
+    assert path.exists()  # never deleted
+
+
+def test_identity_matches_only_the_same_live_process(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ident = identity.of_pid(child.pid)
+        assert ident is not None
+        pidfile = tmp_path / "service.pid"
+        identity.write_pidfile(pidfile, ident)
+        assert identity.verify_pidfile(pidfile) == ident
+        assert not identity.matches(
+            identity.ProcessIdentity(child.pid, ident.start_time + 1, ident.boot_id, ident.exe)
+        )
+        assert not identity.matches(
+            identity.ProcessIdentity(child.pid, ident.start_time, "other-boot", ident.exe)
+        )
+    finally:
+        child.kill()
+        child.wait()
+    assert identity.verify_pidfile(pidfile) is None
+    pidfile.write_text('{"pid": "12", "start_time": 1, "boot_id": "", "exe": ""}')
+    with pytest.raises(InputRefused, match="pid: expected a positive integer"):
+        identity.read_pidfile(pidfile)
