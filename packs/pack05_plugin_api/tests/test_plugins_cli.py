@@ -345,3 +345,16 @@ def test_a_closed_stdout_ends_quietly(tmp_path: Path, pkg: str) -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr == "", proc.stderr
+
+
+def test_show_verify_names_the_changed_file(
+    capsys: pytest.CaptureFixture[str], data: str, pkg: str
+) -> None:
+    run(capsys, "stage", pkg, "--data", data)
+    staged = next((Path(data) / "packages").glob("*/*"))
+    (staged / "main.py").write_text("print('tampered')\n")
+    code, doc, _ = run(capsys, "show", "acme.echo", "--verify", "--data", data)
+    assert code == plugins.EXIT_FAILED
+    assert doc["problems"] == [
+        "acme.echo 1.0.0: content differs from the registry (changed: main.py)"
+    ]
