@@ -159,3 +159,27 @@ def test_bash_completion_completes_groups_and_verbs(tmp_path: Path) -> None:
     assert complete("aurora", "--home", "/tmp", "launcher", "l") == ["list", "logs", "limits"]
     assert "grant" in complete("aurora", "plugin", "")
     assert aurora("completion", "zsh").stdout.startswith("#compdef aurora")
+
+
+def test_status_shows_what_the_launcher_runs(home: Path) -> None:
+    """With both services up: each plugin row carries the launcher's state and pid."""
+    h = ["--home", str(home)]
+    try:
+        for pack in ("pack05_plugin_api", "pack04_launcher"):
+            started = aurora(*h, "pack", "start", "--pack", pack)
+            assert started.returncode == 0, started.stdout + started.stderr
+        assert aurora(*h, "plugin", "stage", str(PLUGINS / "acme.heartbeat")).returncode == 0
+        assert aurora(*h, "plugin", "enable", "acme.heartbeat").returncode == 0
+        waited = aurora(*h, "launcher", "start", "acme.heartbeat", "--wait", "30")
+        assert waited.returncode == 0, waited.stderr
+        result = envelope(aurora(*h, "status", "--json"))["result"]
+        row = next(p for p in result["plugins"]["result"]["plugins"] if p["id"] == "acme.heartbeat")
+        assert row["enabled"] and row["launcher_state"] == "running"
+        assert Path(f"/proc/{row['launcher_pid']}").is_dir()  # a live process, as reported
+        assert result["launcher"]["result"]["service"]["running"] is True
+        text = aurora(*h, "status").stdout
+        assert f"launcher: running (pid {row['launcher_pid']})" in text
+    finally:
+        aurora(*h, "plugin", "disable", "acme.heartbeat")
+        for pack in ("pack04_launcher", "pack05_plugin_api"):
+            aurora(*h, "pack", "stop", "--pack", pack)
