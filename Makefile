@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . aurora
+	$(VENV)/bin/ruff format --check . aurora
 
 # Strict typing on the library code of the installer and of every pack.
 TYPED := $(wildcard aurora_cli packs/pack01_common/aurora_common packs/pack01_common/aurora_boot.py \
