@@ -29,7 +29,7 @@ from aurora.home import Home
 from aurora.lifecycle import HealthSink, Lifecycle
 from aurora.lock import InstallerLock
 from aurora.manifest import Dependency, Manifest, load_manifest
-from aurora.recovery import Recovery, begin, temp_name
+from aurora.recovery import Recovery, begin, temp_name, uninstall_leftovers
 from aurora.resolve import Plan, resolve
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import HealthPolicy
@@ -619,9 +619,16 @@ class Installer:
             # a health record (the next check writes one), never a removed pack with one.
             health = self.lifecycle.health_record(pack_id)
             health_removed = [str(health.path)] if health.remove() else []
+            # The commit point: state says uninstalled, with the removal still pending;
+            # a crash after it is finished by the next command (recovery.py).
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
+            begin(state, pack_id, "uninstall", version, purge=purge)
+            crash_point("uninstall:committed")
+            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
+            crash_point("uninstall:removed")
+            record["pending"] = None
             state.record_result(
                 pack_id,
                 "uninstall",
@@ -630,13 +637,6 @@ class Installer:
                 "uninstalled" + (" (forced past dependents)" if dependents else ""),
             )
             state.save()
-            remove_tree(self.home.packs(pack_id))
-            removed = [str(self.home.packs(pack_id)), *health_removed]
-            if purge:
-                for path in (self.home.data(pack_id), self.home.run(pack_id)):
-                    if path.exists():
-                        remove_tree(path)
-                        removed.append(str(path))
             self.audit.record(
                 "uninstall", pack_id, version=version, purge=purge, forced_past=dependents
             )
