@@ -163,6 +163,30 @@ def fresh_copy(root: Path) -> Path:
     return root
 
 
+_COMMAND = re.compile(
+    r"^ {4,}(\$ |\./|\.venv/|python3? |make |export |aurora |[A-Z_]+=\S* |\S+\.(py|sh) )"
+)
+
+
+def indented_commands(doc: str) -> list[str]:
+    """Commands in indented (unfenced) code blocks: they would not be run."""
+    found: list[str] = []
+    fenced = False
+    previous_blank = True
+    for number, line in enumerate((REPO / doc).read_text(encoding="utf-8").splitlines(), 1):
+        if _FENCE.match(line) or line.strip() == "```":
+            fenced = not fenced
+        elif not fenced and previous_blank and _COMMAND.match(line):
+            found.append(f"{doc}:{number}: {line.strip()}")
+        previous_blank = not line.strip()
+    return found
+
+
+def test_no_command_hides_in_an_indented_block() -> None:
+    hidden = [c for doc in DOCS for c in indented_commands(doc)]
+    assert not hidden, f"fence these (```sh, or ```text for a synopsis): {hidden}"
+
+
 def test_every_fenced_block_says_what_it_is() -> None:
     untagged = [f"{b.doc}:{b.line}" for d in DOCS for b in blocks(d) if not b.lang]
     assert not untagged, f"fenced blocks without a language tag (text, sh, yaml, ...): {untagged}"
