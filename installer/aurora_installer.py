@@ -443,7 +443,19 @@ class _Failed:
     code: ExitCode
 
 
-def _installer(args: argparse.Namespace, out: _Output) -> Installer:
+def _after_progress(progress: conventions.Progress, out: _Output) -> Callable[[str], None]:
+    """A script's line, on a line of its own (a progress line is ended first)."""
+
+    def show(line: str) -> None:
+        progress.done()
+        out.script_line(line)
+
+    return show
+
+
+def _installer(
+    args: argparse.Namespace, out: _Output, progress: conventions.Progress | None = None
+) -> Installer:
     policy = HealthPolicy(
         interval=getattr(args, "interval", HealthPolicy.interval),
         timeout=getattr(args, "check_timeout", HealthPolicy.timeout),
@@ -460,8 +472,11 @@ def _installer(args: argparse.Namespace, out: _Output) -> Installer:
         check_home(args.home) if args.home is not None else default_home(),
         args.packs_dir or default_packs_dir(),
         options=options,
-        on_output=out.script_line,
+        on_output=out.script_line if progress is None else _after_progress(progress, out),
         approver=_approver(args),
+        on_progress=None
+        if progress is None or not progress.enabled
+        else lambda what, done, total: progress.update(f"{what}: {done}/{total} files"),
     )
 
 
@@ -605,15 +620,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     out = _Output(args.json)
+    # A copy of a pack (stage, install) shows its progress on a terminal, never with --json.
+    progress = conventions.Progress(as_json=args.json)
     handler = _setup_logging(args.verbose)
     try:
-        inst = _installer(args, out)
+        inst = _installer(args, out, progress)
     except UsageError as exc:
         log.removeHandler(handler)
         _report_error(out, args.command, exc, ExitCode.USAGE)
         return ExitCode.USAGE
     try:
-        result = _HANDLERS[args.command](inst, args, out)
+        try:
+            result = _HANDLERS[args.command](inst, args, out)
+        finally:
+            progress.done()  # the progress line ends before any message
     except AuroraError as exc:
         code = exit_code_for(exc)
         _report_error(out, args.command, exc, code, inst.recovered)

@@ -169,3 +169,17 @@ def test_every_verb_has_an_example_in_its_help(
     # `aurora completion` offers exactly these verbs (H2's `limits` may not be merged yet)
     offered = set(VERBS[group])
     assert set(verbs) <= offered and offered - set(verbs) <= {"limits"}
+
+
+def test_staging_shows_progress_on_a_terminal_and_never_with_json(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for pack, as_json, shown in (("alpha", False, True), ("beta", True, False)):
+        env.make_pack(pack, files={f"data{i}.txt": "x\n" for i in range(20)})
+        terminal = _Tty()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        argv = ["stage", "--pack", pack, *(["--json"] if as_json else [])]
+        assert aurora_installer.main(env.args(*argv)) == 0
+        text = terminal.getvalue()
+        assert (f"\rstaging {pack}: 1/" in text.replace("\x1b[K", "")) is shown, text
+        assert not shown or text.endswith("\r\x1b[K")  # the line is cleared at the end

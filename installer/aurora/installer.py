@@ -91,11 +91,13 @@ class Installer:
         options: Options | None = None,
         on_output: OutputSink | None = None,
         approver: Approver | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.home = Home(home.absolute())
         self.packs_dir = packs_dir.absolute()
         self.options = options or Options()
         self.on_output = on_output
+        self.on_progress = on_progress  # (what, done, total) while a tree is copied
         self.approver: Approver = approver or _refuse_approval
         self.audit = AuditLog(self.home.audit)
         self.recovery = Recovery(self.home, self.audit)
@@ -136,6 +138,13 @@ class Installer:
                 raise
             finally:
                 self.audit.done()
+
+    def _progress(self, what: str) -> Callable[[int, int], None] | None:
+        """A copy's progress sink for ``what`` (None when nobody listens)."""
+        sink = self.on_progress
+        if sink is None:
+            return None
+        return lambda done, total: sink(what, done, total)
 
     def _not_installed(self, pack_id: str) -> NotFoundError:
         if has_pack(self.packs_dir, pack_id):
@@ -308,7 +317,12 @@ class Installer:
         manifest = find_pack(self.packs_dir, pack_id)
         with self._locked("stage", pack_id) as state:
             return staging.stage(
-                self.home, self.audit, state, manifest, require_hashes=require_hashes
+                self.home,
+                self.audit,
+                state,
+                manifest,
+                require_hashes=require_hashes,
+                on_progress=self._progress(f"staging {pack_id}"),
             )
 
     def seal(self, pack_id: str) -> dict[str, Any]:
@@ -334,7 +348,9 @@ class Installer:
     # -- dry-run and install --------------------------------------------------
 
     def _ensure_staged(self, state: State, manifest: Manifest) -> tuple[Manifest, str, bool]:
-        return staging.ensure_staged(self.home, self.audit, state, manifest)
+        return staging.ensure_staged(
+            self.home, self.audit, state, manifest, self._progress(f"staging {manifest.id}")
+        )
 
     def _plan(self, state: State, target: Manifest) -> Plan:
         installed = state.installed_versions()
@@ -526,7 +542,7 @@ class Installer:
         parent.mkdir(parents=True, exist_ok=True)
         incoming = parent / temp_name("incoming", version)
         # Copy and hash in one pass: what lands in packs/ is exactly what was approved.
-        tree, problems = copy_tree(staged.root, incoming)
+        tree, problems = copy_tree(staged.root, incoming, self._progress(f"installing {pack_id}"))
         crash_point("install:copied")
         if problems or tree.digest != digest:
             remove_tree(incoming)

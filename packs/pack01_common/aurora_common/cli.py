@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 from typing import Any, TextIO
@@ -174,9 +175,12 @@ def error_line(prog: str, message: str, place: str | None = None) -> str:
 
 class Progress:
     """Progress for a long operation, on stderr, only when stderr is a terminal and
-    the output is not JSON. A line is rewritten in place; ``done`` ends it."""
+    the output is not JSON. A line is rewritten in place, at most every ``interval``
+    seconds; ``done`` ends it."""
 
-    def __init__(self, *, as_json: bool, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, *, as_json: bool, stream: TextIO | None = None, interval: float = 0.1
+    ) -> None:
         self._stream = sys.stderr if stream is None else stream
         try:
             tty = self._stream.isatty()
@@ -184,11 +188,15 @@ class Progress:
             tty = False
         self.enabled = tty and not as_json
         self._shown = False
+        self._interval = interval
+        self._last = -interval
 
     def update(self, text: str) -> None:
-        if self.enabled:
+        now = time.monotonic()
+        if self.enabled and now - self._last >= self._interval:
             emit(f"\r\x1b[K{text}", self._stream, end="")
             self._shown = True
+            self._last = now
 
     def done(self) -> None:
         if self.enabled and self._shown:
