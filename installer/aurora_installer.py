@@ -276,6 +276,7 @@ class _Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.progress = conventions.Progress(as_json=True)  # main() sets the real one
 
     def text(self, line: str = "") -> None:
         _emit(line, sys.stderr if self.as_json else sys.stdout)
@@ -544,11 +545,17 @@ def _cmd_health(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
 
     def record(doc: dict[str, Any]) -> None:
         changes.append(doc)
+        out.progress.done()
         show(doc)
+
+    def progress(n: int, doc: dict[str, Any]) -> None:
+        of = f"/{args.count}" if args.count else ""
+        out.progress.update(f"{args.pack}: check {n}{of}: {doc['status']}")
 
     checks: int | None = None  # stays None when Ctrl-C ends the watch
     with contextlib.suppress(KeyboardInterrupt):
-        checks = inst.watch_health(args.pack, record, args.count)
+        checks = inst.watch_health(args.pack, record, args.count, progress)
+    out.progress.done()
     # Every change is recorded, so the last one is the state the last check left.
     status = changes[-1]["status"] if changes else None
     result = {"pack": args.pack, "checks": checks, "changes": changes, "status": status}
@@ -622,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = _Output(args.json)
     # A copy of a pack (stage, install) shows its progress on a terminal, never with --json.
     progress = conventions.Progress(as_json=args.json)
+    out.progress = progress
     handler = _setup_logging(args.verbose)
     try:
         inst = _installer(args, out, progress)

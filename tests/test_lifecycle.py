@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aurora.exitcodes import ExitCode
-from aurora_testing import CLI, Env, alive, processes_under, wait_for
+from aurora_testing import CLI, Env, alive, aurora_installer, processes_under, wait_for
 
 FAST = ["--interval", "0.1", "--start-period", "0", "--retries", "2"]
 
@@ -333,4 +334,24 @@ def test_start_does_not_hold_the_lock_while_it_polls_health(env: Env) -> None:
             slow.kill()
     assert slow.returncode == ExitCode.FAILED and "not healthy within 4 s" in err
     assert env.state()["packs"]["svc"]["last_result"]["op"] == "start"
+    assert env.run("stop", "--pack", "svc").code == 0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_health_watch_shows_each_check_on_a_terminal_only(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    watch = ["health", "--pack", "svc", "--watch", "--count", "3", "--interval", "0.2"]
+    for as_json, shown in ((False, True), (True, False)):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert aurora_installer.main(env.args(*watch, *(["--json"] if as_json else []))) == 0
+        text = terminal.getvalue().replace("\x1b[K", "")
+        assert ("\rsvc: check 3/3: healthy" in text) is shown, text
     assert env.run("stop", "--pack", "svc").code == 0

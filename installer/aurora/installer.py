@@ -685,11 +685,17 @@ class Installer:
         """Run health_check.sh once and update the health state."""
         return self.lifecycle.health(self._installed_manifest(self._read_state(), pack_id))
 
-    def watch_health(self, pack_id: str, on_health: HealthSink, count: int | None) -> int:
+    def watch_health(
+        self,
+        pack_id: str,
+        on_health: HealthSink,
+        count: int | None,
+        on_check: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> int:
         """Poll health every interval, reporting the first state and each change;
         returns the number of checks run."""
         manifest = self._installed_manifest(self._read_state(), pack_id)
-        return self.lifecycle.watch(manifest, on_health, count)
+        return self.lifecycle.watch(manifest, on_health, count, on_check)
 
     def stop(self, pack_id: str) -> dict[str, Any]:
         """Run stop.sh with a timeout and record the result."""

@@ -224,9 +224,15 @@ class Lifecycle:
             )
         return {"pack": manifest.id, "ok": True, "status": doc["status"], "check": result.as_dict()}
 
-    def watch(self, manifest: Manifest, on_health: HealthSink, count: int | None) -> int:
-        """Check every interval, reporting the first state and each change; returns
-        the number of checks run."""
+    def watch(
+        self,
+        manifest: Manifest,
+        on_health: HealthSink,
+        count: int | None,
+        on_check: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> int:
+        """Check every interval, reporting the first state and each change (and every
+        check to ``on_check``: a progress display); returns the number of checks run."""
         previous = None
         checks = 0
         while count is None or checks < count:
@@ -234,6 +240,8 @@ class Lifecycle:
                 time.sleep(self.policy.interval)
             _, doc = self._check_and_record(manifest)
             checks += 1
+            if on_check is not None:
+                on_check(checks, doc)
             # The first check says where things stand; after it, only changes are news.
             if checks == 1 or doc["status"] != previous:
                 on_health(doc)
