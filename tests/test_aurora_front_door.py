@@ -115,6 +115,13 @@ def test_launcher_exit_codes_pass_through(home: Path) -> None:
     assert proc.returncode == 7 and "launcher service is not running" in proc.stderr
     proc = aurora("launcher", "logs", "acme.nope", "--json", "--home", str(home))
     assert proc.returncode == 3 and envelope(proc)["command"] == "logs"
+    # the one error line, naming the program as the operator typed it
+    assert proc.stderr.startswith("aurora launcher: error: acme.nope: no log at ")
+    shown = aurora("--home", str(home), "plugin", "show", "acme.nope")
+    assert (shown.returncode, shown.stderr) == (
+        3,
+        "aurora plugin: error: unknown plugin: acme.nope\n",
+    )
 
 
 def test_a_closed_stdout_ends_quietly(home: Path) -> None:
