@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck shellcheck pytest bench sysdeps clean
+.PHONY: venv demo test lint typecheck shellcheck pytest bench seal sysdeps clean
 
 venv: $(STAMP)
 
@@ -26,11 +26,11 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . aurora
+	$(VENV)/bin/ruff format --check . aurora
 
 # Strict typing on the library code of the installer and of every pack.
-TYPED := $(wildcard packs/pack01_common/aurora_common packs/pack01_common/aurora_boot.py \
+TYPED := $(wildcard aurora_cli packs/pack01_common/aurora_common packs/pack01_common/aurora_boot.py \
 	installer/aurora installer/aurora_installer.py \
 	packs/pack05_plugin_api/core packs/pack05_plugin_api/plugins.py \
 	packs/pack04_launcher/launcher packs/pack03_os_base/sandbox scripts/*.py)
@@ -45,6 +45,14 @@ pytest: $(STAMP) sysdeps
 	$(PY) -m pytest -q
 
 test: lint typecheck shellcheck pytest
+
+# Pin the sha256 of every artifact of every pack in this repository (after editing one;
+# tests/test_sealed.py fails until then).
+seal: $(STAMP)
+	for manifest in packs/*/manifest.yaml; do \
+		pack=$$(basename "$$(dirname "$$manifest")"); \
+		$(PY) installer/aurora_installer.py seal --pack "$$pack" || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) bench/run.py

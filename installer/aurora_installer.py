@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +31,8 @@ from aurora import (
     exit_code_for,
 )
 from aurora.home import check_home, default_home, default_packs_dir
-from aurora_common.errors import InputRefused  # importable once aurora is (aurora/_common.py)
+from aurora_common import cli as conventions  # importable once aurora is (aurora/_common.py)
+from aurora_common.errors import InputRefused
 
 log = logging.getLogger("aurora")
 
@@ -132,14 +131,28 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
+_EXAMPLES = {
+    "list": "",
+    "stage": "--pack pack05_plugin_api --require-hashes",
+    "install": "--pack pack05_plugin_api --with-deps --approve",
+    "uninstall": "--pack pack05_plugin_api --stop --purge",
+    "status": "--json",
+    "health": "--pack pack05_plugin_api --watch --count 10",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     _add_common(common, defaults=False)
+    prog = conventions.prog_name(PROG)
     parser = _Parser(
-        prog="aurora_installer.py",
-        description="Validate, stage, install and run Aurora packs. Exit codes: "
-        + ", ".join(f"{c.value} {c.name.lower()}" for c in ExitCode),
-        epilog="Options go before or after the command; `COMMAND --help` lists its own.",
+        prog=prog,
+        description="Validate, stage, install and run Aurora packs. Options go before or "
+        "after the command; `COMMAND --help` lists its own.",
+        epilog=conventions.epilog(
+            [f"{prog} list", f"{prog} install --pack pack05_plugin_api --with-deps --approve"]
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, defaults=True)
     sub = parser.add_subparsers(
@@ -147,7 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def command(name: str, help_text: str, pack: str = "required") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        args = _EXAMPLES.get(name, "--pack pack05_plugin_api")
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=conventions.epilog([f"{prog} {name} {args}".rstrip()]),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if pack == "required":
             p.add_argument("--pack", required=True, metavar="ID", help="the pack id")
         elif pack == "optional":
@@ -225,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("health", "run health_check.sh once (or keep watching)")
     p.epilog = (
         "Exit 0 if the check passes, 1 if not. With --watch: 0 if the pack is healthy "
-        "after the last check, 1 if not (starting or unhealthy), 130 on Ctrl-C."
+        "after the last check, 1 if not (starting or unhealthy), 130 on Ctrl-C.\n\n"
+        + (p.epilog or "")
     )
     p.add_argument(
         "--watch",
@@ -246,13 +268,7 @@ def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
     The operation goes on (its scripts' output is in logs/) and its exit code
     stays the truth; later writes to that stream go to /dev/null.
     """
-    try:
-        print(text, file=stream, end=end, flush=True)
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
+    conventions.emit(text, stream, end=end)
 
 
 class _Output:
@@ -260,6 +276,7 @@ class _Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.progress = conventions.Progress(as_json=True)  # main() sets the real one
 
     def text(self, line: str = "") -> None:
         _emit(line, sys.stderr if self.as_json else sys.stdout)
@@ -427,7 +444,19 @@ class _Failed:
     code: ExitCode
 
 
-def _installer(args: argparse.Namespace, out: _Output) -> Installer:
+def _after_progress(progress: conventions.Progress, out: _Output) -> Callable[[str], None]:
+    """A script's line, on a line of its own (a progress line is ended first)."""
+
+    def show(line: str) -> None:
+        progress.done()
+        out.script_line(line)
+
+    return show
+
+
+def _installer(
+    args: argparse.Namespace, out: _Output, progress: conventions.Progress | None = None
+) -> Installer:
     policy = HealthPolicy(
         interval=getattr(args, "interval", HealthPolicy.interval),
         timeout=getattr(args, "check_timeout", HealthPolicy.timeout),
@@ -444,8 +473,11 @@ def _installer(args: argparse.Namespace, out: _Output) -> Installer:
         check_home(args.home) if args.home is not None else default_home(),
         args.packs_dir or default_packs_dir(),
         options=options,
-        on_output=out.script_line,
+        on_output=out.script_line if progress is None else _after_progress(progress, out),
         approver=_approver(args),
+        on_progress=None
+        if progress is None or not progress.enabled
+        else lambda what, done, total: progress.update(f"{what}: {done}/{total} files"),
     )
 
 
@@ -513,11 +545,17 @@ def _cmd_health(inst: Installer, args: argparse.Namespace, out: _Output) -> Any:
 
     def record(doc: dict[str, Any]) -> None:
         changes.append(doc)
+        out.progress.done()
         show(doc)
+
+    def progress(n: int, doc: dict[str, Any]) -> None:
+        of = f"/{args.count}" if args.count else ""
+        out.progress.update(f"{args.pack}: check {n}{of}: {doc['status']}")
 
     checks: int | None = None  # stays None when Ctrl-C ends the watch
     with contextlib.suppress(KeyboardInterrupt):
-        checks = inst.watch_health(args.pack, record, args.count)
+        checks = inst.watch_health(args.pack, record, args.count, progress)
+    out.progress.done()
     # Every change is recorded, so the last one is the state the last check left.
     status = changes[-1]["status"] if changes else None
     result = {"pack": args.pack, "checks": checks, "changes": changes, "status": status}
@@ -555,6 +593,9 @@ def _setup_logging(verbose: bool) -> logging.Handler:
     return handler
 
 
+PROG = "aurora_installer.py"
+
+
 def _report_error(
     out: _Output,
     command: str | None,
@@ -563,22 +604,14 @@ def _report_error(
     recovered: Sequence[str] = (),
     result: Any = None,
 ) -> None:
-    _emit(f"error: {error}", sys.stderr)
+    """The one error line on stderr; with --json the envelope on stdout says it too."""
+    _emit(conventions.error_line(conventions.prog_name(PROG), str(error)), sys.stderr)
     if out.as_json:
-        document: dict[str, Any] = {
-            "ok": False,
-            "command": command,
-            "exit_code": int(code),
-            "error": {
-                "type": type(error).__name__,
-                "message": error.message,
-                "problems": error.problems,
-            },
-            "recovered": list(recovered),
-        }
-        if result is not None:
-            document["result"] = result
-        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
+        detail = conventions.error_object(
+            error.message, kind=type(error).__name__, problems=error.problems
+        )
+        doc = conventions.envelope(command, code, result, detail, recovered=list(recovered))
+        conventions.emit_json(doc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -594,15 +627,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     out = _Output(args.json)
+    # A copy of a pack (stage, install) shows its progress on a terminal, never with --json.
+    progress = conventions.Progress(as_json=args.json)
+    out.progress = progress
     handler = _setup_logging(args.verbose)
     try:
-        inst = _installer(args, out)
+        inst = _installer(args, out, progress)
     except UsageError as exc:
         log.removeHandler(handler)
         _report_error(out, args.command, exc, ExitCode.USAGE)
         return ExitCode.USAGE
     try:
-        result = _HANDLERS[args.command](inst, args, out)
+        try:
+            result = _HANDLERS[args.command](inst, args, out)
+        finally:
+            progress.done()  # the progress line ends before any message
     except AuroraError as exc:
         code = exit_code_for(exc)
         _report_error(out, args.command, exc, code, inst.recovered)
@@ -628,18 +667,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_error(out, args.command, result.error, result.code, inst.recovered, result.result)
         return result.code
     if args.json:
-        document = {
-            "ok": True,
-            "command": args.command,
-            "exit_code": 0,
-            "result": result,
-            "recovered": inst.recovered,
-        }
-        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
+        document = conventions.envelope(
+            args.command, ExitCode.OK, result, None, recovered=inst.recovered
+        )
+        conventions.emit_json(document)
     else:
         _show(out, args.command, result, inst.packs_dir)
     return ExitCode.OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(conventions.run_main(main))

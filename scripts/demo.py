@@ -22,14 +22,15 @@ from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "installer" / "aurora_installer.py"
+AURORA = REPO / "aurora"  # the operator's one command
 EXAMPLES = REPO / "examples" / "plugins"
 PACK05 = "pack05_plugin_api"
 PACK04 = "pack04_launcher"
 PACK03 = "pack03_os_base"
 
-# Exit statuses the demo expects besides 0 (each tool documents its own in its README).
-INSTALLER_APPROVAL = 6  # installer: approval required, no terminal and no --approve
-PLUGINS_DENIED = 4  # plugins.py: a requested capability is not granted
+# Exit statuses the demo expects besides 0 (the one table, README "Exit codes").
+INSTALLER_APPROVAL = 6  # approval required, no terminal and no --approve
+PLUGINS_DENIED = 4  # refused: a requested capability is not granted
 
 # Bounds: one command (install and start poll health within it); one wait for a state.
 STEP_TIMEOUT = 90.0
@@ -162,6 +163,7 @@ class Demo:
         """The command line as a person would type it, the home spelled $AURORA_HOME."""
         words = [*(f"{k}={v}" for k, v in extra.items()), *argv]
         line = shlex.join(words).replace(str(self.home), "$AURORA_HOME")
+        line = line.replace(f"{sys.executable} {AURORA} ", "./aurora ")
         return line.replace(f"{REPO}/", "")  # commands run from the repository root
 
     # -- commands -----------------------------------------------------------------------
@@ -210,28 +212,31 @@ class Demo:
             )
         return proc
 
+    def aurora(self, *args: str, expected: int = 0, quiet: bool = False, note: str = "") -> str:
+        """``aurora ARGS`` on the demo's home (AURORA_HOME)."""
+        argv = [sys.executable, str(AURORA), *args]
+        return self.run(argv, expected, note=note, quiet=quiet).stdout
+
     def installer(self, *args: str, expected: int = 0, note: str = "") -> None:
-        self.run([sys.executable, str(CLI), *args], expected, note=note)
+        """``aurora pack``: the installer."""
+        self.aurora("pack", *args, expected=expected, note=note)
         if args[0] == "start" and expected == 0:
             self.started.append(args[args.index("--pack") + 1])
         elif args[0] == "stop" and expected == 0:
             self.started.remove(args[args.index("--pack") + 1])
 
     def plugins(self, *args: str, expected: int = 0, note: str = "") -> None:
-        """pack05's operator CLI, installed copy, on the registry pack04 reads."""
-        extra = {"AURORA_PACK_DATA": str(self.home / "data" / PACK05)}
-        cli = self.installed(PACK05) / "plugins.py"
-        self.run([sys.executable, str(cli), *args], expected, extra=extra, note=note)
+        """``aurora plugin``: pack05's installed CLI, on the registry pack04 reads."""
+        self.aurora("plugin", *args, expected=expected, note=note)
 
     def launcher(self, *args: str, quiet: bool = False) -> str:
-        """pack04's CLI, installed copy (it finds its run dir from AURORA_HOME)."""
-        cli = self.installed(PACK04) / "launcher_cli.py"
-        return self.run([sys.executable, str(cli), *args], quiet=quiet).stdout
+        """``aurora launcher``: pack04's installed CLI."""
+        return self.aurora("launcher", *args, quiet=quiet)
 
     def launcher_view(self) -> dict[str, Any]:
-        """``launcher_cli.py list --json``: the plugins pack04 supervises."""
+        """``aurora launcher list --json``: the plugins pack04 supervises."""
         doc = json.loads(self.launcher("list", "--json", quiet=True))
-        plugins: dict[str, Any] = doc["plugins"]
+        plugins: dict[str, Any] = doc["result"]["plugins"]
         return plugins
 
     def wait_for(self, what: str, probe: Callable[[], T | None]) -> T:
@@ -255,7 +260,7 @@ class Demo:
             running = entry is not None and entry.get("state") == "running"
             return entry if running and entry and entry.get("layers") else None
 
-        what = f"`launcher_cli.py list --json` shows {plugin} running, with its sandbox layers"
+        what = f"`aurora launcher list --json` shows {plugin} running, with its sandbox layers"
         try:
             entry = self.wait_for(what, probe)
         except DemoFailed as exc:
@@ -364,7 +369,7 @@ class Demo:
 
     def heartbeat(self) -> dict[str, Any]:
         plugin = "acme.heartbeat"
-        self.section(f"{plugin}: asks for nothing; stage with plugins.py, enable")
+        self.section(f"{plugin}: asks for nothing; stage with `aurora plugin`, enable")
         self.plugins("stage", str(EXAMPLES / plugin))
         self.plugins("enable", plugin)
         entry = self.wait_running(plugin)
@@ -378,6 +383,7 @@ class Demo:
         beats = self.wait_for(f"{plugin} has written its status.json", beating)
         self.say(f"{plugin}: beat {beats} written by pid {entry['pid']}\n")
         self.launcher("list")
+        self.aurora("status")
         return entry
 
     def disable(self, entry: dict[str, Any]) -> None:

@@ -77,7 +77,7 @@ def test_usage_error_in_json_mode_is_one_document(env: Env) -> None:
     result = env.run("stage", "--json")
     assert result.code == ExitCode.USAGE
     doc = result.json
-    assert doc["ok"] is False and doc["exit_code"] == 2 and doc["command"] == "stage"
+    assert doc["ok"] is False and doc["exit"] == 2 and doc["command"] == "stage"
     assert "--pack" in doc["error"]["message"]
     no_command = env.run("--json")
     assert no_command.code == ExitCode.USAGE and no_command.json["command"] is None
@@ -174,8 +174,9 @@ def test_malformed_yaml_exit_2_names_line(env: Env) -> None:
     (root / "manifest.yaml").write_text('schema_version: "x"\npack:\n  id: "a\n')
     result = env.run("stage", "--pack", "alpha")
     assert result.code == ExitCode.USAGE
-    assert "line 4, column 1" in result.err
-    assert "quoted scalar that began at line 3, column 7" in result.err
+    # where the quote opens, in plain words (not PyYAML's "end of stream")
+    assert "line 3, column 7: a quoted string is never closed" in result.err
+    assert "stream" not in result.err and "scalar" not in result.err
     assert not (env.home / "state.json").exists()
 
 
@@ -605,7 +606,7 @@ def test_json_output_is_exactly_one_document(env: Env) -> None:
     ):
         result = env.run(*argv, "--json")
         doc = json.loads(result.out)  # raises if anything else is on stdout
-        assert (result.code, doc["exit_code"], doc["command"]) == (code, code, argv[0]), result.err
+        assert (result.code, doc["exit"], doc["command"]) == (code, code, argv[0]), result.err
 
 
 def test_dry_run_runs_in_the_staged_copy_with_the_environment_contract(env: Env) -> None:
@@ -674,7 +675,7 @@ def test_failures_in_json_mode_are_exactly_one_document(env: Env) -> None:
     ):
         result = env.run(*argv, "--json")
         doc = json.loads(result.out)  # raises if anything else is on stdout
-        assert (result.code, doc["exit_code"], doc["ok"]) == (code, code, False), argv
+        assert (result.code, doc["exit"], doc["ok"]) == (code, code, False), argv
         assert doc["command"] == argv[0]
         assert doc["error"]["message"] in result.err
     sealed = env.run("seal", "--pack", "beta", "--json")

@@ -206,7 +206,7 @@ def test_ctrl_c_during_install_kills_the_script_and_is_cleaned_up(env: Env) -> N
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == ExitCode.INTERRUPTED
-    assert json.loads(out)["exit_code"] == 130
+    assert json.loads(out)["exit"] == 130
     assert _sleepers(env.home) == []
     assert env.run("status", "--pack", "alpha").code == 0
     assert env.active("alpha") == "1.0.0"

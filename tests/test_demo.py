@@ -75,7 +75,12 @@ def test_demo_runs_a_granted_plugin_end_to_end_and_leaves_nothing(tmp_path: Path
     for pack in ("pack05_plugin_api", "pack04_launcher", "pack03_os_base"):
         assert f"uninstalled {pack} 0.1.0" in out, report
     assert "no process of the demo is left" in out, report
-    assert "demo passed" in out, report
+    # Through the one front door, sealed packs (no warning), and its own measured duration.
+    assert "$ ./aurora plugin grant acme.portwatch network" in out, report
+    status = out.split("$ ./aurora status\n", 1)[1].split("-> exit 0", 1)[0]
+    assert re.search(r"acme\.heartbeat +1\.0\.0 +enabled .*launcher: running \(pid \d+\)", status)
+    assert "WARNING" not in out + result.stderr and "warning" not in out + result.stderr, report
+    assert re.search(r"demo passed in \d+\.\d s", out), report
     # The throw-away home is gone.
     assert not list(tmp_path.glob("aurora-demo-*")), report
 
@@ -90,7 +95,7 @@ def test_demo_failure_shows_logs_and_stops_services(
     monkeypatch.setattr(demo, "PLUGINS_DENIED", 0)
     assert demo.main([]) == 1
     out, err = capsys.readouterr()
-    assert "plugins.py enable acme.portwatch: exit 4, expected 0" in err
+    assert "aurora plugin enable acme.portwatch: exit 4, expected 0" in err
     assert "demo FAILED" in err and "demo passed" not in out
     # The logs that say why, then both services stopped and the home removed.
     assert re.search(r"--- \S+/logs/pack04_launcher/launcher\.log", err), err

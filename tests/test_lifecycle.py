@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from aurora.exitcodes import ExitCode
-from aurora_testing import CLI, Env, alive, processes_under, wait_for
+from aurora_testing import CLI, Env, alive, aurora_installer, processes_under, wait_for
 
 FAST = ["--interval", "0.1", "--start-period", "0", "--retries", "2"]
 
@@ -86,8 +87,7 @@ def test_start_fails_when_never_healthy(env: Env) -> None:
     result = env.run("start", "--pack", "svc", *FAST, "--json")
     assert result.code == ExitCode.FAILED
     message = result.json["error"]["message"]
-    assert "not healthy (unhealthy)" in message
-    assert "2 consecutive failing checks" in message
+    assert "svc: start failed: unhealthy after 2 consecutive failing checks; last check:" in message
     assert "configured to never be healthy" in message
     record = env.state()["packs"]["svc"]
     assert record["last_result"]["ok"] is False
@@ -102,7 +102,8 @@ def test_start_period_failures_do_not_count_but_the_bound_holds(env: Env) -> Non
     )
     took = time.monotonic() - began
     assert result.code == ExitCode.FAILED
-    assert "not healthy within 2 s (health_check_timeout_seconds)" in result.err
+    assert "not healthy within 2 s (health_check_timeout_seconds); last check:" in result.err
+    assert result.err.split("; last check:")[0].count("healthy") == 1  # said once
     assert took < 30  # generous (loaded machine): the bound is 2 s
 
 
@@ -143,7 +144,7 @@ def test_health_once_and_watch_reports_changes(env: Env) -> None:
     # Like a single `health`: a watch that ends with the pack not healthy exits 1,
     # and its document still holds what it saw.
     assert watch.code == ExitCode.FAILED
-    assert (watch.json["ok"], watch.json["exit_code"]) == (False, ExitCode.FAILED)
+    assert (watch.json["ok"], watch.json["exit"]) == (False, ExitCode.FAILED)
     assert "svc is unhealthy after the last check (3 in all)" in watch.json["error"]["message"]
     changes = watch.json["result"]["changes"]
     assert [c["status"] for c in changes] == ["unhealthy"]
@@ -180,7 +181,7 @@ def test_health_watch_ended_by_ctrl_c_exits_130_with_what_it_saw(env: Env) -> No
             proc.wait()
     assert proc.returncode == ExitCode.INTERRUPTED, messages.read_text()
     doc = json.loads(out)
-    assert (doc["ok"], doc["exit_code"]) == (False, ExitCode.INTERRUPTED)
+    assert (doc["ok"], doc["exit"]) == (False, ExitCode.INTERRUPTED)
     assert "Ctrl-C" in doc["error"]["message"]
     assert doc["result"]["status"] == "healthy"
     assert [c["status"] for c in doc["result"]["changes"]] == ["healthy"]
@@ -304,3 +305,53 @@ def test_lifecycle_as_real_processes(env: Env) -> None:
     assert env.cli("stop", "--pack", "svc").code == 0
     assert not alive(pid)
     assert env.cli("uninstall", "--pack", "svc", "--purge").code == 0
+
+
+def test_start_does_not_hold_the_lock_while_it_polls_health(env: Env) -> None:
+    """Stopping another pack while one is starting is not refused as busy (exit 5)."""
+    env.make_pack("other", service=True)
+    assert env.run("install", "--pack", "other", "--approve").code == 0
+    assert env.run("start", "--pack", "other", *FAST).code == 0
+    _install_service(env, mode="never", health_timeout=4)
+    slow = subprocess.Popen(
+        [sys.executable, str(CLI), *env.args("start", "--pack", "svc", "--start-period", "60")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: (env.home / "run" / "svc" / "service.pid").exists())
+        assert wait_for(
+            lambda: (env.state()["packs"]["svc"].get("runtime") or {}).get("state") == "starting"
+        )
+        stopped = env.cli("stop", "--pack", "other", "--wait", "0")
+        assert stopped.code == 0, stopped.err
+        assert slow.poll() is None  # still polling svc's health meanwhile
+        _out, err = slow.communicate(timeout=60)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+    assert slow.returncode == ExitCode.FAILED and "not healthy within 4 s" in err
+    assert env.state()["packs"]["svc"]["last_result"]["op"] == "start"
+    assert env.run("stop", "--pack", "svc").code == 0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_health_watch_shows_each_check_on_a_terminal_only(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_service(env)
+    assert env.run("start", "--pack", "svc", *FAST).code == 0
+    watch = ["health", "--pack", "svc", "--watch", "--count", "3", "--interval", "0.2"]
+    for as_json, shown in ((False, True), (True, False)):
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert aurora_installer.main(env.args(*watch, *(["--json"] if as_json else []))) == 0
+        text = terminal.getvalue().replace("\x1b[K", "")
+        assert ("\rsvc: check 3/3: healthy" in text) is shown, text
+    assert env.run("stop", "--pack", "svc").code == 0

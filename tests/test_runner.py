@@ -82,3 +82,24 @@ def test_kill_group_on_exit_leaves_nothing(tmp_path: Path) -> None:
     assert result.ok
     child = int(pidfile.read_text())
     assert wait_for(lambda: not alive(child)), "the health check's child survived"
+
+
+def test_a_backgrounded_daemon_keeps_writing_to_the_log_after_the_script(tmp_path: Path) -> None:
+    """start.sh may leave a daemon without redirecting it: its output goes on to the log
+    (a pipe the installer closed would kill it at its next write)."""
+    pidfile = tmp_path / "daemon.pid"
+    script = _script(
+        tmp_path,
+        f'(for i in 1 2 3 4 5 6; do echo "beat $i"; sleep 0.2; done; sleep 30) &\n'
+        f"echo $! > {pidfile}\necho started\n",
+    )
+    log = tmp_path / "logs" / "start.log"
+    result = run_script([str(script)], cwd=tmp_path, env=os.environ, timeout=10, log_path=log)
+    pid = int(pidfile.read_text())
+    try:
+        assert result.ok and "started" in result.output_tail
+        assert wait_for(lambda: "beat 6" in log.read_text(), timeout=10)
+        assert alive(pid)  # it wrote after the script (and the installer's reading) ended
+    finally:
+        if alive(pid):  # the daemon and its sleep: the script's process group
+            os.killpg(os.getpgid(pid), signal.SIGKILL)

@@ -188,7 +188,7 @@ def test_retries_consecutive_failures_after_the_start_period_are_unhealthy(
     final, changes, _ = _poll(tmp_path, clock, [], policy, bound=100)
     # Checks at t=0, 1, 2 fall in the start period; t=3 and t=4 count.
     assert final["status"] == "unhealthy" and final["checks"] == 5
-    assert final["reason"] == "2 consecutive failing checks"
+    assert final["reason"] == "unhealthy after 2 consecutive failing checks"
     assert changes == ["unhealthy"]
     assert final["last_check"]["output"] == "health FAIL: not yet"  # type: ignore[index]
 

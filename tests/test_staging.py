@@ -13,7 +13,7 @@ from aurora.home import Home
 from aurora.manifest import load_manifest
 from aurora.staging import check_artifacts, ensure_staged, stage
 from aurora.state import State
-from aurora_testing import PackFactory
+from aurora_testing import Env, PackFactory
 
 
 def _sha(text: str) -> str:
@@ -70,3 +70,19 @@ def test_ensure_staged_restages_a_copy_that_vanished(
     staged, digest, staged_now = ensure_staged(home, audit, state, manifest)
     assert staged_now is True and digest == first["digest"]
     assert (staged.root / "manifest.yaml").is_file()
+
+
+def test_dry_run_and_install_say_when_the_source_differs_from_the_staged_copy(env: Env) -> None:
+    root = env.make_pack("alpha")
+    assert env.run("stage", "--pack", "alpha").code == 0
+    same = env.run("dry-run", "--pack", "alpha")
+    assert same.code == 0 and "differs" not in same.err
+    (root / "extra.txt").write_text("edited after stage\n")
+    for command in (["dry-run"], ["install", "--approve"]):
+        result = env.run(*command, "--pack", "alpha")
+        assert result.code == 0, result.err
+        assert "alpha 1.0.0: the source in " in result.err
+        assert "differs from its staged copy" in result.err
+        assert "run `stage --pack alpha` again" in result.err
+    installed = env.home / "packs" / "alpha" / "1.0.0"
+    assert not (installed / "extra.txt").exists()  # the staged copy was installed, as said

@@ -29,7 +29,7 @@ from aurora.home import Home
 from aurora.lifecycle import HealthSink, Lifecycle
 from aurora.lock import InstallerLock
 from aurora.manifest import Dependency, Manifest, load_manifest
-from aurora.recovery import Recovery, begin, temp_name
+from aurora.recovery import Recovery, begin, temp_name, uninstall_leftovers
 from aurora.resolve import Plan, resolve
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import HealthPolicy
@@ -91,11 +91,13 @@ class Installer:
         options: Options | None = None,
         on_output: OutputSink | None = None,
         approver: Approver | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.home = Home(home.absolute())
         self.packs_dir = packs_dir.absolute()
         self.options = options or Options()
         self.on_output = on_output
+        self.on_progress = on_progress  # (what, done, total) while a tree is copied
         self.approver: Approver = approver or _refuse_approval
         self.audit = AuditLog(self.home.audit)
         self.recovery = Recovery(self.home, self.audit)
@@ -136,6 +138,13 @@ class Installer:
                 raise
             finally:
                 self.audit.done()
+
+    def _progress(self, what: str) -> Callable[[int, int], None] | None:
+        """A copy's progress sink for ``what`` (None when nobody listens)."""
+        sink = self.on_progress
+        if sink is None:
+            return None
+        return lambda done, total: sink(what, done, total)
 
     def _not_installed(self, pack_id: str) -> NotFoundError:
         if has_pack(self.packs_dir, pack_id):
@@ -308,7 +317,12 @@ class Installer:
         manifest = find_pack(self.packs_dir, pack_id)
         with self._locked("stage", pack_id) as state:
             return staging.stage(
-                self.home, self.audit, state, manifest, require_hashes=require_hashes
+                self.home,
+                self.audit,
+                state,
+                manifest,
+                require_hashes=require_hashes,
+                on_progress=self._progress(f"staging {pack_id}"),
             )
 
     def seal(self, pack_id: str) -> dict[str, Any]:
@@ -334,7 +348,9 @@ class Installer:
     # -- dry-run and install --------------------------------------------------
 
     def _ensure_staged(self, state: State, manifest: Manifest) -> tuple[Manifest, str, bool]:
-        return staging.ensure_staged(self.home, self.audit, state, manifest)
+        return staging.ensure_staged(
+            self.home, self.audit, state, manifest, self._progress(f"staging {manifest.id}")
+        )
 
     def _plan(self, state: State, target: Manifest) -> Plan:
         installed = state.installed_versions()
@@ -526,7 +542,7 @@ class Installer:
         parent.mkdir(parents=True, exist_ok=True)
         incoming = parent / temp_name("incoming", version)
         # Copy and hash in one pass: what lands in packs/ is exactly what was approved.
-        tree, problems = copy_tree(staged.root, incoming)
+        tree, problems = copy_tree(staged.root, incoming, self._progress(f"installing {pack_id}"))
         crash_point("install:copied")
         if problems or tree.digest != digest:
             remove_tree(incoming)
@@ -619,9 +635,16 @@ class Installer:
             # a health record (the next check writes one), never a removed pack with one.
             health = self.lifecycle.health_record(pack_id)
             health_removed = [str(health.path)] if health.remove() else []
+            # The commit point: state says uninstalled, with the removal still pending;
+            # a crash after it is finished by the next command (recovery.py).
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
+            begin(state, pack_id, "uninstall", version, purge=purge)
+            crash_point("uninstall:committed")
+            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
+            crash_point("uninstall:removed")
+            record["pending"] = None
             state.record_result(
                 pack_id,
                 "uninstall",
@@ -630,13 +653,6 @@ class Installer:
                 "uninstalled" + (" (forced past dependents)" if dependents else ""),
             )
             state.save()
-            remove_tree(self.home.packs(pack_id))
-            removed = [str(self.home.packs(pack_id)), *health_removed]
-            if purge:
-                for path in (self.home.data(pack_id), self.home.run(pack_id)):
-                    if path.exists():
-                        remove_tree(path)
-                        removed.append(str(path))
             self.audit.record(
                 "uninstall", pack_id, version=version, purge=purge, forced_past=dependents
             )
@@ -655,17 +671,31 @@ class Installer:
         """Run start.sh, then poll health_check.sh until healthy or the manifest's bound."""
         self._require_installed(pack_id)
         with self._locked("start", pack_id) as state:
-            return self.lifecycle.start(state, self._installed_manifest(state, pack_id), on_health)
+            manifest = self._installed_manifest(state, pack_id)
+            script = self.lifecycle.begin_start(state, manifest)
+            intent = self.audit.current_intent
+        # The lock is not held while health is only polled: stopping (or installing)
+        # another pack meanwhile is not refused as busy.
+        final = self.lifecycle.poll_start(manifest, on_health)
+        with self._locked(None, pack_id) as state:
+            self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
+            return self.lifecycle.finish_start(state, manifest, script, final)
 
     def health(self, pack_id: str) -> dict[str, Any]:
         """Run health_check.sh once and update the health state."""
         return self.lifecycle.health(self._installed_manifest(self._read_state(), pack_id))
 
-    def watch_health(self, pack_id: str, on_health: HealthSink, count: int | None) -> int:
+    def watch_health(
+        self,
+        pack_id: str,
+        on_health: HealthSink,
+        count: int | None,
+        on_check: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> int:
         """Poll health every interval, reporting the first state and each change;
         returns the number of checks run."""
         manifest = self._installed_manifest(self._read_state(), pack_id)
-        return self.lifecycle.watch(manifest, on_health, count)
+        return self.lifecycle.watch(manifest, on_health, count, on_check)
 
     def stop(self, pack_id: str) -> dict[str, Any]:
         """Run stop.sh with a timeout and record the result."""

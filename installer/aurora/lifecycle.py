@@ -94,6 +94,12 @@ class Lifecycle:
         self, state: State, manifest: Manifest, on_health: HealthSink | None = None
     ) -> dict[str, Any]:
         """Run start.sh, then poll health_check.sh until healthy or the manifest's bound."""
+        script = self.begin_start(state, manifest)
+        final = self.poll_start(manifest, on_health)
+        return self.finish_start(state, manifest, script, final)
+
+    def begin_start(self, state: State, manifest: Manifest) -> ScriptResult:
+        """Run start.sh and record the pack as starting (the caller holds the lock)."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
         self.home.run(pack_id).mkdir(parents=True, exist_ok=True)
@@ -120,23 +126,36 @@ class Lifecycle:
             "pidfile": bool(read_pidfiles(self.home.run(pack_id))),
         }
         state.save()
-        final = poll_until_healthy(
+        return script
+
+    def poll_start(self, manifest: Manifest, on_health: HealthSink | None) -> dict[str, Any]:
+        """Poll health_check.sh until healthy or the bound; needs no lock (it changes only
+        health/<id>.json, as `health` does), so other packs can be stopped meanwhile."""
+        return poll_until_healthy(
             lambda timeout: self._check(manifest, timeout),
-            health,
+            self.health_record(manifest.id),
             self.policy,
             manifest.health_check_timeout,
             on_health,
         )
-        record["runtime"]["state"] = final["status"]
-        record["runtime"]["last_check"] = final.get("last_check")
+
+    def finish_start(
+        self, state: State, manifest: Manifest, script: ScriptResult, final: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Record the outcome of the poll (the caller holds the lock again, with a fresh
+        ``state``); a pack stopped meanwhile stays stopped."""
+        pack_id, version = manifest.id, manifest.version
+        runtime = state.pack(pack_id).get("runtime") or {}
+        if runtime.get("state") != "starting" or runtime.get("version") != version:
+            raise OperationFailed(
+                f"{pack_id}: start interrupted: it was stopped or changed while its health "
+                f"was polled (now {runtime.get('state') or 'not running'})"
+            )
+        runtime["state"] = final["status"]
+        runtime["last_check"] = final.get("last_check")
         ok = final["status"] == "healthy"
         last = (final.get("last_check") or {}).get("output", "")
-        message = (
-            "healthy"
-            if ok
-            else f"not healthy ({final['status']}) within the bound: {final['reason']}; "
-            f"last check: {last or '(no output)'}"
-        )
+        message = "healthy" if ok else f"{final['reason']}; last check: {last or '(no output)'}"
         state.record_result(pack_id, "start", ok, version, message)
         state.save()
         self.audit.record(
@@ -205,9 +224,15 @@ class Lifecycle:
             )
         return {"pack": manifest.id, "ok": True, "status": doc["status"], "check": result.as_dict()}
 
-    def watch(self, manifest: Manifest, on_health: HealthSink, count: int | None) -> int:
-        """Check every interval, reporting the first state and each change; returns
-        the number of checks run."""
+    def watch(
+        self,
+        manifest: Manifest,
+        on_health: HealthSink,
+        count: int | None,
+        on_check: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> int:
+        """Check every interval, reporting the first state and each change (and every
+        check to ``on_check``: a progress display); returns the number of checks run."""
         previous = None
         checks = 0
         while count is None or checks < count:
@@ -215,6 +240,8 @@ class Lifecycle:
                 time.sleep(self.policy.interval)
             _, doc = self._check_and_record(manifest)
             checks += 1
+            if on_check is not None:
+                on_check(checks, doc)
             # The first check says where things stand; after it, only changes are news.
             if checks == 1 or doc["status"] != previous:
                 on_health(doc)

@@ -14,10 +14,12 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from aurora.audit import AuditLog
 from aurora.fsutil import fsync_dir, remove_tree
 from aurora.home import Home
+from aurora.sources import is_pack_id
 from aurora.state import PackState, State
 from aurora.timeutil import now_iso
 
@@ -34,15 +36,56 @@ def temp_version(name: str) -> str:
     return name.split("-", 1)[1].rsplit("-", 1)[0]
 
 
-def begin(state: State, pack_id: str, op: str, version: str) -> None:
+def begin(state: State, pack_id: str, op: str, version: str, **extra: Any) -> None:
     """Record ``op`` as pending before it touches the disk, so that a crash is found."""
     state.pack(pack_id)["pending"] = {
         "op": op,
         "version": version,
         "started_at": now_iso(),
         "pid": os.getpid(),
+        **extra,
     }
     state.save()
+
+
+def _own_dir(home: Home, path: Path) -> bool:
+    """Whether ``path`` is a real directory (not a symlink) directly inside the home's
+    own directories (staging/, packs/, data/, run/, records/): what recovery may remove."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return False
+        parent = path.parent
+        return (
+            not parent.is_symlink()
+            and parent.parent == home.root
+            and parent.name in OWN_DIRS
+            and is_pack_id(path.name)
+        )
+    except OSError:
+        return False
+
+
+OWN_DIRS = frozenset({"staging", "packs", "data", "run", "records"})
+
+
+def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> list[str]:
+    """Remove what an uninstall removes: packs/<id>, and with purge data/<id> and run/<id>.
+
+    Never follows a symlink and never removes anything outside the home's own
+    directories (a symlink in their place is removed itself, not what it names).
+    """
+    removed: list[str] = []
+    paths = [home.packs(pack_id)]
+    if purge:
+        paths += [home.data(pack_id), home.run(pack_id)]
+    for path in paths:
+        if path.is_symlink():
+            path.unlink()
+            removed.append(str(path))
+        elif _own_dir(home, path):
+            remove_tree(path)
+            removed.append(str(path))
+    return removed
 
 
 class Recovery:
@@ -77,14 +120,25 @@ class Recovery:
         notes: list[str] = []
         if self.has_leftovers(state):
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
-        ids = set(state.packs)
+        ids = set(state.packs)  # keys validated by the schema: pack ids, never paths
         for parent in (self.home.root / "staging", self.home.root / "packs"):
+            if parent.is_symlink():
+                notes.append(f"left {parent} alone: a symlink, not the home's own directory")
+                continue
             if parent.is_dir():
-                ids.update(p.name for p in parent.iterdir() if p.is_dir())
+                for p in parent.iterdir():
+                    if is_pack_id(p.name) and _own_dir(self.home, p):
+                        ids.add(p.name)
+                    elif not p.name.startswith("."):
+                        notes.append(f"left {p} alone: not a pack directory of this home")
         changed = False
         for pack_id in sorted(ids):
             record = state.pack(pack_id)
             pending = record.get("pending") or {}
+            if pending.get("op") == "uninstall":
+                notes += self._finish_uninstall(state, pack_id, pending)
+                changed = True
+                pending = {}
             if pending:
                 notes.append(
                     f"{pack_id}: a {pending.get('op')} of {pending.get('version')} started at "
@@ -126,10 +180,21 @@ class Recovery:
         self.audit.done()
         return notes
 
+    def _finish_uninstall(self, state: State, pack_id: str, pending: dict[str, Any]) -> list[str]:
+        """An uninstall was interrupted after its commit point: finish removing."""
+        purge = bool(pending.get("purge"))
+        removed = uninstall_leftovers(self.home, pack_id, purge)
+        record = state.pack(pack_id)
+        record["pending"] = None
+        version = pending.get("version")
+        state.record_result(pack_id, "uninstall", True, version, "finished after an interruption")
+        self.audit.record("uninstall", pack_id, version=version, purge=purge, finished=removed)
+        return [f"{pack_id}: finished the interrupted uninstall of {version} (removed {removed})"]
+
     def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:
         """Restore moved-aside copies and remove uncommitted ones in staging/<id> or packs/<id>."""
         notes: list[str] = []
-        if not parent.is_dir():
+        if not _own_dir(self.home, parent):
             return notes
         children = sorted(parent.iterdir())
         for child in children:
@@ -161,7 +226,7 @@ class Recovery:
         if record.get("installed"):
             wanted.add(record["installed"]["digest"].rpartition(":")[2])
         directory = self.home.records(pack_id)
-        if not directory.is_dir():
+        if not _own_dir(self.home, directory):
             return
         for path in directory.iterdir():
             if (path.suffix == ".json" and path.stem not in wanted) or path.name.startswith("."):

@@ -6,7 +6,6 @@ import collections
 import contextlib
 import logging
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -27,9 +26,8 @@ OutputSink = Callable[[str], None]
 
 # After a timeout: TERM to the group, this long to exit, then KILL.
 KILL_GRACE_SECONDS = 2.0
-# After the script exits, how long to keep reading output that its leftover
-# children may still be writing to the shared pipe.
-_DRAIN_SECONDS = 0.3
+# How often the script's log is read for new output while it runs.
+_FOLLOW_INTERVAL = 0.05
 _TAIL_LINES = 20
 
 
@@ -147,45 +145,21 @@ def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:
     proc.wait()
 
 
-def _pump(proc: subprocess.Popen[bytes], feed: Callable[[bytes], None], deadline: float) -> bool:
-    """Stream the script's output to ``feed`` until it exits and its output drains.
+def _follow(proc: subprocess.Popen[bytes], read_new: Callable[[], None], deadline: float) -> bool:
+    """Pass on what the script writes to its log until it exits.
 
     Returns True when the deadline passed first (the group is then killed).
     """
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    eof = False
-    exited_at: float | None = None
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            now = time.monotonic()
-            if exited_at is None and _exited(proc.pid):
-                exited_at = now
-            if exited_at is not None and (eof or now - exited_at > _DRAIN_SECONDS):
-                break
-            if exited_at is None and now >= deadline:
-                kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
-                return True
-            if eof:  # output closed but the script still runs: wait for it
-                time.sleep(max(0.0, min(0.05, deadline - now)))
-                continue
-            for _key, _ in sel.select(timeout=max(0.0, min(0.1, deadline - now))):
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    eof = True
-                    sel.unregister(fd)
-                    break
-                feed(data)
-    if not eof:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while data := os.read(fd, 65536):
-                feed(data)
-    return False
+    while True:
+        if _exited(proc.pid):
+            read_new()
+            return False
+        if time.monotonic() >= deadline:
+            kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
+            read_new()
+            return True
+        read_new()
+        time.sleep(_FOLLOW_INTERVAL)
 
 
 def run_script(
@@ -208,15 +182,17 @@ def run_script(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     started = time.monotonic()
-    with open(log_path, "ab") as logfile:
+    # The script writes to its log file itself (not to a pipe the installer closes), so
+    # a daemon it backgrounds keeps a working stdout after the script and the installer
+    # are gone; the installer reads the file for what to show.
+    with open(log_path, "ab") as logfile, open(log_path, "rb") as reader:
         logfile.write(f"=== {now_iso()} {' '.join(argv)} (cwd {cwd})\n".encode())
         logfile.flush()
+        reader.seek(0, os.SEEK_END)
         pending = b""
 
         def feed(data: bytes) -> None:
             nonlocal pending
-            logfile.write(data)
-            logfile.flush()
             pending += data
             *lines, pending = pending.split(b"\n")
             for raw in lines:
@@ -225,23 +201,24 @@ def run_script(
                 if on_output is not None:
                     on_output(line)
 
+        def read_new() -> None:
+            if data := reader.read():
+                feed(data)
+
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        assert proc.stdout is not None
         try:
-            timed_out = _pump(proc, feed, started + timeout)
+            timed_out = _follow(proc, read_new, started + timeout)
         except BaseException:  # interrupted (Ctrl-C): leave nothing of the script running
             kill_group(proc.pid, proc, KILL_GRACE_SECONDS)
             raise
-        finally:
-            proc.stdout.close()
         if pending:
             feed(b"\n")
         if kill_group_on_exit and not timed_out:

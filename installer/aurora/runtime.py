@@ -238,6 +238,6 @@ def poll_until_healthy(
             reason = f"not healthy within {bound:g} s (health_check_timeout_seconds)"
             return {**doc, "checks": checks, "reason": reason}
         if status == "unhealthy":
-            reason = f"{policy.retries} consecutive failing checks"
+            reason = f"unhealthy after {policy.retries} consecutive failing checks"
             return {**doc, "checks": checks, "reason": reason}
         time.sleep(policy.interval)

@@ -16,7 +16,7 @@ from aurora.manifest import Manifest, load_manifest
 from aurora.recovery import begin, temp_name
 from aurora.state import State
 from aurora.timeutil import now_iso
-from aurora.tree import TreeDigest, copy_tree
+from aurora.tree import ProgressSink, TreeDigest, copy_tree, digest_tree
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,13 @@ def check_artifacts(
 
 
 def stage(
-    home: Home, audit: AuditLog, state: State, manifest: Manifest, *, require_hashes: bool
+    home: Home,
+    audit: AuditLog,
+    state: State,
+    manifest: Manifest,
+    *,
+    require_hashes: bool,
+    on_progress: ProgressSink | None = None,
 ) -> dict[str, Any]:
     """Copy the pack through a temp dir and a rename; record its digest. Hold the lock."""
     pack_id, version = manifest.id, manifest.version
@@ -63,7 +69,7 @@ def stage(
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / temp_name("tmp", version)
     try:
-        tree, problems = copy_tree(manifest.root, tmp)
+        tree, problems = copy_tree(manifest.root, tmp, on_progress)
         if problems:
             raise ManifestError(f"{manifest.root}: pack tree cannot be staged", problems)
         crash_point("stage:copied")
@@ -121,7 +127,11 @@ def stage(
 
 
 def ensure_staged(
-    home: Home, audit: AuditLog, state: State, manifest: Manifest
+    home: Home,
+    audit: AuditLog,
+    state: State,
+    manifest: Manifest,
+    on_progress: ProgressSink | None = None,
 ) -> tuple[Manifest, str, bool]:
     """The staged copy of this version (staged now if missing), its digest, and whether
     it was staged now. Hold the lock."""
@@ -131,9 +141,11 @@ def ensure_staged(
         log.info("staging %s %s", manifest.id, manifest.version)
         if audit.current_intent is None:  # a dry run: it changes state only by staging
             audit.intent("stage", manifest.id)
-        stage(home, audit, state, manifest, require_hashes=False)
+        stage(home, audit, state, manifest, require_hashes=False, on_progress=on_progress)
         staged_now = True
     digest: str = state.pack(manifest.id)["staged"][manifest.version]["digest"]
+    if not staged_now:
+        warn_if_source_differs(manifest, digest)
     try:
         staged = load_manifest(target)
     except ManifestError as exc:
@@ -141,6 +153,25 @@ def ensure_staged(
             f"staged copy {target} is no longer valid: run stage again", exc.problems
         ) from exc
     return staged, digest, staged_now
+
+
+def warn_if_source_differs(manifest: Manifest, staged_digest: str) -> bool:
+    """Say so (a warning) when the pack's source no longer matches its staged copy: the
+    staged copy is what dry-run and install use, so an edit after `stage` is not in it."""
+    source, _ = digest_tree(manifest.root)
+    if source.digest == staged_digest:
+        return False
+    log.warning(
+        "%s %s: the source in %s differs from its staged copy (staged %s, source %s); "
+        "the staged copy is used: run `stage --pack %s` again to take the change",
+        manifest.id,
+        manifest.version,
+        manifest.root,
+        staged_digest,
+        source.digest,
+        manifest.id,
+    )
+    return True
 
 
 def write_tree_record(home: Home, pack_id: str, tree: TreeDigest) -> None:

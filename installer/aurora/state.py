@@ -10,7 +10,7 @@ from aurora_common import structured
 from aurora_common.errors import InputRefused
 
 from aurora.errors import StateError
-from aurora.fsutil import atomic_write_json
+from aurora.fsutil import atomic_write_bytes, atomic_write_json
 from aurora.manifest import load_schema
 from aurora.timeutil import now_iso
 
@@ -46,6 +46,18 @@ class State:
         try:
             document = structured.read_json(path, STATE_LIMIT, max_depth=STATE_DEPTH)
         except FileNotFoundError:
+            copies = copies_without_state(path.parent)
+            if copies:
+                raise StateError(
+                    f"{path} is missing but the home holds pack copies: it is never "
+                    "treated as empty and nothing is removed",
+                    [
+                        *copies,
+                        f"restore {path.name} (the copy before the last change is "
+                        f"{path.name}.bak: cp {path}.bak {path}), or move those "
+                        "directories aside to start afresh",
+                    ],
+                ) from None
             return cls(path, {"schema": STATE_SCHEMA, "packs": {}})
         except InputRefused as exc:
             raise StateError(
@@ -102,4 +114,21 @@ class State:
         }
 
     def save(self) -> None:
+        """Replace state.json atomically, keeping the previous one as state.json.bak."""
+        try:
+            previous = self.path.read_bytes()
+        except FileNotFoundError:
+            previous = None
+        if previous is not None:
+            atomic_write_bytes(self.path.with_name(self.path.name + ".bak"), previous)
         atomic_write_json(self.path, self.document)
+
+
+def copies_without_state(home: Path) -> list[str]:
+    """The pack copies under ``home`` (packs/<id>/<version>, staging/<id>/<version>)."""
+    found: list[str] = []
+    for kind in ("packs", "staging"):
+        for copy in sorted(home.glob(f"{kind}/*/*")):
+            if not copy.name.startswith("."):
+                found.append(f"{kind}/{copy.parent.name}/{copy.name}")
+    return found

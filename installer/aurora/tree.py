@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aurora_common import digest as shared_digest
 from aurora_common.atomic import is_temp_name
 from aurora_common.errors import InputRefused
+
+ProgressSink = Callable[[int, int], None]  # (members copied, members in all)
 
 # Runtime directories a pack gets when its scripts are run by hand from the
 # source tree (see docs/contracts.md), and caches: never part of the pack.
@@ -204,13 +207,15 @@ def _copy_hashing(src: Path, dst: Path, mode: int, buf: memoryview) -> tuple[str
     return h.hexdigest(), size
 
 
-def copy_tree(src: Path, dst: Path) -> tuple[TreeDigest, list[str]]:
+def copy_tree(
+    src: Path, dst: Path, on_progress: ProgressSink | None = None
+) -> tuple[TreeDigest, list[str]]:
     """Copy the pack tree ``src`` into the new directory ``dst`` and digest what was copied.
 
     Each file is read once; the digest describes the bytes written, so it can be
     compared with a digest recorded earlier to prove the copy is that tree.
     Returns (digest, problems); on problems the copy is incomplete and the
-    caller discards it.
+    caller discards it. ``on_progress(done, total)`` is told after each member.
     """
     members, problems = walk(src)
     if problems:
@@ -219,7 +224,9 @@ def copy_tree(src: Path, dst: Path) -> tuple[TreeDigest, list[str]]:
     buf = memoryview(bytearray(_CHUNK))
     entries: list[Entry] = []
     sizes: dict[str, int] = {}
-    for rel, st in members:
+    for done, (rel, st) in enumerate(members, 1):
+        if on_progress is not None:
+            on_progress(done, len(members))
         kind = _kind(st)
         target = dst / rel
         if kind == "dir":

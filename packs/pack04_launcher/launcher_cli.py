@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launcher.cli import main
+from launcher.cli import conventions, main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(conventions.run_main(main))

@@ -3,6 +3,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON="${PYTHON:-python3}"
+if [[ "$PYTHON" == */* && "$PYTHON" != /* ]]; then
+  PYTHON="$PWD/$PYTHON"  # relative to the caller's directory: resolve it before the cd
+fi
 # The launcher package is imported from the pack root (the current directory).
 cd "$ROOT"
 exec "$PYTHON" -m launcher.lifecycle start "$@"

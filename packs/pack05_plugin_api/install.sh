@@ -6,6 +6,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python3}"
+if [[ "$py" == */* && "$py" != /* ]]; then
+    py="$PWD/$py"  # relative to the caller's directory: resolve it before the cd
+fi
 case "${1:-}" in
     --dry-run) cd "$here" && exec "$py" -B -m core.service --check ;;
     --install) cd "$here" && exec "$py" -m core.service --init ;;

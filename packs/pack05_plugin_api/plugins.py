@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-# Run as a script, Python puts this file's directory (where `core` lives) on sys.path.
+# Run as a script, Python puts this file's directory (where `core` lives) on sys.path;
+# importing core first puts pack01_common (aurora_common) there too (core/aurora_boot.py).
+from core import aurora_boot  # noqa: F401
+
+# isort: split
+from aurora_common import cli as conventions
+from aurora_common.cli import Exit
 from core import paths
 from core.api import load_manifest, manifest_problems
 from core.capabilities import CAPABILITIES, CAPABILITY_NAMES
@@ -29,12 +35,14 @@ from core.loader import PluginLoader
 from core.permissions import load_policy, update_policy
 from core.registry import PluginRegistry
 
-# Exit codes: the one place they are defined (listed in README.md).
-EXIT_OK = 0  # done
-EXIT_FAILED = 1  # the operation failed (unreadable registry, I/O error)
-EXIT_INVALID = 2  # bad usage or invalid input: manifest, package, capability name
-EXIT_NOT_FOUND = 3  # unknown plugin, version or path
-EXIT_DENIED = 4  # refused by the permission policy or missing grants
+# Exit codes: aurora_common.cli.Exit, the table every Aurora command line shares.
+EXIT_OK = Exit.OK  # done
+EXIT_FAILED = Exit.FAILED  # the operation failed (unreadable registry, I/O error)
+EXIT_INVALID = Exit.USAGE  # bad usage or invalid input: manifest, package, capability name
+EXIT_NOT_FOUND = Exit.NOT_FOUND  # unknown plugin, version or path
+EXIT_DENIED = Exit.REFUSED  # refused by the permission policy or missing grants
+PROG = "plugins.py"
+PACK_ID = "pack05_plugin_api"
 
 
 class _UsageError(Exception):
@@ -51,7 +59,8 @@ class UnknownPath(PluginError):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(f"{self.prog}: {message}")
+        verb = self.prog.partition(" ")[2]  # the error line names the program already
+        raise _UsageError(f"{verb}: {message}" if verb else message)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -83,12 +92,13 @@ def _registry(args: argparse.Namespace) -> PluginRegistry:
     return PluginRegistry(_data_dir(args), actor=args.actor)
 
 
-def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
-    """One JSON document on stdout with --json, else the human text on stdout."""
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str, code: int = Exit.OK) -> None:
+    """The envelope on stdout with --json (``doc`` is its result), else the human text."""
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        result = {k: v for k, v in doc.items() if k != "ok"}
+        conventions.emit_json(conventions.envelope(args.command, code, result))
     elif text:
-        print(text)
+        conventions.emit(text)
 
 
 def _policy_blocked(args: argparse.Namespace) -> frozenset[str]:
@@ -96,7 +106,7 @@ def _policy_blocked(args: argparse.Namespace) -> frozenset[str]:
     try:
         return load_policy(_data_dir(args)).blocked
     except RegistryError as exc:
-        print(f"plugins: warning: {exc}", file=sys.stderr)
+        conventions.emit(f"{conventions.prog_name(PROG)}: warning: {exc}", sys.stderr)
         return frozenset()
 
 
@@ -115,7 +125,10 @@ def _summary(pid: str, rec: dict[str, Any], blocked: frozenset[str]) -> dict[str
         "versions": sorted(rec["versions"]),
         "requested": requested,
         "granted": rec["granted"],
-        "missing": sorted(set(requested) - set(rec["granted"])),
+        # requested, not granted, and grantable: `grant` is the next step
+        "missing": sorted(set(requested) - set(rec["granted"]) - blocked),
+        # requested, not granted, and blocked by the policy: `grant` is refused
+        "blocked": sorted((set(requested) - set(rec["granted"])) & blocked),
         # what the operator must grant before `enable` switches to the pending version
         "pending_missing": sorted(set(pending_requested) - set(rec["granted"])),
         # granted, but blocked since (permissions.json edited by hand): `policy --block` withdraws
@@ -176,6 +189,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         f"{'enabled' if p['enabled'] else 'disabled':<9} "
         f"granted={','.join(p['granted']) or '-'}"
         + (f" missing={','.join(p['missing'])}" if p["missing"] else "")
+        + (f" blocked={','.join(p['blocked'])} (policy)" if p["blocked"] else "")
         + (
             f" pending={p['pending_version']} "
             + (f"(needs {','.join(p['pending_missing'])})" if p["pending_missing"] else "(ready)")
@@ -205,10 +219,18 @@ def _cmd_show(args: argparse.Namespace) -> int:
         doc["problems"] = [p for v in record["versions"] for p in loader.verify(args.id, v)]
         doc["ok"] = not doc["problems"]
     text = json.dumps(record, indent=2, sort_keys=True)
+    if summary["missing"]:
+        text += f"\nnot granted yet: {', '.join(summary['missing'])} (grant, then enable)"
+    if summary["blocked"]:
+        text += (
+            f"\nblocked by the policy: {', '.join(summary['blocked'])} "
+            "(grant is refused; `policy --clear` lifts the block)"
+        )
     if args.verify:
         text += "\n" + ("\n".join(doc["problems"]) or "verified: every version matches its digest")
-    _emit(args, doc, text)
-    return EXIT_OK if doc["ok"] else EXIT_FAILED
+    code = EXIT_OK if doc["ok"] else EXIT_FAILED
+    _emit(args, doc, text, code)
+    return code
 
 
 def _cmd_enable(args: argparse.Namespace) -> int:
@@ -321,12 +343,32 @@ def _common() -> _Parser:
     return common
 
 
+_EXAMPLES = {
+    "validate": "examples/plugins/acme.portwatch",
+    "stage": "examples/plugins/acme.portwatch",
+    "list": "",
+    "show": "acme.portwatch --verify",
+    "enable": "acme.portwatch",
+    "disable": "acme.portwatch",
+    "remove": "acme.portwatch --version 0.1.0",
+    "grant": "acme.portwatch network",
+    "revoke": "acme.portwatch network",
+    "rollback": "acme.portwatch",
+    "policy": "--block gpu",
+}
+_VERBS = frozenset(_EXAMPLES)
+
+
 def _parser() -> _Parser:
+    prog = conventions.prog_name(PROG)
     parser = _Parser(
-        prog="plugins.py",
-        description="Stage, inspect, permit, enable and remove Aurora plugins.",
-        epilog="exit codes: 0 ok, 1 failed, 2 invalid input or usage, 3 not found, "
-        "4 refused by policy or missing grants",
+        prog=prog,
+        description="Stage, inspect, permit, enable and remove Aurora plugins. Options go "
+        "before or after the verb; `VERB --help` lists its own.",
+        epilog=conventions.epilog(
+            [f"{prog} stage examples/plugins/acme.heartbeat", f"{prog} list --json"]
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_common()],
     )
     parser.set_defaults(json=False, data=None, actor=None)
@@ -334,7 +376,14 @@ def _parser() -> _Parser:
     caps = f"capabilities: {', '.join(CAPABILITY_NAMES)}"
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> _Parser:
-        p: _Parser = sub.add_parser(name, help=help_, description=help_, parents=[_common()])
+        p: _Parser = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            parents=[_common()],
+            epilog=conventions.epilog([f"{prog} {name} {_EXAMPLES[name]}".rstrip()]),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(handler=handler)
         return p
 
@@ -404,16 +453,25 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
-def _error_doc(exc: BaseException, code: int) -> dict[str, Any]:
-    error: dict[str, Any] = {"kind": type(exc).__name__, "message": _describe(exc)}
+def _error_doc(exc: BaseException, code: int, command: str | None) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    problems: list[str] = []
     if isinstance(exc, ManifestError):
-        error["problems"] = exc.problems
+        problems = list(exc.problems)
     if isinstance(exc, StagingError):
-        error["reason"] = exc.reason
+        details["reason"] = exc.reason
     if isinstance(exc, PermissionDenied):
-        error["id"] = exc.plugin_id
-        error["capabilities"] = exc.capabilities
-    return {"ok": False, "exit": code, "error": error}
+        details["id"] = exc.plugin_id
+        details["capabilities"] = exc.capabilities
+    place = exc.filename if isinstance(exc, OSError) and exc.filename is not None else None
+    error = conventions.error_object(
+        _describe(exc),
+        kind=type(exc).__name__,
+        place=None if place is None else str(place),
+        problems=problems,
+        **details,
+    )
+    return conventions.envelope(command, code, None, error)
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -430,9 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code. Never a traceback for a user mistake."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="plugins: %(message)s", stream=sys.stderr)
-    want_json = "--json" in argv
+    want_json, argv = conventions.pop_flag(argv, "--json")
+    command = next((a for a in argv if a in _VERBS), None)
     try:
         args = _parser().parse_args(argv)
+        args.json = want_json
         if args.data is not None and not args.data.strip():
             raise _UsageError("--data: expected a directory, found an empty string")
         if args.data is not None and os.path.exists(args.data) and not os.path.isdir(args.data):
@@ -446,10 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PluginError, _UsageError, OSError, paths.DataLocationError) as exc:
         code = _exit_code(exc)
         if want_json:
-            print(json.dumps(_error_doc(exc, code), indent=2, sort_keys=True))
-        print(f"plugins: error: {_describe(exc)}", file=sys.stderr)
+            conventions.emit_json(_error_doc(exc, code, command))
+        line = conventions.error_line(conventions.prog_name(PROG), _describe(exc))
+        conventions.emit(line, sys.stderr)
         return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(conventions.run_main(main))

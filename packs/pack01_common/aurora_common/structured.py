@@ -97,13 +97,31 @@ def _line_col(mark: Any) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}"
 
 
+# PyYAML's words for the common mistakes, in an operator's words (issue 10).
+_PLAIN_CONTEXT = {
+    "while scanning a quoted scalar": "a quoted string is never closed",
+    "while scanning a simple key": "a line that is not 'key: value' (no ':' after the key)",
+    "while parsing a block mapping": "the indentation does not line up with the keys above",
+}
+_PLAIN_PROBLEM = {
+    "mapping values are not allowed here": (
+        "unexpected ':' (a key above lacks its ':', or a value holding ': ' needs quotes)"
+    ),
+    "found character '\\t' that cannot start any token": "a tab (indent with spaces)",
+}
+
+
 def _yaml_problem(exc: Any) -> str:
-    """Where PyYAML stopped and what it found, and where that construct began (an
-    unclosed quote is found at the end of the file but starts where one must look)."""
+    """Where PyYAML stopped and what it found, in plain words where the mistake is a
+    common one; also where the construct it was reading began (an unclosed quote is
+    found at the end of the file, but starts where the operator must look)."""
     mark = exc.problem_mark or exc.context_mark
-    problem = exc.problem or exc.context or "malformed YAML"
-    text = f"{_line_col(mark)}: {problem}" if mark else str(problem)
     context = exc.context_mark
+    plain = _PLAIN_CONTEXT.get(exc.context or "")
+    if plain and context is not None:
+        return f"{_line_col(context)}: {plain}"
+    problem = _PLAIN_PROBLEM.get(exc.problem or "", exc.problem) or exc.context or "malformed YAML"
+    text = f"{_line_col(mark)}: {problem}" if mark else str(problem)
     if exc.problem and exc.context and context and mark and context.index != mark.index:
         text += f" ({exc.context} that began at {_line_col(context)})"
     return text

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+# The launcher package (its __init__: launcher/aurora_boot.py) puts aurora_common on sys.path.
+from launcher import aurora_boot  # noqa: F401
+
+# isort: split
+from aurora_common import cli as conventions
+from aurora_common.cli import Exit
 
 from launcher import control, degraded, process, registry, sandbox
 from launcher.cgroup import CgroupTree
@@ -25,36 +32,54 @@ from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
 from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status
 
-EXIT_OK = 0
-EXIT_ERROR = 1  # a file could not be read or written; details on stderr
-EXIT_USAGE = 2  # bad command line (argparse)
-EXIT_NOT_RUNNING = 3  # the launcher service is not running
-EXIT_NOT_FOUND = 4  # no such plugin in the registry
-EXIT_PLUGIN_FAILED = 5  # start: the plugin did not reach "running"
-EXIT_CONFLICT = 6  # run: the service is running this plugin already
-EXIT_NO_SANDBOX = 7  # run: pack03's sandbox cannot be found
-EXIT_TIMEOUT = 124  # run --timeout: the plugin was killed at the deadline
-EXIT_INTERRUPTED = 130  # Ctrl-C while waiting (start, stop); `run` stops the plugin first
+# The one exit-code table of every Aurora command line (aurora_common.cli.Exit).
+EXIT_OK = Exit.OK
+EXIT_ERROR = Exit.FAILED  # a file could not be read or written; details on stderr
+EXIT_USAGE = Exit.USAGE  # bad command line
+EXIT_NOT_RUNNING = Exit.NOT_RUNNING  # the launcher service is not running
+EXIT_NOT_FOUND = Exit.NOT_FOUND  # no such plugin in the registry
+EXIT_PLUGIN_FAILED = Exit.FAILED  # start: the plugin did not reach "running"; run: it failed
+EXIT_CONFLICT = Exit.BUSY  # run: the service is running this plugin already
+EXIT_NO_SANDBOX = Exit.NOT_FOUND  # run: pack03's sandbox cannot be found
+EXIT_SANDBOX_REFUSED = Exit.REFUSED  # run: pack03 refused to start it (its exit 125)
+EXIT_TIMEOUT = Exit.TIMEOUT  # run --timeout: the plugin was stopped at the deadline
+EXIT_INTERRUPTED = Exit.INTERRUPTED  # Ctrl-C while waiting; `run` stops the plugin first
+PROG = "launcher_cli.py"
+SANDBOX_REFUSED_STATUS = 125  # pack03's launch.py: refused to start (see its README)
 
 _LOG_TAIL_BYTES = 1024 * 1024
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises instead of exiting, so a usage error gets the error line and the envelope."""
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.partition(" ")[2]  # the error line names the program already
+        raise _UsageError(f"{verb}: {message}" if verb else message)
+
+
 def _err(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    conventions.emit(msg, sys.stderr)
 
 
-def _emit(args: argparse.Namespace, doc: dict[str, Any], human: str) -> None:
+def _emit(args: argparse.Namespace, doc: dict[str, Any], human: str, code: int = EXIT_OK) -> None:
+    """The envelope on stdout with --json (``doc`` is its result), else the human text."""
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        conventions.emit_json(conventions.envelope(args.command, code, doc))
     elif human:
-        print(human)
+        conventions.emit(human)
 
 
 def _fail(args: argparse.Namespace, code: int, msg: str) -> int:
-    """Say why on stderr; with --json the one document on stdout says it too."""
-    _err(msg)
+    """The error line on stderr; with --json the envelope on stdout says it too."""
+    _err(conventions.error_line(conventions.prog_name(PROG), msg))
     if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "exit": code, "error": msg}, indent=2, sort_keys=True))
+        error = conventions.error_object(msg)
+        conventions.emit_json(conventions.envelope(args.command, code, None, error))
     return code
 
 
@@ -97,7 +122,7 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
         _err(f"launcher service is not running (no live process in {paths.pidfile})")
         if allowed:
             _err(f"degraded mode allowed for: {', '.join(allowed)}")
-        _emit(args, out, "")
+        _emit(args, out, "", EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
     rows = [("ID", "STATE", "PID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
     for pid, rec in sorted(plugins.items()):
@@ -160,24 +185,42 @@ def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
 # --- start / stop -----------------------------------------------------------------
 
 
-def _wait_state(paths: Paths, plugin_id: str, want: set[str], wait: float) -> dict[str, Any]:
+def _progress(
+    progress: conventions.Progress, plugin_id: str, rec: dict[str, Any], t0: float
+) -> None:
+    """On a terminal only: what the wait has seen so far."""
+    progress.update(f"{plugin_id}: {rec.get('state') or 'waiting'} ({time.monotonic() - t0:.0f} s)")
+
+
+def _wait_state(
+    paths: Paths, plugin_id: str, want: set[str], wait: float, progress: conventions.Progress
+) -> dict[str, Any]:
     """Poll the status file until the plugin's state is in ``want`` (or time is up)."""
-    deadline = time.monotonic() + wait
+    t0 = time.monotonic()
+    deadline = t0 + wait
     rec: dict[str, Any] = {}
     while True:
         doc = read_status(paths.status) or {}
         rec = doc.get("plugins", {}).get(plugin_id, {})
         if rec.get("state") in want or time.monotonic() >= deadline:
+            progress.done()
             return rec
+        _progress(progress, plugin_id, rec, t0)
         time.sleep(0.1)
 
 
 def _wait_started(
-    paths: Paths, plugin_id: str, request: int, wait: float, settle: float
+    paths: Paths,
+    plugin_id: str,
+    request: int,
+    wait: float,
+    settle: float,
+    progress: conventions.Progress,
 ) -> dict[str, Any]:
     """Wait until the service has seen start request ``request`` and the plugin has
     stayed running for ``settle`` seconds, or has ended in a state it cannot leave."""
-    deadline = time.monotonic() + wait
+    t0 = time.monotonic()
+    deadline = t0 + wait
     rec: dict[str, Any] = {}
     while time.monotonic() < deadline:
         doc = read_status(paths.status) or {}
@@ -185,11 +228,13 @@ def _wait_started(
         if rec.get("starts_seen", 0) >= request:
             state = rec.get("state")
             if state in (FAILED, REFUSED, BLOCKED, DISABLED):
-                return rec
+                break
             up = _uptime(rec.get("started_at"))
             if state == RUNNING and up is not None and up >= settle:
-                return rec
+                break
+        _progress(progress, plugin_id, rec, t0)
         time.sleep(0.1)
+    progress.done()
     return rec
 
 
@@ -200,16 +245,19 @@ def _cmd_start(args: argparse.Namespace, paths: Paths) -> int:
     ident = process.running_from_pidfile(paths.pidfile)
     if ident is None:
         _err("recorded; the launcher service is not running, so nothing was started")
-        _emit(args, {"id": entry.id, "state": None, "service_running": False}, "")
+        doc = {"id": entry.id, "state": None, "service_running": False}
+        _emit(args, doc, "", EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
     if not entry.enabled or not entry.runnable:
         why = entry.problem or "not enabled in the registry (enable it with pack05's CLI)"
         _err(f"{entry.id}: cannot run: {why}")
-        _emit(args, {"id": entry.id, "state": BLOCKED, "reason": why}, "")
+        _emit(args, {"id": entry.id, "state": BLOCKED, "reason": why}, "", EXIT_PLUGIN_FAILED)
         return EXIT_PLUGIN_FAILED
-    rec = _wait_started(paths, entry.id, ctl.starts[entry.id], args.wait, args.settle)
+    progress = conventions.Progress(as_json=args.json)
+    rec = _wait_started(paths, entry.id, ctl.starts[entry.id], args.wait, args.settle, progress)
     state = rec.get("state")
-    _emit(args, {"id": entry.id, **rec}, f"{entry.id}: {state} (pid {rec.get('pid')})")
+    code = EXIT_OK if state == RUNNING else EXIT_PLUGIN_FAILED
+    _emit(args, {"id": entry.id, **rec}, f"{entry.id}: {state} (pid {rec.get('pid')})", code)
     if state != RUNNING:
         _err(f"{entry.id}: {state}: {rec.get('reason')}")
         return EXIT_PLUGIN_FAILED
@@ -223,11 +271,14 @@ def _cmd_stop(args: argparse.Namespace, paths: Paths) -> int:
     ident = process.running_from_pidfile(paths.pidfile)
     if ident is None:
         _err("recorded; the launcher service is not running")
-        _emit(args, {"id": args.plugin_id, "state": HELD, "service_running": False}, "")
+        doc = {"id": args.plugin_id, "state": HELD, "service_running": False}
+        _emit(args, doc, "", EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
-    rec = _wait_state(paths, args.plugin_id, {HELD}, args.wait)
+    progress = conventions.Progress(as_json=args.json)
+    rec = _wait_state(paths, args.plugin_id, {HELD}, args.wait, progress)
     state = rec.get("state")
-    _emit(args, {"id": args.plugin_id, **rec}, f"{args.plugin_id}: {state}")
+    code = EXIT_OK if state == HELD else EXIT_ERROR
+    _emit(args, {"id": args.plugin_id, **rec}, f"{args.plugin_id}: {state}", code)
     if state != HELD:
         _err(f"{args.plugin_id}: still {state} after {args.wait:.0f}s")
         return EXIT_ERROR
@@ -306,19 +357,40 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
         report = sandbox.read_report(report_file)
     layers, gaps = sandbox.active_layers(report), sandbox.report_degraded(report)
+    code = _run_exit(rc, timed_out)
     out = {
         "id": entry.id,
-        "exit": rc,
+        "exit_status": rc,
         "timed_out": timed_out,
         "layers": layers,
         "allow_degraded": entry.allow_degraded,
         "degraded": gaps,
     }
-    _emit(args, out, "")
+    _emit(args, out, "", code)
     for gap in gaps:
         _err(f"{entry.id}: DEGRADED, not enforced: {gap}")
-    _err(f"{entry.id}: {'killed at --timeout' if timed_out else f'exit {rc}'}; layers: {layers}")
-    return EXIT_TIMEOUT if timed_out else (rc if rc >= 0 else 128 - rc)
+    _err(f"{entry.id}: {_run_outcome(rc, timed_out)}; layers: {layers}")
+    return code
+
+
+def _run_exit(rc: int, timed_out: bool) -> int:
+    """The table's code for a run; the plugin's own status is in the message and JSON."""
+    if timed_out:
+        return EXIT_TIMEOUT
+    if rc == SANDBOX_REFUSED_STATUS:
+        return EXIT_SANDBOX_REFUSED
+    return EXIT_OK if rc == 0 else EXIT_PLUGIN_FAILED
+
+
+def _run_outcome(rc: int, timed_out: bool) -> str:
+    """How the run ended, in words: a plugin that exits by itself when --timeout's TERM
+    arrives was stopped, not killed."""
+    if rc < 0:
+        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else f"signal {-rc}"
+        ended = f"killed by {name}"
+    else:
+        ended = f"exit {rc}"
+    return f"--timeout reached, stopped ({ended})" if timed_out else ended
 
 
 def _run_foreground(
@@ -370,29 +442,55 @@ def _run_foreground(
 # --- main -------------------------------------------------------------------------
 
 
+_EXAMPLES = {
+    "list": "list --json",
+    "logs": "logs acme.heartbeat -n 20",
+    "start": "start acme.heartbeat --wait 15",
+    "stop": "stop acme.heartbeat",
+    "run": "run acme.heartbeat --timeout 5",
+    "degraded": "degraded allow acme.heartbeat",
+    "allow": "degraded allow acme.heartbeat",
+    "deny": "degraded deny acme.heartbeat",
+    "degraded list": "degraded list",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    prog = conventions.prog_name(PROG)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    common.add_argument("--registry", help="pack05 registry.json (default: see README)")
-    p = argparse.ArgumentParser(
-        prog="launcher_cli.py",
-        description="See and steer the plugins the pack04 launcher runs.",
-        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 service not running, 4 no such plugin, "
-        "5 plugin did not start, 6 conflict, 7 no sandbox, 124 run timed out, 130 interrupted; "
-        "run: otherwise the plugin's own exit status.",
+    common.add_argument(
+        "--registry",
+        help="pack05's registry.json (default: $AURORA_PLUGIN_REGISTRY, else "
+        "$AURORA_HOME/data/pack05_plugin_api/plugins/registry.json, else "
+        "<packs>/pack05_plugin_api/data/plugins/registry.json beside this pack)",
+    )
+
+    def example(key: str) -> dict[str, Any]:
+        return {
+            "epilog": conventions.epilog([f"{prog} {_EXAMPLES[key]}"]),
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+        }
+
+    p = _Parser(
+        prog=prog,
+        description="See and steer the plugins the pack04 launcher runs. Options go before "
+        "or after the command.",
+        epilog=conventions.epilog([f"{prog} list", f"{prog} logs acme.heartbeat"]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
-        "list", parents=[common], help="plugins: state, pid, uptime, restarts, degraded, layers"
-    )
-    lg = sub.add_parser("logs", parents=[common], help="show the end of a plugin's log")
+    text = "plugins: state, pid, uptime, restarts, degraded, layers"
+    sub.add_parser("list", parents=[common], help=text, description=text, **example("list"))
+    text = "show the end of a plugin's log"
+    lg = sub.add_parser("logs", parents=[common], help=text, description=text, **example("logs"))
     lg.add_argument("plugin_id")
     lg.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
     for name, text in (
         ("start", "start a plugin (or retry a failed one) now"),
         ("stop", "stop a plugin and hold it stopped until `start`"),
     ):
-        sp = sub.add_parser(name, parents=[common], help=text)
+        sp = sub.add_parser(name, parents=[common], help=text, description=text, **example(name))
         sp.add_argument("plugin_id")
         sp.add_argument("--wait", type=float, default=15.0, help="seconds to wait (15)")
         if name == "start":
@@ -406,19 +504,29 @@ def _parser() -> argparse.ArgumentParser:
         "denial of a capability it was not granted. 'allow' lets that plugin run anyway "
         "(the unenforced denials are listed by `list`); 'deny' (the default) refuses again. "
         "Every change is recorded in the launcher's audit.log.",
+        **example("degraded"),
     )
     dsub = dg.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (
         ("allow", "let this plugin run degraded"),
         ("deny", "refuse it again where it cannot be fully confined"),
     ):
-        dsub.add_parser(name, parents=[common], help=text).add_argument("plugin_id")
-    dsub.add_parser("list", parents=[common], help="plugins allowed to run degraded")
-    rn = sub.add_parser(
-        "run", parents=[common], help="run a plugin once in the foreground (for its author)"
+        dsub.add_parser(
+            name, parents=[common], help=text, description=text, **example(name)
+        ).add_argument("plugin_id")
+    text = "plugins allowed to run degraded"
+    dsub.add_parser(
+        "list", parents=[common], help=text, description=text, **example("degraded list")
     )
+    text = "run a plugin once in the foreground (for its author)"
+    rn = sub.add_parser("run", parents=[common], help=text, description=text, **example("run"))
     rn.add_argument("plugin_id")
-    rn.add_argument("--timeout", type=float, default=None, help="kill it after this many s")
+    rn.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop it after this many seconds (TERM, then KILL); exit 124",
+    )
     return p
 
 
@@ -433,16 +541,26 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    want_json, arguments = conventions.pop_flag(
+        list(sys.argv[1:] if argv is None else argv), "--json"
+    )
+    command = next((a for a in arguments if a in _COMMANDS), None)
+    try:
+        args = _parser().parse_args(arguments)
+    except _UsageError as exc:
+        return _fail(argparse.Namespace(json=want_json, command=command), EXIT_USAGE, str(exc))
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    args.json = want_json
     paths = Paths.from_env(registry=args.registry)
     try:
         return _COMMANDS[args.command](args, paths)
     except PluginNotFound as exc:
         return _fail(args, EXIT_NOT_FOUND, str(exc))
     except LauncherError as exc:
-        return _fail(args, EXIT_ERROR, f"error: {exc}")
+        return _fail(args, EXIT_ERROR, str(exc))
     except OSError as exc:
-        return _fail(args, EXIT_ERROR, f"error: {exc.filename or ''}: {exc.strerror}")
+        return _fail(args, EXIT_ERROR, f"{exc.filename or ''}: {exc.strerror}".lstrip(": "))
     except KeyboardInterrupt:
         return _fail(args, EXIT_INTERRUPTED, "interrupted")
 

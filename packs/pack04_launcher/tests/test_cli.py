@@ -29,7 +29,7 @@ StartForCli = Callable[[dict[str, str]], Service]
 def test_list_without_service(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["list", "--json"]) == cli.EXIT_NOT_RUNNING
     out, err = capsys.readouterr()
-    assert json.loads(out)["service"]["running"] is False
+    assert json.loads(out)["result"]["service"]["running"] is False
     assert "launcher service is not running" in err
 
 
@@ -45,7 +45,7 @@ def test_list_shows_pid_uptime_restarts_layers(
     )
     assert cli.main(["list", "--json"]) == cli.EXIT_OK
     out, err = capsys.readouterr()
-    doc = json.loads(out)
+    doc = json.loads(out)["result"]
     rec = doc["plugins"]["acme.idle"]
     assert rec["pid"] == pid
     assert rec["restarts"] == 0 and rec["uptime_s"] >= 0
@@ -65,7 +65,7 @@ def test_logs(start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[
     log = svc.paths.plugin_log("acme.once")
     wait_until(lambda: log.is_file() and "exited with status 0" in log.read_text(), what="log")
     assert cli.main(["logs", "acme.once", "--json"]) == cli.EXIT_OK
-    lines = json.loads(capsys.readouterr().out)["lines"]
+    lines = json.loads(capsys.readouterr().out)["result"]["lines"]
     assert "done" in lines
     assert cli.main(["logs", "acme.nothing"]) == cli.EXIT_NOT_FOUND
 
@@ -101,14 +101,18 @@ def test_start_unknown_plugin(
     assert "plugin 'acme.none': not in the registry" in capsys.readouterr().err
 
 
-def test_run_in_the_foreground_passes_the_exit_status(
+def test_run_in_the_foreground_reports_the_exit_status(
     cli_env: dict[str, str], fake_registry: FakeRegistry, capfd: pytest.CaptureFixture[str]
 ) -> None:
     fake_registry.add("acme.once", CLEAN_EXIT, enabled=False)  # authors run disabled ones
     assert cli.main(["run", "acme.once"]) == 0
     assert "done" in capfd.readouterr().out
     fake_registry.add("acme.crash", CRASH)
-    assert cli.main(["run", "acme.crash"]) == 3
+    # The one exit-code table: a plugin that fails is 1; its own status is in the message.
+    assert cli.main(["run", "acme.crash"]) == cli.EXIT_PLUGIN_FAILED
+    assert "acme.crash: exit 3; layers:" in capfd.readouterr().err
+    assert cli.main(["run", "acme.crash", "--json"]) == cli.EXIT_PLUGIN_FAILED
+    assert json.loads(capfd.readouterr().out)["result"]["exit_status"] == 3
 
 
 def test_run_json_is_one_document_and_timeout_kills_the_tree(
@@ -120,7 +124,7 @@ def test_run_json_is_one_document_and_timeout_kills_the_tree(
     fake_registry.add("acme.idle", IDLE)
     assert cli.main(["run", "acme.idle", "--timeout", "1", "--json"]) == cli.EXIT_TIMEOUT
     out, _err = capfd.readouterr()
-    doc = json.loads(out)  # the plugin's own output went to stderr
+    doc = json.loads(out)["result"]  # the plugin's own output went to stderr
     assert doc["timed_out"] is True and doc["layers"] == ["test-passthrough"]
     pid = int((tmp_path / "data/plugin-data/acme.idle/pid").read_text())
     assert process.identify(pid) is None or process.is_zombie(pid)
@@ -151,10 +155,11 @@ def test_run_without_sandbox_runs_nothing(
 
 
 def test_help_answers(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli.main(["--help"])
-    assert info.value.code == 0
-    assert "Exit codes" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0
+    assert "exit codes: 0 ok" in capsys.readouterr().out
+    for argv in (["list"], ["logs"], ["start"], ["stop"], ["run"], ["degraded", "allow"]):
+        assert cli.main([*argv, "--help"]) == 0
+        assert f"launcher_cli.py {argv[0]}" in capsys.readouterr().out.split("example:")[1]
 
 
 def test_degraded_allow_is_recorded_audited_and_shown_by_list(
@@ -165,7 +170,8 @@ def test_degraded_allow_is_recorded_audited_and_shown_by_list(
     wait_until_service_reports(svc, "test.degraded", "refused")
     assert cli.main(["degraded", "allow", "test.degraded", "--json"]) == cli.EXIT_OK
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"id": "test.degraded", "allow_degraded": True, "changed": True}
+    doc = json.loads(out)["result"]
+    assert doc == {"id": "test.degraded", "allow_degraded": True, "changed": True}
     assert "degraded mode allowed" in err
     audit = [json.loads(x) for x in svc.paths.audit_log.read_text().splitlines()]
     assert audit[-1]["action"] == "allow-degraded" and audit[-1]["plugin"] == "test.degraded"
@@ -180,7 +186,7 @@ def test_degraded_allow_is_recorded_audited_and_shown_by_list(
     assert "YES (1)" in row
     assert "test.degraded: DEGRADED, not enforced: network: test gap" in err
     assert cli.main(["degraded", "list", "--json"]) == cli.EXIT_OK
-    assert json.loads(capsys.readouterr().out) == {"allowed": ["test.degraded"]}
+    assert json.loads(capsys.readouterr().out)["result"] == {"allowed": ["test.degraded"]}
     assert cli.main(["degraded", "allow", "test.degraded"]) == cli.EXIT_OK
     assert "already allowed" in capsys.readouterr().err
     assert cli.main(["degraded", "deny", "test.degraded"]) == cli.EXIT_OK
@@ -214,13 +220,14 @@ def test_run_in_the_foreground_honours_the_degraded_allowance(
     cli_env: dict[str, str], fake_registry: FakeRegistry, capfd: pytest.CaptureFixture[str]
 ) -> None:
     fake_registry.add("test.degraded", CLEAN_EXIT)
-    assert cli.main(["run", "test.degraded"]) == 125  # refused: a denial not enforceable
+    # pack03 refuses (its exit 125): a denial not enforceable
+    assert cli.main(["run", "test.degraded"]) == cli.EXIT_SANDBOX_REFUSED
     assert "refused to start" in capfd.readouterr().err
     assert cli.main(["degraded", "allow", "test.degraded"]) == cli.EXIT_OK
     capfd.readouterr()
     assert cli.main(["run", "test.degraded", "--json"]) == 0
     out, err = capfd.readouterr()
-    doc = json.loads(out)
+    doc = json.loads(out)["result"]
     assert doc["allow_degraded"] is True and doc["degraded"] == ["network: test gap"]
     assert "DEGRADED, not enforced: network: test gap" in err
 
@@ -228,14 +235,30 @@ def test_run_in_the_foreground_honours_the_degraded_allowance(
 @pytest.mark.parametrize(
     ("argv", "registry_text", "code", "message"),
     [
-        pytest.param(["logs", "../x"], None, 4, "not a plugin id", id="logs-bad-id"),
-        pytest.param(["logs", "acme.none"], None, 4, "no log at", id="logs-no-log"),
-        pytest.param(["start", "../../x"], None, 4, "not a plugin id", id="start-bad-id"),
-        pytest.param(["stop", "acme.none"], None, 4, "not in the registry", id="stop-typo"),
-        pytest.param(["run", "acme.none"], None, 4, "not in the registry", id="run-unknown"),
-        pytest.param(["start", "acme.x"], "{oops", 1, "not JSON", id="corrupt-registry"),
         pytest.param(
-            ["degraded", "deny", "ACME.X"], None, 4, "not a plugin id", id="degraded-bad-id"
+            ["logs", "../x"], None, cli.EXIT_NOT_FOUND, "not a plugin id", id="logs-bad-id"
+        ),
+        pytest.param(
+            ["logs", "acme.none"], None, cli.EXIT_NOT_FOUND, "no log at", id="logs-no-log"
+        ),
+        pytest.param(
+            ["start", "../../x"], None, cli.EXIT_NOT_FOUND, "not a plugin id", id="start-bad-id"
+        ),
+        pytest.param(
+            ["stop", "acme.none"], None, cli.EXIT_NOT_FOUND, "not in the registry", id="stop-typo"
+        ),
+        pytest.param(
+            ["run", "acme.none"], None, cli.EXIT_NOT_FOUND, "not in the registry", id="run-unknown"
+        ),
+        pytest.param(
+            ["start", "acme.x"], "{oops", cli.EXIT_ERROR, "not JSON", id="corrupt-registry"
+        ),
+        pytest.param(
+            ["degraded", "deny", "ACME.X"],
+            None,
+            cli.EXIT_NOT_FOUND,
+            "not a plugin id",
+            id="degraded-bad-id",
         ),
     ],
 )
@@ -258,7 +281,9 @@ def test_operator_mistakes_are_one_message_and_their_exit_code(
     # With --json the one document on stdout says the same.
     assert cli.main([*argv, "--json"]) == code
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"ok": False, "exit": code, "error": err.strip()}
+    doc = json.loads(out)
+    assert (doc["ok"], doc["exit"], doc["result"]) == (False, code, None)
+    assert err.strip() == f"launcher_cli.py: error: {doc['error']['message']}"
     assert not (tmp_path / "run" / "control.json").exists()  # nothing was recorded
 
 
@@ -275,7 +300,7 @@ def test_ctrl_c_while_waiting_is_a_message_not_a_traceback(
 
     monkeypatch.setattr(cli.process, "running_from_pidfile", _interrupted)
     assert cli.main(["stop", "acme.idle"]) == cli.EXIT_INTERRUPTED
-    assert capsys.readouterr().err.strip() == "interrupted"
+    assert capsys.readouterr().err.strip() == "launcher_cli.py: error: interrupted"
 
 
 def test_run_in_the_real_sandbox_leaves_nothing_at_timeout(
@@ -288,7 +313,7 @@ def test_run_in_the_real_sandbox_leaves_nothing_at_timeout(
     monkeypatch.setenv("AURORA_SANDBOX_ROOT", str(real_sandbox_root()))
     fake_registry.add("acme.escape", ESCAPE)  # a setsid child and grandchild
     assert cli.main(["run", "acme.escape", "--timeout", "4", "--json"]) == cli.EXIT_TIMEOUT
-    doc = json.loads(capfd.readouterr().out)
+    doc = json.loads(capfd.readouterr().out)["result"]
     assert doc["timed_out"] is True and "landlock" in doc["layers"]
     gc_file = tmp_path / "data/plugin-data/acme.escape/grandchild"
     grandchild = int(gc_file.read_text())  # written before the deadline, on any sane machine

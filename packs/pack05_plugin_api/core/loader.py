@@ -141,6 +141,22 @@ def _special(mode: int) -> str | None:
     return None
 
 
+def _tree_changes(recorded: list[dict[str, Any]], entries: list[_Entry]) -> str:
+    """Which files differ from the ones the registry recorded, in words ('' if unknown)."""
+    before = {str(f.get("path")): f for f in recorded}
+    after = {e.path: e.record() for e in entries if e.kind != "dir"}
+    parts = [
+        (what, sorted(paths))
+        for what, paths in (
+            ("changed", [p for p in before.keys() & after.keys() if before[p] != after[p]]),
+            ("missing", list(before.keys() - after.keys())),
+            ("extra", list(after.keys() - before.keys())),
+        )
+        if paths
+    ]
+    return "; ".join(f"{what}: {', '.join(paths)}" for what, paths in parts)
+
+
 class PluginLoader:
     """Stage plugin packages into ``<plugins_dir>/packages/<id>/<version>/`` and register them.
 
@@ -720,7 +736,7 @@ class PluginLoader:
         if existing is not None and existing.get("digest") != digest and not replace:
             raise StagingError(
                 f"{plugin_id} {version} is already staged with different content "
-                "(stage with replace to overwrite it)",
+                "(`stage --replace` overwrites it)",
                 source=source,
             )
         registered = {str(v.get("path")) for v in staged.values()}
@@ -871,5 +887,6 @@ class PluginLoader:
             return [f"{plugin_id} {version}: {exc}"]
         digest = tree_digest(entries)
         if digest != entry["digest"]:
-            return [f"{plugin_id} {version}: content differs from the registry ({digest})"]
+            where = _tree_changes(entry.get("files") or [], entries)
+            return [f"{plugin_id} {version}: content differs from the registry ({where or digest})"]
         return []

@@ -606,7 +606,7 @@ class PluginRegistry:
                 if not replace:
                     raise RegistryError(
                         f"{plugin_id} {version} is already registered with different content "
-                        "(stage it with replace to overwrite it)"
+                        "(`stage --replace` overwrites it)"
                     )
             for other in record["versions"]:
                 if other != version and Version(other) == Version(version):

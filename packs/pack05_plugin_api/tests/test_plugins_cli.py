@@ -19,10 +19,17 @@ PACK_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
-    """Run the CLI with --json; return (exit code, the one JSON document, stderr)."""
+    """Run the CLI with --json; return (exit code, the envelope's result with its ok, exit
+    and error beside it, stderr)."""
     code = plugins.main([*argv, "--json"])
     out, err = capsys.readouterr()
-    return code, json.loads(out), err  # exactly one JSON document, or json.loads fails
+    doc = json.loads(out)  # exactly one JSON document, or json.loads fails
+    assert set(doc) == {"ok", "exit", "command", "result", "error"}
+    assert (doc["ok"], doc["exit"]) == (code == 0, code)
+    assert doc["command"] == next((a for a in argv if a in plugins._VERBS), None)
+    view = dict(doc["result"] or {})
+    view.update(ok=doc["ok"], exit=doc["exit"], error=doc["error"])
+    return code, view, err
 
 
 @pytest.fixture
@@ -155,7 +162,7 @@ def test_bad_input_gives_a_message_and_an_exit_code(
 ) -> None:
     got, doc, err = run(capsys, *argv, "--data", data)
     assert got == code and doc["ok"] is False and doc["exit"] == code
-    assert err.startswith("plugins: error: ") and "Traceback" not in err
+    assert err.startswith("plugins.py: error: ") and "Traceback" not in err
 
 
 def test_hostile_package_is_refused_with_its_reason(
@@ -220,7 +227,7 @@ def test_runs_as_a_script_from_the_repository_root(tmp_path: Path, pkg: str) -> 
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["id"] == "acme.echo"
+    assert json.loads(result.stdout)["result"]["id"] == "acme.echo"
 
 
 def test_unknown_versions_name_the_staged_ones(
@@ -272,7 +279,7 @@ def test_blocking_with_a_corrupt_registry_changes_nothing(
 def test_a_bad_data_dir_is_a_usage_error(capsys: pytest.CaptureFixture[str], value: str) -> None:
     code, doc, err = run(capsys, "--data", value, "list")
     assert code == plugins.EXIT_INVALID and doc["exit"] == code
-    assert err.startswith("plugins: error: --data: ")
+    assert err.startswith("plugins.py: error: --data: ")
 
 
 def test_list_marks_grants_a_hand_edited_policy_blocks(
@@ -297,3 +304,57 @@ def test_list_marks_grants_a_hand_edited_policy_blocks(
     policy.write_text("{oops")
     code, doc, err = run(capsys, "list", "--data", data)
     assert code == 0 and "permissions.json" in err and doc["plugins"][0]["id"] == "acme.echo"
+
+
+def test_list_tells_a_blocked_capability_from_a_missing_grant(
+    capsys: pytest.CaptureFixture[str], data: str, pkg: str
+) -> None:
+    run(capsys, "policy", "--block", "network", "--data", data)
+    run(capsys, "stage", pkg, "--data", data)
+    code, doc, _ = run(capsys, "show", "acme.echo", "--data", data)
+    assert code == 0 and doc["missing"] == ["gpu"] and doc["blocked"] == ["network"]
+    assert plugins.main(["list", "--data", data]) == 0
+    line = capsys.readouterr()[0]
+    assert "missing=gpu" in line and "blocked=network (policy)" in line
+    code, _doc, _err = run(capsys, "grant", "acme.echo", "network", "--data", data)
+    assert code == plugins.EXIT_DENIED  # what `blocked` announced
+
+
+def test_aurora_home_finds_the_installed_pack_data(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pkg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AURORA_PACK_DATA", raising=False)
+    monkeypatch.setenv("AURORA_HOME", str(tmp_path / "home"))
+    code, _doc, _ = run(capsys, "--json", "stage", pkg)
+    assert code == 0
+    registry = tmp_path / "home" / "data" / "pack05_plugin_api" / "plugins" / "registry.json"
+    assert "acme.echo" in json.loads(registry.read_text())["plugins"]
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path: Path, pkg: str) -> None:
+    data = tmp_path / "plugins"
+    cli = [sys.executable, str(PACK_ROOT / "plugins.py")]
+    subprocess.run([*cli, "stage", pkg, "--data", str(data)], check=True, capture_output=True)
+    for argv in (["show", "acme.echo"], ["list", "--json"]):
+        proc = subprocess.run(
+            f"{' '.join(cli + argv)} --data {data} | true; exit ${{PIPESTATUS[0]}}",
+            shell=True,
+            executable="/bin/bash",
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "", proc.stderr
+
+
+def test_show_verify_names_the_changed_file(
+    capsys: pytest.CaptureFixture[str], data: str, pkg: str
+) -> None:
+    run(capsys, "stage", pkg, "--data", data)
+    staged = next((Path(data) / "packages").glob("*/*"))
+    (staged / "main.py").write_text("print('tampered')\n")
+    code, doc, _ = run(capsys, "show", "acme.echo", "--verify", "--data", data)
+    assert code == plugins.EXIT_FAILED
+    assert doc["problems"] == [
+        "acme.echo 1.0.0: content differs from the registry (changed: main.py)"
+    ]
