@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import control, degraded, process, registry, sandbox
+from launcher import control, degraded, identity, process, registry, sandbox
 from launcher.cgroup import CgroupTree
 from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
@@ -81,6 +81,9 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
     if ident is not None and doc is not None:
         for pid, rec in doc.get("plugins", {}).items():
             plugins[pid] = dict(rec, uptime_s=_uptime(rec.get("started_at")))
+    ids = identity.read_identities(paths.identities)
+    for pid, rec in plugins.items():
+        rec["uid"] = rec["gid"] = ids.get(pid)
     allowed = sorted(degraded.read_allowed(paths.degraded))
     sandbox_mode = doc.get("service", {}).get("sandbox") if ident and doc else None
     out = {
@@ -99,7 +102,7 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
             _err(f"degraded mode allowed for: {', '.join(allowed)}")
         _emit(args, out, "")
         return EXIT_NOT_RUNNING
-    rows = [("ID", "STATE", "PID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
+    rows = [("ID", "STATE", "PID", "UID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
     for pid, rec in sorted(plugins.items()):
         up = rec["uptime_s"]
         rows.append(
@@ -107,6 +110,7 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
                 pid,
                 rec.get("state", "?"),
                 str(rec.get("pid") or "-"),
+                str(rec.get("uid") or "-"),
                 f"{up:.0f}s" if up is not None else "-",
                 str(rec.get("restarts", 0)),
                 _degraded_cell(rec),
@@ -291,9 +295,10 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     data_dir = paths.plugin_data(entry.id)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = sandbox.Limits()
+    uid = identity.allocate(paths.identities, paths.identities_lock, paths.audit_log, entry.id)
     with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
         policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
-        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, limits))
+        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, limits, uid))
         argv = sbx.argv(
             policy_file, report_file, sandbox.plugin_argv(sys.executable, entry.entrypoint)
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from launcher import degraded, process, registry, sandbox, status
+from launcher import degraded, identity, process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
 from launcher.digest import tree_digest
@@ -368,11 +368,22 @@ class Supervisor:
             return
         if not self._digest_ok(slot):
             return
+        try:
+            uid = identity.allocate(
+                self.paths.identities, self.paths.identities_lock, self.paths.audit_log, entry.id
+            )
+        except (LauncherError, OSError) as exc:
+            reason = f"not started: no host identity: {exc}"
+            if slot.reason != reason:
+                log.error("%s: %s", entry.id, reason)
+            slot.state, slot.reason = status.BLOCKED, reason
+            slot.next_start = time.monotonic() + 5.0
+            return
         data_dir = self.paths.plugin_data(entry.id)
         run_dir = self.paths.plugin_run(entry.id)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
         command = sandbox.plugin_argv(self.settings.python, entry.entrypoint)
-        doc = sandbox.policy(entry, data_dir, self.settings.limits)
+        doc = sandbox.policy(entry, data_dir, self.settings.limits, uid)
         server = self._server_for(sbx)
         cgroup = entry.id if self.cgroups is not None and server is None else None
         try:
@@ -729,6 +740,11 @@ class Supervisor:
             self.paths.sandbox_socket,
             self.paths.sandbox_server_pidfile,
             self.settings.stop_grace,
+            (
+                self.paths.plugin_data_root,
+                self.paths.registry.parent / "packages",
+                self.paths.reports_root,
+            ),
         )
         try:
             srv.start(self.paths.sandbox_server_log)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import sandbox, status
+from launcher import identity, sandbox, status
 from launcher.forkserver import LOST, ForkServer, ServerRun
 from launcher.paths import Paths
 from launcher.process import ProcessId, identify
@@ -193,13 +193,19 @@ def test_a_server_left_by_a_killed_supervisor_is_stopped_with_its_plugins(
 ) -> None:
     root = real_sandbox_root()
     paths.run.mkdir(parents=True, exist_ok=True)
-    left = ForkServer(sys.executable, root, paths.sandbox_socket, paths.sandbox_server_pidfile, 1.0)
+    layout = (paths.plugin_data_root, paths.registry.parent / "packages", paths.reports_root)
+    left = ForkServer(
+        sys.executable, root, paths.sandbox_socket, paths.sandbox_server_pidfile, 1.0, layout
+    )
     left.start(tmp_path / "left.log")
     assert left.proc is not None
-    data = tmp_path / "orphan-data"
-    data.mkdir()
+    data = paths.plugin_data("acme.left")
+    data.mkdir(parents=True)
+    os.chown(data, identity.FIRST_ID, identity.FIRST_ID)
     pol = {
         "plugin_id": "acme.left",
+        "uid": identity.FIRST_ID,
+        "gid": identity.FIRST_ID,
         "granted": [],
         "data_dir": str(data),
         "read_paths": [],
@@ -208,7 +214,9 @@ def test_a_server_left_by_a_killed_supervisor_is_stopped_with_its_plugins(
         "allow_degraded": True,
     }  # fmt: skip
     with open(os.devnull, "wb") as null:
-        run = left.run(pol, ["/bin/sleep", "60"], tmp_path / "report.json", null.fileno())
+        report = paths.plugin_run("acme.left") / "report.json"
+        report.parent.mkdir(parents=True)
+        run = left.run(pol, ["/bin/sleep", "60"], report, null.fileno())
     assert run.ident is not None and run.ident.alive()
     try:
         sup = make_supervisor(sandbox_root=root)  # a new supervisor on the same run dir

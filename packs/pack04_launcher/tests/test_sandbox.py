@@ -44,9 +44,11 @@ def test_policy_has_exactly_the_contract_fields(
     ]
     fake_registry.write()
     entry = read_registry(fake_registry.path)["acme.pol"]
-    pol = sandbox.policy(entry, tmp_path / "d", sandbox.Limits(cpu_seconds=7))
+    pol = sandbox.policy(entry, tmp_path / "d", sandbox.Limits(cpu_seconds=7), 2_000_000_007)
     assert pol == {
         "plugin_id": "acme.pol",
+        "uid": 2_000_000_007,
+        "gid": 2_000_000_007,
         "granted": ["network"],
         "data_dir": str(tmp_path / "d"),
         "read_paths": [str(pkg.resolve())],
@@ -56,6 +58,7 @@ def test_policy_has_exactly_the_contract_fields(
             "open_files": 256,
             "file_size_bytes": 64 * 1024 * 1024,
             "processes": 64,
+            "cpu_cores": 1.0,
         },
         "allow_degraded": False,
     }
