@@ -233,7 +233,8 @@ def _session(run: Run) -> None:
 
 def _cgroup(run: Run, prepared: cgroups.RunCgroup | None) -> None:
     pol = run.policy
-    memory, processes = pol.limits.get("memory_bytes"), pol.limits.get("processes")
+    memory = int(pol.limits["memory_bytes"]) if "memory_bytes" in pol.limits else None
+    processes = int(pol.limits["processes"]) if "processes" in pol.limits else None
     if prepared is not None:  # a server's spare: created and joined ahead, limits now
         cg = prepared
         cg.set_limits(memory, processes)

@@ -24,11 +24,13 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
 
 from sandbox import _libc, _log, cgroups
-from sandbox.confine import BACKENDS, apply_and_exec, seccomp_filters
+from sandbox.confine import BACKENDS, SYSTEM_READ, apply_and_exec, python_prefixes, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, ServerError, exit_status
+from sandbox.layout import Layout, check_request
 from sandbox.policy import parse_policy, policy_from_json
 from sandbox.report import write_report
 
@@ -57,8 +59,15 @@ _UCRED = struct.Struct("3i")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def parse_request(raw: bytes, nfds: int) -> dict[str, Any]:
-    """Validate one request; raise RequestError naming every problem at once."""
+def parse_request(
+    raw: bytes, nfds: int, layout: Layout | None = None, system_paths: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Validate one request; raise RequestError naming every problem at once.
+
+    With a `layout` (a server always has one) the policy's paths and the report must
+    lie beneath its roots (sandbox.layout); `system_paths` are read paths the launcher
+    adds itself and so may appear as they are.
+    """
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -96,6 +105,10 @@ def parse_request(raw: bytes, nfds: int) -> dict[str, Any]:
         problems.append(f"report: expected an absolute path or null, found {report!r}")
     if nfds not in (0, 3):
         problems.append(f"fds: expected 0 or 3 (stdin, stdout, stderr), received {nfds}")
+    if layout is not None:
+        for problem in check_request(layout, doc.get("policy"), report, system_paths):
+            if problem not in problems:
+                problems.append(problem)
     if problems:
         raise RequestError(problems)
     return {"policy": policy, "argv": argv, "backend": backend, "report": report}
@@ -122,8 +135,15 @@ class _Child:
 class Server:
     """Serve run requests on a Unix socket until SIGTERM, SIGINT or SIGHUP (module doc)."""
 
-    def __init__(self, path: str, spares: int = 1, grace: float = 5.0) -> None:
+    def __init__(self, path: str, layout: Layout, spares: int = 1, grace: float = 5.0) -> None:
         self.path = os.path.abspath(path)
+        self.layout = layout
+        self._system_paths = frozenset([*SYSTEM_READ, *python_prefixes(os.path.realpath(
+            sys.executable))])  # fmt: skip
+        # The only client served: the process that started the server (the supervisor),
+        # known by its pid and its start time (a recycled pid has another one).
+        self._parent = os.getppid()
+        self._parent_start = start_time(self._parent)
         self.spares = max(0, spares)
         self.grace = grace
         self._sel = selectors.DefaultSelector()
@@ -256,9 +276,10 @@ class Server:
         pid, uid, _gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
-        if uid != os.geteuid():
-            _log.warning(__name__, "refused a client of uid %d (pid %d)", uid, pid)
-            _send(conn, {"event": "error", "error": f"uid {uid} may not use this server"})
+        refusal = self._peer_refusal(pid, uid)
+        if refusal is not None:
+            _log.warning(__name__, "refused a client (pid %d, uid %d): %s", pid, uid, refusal)
+            _send(conn, {"event": "error", "error": refusal, "problems": [refusal]})
             conn.close()
             return
         if len(self._pending) >= MAX_PENDING:
@@ -269,6 +290,16 @@ class Server:
         self._pending.add(conn)
         self._sel.register(conn, selectors.EVENT_READ, ("conn", conn))
         self._on_request(conn)  # a client sends right after connecting: no extra round
+
+    def _peer_refusal(self, pid: int, uid: int) -> str | None:
+        """Why this peer may not use the server (None: it is the supervisor that started it)."""
+        if uid not in (0, os.geteuid()):
+            return f"uid {uid} may not use this server"
+        if pid != self._parent:
+            return f"pid {pid} is not the server's parent ({self._parent}): only it is served"
+        if self._parent_start is None or start_time(pid) != self._parent_start:
+            return f"pid {pid} is not the process that started the server (start time differs)"
+        return None
 
     def _on_request(self, conn: socket.socket) -> None:
         if conn not in self._pending:
@@ -287,7 +318,7 @@ class Server:
                 return
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(msg) > MAX_MESSAGE:
                 raise RequestError([f"request too large (at most {MAX_MESSAGE} bytes, 3 fds)"])
-            request = parse_request(msg, len(fds))
+            request = parse_request(msg, len(fds), self.layout, self._system_paths)
         except RequestError as exc:
             for fd in fds:
                 os.close(fd)
@@ -600,6 +631,19 @@ def _check_free(path: str) -> None:
     raise ServerError(f"{path}: another server is listening there")
 
 
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks after boot), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
 def _send(sock: socket.socket, doc: dict[str, Any]) -> bool:
     """Send one message; False when the peer is gone."""
     try:
@@ -618,4 +662,4 @@ def _recv_or_eof(sock: socket.socket) -> bytes:
         return b""
 
 
-__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request", "unix_address"]
+__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request", "start_time", "unix_address"]

@@ -25,8 +25,11 @@ PYTHON = sys.executable
 # The tests import the library as `sandbox` (the pack root is what launch.py puts first).
 if str(PACK) not in sys.path:
     sys.path.insert(0, str(PACK))
+if str(PACK / "tests") not in sys.path:
+    sys.path.insert(0, str(PACK / "tests"))
 
 from sandbox.server import unix_address  # noqa: E402
+from sandbox_testing import PLUGIN_GID, PLUGIN_UID  # noqa: E402
 
 # The attack plugin: one forbidden action per call, one JSON line on stdout.
 ATTACK = r"""
@@ -246,6 +249,8 @@ class Sandbox:
                 **limits,
             },
             "allow_degraded": False,
+            "uid": PLUGIN_UID,
+            "gid": PLUGIN_GID,
         }
         path = self.tmp / "policy.json"
         path.write_text(json.dumps(doc))
@@ -297,14 +302,20 @@ class Sandbox:
 class ServerProc:
     """A ``launch.py --serve`` process and a client of its protocol (docs/contracts.md)."""
 
-    def __init__(self, directory: Path, spares: int = 1, grace: float = 2.0) -> None:
+    def __init__(
+        self, directory: Path, spares: int = 1, grace: float = 2.0, root: Path | None = None
+    ) -> None:
+        """Started by this (the test) process: the server serves only its parent.
+        `root` (default `directory`) is its data, packages and report root."""
         self.sock = directory / "s.sock"
         self.log = directory / "server.log"
+        self.root = root or directory
         self.started: list[int] = []  # pids to kill at teardown, if a test let them live
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [PYTHON, str(LAUNCH), "--serve", str(self.sock), "--spares", str(spares),
-                 "--grace", str(grace)],
+                 "--grace", str(grace), "--data-root", str(self.root),
+                 "--packages-root", str(self.root), "--report-root", str(self.root)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -368,7 +379,7 @@ class ServerProc:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """One fork server for the session's served sandboxes; must stop cleanly (exit 0)."""
-    srv = ServerProc(tmp_path_factory.mktemp("srv"))
+    srv = ServerProc(tmp_path_factory.mktemp("srv"), root=tmp_path_factory.getbasetemp())
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
     assert not srv.sock.exists()
