@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import control, degraded, identity, process, registry, sandbox
+from launcher import control, datadir, degraded, identity, process, registry, sandbox
 from launcher.cgroup import CgroupTree
 from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
@@ -293,9 +293,9 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         entry = dataclasses.replace(entry, allow_degraded=True)
     assert entry.entrypoint is not None
     data_dir = paths.plugin_data(entry.id)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = sandbox.Limits()
     uid = identity.allocate(paths.identities, paths.identities_lock, paths.audit_log, entry.id)
+    datadir.plugin_dir(data_dir, uid, uid)
     with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
         policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
         atomic_write_json(policy_file, sandbox.policy(entry, data_dir, limits, uid))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from launcher import degraded, identity, process, registry, sandbox, status
+from launcher import datadir, degraded, identity, process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
 from launcher.digest import tree_digest
@@ -143,8 +143,7 @@ class Supervisor:
         Then start pack03's fork server (a server left by a killed supervisor is
         stopped first, and with it the plugins it ran).
         """
-        for d in (self.paths.run, self.paths.logs / "plugins", self.paths.data):
-            d.mkdir(parents=True, exist_ok=True)
+        self._lay_out()
         stop_leftover(self.paths.sandbox_server_pidfile, self.settings.stop_grace)
         if self.settings.use_cgroup:
             self.cgroups = CgroupTree.create(str(self.paths.run))
@@ -161,6 +160,14 @@ class Supervisor:
             sbx = self._sandbox_command()
             self._kill_leftover_runs(sbx)
             self._server_for(sbx)
+
+    def _lay_out(self) -> None:
+        """Root's directories, closed to plugin uids; the data path only traversable."""
+        p = self.paths
+        for d in (p.run, p.reports_root, p.logs, p.logs / "plugins", p.images):
+            datadir.root_dir(d, datadir.PRIVATE)
+        for d in (p.data, p.plugin_data_root):
+            datadir.root_dir(d, datadir.TRAVERSE)
 
     def _kill_leftover_runs(self, sbx: sandbox.SandboxCommand) -> None:
         """Kill runs a dead launcher left in pack03's cgroups (found by their reports).
@@ -387,7 +394,9 @@ class Supervisor:
         server = self._server_for(sbx)
         cgroup = entry.id if self.cgroups is not None and server is None else None
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if moved := datadir.plugin_dir(data_dir, uid, uid):
+                log.warning("%s: re-owned %d entries of %s to uid %d", entry.id, moved,
+                            data_dir, uid)  # fmt: skip
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             if server is None:
                 atomic_write_json(policy_file, doc)
@@ -395,7 +404,7 @@ class Supervisor:
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.make(cgroup)
             logf = self._open_log(entry.id)
-        except OSError as exc:
+        except (OSError, LauncherError) as exc:
             # A full disk or a cgroup that will not go away: a failed start, not a
             # dead supervisor; it is retried with back-off like a crash.
             log.error("%s: cannot prepare the run: %s", entry.id, exc)
