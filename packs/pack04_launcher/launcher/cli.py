@@ -8,15 +8,18 @@ Exit codes are the EXIT_* constants below (listed in the README).
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from launcher import control, datadir, degraded, identity, process, registry, sandbox
 from launcher.cgroup import CgroupTree
@@ -156,8 +159,14 @@ def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
         # Only the end is needed: a plugin's log can reach the file-size limit.
         fh.seek(max(0, log_path.stat().st_size - _LOG_TAIL_BYTES))
         data = fh.read()
-    lines = data.decode(errors="replace").splitlines()[-args.lines :] if args.lines > 0 else []
-    _emit(args, {"id": args.plugin_id, "log": str(log_path), "lines": lines}, "\n".join(lines))
+    lines = data.decode(errors="replace").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    lines = lines[-args.lines :] if args.lines > 0 else []
+    text = "\n".join(lines)
+    if not args.json and sys.stdout.isatty():
+        text = escape_controls(text)  # plugin bytes never drive the operator's terminal
+    _emit(args, {"id": args.plugin_id, "log": str(log_path), "lines": lines}, text)
     return EXIT_OK
 
 
@@ -340,21 +349,32 @@ def _run_foreground(
     name = f"run-{os.getpid()}"
     if tree is not None:
         tree.make(name)
-    # With --json, stdout carries only the JSON document: the plugin writes to stderr.
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=sys.stderr if args.json else None,
-        start_new_session=True,
-        preexec_fn=tree.enter_hook(name) if tree else None,
-    )
-    timed_out = False
+    # The plugin gets pipes, never the operator's terminal; what it writes is relayed
+    # escaped (to stderr with --json: stdout carries only the JSON document).
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+            preexec_fn=tree.enter_hook(name) if tree else None,
+        )
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    timed_out = False
+    relays = {out_r: sys.stderr if args.json else sys.stdout, err_r: sys.stderr}
+    try:
+        timed_out = _relay(proc, relays, args.timeout)
     except KeyboardInterrupt:
         _err("interrupted: stopping the plugin")
     finally:
@@ -369,7 +389,52 @@ def _run_foreground(
         idents = [i for i in [process.identify(proc.pid)] if i is not None]
         process.terminate(idents + process.descendants(proc.pid), 5.0)
         rc = proc.wait()
+        os.close(out_r)
+        os.close(err_r)
     return rc, timed_out
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every non-printable character but newline and tab as ``\\xNN``."""
+    return "".join(
+        ch
+        if ch in "\n\t" or ch.isprintable()
+        else f"\\x{ord(ch):02x}"
+        if ord(ch) < 0x100
+        else f"\\u{ord(ch):04x}"
+        for ch in text
+    )
+
+
+def _relay(proc: subprocess.Popen[bytes], relays: dict[int, TextIO], timeout: float | None) -> bool:
+    """Copy the plugin's output, escaped, until it exits; True when ``timeout`` hit first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in relays}
+    for fd in relays:
+        os.set_blocking(fd, False)
+    after_exit = 0  # bytes relayed once the plugin exited (a grandchild may go on)
+    while True:
+        exited = proc.poll() is not None
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0 and not exited:
+            return True
+        wait = 0 if exited else min(0.1, left if left is not None else 0.1)
+        ready, _, _ = select.select(list(relays), [], [], wait)
+        got = 0
+        for fd in ready:
+            data = b""
+            with contextlib.suppress(BlockingIOError):
+                data = os.read(fd, 65536)
+            got += len(data)
+            if data:
+                relays[fd].write(escape_controls(decoders[fd].decode(data)))
+                relays[fd].flush()
+        after_exit += got if exited else 0
+        if exited and (not got or after_exit > 1 << 20):
+            for fd, out in relays.items():
+                out.write(escape_controls(decoders[fd].decode(b"", final=True)))
+                out.flush()
+            return False
 
 
 # --- main -------------------------------------------------------------------------

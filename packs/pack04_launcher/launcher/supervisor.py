@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from launcher import datadir, degraded, identity, process, registry, sandbox, status
 from launcher.cgroup import CgroupTree
@@ -31,13 +31,13 @@ from launcher.errors import ForkServerError, LauncherError, RegistryError, Sandb
 from launcher.forkserver import LOST, ForkServer, ServerRun, stop_leftover
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
+from launcher.pluginlog import PluginLog, plugin_text
 from launcher.process import ProcessId
 from launcher.registry import PluginEntry
 
 log = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
-_LOG_ROTATE_BYTES = 5 * 1024 * 1024
 _UNREAD = object()  # signature of a file not read yet: differs from any stat
 #: Sandbox modes (status file): runs requested from pack03's fork server, or one
 #: ``launch.py --policy`` process per run.
@@ -93,6 +93,8 @@ class Slot:
     sandbox_cgroups: list[str] = field(default_factory=list)  # from the sandbox report
     sandbox: sandbox.SandboxCommand | None = None  # the one that started this run
     degraded: list[str] = field(default_factory=list)  # what the sandbox could not enforce
+    log: PluginLog | None = None  # the current run's output pipe and log file
+    log_error: str | None = None  # the last failure writing its log
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -208,6 +210,7 @@ class Supervisor:
     def reconcile(self, force_reload: bool = False) -> None:
         """One pass: read changes, collect exits, stop and start to match."""
         now = time.monotonic()
+        self.drain_logs()
         self._reload(force_reload)
         self._check_server()
         self._collect()
@@ -403,7 +406,8 @@ class Supervisor:
             report_file.unlink(missing_ok=True)
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.make(cgroup)
-            logf = self._open_log(entry.id)
+            plog = PluginLog(self.paths.plugin_log(entry.id))
+            log_fd = plog.open_pipe()
         except (OSError, LauncherError) as exc:
             # A full disk or a cgroup that will not go away: a failed start, not a
             # dead supervisor; it is retried with back-off like a crash.
@@ -412,9 +416,9 @@ class Supervisor:
             return
         proc: subprocess.Popen[bytes] | ServerRun | None = None
         try:
-            _mark(logf, f"start {entry.id} {entry.version} granted={list(entry.granted)}")
+            plog.mark(f"start {entry.id} {entry.version} granted={list(entry.granted)} uid={uid}")
             if server is not None:
-                proc = self._request(server, doc, command, report_file, logf)
+                proc = self._request(server, doc, command, report_file, log_fd)
             if proc is None:
                 if server is not None:  # the server failed just now: one-shot, contained
                     atomic_write_json(policy_file, doc)
@@ -422,18 +426,18 @@ class Supervisor:
                         cgroup = entry.id
                         self.cgroups.make(cgroup)
                 proc = self._popen(
-                    entry.id, sbx, policy_file, report_file, command, logf, data_dir, cgroup
+                    entry.id, sbx, policy_file, report_file, command, log_fd, data_dir, cgroup
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             log.error("%s: cannot start %s: %s", entry.id, sbx.launch, exc)
-            with contextlib.suppress(OSError):
-                _mark(logf, f"cannot start: {exc}")
-            logf.close()
+            os.close(log_fd)
+            plog.close(f"cannot start: {exc}")
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.kill(cgroup)
             self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
             return
-        logf.close()
+        os.close(log_fd)  # the plugin holds the only write end now
+        slot.log = plog
         if isinstance(proc, ServerRun):
             # The server got the policy inline; the file is the operator's copy, written
             # once the plugin runs rather than before (its fsyncs cost about 1 ms).
@@ -457,7 +461,7 @@ class Supervisor:
         policy_file: Path,
         report_file: Path,
         command: list[str],
-        logf: IO[bytes],
+        log_fd: int,
         data_dir: Path,
         cgroup: str | None,
     ) -> subprocess.Popen[bytes]:
@@ -465,8 +469,8 @@ class Supervisor:
         return subprocess.Popen(
             sbx.argv(policy_file, report_file, command),
             stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
+            stdout=log_fd,
+            stderr=log_fd,
             cwd=data_dir,
             env={
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -485,11 +489,11 @@ class Supervisor:
         doc: dict[str, Any],
         command: list[str],
         report_file: Path,
-        logf: IO[bytes],
+        log_fd: int,
     ) -> ServerRun | None:
         """Ask the fork server for the run; None (one-shot instead) when it fails."""
         try:
-            return server.run(doc, command, report_file, logf.fileno())
+            return server.run(doc, command, report_file, log_fd)
         except ForkServerError as exc:
             log.error("%s: %s: starting it one-shot", doc["plugin_id"], exc)
             self.server_error = str(exc)
@@ -519,16 +523,6 @@ class Supervisor:
         slot.next_start = math.inf
         log.error("%s: not started: %s", entry.id, slot.reason)
         return False
-
-    def _open_log(self, plugin_id: str) -> IO[bytes]:
-        path = self.paths.plugin_log(plugin_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if path.stat().st_size > _LOG_ROTATE_BYTES:
-                os.replace(path, path.with_name(path.name + ".1"))
-        except FileNotFoundError:
-            pass
-        return open(path, "ab")  # handed to the child, closed by _start
 
     # --- collecting exits ---------------------------------------------------------
 
@@ -606,11 +600,25 @@ class Supervisor:
         log.warning("%s: %s", slot.entry.id, slot.reason)
 
     def _mark_exit(self, slot: Slot, rc: int) -> None:
-        try:
-            with open(self.paths.plugin_log(slot.entry.id), "ab") as fh:
-                _mark(fh, _describe_exit(rc))
-        except OSError as exc:
-            log.error("%s: cannot write its log: %s", slot.entry.id, exc)
+        """Drain the run's pipe, note how it ended, close its log."""
+        plog, slot.log = slot.log, None
+        if plog is None:
+            return
+        plog.close(_describe_exit(rc))
+        if plog.error:
+            log.error("%s: log: %s", slot.entry.id, plog.error)
+
+    def drain_logs(self) -> None:
+        """One bounded read from every run's output pipe (never blocks)."""
+        for slot in self.slots.values():
+            plog = slot.log
+            if plog is None:
+                continue
+            plog.drain()
+            if plog.error and plog.error != slot.log_error:
+                slot.log_error = plog.error
+                log.error("%s: log: %s", slot.entry.id, plog.error)
+                self.dirty = True
 
     # --- whole-tree tracking and stopping -----------------------------------------
 
@@ -802,12 +810,20 @@ class Supervisor:
         }
 
     def wait_fds(self) -> list[int]:
-        """Connections on which a fork server run's exit will arrive (to select on)."""
-        return [
+        """What to select on: connections on which a fork server run's exit will
+        arrive, and the output pipes of runs within their log rate."""
+        fds = [
             fd
             for s in self.slots.values()
             if isinstance(s.proc, ServerRun) and (fd := s.proc.fileno()) >= 0
         ]
+        now = time.monotonic()
+        fds += [
+            s.log.fd
+            for s in self.slots.values()
+            if s.log is not None and s.log.fd >= 0 and not s.log.over_rate(now)
+        ]
+        return fds
 
     # --- status -------------------------------------------------------------------
 
@@ -839,14 +855,9 @@ class Supervisor:
                 "cgroups": slot.sandbox_cgroups
                 or ([str(self.cgroups.path(slot.cgroup))] if slot.cgroup and self.cgroups else []),
                 "log": str(self.paths.plugin_log(pid)),
+                "log_error": slot.log_error,
             }
         return plugins
-
-
-def _mark(fh: IO[bytes], text: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    fh.write(f"[launcher {stamp}] {text}\n".encode())
-    fh.flush()
 
 
 def _describe_exit(rc: int) -> str:
@@ -860,8 +871,9 @@ def _last_line(path: Path) -> str:
     except OSError:
         return "(no log)"
     for line in reversed(lines):
-        if line.strip() and not line.startswith("[launcher "):
-            return line.strip()
+        text = plugin_text(line)
+        if text is not None and text.strip():
+            return text.strip()
     return "(no message)"
 
 
