@@ -15,6 +15,7 @@ import fcntl
 import logging
 import math
 import os
+import resource
 import select
 import signal
 import sys
@@ -100,8 +101,19 @@ class _Signals:
                 os.read(self.read_fd, 512)
 
 
+def raise_soft_limits() -> None:
+    """Soft RLIMIT_FSIZE and RLIMIT_NOFILE up to their hard limits: a lowered soft limit
+    (inherited, or set on us by ``prlimit``) does not make writes or opens fail."""
+    for which in (resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE):
+        soft, hard = resource.getrlimit(which)
+        if soft != hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(which, (hard, hard))
+
+
 def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
     """Run until SIGTERM/SIGINT; raise ServiceError if it cannot start."""
+    raise_soft_limits()
     with _service_lock(paths.lockfile):
         me = process.identify(os.getpid())
         assert me is not None
@@ -128,7 +140,14 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
             last_beat = 0.0
             while not sigs.stop:
                 reload, sigs.reload = sigs.reload, False
-                sup.reconcile(force_reload=reload)
+                try:
+                    sup.reconcile(force_reload=reload)
+                except Exception:  # a bug or a host fault: report it, keep supervising
+                    log.exception(
+                        "reconcile pass failed; next pass in %.1fs", settings.poll_interval
+                    )
+                    sigs.wait(settings.poll_interval)
+                    continue
                 now = time.monotonic()
                 if sup.dirty or now - last_beat >= heartbeat:
                     _write_status(paths, sup, me, started_at, running=True)

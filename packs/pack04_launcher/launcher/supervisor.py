@@ -276,7 +276,13 @@ class Supervisor:
             return
         if now < slot.next_start:
             return
-        self._start(slot)
+        try:
+            self._start(slot)
+        except Exception as exc:  # one plugin's trouble never takes the loop down
+            log.exception("%s: start failed", entry.id)
+            if slot.proc is None:
+                self._crashed(slot, time.monotonic(), f"supervisor error while starting: {exc}")
+            self.dirty = True
 
     def _idle_state(self, entry: PluginEntry) -> tuple[str, str | None]:
         if entry.id in self._control.held:
@@ -409,10 +415,9 @@ class Supervisor:
             plog = PluginLog(self.paths.plugin_log(entry.id))
             log_fd = plog.open_pipe()
         except (OSError, LauncherError) as exc:
-            # A full disk or a cgroup that will not go away: a failed start, not a
-            # dead supervisor; it is retried with back-off like a crash.
-            log.error("%s: cannot prepare the run: %s", entry.id, exc)
-            self._crashed(slot, time.monotonic(), f"cannot prepare the run: {exc}")
+            # A full disk, a lowered file-size limit, a cgroup that will not go away:
+            # the host's fault, not the plugin's. Retried, never counted as a crash.
+            self._host_fault(slot, f"cannot prepare the run: {exc}")
             return
         proc: subprocess.Popen[bytes] | ServerRun | None = None
         try:
@@ -532,12 +537,26 @@ class Supervisor:
         for slot in self.slots.values():
             if slot.proc is None:
                 continue
+            try:
+                self._collect_one(slot, now, orphans)
+            except Exception as exc:  # retried at the next pass; the others go on
+                log.exception("%s: collecting its exit failed", slot.entry.id)
+                slot.reason = f"supervisor error while collecting its exit: {exc}"
+                self.dirty = True
+        if orphans:
+            self._restart_orphans(orphans)
+        if self.cgroups is None and self.settings.reap_orphans:
+            process.reap_zombie_children(self._own_children())
+
+    def _collect_one(self, slot: Slot, now: float, orphans: list[Slot]) -> None:
+        """Handle one run's exit, if it has ended."""
+        if slot.proc is not None:
             rc = slot.proc.poll()
             if isinstance(slot.proc, ServerRun) and slot.proc.lost:
                 orphans.append(slot)  # its server died: no exit status will come
-                continue
+                return
             if rc is None:
-                continue
+                return
             self.dirty = True
             # The main process is gone: whatever it left behind goes with it (the
             # fork server has done so for its runs before it reported the exit).
@@ -558,10 +577,6 @@ class Supervisor:
                 log.error("%s: %s", pid, slot.reason)
             else:
                 self._crashed(slot, now, _describe_exit(rc))
-        if orphans:
-            self._restart_orphans(orphans)
-        if self.cgroups is None and self.settings.reap_orphans:
-            process.reap_zombie_children(self._own_children())
 
     def _own_children(self) -> set[int]:
         """Our children owned by a Popen: one-shot runs and the fork server."""
@@ -580,6 +595,13 @@ class Supervisor:
             slot.restarts += 1
             slot.next_start = 0.0
             slot.reason = "restarted: its sandbox fork server died"
+
+    def _host_fault(self, slot: Slot, why: str) -> None:
+        """A start the host prevented: retry after a fixed delay, no crash counted."""
+        delay = min(5.0, self.settings.backoff_max)
+        slot.state, slot.reason = status.BACKOFF, f"{why}; retry in {delay:g}s"
+        slot.backoff, slot.next_start = delay, time.monotonic() + delay
+        log.error("%s: %s", slot.entry.id, slot.reason)
 
     def _crashed(self, slot: Slot, now: float, why: str) -> None:
         """Schedule a restart with back-off, or give up after max_restarts."""
@@ -712,24 +734,38 @@ class Supervisor:
                     "%s: no exit within %.1fs: SIGKILL", slot.entry.id, self.settings.stop_grace
                 )
         for slot in slots:
-            assert slot.proc is not None
-            if slot.cgroup is not None and self.cgroups is not None:
-                # Give the rest of the tree what is left of the grace period.
-                while self.cgroups.populated(slot.cgroup) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            elif slot.ident is not None:
-                slot.tracked.add(slot.ident)
-            self._kill_tree(slot, killers[slot.entry.id])
+            reason = None
             try:
-                rc = slot.proc.wait(timeout=self.settings.stop_grace + 15.0)
-            except subprocess.TimeoutExpired:  # a fork server run whose server hangs
-                log.error("%s: no exit status after KILL", slot.entry.id)
-                rc = LOST
-            self._mark_exit(slot, rc)
+                rc = self._finish_stop(slot, killers[slot.entry.id], deadline)
+            except Exception as exc:  # the others are stopped all the same
+                log.exception("%s: stopping failed", slot.entry.id)
+                rc, reason = LOST, f"supervisor error while stopping: {exc}"
+                with contextlib.suppress(Exception):
+                    self._mark_exit(slot, rc)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
-            slot.state, slot.reason = status.STOPPED, None
+            slot.state, slot.reason = status.STOPPED, reason
             self.dirty = True
+
+    def _finish_stop(
+        self, slot: Slot, killer: subprocess.Popen[bytes] | None, deadline: float
+    ) -> int:
+        """After the grace period: KILL what is left of the run; its exit status."""
+        assert slot.proc is not None
+        if slot.cgroup is not None and self.cgroups is not None:
+            # Give the rest of the tree what is left of the grace period.
+            while self.cgroups.populated(slot.cgroup) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        elif slot.ident is not None:
+            slot.tracked.add(slot.ident)
+        self._kill_tree(slot, killer)
+        try:
+            rc = slot.proc.wait(timeout=self.settings.stop_grace + 15.0)
+        except subprocess.TimeoutExpired:  # a fork server run whose server hangs
+            log.error("%s: no exit status after KILL", slot.entry.id)
+            rc = LOST
+        self._mark_exit(slot, rc)
+        return rc
 
     # --- pack03's fork server -----------------------------------------------------
 
