@@ -58,8 +58,13 @@ class PluginLog:
         os.set_blocking(r, False)
         with contextlib.suppress(OSError):
             fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+        try:
+            self._open_file()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            raise
         self.fd = r
-        self._open_file()
         return w
 
     def _open_file(self) -> None:

@@ -414,7 +414,11 @@ class Supervisor:
                 self.cgroups.make(cgroup)
             plog = PluginLog(self.paths.plugin_log(entry.id))
             log_fd = plog.open_pipe()
-        except (OSError, LauncherError) as exc:
+        except LauncherError as exc:  # its data dir is not a directory: counts, then failed
+            log.error("%s: cannot prepare the run: %s", entry.id, exc)
+            self._crashed(slot, time.monotonic(), f"cannot prepare the run: {exc}")
+            return
+        except OSError as exc:
             # A full disk, a lowered file-size limit, a cgroup that will not go away:
             # the host's fault, not the plugin's. Retried, never counted as a crash.
             self._host_fault(slot, f"cannot prepare the run: {exc}")

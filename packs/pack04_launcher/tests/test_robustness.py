@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from launcher_testing import (
@@ -24,7 +25,7 @@ from launcher_testing import (
 
 def _limits(pid: int, name: str) -> tuple[str, str]:
     """Soft and hard values of one row of /proc/<pid>/limits."""
-    for line in open(f"/proc/{pid}/limits").read().splitlines():
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith(name):
             soft, hard = line[len(name) :].split()[:2]
             return soft, hard
