@@ -46,11 +46,12 @@ def _reown_tree(top: int, uid: int, gid: int) -> int:
     return count
 
 
-def plugin_dir(path: Path, uid: int, gid: int) -> int:
+def plugin_dir(path: Path, uid: int, gid: int, force: bool = False) -> int:
     """Make ``path`` the plugin's data dir (owner uid:gid, mode 0700).
 
     Returns how many entries beneath it were re-owned (0 when it already was the
-    plugin's). Raises LauncherError when ``path`` is a symlink or not a directory.
+    plugin's; ``force``: re-own the tree whatever the top's owner). Raises
+    LauncherError when ``path`` is a symlink or not a directory.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
@@ -62,7 +63,7 @@ def plugin_dir(path: Path, uid: int, gid: int) -> int:
     try:
         st = os.fstat(fd)
         moved = 0
-        if (st.st_uid, st.st_gid) != (uid, gid):
+        if force or (st.st_uid, st.st_gid) != (uid, gid):
             moved = _reown_tree(fd, uid, gid)
             os.fchown(fd, uid, gid)
         if stat.S_IMODE(st.st_mode) != PRIVATE:

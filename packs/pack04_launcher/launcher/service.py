@@ -185,6 +185,7 @@ def _write_status(
             "registry_error": sup.registry_error,
             "sandbox_error": sup.sandbox_error,
             "degraded_error": sup.degraded_error,
+            "limits_error": sup.limits_error,
             "cgroups": str(sup.cgroups.base) if sup.cgroups else None,
             "sandbox": sup.sandbox_mode(),
         },
@@ -223,6 +224,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start each plugin with pack03's one-shot launch.py, not its fork server",
     )
+    p.add_argument(
+        "--no-disk-images",
+        action="store_true",
+        help="do not bound data dirs by a filesystem image each (every plugin degraded)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -256,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         use_cgroup=not args.no_cgroup,
         reap_orphans=True,
         fork_server=not args.no_fork_server,
+        disk_images=not args.no_disk_images,
     )
     try:
         serve(paths, settings, heartbeat=args.heartbeat)

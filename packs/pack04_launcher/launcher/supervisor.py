@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import datadir, degraded, identity, process, registry, sandbox, status
+from launcher import (
+    datadir,
+    degraded,
+    diskimage,
+    identity,
+    limits,
+    process,
+    registry,
+    sandbox,
+    status,
+)
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
 from launcher.digest import tree_digest
@@ -66,6 +76,8 @@ class Settings:
     reap_orphans: bool = False
     # Start plugins through pack03's fork server (one-shot launch.py if it cannot start).
     fork_server: bool = True
+    # Bound each data dir's bytes and inodes by a filesystem image of its own.
+    disk_images: bool = True
 
 
 @dataclass
@@ -95,6 +107,7 @@ class Slot:
     degraded: list[str] = field(default_factory=list)  # what the sandbox could not enforce
     log: PluginLog | None = None  # the current run's output pipe and log file
     log_error: str | None = None  # the last failure writing its log
+    disk_gap: str | None = None  # why its data dir is not bounded (degraded mode only)
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -123,6 +136,9 @@ class Supervisor:
         self.registry_error: str | None = None
         self.sandbox_error: str | None = None
         self.degraded_error: str | None = None
+        self.limits_error: str | None = None
+        self._limits_sig: object = _UNREAD
+        self._limit_settings: dict[str, dict[str, Any]] = {}
         self._registry_sig: object = _UNREAD
         self._control_sig: object = _UNREAD
         self._degraded_sig: object = _UNREAD
@@ -204,6 +220,9 @@ class Supervisor:
             process.reap_zombie_children(set())
         if self.cgroups is not None:
             self.cgroups.close()
+        if self.settings.disk_images:
+            for problem in diskimage.unmount_all(self.paths.plugin_data_root):
+                log.warning("data image: %s", problem)
 
     # --- the loop -----------------------------------------------------------------
 
@@ -347,6 +366,18 @@ class Supervisor:
                 for pid, e in self._registered.items()
             }
             self.dirty = True
+        sig = registry.signature(self.paths.limits)
+        if force or sig != self._limits_sig:
+            self._limits_sig = sig
+            try:  # applied at each plugin's next start
+                self._limit_settings, self.limits_error = (
+                    limits.read_settings(self.paths.limits),
+                    None,
+                )
+            except LauncherError as exc:  # the defaults, and say why
+                self._limit_settings, self.limits_error = {}, str(exc)
+                log.error("%s", exc)
+            self.dirty = True
         sig = registry.signature(self.paths.control)
         if force or sig != self._control_sig:
             self._control_sig = sig
@@ -399,11 +430,27 @@ class Supervisor:
         run_dir = self.paths.plugin_run(entry.id)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
         command = sandbox.plugin_argv(self.settings.python, entry.entrypoint)
-        doc = sandbox.policy(entry, data_dir, self.settings.limits, uid)
+        bounds = limits.for_plugin(self._limit_settings, entry.id)
+        doc = sandbox.policy(entry, data_dir, bounds.policy_limits(self.settings.limits), uid)
+        fresh, slot.disk_gap = False, None
+        if self.settings.disk_images:
+            try:
+                fresh = diskimage.ensure(self.paths.plugin_image(entry.id), data_dir,
+                                         bounds.disk_bytes, bounds.inodes, uid)  # fmt: skip
+            except (diskimage.DiskUnavailable, OSError) as exc:
+                if not entry.allow_degraded:
+                    slot.state = status.REFUSED
+                    slot.reason = (
+                        f"refused: its data dir cannot be bounded ({diskimage.LAYER}): {exc}; "
+                        f"`launcher_cli.py degraded allow {entry.id}` runs it unbounded"
+                    )
+                    log.error("%s: %s", entry.id, slot.reason)
+                    return
+                slot.disk_gap = f"{diskimage.LAYER}: {exc}"
         server = self._server_for(sbx)
         cgroup = entry.id if self.cgroups is not None and server is None else None
         try:
-            if moved := datadir.plugin_dir(data_dir, uid, uid):
+            if moved := datadir.plugin_dir(data_dir, uid, uid, force=fresh):
                 log.warning("%s: re-owned %d entries of %s to uid %d", entry.id, moved,
                             data_dir, uid)  # fmt: skip
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -867,6 +914,9 @@ class Supervisor:
 
     # --- status -------------------------------------------------------------------
 
+    def _bounded(self, slot: Slot) -> bool:
+        return self.settings.disk_images and slot.disk_gap is None
+
     def status_doc(self) -> dict[str, Any]:
         """The plugin part of the status file."""
         plugins: dict[str, Any] = {}
@@ -883,7 +933,7 @@ class Supervisor:
                 "version": slot.entry.version,
                 "granted": list(slot.entry.granted),
                 "allow_degraded": slot.entry.allow_degraded,
-                "degraded": slot.degraded,
+                "degraded": slot.degraded + ([slot.disk_gap] if slot.disk_gap else []),
                 "pid": slot.ident.pid if slot.ident else None,
                 "pid_start_time": slot.ident.start_time if slot.ident else None,
                 "started_at": slot.started_at if slot.proc is not None else None,
@@ -891,7 +941,8 @@ class Supervisor:
                 "starts_seen": slot.starts_seen,
                 "backoff_s": slot.backoff if slot.state == status.BACKOFF else None,
                 "last_exit": slot.last_exit,
-                "layers": slot.layers,
+                "layers": slot.layers
+                + ([diskimage.LAYER] if slot.proc is not None and self._bounded(slot) else []),
                 "cgroups": slot.sandbox_cgroups
                 or ([str(self.cgroups.path(slot.cgroup))] if slot.cgroup and self.cgroups else []),
                 "log": str(self.paths.plugin_log(pid)),

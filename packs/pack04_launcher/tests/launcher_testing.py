@@ -185,6 +185,7 @@ def fast_settings(**overrides: Any) -> Settings:
         "max_restarts": 3,
         "stable_after": 60.0,
         "stop_grace": 2.0,
+        "disk_images": False,  # on in test_diskimage.py (mounts cost time and loop devices)
     }
     base.update(overrides)
     return Settings(**base)
@@ -292,6 +293,7 @@ FAST_SERVICE_ARGS = [
     "2",
     "--stop-grace",
     "2",
+    "--no-disk-images",
 ]
 
 
