@@ -85,6 +85,7 @@ class RunCgroup:
         self.versions: list[int] = []  # the hierarchy version, per dir
         self.memory: str | None = None  # the file holding the memory limit, when set
         self.pids: str | None = None  # the file holding the process limit, when set
+        self.cpu: str | None = None  # the file holding the CPU bandwidth, when set
         self.kill_file: str | None = None  # v2 cgroup.kill, when the kernel has it
         self.freezer: str | None = None  # v1 freezer.state, stops forks while killing
         self.problems: list[str] = problems or []
@@ -108,6 +109,7 @@ class RunCgroup:
             "dirs": self.dirs,
             "memory": self.memory,
             "pids": self.pids,
+            "cpu": self.cpu,
             "kill": self.kill_file or self.freezer or ("signal loop" if self.dirs else None),
             "problems": self.problems,
         }

@@ -390,7 +390,8 @@ class Server:
 
     def _started(self, child: _Child) -> None:
         child.started = True
-        out: dict[str, Any] = {"event": "started", "pid": child.pid, "report": child.report}
+        out: dict[str, Any] = {"event": "started", "pid": _plugin_pid(child),
+                               "report": child.report}  # fmt: skip
         path = child.request.get("report")
         if path and child.report is not None:
             try:
@@ -442,7 +443,7 @@ class Server:
                 write_report(child.request["report"], child.report)
         out = {
             "event": "exited",
-            "pid": child.pid,
+            "pid": _plugin_pid(child),
             "returncode": code,
             "error": child.error[1] if child.error else None,
             "report": None if child.started else child.report,
@@ -537,6 +538,15 @@ class Server:
                 os.write(2, f"sandbox: server child: {exc!r}\n".encode())
         finally:
             os._exit(code)
+
+
+def _plugin_pid(child: _Child) -> int:
+    """The plugin's host pid: the report's (the native backend's plugin is a grandchild of
+    the server's child, in its own PID namespace), else the child's own."""
+    try:
+        return int((child.report or {})["pid"])
+    except (KeyError, TypeError, ValueError):
+        return child.pid
 
 
 def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:

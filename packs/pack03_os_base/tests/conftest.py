@@ -548,6 +548,18 @@ def unix_listener(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def plugin_owned_dir() -> Iterator[Path]:
+    """A directory outside /tmp (private in the sandbox) owned by the plugins' uid."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="aurora-test-", dir="/var/tmp"))
+    os.chown(path, PLUGIN_UID, PLUGIN_GID)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def outside_process() -> Iterator[subprocess.Popen[bytes]]:
     """A process outside every sandbox, for a plugin to try to signal."""
     proc = subprocess.Popen(["sleep", "60"])
