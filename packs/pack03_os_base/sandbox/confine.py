@@ -447,6 +447,7 @@ def _filter(network: bool) -> Any:
         flt = seccomp.Filter()
         if not network:
             flt.deny_sockets()
+        flt.deny_namespaces()
         for name in seccomp.HARDENING:
             flt.deny(name)
         _FILTERS[network] = flt
@@ -465,11 +466,12 @@ def _plan_seccomp(run: Run) -> Any:
         run.layer("seccomp", False, f"building the filter: {exc.strerror or exc}")
         return None
     sockets = (
-        "socket() denied (all families, Unix too), socketpair() only for AF_UNIX; "
+        "socket() denied (all families, Unix too), socketpair() only AF_UNIX stream/seqpacket; "
         if "network" not in (run.policy.granted)
         else ""
     )
-    run.layer("seccomp", True, f"{sockets}denied: {', '.join(seccomp.HARDENING)}")
+    run.layer("seccomp", True, f"{sockets}clone(CLONE_NEW*) EPERM, clone3 ENOSYS; denied: "
+              f"{', '.join(seccomp.HARDENING)}")  # fmt: skip
     return flt
 
 
