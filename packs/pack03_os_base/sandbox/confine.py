@@ -130,6 +130,8 @@ class Run:
                 "signals: no layer keeps the plugin from signalling processes outside it "
                 "(needs its own uid, a pid namespace or Landlock ABI 6 scoping)"
             )
+        if "cpu_cores" in self.policy.limits and not self.containment()["cpu"]:
+            gaps.append("limits.cpu_cores: no cgroup cpu controller is writable")
         if "processes" in self.policy.limits and not self.containment()["processes"]:
             gaps.append(
                 "limits.processes: no cgroup pids controller is writable and RLIMIT_NPROC "
@@ -284,11 +286,12 @@ def _cgroup(run: Run, prepared: cgroups.RunCgroup | None) -> None:
     pol = run.policy
     memory = int(pol.limits["memory_bytes"]) if "memory_bytes" in pol.limits else None
     processes = int(pol.limits["processes"]) if "processes" in pol.limits else None
+    cores = float(pol.limits["cpu_cores"]) if "cpu_cores" in pol.limits else None
     if prepared is not None:  # a server's spare: created and joined ahead, limits now
         cg = prepared
-        cg.set_limits(memory, processes)
+        cg.set_limits(memory, processes, cores)
     else:
-        cg = cgroups.create_run(pol.plugin_id, os.getpid(), memory, processes)
+        cg = cgroups.create_run(pol.plugin_id, os.getpid(), memory, processes, cores)
     if cg.dirs and prepared is None:
         try:
             cg.join(os.getpid())
@@ -303,6 +306,13 @@ def _cgroup(run: Run, prepared: cgroups.RunCgroup | None) -> None:
         run.layer("cgroup", True, ", ".join(w for w in what if w) + f" ({cg.dirs[0]})")
     else:
         run.layer("cgroup", False, "; ".join(cg.problems) or "no cgroup hierarchy")
+    if cores is None:
+        run.layer("cpu", False, "limits.cpu_cores not in policy: CPU bandwidth not limited")
+    elif cg.cpu:
+        run.layer("cpu", True, f"{cores:g} core(s) for the whole run ({cg.cpu}: "
+                  f"{round(cores * cgroups.CPU_PERIOD)} per {cgroups.CPU_PERIOD} us)")  # fmt: skip
+    else:
+        run.layer("cpu", False, "no writable cgroup cpu controller (v2 cpu.max, v1 cpu)")
 
 
 def _namespace_flags(run: Run) -> int:

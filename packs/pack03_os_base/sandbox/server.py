@@ -557,7 +557,8 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
     ctrl.setblocking(True)
     cg: cgroups.RunCgroup | None = None
     if prepare:
-        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False)
+        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False,
+                                 cpu=True)  # fmt: skip
         try:
             cg.join(os.getpid())
         except OSError as exc:

@@ -171,6 +171,19 @@ elif action == "signal":
         out("allowed")
     except OSError as exc:
         denied(exc)
+elif action == "spin-children":
+    kids = []
+    for _ in range(int(args[0])):
+        pid = os.fork()
+        if pid == 0:
+            quiet()
+            while True:
+                pass
+        kids.append(pid)
+    out("holding", children=len(kids))
+    sys.stdin.read()
+    for pid in kids:
+        os.kill(pid, signal.SIGKILL)
 elif action == "hold":  # stay alive until stdin closes (the test judges from the host)
     out("holding", pid=os.getpid())
     sys.stdin.read()

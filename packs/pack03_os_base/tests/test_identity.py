@@ -190,3 +190,46 @@ def test_nothing_is_left_on_the_host_after_a_run(sandbox: Sandbox, probe: Probe)
     while any(os.path.exists(d) for d in dirs) and time.monotonic() < deadline:
         time.sleep(0.05)  # the server removes an ended run's dirs when idle
     assert not any(os.path.exists(d) for d in dirs), dirs
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_cpu_cores_bounds_the_whole_run(sandbox: Sandbox, probe: Probe) -> None:
+    """4 spinning children with cpu_cores 0.5 use about half a core together, measured
+    from the host over 2 s (their times in /proc, found through the run's cgroups)."""
+    from sandbox import cgroups
+
+    held = sandbox.start("spin-children", "4", cpu_cores=0.5)
+    try:
+        if not held.report["layers"]["cpu"]["active"]:
+            pytest.skip(f"no cpu controller: {held.report['layers']['cpu']['detail']}")
+        dirs = held.report["cgroup"]["dirs"]
+        time.sleep(0.3)  # the children are running
+        pids = cgroups.members(dirs)
+        start, used0 = time.monotonic(), _cpu_seconds(pids)
+        time.sleep(2.0)
+        used = _cpu_seconds(pids) - used0
+        elapsed = time.monotonic() - start
+        assert used / elapsed <= 0.65, (used, elapsed)
+        assert used / elapsed >= 0.2, (used, elapsed)  # they did spin (the test can fail)
+        assert held.report["contained"]["cpu"] == ["cgroup-cpu"]
+    finally:
+        held.finish()
+
+
+def test_a_run_without_cpu_cores_says_cpu_is_not_limited(sandbox: Sandbox) -> None:
+    res = sandbox.run(["/bin/true"])
+    assert res.report["layers"]["cpu"] == {
+        "active": False,
+        "detail": "limits.cpu_cores not in policy: CPU bandwidth not limited",
+    }
+    assert "cpu: not contained" in res.report["warnings"]
