@@ -390,7 +390,8 @@ class Server:
 
     def _started(self, child: _Child) -> None:
         child.started = True
-        out: dict[str, Any] = {"event": "started", "pid": child.pid, "report": child.report}
+        out: dict[str, Any] = {"event": "started", "pid": _plugin_pid(child),
+                               "report": child.report}  # fmt: skip
         path = child.request.get("report")
         if path and child.report is not None:
             try:
@@ -442,7 +443,7 @@ class Server:
                 write_report(child.request["report"], child.report)
         out = {
             "event": "exited",
-            "pid": child.pid,
+            "pid": _plugin_pid(child),
             "returncode": code,
             "error": child.error[1] if child.error else None,
             "report": None if child.started else child.report,
@@ -539,6 +540,15 @@ class Server:
             os._exit(code)
 
 
+def _plugin_pid(child: _Child) -> int:
+    """The plugin's host pid: the report's (the native backend's plugin is a grandchild of
+    the server's child, in its own PID namespace), else the child's own."""
+    try:
+        return int((child.report or {})["pid"])
+    except (KeyError, TypeError, ValueError):
+        return child.pid
+
+
 def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
     """In the child: wait for the request, apply the layers, exec (returns only on failure)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a waiting spare dies with the server
@@ -547,7 +557,8 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
     ctrl.setblocking(True)
     cg: cgroups.RunCgroup | None = None
     if prepare:
-        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False)
+        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False,
+                                 cpu=True)  # fmt: skip
         try:
             cg.join(os.getpid())
         except OSError as exc:

@@ -160,7 +160,7 @@ def test_a_served_run_gets_exactly_the_one_shot_layers(
     assert b["pid"] == started["pid"]
     assert (a["cgroup"]["memory"] is None) == (b["cgroup"]["memory"] is None)
     assert (a["cgroup"]["pids"] is None) == (b["cgroup"]["pids"] is None)
-    assert all(f"/{cgroups.POOL}/run-{b['pid']}" in d for d in b["cgroup"]["dirs"])
+    assert all(f"/{cgroups.POOL}/run-" in d for d in b["cgroup"]["dirs"])
 
 
 @root_only
@@ -183,7 +183,7 @@ def test_a_served_run_has_its_limits_in_its_cgroup(served: Sandbox) -> None:
     if "pids" not in out:
         pytest.skip("no v1 pids hierarchy here (pure cgroup v2)")
     assert out["pids"] == "7"
-    assert out["pids-dir"].endswith(f"/{cgroups.POOL}/run-{res.pid}")
+    assert f"/{cgroups.POOL}/run-" in out["pids-dir"]
     if "memory" in out:
         assert int(out["memory"]) == 256 << 20
 
@@ -309,13 +309,14 @@ def test_stop_ends_every_run_and_spare_and_leaves_nothing(
     while len(own_server.children()) < 3 and time.monotonic() < deadline:  # run + 2 spares
         time.sleep(0.02)
     children = own_server.children()
-    assert started["pid"] in children and len(children) == 3, children
+    assert len(children) == 3, children  # the run's launcher (the plugin is below it), spares
     assert own_server.stop(signal.SIGTERM) == 0, own_server.log.read_text()
     exited = json.loads(conn.recv(1 << 20))
     conn.close()
     assert exited["event"] == "exited" and exited["returncode"] == -signal.SIGTERM, exited
-    for pid in [*children, grandchild]:
+    for pid in [*children, started["pid"]]:
         assert not _alive(pid), pid
+    assert grandchild > 0  # a pid of the plugin's namespace: gone with it (cgroups empty)
     assert not own_server.sock.exists()
     assert not any(os.path.exists(d) for d in dirs)
 

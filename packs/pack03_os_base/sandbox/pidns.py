@@ -1,0 +1,231 @@
+"""The native backend's PID namespace: three processes, and only one of them is the plugin.
+
+``unshare(CLONE_NEWPID)`` only moves the caller's *children*, so a run forks:
+
+* the **launcher** (the pid the supervisor or the server started, in the host's
+  namespaces but for mount/UTS/IPC/network) stays as a small waiter: it relays the
+  plugin's report, forwards TERM/INT/HUP/QUIT/USR1/USR2 to the plugin, and ends with
+  the plugin's own status (exit code, or the same signal);
+* **init**, pid 1 of the namespace: it reaps orphans and holds the namespace; a
+  process that is pid 1 ignores every signal it has no handler for, which is why
+  the plugin is not pid 1 (a plugin without a TERM handler must still die of TERM).
+  When the plugin ends, init passes its wait status to the launcher and exits: the
+  kernel then kills whatever is left in the namespace. It dies with the launcher
+  (``PR_SET_PDEATHSIG``), and takes the namespace with it;
+* the **plugin**, pid 2 inside, which builds its mount view, switches identity,
+  applies the last layers and execs. Its host pid is the report's ``pid``.
+
+The plugin tells the launcher how the start went through a pipe (close-on-exec:
+EOF right after a successful exec): its report, or an error with its exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import signal
+import struct
+
+from sandbox import _libc
+from sandbox.errors import Relayed
+
+TYPE_CHECKING = False  # typing costs start-up time; mypy reads the block anyway
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, NoReturn
+
+#: Signals the launcher passes on to the plugin.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)  # fmt: skip
+HOSTNAME = "aurora-sandbox"
+_PR_SET_PDEATHSIG = 1
+_STATUS = struct.Struct("i")
+
+
+class Relay:
+    """The plugin's side: how it tells the launcher its report, or why it stops."""
+
+    def __init__(self, fd: int, host_pid: int) -> None:
+        self.fd = fd
+        self.host_pid = host_pid
+
+    def report(self, doc: dict[str, Any]) -> None:
+        _write_all(self.fd, json.dumps({"report": doc}).encode() + b"\n")
+
+    def fail(self, status: int, message: str, doc: dict[str, Any] | None) -> NoReturn:
+        with contextlib.suppress(OSError):
+            msg = {"error": {"status": status, "message": message}, "report": doc}
+            _write_all(self.fd, json.dumps(msg).encode() + b"\n")
+        os._exit(status)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def enter(
+    keep_fd: int | None,
+    deliver: Callable[[dict[str, Any]], None],
+    on_failure: Callable[[dict[str, Any] | None], None],
+) -> Relay:
+    """A PID namespace and the two forks (module doc).
+
+    Returns only in the plugin process. In the launcher it delivers the report (or,
+    when the plugin failed, calls `on_failure` with its refused report and raises
+    Relayed), then waits and ends with the plugin's status: it never returns.
+    `keep_fd` (the server's status channel) stays with the launcher alone.
+    """
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
+    _libc.unshare(_libc.CLONE_NEWPID)
+    init = os.fork()
+    if init == 0:
+        os.close(status_r)
+        os.close(exit_r)
+        if keep_fd is not None:
+            os.close(keep_fd)
+        plugin = _init_forks(status_w, exit_w)
+        if plugin:  # in the plugin: it unshares the other namespaces itself (the
+            return Relay(status_w, plugin)  # launcher keeps the host's root: it writes)
+        raise AssertionError("unreachable")
+    os.close(status_w)
+    os.close(exit_w)
+    _launcher(init, status_r, exit_r, keep_fd, deliver, on_failure)
+
+
+def _init_forks(status_w: int, exit_w: int) -> int:
+    """In init (pid 1): fork the plugin; returns its host pid in the plugin, never in init."""
+    # The launcher is outside the namespace: getppid() says 0. Had it died before the
+    # death signal was set, the plugin's first report would hit a closed pipe and end it.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    plugin = os.fork()
+    if plugin == 0:
+        os.close(exit_w)
+        return int(os.readlink("/proc/self"))  # the host's /proc still: the host pid
+    os.close(status_w)
+    try:
+        _init_main(plugin, exit_w)
+    finally:
+        os._exit(1)
+
+
+def _init_main(plugin: int, exit_w: int) -> NoReturn:
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, exit_w)
+    os.closerange(exit_w + 1, 2**31 - 1)
+    for sig in FORWARDED:  # pid 1 gets only signals it handles: pass them on
+        signal.signal(sig, lambda s, _f: _kill(plugin, s))
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == plugin:
+            with contextlib.suppress(OSError):
+                os.write(exit_w, _STATUS.pack(status))
+            os._exit(0)  # the kernel kills the rest of the namespace
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, sig)
+
+
+def _launcher(
+    init: int,
+    status_r: int,
+    exit_r: int,
+    keep_fd: int | None,
+    deliver: Callable[[dict[str, Any]], None],
+    on_failure: Callable[[dict[str, Any] | None], None],
+) -> NoReturn:
+    target: list[int] = []  # the plugin's host pid, once known
+    pending: list[int] = []
+
+    def forward(sig: int, _frame: object) -> None:
+        if target:
+            _kill(target[0], sig)
+        else:
+            pending.append(sig)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    report, error = _read_relay(status_r)
+    os.close(status_r)
+    if error is not None or report is None:
+        _reap(init)
+        os.close(exit_r)
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        on_failure(report)
+        if error is None:
+            raise Relayed(125, "launcher error: the sandboxed process died before exec")
+        raise Relayed(int(error.get("status", 125)), str(error.get("message", "")))
+    target.append(int(report["pid"]))
+    for pending_sig in pending:
+        _kill(target[0], pending_sig)
+    try:
+        deliver(report)
+    finally:
+        if keep_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(keep_fd)  # EOF: the server knows the plugin runs
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):  # the plugin alone holds its stdio
+            os.dup2(null, fd)
+        os.close(null)
+    _reap(init)
+    data = b""
+    with contextlib.suppress(OSError):
+        data = os.read(exit_r, _STATUS.size)
+    _mirror(_STATUS.unpack(data)[0] if len(data) == _STATUS.size else None)
+
+
+def _read_relay(fd: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+    report = error = None
+    for line in b"".join(chunks).splitlines():
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        report = msg.get("report") or report
+        error = msg.get("error") or error
+    return report, error
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
+
+
+def _mirror(status: int | None) -> NoReturn:
+    """End this process the way the plugin ended."""
+    if status is None or os.WIFSIGNALED(status):  # no status: init was killed, and so
+        sig = signal.SIGKILL if status is None else os.WTERMSIG(status)  # the plugin
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+    assert status is not None
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 125)
+
+
+__all__ = ["FORWARDED", "HOSTNAME", "Relay", "Relayed", "enter"]
