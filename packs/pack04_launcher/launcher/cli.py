@@ -21,9 +21,19 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from launcher import control, datadir, degraded, identity, process, registry, sandbox
+from launcher import (
+    control,
+    datadir,
+    degraded,
+    diskimage,
+    identity,
+    limits,
+    process,
+    registry,
+    sandbox,
+)
 from launcher.cgroup import CgroupTree
-from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
+from launcher.errors import ConfigError, LauncherError, PluginNotFound, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
 from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status
@@ -279,6 +289,54 @@ def _cmd_degraded(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+# --- limits -----------------------------------------------------------------------
+
+
+def _cmd_limits(args: argparse.Namespace, paths: Paths) -> int:
+    """Set or show one plugin's resource limits (applied at its next start)."""
+    if args.action == "show":
+        settings = limits.read_settings(paths.limits)
+        ids = [args.plugin_id] if args.plugin_id else sorted(settings)
+        for plugin_id in ids:
+            _check_id(plugin_id)
+        shown = {i: dataclasses.asdict(limits.for_plugin(settings, i)) for i in ids}
+        rows = [
+            f"{i}: " + ", ".join(f"{k}={v}" for k, v in rec.items()) for i, rec in shown.items()
+        ]
+        defaults = dataclasses.asdict(limits.PluginLimits())
+        _emit(args, {"defaults": defaults, "plugins": shown}, "\n".join(rows))
+        _err("defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        return EXIT_OK
+    _check_id(args.plugin_id)
+    registry.get_plugin(paths.registry, args.plugin_id)  # only a plugin the registry knows
+    changes: dict[str, Any] = {}
+    try:
+        if args.disk is not None:
+            changes["disk_bytes"] = limits.parse_size(args.disk)
+        if args.memory is not None:
+            changes["memory_bytes"] = limits.parse_size(args.memory)
+    except ConfigError as exc:
+        return _fail(args, EXIT_USAGE, f"error: {exc}")
+    for name, field in (("inodes", "inodes"), ("cpu", "cpu_cores"), ("processes", "processes")):
+        if getattr(args, name) is not None:
+            changes[field] = getattr(args, name)
+    if not changes:
+        return _fail(
+            args,
+            EXIT_USAGE,
+            "error: nothing to set (--disk, --inodes, --cpu, --memory, --processes)",
+        )
+    try:
+        now = limits.set_limits(
+            paths.limits, paths.limits_lock, paths.audit_log, args.plugin_id, changes
+        )
+    except ConfigError as exc:
+        return _fail(args, EXIT_USAGE, f"error: {exc}")
+    _emit(args, {"id": args.plugin_id, "limits": dataclasses.asdict(now)}, "")
+    _err(f"{args.plugin_id}: limits recorded; applied at its next start")
+    return EXIT_OK
+
+
 # --- run --------------------------------------------------------------------------
 
 
@@ -302,24 +360,25 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         entry = dataclasses.replace(entry, allow_degraded=True)
     assert entry.entrypoint is not None
     data_dir = paths.plugin_data(entry.id)
-    limits = sandbox.Limits()
+    bounds = limits.for_plugin(limits.read_settings(paths.limits), entry.id)
     uid = identity.allocate(paths.identities, paths.identities_lock, paths.audit_log, entry.id)
-    datadir.plugin_dir(data_dir, uid, uid)
-    with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
-        policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
-        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, limits, uid))
-        argv = sbx.argv(
-            policy_file, report_file, sandbox.plugin_argv(sys.executable, entry.entrypoint)
+    gaps = []
+    try:
+        mounted_now = diskimage.ensure(
+            paths.plugin_image(entry.id), data_dir, bounds.disk_bytes, bounds.inodes, uid
         )
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "AURORA_PLUGIN_ID": entry.id,
-            "AURORA_PLUGIN_DATA": str(data_dir),
-        }
-        rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
-        report = sandbox.read_report(report_file)
-    layers, gaps = sandbox.active_layers(report), sandbox.report_degraded(report)
+    except (diskimage.DiskUnavailable, OSError) as exc:
+        if not entry.allow_degraded:
+            why = f"its data dir cannot be bounded ({diskimage.LAYER}): {exc}"
+            return _fail(args, sandbox.SANDBOX_REFUSED, f"{entry.id}: refused: {why}")
+        mounted_now, gaps = False, [f"{diskimage.LAYER}: {exc}"]
+    try:
+        datadir.plugin_dir(data_dir, uid, uid, force=mounted_now)
+        rc, timed_out, report = _run_in(entry, paths, args, sbx, data_dir, bounds, uid)
+    finally:
+        if mounted_now:  # the service mounts it again at its next start
+            diskimage.unmount(data_dir)
+    layers, gaps = sandbox.active_layers(report), sandbox.report_degraded(report) + gaps
     out = {
         "id": entry.id,
         "exit": rc,
@@ -333,6 +392,34 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         _err(f"{entry.id}: DEGRADED, not enforced: {gap}")
     _err(f"{entry.id}: {'killed at --timeout' if timed_out else f'exit {rc}'}; layers: {layers}")
     return EXIT_TIMEOUT if timed_out else (rc if rc >= 0 else 128 - rc)
+
+
+def _run_in(
+    entry: registry.PluginEntry,
+    paths: Paths,
+    args: argparse.Namespace,
+    sbx: sandbox.SandboxCommand,
+    data_dir: Path,
+    bounds: limits.PluginLimits,
+    uid: int,
+) -> tuple[int, bool, dict[str, Any] | None]:
+    """One foreground run: exit status, whether --timeout hit, the sandbox's report."""
+    assert entry.entrypoint is not None
+    policy = sandbox.policy(entry, data_dir, bounds.policy_limits(sandbox.Limits()), uid)
+    with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
+        policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
+        atomic_write_json(policy_file, policy)
+        argv = sbx.argv(
+            policy_file, report_file, sandbox.plugin_argv(sys.executable, entry.entrypoint)
+        )
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "AURORA_PLUGIN_ID": entry.id,
+            "AURORA_PLUGIN_DATA": str(data_dir),
+        }
+        rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
+        return rc, timed_out, sandbox.read_report(report_file)
 
 
 def _run_foreground(
@@ -484,6 +571,23 @@ def _parser() -> argparse.ArgumentParser:
     ):
         dsub.add_parser(name, parents=[common], help=text).add_argument("plugin_id")
     dsub.add_parser("list", parents=[common], help="plugins allowed to run degraded")
+    lm = sub.add_parser(
+        "limits",
+        help="set or show a plugin's resource limits (applied at its next start)",
+        description="Per-plugin bounds for all its processes together; recorded in the "
+        "launcher's limits.json, audited, applied at the plugin's next start. Sizes take "
+        "KiB/MiB/GiB (or k/M/G, powers of 1000).",
+    )
+    lsub = lm.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = lsub.add_parser("set", parents=[common], help="set some limits of one plugin")
+    ls.add_argument("plugin_id")
+    ls.add_argument("--disk", help="data dir size, e.g. 2GiB (default 1GiB)")
+    ls.add_argument("--inodes", type=int, help="files in the data dir (default 100000)")
+    ls.add_argument("--cpu", type=float, help="CPU bandwidth in cores, e.g. 0.5 (default 1)")
+    ls.add_argument("--memory", help="memory of all its processes, e.g. 512MiB (default)")
+    ls.add_argument("--processes", type=int, help="processes at once (default 64)")
+    lsh = lsub.add_parser("show", parents=[common], help="limits in force (all set, or one)")
+    lsh.add_argument("plugin_id", nargs="?")
     rn = sub.add_parser(
         "run", parents=[common], help="run a plugin once in the foreground (for its author)"
     )
@@ -499,6 +603,7 @@ _COMMANDS = {
     "stop": _cmd_stop,
     "run": _cmd_run,
     "degraded": _cmd_degraded,
+    "limits": _cmd_limits,
 }
 
 
