@@ -149,7 +149,7 @@ def ensure(image: Path, target: Path, disk_bytes: int, inodes: int, uid: int) ->
     if target.is_dir() and not target.is_symlink() and any(target.iterdir()):
         old = target.with_name(f".{target.name}.before-image")
         os.replace(target, old)
-    target.mkdir(mode=0o700, exist_ok=True)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         _mount(image, target)
     except DiskUnavailable:
