@@ -12,7 +12,13 @@ import pytest
 from launcher import diskimage, limits, status
 from launcher.paths import Paths
 from launcher.supervisor import Supervisor
-from launcher_testing import FakeRegistry, run_until, run_until_state
+from launcher_testing import (
+    PASSTHROUGH_ROOT,
+    REAL_PACK03_ROOT,
+    FakeRegistry,
+    run_until,
+    run_until_state,
+)
 
 Make = Callable[..., Supervisor]
 MIB = 1024 * 1024
@@ -81,16 +87,22 @@ def _result(path: Path, sup: Supervisor) -> tuple[int, str]:
     return int(n), why
 
 
+@pytest.mark.parametrize(
+    "root",
+    [pytest.param(PASSTHROUGH_ROOT, id="passthrough"), pytest.param(REAL_PACK03_ROOT, id="pack03")],
+)
 def test_a_plugin_stops_at_its_disk_bound_and_the_host_and_others_do_not(
     no_leftovers: None, make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths,
-    tmp_path: Path,
+    tmp_path: Path, root: Path,
 ) -> None:  # fmt: skip
+    if not (root / "sandbox" / "launch.py").is_file():
+        pytest.skip(f"no sandbox at {root}")
     fake_registry.add("acme.fill", FILL)
     fake_registry.add("acme.small", SMALL)
     limits.set_limits(paths.limits, paths.limits_lock, paths.audit_log, "acme.fill",
                       {"disk_bytes": 16 * MIB})  # fmt: skip
     host_free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    sup = make_supervisor(disk_images=True)
+    sup = make_supervisor(sandbox_root=root, disk_images=True)
     run_until_state(sup, "acme.fill", status.RUNNING)
     n, why = _result(paths.plugin_data("acme.fill") / "result", sup)
     assert why in ("ENOSPC", "EDQUOT") and 8 <= n < 16, (n, why)
