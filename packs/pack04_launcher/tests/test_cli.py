@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import cli, process
+from launcher import cli, identity, process
 from launcher_testing import (
     CLEAN_EXIT,
     CRASH,
@@ -59,6 +59,20 @@ def test_list_shows_pid_uptime_restarts_layers(
     table, err = capsys.readouterr()
     assert "acme.idle" in table and str(pid) in table and "test-passthrough" in table
     assert "sandbox: one-shot; " in err
+
+
+def test_list_shows_each_plugins_uid(
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = start_service_for_cli({"acme.idle": IDLE})
+    wait_until_service_reports(svc, "acme.idle")
+    assert cli.main(["list", "--json"]) == cli.EXIT_OK
+    rec = json.loads(capsys.readouterr().out)["plugins"]["acme.idle"]
+    assert identity.FIRST_ID <= rec["uid"] == rec["gid"] <= identity.LAST_ID
+    assert cli.main(["list"]) == cli.EXIT_OK
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[:4] == ["ID", "STATE", "PID", "UID"]
+    assert row.split()[3] == str(rec["uid"])
 
 
 def test_logs(start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]) -> None:
