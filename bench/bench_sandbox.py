@@ -89,7 +89,7 @@ def _start_server(py: str, sock: Path) -> subprocess.Popen[bytes]:
             root,
             "--report-root",
             root,
-        ],  # fmt: skip
+        ],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
