@@ -12,12 +12,15 @@ shared filesystem; a filesystem per plugin needs no quota support at all.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from launcher.errors import LauncherError
+
+log = logging.getLogger(__name__)
 
 #: The name of this layer in the status file's ``layers`` and ``degraded`` lists.
 LAYER = "disk-quota"
@@ -110,14 +113,24 @@ def _mount(image: Path, target: Path) -> None:
 
 
 def _grow(image: Path, target: Path, disk_bytes: int) -> None:
-    """Grow a mounted image to ``disk_bytes`` (online resize); shrinking is not done."""
-    if image.stat().st_size >= disk_bytes:
-        return
-    os.truncate(image, disk_bytes)
+    """Grow a mounted image to ``disk_bytes`` (online resize); shrinking is not done.
+
+    Where the kernel refuses an online resize (some containers) the image keeps its
+    size, with a warning: the plugin still runs, bounded by the old size.
+    """
+    old = image.stat().st_size
     dev = _device_of(target)
-    if dev is not None:
+    if old >= disk_bytes or dev is None:
+        return
+    try:
+        os.truncate(image, disk_bytes)
         _run(["losetup", "-c", dev], f"{image}: growing its loop device")
         _run(["resize2fs", dev], f"{image}: growing its filesystem")
+    except (DiskUnavailable, OSError) as exc:
+        with contextlib.suppress(OSError):
+            os.truncate(image, old)
+            subprocess.run(["losetup", "-c", dev], capture_output=True, check=False)
+        log.warning("%s: kept at %d bytes, not grown to %d: %s", image, old, disk_bytes, exc)
 
 
 def _device_of(target: Path) -> str | None:

@@ -215,7 +215,8 @@ class ForkServer:
             root.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as out:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as out:
             try:
                 self.proc = subprocess.Popen(
                     argv,
