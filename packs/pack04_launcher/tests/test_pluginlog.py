@@ -110,7 +110,7 @@ def test_a_flooding_plugin_neither_stalls_the_loop_nor_the_others(
         t0 = time.monotonic()
         sup.reconcile()
         slowest = max(slowest, time.monotonic() - t0)
-    assert slowest < 0.5, f"a pass took {slowest:.2f}s"
+    assert slowest < 1.0, f"a pass took {slowest:.2f}s"  # bounded reads: no pass waits on it
     assert sup.slots["acme.idle"].state == status.RUNNING
     log = paths.plugin_log("acme.flood")
     sup.close()
