@@ -50,6 +50,9 @@ class Relay:
     def __init__(self, fd: int, host_pid: int) -> None:
         self.fd = fd
         self.host_pid = host_pid
+        # A pre-forked spare's launcher does not hold the plugin's stderr: the plugin
+        # process says why it stops itself (a one-shot launcher prints it).
+        self.speak = True
 
     def report(self, doc: dict[str, Any]) -> None:
         _write_all(self.fd, json.dumps({"report": doc}).encode() + b"\n")
@@ -60,6 +63,9 @@ class Relay:
         _write_all(self.fd, b'{"claimed": true}\n')
 
     def fail(self, status: int, message: str, doc: dict[str, Any] | None) -> NoReturn:
+        if self.speak:
+            with contextlib.suppress(OSError):
+                os.write(2, f"sandbox: {message}\n".encode())
         with contextlib.suppress(OSError):
             msg = {"error": {"status": status, "message": message}, "report": doc}
             _write_all(self.fd, json.dumps(msg).encode() + b"\n")
@@ -126,6 +132,7 @@ def enter(
         side.run(keep_fd, deliver, on_failure)
     if keep_fd is not None:
         os.close(keep_fd)
+    side.speak = False
     return side
 
 
