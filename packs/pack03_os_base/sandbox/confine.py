@@ -532,16 +532,21 @@ def apply_and_exec(
     cgroup: cgroups.RunCgroup | None = None,
     publish: Publish | None = None,
     keep_fd: int | None = None,
+    relay: pidns.Relay | None = None,
 ) -> NoReturn:
     """Confine this process by `policy` and exec `argv`; raises on refusal, never returns.
 
     `cgroup`: the run's cgroups, already made and joined by this process (a server's
     spare); else they are made and joined here. `publish` receives the report
     document too; `keep_fd` stays open up to exec (close-on-exec), so its reader
-    sees EOF exactly when exec succeeded.
+    sees EOF exactly when exec succeeded. `relay`: this process already is the plugin
+    process of a PID namespace (a server's pre-forked spare, sandbox.pidns.prefork).
     """
     out = _Output(report, publish, keep_fd)
     run = Run(policy=policy, argv=list(argv), backend=choose_backend(backend))
+    if relay is not None:
+        run.relay = relay
+        run.host_pid = relay.host_pid
     run.executable = resolve_command(argv)
     if os.path.basename(run.executable).startswith("python") and "-I" not in argv[1:]:
         run.warnings.append("python started without -I: it reads PYTHON* and the script dir")
@@ -606,10 +611,11 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
         from sandbox import mounts  # noqa: F401
 
         flags = _namespace_flags(run)
-        with contextlib.suppress(PermissionError):  # the waiter too leads its own group
-            os.setsid()
-        run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused)
-        run.host_pid = run.relay.host_pid
+        if run.relay is None:
+            with contextlib.suppress(PermissionError):  # the waiter too leads its own group
+                os.setsid()
+            run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused)
+            run.host_pid = run.relay.host_pid
         out.keep_fd = None  # the launcher keeps the server's channel; this process relays
         _unshare(run, flags)
         socket_sethostname(pidns.HOSTNAME)

@@ -50,11 +50,22 @@ class Relay:
     def __init__(self, fd: int, host_pid: int) -> None:
         self.fd = fd
         self.host_pid = host_pid
+        # A pre-forked spare's launcher does not hold the plugin's stderr: the plugin
+        # process says why it stops itself (a one-shot launcher prints it).
+        self.speak = True
 
     def report(self, doc: dict[str, Any]) -> None:
         _write_all(self.fd, json.dumps({"report": doc}).encode() + b"\n")
 
+    def claimed(self) -> None:
+        """A pre-forked spare's plugin process took a request (the launcher stops dying
+        with the server)."""
+        _write_all(self.fd, b'{"claimed": true}\n')
+
     def fail(self, status: int, message: str, doc: dict[str, Any] | None) -> NoReturn:
+        if self.speak:
+            with contextlib.suppress(OSError):
+                os.write(2, f"sandbox: {message}\n".encode())
         with contextlib.suppress(OSError):
             msg = {"error": {"status": status, "message": message}, "report": doc}
             _write_all(self.fd, json.dumps(msg).encode() + b"\n")
@@ -66,18 +77,30 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def enter(
-    keep_fd: int | None,
-    deliver: Callable[[dict[str, Any]], None],
-    on_failure: Callable[[dict[str, Any] | None], None],
-) -> Relay:
-    """A PID namespace and the two forks (module doc).
+class Launcher:
+    """The launcher's side of a forked namespace: `run` waits and relays, never returns."""
 
-    Returns only in the plugin process. In the launcher it delivers the report (or,
-    when the plugin failed, calls `on_failure` with its refused report and raises
-    Relayed), then waits and ends with the plugin's status: it never returns.
-    `keep_fd` (the server's status channel) stays with the launcher alone.
-    """
+    def __init__(self, init: int, status_r: int, exit_r: int) -> None:
+        self.init = init
+        self.status_r = status_r
+        self.exit_r = exit_r
+
+    def run(
+        self,
+        keep_fd: int | None,
+        deliver: Callable[[dict[str, Any]], None],
+        on_failure: Callable[[dict[str, Any] | None], None],
+        on_claim: Callable[[], None] | None = None,
+    ) -> NoReturn:
+        """Deliver the plugin's report (or call `on_failure` and raise Relayed), wait, and
+        end as the plugin ended. `on_claim`: the plugin process took a request (a
+        server's pre-forked spare)."""
+        _launcher(self, keep_fd, deliver, on_failure, on_claim)
+
+
+def prefork() -> Relay | Launcher:
+    """A PID namespace and the two forks (module doc): the plugin process gets a Relay,
+    the launcher a Launcher. A server's spare does this ahead of any request."""
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
     _libc.unshare(_libc.CLONE_NEWPID)
@@ -85,15 +108,32 @@ def enter(
     if init == 0:
         os.close(status_r)
         os.close(exit_r)
-        if keep_fd is not None:
-            os.close(keep_fd)
         plugin = _init_forks(status_w, exit_w)
-        if plugin:  # in the plugin: it unshares the other namespaces itself (the
-            return Relay(status_w, plugin)  # launcher keeps the host's root: it writes)
-        raise AssertionError("unreachable")
+        # In the plugin: it unshares the other namespaces itself (the launcher keeps
+        # the host's root: it writes the report).
+        return Relay(status_w, plugin)
     os.close(status_w)
     os.close(exit_w)
-    _launcher(init, status_r, exit_r, keep_fd, deliver, on_failure)
+    return Launcher(init, status_r, exit_r)
+
+
+def enter(
+    keep_fd: int | None,
+    deliver: Callable[[dict[str, Any]], None],
+    on_failure: Callable[[dict[str, Any] | None], None],
+) -> Relay:
+    """prefork(), then: returns only in the plugin process. In the launcher it delivers
+    the report (or, when the plugin failed, calls `on_failure` with its refused report
+    and raises Relayed), then waits and ends with the plugin's status: it never returns.
+    `keep_fd` (the server's status channel) stays with the launcher alone.
+    """
+    side = prefork()
+    if isinstance(side, Launcher):
+        side.run(keep_fd, deliver, on_failure)
+    if keep_fd is not None:
+        os.close(keep_fd)
+    side.speak = False
+    return side
 
 
 def _init_forks(status_w: int, exit_w: int) -> int:
@@ -137,12 +177,11 @@ def _kill(pid: int, sig: int) -> None:
 
 
 def _launcher(
-    init: int,
-    status_r: int,
-    exit_r: int,
+    side: Launcher,
     keep_fd: int | None,
     deliver: Callable[[dict[str, Any]], None],
     on_failure: Callable[[dict[str, Any] | None], None],
+    on_claim: Callable[[], None] | None,
 ) -> NoReturn:
     target: list[int] = []  # the plugin's host pid, once known
     pending: list[int] = []
@@ -155,11 +194,11 @@ def _launcher(
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
-    report, error = _read_relay(status_r)
-    os.close(status_r)
+    report, error = _read_relay(side.status_r, on_claim)
+    os.close(side.status_r)
     if error is not None or report is None:
-        _reap(init)
-        os.close(exit_r)
+        _reap(side.init)
+        os.close(side.exit_r)
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         on_failure(report)
@@ -179,15 +218,18 @@ def _launcher(
         for fd in (0, 1, 2):  # the plugin alone holds its stdio
             os.dup2(null, fd)
         os.close(null)
-    _reap(init)
+    _reap(side.init)
     data = b""
     with contextlib.suppress(OSError):
-        data = os.read(exit_r, _STATUS.size)
+        data = os.read(side.exit_r, _STATUS.size)
     _mirror(_STATUS.unpack(data)[0] if len(data) == _STATUS.size else None)
 
 
-def _read_relay(fd: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    chunks = []
+def _read_relay(
+    fd: int, on_claim: Callable[[], None] | None = None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    buffer = b""
+    report = error = None
     while True:
         try:
             chunk = os.read(fd, 1 << 16)
@@ -195,15 +237,17 @@ def _read_relay(fd: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
             continue
         if not chunk:
             break
-        chunks.append(chunk)
-    report = error = None
-    for line in b"".join(chunks).splitlines():
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        report = msg.get("report") or report
-        error = msg.get("error") or error
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if msg.get("claimed") and on_claim is not None:
+                on_claim()
+            report = msg.get("report") or report
+            error = msg.get("error") or error
     return report, error
 
 
@@ -228,4 +272,4 @@ def _mirror(status: int | None) -> NoReturn:
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 125)
 
 
-__all__ = ["FORWARDED", "HOSTNAME", "Relay", "Relayed", "enter"]
+__all__ = ["FORWARDED", "HOSTNAME", "Launcher", "Relay", "Relayed", "enter", "prefork"]

@@ -27,7 +27,7 @@ import struct
 import sys
 import time
 
-from sandbox import _libc, _log, cgroups
+from sandbox import _libc, _log, cgroups, pidns
 from sandbox.confine import BACKENDS, SYSTEM_READ, apply_and_exec, python_prefixes, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, ServerError, exit_status
 from sandbox.layout import Layout, check_request
@@ -169,7 +169,11 @@ class Server:
             self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
             cgroups.prune_pool()
             seccomp_filters()  # built once here, inherited by every child
-            from sandbox import bwrap  # noqa: F401 - imported once here, not per run
+            # Imported (and compiled) once here, not per run: a module a child imports
+            # first costs its compilation on every start (no bytecode is written).
+            import fnmatch  # noqa: F401
+
+            from sandbox import bwrap, identity, mounts  # noqa: F401
 
             self._fill()
             _log.info(__name__, "listening on %s (%d spare(s))", self.path, self.spares)
@@ -556,6 +560,7 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         return 0
     ctrl.setblocking(True)
     cg: cgroups.RunCgroup | None = None
+    side: pidns.Relay | pidns.Launcher | None = None
     if prepare:
         cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False,
                                  cpu=True)  # fmt: skip
@@ -565,26 +570,27 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
             cg.problems.append(f"join: {exc.strerror}")
             cgroups.leave(cg, os.getpid())
             cg = cgroups.RunCgroup(problems=cg.problems)
+        if os.geteuid() == 0:  # the PID namespace and its two forks, ahead of any request
+            with contextlib.suppress(OSError):
+                os.setsid()
+            side = pidns.prefork()
+            if isinstance(side, pidns.Relay):
+                return _plugin_side(ctrl, cg, side)
         _send(ctrl, {"event": "ready", "dirs": cg.dirs})
-    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
-    if not msg:  # the server stops
-        return 0
-    _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
-    if fds:
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-    else:
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.close(null)
-    request = json.loads(msg)
 
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})
 
     try:
+        if isinstance(side, pidns.Launcher):
+            side.run(ctrl.fileno(), publish, lambda doc: publish(doc) if doc else None,
+                     on_claim=_outlive_the_server)  # fmt: skip
+        msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+        if not msg:  # the server stops
+            return 0
+        _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
+        _take_stdio(fds)
+        request = json.loads(msg)
         policy = policy_from_json(request["policy"])  # validated by the server
         apply_and_exec(
             policy,
@@ -600,6 +606,41 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
             os.write(2, f"sandbox: {status[1]}\n".encode())
         _send(ctrl, {"event": "error", "status": status[0], "error": status[1]})
         return status[0]
+
+
+def _outlive_the_server() -> None:
+    _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
+
+
+def _take_stdio(fds: list[int]) -> None:
+    if fds:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+    else:
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+
+
+def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay) -> int:
+    """A pre-forked spare's plugin process (pid 2 of its namespace): it takes the request
+    itself, tells its launcher, and applies the layers (failures go through the relay)."""
+    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+    if not msg:  # the server stops
+        return 0
+    relay.claimed()
+    ctrl.close()  # the launcher alone answers the server
+    _take_stdio(fds)
+    try:
+        request = json.loads(msg)
+        policy = policy_from_json(request["policy"])  # validated by the server
+        apply_and_exec(policy, request["argv"], backend=request["backend"], cgroup=cg,
+                       relay=relay)  # fmt: skip
+    except Exception as exc:  # before the layers took over the relay (a missing command)
+        status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
+        relay.fail(status[0], status[1], None)
 
 
 #: Longest path a sockaddr_un holds (108 bytes with its NUL).
