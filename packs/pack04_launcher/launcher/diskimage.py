@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -171,10 +172,26 @@ def ensure(image: Path, target: Path, disk_bytes: int, inodes: int, uid: int) ->
             os.replace(old, target)
         raise
     if old is not None:
-        shutil.copytree(old, target, symlinks=True, dirs_exist_ok=True)
+        # Links as links; fifos, sockets and devices are not carried over. A tree that
+        # does not fit stays where it was moved (the error names it) for the operator.
+        shutil.copytree(old, target, symlinks=True, dirs_exist_ok=True, ignore=_special)
         shutil.rmtree(old)
     _grow(image, target, disk_bytes)
     return True
+
+
+def _special(directory: str, names: list[str]) -> set[str]:
+    """Entries that are neither directories, regular files nor symlinks."""
+    skip = set()
+    for name in names:
+        try:
+            mode = os.lstat(os.path.join(directory, name)).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            log.warning("%s: not moved into the data image (not a file)", name)
+            skip.add(name)
+    return skip
 
 
 def unmount(target: Path) -> str | None:

@@ -139,11 +139,13 @@ def test_a_mount_left_by_a_dead_supervisor_is_reused_and_old_data_moves_in(
     old = paths.plugin_data("acme.keep")
     old.mkdir(parents=True)
     (old / "notes").write_text("from before images")  # root-owned, as before identities
+    os.mkfifo(old / "pipe")  # a fifo is not copied (opening it would block the supervisor)
     fake_registry.add("acme.keep", SMALL)
     first = make_supervisor(disk_images=True)
     run_until_state(first, "acme.keep", status.RUNNING)
     assert diskimage.mounted(old)
     assert (old / "notes").read_text() == "from before images"
+    assert not (old / "pipe").exists()
     uid = (old).stat().st_uid
     assert (old / "notes").stat().st_uid == uid != 0
     # Stopped like a killed supervisor would leave it: plugin gone, image mounted.
