@@ -76,10 +76,11 @@ def _offending(home: Path, own: Path, uid: int) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "root",
+    ("root", "fork_server"),
     [
-        pytest.param(PASSTHROUGH_ROOT, id="passthrough"),
-        pytest.param(REAL_PACK03_ROOT, id="pack03"),
+        pytest.param(PASSTHROUGH_ROOT, False, id="passthrough"),
+        pytest.param(REAL_PACK03_ROOT, True, id="pack03-fork-server"),
+        pytest.param(REAL_PACK03_ROOT, False, id="pack03-one-shot"),
     ],
 )
 def test_after_a_run_only_the_data_dir_belongs_to_the_plugin(
@@ -88,11 +89,12 @@ def test_after_a_run_only_the_data_dir_belongs_to_the_plugin(
     paths: Paths,
     tmp_path: Path,
     root: Path,
+    fork_server: bool,
 ) -> None:
     if not (root / "sandbox" / "launch.py").is_file():
         pytest.skip(f"no sandbox at {root}")
     fake_registry.add("acme.own", "import time\nopen('mine', 'w').write('x')\ntime.sleep(60)\n")
-    sup = make_supervisor(sandbox_root=root)
+    sup = make_supervisor(sandbox_root=root, fork_server=fork_server)
     run_until_started(sup, "acme.own")
     data = paths.plugin_data("acme.own")
     run_until(sup, lambda: (data / "mine").is_file())
@@ -100,6 +102,8 @@ def test_after_a_run_only_the_data_dir_belongs_to_the_plugin(
     st = os.stat(data)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (uid, uid, 0o700)
     assert _offending(tmp_path, data, uid) == []
+    if root == REAL_PACK03_ROOT:  # pack03 ran it as that uid: what it wrote is the uid's
+        assert (os.stat(data / "mine").st_uid, os.stat(data / "mine").st_gid) == (uid, uid)
     modes = {p: stat.S_IMODE(os.stat(p).st_mode) for p in (paths.run, paths.logs)}
     assert modes == {paths.run: 0o700, paths.logs: 0o700}
     for f in (paths.identities, paths.audit_log, paths.plugin_run("acme.own") / "policy.json"):
