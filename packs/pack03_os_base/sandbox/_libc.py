@@ -105,6 +105,12 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int,
     _check(int(fn(enc[0], enc[1], enc[2], flags, enc[3])), f"mount {target}")
 
 
+def setns(fd: int, nstype: int) -> None:
+    fn = libc().setns
+    fn.restype = ctypes.c_int
+    _check(int(fn(ctypes.c_int(fd), ctypes.c_int(nstype))), "setns")
+
+
 def umount2(target: str, flags: int) -> None:
     fn = libc().umount2
     fn.restype = ctypes.c_int

@@ -346,6 +346,20 @@ def _unshare(run: Run, flags: int) -> None:
         raise LayerError(f"namespaces: unshare: {exc.strerror}") from None
 
 
+def _back_to_host_network(run: Run, flags: int) -> None:
+    """A spare's namespaces were made ahead with a network namespace: a plugin granted
+    `network` goes back to the host's (the spare kept a descriptor of it)."""
+    assert run.relay is not None
+    if not flags & libc.CLONE_NEWNET and run.relay.host_net is not None:
+        try:
+            libc.setns(run.relay.host_net, libc.CLONE_NEWNET)
+        except OSError as exc:
+            raise LayerError(f"network: back to the host network: {exc.strerror}") from None
+    if run.relay.host_net is not None:
+        os.close(run.relay.host_net)
+        run.relay.host_net = None
+
+
 def _namespaces_unprivileged(run: Run) -> None:
     """A non-root launcher: network and IPC namespaces only (through a user namespace)."""
     for name in ("pid-namespace", "uts-namespace", "mount-namespace"):
@@ -617,7 +631,10 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
             run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused)
             run.host_pid = run.relay.host_pid
         out.keep_fd = None  # the launcher keeps the server's channel; this process relays
-        _unshare(run, flags)
+        if run.relay.unshared:  # a spare made them ahead
+            _back_to_host_network(run, flags)
+        else:
+            _unshare(run, flags)
         socket_sethostname(pidns.HOSTNAME)
         _mount_view(run)
     else:
@@ -707,6 +724,9 @@ def _become(run: Run) -> None:
 def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     from sandbox import bwrap
 
+    if run.relay is not None and run.relay.unshared:  # a spare's namespaces, made ahead
+        granted = "network" in run.policy.granted
+        _back_to_host_network(run, 0 if granted else libc.CLONE_NEWNET)
     env = _common(run)
     path = bwrap.find()
     if path is None:

@@ -53,6 +53,21 @@ class Relay:
         # A pre-forked spare's launcher does not hold the plugin's stderr: the plugin
         # process says why it stops itself (a one-shot launcher prints it).
         self.speak = True
+        # Namespaces a pre-forked spare unshared ahead (sandbox.pidns.unshare_ahead), and
+        # the host's network namespace to go back to when `network` is granted.
+        self.unshared = 0
+        self.host_net: int | None = None
+
+    def unshare_ahead(self, flags: int) -> None:
+        """A spare, before any request: unshare `flags` now (a network namespace too:
+        most plugins get one; a request granting `network` returns to the host's)."""
+        host_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _libc.unshare(flags)
+        except OSError:
+            os.close(host_net)
+            return
+        self.unshared, self.host_net = flags, host_net
 
     def report(self, doc: dict[str, Any]) -> None:
         _write_all(self.fd, json.dumps({"report": doc}).encode() + b"\n")

@@ -625,8 +625,11 @@ def _take_stdio(fds: list[int]) -> None:
 
 
 def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay) -> int:
-    """A pre-forked spare's plugin process (pid 2 of its namespace): it takes the request
-    itself, tells its launcher, and applies the layers (failures go through the relay)."""
+    """A pre-forked spare's plugin process (pid 2 of its namespace): it makes its other
+    namespaces ahead, takes the request itself, tells its launcher, and applies the
+    layers (failures go through the relay)."""
+    relay.unshare_ahead(_libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC
+                        | _libc.CLONE_NEWNET)  # fmt: skip
     msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
     if not msg:  # the server stops
         return 0
