@@ -206,8 +206,23 @@ def unmount(target: Path) -> str | None:
     return f"{target}: busy, detached lazily ({why})" if lazy.returncode == 0 else why
 
 
+def share_root(root: Path) -> None:
+    """Make ``root`` (plugin-data) a shared mount of its own: bound onto itself.
+
+    pack03's fork server makes a spare's mount namespace ahead of the request that uses
+    it; a namespace copied from a shared mount is its peer, so an image mounted under
+    ``root`` later still appears in it (until pack03 makes its view private). Raises
+    DiskUnavailable when it cannot be done: then no image is used.
+    """
+    _host_can()
+    root.mkdir(parents=True, exist_ok=True)
+    if not mounted(root):
+        _run(["mount", "--bind", str(root), str(root)], f"binding {root} onto itself")
+    _run(["mount", "--make-shared", str(root)], f"making {root} a shared mount")
+
+
 def unmount_all(root: Path) -> list[str]:
-    """Unmount every plugin data image under ``root``; the problems met."""
+    """Unmount every plugin data image under ``root``, then ``root``'s own bind."""
     problems = []
     try:
         names = sorted(os.listdir(root))
@@ -216,4 +231,6 @@ def unmount_all(root: Path) -> list[str]:
     for name in names:
         if (why := unmount(root / name)) is not None:
             problems.append(why)
+    if (why := unmount(root)) is not None:
+        problems.append(why)
     return problems

@@ -137,6 +137,7 @@ class Supervisor:
         self.sandbox_error: str | None = None
         self.degraded_error: str | None = None
         self.limits_error: str | None = None
+        self._disk_error: str | None = None  # why no data image can be used here
         self._limits_sig: object = _UNREAD
         self._limit_settings: dict[str, dict[str, Any]] = {}
         self._registry_sig: object = _UNREAD
@@ -162,6 +163,12 @@ class Supervisor:
         stopped first, and with it the plugins it ran).
         """
         self._lay_out()
+        if self.settings.disk_images:
+            try:  # before the fork server makes its spares' namespaces
+                diskimage.share_root(self.paths.plugin_data_root)
+            except diskimage.DiskUnavailable as exc:
+                self._disk_error = str(exc)
+                log.error("data images off: %s", exc)
         stop_leftover(self.paths.sandbox_server_pidfile, self.settings.stop_grace)
         if self.settings.use_cgroup:
             self.cgroups = CgroupTree.create(str(self.paths.run))
@@ -435,6 +442,8 @@ class Supervisor:
         fresh, slot.disk_gap = False, None
         if self.settings.disk_images:
             try:
+                if self._disk_error is not None:
+                    raise diskimage.DiskUnavailable(self._disk_error)
                 fresh = diskimage.ensure(self.paths.plugin_image(entry.id), data_dir,
                                          bounds.disk_bytes, bounds.inodes, uid)  # fmt: skip
             except (diskimage.DiskUnavailable, OSError) as exc:
