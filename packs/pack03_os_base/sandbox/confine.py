@@ -609,8 +609,8 @@ def _common(run: Run) -> dict[str, str]:
 
 
 def _finish_report(run: Run, out: _Output) -> None:
-    if run.relay is not None:  # the launcher outside writes it (our root is another)
-        run.relay.report(run.to_json())
+    if run.relay is not None and not run.relay.direct:  # the launcher outside writes it
+        run.relay.report(run.to_json())  # (our root is another)
         return
     out.write(run.to_json())
 
@@ -630,7 +630,7 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
                 os.setsid()
             run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused)
             run.host_pid = run.relay.host_pid
-        out.keep_fd = None  # the launcher keeps the server's channel; this process relays
+            out.keep_fd = None  # the launcher keeps the server's channel; we relay
         if run.relay.unshared:  # a spare made them ahead
             _back_to_host_network(run, flags)
         else:

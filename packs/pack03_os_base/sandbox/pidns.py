@@ -57,6 +57,10 @@ class Relay:
         # the host's network namespace to go back to when `network` is granted.
         self.unshared = 0
         self.host_net: int | None = None
+        # A server's spare: the plugin process talks to the server itself (its report,
+        # its refusal through `on_fail`); the launcher only waits.
+        self.direct = False
+        self.on_fail: Callable[[int, str, dict[str, Any] | None], None] | None = None
 
     def unshare_ahead(self, flags: int) -> None:
         """A spare, before any request: unshare `flags` now (a network namespace too:
@@ -81,6 +85,10 @@ class Relay:
         if self.speak:
             with contextlib.suppress(OSError):
                 os.write(2, f"sandbox: {message}\n".encode())
+        if self.on_fail is not None:
+            with contextlib.suppress(OSError):
+                self.on_fail(status, message, doc)
+            os._exit(status)
         with contextlib.suppress(OSError):
             msg = {"error": {"status": status, "message": message}, "report": doc}
             _write_all(self.fd, json.dumps(msg).encode() + b"\n")
@@ -111,6 +119,23 @@ class Launcher:
         end as the plugin ended. `on_claim`: the plugin process took a request (a
         server's pre-forked spare)."""
         _launcher(self, keep_fd, deliver, on_failure, on_claim)
+
+    def wait(self, on_claim: Callable[[], None]) -> NoReturn:
+        """A server's spare: the plugin process talks to the server itself; only wait
+        (signals go to init, which passes them on), and end as the plugin ended."""
+
+        def forward(sig: int, _frame: object) -> None:
+            _kill(self.init, sig)
+
+        for sig in FORWARDED:
+            signal.signal(sig, forward)
+        _read_relay(self.status_r, on_claim)  # "claimed", then EOF at exec (or death)
+        os.close(self.status_r)
+        _reap(self.init)
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(self.exit_r, _STATUS.size)
+        _mirror(_STATUS.unpack(data)[0] if len(data) == _STATUS.size else None)
 
 
 def prefork() -> Relay | Launcher:

@@ -581,10 +581,10 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})
 
+    if isinstance(side, pidns.Launcher):  # the plugin process talks to the server
+        ctrl.close()
+        side.wait(on_claim=_outlive_the_server)
     try:
-        if isinstance(side, pidns.Launcher):
-            side.run(ctrl.fileno(), publish, lambda doc: publish(doc) if doc else None,
-                     on_claim=_outlive_the_server)  # fmt: skip
         msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
         if not msg:  # the server stops
             return 0
@@ -626,21 +626,31 @@ def _take_stdio(fds: list[int]) -> None:
 
 def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay) -> int:
     """A pre-forked spare's plugin process (pid 2 of its namespace): it makes its other
-    namespaces ahead, takes the request itself, tells its launcher, and applies the
-    layers (failures go through the relay)."""
+    namespaces ahead, takes the request itself, tells its launcher (which then outlives
+    the server), applies the layers and talks to the server itself: its report, or its
+    refusal, on the spare's channel, which closes on exec (the server's "started")."""
     relay.unshare_ahead(_libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC
                         | _libc.CLONE_NEWNET)  # fmt: skip
+
+    def publish(doc: dict[str, Any]) -> None:
+        _send(ctrl, {"event": "report", "report": doc})
+
+    def refused(status: int, message: str, doc: dict[str, Any] | None) -> None:
+        if doc is not None:
+            publish(doc)
+        _send(ctrl, {"event": "error", "status": status, "error": message})
+
+    relay.direct, relay.on_fail = True, refused
     msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
     if not msg:  # the server stops
         return 0
     relay.claimed()
-    ctrl.close()  # the launcher alone answers the server
     _take_stdio(fds)
     try:
         request = json.loads(msg)
         policy = policy_from_json(request["policy"])  # validated by the server
         apply_and_exec(policy, request["argv"], backend=request["backend"], cgroup=cg,
-                       relay=relay)  # fmt: skip
+                       publish=publish, keep_fd=ctrl.fileno(), relay=relay)  # fmt: skip
     except Exception as exc:  # before the layers took over the relay (a missing command)
         status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
         relay.fail(status[0], status[1], None)
