@@ -10,6 +10,29 @@ if TYPE_CHECKING:
     from sandbox.confine import Run
 
 _SEARCH = ("/usr/local/bin", "/usr/bin", "/bin")
+#: util-linux's setpriv: switches to the plugin's uid/gid inside the sandbox.
+SETPRIV = "/usr/bin/setpriv"
+
+
+def setpriv_argv(uid: int, gid: int) -> list[str]:
+    """The command prefix that runs ARGV as uid:gid, no group, no capability at all."""
+    return [SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--"]  # fmt: skip
+
+
+def traversable(path: str, uid: int, gid: int) -> bool:
+    """Whether `uid` (group `gid`, no other group) can reach `path` on the host."""
+    current = "/"
+    for part in [p for p in path.split("/") if p][:-1]:
+        current = os.path.join(current, part)
+        try:
+            st = os.stat(current)
+        except OSError:
+            return False
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def find() -> str | None:
@@ -26,32 +49,51 @@ def arguments(
 ) -> list[str]:
     """bwrap options for this run, ending with "--" (the command goes after it).
 
-    Always ``--cap-drop ALL``: a root process inside keeps uid 0 but no capability,
-    so it cannot remount, setns or raise limits. Mounts: the system read-only, the
-    data dir read-write, a fresh /proc and a minimal /dev.
+    Every capability dropped but the three ``setpriv`` needs to switch to the plugin's
+    uid/gid and empty the bounding set (the command goes after ``setpriv_argv``).
+    Mounts: the system read-only, the data dir read-write, a fresh /proc, a minimal
+    /dev, a private /tmp.
     """
     pol = run.policy
     args = ["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--cap-drop", "ALL"]  # fmt: skip
+            "--hostname", "aurora-sandbox", "--unshare-cgroup-try", "--cap-drop", "ALL",
+            "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
+            "--cap-add", "CAP_DAC_READ_SEARCH"]  # fmt: skip
     if "network" not in pol.granted:
         args.append("--unshare-net")
-    if "fs-write" in pol.granted:
-        # /sys stays read-only: for uid 0 it is the host's configuration (cgroups too).
-        args += ["--bind", "/", "/", "--ro-bind", "/sys", "/sys"]
-    elif "fs-read" in pol.granted:
-        args += ["--ro-bind", "/", "/"]
+    needed = [*prefixes, *pol.read_paths, pol.data_dir]
+    for path in (run.executable, os.path.realpath(run.executable)):
+        if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in [*system, *needed]):
+            needed.append(path)
+    made: list[str] = ["/tmp"]  # tmpfs dirs: bwrap copies host modes into dirs it makes there
+    if pol.granted & {"fs-read", "fs-write"}:
+        # /sys stays read-only: it is the host's configuration (cgroups too).
+        rw = "fs-write" in pol.granted
+        args += ["--bind" if rw else "--ro-bind", "/", "/", "--ro-bind", "/sys", "/sys",
+                 "--tmpfs", "/tmp"]  # fmt: skip
+        for name in sorted(os.listdir("/")):
+            top = "/" + name
+            if name in ("dev", "proc", "sys", "tmp") or os.path.islink(top):
+                continue
+            below = [n for n in needed if n == top or n.startswith(top + "/")]
+            if any(not traversable(n, pol.uid, pol.gid) for n in below):
+                args += ["--tmpfs", top]  # only the needed binds below it
+                made.append(top)
     else:
         for path in system:
             args += _bind_keep_symlink(path)
         args += ["--tmpfs", "/tmp"]  # private; binds below may land inside it
-        bound = [*system, *prefixes, *pol.read_paths]
-        for path in [*prefixes, *pol.read_paths]:
-            args += ["--ro-bind-try", path, path]
-        for path in (run.executable, os.path.realpath(run.executable)):
-            if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
-                args += ["--ro-bind-try", path, path]
-                bound.append(path)
-    args += ["--bind", pol.data_dir, pol.data_dir, "--proc", "/proc", "--dev", "/dev"]
+        made.append("/")
+    done: set[str] = set()
+    base = bool(pol.granted & {"fs-read", "fs-write"})
+    for path in sorted(needed, key=lambda p: p.count("/")):
+        hidden = any(path.startswith(m.rstrip("/") + "/") for m in made if m != "/")
+        if base and not hidden and (path != pol.data_dir or "fs-write" in pol.granted):
+            continue  # visible as it is through the bound host root
+        args += _dirs_above(path, made, [*system, *needed], done)
+        flag = "--bind" if path == pol.data_dir else "--ro-bind-try"
+        args += [flag, path, path]
+    args += ["--proc", "/proc", "--dev", "/dev"]
     for cap, patterns in devices.items():
         if cap in pol.granted:
             for name in sorted(os.listdir("/dev")):
@@ -59,6 +101,23 @@ def arguments(
                     args += ["--dev-bind-try", f"/dev/{name}", f"/dev/{name}"]
     args += ["--chdir", pol.data_dir, "--"]
     return args
+
+
+def _dirs_above(path: str, made: list[str], bound: list[str], done: set[str]) -> list[str]:
+    """``--perms 0755 --dir`` for each ancestor of `path` bwrap would make inside a tmpfs
+    (it would copy the host's mode: a 0700 root dir would lock the plugin's uid out)."""
+    out: list[str] = []
+    parts = [p for p in path.split("/") if p][:-1]
+    current = ""
+    for part in parts:
+        current += "/" + part
+        inside = any(current.startswith(m.rstrip("/") + "/") for m in made)
+        covered = any(current == b or current.startswith(b.rstrip("/") + "/")
+                      for b in bound if b != path)  # fmt: skip
+        if inside and not covered and current not in done:
+            out += ["--perms", "0755", "--dir", current]
+            done.add(current)
+    return out
 
 
 def _bind_keep_symlink(path: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Control groups: memory and process-count limits, and killing a run's whole process tree.
+"""Control groups: memory, process-count and CPU-bandwidth limits, and killing a run's tree.
 
 Works with a pure cgroup v2 hierarchy and with the hybrid layout (v1 controllers
 beside a controller-less v2 mount) this project's CI machines have. Every run gets
@@ -69,7 +69,7 @@ def hierarchies() -> list[Hierarchy]:
                 ctrls = frozenset()
             found.append(Hierarchy(mount, 2, ctrls, own.get("", "/")))
         elif fstype == "cgroup":
-            ctrls = frozenset(o for o in options if o in ("memory", "pids", "freezer"))
+            ctrls = frozenset(o for o in options if o in ("memory", "pids", "freezer", "cpu"))
             if ctrls:
                 key = next((k for k in own if set(k.split(",")) & ctrls), "")
                 found.append(Hierarchy(mount, 1, ctrls, own.get(key, "/")))
@@ -85,6 +85,7 @@ class RunCgroup:
         self.versions: list[int] = []  # the hierarchy version, per dir
         self.memory: str | None = None  # the file holding the memory limit, when set
         self.pids: str | None = None  # the file holding the process limit, when set
+        self.cpu: str | None = None  # the file holding the CPU bandwidth, when set
         self.kill_file: str | None = None  # v2 cgroup.kill, when the kernel has it
         self.freezer: str | None = None  # v1 freezer.state, stops forks while killing
         self.problems: list[str] = problems or []
@@ -94,7 +95,9 @@ class RunCgroup:
         for d in self.dirs:
             _write(os.path.join(d, "cgroup.procs"), str(pid))
 
-    def set_limits(self, memory_bytes: int | None, processes: int | None) -> None:
+    def set_limits(
+        self, memory_bytes: int | None, processes: int | None, cpu_cores: float | None = None
+    ) -> None:
         """Write the limits into the run's directories; problems are recorded, not raised.
 
         Cheap (a few small writes): a cgroup prepared ahead (server spares) gets its
@@ -102,12 +105,15 @@ class RunCgroup:
         """
         for run_dir, version in zip(self.dirs, self.versions, strict=True):
             _set_limits(version, run_dir, self, memory_bytes, processes)
+            if cpu_cores is not None and self.cpu is None:
+                _set_cpu(version, run_dir, self, cpu_cores)
 
     def to_json(self) -> dict[str, object]:
         return {
             "dirs": self.dirs,
             "memory": self.memory,
             "pids": self.pids,
+            "cpu": self.cpu,
             "kill": self.kill_file or self.freezer or ("signal loop" if self.dirs else None),
             "problems": self.problems,
         }
@@ -122,15 +128,41 @@ def _write(path: str, text: str) -> None:
 
 
 def create_run(
-    plugin_id: str, pid: int, memory_bytes: int | None, processes: int | None
+    plugin_id: str,
+    pid: int,
+    memory_bytes: int | None,
+    processes: int | None,
+    cpu_cores: float | None = None,
 ) -> RunCgroup:
     """Create the run's cgroups and set the limits; problems are recorded, not raised."""
-    run = prepare_run(plugin_id, pid, memory_bytes is not None, processes is not None)
-    run.set_limits(memory_bytes, processes)
+    run = prepare_run(plugin_id, pid, memory_bytes is not None, processes is not None,
+                      cpu=cpu_cores is not None)  # fmt: skip
+    run.set_limits(memory_bytes, processes, cpu_cores)
     return run
 
 
-def prepare_run(group: str, pid: int, memory: bool, pids: bool, prune: bool = True) -> RunCgroup:
+#: cpu.max / cpu.cfs_period_us: the bandwidth period, in microseconds.
+CPU_PERIOD = 100_000
+
+
+def _set_cpu(version: int, run_dir: str, run: RunCgroup, cores: float) -> None:
+    """CPU bandwidth for everything in the run: `cores` x the period per period."""
+    quota = max(1000, round(cores * CPU_PERIOD))
+    try:
+        if version == 2 and os.path.exists(os.path.join(run_dir, "cpu.max")):
+            _write(os.path.join(run_dir, "cpu.max"), f"{quota} {CPU_PERIOD}")
+            run.cpu = os.path.join(run_dir, "cpu.max")
+        elif version == 1 and os.path.exists(os.path.join(run_dir, "cpu.cfs_quota_us")):
+            _write(os.path.join(run_dir, "cpu.cfs_period_us"), str(CPU_PERIOD))
+            _write(os.path.join(run_dir, "cpu.cfs_quota_us"), str(quota))
+            run.cpu = os.path.join(run_dir, "cpu.cfs_quota_us")
+    except OSError as exc:
+        run.problems.append(f"{run_dir}: cpu bandwidth: {exc.strerror}")
+
+
+def prepare_run(
+    group: str, pid: int, memory: bool, pids: bool, prune: bool = True, cpu: bool = False
+) -> RunCgroup:
     """Create ``<group>/run-<pid>`` in each hierarchy needed for these controllers.
 
     `group` is the plugin id, or ``POOL`` for a server's spare whose plugin is not
@@ -146,6 +178,7 @@ def prepare_run(group: str, pid: int, memory: bool, pids: bool, prune: bool = Tr
         if h.version == 1 and not (
             (memory and "memory" in h.controllers and "memory" not in have)
             or (pids and "pids" in h.controllers and "pids" not in have)
+            or (cpu and "cpu" in h.controllers and "cpu" not in have)
             or ("freezer" in h.controllers and not have & {"kill", "freezer"})
         ):
             continue
@@ -159,7 +192,7 @@ def prepare_run(group: str, pid: int, memory: bool, pids: bool, prune: bool = Tr
         run.dirs.append(run_dir)
         run.origins.append(os.path.normpath(h.mount + h.own_path))
         run.versions.append(h.version)
-        have |= {c for c in ("memory", "pids") if c in h.controllers}
+        have |= {c for c in ("memory", "pids", "cpu") if c in h.controllers}
         if h.version == 2 and os.path.exists(os.path.join(run_dir, "cgroup.kill")):
             run.kill_file = os.path.join(run_dir, "cgroup.kill")
             have.add("kill")
@@ -195,7 +228,7 @@ def _make_run_dir(h: Hierarchy, base: str, plugin_id: str, run_dir: str, prune: 
 
 def _enable_controllers(h: Hierarchy, d: str) -> None:
     """Controllers must be enabled in every ancestor's subtree_control (v2)."""
-    wanted = " ".join(f"+{c}" for c in ("memory", "pids") if c in h.controllers)
+    wanted = " ".join(f"+{c}" for c in ("memory", "pids", "cpu") if c in h.controllers)
     if not wanted:
         return
     for parent in (os.path.dirname(d), d):

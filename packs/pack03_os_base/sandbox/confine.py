@@ -3,10 +3,12 @@
 Two backends share the steps that stay in the launcher (data dir, cgroup, session,
 rlimits, environment, report) and differ in how they shut the plugin in:
 
-* ``native``: network/IPC namespaces (unshare), capabilities dropped, no_new_privs,
-  seccomp, Landlock, all in this process; then exec the command itself.
-* ``bwrap``: exec bubblewrap (always ``--cap-drop ALL``) with a mount namespace
-  holding only what the policy allows, plus pid/IPC/network namespaces.
+* ``native``: PID/mount/UTS/IPC/network namespaces (sandbox.pidns: the launcher stays
+  as a waiter, the plugin is its grandchild), a minimal root (sandbox.mounts), the
+  plugin's own uid/gid (sandbox.identity), no_new_privs, seccomp, Landlock; then exec.
+* ``bwrap``: exec bubblewrap with a mount namespace holding only what the policy
+  allows, plus pid/IPC/UTS/network namespaces; ``setpriv`` switches to the plugin's
+  uid/gid inside and empties the bounding set.
 
 Layers are recorded as they are applied; ``enforcement`` says which active layers
 hold back each capability that was not granted. A capability nothing holds back is
@@ -16,11 +18,12 @@ silently.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
 
-from sandbox import CAPABILITIES, _log, cgroups, landlock, limits, privileges
+from sandbox import CAPABILITIES, _log, cgroups, identity, landlock, limits, pidns, privileges
 from sandbox import _libc as libc
 from sandbox.errors import CommandNotExecutable, CommandNotFound, LayerError, Refused
 from sandbox.policy import Policy
@@ -74,6 +77,8 @@ class Run:
         self.limits: dict[str, int | str] = {}
         self.status = "starting"
         self.refusal: list[str] = []
+        self.host_pid = os.getpid()  # the plugin's pid as the host sees it
+        self.relay: pidns.Relay | None = None  # in the plugin process of a PID namespace
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -86,10 +91,10 @@ class Run:
         bw = self.active("bwrap")
         rules = {
             "network": ["network-namespace", "seccomp"] + (["bwrap"] if bw else []),
-            "fs-read": ["landlock", "bwrap"],
-            "fs-write": ["landlock", "bwrap"],
-            "gpu": ["landlock", "bwrap"],
-            "io": ["landlock", "bwrap"],
+            "fs-read": ["landlock", "mount-namespace", "bwrap"],
+            "fs-write": ["landlock", "mount-namespace", "user", "bwrap"],
+            "gpu": ["landlock", "mount-namespace", "bwrap"],
+            "io": ["landlock", "mount-namespace", "bwrap"],
         }
         return {
             cap: [name for name in rules[cap] if self.active(name)] for cap in self.policy.denied()
@@ -105,8 +110,10 @@ class Run:
             + (["rlimit-nproc"] if isinstance(self.limits.get("processes"), int) else []),
             "tree-kill": ["cgroup"] if cg and cg.dirs else [],
             "signals": (["landlock-scope"] if self.active("landlock-scope") else [])
-            + (["pid-namespace"] if self.active("bwrap") else []),
-        }
+            + (["pid-namespace"] if self.active("bwrap") or self.active("pid-namespace")
+               else []) + (["user"] if self.active("user") else []),
+            "cpu": ["cgroup-cpu"] if cg and cg.cpu else [],
+        }  # fmt: skip
         return out
 
     def gaps(self) -> list[str]:
@@ -121,8 +128,10 @@ class Run:
             # ptrace) every process of that uid - for root, the whole machine.
             gaps.append(
                 "signals: no layer keeps the plugin from signalling processes outside it "
-                "(needs Landlock ABI 6 scoping or the bwrap backend's pid namespace)"
+                "(needs its own uid, a pid namespace or Landlock ABI 6 scoping)"
             )
+        if "cpu_cores" in self.policy.limits and not self.containment()["cpu"]:
+            gaps.append("limits.cpu_cores: no cgroup cpu controller is writable")
         if "processes" in self.policy.limits and not self.containment()["processes"]:
             gaps.append(
                 "limits.processes: no cgroup pids controller is writable and RLIMIT_NPROC "
@@ -145,7 +154,9 @@ class Run:
             "status": self.status,
             "refusal": self.refusal,
             "plugin_id": self.policy.plugin_id,
-            "pid": os.getpid(),
+            "pid": self.host_pid,
+            "uid": self.policy.uid,
+            "gid": self.policy.gid,
             "backend": self.backend,
             "argv": self.argv,
             "executable": self.executable,
@@ -211,10 +222,50 @@ def environment(policy: Policy) -> dict[str, str]:
 
 
 def _prepare_data_dir(policy: Policy) -> None:
+    """The data dir and its tmp/: created or fixed as uid:gid, mode 0700.
+
+    Only those two, through descriptors and without following a symlink: the plugin
+    owns what is inside, so a link it planted (``tmp -> /etc``) is refused, never
+    chowned through.
+    """
+    parent, name = os.path.split(policy.data_dir)
     try:
-        os.makedirs(os.path.join(policy.data_dir, "tmp"), mode=0o700, exist_ok=True)
+        os.makedirs(parent, mode=0o755, exist_ok=True)  # the launcher's own layout
+        pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            top = _own_dir(pfd, name, policy.uid, policy.gid)
+            try:
+                os.close(_own_dir(top, "tmp", policy.uid, policy.gid))
+            finally:
+                os.close(top)
+        finally:
+            os.close(pfd)
     except OSError as exc:
-        raise LayerError(f"data_dir: cannot create {policy.data_dir}: {exc.strerror}") from None
+        what = f"{exc.filename}: " if exc.filename else ""
+        raise LayerError(
+            f"data_dir: cannot create or own {policy.data_dir} ({what}{exc.strerror})"
+        ) from None
+
+
+def _own_dir(dirfd: int, name: str, uid: int, gid: int) -> int:
+    """Open (making it if missing) directory `name` in `dirfd`, owned uid:gid mode 0700."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=dirfd)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=dirfd)  # fmt: skip
+    except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a file
+        raise OSError(exc.errno, f"{exc.strerror} (a symlink or not a directory)", name) from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+        if st.st_mode & 0o7777 != 0o700:
+            os.fchmod(fd, 0o700)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _session(run: Run) -> None:
@@ -233,12 +284,14 @@ def _session(run: Run) -> None:
 
 def _cgroup(run: Run, prepared: cgroups.RunCgroup | None) -> None:
     pol = run.policy
-    memory, processes = pol.limits.get("memory_bytes"), pol.limits.get("processes")
+    memory = int(pol.limits["memory_bytes"]) if "memory_bytes" in pol.limits else None
+    processes = int(pol.limits["processes"]) if "processes" in pol.limits else None
+    cores = float(pol.limits["cpu_cores"]) if "cpu_cores" in pol.limits else None
     if prepared is not None:  # a server's spare: created and joined ahead, limits now
         cg = prepared
-        cg.set_limits(memory, processes)
+        cg.set_limits(memory, processes, cores)
     else:
-        cg = cgroups.create_run(pol.plugin_id, os.getpid(), memory, processes)
+        cg = cgroups.create_run(pol.plugin_id, os.getpid(), memory, processes, cores)
     if cg.dirs and prepared is None:
         try:
             cg.join(os.getpid())
@@ -253,22 +306,68 @@ def _cgroup(run: Run, prepared: cgroups.RunCgroup | None) -> None:
         run.layer("cgroup", True, ", ".join(w for w in what if w) + f" ({cg.dirs[0]})")
     else:
         run.layer("cgroup", False, "; ".join(cg.problems) or "no cgroup hierarchy")
+    if cores is None:
+        run.layer("cpu", False, "limits.cpu_cores not in policy: CPU bandwidth not limited")
+    elif cg.cpu:
+        run.layer("cpu", True, f"{cores:g} core(s) for the whole run ({cg.cpu}: "
+                  f"{round(cores * cgroups.CPU_PERIOD)} per {cgroups.CPU_PERIOD} us)")  # fmt: skip
+    else:
+        run.layer("cpu", False, "no writable cgroup cpu controller (v2 cpu.max, v1 cpu)")
 
 
-def _namespaces(run: Run) -> None:
+def _namespace_flags(run: Run) -> int:
+    """Which namespaces the native backend unshares (root launcher), recorded as layers."""
+    flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
     if "network" in run.policy.granted:
         run.layer("network-namespace", False, "network granted: host network")
     else:
+        flags |= libc.CLONE_NEWNET
+        run.layer("network-namespace", True, "new network namespace (loopback only, down)")
+    run.layer("ipc-namespace", True, "new IPC namespace (no System V IPC with the host)")
+    run.layer("pid-namespace", True, "new PID namespace: the plugin sees only its own "
+              "processes (it is pid 2; pid 1 reaps, the launcher waits outside)")  # fmt: skip
+    run.layer("uts-namespace", True, f"new UTS namespace, hostname {pidns.HOSTNAME!r}")
+    return flags
+
+
+def _unshare(run: Run, flags: int) -> None:
+    """The plugin process's own namespaces; a network namespace the kernel refuses is
+    recorded (a refusal, unless degraded mode), the others are required."""
+    try:
+        libc.unshare(flags)
+        return
+    except OSError as exc:
+        if not flags & libc.CLONE_NEWNET:
+            raise LayerError(f"namespaces: unshare: {exc.strerror}") from None
+        run.layer("network-namespace", False, f"unshare(CLONE_NEWNET): {exc.strerror}")
+    try:
+        libc.unshare(flags & ~libc.CLONE_NEWNET)
+    except OSError as exc:
+        raise LayerError(f"namespaces: unshare: {exc.strerror}") from None
+
+
+def _back_to_host_network(run: Run, flags: int) -> None:
+    """A spare's namespaces were made ahead with a network namespace: a plugin granted
+    `network` goes back to the host's (the spare kept a descriptor of it)."""
+    assert run.relay is not None
+    if not flags & libc.CLONE_NEWNET and run.relay.host_net is not None:
         try:
-            libc.unshare(libc.CLONE_NEWNET)
-            run.layer("network-namespace", True, "new network namespace (loopback only, down)")
-        except PermissionError as exc:
-            if os.geteuid() == 0:
-                run.layer("network-namespace", False, f"unshare(CLONE_NEWNET): {exc.strerror}")
-            else:
-                _user_namespace(run)
+            libc.setns(run.relay.host_net, libc.CLONE_NEWNET)
         except OSError as exc:
-            run.layer("network-namespace", False, f"unshare(CLONE_NEWNET): {exc.strerror}")
+            raise LayerError(f"network: back to the host network: {exc.strerror}") from None
+    if run.relay.host_net is not None:
+        os.close(run.relay.host_net)
+        run.relay.host_net = None
+
+
+def _namespaces_unprivileged(run: Run) -> None:
+    """A non-root launcher: network and IPC namespaces only (through a user namespace)."""
+    for name in ("pid-namespace", "uts-namespace", "mount-namespace"):
+        run.layer(name, False, "non-root launcher: not built (run the launcher as root)")
+    if "network" in run.policy.granted:
+        run.layer("network-namespace", False, "network granted: host network")
+    else:
+        _user_namespace(run)
     try:
         libc.unshare(libc.CLONE_NEWIPC)
         run.layer("ipc-namespace", True, "new IPC namespace (no System V IPC with the host)")
@@ -372,6 +471,7 @@ def _filter(network: bool) -> Any:
         flt = seccomp.Filter()
         if not network:
             flt.deny_sockets()
+        flt.deny_namespaces()
         for name in seccomp.HARDENING:
             flt.deny(name)
         _FILTERS[network] = flt
@@ -390,11 +490,12 @@ def _plan_seccomp(run: Run) -> Any:
         run.layer("seccomp", False, f"building the filter: {exc.strerror or exc}")
         return None
     sockets = (
-        "socket() denied (all families, Unix too), socketpair() only for AF_UNIX; "
+        "socket() denied (all families, Unix too), socketpair() only AF_UNIX stream/seqpacket; "
         if "network" not in (run.policy.granted)
         else ""
     )
-    run.layer("seccomp", True, f"{sockets}denied: {', '.join(seccomp.HARDENING)}")
+    run.layer("seccomp", True, f"{sockets}clone(CLONE_NEW*) EPERM, clone3 ENOSYS; denied: "
+              f"{', '.join(seccomp.HARDENING)}")  # fmt: skip
     return flt
 
 
@@ -417,6 +518,24 @@ class _Output:
     def __bool__(self) -> bool:
         return bool(self.path) or self.publish is not None
 
+    def write(self, doc: dict[str, Any]) -> None:
+        if self.path:
+            write_report(self.path, doc)
+        if self.publish is not None:
+            self.publish(doc)
+
+    def deliver(self, doc: dict[str, Any]) -> None:
+        """The launcher of a PID namespace: the plugin exec'd with this report."""
+        self.write(doc)
+
+    def refused(self, doc: dict[str, Any] | None) -> None:
+        """The launcher of a PID namespace: the plugin process refused (its report)."""
+        if doc is not None and self:
+            try:
+                self.write(doc)
+            except OSError as err:
+                _log.debug(__name__, "report %s: %s", self.path, err)
+
 
 def apply_and_exec(
     policy: Policy,
@@ -427,16 +546,21 @@ def apply_and_exec(
     cgroup: cgroups.RunCgroup | None = None,
     publish: Publish | None = None,
     keep_fd: int | None = None,
+    relay: pidns.Relay | None = None,
 ) -> NoReturn:
     """Confine this process by `policy` and exec `argv`; raises on refusal, never returns.
 
     `cgroup`: the run's cgroups, already made and joined by this process (a server's
     spare); else they are made and joined here. `publish` receives the report
     document too; `keep_fd` stays open up to exec (close-on-exec), so its reader
-    sees EOF exactly when exec succeeded.
+    sees EOF exactly when exec succeeded. `relay`: this process already is the plugin
+    process of a PID namespace (a server's pre-forked spare, sandbox.pidns.prefork).
     """
     out = _Output(report, publish, keep_fd)
     run = Run(policy=policy, argv=list(argv), backend=choose_backend(backend))
+    if relay is not None:
+        run.relay = relay
+        run.host_pid = relay.host_pid
     run.executable = resolve_command(argv)
     if os.path.basename(run.executable).startswith("python") and "-I" not in argv[1:]:
         run.warnings.append("python started without -I: it reads PYTHON* and the script dir")
@@ -447,6 +571,8 @@ def apply_and_exec(
             _exec_bwrap(run, out)
         _exec_native(run, out)
     except BaseException as exc:
+        if run.relay is not None:  # the plugin process: the launcher ends the run
+            _relay_failure(run, exc)
         if run.cgroup is not None and run.cgroup.dirs and cgroup is None:
             cgroups.leave(run.cgroup, os.getpid())
         if out and isinstance(exc, Refused):
@@ -457,6 +583,19 @@ def apply_and_exec(
             except OSError as err:
                 _log.debug(__name__, "report %s: %s", report, err)
         raise
+
+
+def _relay_failure(run: Run, exc: BaseException) -> NoReturn:
+    from sandbox.errors import EXIT_REFUSED, exit_status
+
+    status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
+    doc = None
+    if isinstance(exc, Refused):
+        run.status = "refused"
+        run.refusal = exc.reasons
+        doc = run.to_json()
+    assert run.relay is not None
+    run.relay.fail(status[0], status[1], doc)
 
 
 def _common(run: Run) -> dict[str, str]:
@@ -470,18 +609,38 @@ def _common(run: Run) -> dict[str, str]:
 
 
 def _finish_report(run: Run, out: _Output) -> None:
-    if out.path:
-        write_report(out.path, run.to_json())
-    if out.publish is not None:
-        out.publish(run.to_json())
+    if run.relay is not None and not run.relay.direct:  # the launcher outside writes it
+        run.relay.report(run.to_json())  # (our root is another)
+        return
+    out.write(run.to_json())
 
 
 def _exec_native(run: Run, out: _Output) -> NoReturn:
     abi = landlock.abi_version()
-    _namespaces(run)
+    flt = _plan_seccomp(run)  # built (and its module imported) while the host root is ours
+    if os.geteuid() == 0:
+        import fnmatch  # noqa: F401 - needed after pivot_root, where sandbox/ is not visible
+        import socket  # noqa: F401
+
+        from sandbox import mounts  # noqa: F401
+
+        flags = _namespace_flags(run)
+        if run.relay is None:
+            with contextlib.suppress(PermissionError):  # the waiter too leads its own group
+                os.setsid()
+            run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused)
+            run.host_pid = run.relay.host_pid
+            out.keep_fd = None  # the launcher keeps the server's channel; we relay
+        if run.relay.unshared:  # a spare made them ahead
+            _back_to_host_network(run, flags)
+        else:
+            _unshare(run, flags)
+        socket_sethostname(pidns.HOSTNAME)
+        _mount_view(run)
+    else:
+        _namespaces_unprivileged(run)
     env = _common(run)
     rs = _plan_landlock(run, abi)
-    flt = _plan_seccomp(run)
     if rs is not None:
         fs = (
             "all but hidden devices"
@@ -500,15 +659,8 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
         run.warnings.append(
             "network: without seccomp, Unix sockets on the host filesystem stay reachable"
         )
+    _become(run)
     _refuse_if_gaps(run)
-    if os.geteuid() == 0:
-        try:
-            privileges.drop_all_capabilities()
-            run.layer("capabilities", True, "root without capabilities (bounding set empty)")
-        except OSError as exc:
-            raise Refused([f"capabilities: cannot drop them: {exc.strerror}"]) from None
-    else:
-        run.layer("capabilities", True, f"uid {os.geteuid()}: none to drop")
     privileges.set_no_new_privs()
     run.layer("no-new-privs", True, "PR_SET_NO_NEW_PRIVS set")
     run.layer("file-descriptors", True, "every fd above 2 closed before exec")
@@ -520,15 +672,61 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
         if rs is not None:
             rs.restrict_self()
     except OSError as exc:
-        run.status = "refused"
-        _finish_report(run, out)
         raise Refused([f"seccomp/landlock: could not be applied: {exc.strerror}"]) from None
     _exec(run, run.executable, run.argv, env, cloexec=out.keep_fd)
+
+
+def socket_sethostname(name: str) -> None:
+    import socket
+
+    socket.sethostname(name)
+
+
+def _mount_view(run: Run) -> None:
+    """The plugin's own root (sandbox.mounts), in the plugin process, still root."""
+    from sandbox import mounts
+
+    pol = run.policy
+    base = "rw" if "fs-write" in pol.granted else "ro" if "fs-read" in pol.granted else None
+    view = mounts.View(base, pol.uid, pol.gid)
+    prefixes = python_prefixes(run.executable)
+    view.read = [*prefixes, *pol.read_paths]
+    for path in (run.executable, os.path.realpath(run.executable)):
+        if not any(path == b or path.startswith(b.rstrip("/") + "/")
+                   for b in (*SYSTEM_READ, *view.read)):  # fmt: skip
+            view.read.append(path)
+    view.write = [pol.data_dir]
+    granted: list[str] = []
+    for cap in ("gpu", "io"):
+        if cap in pol.granted:
+            granted += _dev_entries(DEVICES[cap])
+    try:
+        mounts.build(view, SYSTEM_READ, list(BASIC_DEVICES), granted)
+    except OSError as exc:
+        raise LayerError(f"mount-namespace: {exc}") from None
+    run.layer("mount-namespace", True, view.describe())
+
+
+def _become(run: Run) -> None:
+    """The plugin's own uid/gid, no group, no capability (sandbox.identity)."""
+    pol = run.policy
+    was_root = os.geteuid() == 0
+    try:
+        identity.become(pol.uid, pol.gid)
+    except LayerError as exc:
+        raise Refused([str(exc)]) from None
+    run.layer("user", True, f"uid {pol.uid}, gid {pol.gid}, no supplementary group "
+              "(getresuid/getresgid/getgroups checked)")  # fmt: skip
+    run.layer("capabilities", True, "none: bounding set emptied, then uid switched from root"
+              if was_root else f"uid {pol.uid}: none to drop")  # fmt: skip
 
 
 def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     from sandbox import bwrap
 
+    if run.relay is not None and run.relay.unshared:  # a spare's namespaces, made ahead
+        granted = "network" in run.policy.granted
+        _back_to_host_network(run, 0 if granted else libc.CLONE_NEWNET)
     env = _common(run)
     path = bwrap.find()
     if path is None:
@@ -543,13 +741,28 @@ def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
         os.lseek(fd, 0, os.SEEK_SET)
         keep.append(fd)
         args[-1:-1] = ["--seccomp", str(fd)]
-    run.layer("bwrap", True, f"{path} --cap-drop ALL; mounts: system ro, data_dir rw; "
-              "new pid/ipc/uts" + ("" if "network" in run.policy.granted else "/net")
-              + " namespaces")  # fmt: skip
-    run.layer("capabilities", True, "bwrap --cap-drop ALL (bwrap keeps the bounding set; "
-              "no-new-privs stops exec from using it)")  # fmt: skip
+    pol = run.policy
+    run.layer("bwrap", True, f"{path} --cap-drop ALL but SETUID/SETGID/SETPCAP (setpriv) "
+              "and DAC_READ_SEARCH (--chdir into the plugin-owned data_dir), all gone after "
+              "setpriv; "
+              "mounts: system ro, data_dir rw; new pid/ipc/uts"
+              + ("" if "network" in pol.granted else "/net") + " namespaces")  # fmt: skip
+    if not os.access(bwrap.SETPRIV, os.X_OK):
+        run.layer("user", False, f"{bwrap.SETPRIV} (util-linux) not installed")
+        raise Refused([f"user: {bwrap.SETPRIV} is needed to run the plugin as {pol.uid}"])
+    problem = identity.may_become(pol.uid, pol.gid)
+    if problem:
+        run.layer("user", False, problem)
+        raise Refused([f"user: {problem}"])
+    run.layer("user", True, f"uid {pol.uid}, gid {pol.gid}, no supplementary group (setpriv "
+              "--reuid --regid --clear-groups inside bwrap)")  # fmt: skip
+    run.layer("capabilities", True, "none: setpriv --inh-caps=-all --bounding-set=-all, then "
+              "the switch from root clears the rest")  # fmt: skip
     run.layer("ipc-namespace", True, "bwrap --unshare-ipc")
-    if "network" not in run.policy.granted:
+    run.layer("pid-namespace", True, "bwrap --unshare-pid")
+    run.layer("uts-namespace", True, "bwrap --unshare-uts --hostname aurora-sandbox")
+    run.layer("mount-namespace", True, "bwrap: new root of binds (pack03 README)")
+    if "network" not in pol.granted:
         run.layer("network-namespace", True, "bwrap --unshare-net")
     _refuse_if_gaps(run)
     privileges.set_no_new_privs()
@@ -557,7 +770,7 @@ def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     run.layer("file-descriptors", True, "every fd above 2 closed before exec")
     run.status = "running"
     _finish_report(run, out)
-    argv = [path, *args, run.executable, *run.argv[1:]]
+    argv = [path, *args, *bwrap.setpriv_argv(pol.uid, pol.gid), run.executable, *run.argv[1:]]
     _exec(run, path, argv, env, tuple(keep), cloexec=out.keep_fd)
 
 

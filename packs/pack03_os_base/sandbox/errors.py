@@ -48,6 +48,15 @@ class LayerError(SandboxError):
     """One confinement layer could not be applied; the message says why."""
 
 
+class Relayed(SandboxError):
+    """The sandboxed process (in its PID namespace) failed with this status; the launcher
+    outside ends with the same one."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 # Exit statuses, like env(1): a plugin exiting 2 is never mistaken for a launcher error.
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -58,6 +67,8 @@ EXIT_NOT_FOUND = 127
 
 def exit_status(exc: BaseException) -> tuple[int, str] | None:
     """The exit status and message for an error a run can end with (None: not ours)."""
+    if isinstance(exc, Relayed):
+        return exc.status, str(exc)
     if isinstance(exc, CommandNotFound):
         return EXIT_NOT_FOUND, str(exc)
     if isinstance(exc, CommandNotExecutable):

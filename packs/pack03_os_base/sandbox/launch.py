@@ -5,7 +5,8 @@
     launch.py --probe [--json]
     launch.py --check [--json]
     launch.py --kill-tree (--pid PID | --report FILE) [--grace SECONDS] [--json]
-    launch.py --serve SOCKET [--spares N] [--grace SECONDS]
+    launch.py --serve SOCKET --data-root DIR --packages-root DIR --report-root DIR
+              [--spares N] [--grace SECONDS]
 
 Exit codes (like env(1)): 125 the sandbox refused or failed to start the command,
 126 the command cannot be executed, 127 it was not found; otherwise the command's
@@ -105,6 +106,12 @@ def _parser() -> _Parser:
         default=1,
         help="--serve: children kept ready in their own cgroups (default 1)",
     )
+    for flag, what in (
+        ("--data-root", "every policy.data_dir lies strictly beneath it"),
+        ("--packages-root", "every policy.read_paths[i] lies beneath it"),
+        ("--report-root", "every request's report lies beneath it"),
+    ):
+        p.add_argument(flag, metavar="DIR", help=f"--serve (required): {what}")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     return p
 
@@ -188,14 +195,31 @@ def _cmd_kill_tree(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    from sandbox.layout import Layout, check_root, check_socket_dir
     from sandbox.server import Server
 
     if args.spares < 0 or args.grace < 0:
         raise _UsageError("--spares and --grace must not be negative")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.serve))):
         raise _UsageError(f"--serve {args.serve}: its directory does not exist")
+    roots: list[str] = []
+    problems: list[str] = []
+    for flag in ("--data-root", "--packages-root", "--report-root"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            problems.append(f"--serve needs {flag} DIR")
+            continue
+        root, problem = check_root(flag, value)
+        roots.append(root)
+        if problem:
+            problems.append(problem)
+    socket_problem = check_socket_dir(args.serve)
+    if socket_problem:
+        problems.append(socket_problem)
+    if problems:
+        raise _UsageError("; ".join(problems))
     logging.basicConfig(level=logging.INFO, format="sandbox-server: %(message)s")
-    Server(args.serve, spares=args.spares, grace=args.grace).serve()
+    Server(args.serve, Layout(*roots), spares=args.spares, grace=args.grace).serve()
     return EXIT_OK
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import resource
 
-#: Policy limit -> rlimit. processes maps to RLIMIT_NPROC, which binds non-root only.
+#: Policy limit -> rlimit. processes also maps to RLIMIT_NPROC: it binds non-root only, and
+#: a plugin is never root (its own uid: the count is its own processes').
 RLIMITS = {
     "cpu_seconds": resource.RLIMIT_CPU,
     "memory_bytes": resource.RLIMIT_AS,
@@ -15,21 +15,17 @@ RLIMITS = {
 
 
 def _nproc_binds() -> bool:
-    return os.getuid() != 0
+    return True  # the plugin runs as its own non-root uid (sandbox.identity, setpriv)
 
 
-def describe(limits: dict[str, int]) -> dict[str, int | str]:
+def describe(limits: dict[str, int | float]) -> dict[str, int | str]:
     """What apply() will set, for the report."""
     out: dict[str, int | str] = {
-        key: limits.get(key, "unlimited (not in policy)") for key in RLIMITS
+        key: int(limits[key]) if key in limits else "unlimited (not in policy)" for key in RLIMITS
     }
     out["core"] = 0
     if "processes" in limits:
-        out["processes"] = (
-            limits["processes"]
-            if _nproc_binds()
-            else "not by rlimit (root ignores RLIMIT_NPROC; see cgroup)"
-        )
+        out["processes"] = int(limits["processes"]) if _nproc_binds() else "not by rlimit"
     return out
 
 
@@ -41,7 +37,7 @@ def _lower(which: int, value: int, hard_value: int | None = None) -> None:
     resource.setrlimit(which, (min(value, want_hard), want_hard))
 
 
-def apply(limits: dict[str, int]) -> None:
+def apply(limits: dict[str, int | float]) -> None:
     """Set the rlimits of this process (the last step before exec: the launcher needs fds).
 
     CPU gets a hard limit one second above the soft one: the plugin first receives
@@ -49,8 +45,8 @@ def apply(limits: dict[str, int]) -> None:
     """
     for key, which in RLIMITS.items():
         if key in limits:
-            value = limits[key]
+            value = int(limits[key])
             _lower(which, value, value + 1 if key == "cpu_seconds" else None)
     _lower(resource.RLIMIT_CORE, 0)
     if "processes" in limits and _nproc_binds():
-        _lower(resource.RLIMIT_NPROC, limits["processes"])
+        _lower(resource.RLIMIT_NPROC, int(limits["processes"]))

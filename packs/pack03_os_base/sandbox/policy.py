@@ -14,9 +14,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 #: Keys of the "limits" object, each a positive integer (absent means "not limited").
-LIMIT_KEYS = ("cpu_seconds", "memory_bytes", "open_files", "file_size_bytes", "processes")
+LIMIT_KEYS = (
+    "cpu_seconds", "memory_bytes", "open_files", "file_size_bytes", "processes", "cpu_cores",
+)  # fmt: skip
 _MIN_LIMITS = {"open_files": 4, "memory_bytes": 16 * 1024 * 1024}
-_KEYS = ("plugin_id", "granted", "data_dir", "read_paths", "limits", "allow_degraded")
+_KEYS = (
+    "plugin_id", "granted", "data_dir", "read_paths", "limits", "allow_degraded", "uid", "gid",
+)  # fmt: skip
+#: Host ids a plugin may run as: never root (0), never `nobody` (65534, shared by host
+#: daemons), never the kernel's "no id" (4294967295).
+ID_MAX = 4294967294
+NOBODY = 65534
+#: Largest `cpu_cores` accepted (cpu.max quota in microseconds must stay sane).
+CPU_CORES_MAX = 1024
 # The id names a cgroup directory: no separators, no dot-dot, bounded length.
 _PLUGIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # A data directory must not be one of the places the system itself lives.
@@ -35,15 +45,19 @@ class Policy:
         granted: frozenset[str],
         data_dir: str,
         read_paths: tuple[str, ...] = (),
-        limits: dict[str, int] | None = None,
+        limits: dict[str, int | float] | None = None,
         allow_degraded: bool = False,
+        uid: int = -1,
+        gid: int = -1,
     ) -> None:
         self.plugin_id = plugin_id
         self.granted = granted
         self.data_dir = data_dir
         self.read_paths = read_paths
-        self.limits: dict[str, int] = dict(limits or {})
+        self.limits: dict[str, int | float] = dict(limits or {})
         self.allow_degraded = allow_degraded
+        self.uid = uid
+        self.gid = gid
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and self.to_json() == other.to_json()
@@ -62,6 +76,8 @@ class Policy:
             "read_paths": list(self.read_paths),
             "limits": dict(self.limits),
             "allow_degraded": self.allow_degraded,
+            "uid": self.uid,
+            "gid": self.gid,
         }
 
 
@@ -78,6 +94,8 @@ def policy_from_json(doc: dict[str, Any]) -> Policy:
         read_paths=tuple(doc["read_paths"]),
         limits=dict(doc["limits"]),
         allow_degraded=bool(doc["allow_degraded"]),
+        uid=int(doc["uid"]),
+        gid=int(doc["gid"]),
     )
 
 
@@ -106,6 +124,8 @@ def parse_policy(raw: object, source: str = "policy") -> Policy:
     data_dir = _data_dir(raw, problems)
     read_paths = _read_paths(raw, problems)
     limits = _limits(raw, problems)
+    uid = _host_id(raw, "uid", problems)
+    gid = _host_id(raw, "gid", problems)
     allow_degraded = raw.get("allow_degraded", False)
     if not isinstance(allow_degraded, bool):
         problems.append(f"allow_degraded: expected true or false, found {_kind(allow_degraded)}")
@@ -118,6 +138,8 @@ def parse_policy(raw: object, source: str = "policy") -> Policy:
         read_paths=tuple(read_paths),
         limits=limits,
         allow_degraded=bool(allow_degraded),
+        uid=uid,
+        gid=gid,
     )
 
 
@@ -208,15 +230,56 @@ def _read_paths(raw: dict[str, Any], problems: list[str]) -> list[str]:
     return paths
 
 
-def _limits(raw: dict[str, Any], problems: list[str]) -> dict[str, int]:
+def _host_id(raw: dict[str, Any], key: str, problems: list[str]) -> int:
+    """`uid`/`gid`: the host id the plugin runs as; required, never root nor nobody."""
+    what = "user" if key == "uid" else "group"
+    if key not in raw:
+        problems.append(f"{key}: missing (the host {what} id the plugin runs as, 1..{ID_MAX})")
+        return -1
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{key}: expected an integer 1..{ID_MAX}, found {_kind(value)}")
+        return -1
+    if value == 0:
+        problems.append(f"{key}: 0 is root: a plugin never runs as root")
+        return -1
+    if value == NOBODY:
+        problems.append(f"{key}: {NOBODY} is 'nobody', shared by host daemons: not a plugin's")
+        return -1
+    if not 1 <= value <= ID_MAX:
+        problems.append(f"{key}: expected an integer 1..{ID_MAX}, found {_kind(value)}")
+        return -1
+    return value
+
+
+def _cpu_cores(amount: object, problems: list[str]) -> float | None:
+    if (
+        isinstance(amount, bool)
+        or not isinstance(amount, (int, float))
+        or not 0.01 <= amount <= CPU_CORES_MAX
+    ):
+        problems.append(
+            f"limits.cpu_cores: expected a number of cores 0.01..{CPU_CORES_MAX} "
+            f"(e.g. 1 or 0.5), found {_kind(amount)}"
+        )
+        return None
+    return amount
+
+
+def _limits(raw: dict[str, Any], problems: list[str]) -> dict[str, int | float]:
     value = raw.get("limits", {})
     if not isinstance(value, dict):
         problems.append(f"limits: expected an object, found {_kind(value)}")
         return {}
-    limits: dict[str, int] = {}
+    limits: dict[str, int | float] = {}
     for key, amount in value.items():
         if key not in LIMIT_KEYS:
             problems.append(f"limits.{key}: unknown limit (known: {', '.join(LIMIT_KEYS)})")
+            continue
+        if key == "cpu_cores":
+            cores = _cpu_cores(amount, problems)
+            if cores is not None:
+                limits[key] = cores
             continue
         minimum = _MIN_LIMITS.get(key, 1)
         if isinstance(amount, bool) or not isinstance(amount, int) or amount < minimum:

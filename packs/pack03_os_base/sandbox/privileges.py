@@ -1,9 +1,7 @@
-"""Privileges: no_new_privs, and a root launcher giving up every capability before exec.
+"""Privileges: no_new_privs, and the bounding set emptied before the uid switch.
 
-The plugin keeps uid 0 when the launcher is root (a switch to `nobody` would break
-interpreters installed under /root, as on CI); what makes uid 0 harmless is that no
-capability survives: the bounding set is emptied, securebits stop exec from granting
-capabilities back, and effective/permitted/inheritable/ambient are zeroed.
+The plugin never keeps uid 0 (sandbox.identity switches it to its own uid); the
+bounding set is emptied first, so no exec can ever give a capability back.
 """
 
 from __future__ import annotations
@@ -28,10 +26,15 @@ def _last_cap() -> int:
         return 40
 
 
-def drop_all_capabilities() -> None:
-    """Empty every capability set of this process, for good (raises OSError on failure)."""
+def drop_bounding_set() -> None:
+    """Empty the bounding set (needs CAP_SETPCAP; raises OSError on failure)."""
     for cap in range(_last_cap() + 1):
         _libc.prctl(_libc.PR_CAPBSET_DROP, cap)
+
+
+def drop_all_capabilities() -> None:
+    """Empty every capability set of this process, for good (raises OSError on failure)."""
+    drop_bounding_set()
     _libc.prctl(_libc.PR_SET_SECUREBITS, SECUREBITS_LOCKDOWN)
     _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_CLEAR_ALL)
     _libc.capset_zero()

@@ -9,7 +9,15 @@ import functools
 SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_ACT_ERRNO = 0x00050000
 _SCMP_CMP_NE = 1
+_SCMP_CMP_MASKED_EQ = 7
 _AF_UNIX = 1
+#: The socket type bits of socketpair()'s second argument (SOCK_NONBLOCK/CLOEXEC masked off).
+_SOCK_TYPE_MASK = 0xF
+#: socketpair() types a plugin without `network` keeps: SOCK_STREAM, SOCK_SEQPACKET.
+_PAIR_TYPES = (1, 5)
+#: Every CLONE_NEW* flag, one by one (libseccomp compares "(arg & mask) == value").
+CLONE_NEW_FLAGS = (0x00000080, 0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
+                   0x20000000, 0x40000000)  # fmt: skip
 
 #: Syscalls denied whenever the layer is on: they reach around the socket rules
 #: (io_uring can open sockets) or change what confines the process.
@@ -18,6 +26,12 @@ HARDENING = (
     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
     "mount", "umount2", "pivot_root", "setns", "unshare", "keyctl", "add_key",
     "request_key", "userfaultfd", "swapon", "swapoff", "reboot",
+    # the new mount API, chroot, and calls that tune the host (all need a capability
+    # the plugin lacks: denied anyway, so a kernel bug behind them is out of reach)
+    "fsopen", "fsconfig", "fsmount", "fspick", "open_tree", "move_mount", "mount_setattr",
+    "chroot", "open_by_handle_at", "name_to_handle_at", "fanotify_init", "quotactl",
+    "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+    "vhangup", "lookup_dcookie", "uselib",
 )  # fmt: skip
 
 
@@ -103,8 +117,17 @@ class Filter:
     def deny(self, name: str, code: int = errno.EPERM) -> None:
         self._rule(_errno(code), name, [])
 
+    def deny_namespaces(self) -> None:
+        """No namespace by any route: clone() with a CLONE_NEW* flag fails with EPERM,
+        clone3() with ENOSYS (its flags sit in memory, out of the filter's sight; glibc
+        then falls back to clone, as under container runtimes). unshare/setns: HARDENING."""
+        for flag in CLONE_NEW_FLAGS:
+            self._rule(_errno(errno.EPERM), "clone", [_ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag)])
+        self.deny("clone3", errno.ENOSYS)
+
     def deny_sockets(self) -> None:
-        """socket() fails with EACCES for every family; socketpair() only works for AF_UNIX.
+        """socket() fails with EACCES for every family; socketpair() only works for AF_UNIX
+        SOCK_STREAM/SOCK_SEQPACKET (a datagram pair's end can sendto() a host socket path).
 
         Denying AF_UNIX socket() too matters: the network namespace does not hide
         pathname sockets (a root daemon's /run/*.sock), and Landlock cannot restrict
@@ -112,6 +135,10 @@ class Filter:
         """
         self._rule(_errno(errno.EACCES), "socket", [])
         self._rule(_errno(errno.EACCES), "socketpair", [_ArgCmp(0, _SCMP_CMP_NE, _AF_UNIX, 0)])
+        for kind in range(_SOCK_TYPE_MASK + 1):  # datagram pairs can carry a host address
+            if kind not in _PAIR_TYPES:
+                self._rule(_errno(errno.EACCES), "socketpair",
+                           [_ArgCmp(1, _SCMP_CMP_MASKED_EQ, _SOCK_TYPE_MASK, kind)])  # fmt: skip
 
     def load(self) -> None:
         """Install the filter on this process (needs no_new_privs); children inherit it."""

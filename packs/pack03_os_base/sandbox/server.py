@@ -24,11 +24,13 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import time
 
-from sandbox import _libc, _log, cgroups
-from sandbox.confine import BACKENDS, apply_and_exec, seccomp_filters
+from sandbox import _libc, _log, cgroups, pidns
+from sandbox.confine import BACKENDS, SYSTEM_READ, apply_and_exec, python_prefixes, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, ServerError, exit_status
+from sandbox.layout import Layout, check_request
 from sandbox.policy import parse_policy, policy_from_json
 from sandbox.report import write_report
 
@@ -57,8 +59,15 @@ _UCRED = struct.Struct("3i")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def parse_request(raw: bytes, nfds: int) -> dict[str, Any]:
-    """Validate one request; raise RequestError naming every problem at once."""
+def parse_request(
+    raw: bytes, nfds: int, layout: Layout | None = None, system_paths: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Validate one request; raise RequestError naming every problem at once.
+
+    With a `layout` (a server always has one) the policy's paths and the report must
+    lie beneath its roots (sandbox.layout); `system_paths` are read paths the launcher
+    adds itself and so may appear as they are.
+    """
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -96,6 +105,10 @@ def parse_request(raw: bytes, nfds: int) -> dict[str, Any]:
         problems.append(f"report: expected an absolute path or null, found {report!r}")
     if nfds not in (0, 3):
         problems.append(f"fds: expected 0 or 3 (stdin, stdout, stderr), received {nfds}")
+    if layout is not None:
+        for problem in check_request(layout, doc.get("policy"), report, system_paths):
+            if problem not in problems:
+                problems.append(problem)
     if problems:
         raise RequestError(problems)
     return {"policy": policy, "argv": argv, "backend": backend, "report": report}
@@ -122,8 +135,15 @@ class _Child:
 class Server:
     """Serve run requests on a Unix socket until SIGTERM, SIGINT or SIGHUP (module doc)."""
 
-    def __init__(self, path: str, spares: int = 1, grace: float = 5.0) -> None:
+    def __init__(self, path: str, layout: Layout, spares: int = 1, grace: float = 5.0) -> None:
         self.path = os.path.abspath(path)
+        self.layout = layout
+        self._system_paths = frozenset([*SYSTEM_READ, *python_prefixes(os.path.realpath(
+            sys.executable))])  # fmt: skip
+        # The only client served: the process that started the server (the supervisor),
+        # known by its pid and its start time (a recycled pid has another one).
+        self._parent = os.getppid()
+        self._parent_start = start_time(self._parent)
         self.spares = max(0, spares)
         self.grace = grace
         self._sel = selectors.DefaultSelector()
@@ -149,7 +169,11 @@ class Server:
             self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
             cgroups.prune_pool()
             seccomp_filters()  # built once here, inherited by every child
-            from sandbox import bwrap  # noqa: F401 - imported once here, not per run
+            # Imported (and compiled) once here, not per run: a module a child imports
+            # first costs its compilation on every start (no bytecode is written).
+            import fnmatch  # noqa: F401
+
+            from sandbox import bwrap, identity, mounts  # noqa: F401
 
             self._fill()
             _log.info(__name__, "listening on %s (%d spare(s))", self.path, self.spares)
@@ -256,9 +280,10 @@ class Server:
         pid, uid, _gid = _UCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         )
-        if uid != os.geteuid():
-            _log.warning(__name__, "refused a client of uid %d (pid %d)", uid, pid)
-            _send(conn, {"event": "error", "error": f"uid {uid} may not use this server"})
+        refusal = self._peer_refusal(pid, uid)
+        if refusal is not None:
+            _log.warning(__name__, "refused a client (pid %d, uid %d): %s", pid, uid, refusal)
+            _send(conn, {"event": "error", "error": refusal, "problems": [refusal]})
             conn.close()
             return
         if len(self._pending) >= MAX_PENDING:
@@ -269,6 +294,16 @@ class Server:
         self._pending.add(conn)
         self._sel.register(conn, selectors.EVENT_READ, ("conn", conn))
         self._on_request(conn)  # a client sends right after connecting: no extra round
+
+    def _peer_refusal(self, pid: int, uid: int) -> str | None:
+        """Why this peer may not use the server (None: it is the supervisor that started it)."""
+        if uid not in (0, os.geteuid()):
+            return f"uid {uid} may not use this server"
+        if pid != self._parent:
+            return f"pid {pid} is not the server's parent ({self._parent}): only it is served"
+        if self._parent_start is None or start_time(pid) != self._parent_start:
+            return f"pid {pid} is not the process that started the server (start time differs)"
+        return None
 
     def _on_request(self, conn: socket.socket) -> None:
         if conn not in self._pending:
@@ -287,7 +322,7 @@ class Server:
                 return
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(msg) > MAX_MESSAGE:
                 raise RequestError([f"request too large (at most {MAX_MESSAGE} bytes, 3 fds)"])
-            request = parse_request(msg, len(fds))
+            request = parse_request(msg, len(fds), self.layout, self._system_paths)
         except RequestError as exc:
             for fd in fds:
                 os.close(fd)
@@ -359,7 +394,8 @@ class Server:
 
     def _started(self, child: _Child) -> None:
         child.started = True
-        out: dict[str, Any] = {"event": "started", "pid": child.pid, "report": child.report}
+        out: dict[str, Any] = {"event": "started", "pid": _plugin_pid(child),
+                               "report": child.report}  # fmt: skip
         path = child.request.get("report")
         if path and child.report is not None:
             try:
@@ -411,7 +447,7 @@ class Server:
                 write_report(child.request["report"], child.report)
         out = {
             "event": "exited",
-            "pid": child.pid,
+            "pid": _plugin_pid(child),
             "returncode": code,
             "error": child.error[1] if child.error else None,
             "report": None if child.started else child.report,
@@ -508,6 +544,15 @@ class Server:
             os._exit(code)
 
 
+def _plugin_pid(child: _Child) -> int:
+    """The plugin's host pid: the report's (the native backend's plugin is a grandchild of
+    the server's child, in its own PID namespace), else the child's own."""
+    try:
+        return int((child.report or {})["pid"])
+    except (KeyError, TypeError, ValueError):
+        return child.pid
+
+
 def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
     """In the child: wait for the request, apply the layers, exec (returns only on failure)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a waiting spare dies with the server
@@ -515,34 +560,37 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         return 0
     ctrl.setblocking(True)
     cg: cgroups.RunCgroup | None = None
+    side: pidns.Relay | pidns.Launcher | None = None
     if prepare:
-        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False)
+        cg = cgroups.prepare_run(cgroups.POOL, os.getpid(), memory=True, pids=True, prune=False,
+                                 cpu=True)  # fmt: skip
         try:
             cg.join(os.getpid())
         except OSError as exc:
             cg.problems.append(f"join: {exc.strerror}")
             cgroups.leave(cg, os.getpid())
             cg = cgroups.RunCgroup(problems=cg.problems)
+        if os.geteuid() == 0:  # the PID namespace and its two forks, ahead of any request
+            with contextlib.suppress(OSError):
+                os.setsid()
+            side = pidns.prefork()
+            if isinstance(side, pidns.Relay):
+                return _plugin_side(ctrl, cg, side)
         _send(ctrl, {"event": "ready", "dirs": cg.dirs})
-    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
-    if not msg:  # the server stops
-        return 0
-    _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
-    if fds:
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
-    else:
-        null = os.open(os.devnull, os.O_RDWR)
-        for target in (0, 1, 2):
-            os.dup2(null, target)
-        os.close(null)
-    request = json.loads(msg)
 
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})
 
+    if isinstance(side, pidns.Launcher):  # the plugin process talks to the server
+        ctrl.close()
+        side.wait(on_claim=_outlive_the_server)
     try:
+        msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+        if not msg:  # the server stops
+            return 0
+        _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
+        _take_stdio(fds)
+        request = json.loads(msg)
         policy = policy_from_json(request["policy"])  # validated by the server
         apply_and_exec(
             policy,
@@ -558,6 +606,54 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
             os.write(2, f"sandbox: {status[1]}\n".encode())
         _send(ctrl, {"event": "error", "status": status[0], "error": status[1]})
         return status[0]
+
+
+def _outlive_the_server() -> None:
+    _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
+
+
+def _take_stdio(fds: list[int]) -> None:
+    if fds:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+    else:
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.close(null)
+
+
+def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay) -> int:
+    """A pre-forked spare's plugin process (pid 2 of its namespace): it makes its other
+    namespaces ahead, takes the request itself, tells its launcher (which then outlives
+    the server), applies the layers and talks to the server itself: its report, or its
+    refusal, on the spare's channel, which closes on exec (the server's "started")."""
+    relay.unshare_ahead(_libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC
+                        | _libc.CLONE_NEWNET)  # fmt: skip
+
+    def publish(doc: dict[str, Any]) -> None:
+        _send(ctrl, {"event": "report", "report": doc})
+
+    def refused(status: int, message: str, doc: dict[str, Any] | None) -> None:
+        if doc is not None:
+            publish(doc)
+        _send(ctrl, {"event": "error", "status": status, "error": message})
+
+    relay.direct, relay.on_fail = True, refused
+    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+    if not msg:  # the server stops
+        return 0
+    relay.claimed()
+    _take_stdio(fds)
+    try:
+        request = json.loads(msg)
+        policy = policy_from_json(request["policy"])  # validated by the server
+        apply_and_exec(policy, request["argv"], backend=request["backend"], cgroup=cg,
+                       publish=publish, keep_fd=ctrl.fileno(), relay=relay)  # fmt: skip
+    except Exception as exc:  # before the layers took over the relay (a missing command)
+        status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
+        relay.fail(status[0], status[1], None)
 
 
 #: Longest path a sockaddr_un holds (108 bytes with its NUL).
@@ -600,6 +696,19 @@ def _check_free(path: str) -> None:
     raise ServerError(f"{path}: another server is listening there")
 
 
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks after boot), or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    try:
+        return int(data[data.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
 def _send(sock: socket.socket, doc: dict[str, Any]) -> bool:
     """Send one message; False when the peer is gone."""
     try:
@@ -618,4 +727,4 @@ def _recv_or_eof(sock: socket.socket) -> bytes:
         return b""
 
 
-__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request", "unix_address"]
+__all__ = ["MAX_MESSAGE", "PROTOCOL", "Server", "parse_request", "start_time", "unix_address"]

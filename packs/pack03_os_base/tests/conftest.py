@@ -25,8 +25,11 @@ PYTHON = sys.executable
 # The tests import the library as `sandbox` (the pack root is what launch.py puts first).
 if str(PACK) not in sys.path:
     sys.path.insert(0, str(PACK))
+if str(PACK / "tests") not in sys.path:
+    sys.path.insert(0, str(PACK / "tests"))
 
 from sandbox.server import unix_address  # noqa: E402
+from sandbox_testing import PLUGIN_GID, PLUGIN_UID  # noqa: E402
 
 # The attack plugin: one forbidden action per call, one JSON line on stdout.
 ATTACK = r"""
@@ -168,6 +171,111 @@ elif action == "signal":
         out("allowed")
     except OSError as exc:
         denied(exc)
+elif action == "spin-children":
+    kids = []
+    for _ in range(int(args[0])):
+        pid = os.fork()
+        if pid == 0:
+            quiet()
+            while True:
+                pass
+        kids.append(pid)
+    out("holding", children=len(kids))
+    sys.stdin.read()
+    for pid in kids:
+        os.kill(pid, signal.SIGKILL)
+elif action == "hold":  # stay alive until stdin closes (the test judges from the host)
+    out("holding", pid=os.getpid())
+    sys.stdin.read()
+elif action == "metadata":
+    results = {}
+    for name, call in (("chmod", lambda: os.chmod(args[0], 0o6777)),
+                       ("utime", lambda: os.utime(args[0], (0, 0))),
+                       ("setxattr", lambda: os.setxattr(args[0], "user.attack", b"1"))):
+        try:
+            call()
+            results[name] = "allowed"
+        except OSError as exc:
+            results[name] = f"denied: {exc}"
+    out("allowed" if "allowed" in results.values() else "denied", results=results)
+elif action == "host-process":
+    victim, results = int(args[0]), {}
+    for name, call in (
+        ("prlimit-cpu", lambda: resource.prlimit(victim, resource.RLIMIT_CPU, (1, 1))),
+        ("prlimit-fsize", lambda: resource.prlimit(victim, resource.RLIMIT_FSIZE, (0, 0))),
+        ("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, victim, 19)),
+        ("getsid", lambda: os.getsid(victim)),
+    ):
+        try:
+            call()
+            results[name] = "allowed"
+        except OSError as exc:
+            results[name] = f"denied: {type(exc).__name__}: {exc}"
+    out("allowed" if "allowed" in results.values() else "denied", results=results,
+        hostname=socket.gethostname())
+elif action == "dgram-pair":
+    results = {}
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        results["socketpair"] = "allowed"
+        try:
+            a.sendto(b"attack-dgram", args[0])
+            results["sendto"] = "allowed"
+        except OSError as exc:
+            results["sendto"] = f"denied: {exc}"
+    except OSError as exc:
+        results["socketpair"] = f"denied: {exc}"
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(b"attack-dgram", args[0])
+        results["socket"] = "allowed"
+    except OSError as exc:
+        results["socket"] = f"denied: {exc}"
+    out("allowed" if "allowed" in results.values() else "denied", results=results)
+elif action == "namespaces":
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    results = {}
+    marker = os.path.join(os.environ["AURORA_PLUGIN_DATA"], "in-new-userns")
+    SYS_clone, SYS_clone3, SIGCHLD = 56, 435, 17
+    for name, flags in (("clone-newuser", 0x10000000), ("clone-newns", 0x00020000),
+                        ("clone-newnet", 0x40000000), ("clone-newpid", 0x20000000)):
+        pid = libc.syscall(SYS_clone, ctypes.c_long(flags | SIGCHLD), None, None, None, None)
+        if pid == 0:
+            with open(marker, "w") as fh:
+                fh.write(name)
+            os._exit(0)
+        if pid > 0:
+            os.waitpid(pid, 0)
+            results[name] = "allowed"
+        else:
+            results[name] = f"denied: {os.strerror(ctypes.get_errno())}"
+    args3 = (ctypes.c_uint64 * 11)(0x10000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0)
+    pid = libc.syscall(SYS_clone3, ctypes.byref(args3), ctypes.c_long(88))
+    if pid == 0:
+        os._exit(0)
+    results["clone3"] = "allowed" if pid > 0 else f"denied: {os.strerror(ctypes.get_errno())}"
+    if pid > 0:
+        os.waitpid(pid, 0)
+    try:
+        os.unshare(os.CLONE_NEWUSER) if hasattr(os, "unshare") else None
+        results["unshare"] = "allowed" if hasattr(os, "unshare") else "denied: n/a"
+    except OSError as exc:
+        results["unshare"] = f"denied: {exc}"
+    out("allowed" if "allowed" in results.values() else "denied", results=results)
+elif action == "inotify":
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fds = []
+    while len(fds) < int(args[0]):
+        fd = libc.inotify_init1(0)
+        if fd < 0:
+            break
+        fds.append(fd)
+    short = len(fds) < int(args[0])
+    out("holding", held=len(fds), error=os.strerror(ctypes.get_errno()) if short else None)
+    sys.stdin.read()
 else:
     out("unknown action", action=action)
     sys.exit(2)
@@ -246,6 +354,8 @@ class Sandbox:
                 **limits,
             },
             "allow_degraded": False,
+            "uid": PLUGIN_UID,
+            "gid": PLUGIN_GID,
         }
         path = self.tmp / "policy.json"
         path.write_text(json.dumps(doc))
@@ -268,6 +378,30 @@ class Sandbox:
             raise AssertionError(f"sandboxed run exceeded {timeout}s: {stderr}") from None
         doc = json.loads(report.read_text()) if report.exists() else {}
         return Result(proc.returncode, stdout, stderr, doc, proc.pid)
+
+    def start(self, *args: str, granted: list[str] | None = None, **limits: Any) -> Held:
+        """Start the attack plugin and leave it running (actions "hold", "inotify"): the
+        test judges from the host while it lives, then calls `Held.finish()`."""
+        report = self.tmp / "report.json"
+        report.unlink(missing_ok=True)
+        cmd = [PYTHON, str(LAUNCH), "--policy", str(self.policy(granted, **limits)),
+               "--report", str(report), "--backend", self.backend, "--",
+               PYTHON, "-I", str(self.attack), *args]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        self.pids.append(proc.pid)
+        assert proc.stdout is not None and proc.stdin is not None
+        line = _readline(proc.stdout.fileno(), 60)
+        deadline = time.monotonic() + 10
+        while not report.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        doc = json.loads(report.read_text()) if report.exists() else {}
+
+        def finish() -> int:
+            proc.communicate(timeout=60)  # closes its stdin: "hold" ends
+            return proc.returncode
+
+        return Held(int(doc.get("pid", proc.pid)), line, doc, finish, proc.pid)
 
     def attack_run(self, *args: str, granted: list[str] | None = None, **limits: int) -> Result:
         return self.run([PYTHON, "-I", str(self.attack), *args], granted, **limits)
@@ -297,14 +431,20 @@ class Sandbox:
 class ServerProc:
     """A ``launch.py --serve`` process and a client of its protocol (docs/contracts.md)."""
 
-    def __init__(self, directory: Path, spares: int = 1, grace: float = 2.0) -> None:
+    def __init__(
+        self, directory: Path, spares: int = 1, grace: float = 2.0, root: Path | None = None
+    ) -> None:
+        """Started by this (the test) process: the server serves only its parent.
+        `root` (default `directory`) is its data, packages and report root."""
         self.sock = directory / "s.sock"
         self.log = directory / "server.log"
+        self.root = root or directory
         self.started: list[int] = []  # pids to kill at teardown, if a test let them live
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [PYTHON, str(LAUNCH), "--serve", str(self.sock), "--spares", str(spares),
-                 "--grace", str(grace)],
+                 "--grace", str(grace), "--data-root", str(self.root),
+                 "--packages-root", str(self.root), "--report-root", str(self.root)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -368,7 +508,7 @@ class ServerProc:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     """One fork server for the session's served sandboxes; must stop cleanly (exit 0)."""
-    srv = ServerProc(tmp_path_factory.mktemp("srv"))
+    srv = ServerProc(tmp_path_factory.mktemp("srv"), root=tmp_path_factory.getbasetemp())
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
     assert not srv.sock.exists()
@@ -433,6 +573,75 @@ class ServedSandbox(Sandbox):
         assert last["event"] == "exited", events
         doc_report = json.loads(report.read_text()) if report.exists() else {}
         return Result(last["returncode"], out.text(), err.text(), doc_report, last["pid"])
+
+    def start(self, *args: str, granted: list[str] | None = None, **limits: Any) -> Held:
+        assert self.server is not None
+        argv = [PYTHON, "-I", str(self.attack), *args]
+        doc = {"policy": json.loads(self.policy(granted, **limits).read_text()), "argv": argv,
+               "backend": self.backend, "report": None}  # fmt: skip
+        (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
+        conn = self.server.connect()
+        socket.send_fds(conn, [json.dumps(doc).encode()], [in_r, out_w, err_w])
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        conn.settimeout(60)
+        started = json.loads(conn.recv(1 << 20))
+        assert started["event"] == "started", started
+        self.pids.append(int(started["pid"]))
+        line = _readline(out_r, 60)
+        _Drain(err_r)
+
+        def finish() -> int:
+            os.close(in_w)
+            exited = json.loads(conn.recv(1 << 20))
+            conn.close()
+            os.close(out_r)
+            return int(exited["returncode"])
+
+        return Held(int(started["pid"]), line, started["report"], finish, int(started["pid"]))
+
+
+def _readline(fd: int, timeout: float) -> dict[str, Any]:
+    """The plugin's first JSON line on `fd` (raw reads: the pipe stays open after it)."""
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"no line from the plugin in {timeout}s: {data!r}")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise AssertionError(f"the plugin ended without a line: {data!r}")
+        data += chunk
+    return dict(json.loads(data.split(b"\n", 1)[0]))
+
+
+@dataclass
+class Held:
+    """A running plugin: its host pid, its first line, its report; `finish` ends it."""
+
+    pid: int
+    line: dict[str, Any]
+    report: dict[str, Any]
+    finish: Callable[[], int]
+    launcher: int  # the pid its starter started (one-shot: the launcher's)
+
+    def plugin_pids(self, attack: Path) -> list[int]:
+        """The run's processes running the attack script (found through its cgroups: under
+        bwrap the report's pid is bwrap's), as the host sees them."""
+        from sandbox import cgroups
+
+        found = []
+        for pid in cgroups.members(self.report["cgroup"]["dirs"]):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[1:3] == [b"-I", str(attack).encode()]:
+                found.append(pid)
+        return found
 
 
 class _Drain:
@@ -534,6 +743,18 @@ def unix_listener(tmp_path: Path) -> Iterator[Path]:
     srv.listen()
     yield path
     srv.close()
+
+
+@pytest.fixture
+def plugin_owned_dir() -> Iterator[Path]:
+    """A directory outside /tmp (private in the sandbox) owned by the plugins' uid."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="aurora-test-", dir="/var/tmp"))
+    os.chown(path, PLUGIN_UID, PLUGIN_GID)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -73,12 +73,14 @@ def test_host_unix_socket_is_unreachable_without_network(
     assert res.outcome["outcome"] == "denied", res.outcome
 
 
-def test_granted_network_reaches_host_unix_socket_natively(
+def test_granted_network_does_not_show_host_unix_sockets_natively(
     native: Sandbox, unix_listener: Path
 ) -> None:
-    """Documented limit: Landlock cannot yet restrict connect() on pathname sockets."""
+    """Landlock cannot restrict connect() on pathname sockets, but the plugin's minimal root
+    holds no host socket: `network` opens the network, not the host's daemons."""
     res = native.attack_run("unix", str(unix_listener), granted=["network"])
-    assert res.outcome["outcome"] == "allowed", res.outcome
+    assert res.outcome["outcome"] == "denied", res.outcome
+    assert "No such file or directory" in res.outcome["error"]
 
 
 def test_own_data_dir_is_writable(sandbox: Sandbox) -> None:
@@ -113,15 +115,22 @@ def test_read_of_a_file_not_given_is_denied(sandbox: Sandbox, probe: Probe, wher
     assert res.outcome["outcome"] == "denied", res.outcome
 
 
-def test_granted_fs_read_reads_the_file(sandbox: Sandbox) -> None:
-    secret = sandbox.tmp / "secret.txt"
-    secret.write_text("s3cret")
-    res = sandbox.attack_run("read", str(secret), granted=["fs-read"])
-    assert res.outcome == {"outcome": "allowed", "data": "s3cret"}
+def test_granted_fs_read_reads_a_host_file(sandbox: Sandbox) -> None:
+    """fs-read: the host's files, as far as the plugin's own uid may read them (/tmp is
+    private in every mode, so the file is one of /etc, denied without the grant)."""
+    target = "/etc/hostname" if os.path.exists("/etc/hostname") else "/etc/fstab"
+    res = sandbox.attack_run("read", target, granted=["fs-read"])
+    assert res.outcome == {"outcome": "allowed", "data": Path(target).read_text()}
 
 
-def test_granted_fs_write_writes_outside_the_data_dir(sandbox: Sandbox) -> None:
-    target = sandbox.tmp / "outside.txt"
+def test_granted_fs_write_writes_outside_the_data_dir(
+    sandbox: Sandbox, plugin_owned_dir: Path
+) -> None:
+    """fs-write: wherever the plugin's uid may write on the host (here: a dir it owns in
+    /var/tmp); root-owned files stay out of reach (test_identity)."""
+    target = plugin_owned_dir / "outside.txt"
+    denied = sandbox.attack_run("write", str(target))
+    assert denied.outcome["outcome"] == "denied" and not target.exists()
     res = sandbox.attack_run("write", str(target), granted=["fs-write"])
     assert res.outcome["outcome"] == "allowed", res.outcome
     assert target.read_text() == "attack"
@@ -134,6 +143,8 @@ def test_serial_device_is_hidden_without_io(sandbox: Sandbox, probe: Probe) -> N
         pytest.skip("no serial device on this host to hide")
     res = sandbox.attack_run("open-device", f"/dev/{devices[0]}", granted=["fs-read"])
     assert res.outcome["outcome"] == "denied", res.outcome
+    if sandbox.backend == "bwrap":  # README, Known limits: the host node's mode applies
+        return
     granted = sandbox.attack_run("open-device", f"/dev/{devices[0]}", granted=["io"])
     assert granted.outcome["outcome"] == "allowed", granted.outcome
 
@@ -174,11 +185,9 @@ def test_fork_without_bound_is_stopped_and_killed_with_the_tree(
     assert out["forked"] < 16
     assert res.report["contained"]["processes"]
     killed = sandbox.kill_tree(res.pid)
-    if sandbox.served:  # the server killed the children when the main process exited
-        assert killed["killed"] == []
-    elif sandbox.backend == "native":
-        assert len(killed["killed"]) >= out["forked"]
-    # (bwrap: the pid namespace dies with the plugin and takes the children along)
+    # Both backends: the pid namespace dies with the plugin and takes the children along
+    # (and the server kills what its cgroups still hold when the main process exits).
+    assert killed["killed"] == []
     assert killed["left"] == []
 
 
@@ -191,24 +200,22 @@ def test_cpu_spin_is_stopped(sandbox: Sandbox) -> None:
 
 
 def test_double_fork_setsid_escape_is_killed_with_the_tree(sandbox: Sandbox, probe: Probe) -> None:
+    """A double-forked, setsid grandchild dies with the plugin: its pid namespace ends when
+    the plugin does (and its cgroup is there for --kill-tree). Judged on the host: no
+    process is left in the run's cgroups."""
     probe.require("cgroup")
     res = sandbox.attack_run("escape")
     assert res.returncode == 0, res.stderr
     assert res.report["contained"]["tree-kill"]
-    if sandbox.served:  # the server kills what is left before it reports the exit
-        if sandbox.backend == "native":
-            assert not sandbox.alive(int(res.outcome["pid"]))
-        assert sandbox.kill_tree(res.pid)["left"] == []
-        return
-    if sandbox.backend == "native":  # under bwrap the pid is the namespace's own
-        grandchild = int(res.outcome["pid"])
-        assert sandbox.alive(grandchild)  # it did escape the session...
-    killed = sandbox.kill_tree(res.pid)
-    assert killed["left"] == []  # ...but not the cgroup (bwrap: nor the pid namespace)
-    if sandbox.backend == "native":
-        assert killed["killed"]
-    if sandbox.backend == "native":
-        assert not sandbox.alive(grandchild)
+    assert int(res.outcome["pid"]) != res.report["pid"]  # a pid of the namespace
+    dirs = res.report["cgroup"]["dirs"]
+    from sandbox import cgroups
+
+    deadline = time.monotonic() + 5
+    while cgroups.members(dirs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cgroups.members(dirs) == []
+    assert sandbox.kill_tree(res.pid)["left"] == []
 
 
 def test_signal_to_a_process_outside_is_denied(
@@ -219,9 +226,8 @@ def test_signal_to_a_process_outside_is_denied(
     res = sandbox.attack_run("signal", str(outside_process.pid))
     assert res.outcome["outcome"] == "denied", res.outcome
     assert outside_process.poll() is None
-    assert res.report["contained"]["signals"] == (
-        ["pid-namespace"] if sandbox.backend == "bwrap" else ["landlock-scope"]
-    )
+    assert "pid-namespace" in res.report["contained"]["signals"]
+    assert "user" in res.report["contained"]["signals"]
 
 
 def test_ptrace_of_a_process_outside_is_denied(

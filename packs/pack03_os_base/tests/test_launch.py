@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from sandbox import launch
+from sandbox_testing import PLUGIN_GID, PLUGIN_UID
 
 if TYPE_CHECKING:
     from conftest import Probe, Sandbox
@@ -71,7 +72,8 @@ def test_command_problems_use_env_exit_codes(
     plain.write_text("not a program")
     plain.chmod(0o644)
     policy = tmp_path / "p.json"
-    policy.write_text(json.dumps({"plugin_id": "x", "data_dir": str(tmp_path / "d")}))
+    policy.write_text(json.dumps({"plugin_id": "x", "data_dir": str(tmp_path / "d"),
+                                  "uid": PLUGIN_UID, "gid": PLUGIN_GID}))  # fmt: skip
     # The command is resolved before any layer is applied: safe in-process.
     assert launch.main(["--policy", str(policy), "--", *command]) == code
     assert command[0] in capsys.readouterr().err
@@ -97,6 +99,7 @@ def _run_with_layers_missing(
     policy.write_text(json.dumps({
         "plugin_id": "test.degraded", "granted": ["fs-read", "fs-write", "gpu", "io"],
         "data_dir": str(tmp_path / "d"), "allow_degraded": allow_degraded,
+        "uid": PLUGIN_UID, "gid": PLUGIN_GID,
     }))  # fmt: skip
     shim = (
         "import sys; sys.path.insert(0, sys.argv.pop(1));"
@@ -145,7 +148,8 @@ def test_report_names_every_layer_and_the_denials_they_enforce(
     assert res.returncode == 0, res.stderr
     rep = res.report
     assert rep["status"] == "running" and rep["backend"] == "native"
-    assert rep["plugin_id"] == native.plugin_id and rep["pid"] == res.pid
+    assert rep["plugin_id"] == native.plugin_id
+    assert rep["pid"] != res.pid and rep["layers"]["pid-namespace"]["active"]  # pidns doc
     for name in ("session", "rlimits", "environment", "no-new-privs", "capabilities"):
         assert rep["layers"][name]["active"], name
     for cap in ("network", "fs-read", "fs-write", "gpu", "io"):

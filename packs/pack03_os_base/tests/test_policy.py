@@ -21,6 +21,8 @@ def _valid(tmp_path: Path, **changes: Any) -> dict[str, Any]:
         "read_paths": [str(tmp_path)],
         "limits": {"cpu_seconds": 5, "memory_bytes": 64 * 1024 * 1024, "processes": 8},
         "allow_degraded": False,
+        "uid": 61000,
+        "gid": 61000,
     }
     doc.update(changes)
     return doc
@@ -62,6 +64,21 @@ def test_a_valid_policy_parses(tmp_path: Path) -> None:
         pytest.param({"allow_degraded": "yes"}, "allow_degraded: expected true or false",
                      id="degraded-string"),
         pytest.param({"extra": 1}, "extra: unknown key", id="unknown-key"),
+        pytest.param({"uid": 0}, "uid: 0 is root: a plugin never runs as root", id="uid-root"),
+        pytest.param({"gid": 0}, "gid: 0 is root", id="gid-root"),
+        pytest.param({"uid": 65534}, "uid: 65534 is 'nobody'", id="uid-nobody"),
+        pytest.param({"gid": 65534}, "gid: 65534 is 'nobody'", id="gid-nobody"),
+        pytest.param({"uid": -1}, "uid: expected an integer 1..4294967294", id="uid-negative"),
+        pytest.param({"uid": 4294967295}, "uid: expected an integer 1..4294967294",
+                     id="uid-no-id"),
+        pytest.param({"gid": "61000"}, "gid: expected an integer", id="gid-string"),
+        pytest.param({"uid": True}, "uid: expected an integer", id="uid-bool"),
+        pytest.param({"limits": {"cpu_cores": 0}}, "limits.cpu_cores: expected a number of cores",
+                     id="zero-cores"),
+        pytest.param({"limits": {"cpu_cores": "1"}}, "limits.cpu_cores: expected a number",
+                     id="string-cores"),
+        pytest.param({"limits": {"cpu_cores": True}}, "limits.cpu_cores: expected a number",
+                     id="bool-cores"),
     ],
 )  # fmt: skip
 def test_each_mistake_is_named_with_its_place(
@@ -79,6 +96,22 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         parse_policy(doc)
     places = [p.split(":")[0] for p in err.value.problems]
     assert places == ["plugin_id", "granted[0]", "data_dir", "limits.processes"]
+
+
+@pytest.mark.parametrize("key", ["uid", "gid"])
+def test_a_policy_without_its_host_ids_is_invalid(tmp_path: Path, key: str) -> None:
+    doc = _valid(tmp_path)
+    del doc[key]
+    with pytest.raises(PolicyError) as err:
+        parse_policy(doc)
+    assert any(p.startswith(f"{key}: missing") for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("cores", [1, 0.5, 2.25])
+def test_cpu_cores_takes_whole_and_fractional_cores(tmp_path: Path, cores: float) -> None:
+    pol = parse_policy(_valid(tmp_path, limits={"cpu_cores": cores}))
+    assert pol.limits["cpu_cores"] == cores
+    assert (pol.uid, pol.gid) == (61000, 61000)
 
 
 def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
@@ -123,7 +156,7 @@ _json = st.recursive(
     max_leaves=10,
 )
 _keys = st.sampled_from(
-    ["plugin_id", "granted", "data_dir", "read_paths", "limits", "allow_degraded"]
+    ["plugin_id", "granted", "data_dir", "read_paths", "limits", "allow_degraded", "uid", "gid"]
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sandbox import cgroups, launch
 from sandbox import server as server_lib
+from sandbox_testing import PLUGIN_GID, PLUGIN_UID
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,7 +39,7 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root, like CI"
 def _policy(tmp: Path, plugin_id: str = "test.server", **extra: Any) -> dict[str, Any]:
     return {"plugin_id": plugin_id, "granted": [], "data_dir": str(tmp / "data"),
             "read_paths": [], "limits": {"processes": 16, "memory_bytes": 256 << 20},
-            **extra}  # fmt: skip
+            "uid": PLUGIN_UID, "gid": PLUGIN_GID, **extra}  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
@@ -158,7 +160,7 @@ def test_a_served_run_gets_exactly_the_one_shot_layers(
     assert b["pid"] == started["pid"]
     assert (a["cgroup"]["memory"] is None) == (b["cgroup"]["memory"] is None)
     assert (a["cgroup"]["pids"] is None) == (b["cgroup"]["pids"] is None)
-    assert all(f"/{cgroups.POOL}/run-{b['pid']}" in d for d in b["cgroup"]["dirs"])
+    assert all(f"/{cgroups.POOL}/run-" in d for d in b["cgroup"]["dirs"])
 
 
 @root_only
@@ -181,7 +183,7 @@ def test_a_served_run_has_its_limits_in_its_cgroup(served: Sandbox) -> None:
     if "pids" not in out:
         pytest.skip("no v1 pids hierarchy here (pure cgroup v2)")
     assert out["pids"] == "7"
-    assert out["pids-dir"].endswith(f"/{cgroups.POOL}/run-{res.pid}")
+    assert f"/{cgroups.POOL}/run-" in out["pids-dir"]
     if "memory" in out:
         assert int(out["memory"]) == 256 << 20
 
@@ -208,11 +210,29 @@ def test_exit_statuses_are_the_one_shot_ones(
 
 
 @root_only
-def test_a_run_that_cannot_start_is_told_why(server: ServerProc, tmp_path: Path) -> None:
-    """A data dir that cannot be created: exit 125 and the reason, no "started" event."""
+def test_a_data_dir_that_cannot_be_made_is_refused_before_anything_runs(
+    server: ServerProc, tmp_path: Path
+) -> None:
+    """Beneath a file: the layout check names it; nothing ran, nothing was written."""
     (tmp_path / "file").write_text("x")
     doc = {"policy": _policy(tmp_path, data_dir=str(tmp_path / "file" / "sub")),
            "argv": ["/bin/true"], "report": str(tmp_path / "r.json")}  # fmt: skip
+    events = server.request(doc, timeout=60)
+    assert [e["event"] for e in events] == ["error"], events
+    assert any(p.startswith("policy.data_dir:") and "is not a directory" in p
+               for p in events[0]["problems"])  # fmt: skip
+    assert not (tmp_path / "r.json").exists()
+
+
+@root_only
+def test_a_run_that_cannot_start_is_told_why(server: ServerProc, tmp_path: Path) -> None:
+    """A refusal in the child (an unknown backend binary is not one: use a data dir the
+    launcher cannot make its own): exit 125 and the reason, no "started" event."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tmp").write_text("the plugin put a file where tmp/ belongs")
+    doc = {"policy": _policy(tmp_path), "argv": ["/bin/true"],
+           "report": str(tmp_path / "r.json")}  # fmt: skip
     events = server.request(doc, timeout=60)
     assert [e["event"] for e in events] == ["exited"], events
     assert events[0]["returncode"] == launch.EXIT_REFUSED
@@ -289,13 +309,14 @@ def test_stop_ends_every_run_and_spare_and_leaves_nothing(
     while len(own_server.children()) < 3 and time.monotonic() < deadline:  # run + 2 spares
         time.sleep(0.02)
     children = own_server.children()
-    assert started["pid"] in children and len(children) == 3, children
+    assert len(children) == 3, children  # the run's launcher (the plugin is below it), spares
     assert own_server.stop(signal.SIGTERM) == 0, own_server.log.read_text()
     exited = json.loads(conn.recv(1 << 20))
     conn.close()
     assert exited["event"] == "exited" and exited["returncode"] == -signal.SIGTERM, exited
-    for pid in [*children, grandchild]:
+    for pid in [*children, started["pid"]]:
         assert not _alive(pid), pid
+    assert grandchild > 0  # a pid of the plugin's namespace: gone with it (cgroups empty)
     assert not own_server.sock.exists()
     assert not any(os.path.exists(d) for d in dirs)
 
@@ -332,15 +353,60 @@ def test_a_client_that_leaves_does_not_stop_its_plugin(
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "expected"),
     [
-        pytest.param(["--serve", "/nonexistent-aurora-dir/s.sock"], id="no-such-dir"),
-        pytest.param(["--serve", "s.sock", "--spares", "-1"], id="negative-spares"),
+        pytest.param(["--serve", "/nonexistent-aurora-dir/s.sock"], "its directory does not exist",
+                     id="no-such-dir"),
+        pytest.param(["--serve", "s.sock", "--spares", "-1"], "must not be negative",
+                     id="negative-spares"),
+        pytest.param(["--serve", "{tmp}/s.sock", "--packages-root", "{tmp}", "--report-root",
+                      "{tmp}"], "--serve needs --data-root DIR", id="no-data-root"),
+        pytest.param(["--serve", "{tmp}/s.sock", "--data-root", "rel", "--packages-root", "{tmp}",
+                      "--report-root", "{tmp}"], "--data-root 'rel': expected an absolute path",
+                     id="relative-root"),
+        pytest.param(["--serve", "{tmp}/s.sock", "--data-root", "{tmp}/none", "--packages-root",
+                      "{tmp}", "--report-root", "{tmp}"], "not an existing directory",
+                     id="missing-root"),
+        pytest.param(["--serve", "{tmp}/s.sock", "--data-root", "{tmp}/../x", "--packages-root",
+                      "{tmp}", "--report-root", "{tmp}"], "no '..' allowed", id="dotdot-root"),
+    ],
+)  # fmt: skip
+def test_serve_usage_mistakes_exit_125(
+    argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert launch.main(argv) == launch.EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert err.startswith("sandbox: usage:") and expected in err, err
+
+
+def _serve_args(directory: Path) -> list[str]:
+    root = str(directory)
+    return ["--serve", str(directory / "s.sock"), "--data-root", root, "--packages-root", root,
+            "--report-root", root]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "expected"),
+    [
+        pytest.param(0o755, None, "mode 0755, not 0700", id="group-readable"),
+        pytest.param(0o700, 4242, "owned by uid 4242", id="other-owner"),
     ],
 )
-def test_serve_usage_mistakes_exit_125(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert launch.main(argv) == launch.EXIT_REFUSED
-    assert capsys.readouterr().err.startswith("sandbox: usage:")
+def test_a_socket_directory_others_can_reach_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int, owner: int | None,
+    expected: str,
+) -> None:  # fmt: skip
+    directory = tmp_path / "run"
+    directory.mkdir()
+    directory.chmod(mode)
+    if owner is not None:
+        if os.geteuid() != 0:
+            pytest.skip("chown needs root")
+        os.chown(directory, owner, owner)
+    assert launch.main(_serve_args(directory)) == launch.EXIT_REFUSED
+    assert expected in capsys.readouterr().err
+    assert not (directory / "s.sock").exists()
 
 
 @settings(max_examples=200, deadline=None, database=None)
@@ -360,7 +426,7 @@ def test_any_bytes_are_a_request_or_a_request_error(raw: bytes, nfds: int) -> No
 def test_a_second_server_on_the_same_socket_is_refused(
     own_server: ServerProc, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert launch.main(["--serve", str(own_server.sock)]) == launch.EXIT_REFUSED
+    assert launch.main(_serve_args(own_server.sock.parent)) == launch.EXIT_REFUSED
     assert "another server is listening there" in capsys.readouterr().err
     ok = own_server.request({"policy": _policy(own_server.sock.parent), "argv": ["/bin/true"]})
     assert ok[-1]["returncode"] == 0, ok  # the first one still serves, on its own socket
@@ -371,7 +437,7 @@ def test_a_file_in_the_sockets_place_is_never_replaced(
 ) -> None:
     path = tmp_path / "s.sock"
     path.write_text("an operator's file")
-    assert launch.main(["--serve", str(path)]) == launch.EXIT_REFUSED
+    assert launch.main(_serve_args(tmp_path)) == launch.EXIT_REFUSED
     assert "exists and is not a socket" in capsys.readouterr().err
     assert path.read_text() == "an operator's file"
 
@@ -395,8 +461,99 @@ def test_a_socket_path_longer_than_sockaddr_un_works(
 ) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
+    deep.chmod(0o700)  # the socket's directory is the server's own (README)
     assert len(str(deep / "s.sock")) > 108  # too long for a sockaddr_un
     srv = start_server(deep)
     ok = srv.request({"policy": _policy(deep), "argv": ["/bin/true"]}, timeout=60)
     assert ok[-1]["returncode"] == 0
     assert srv.stop() == 0 and not srv.sock.exists()
+
+
+# --- the server trusts its layout, not the request ----------------------------------------
+
+
+def _hostile(tmp: Path, case: str) -> tuple[dict[str, Any], str]:
+    """A request that must be refused, and the problem it must name."""
+    report = str(tmp / "r.json")
+    if case == "cron":
+        return {"policy": _policy(tmp, data_dir="/etc/cron.d"), "report": report}, (
+            "policy.data_dir: '/etc/cron.d' is not strictly beneath --data-root"
+        )
+    if case == "ssh":
+        return {"policy": _policy(tmp, data_dir="/root/.ssh"), "report": report}, (
+            "policy.data_dir: '/root/.ssh' is not strictly beneath --data-root"
+        )
+    if case == "dotdot":
+        return {"policy": _policy(tmp, data_dir=f"{tmp}/data/../../../etc/x"), "report": report}, (
+            "contains '..'"
+        )
+    if case == "symlink":
+        (tmp / "link").symlink_to("/etc")
+        return {"policy": _policy(tmp, data_dir=f"{tmp}/link/x"), "report": report}, (
+            f"{tmp}/link is a symlink"
+        )
+    if case == "read-outside":
+        return {"policy": _policy(tmp, read_paths=["/root"]), "report": report}, (
+            "policy.read_paths[0]: '/root' is not beneath --packages-root"
+        )
+    if case == "report-outside":
+        return {"policy": _policy(tmp), "report": "/etc/aurora-attack.json"}, (
+            "report: '/etc/aurora-attack.json' is not strictly beneath --report-root"
+        )
+    if case == "report-symlink":
+        (tmp / "rlink").symlink_to("/etc")
+        return {"policy": _policy(tmp), "report": f"{tmp}/rlink/attack.json"}, (
+            f"{tmp}/rlink is a symlink"
+        )
+    assert case == "uid0"
+    return {"policy": _policy(tmp, uid=0), "report": report}, "policy.uid: 0 is root"
+
+
+_HOSTILE = ["cron", "ssh", "dotdot", "symlink", "read-outside", "report-outside",
+            "report-symlink", "uid0"]  # fmt: skip
+
+
+@root_only
+@pytest.mark.parametrize("case", _HOSTILE)
+def test_a_request_outside_the_layout_is_refused_and_nothing_runs(
+    server: ServerProc, tmp_path: Path, case: str
+) -> None:
+    doc, expected = _hostile(tmp_path, case)
+    marker = tmp_path / "ran"
+    doc["argv"] = ["/bin/sh", "-c", f"touch {marker}"]
+    before = set(os.listdir("/etc"))
+    events = server.request(doc, timeout=30)
+    assert [e["event"] for e in events] == ["error"], events
+    assert any(expected in p for p in events[0]["problems"]), events[0]["problems"]
+    assert not marker.exists() and not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "data").exists()
+    assert set(os.listdir("/etc")) == before
+
+
+@root_only
+def test_a_client_that_is_not_the_servers_parent_is_refused(
+    server: ServerProc, tmp_path: Path
+) -> None:
+    """Same uid (root), but another process than the one that started the server."""
+    marker = tmp_path / "ran"
+    doc = {"policy": _policy(tmp_path), "argv": ["/bin/sh", "-c", f"touch {marker}"]}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            with server.connect() as conn:
+                conn.settimeout(10)
+                os.write(w, conn.recv(4096))  # the server answers at accept, then closes
+                with contextlib.suppress(OSError):  # the request goes nowhere
+                    socket.send_fds(conn, [json.dumps(doc).encode()], [])
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        reply = json.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert reply["event"] == "error", reply
+    assert f"pid {pid} is not the server's parent" in reply["error"]
+    time.sleep(0.3)
+    assert not marker.exists() and not (tmp_path / "data").exists()
+    assert f"pid {pid} is not the server's parent" in server.log.read_text()

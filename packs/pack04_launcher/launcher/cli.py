@@ -8,15 +8,18 @@ Exit codes are the EXIT_* constants below (listed in the README).
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import dataclasses
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 # The launcher package (its __init__: launcher/aurora_boot.py) puts aurora_common on sys.path.
 from launcher import aurora_boot  # noqa: F401
@@ -25,9 +28,19 @@ from launcher import aurora_boot  # noqa: F401
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
 
-from launcher import control, degraded, process, registry, sandbox
+from launcher import (
+    control,
+    datadir,
+    degraded,
+    diskimage,
+    identity,
+    limits,
+    process,
+    registry,
+    sandbox,
+)
 from launcher.cgroup import CgroupTree
-from launcher.errors import LauncherError, PluginNotFound, SandboxUnavailable
+from launcher.errors import ConfigError, LauncherError, PluginNotFound, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
 from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status
@@ -106,6 +119,9 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
     if ident is not None and doc is not None:
         for pid, rec in doc.get("plugins", {}).items():
             plugins[pid] = dict(rec, uptime_s=_uptime(rec.get("started_at")))
+    ids = identity.read_identities(paths.identities)
+    for pid, rec in plugins.items():
+        rec["uid"] = rec["gid"] = ids.get(pid)
     allowed = sorted(degraded.read_allowed(paths.degraded))
     sandbox_mode = doc.get("service", {}).get("sandbox") if ident and doc else None
     out = {
@@ -124,7 +140,7 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
             _err(f"degraded mode allowed for: {', '.join(allowed)}")
         _emit(args, out, "", EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
-    rows = [("ID", "STATE", "PID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
+    rows = [("ID", "STATE", "PID", "UID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
     for pid, rec in sorted(plugins.items()):
         up = rec["uptime_s"]
         rows.append(
@@ -132,6 +148,7 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
                 pid,
                 rec.get("state", "?"),
                 str(rec.get("pid") or "-"),
+                str(rec.get("uid") or "-"),
                 f"{up:.0f}s" if up is not None else "-",
                 str(rec.get("restarts", 0)),
                 _degraded_cell(rec),
@@ -177,8 +194,14 @@ def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
         # Only the end is needed: a plugin's log can reach the file-size limit.
         fh.seek(max(0, log_path.stat().st_size - _LOG_TAIL_BYTES))
         data = fh.read()
-    lines = data.decode(errors="replace").splitlines()[-args.lines :] if args.lines > 0 else []
-    _emit(args, {"id": args.plugin_id, "log": str(log_path), "lines": lines}, "\n".join(lines))
+    lines = data.decode(errors="replace").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    lines = lines[-args.lines :] if args.lines > 0 else []
+    text = "\n".join(lines)
+    if not args.json and sys.stdout.isatty():
+        text = escape_controls(text)  # plugin bytes never drive the operator's terminal
+    _emit(args, {"id": args.plugin_id, "log": str(log_path), "lines": lines}, text)
     return EXIT_OK
 
 
@@ -317,6 +340,54 @@ def _cmd_degraded(args: argparse.Namespace, paths: Paths) -> int:
     return EXIT_OK
 
 
+# --- limits -----------------------------------------------------------------------
+
+
+def _cmd_limits(args: argparse.Namespace, paths: Paths) -> int:
+    """Set or show one plugin's resource limits (applied at its next start)."""
+    if args.action == "show":
+        settings = limits.read_settings(paths.limits)
+        ids = [args.plugin_id] if args.plugin_id else sorted(settings)
+        for plugin_id in ids:
+            _check_id(plugin_id)
+        shown = {i: dataclasses.asdict(limits.for_plugin(settings, i)) for i in ids}
+        rows = [
+            f"{i}: " + ", ".join(f"{k}={v}" for k, v in rec.items()) for i, rec in shown.items()
+        ]
+        defaults = dataclasses.asdict(limits.PluginLimits())
+        _emit(args, {"defaults": defaults, "plugins": shown}, "\n".join(rows))
+        _err("defaults: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        return EXIT_OK
+    _check_id(args.plugin_id)
+    registry.get_plugin(paths.registry, args.plugin_id)  # only a plugin the registry knows
+    changes: dict[str, Any] = {}
+    try:
+        if args.disk is not None:
+            changes["disk_bytes"] = limits.parse_size(args.disk)
+        if args.memory is not None:
+            changes["memory_bytes"] = limits.parse_size(args.memory)
+    except ConfigError as exc:
+        return _fail(args, EXIT_USAGE, f"error: {exc}")
+    for name, field in (("inodes", "inodes"), ("cpu", "cpu_cores"), ("processes", "processes")):
+        if getattr(args, name) is not None:
+            changes[field] = getattr(args, name)
+    if not changes:
+        return _fail(
+            args,
+            EXIT_USAGE,
+            "error: nothing to set (--disk, --inodes, --cpu, --memory, --processes)",
+        )
+    try:
+        now = limits.set_limits(
+            paths.limits, paths.limits_lock, paths.audit_log, args.plugin_id, changes
+        )
+    except ConfigError as exc:
+        return _fail(args, EXIT_USAGE, f"error: {exc}")
+    _emit(args, {"id": args.plugin_id, "limits": dataclasses.asdict(now)}, "")
+    _err(f"{args.plugin_id}: limits recorded; applied at its next start")
+    return EXIT_OK
+
+
 # --- run --------------------------------------------------------------------------
 
 
@@ -340,23 +411,25 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
         entry = dataclasses.replace(entry, allow_degraded=True)
     assert entry.entrypoint is not None
     data_dir = paths.plugin_data(entry.id)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    limits = sandbox.Limits()
-    with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
-        policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
-        atomic_write_json(policy_file, sandbox.policy(entry, data_dir, limits))
-        argv = sbx.argv(
-            policy_file, report_file, sandbox.plugin_argv(sys.executable, entry.entrypoint)
+    bounds = limits.for_plugin(limits.read_settings(paths.limits), entry.id)
+    uid = identity.allocate(paths.identities, paths.identities_lock, paths.audit_log, entry.id)
+    gaps = []
+    try:
+        mounted_now = diskimage.ensure(
+            paths.plugin_image(entry.id), data_dir, bounds.disk_bytes, bounds.inodes, uid
         )
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "AURORA_PLUGIN_ID": entry.id,
-            "AURORA_PLUGIN_DATA": str(data_dir),
-        }
-        rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
-        report = sandbox.read_report(report_file)
-    layers, gaps = sandbox.active_layers(report), sandbox.report_degraded(report)
+    except (diskimage.DiskUnavailable, OSError) as exc:
+        if not entry.allow_degraded:
+            why = f"its data dir cannot be bounded ({diskimage.LAYER}): {exc}"
+            return _fail(args, EXIT_SANDBOX_REFUSED, f"{entry.id}: refused: {why}")
+        mounted_now, gaps = False, [f"{diskimage.LAYER}: {exc}"]
+    try:
+        datadir.plugin_dir(data_dir, uid, uid, force=mounted_now)
+        rc, timed_out, report = _run_in(entry, paths, args, sbx, data_dir, bounds, uid)
+    finally:
+        if mounted_now:  # the service mounts it again at its next start
+            diskimage.unmount(data_dir)
+    layers, gaps = sandbox.active_layers(report), sandbox.report_degraded(report) + gaps
     code = _run_exit(rc, timed_out)
     out = {
         "id": entry.id,
@@ -393,6 +466,34 @@ def _run_outcome(rc: int, timed_out: bool) -> str:
     return f"--timeout reached, stopped ({ended})" if timed_out else ended
 
 
+def _run_in(
+    entry: registry.PluginEntry,
+    paths: Paths,
+    args: argparse.Namespace,
+    sbx: sandbox.SandboxCommand,
+    data_dir: Path,
+    bounds: limits.PluginLimits,
+    uid: int,
+) -> tuple[int, bool, dict[str, Any] | None]:
+    """One foreground run: exit status, whether --timeout hit, the sandbox's report."""
+    assert entry.entrypoint is not None
+    policy = sandbox.policy(entry, data_dir, bounds.policy_limits(sandbox.Limits()), uid)
+    with tempfile.TemporaryDirectory(prefix=f"launcher-run-{entry.id}-") as tmp:
+        policy_file, report_file = Path(tmp, "policy.json"), Path(tmp, "report.json")
+        atomic_write_json(policy_file, policy)
+        argv = sbx.argv(
+            policy_file, report_file, sandbox.plugin_argv(sys.executable, entry.entrypoint)
+        )
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "AURORA_PLUGIN_ID": entry.id,
+            "AURORA_PLUGIN_DATA": str(data_dir),
+        }
+        rc, timed_out = _run_foreground(argv, env, data_dir, paths, args, sbx, report_file)
+        return rc, timed_out, sandbox.read_report(report_file)
+
+
 def _run_foreground(
     argv: list[str],
     env: dict[str, str],
@@ -407,21 +508,32 @@ def _run_foreground(
     name = f"run-{os.getpid()}"
     if tree is not None:
         tree.make(name)
-    # With --json, stdout carries only the JSON document: the plugin writes to stderr.
-    proc = subprocess.Popen(
-        argv,
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=sys.stderr if args.json else None,
-        start_new_session=True,
-        preexec_fn=tree.enter_hook(name) if tree else None,
-    )
-    timed_out = False
+    # The plugin gets pipes, never the operator's terminal; what it writes is relayed
+    # escaped (to stderr with --json: stdout carries only the JSON document).
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
-        proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            start_new_session=True,
+            preexec_fn=tree.enter_hook(name) if tree else None,
+        )
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    timed_out = False
+    relays = {out_r: sys.stderr if args.json else sys.stdout, err_r: sys.stderr}
+    try:
+        timed_out = _relay(proc, relays, args.timeout)
     except KeyboardInterrupt:
         _err("interrupted: stopping the plugin")
     finally:
@@ -436,7 +548,52 @@ def _run_foreground(
         idents = [i for i in [process.identify(proc.pid)] if i is not None]
         process.terminate(idents + process.descendants(proc.pid), 5.0)
         rc = proc.wait()
+        os.close(out_r)
+        os.close(err_r)
     return rc, timed_out
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every non-printable character but newline and tab as ``\\xNN``."""
+    return "".join(
+        ch
+        if ch in "\n\t" or ch.isprintable()
+        else f"\\x{ord(ch):02x}"
+        if ord(ch) < 0x100
+        else f"\\u{ord(ch):04x}"
+        for ch in text
+    )
+
+
+def _relay(proc: subprocess.Popen[bytes], relays: dict[int, TextIO], timeout: float | None) -> bool:
+    """Copy the plugin's output, escaped, until it exits; True when ``timeout`` hit first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    decoders = {fd: codecs.getincrementaldecoder("utf-8")(errors="replace") for fd in relays}
+    for fd in relays:
+        os.set_blocking(fd, False)
+    after_exit = 0  # bytes relayed once the plugin exited (a grandchild may go on)
+    while True:
+        exited = proc.poll() is not None
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0 and not exited:
+            return True
+        wait = 0 if exited else min(0.1, left if left is not None else 0.1)
+        ready, _, _ = select.select(list(relays), [], [], wait)
+        got = 0
+        for fd in ready:
+            data = b""
+            with contextlib.suppress(BlockingIOError):
+                data = os.read(fd, 65536)
+            got += len(data)
+            if data:
+                relays[fd].write(escape_controls(decoders[fd].decode(data)))
+                relays[fd].flush()
+        after_exit += got if exited else 0
+        if exited and (not got or after_exit > 1 << 20):
+            for fd, out in relays.items():
+                out.write(escape_controls(decoders[fd].decode(b"", final=True)))
+                out.flush()
+            return False
 
 
 # --- main -------------------------------------------------------------------------
@@ -452,6 +609,9 @@ _EXAMPLES = {
     "allow": "degraded allow acme.heartbeat",
     "deny": "degraded deny acme.heartbeat",
     "degraded list": "degraded list",
+    "limits": "limits set acme.heartbeat --disk 2GiB --cpu 0.5",
+    "limits set": "limits set acme.heartbeat --disk 2GiB --cpu 0.5",
+    "limits show": "limits show acme.heartbeat",
 }
 
 
@@ -518,6 +678,31 @@ def _parser() -> argparse.ArgumentParser:
     dsub.add_parser(
         "list", parents=[common], help=text, description=text, **example("degraded list")
     )
+    text = "set or show a plugin's resource limits (applied at its next start)"
+    lm = sub.add_parser(
+        "limits",
+        help=text,
+        description="Per-plugin bounds for all its processes together; recorded in the "
+        "launcher's limits.json, audited, applied at the plugin's next start. Sizes take "
+        "KiB/MiB/GiB (or k/M/G, powers of 1000).",
+        **example("limits"),
+    )
+    lsub = lm.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = "set some limits of one plugin"
+    ls = lsub.add_parser(
+        "set", parents=[common], help=text, description=text, **example("limits set")
+    )
+    ls.add_argument("plugin_id")
+    ls.add_argument("--disk", help="data dir size, e.g. 2GiB (default 1GiB)")
+    ls.add_argument("--inodes", type=int, help="files in the data dir (default 100000)")
+    ls.add_argument("--cpu", type=float, help="CPU bandwidth in cores, e.g. 0.5 (default 1)")
+    ls.add_argument("--memory", help="memory of all its processes, e.g. 512MiB (default)")
+    ls.add_argument("--processes", type=int, help="processes at once (default 64)")
+    text = "limits in force (all set, or one)"
+    lsh = lsub.add_parser(
+        "show", parents=[common], help=text, description=text, **example("limits show")
+    )
+    lsh.add_argument("plugin_id", nargs="?")
     text = "run a plugin once in the foreground (for its author)"
     rn = sub.add_parser("run", parents=[common], help=text, description=text, **example("run"))
     rn.add_argument("plugin_id")
@@ -537,6 +722,7 @@ _COMMANDS = {
     "stop": _cmd_stop,
     "run": _cmd_run,
     "degraded": _cmd_degraded,
+    "limits": _cmd_limits,
 }
 
 

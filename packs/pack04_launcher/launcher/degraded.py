@@ -11,11 +11,9 @@ Absent means nobody is allowed: degraded mode is never implied.
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import time
 from pathlib import Path
 
+from launcher import audit as audit_log
 from launcher.errors import LauncherError
 from launcher.fsutil import atomic_write_json, locked
 
@@ -41,24 +39,6 @@ def read_allowed(path: Path) -> set[str]:
     return set(allowed)
 
 
-def _who() -> str:
-    uid = os.getuid()
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _audit(path: Path, record: dict[str, object]) -> None:
-    """Append one JSON line and fsync it: the record survives a crash right after."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def set_allowed(path: Path, lock: Path, audit: Path, plugin_id: str, allow: bool) -> bool:
     """Allow (or deny again) degraded mode for ``plugin_id``; True when it changed.
 
@@ -67,11 +47,9 @@ def set_allowed(path: Path, lock: Path, audit: Path, plugin_id: str, allow: bool
     with locked(lock):
         allowed = read_allowed(path)
         changed = (plugin_id in allowed) != allow
-        _audit(
+        audit_log.append(
             audit,
             {
-                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "by": _who(),
                 "action": "allow-degraded" if allow else "deny-degraded",
                 "plugin": plugin_id,
                 "changed": changed,

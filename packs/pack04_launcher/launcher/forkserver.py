@@ -76,6 +76,15 @@ def _connect(path: Path, timeout: float) -> socket.socket:
     return conn
 
 
+def _private_dir(path: Path) -> None:
+    """Make ``path`` a directory of this uid with mode 0700 (the socket's home)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    if st.st_uid != os.geteuid():
+        raise ForkServerError(f"{path}: owned by uid {st.st_uid}, not {os.geteuid()}")
+    os.chmod(path, 0o700, follow_symlinks=False)
+
+
 class ServerRun:
     """One plugin run started through the server; polled like a ``subprocess.Popen``.
 
@@ -167,12 +176,22 @@ class ServerRun:
 class ForkServer:
     """``$PYTHON -I -S <pack03>/sandbox/launch.py --serve SOCKET``, the supervisor's child."""
 
-    def __init__(self, python: str, root: Path, sock: Path, pidfile: Path, grace: float) -> None:
+    def __init__(
+        self,
+        python: str,
+        root: Path,
+        sock: Path,
+        pidfile: Path,
+        grace: float,
+        layout: tuple[Path, Path, Path],
+    ) -> None:
         self.python = python
         self.root = root  # pack03's root this server runs from
         self.sock = sock
         self.pidfile = pidfile
         self.grace = grace
+        # (data root, packages root, report root): every request must lie beneath them.
+        self.layout = layout
         self.proc: subprocess.Popen[bytes] | None = None
         self.ident: ProcessId | None = None
 
@@ -182,15 +201,22 @@ class ForkServer:
 
     def argv(self) -> list[str]:
         launch = self.root / "sandbox" / "launch.py"
+        data_root, packages_root, report_root = self.layout
         return [self.python, "-I", "-S", str(launch), "--serve", str(self.sock),
-                "--grace", f"{self.grace:g}"]  # fmt: skip
+                "--grace", f"{self.grace:g}", "--data-root", str(data_root),
+                "--packages-root", str(packages_root),
+                "--report-root", str(report_root)]  # fmt: skip
 
     def start(self, log_file: Path, timeout: float = 10.0) -> None:
         """Start the server and wait until it accepts; ForkServerError when it does not."""
         stop_leftover(self.pidfile, self.grace)
+        _private_dir(self.sock.parent)
+        for root in self.layout:
+            root.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_file, "ab") as out:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as out:
             try:
                 self.proc = subprocess.Popen(
                     argv,

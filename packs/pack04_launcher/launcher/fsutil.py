@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` through a temp file in the same directory.
 
     write, flush, fsync, ``os.replace``, fsync the directory; the temp file is
@@ -38,9 +38,9 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(dfd)
 
 
-def atomic_write_json(path: Path, doc: Any) -> None:
-    """Write ``doc`` as indented JSON, atomically and durably."""
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, doc: Any, mode: int = 0o600) -> None:
+    """Write ``doc`` as indented JSON, atomically and durably (root's alone by default)."""
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher import process
+from launcher import diskimage, process
 from launcher.cgroup import CgroupTree
 from launcher.errors import ConfigError, LauncherError, SandboxUnavailable
 from launcher.forkserver import stop_leftover
@@ -164,6 +164,9 @@ def stop(paths: Paths, timeout: float) -> int:
             _say(f"killing leftover plugin cgroup {name}")
             tree.kill(name)
         tree.close()
+    # A killed launcher also leaves the plugins' data images mounted.
+    for problem in diskimage.unmount_all(paths.plugin_data_root):
+        _say(f"warning: {problem}")
     _say("launcher stopped")
     return EXIT_OK
 

@@ -64,6 +64,42 @@ class Paths:
         return self.data / "degraded.lock"
 
     @property
+    def identities(self) -> Path:
+        """Each plugin's host uid/gid (data: never reused, survives removal)."""
+        return self.data / "identities.json"
+
+    @property
+    def identities_lock(self) -> Path:
+        return self.data / "identities.lock"
+
+    @property
+    def limits(self) -> Path:
+        """The operator's per-plugin resource limits (data: survives restarts)."""
+        return self.data / "limits.json"
+
+    @property
+    def limits_lock(self) -> Path:
+        return self.data / "limits.lock"
+
+    @property
+    def plugin_data_root(self) -> Path:
+        """Every plugin's data dir lies directly beneath it (the fork server's --data-root)."""
+        return self.data / "plugin-data"
+
+    @property
+    def images(self) -> Path:
+        """The per-plugin filesystem images that bound each data dir's bytes and inodes."""
+        return self.data / "images"
+
+    def plugin_image(self, plugin_id: str) -> Path:
+        return self.images / f"{plugin_id}.img"
+
+    @property
+    def reports_root(self) -> Path:
+        """Holds the per-plugin run dirs (the fork server's --report-root)."""
+        return self.run / "plugins"
+
+    @property
     def audit_log(self) -> Path:
         """Append-only JSON lines: operator decisions the launcher acts on."""
         return self.data / "audit.log"
@@ -73,9 +109,14 @@ class Paths:
         return self.logs / "launcher.log"
 
     @property
+    def sandbox_dir(self) -> Path:
+        """Mode 0700, root's: only the supervisor reaches the fork server's socket."""
+        return self.run / "sandbox"
+
+    @property
     def sandbox_socket(self) -> Path:
         """pack03's fork server socket (the supervisor runs the server)."""
-        return self.run / "sandbox.sock"
+        return self.sandbox_dir / "sandbox.sock"
 
     @property
     def sandbox_server_pidfile(self) -> Path:
@@ -89,11 +130,11 @@ class Paths:
         return self.logs / "plugins" / f"{plugin_id}.log"
 
     def plugin_data(self, plugin_id: str) -> Path:
-        return self.data / "plugin-data" / plugin_id
+        return self.plugin_data_root / plugin_id
 
     def plugin_run(self, plugin_id: str) -> Path:
         """Per-plugin run files: the sandbox policy and report."""
-        return self.run / "plugins" / plugin_id
+        return self.reports_root / plugin_id
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, registry: str | None = None) -> Paths:

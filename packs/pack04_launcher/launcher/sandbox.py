@@ -26,6 +26,7 @@ class Limits:
     open_files: int = 256
     file_size_bytes: int = 64 * 1024 * 1024
     processes: int = 64
+    cpu_cores: float = 1.0  # CPU bandwidth of the whole plugin (cgroup cpu.max)
 
 
 def plugin_argv(python: str, entrypoint: Path) -> list[str]:
@@ -35,11 +36,14 @@ def plugin_argv(python: str, entrypoint: Path) -> list[str]:
     return [str(entrypoint)]
 
 
-def policy(entry: PluginEntry, data_dir: Path, limits: Limits) -> dict[str, Any]:
-    """The sandbox policy for ``entry``: exactly its granted capabilities."""
+def policy(entry: PluginEntry, data_dir: Path, limits: Limits, uid: int) -> dict[str, Any]:
+    """The sandbox policy for ``entry``: exactly its granted capabilities, run as ``uid``
+    (and the gid of the same number)."""
     assert entry.package_dir is not None
     return {
         "plugin_id": entry.id,
+        "uid": uid,
+        "gid": uid,
         "granted": list(entry.granted),
         "data_dir": str(data_dir),
         "read_paths": [str(entry.package_dir)],

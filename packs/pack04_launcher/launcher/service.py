@@ -15,6 +15,7 @@ import fcntl
 import logging
 import math
 import os
+import resource
 import select
 import signal
 import sys
@@ -100,8 +101,19 @@ class _Signals:
                 os.read(self.read_fd, 512)
 
 
+def raise_soft_limits() -> None:
+    """Soft RLIMIT_FSIZE and RLIMIT_NOFILE up to their hard limits: a lowered soft limit
+    (inherited, or set on us by ``prlimit``) does not make writes or opens fail."""
+    for which in (resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE):
+        soft, hard = resource.getrlimit(which)
+        if soft != hard:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(which, (hard, hard))
+
+
 def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
     """Run until SIGTERM/SIGINT; raise ServiceError if it cannot start."""
+    raise_soft_limits()
     with _service_lock(paths.lockfile):
         me = process.identify(os.getpid())
         assert me is not None
@@ -128,7 +140,14 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
             last_beat = 0.0
             while not sigs.stop:
                 reload, sigs.reload = sigs.reload, False
-                sup.reconcile(force_reload=reload)
+                try:
+                    sup.reconcile(force_reload=reload)
+                except Exception:  # a bug or a host fault: report it, keep supervising
+                    log.exception(
+                        "reconcile pass failed; next pass in %.1fs", settings.poll_interval
+                    )
+                    sigs.wait(settings.poll_interval)
+                    continue
                 now = time.monotonic()
                 if sup.dirty or now - last_beat >= heartbeat:
                     _write_status(paths, sup, me, started_at, running=True)
@@ -166,6 +185,7 @@ def _write_status(
             "registry_error": sup.registry_error,
             "sandbox_error": sup.sandbox_error,
             "degraded_error": sup.degraded_error,
+            "limits_error": sup.limits_error,
             "cgroups": str(sup.cgroups.base) if sup.cgroups else None,
             "sandbox": sup.sandbox_mode(),
         },
@@ -204,6 +224,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start each plugin with pack03's one-shot launch.py, not its fork server",
     )
+    p.add_argument(
+        "--no-disk-images",
+        action="store_true",
+        help="do not bound data dirs by a filesystem image each (every plugin degraded)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -237,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         use_cgroup=not args.no_cgroup,
         reap_orphans=True,
         fork_server=not args.no_fork_server,
+        disk_images=not args.no_disk_images,
     )
     try:
         serve(paths, settings, heartbeat=args.heartbeat)

@@ -21,9 +21,19 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from launcher import degraded, process, registry, sandbox, status
+from launcher import (
+    datadir,
+    degraded,
+    diskimage,
+    identity,
+    limits,
+    process,
+    registry,
+    sandbox,
+    status,
+)
 from launcher.cgroup import CgroupTree
 from launcher.control import Control, read_control
 from launcher.digest import old_format_hint, tree_digest
@@ -31,13 +41,13 @@ from launcher.errors import ForkServerError, LauncherError, RegistryError, Sandb
 from launcher.forkserver import LOST, ForkServer, ServerRun, stop_leftover
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
+from launcher.pluginlog import PluginLog, plugin_text
 from launcher.process import ProcessId
 from launcher.registry import PluginEntry
 
 log = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
-_LOG_ROTATE_BYTES = 5 * 1024 * 1024
 _UNREAD = object()  # signature of a file not read yet: differs from any stat
 #: Sandbox modes (status file): runs requested from pack03's fork server, or one
 #: ``launch.py --policy`` process per run.
@@ -66,6 +76,8 @@ class Settings:
     reap_orphans: bool = False
     # Start plugins through pack03's fork server (one-shot launch.py if it cannot start).
     fork_server: bool = True
+    # Bound each data dir's bytes and inodes by a filesystem image of its own.
+    disk_images: bool = True
 
 
 @dataclass
@@ -93,6 +105,9 @@ class Slot:
     sandbox_cgroups: list[str] = field(default_factory=list)  # from the sandbox report
     sandbox: sandbox.SandboxCommand | None = None  # the one that started this run
     degraded: list[str] = field(default_factory=list)  # what the sandbox could not enforce
+    log: PluginLog | None = None  # the current run's output pipe and log file
+    log_error: str | None = None  # the last failure writing its log
+    disk_gap: str | None = None  # why its data dir is not bounded (degraded mode only)
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -121,6 +136,10 @@ class Supervisor:
         self.registry_error: str | None = None
         self.sandbox_error: str | None = None
         self.degraded_error: str | None = None
+        self.limits_error: str | None = None
+        self._disk_error: str | None = None  # why no data image can be used here
+        self._limits_sig: object = _UNREAD
+        self._limit_settings: dict[str, dict[str, Any]] = {}
         self._registry_sig: object = _UNREAD
         self._control_sig: object = _UNREAD
         self._degraded_sig: object = _UNREAD
@@ -143,8 +162,13 @@ class Supervisor:
         Then start pack03's fork server (a server left by a killed supervisor is
         stopped first, and with it the plugins it ran).
         """
-        for d in (self.paths.run, self.paths.logs / "plugins", self.paths.data):
-            d.mkdir(parents=True, exist_ok=True)
+        self._lay_out()
+        if self.settings.disk_images:
+            try:  # before the fork server makes its spares' namespaces
+                diskimage.share_root(self.paths.plugin_data_root)
+            except diskimage.DiskUnavailable as exc:
+                self._disk_error = str(exc)
+                log.error("data images off: %s", exc)
         stop_leftover(self.paths.sandbox_server_pidfile, self.settings.stop_grace)
         if self.settings.use_cgroup:
             self.cgroups = CgroupTree.create(str(self.paths.run))
@@ -161,6 +185,14 @@ class Supervisor:
             sbx = self._sandbox_command()
             self._kill_leftover_runs(sbx)
             self._server_for(sbx)
+
+    def _lay_out(self) -> None:
+        """Root's directories, closed to plugin uids; the data path only traversable."""
+        p = self.paths
+        for d in (p.run, p.reports_root, p.logs, p.logs / "plugins", p.images):
+            datadir.root_dir(d, datadir.PRIVATE)
+        for d in (p.data, p.plugin_data_root):
+            datadir.root_dir(d, datadir.TRAVERSE)
 
     def _kill_leftover_runs(self, sbx: sandbox.SandboxCommand) -> None:
         """Kill runs a dead launcher left in pack03's cgroups (found by their reports).
@@ -195,12 +227,16 @@ class Supervisor:
             process.reap_zombie_children(set())
         if self.cgroups is not None:
             self.cgroups.close()
+        if self.settings.disk_images:
+            for problem in diskimage.unmount_all(self.paths.plugin_data_root):
+                log.warning("data image: %s", problem)
 
     # --- the loop -----------------------------------------------------------------
 
     def reconcile(self, force_reload: bool = False) -> None:
         """One pass: read changes, collect exits, stop and start to match."""
         now = time.monotonic()
+        self.drain_logs()
         self._reload(force_reload)
         self._check_server()
         self._collect()
@@ -266,7 +302,13 @@ class Supervisor:
             return
         if now < slot.next_start:
             return
-        self._start(slot)
+        try:
+            self._start(slot)
+        except Exception as exc:  # one plugin's trouble never takes the loop down
+            log.exception("%s: start failed", entry.id)
+            if slot.proc is None:
+                self._crashed(slot, time.monotonic(), f"supervisor error while starting: {exc}")
+            self.dirty = True
 
     def _idle_state(self, entry: PluginEntry) -> tuple[str, str | None]:
         if entry.id in self._control.held:
@@ -331,6 +373,18 @@ class Supervisor:
                 for pid, e in self._registered.items()
             }
             self.dirty = True
+        sig = registry.signature(self.paths.limits)
+        if force or sig != self._limits_sig:
+            self._limits_sig = sig
+            try:  # applied at each plugin's next start
+                self._limit_settings, self.limits_error = (
+                    limits.read_settings(self.paths.limits),
+                    None,
+                )
+            except LauncherError as exc:  # the defaults, and say why
+                self._limit_settings, self.limits_error = {}, str(exc)
+                log.error("%s", exc)
+            self.dirty = True
         sig = registry.signature(self.paths.control)
         if force or sig != self._control_sig:
             self._control_sig = sig
@@ -368,33 +422,68 @@ class Supervisor:
             return
         if not self._digest_ok(slot):
             return
+        try:
+            uid = identity.allocate(
+                self.paths.identities, self.paths.identities_lock, self.paths.audit_log, entry.id
+            )
+        except (LauncherError, OSError) as exc:
+            reason = f"not started: no host identity: {exc}"
+            if slot.reason != reason:
+                log.error("%s: %s", entry.id, reason)
+            slot.state, slot.reason = status.BLOCKED, reason
+            slot.next_start = time.monotonic() + 5.0
+            return
         data_dir = self.paths.plugin_data(entry.id)
         run_dir = self.paths.plugin_run(entry.id)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
         command = sandbox.plugin_argv(self.settings.python, entry.entrypoint)
-        doc = sandbox.policy(entry, data_dir, self.settings.limits)
+        bounds = limits.for_plugin(self._limit_settings, entry.id)
+        doc = sandbox.policy(entry, data_dir, bounds.policy_limits(self.settings.limits), uid)
+        fresh, slot.disk_gap = False, None
+        if self.settings.disk_images:
+            try:
+                if self._disk_error is not None:
+                    raise diskimage.DiskUnavailable(self._disk_error)
+                fresh = diskimage.ensure(self.paths.plugin_image(entry.id), data_dir,
+                                         bounds.disk_bytes, bounds.inodes, uid)  # fmt: skip
+            except (diskimage.DiskUnavailable, OSError) as exc:
+                if not entry.allow_degraded:
+                    slot.state = status.REFUSED
+                    slot.reason = (
+                        f"refused: its data dir cannot be bounded ({diskimage.LAYER}): {exc}; "
+                        f"`launcher_cli.py degraded allow {entry.id}` runs it unbounded"
+                    )
+                    log.error("%s: %s", entry.id, slot.reason)
+                    return
+                slot.disk_gap = f"{diskimage.LAYER}: {exc}"
         server = self._server_for(sbx)
         cgroup = entry.id if self.cgroups is not None and server is None else None
         try:
-            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if moved := datadir.plugin_dir(data_dir, uid, uid, force=fresh):
+                log.warning("%s: re-owned %d entries of %s to uid %d", entry.id, moved,
+                            data_dir, uid)  # fmt: skip
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             if server is None:
                 atomic_write_json(policy_file, doc)
             report_file.unlink(missing_ok=True)
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.make(cgroup)
-            logf = self._open_log(entry.id)
-        except OSError as exc:
-            # A full disk or a cgroup that will not go away: a failed start, not a
-            # dead supervisor; it is retried with back-off like a crash.
+            plog = PluginLog(self.paths.plugin_log(entry.id))
+            log_fd = plog.open_pipe()
+        except LauncherError as exc:  # its data dir is not a directory: counts, then failed
             log.error("%s: cannot prepare the run: %s", entry.id, exc)
             self._crashed(slot, time.monotonic(), f"cannot prepare the run: {exc}")
             return
+        except OSError as exc:
+            # A full disk, a lowered file-size limit, a cgroup that will not go away:
+            # the host's fault, not the plugin's. Retried, never counted as a crash.
+            self._host_fault(slot, f"cannot prepare the run: {exc}")
+            return
         proc: subprocess.Popen[bytes] | ServerRun | None = None
         try:
-            _mark(logf, f"start {entry.id} {entry.version} granted={list(entry.granted)}")
+            plog.mark(f"start {entry.id} {entry.version} granted={list(entry.granted)} uid={uid}")
             if server is not None:
-                proc = self._request(server, doc, command, report_file, logf)
+                proc = self._request(server, doc, command, report_file, log_fd)
             if proc is None:
                 if server is not None:  # the server failed just now: one-shot, contained
                     atomic_write_json(policy_file, doc)
@@ -402,18 +491,18 @@ class Supervisor:
                         cgroup = entry.id
                         self.cgroups.make(cgroup)
                 proc = self._popen(
-                    entry.id, sbx, policy_file, report_file, command, logf, data_dir, cgroup
+                    entry.id, sbx, policy_file, report_file, command, log_fd, data_dir, cgroup
                 )
         except (OSError, subprocess.SubprocessError) as exc:
             log.error("%s: cannot start %s: %s", entry.id, sbx.launch, exc)
-            with contextlib.suppress(OSError):
-                _mark(logf, f"cannot start: {exc}")
-            logf.close()
+            os.close(log_fd)
+            plog.close(f"cannot start: {exc}")
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.kill(cgroup)
             self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
             return
-        logf.close()
+        os.close(log_fd)  # the plugin holds the only write end now
+        slot.log = plog
         if isinstance(proc, ServerRun):
             # The server got the policy inline; the file is the operator's copy, written
             # once the plugin runs rather than before (its fsyncs cost about 1 ms).
@@ -437,7 +526,7 @@ class Supervisor:
         policy_file: Path,
         report_file: Path,
         command: list[str],
-        logf: IO[bytes],
+        log_fd: int,
         data_dir: Path,
         cgroup: str | None,
     ) -> subprocess.Popen[bytes]:
@@ -445,8 +534,8 @@ class Supervisor:
         return subprocess.Popen(
             sbx.argv(policy_file, report_file, command),
             stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
+            stdout=log_fd,
+            stderr=log_fd,
             cwd=data_dir,
             env={
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -465,11 +554,11 @@ class Supervisor:
         doc: dict[str, Any],
         command: list[str],
         report_file: Path,
-        logf: IO[bytes],
+        log_fd: int,
     ) -> ServerRun | None:
         """Ask the fork server for the run; None (one-shot instead) when it fails."""
         try:
-            return server.run(doc, command, report_file, logf.fileno())
+            return server.run(doc, command, report_file, log_fd)
         except ForkServerError as exc:
             log.error("%s: %s: starting it one-shot", doc["plugin_id"], exc)
             self.server_error = str(exc)
@@ -500,16 +589,6 @@ class Supervisor:
         log.error("%s: not started: %s", entry.id, slot.reason)
         return False
 
-    def _open_log(self, plugin_id: str) -> IO[bytes]:
-        path = self.paths.plugin_log(plugin_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if path.stat().st_size > _LOG_ROTATE_BYTES:
-                os.replace(path, path.with_name(path.name + ".1"))
-        except FileNotFoundError:
-            pass
-        return open(path, "ab")  # handed to the child, closed by _start
-
     # --- collecting exits ---------------------------------------------------------
 
     def _collect(self) -> None:
@@ -518,12 +597,26 @@ class Supervisor:
         for slot in self.slots.values():
             if slot.proc is None:
                 continue
+            try:
+                self._collect_one(slot, now, orphans)
+            except Exception as exc:  # retried at the next pass; the others go on
+                log.exception("%s: collecting its exit failed", slot.entry.id)
+                slot.reason = f"supervisor error while collecting its exit: {exc}"
+                self.dirty = True
+        if orphans:
+            self._restart_orphans(orphans)
+        if self.cgroups is None and self.settings.reap_orphans:
+            process.reap_zombie_children(self._own_children())
+
+    def _collect_one(self, slot: Slot, now: float, orphans: list[Slot]) -> None:
+        """Handle one run's exit, if it has ended."""
+        if slot.proc is not None:
             rc = slot.proc.poll()
             if isinstance(slot.proc, ServerRun) and slot.proc.lost:
                 orphans.append(slot)  # its server died: no exit status will come
-                continue
+                return
             if rc is None:
-                continue
+                return
             self.dirty = True
             # The main process is gone: whatever it left behind goes with it (the
             # fork server has done so for its runs before it reported the exit).
@@ -544,10 +637,6 @@ class Supervisor:
                 log.error("%s: %s", pid, slot.reason)
             else:
                 self._crashed(slot, now, _describe_exit(rc))
-        if orphans:
-            self._restart_orphans(orphans)
-        if self.cgroups is None and self.settings.reap_orphans:
-            process.reap_zombie_children(self._own_children())
 
     def _own_children(self) -> set[int]:
         """Our children owned by a Popen: one-shot runs and the fork server."""
@@ -566,6 +655,13 @@ class Supervisor:
             slot.restarts += 1
             slot.next_start = 0.0
             slot.reason = "restarted: its sandbox fork server died"
+
+    def _host_fault(self, slot: Slot, why: str) -> None:
+        """A start the host prevented: retry after a fixed delay, no crash counted."""
+        delay = min(5.0, self.settings.backoff_max)
+        slot.state, slot.reason = status.BACKOFF, f"{why}; retry in {delay:g}s"
+        slot.backoff, slot.next_start = delay, time.monotonic() + delay
+        log.error("%s: %s", slot.entry.id, slot.reason)
 
     def _crashed(self, slot: Slot, now: float, why: str) -> None:
         """Schedule a restart with back-off, or give up after max_restarts."""
@@ -586,11 +682,25 @@ class Supervisor:
         log.warning("%s: %s", slot.entry.id, slot.reason)
 
     def _mark_exit(self, slot: Slot, rc: int) -> None:
-        try:
-            with open(self.paths.plugin_log(slot.entry.id), "ab") as fh:
-                _mark(fh, _describe_exit(rc))
-        except OSError as exc:
-            log.error("%s: cannot write its log: %s", slot.entry.id, exc)
+        """Drain the run's pipe, note how it ended, close its log."""
+        plog, slot.log = slot.log, None
+        if plog is None:
+            return
+        plog.close(_describe_exit(rc))
+        if plog.error:
+            log.error("%s: log: %s", slot.entry.id, plog.error)
+
+    def drain_logs(self) -> None:
+        """One bounded read from every run's output pipe (never blocks)."""
+        for slot in self.slots.values():
+            plog = slot.log
+            if plog is None:
+                continue
+            plog.drain()
+            if plog.error and plog.error != slot.log_error:
+                slot.log_error = plog.error
+                log.error("%s: log: %s", slot.entry.id, plog.error)
+                self.dirty = True
 
     # --- whole-tree tracking and stopping -----------------------------------------
 
@@ -684,24 +794,38 @@ class Supervisor:
                     "%s: no exit within %.1fs: SIGKILL", slot.entry.id, self.settings.stop_grace
                 )
         for slot in slots:
-            assert slot.proc is not None
-            if slot.cgroup is not None and self.cgroups is not None:
-                # Give the rest of the tree what is left of the grace period.
-                while self.cgroups.populated(slot.cgroup) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            elif slot.ident is not None:
-                slot.tracked.add(slot.ident)
-            self._kill_tree(slot, killers[slot.entry.id])
+            reason = None
             try:
-                rc = slot.proc.wait(timeout=self.settings.stop_grace + 15.0)
-            except subprocess.TimeoutExpired:  # a fork server run whose server hangs
-                log.error("%s: no exit status after KILL", slot.entry.id)
-                rc = LOST
-            self._mark_exit(slot, rc)
+                rc = self._finish_stop(slot, killers[slot.entry.id], deadline)
+            except Exception as exc:  # the others are stopped all the same
+                log.exception("%s: stopping failed", slot.entry.id)
+                rc, reason = LOST, f"supervisor error while stopping: {exc}"
+                with contextlib.suppress(Exception):
+                    self._mark_exit(slot, rc)
             slot.proc, slot.ident, slot.last_exit = None, None, rc
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
-            slot.state, slot.reason = status.STOPPED, None
+            slot.state, slot.reason = status.STOPPED, reason
             self.dirty = True
+
+    def _finish_stop(
+        self, slot: Slot, killer: subprocess.Popen[bytes] | None, deadline: float
+    ) -> int:
+        """After the grace period: KILL what is left of the run; its exit status."""
+        assert slot.proc is not None
+        if slot.cgroup is not None and self.cgroups is not None:
+            # Give the rest of the tree what is left of the grace period.
+            while self.cgroups.populated(slot.cgroup) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        elif slot.ident is not None:
+            slot.tracked.add(slot.ident)
+        self._kill_tree(slot, killer)
+        try:
+            rc = slot.proc.wait(timeout=self.settings.stop_grace + 15.0)
+        except subprocess.TimeoutExpired:  # a fork server run whose server hangs
+            log.error("%s: no exit status after KILL", slot.entry.id)
+            rc = LOST
+        self._mark_exit(slot, rc)
+        return rc
 
     # --- pack03's fork server -----------------------------------------------------
 
@@ -729,6 +853,11 @@ class Supervisor:
             self.paths.sandbox_socket,
             self.paths.sandbox_server_pidfile,
             self.settings.stop_grace,
+            (
+                self.paths.plugin_data_root,
+                self.paths.registry.parent / "packages",
+                self.paths.reports_root,
+            ),
         )
         try:
             srv.start(self.paths.sandbox_server_log)
@@ -777,14 +906,25 @@ class Supervisor:
         }
 
     def wait_fds(self) -> list[int]:
-        """Connections on which a fork server run's exit will arrive (to select on)."""
-        return [
+        """What to select on: connections on which a fork server run's exit will
+        arrive, and the output pipes of runs within their log rate."""
+        fds = [
             fd
             for s in self.slots.values()
             if isinstance(s.proc, ServerRun) and (fd := s.proc.fileno()) >= 0
         ]
+        now = time.monotonic()
+        fds += [
+            s.log.fd
+            for s in self.slots.values()
+            if s.log is not None and s.log.fd >= 0 and not s.log.over_rate(now)
+        ]
+        return fds
 
     # --- status -------------------------------------------------------------------
+
+    def _bounded(self, slot: Slot) -> bool:
+        return self.settings.disk_images and slot.disk_gap is None
 
     def status_doc(self) -> dict[str, Any]:
         """The plugin part of the status file."""
@@ -802,7 +942,7 @@ class Supervisor:
                 "version": slot.entry.version,
                 "granted": list(slot.entry.granted),
                 "allow_degraded": slot.entry.allow_degraded,
-                "degraded": slot.degraded,
+                "degraded": slot.degraded + ([slot.disk_gap] if slot.disk_gap else []),
                 "pid": slot.ident.pid if slot.ident else None,
                 "pid_start_time": slot.ident.start_time if slot.ident else None,
                 "started_at": slot.started_at if slot.proc is not None else None,
@@ -810,18 +950,14 @@ class Supervisor:
                 "starts_seen": slot.starts_seen,
                 "backoff_s": slot.backoff if slot.state == status.BACKOFF else None,
                 "last_exit": slot.last_exit,
-                "layers": slot.layers,
+                "layers": slot.layers
+                + ([diskimage.LAYER] if slot.proc is not None and self._bounded(slot) else []),
                 "cgroups": slot.sandbox_cgroups
                 or ([str(self.cgroups.path(slot.cgroup))] if slot.cgroup and self.cgroups else []),
                 "log": str(self.paths.plugin_log(pid)),
+                "log_error": slot.log_error,
             }
         return plugins
-
-
-def _mark(fh: IO[bytes], text: str) -> None:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    fh.write(f"[launcher {stamp}] {text}\n".encode())
-    fh.flush()
 
 
 def _describe_exit(rc: int) -> str:
@@ -835,8 +971,9 @@ def _last_line(path: Path) -> str:
     except OSError:
         return "(no log)"
     for line in reversed(lines):
-        if line.strip() and not line.startswith("[launcher "):
-            return line.strip()
+        text = plugin_text(line)
+        if text is not None and text.strip():
+            return text.strip()
     return "(no message)"
 
 

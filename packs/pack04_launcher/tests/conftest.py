@@ -15,7 +15,7 @@ import pytest
 # The launcher package (pack root) and the shared helpers (this dir) on sys.path.
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
-from launcher import process, status  # noqa: E402
+from launcher import diskimage, process, status  # noqa: E402
 from launcher.cgroup import CgroupTree  # noqa: E402
 from launcher.paths import Paths  # noqa: E402
 from launcher.supervisor import Supervisor  # noqa: E402
@@ -70,6 +70,7 @@ def make_supervisor(paths: Paths) -> Iterator[Callable[..., Supervisor]]:
     yield _make
     for sup in made:
         sup.close()
+    diskimage.unmount_all(paths.plugin_data_root)  # also what a failed test left
 
 
 @pytest.fixture
@@ -128,6 +129,7 @@ def service_factory(
             for name in tree.leftovers():
                 tree.kill(name)
             tree.close()
+        diskimage.unmount_all(svc.paths.plugin_data_root)
 
 
 @pytest.fixture

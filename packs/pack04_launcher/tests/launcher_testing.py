@@ -185,6 +185,7 @@ def fast_settings(**overrides: Any) -> Settings:
         "max_restarts": 3,
         "stable_after": 60.0,
         "stop_grace": 2.0,
+        "disk_images": False,  # on in test_diskimage.py (mounts cost time and loop devices)
     }
     base.update(overrides)
     return Settings(**base)
@@ -239,11 +240,63 @@ def run_until_started(sup: Supervisor, plugin_id: str) -> Slot:
     return slot
 
 
+def _nspid(pid: str) -> list[int]:
+    """The ``NSpid:`` line of /proc/<pid>/status: its pid in each nested namespace."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def host_pid(ns_pid: int, plugin_id: str) -> int:
+    """The host pid of the process of ``plugin_id`` that sees itself as ``ns_pid``.
+
+    pack03 runs a plugin in a PID namespace of its own, so the pid a plugin writes is
+    the namespace's; several plugins have the same ones. Without a namespace (the
+    passthrough sandbox) the pid is the host's.
+    """
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        ns = _nspid(name)
+        if len(ns) > 1 and ns[-1] == ns_pid:
+            try:
+                env = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"AURORA_PLUGIN_ID={plugin_id}".encode() in env:
+                found.append(int(name))
+    assert len(found) <= 1, f"{plugin_id}: several processes are pid {ns_pid}: {found}"
+    return found[0] if found else ns_pid
+
+
+def plugin_processes(plugin_id: str) -> list[int]:
+    """Host pids of live processes whose environment names ``plugin_id``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and not gone(int(name)):
+            try:
+                env = Path(f"/proc/{name}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"AURORA_PLUGIN_ID={plugin_id}".encode() in env:
+                found.append(int(name))
+    return found
+
+
 def read_pid(path: Path) -> ProcessId:
-    """The identity of the pid a plugin wrote to ``path`` (waits for the file)."""
+    """The identity of the pid a plugin wrote to ``path`` (waits for the file).
+
+    ``path`` is ``<plugin-data>/<id>/<file>``: the pid is mapped to the host's.
+    """
     text = wait_until(lambda: path.is_file() and path.read_text().strip(), what=str(path))
-    ident = identify(int(text))
-    assert ident is not None, f"pid {text} from {path} is already gone"
+    pid = host_pid(int(text), path.parent.name)
+    ident = identify(pid)
+    assert ident is not None, f"pid {text} (host {pid}) from {path} is already gone"
     return ident
 
 
@@ -292,6 +345,7 @@ FAST_SERVICE_ARGS = [
     "2",
     "--stop-grace",
     "2",
+    "--no-disk-images",
 ]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import cli, process
+from launcher import cli, identity, process
 from launcher_testing import (
     CLEAN_EXIT,
     CRASH,
@@ -16,6 +16,7 @@ from launcher_testing import (
     PASSTHROUGH_ROOT,
     FakeRegistry,
     Service,
+    plugin_processes,
     plugin_status_record,
     read_pid,
     real_sandbox_root,
@@ -60,13 +61,27 @@ def test_list_shows_pid_uptime_restarts_layers(
     assert "sandbox: one-shot; " in err
 
 
+def test_list_shows_each_plugins_uid(
+    start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    svc = start_service_for_cli({"acme.idle": IDLE})
+    wait_until_service_reports(svc, "acme.idle")
+    assert cli.main(["list", "--json"]) == cli.EXIT_OK
+    rec = json.loads(capsys.readouterr().out)["plugins"]["acme.idle"]
+    assert identity.FIRST_ID <= rec["uid"] == rec["gid"] <= identity.LAST_ID
+    assert cli.main(["list"]) == cli.EXIT_OK
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[:4] == ["ID", "STATE", "PID", "UID"]
+    assert row.split()[3] == str(rec["uid"])
+
+
 def test_logs(start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]) -> None:
     svc = start_service_for_cli({"acme.once": CLEAN_EXIT})
     log = svc.paths.plugin_log("acme.once")
     wait_until(lambda: log.is_file() and "exited with status 0" in log.read_text(), what="log")
     assert cli.main(["logs", "acme.once", "--json"]) == cli.EXIT_OK
     lines = json.loads(capsys.readouterr().out)["result"]["lines"]
-    assert "done" in lines
+    assert "| done" in lines  # a plugin line, framed
     assert cli.main(["logs", "acme.nothing"]) == cli.EXIT_NOT_FOUND
 
 
@@ -121,12 +136,13 @@ def test_run_json_is_one_document_and_timeout_kills_the_tree(
     capfd: pytest.CaptureFixture[str],
     tmp_path: Path,
 ) -> None:
-    fake_registry.add("acme.idle", IDLE)
+    fake_registry.add("acme.idle", "import os, time\nprint('pid', os.getpid(), flush=True)\n"
+                      "time.sleep(60)\n")  # fmt: skip
     assert cli.main(["run", "acme.idle", "--timeout", "1", "--json"]) == cli.EXIT_TIMEOUT
-    out, _err = capfd.readouterr()
+    out, err = capfd.readouterr()
     doc = json.loads(out)["result"]  # the plugin's own output went to stderr
     assert doc["timed_out"] is True and doc["layers"] == ["test-passthrough"]
-    pid = int((tmp_path / "data/plugin-data/acme.idle/pid").read_text())
+    pid = int(next(line.split()[1] for line in err.splitlines() if line.startswith("pid ")))
     assert process.identify(pid) is None or process.is_zombie(pid)
 
 
@@ -315,6 +331,6 @@ def test_run_in_the_real_sandbox_leaves_nothing_at_timeout(
     assert cli.main(["run", "acme.escape", "--timeout", "4", "--json"]) == cli.EXIT_TIMEOUT
     doc = json.loads(capfd.readouterr().out)["result"]
     assert doc["timed_out"] is True and "landlock" in doc["layers"]
-    gc_file = tmp_path / "data/plugin-data/acme.escape/grandchild"
-    grandchild = int(gc_file.read_text())  # written before the deadline, on any sane machine
-    assert process.identify(grandchild) is None or process.is_zombie(grandchild)
+    # No process of the plugin is left, the setsid grandchild included (found by the
+    # environment pack03 gives every process of the run).
+    assert plugin_processes("acme.escape") == []

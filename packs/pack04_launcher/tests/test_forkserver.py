@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import sandbox, status
+from launcher import identity, sandbox, status
 from launcher.forkserver import LOST, ForkServer, ServerRun
 from launcher.paths import Paths
 from launcher.process import ProcessId, identify
@@ -35,6 +35,15 @@ from launcher_testing import (
 )
 
 Make = Callable[..., Supervisor]
+
+
+def _ancestors(pid: int) -> list[int]:
+    """Parent, grandparent... of ``pid`` (pack03's PID namespace puts an init between)."""
+    out = []
+    while pid > 1:
+        pid = _ppid(pid)
+        out.append(pid)
+    return out
 
 
 def _ppid(pid: int) -> int:
@@ -113,7 +122,7 @@ def test_plugins_start_through_the_fork_server_and_stop_leaves_nothing(
     slot = run_until_started(sup, "acme.served")
     assert slot.mode == FORK_SERVER and sup.status_doc()["acme.served"]["mode"] == FORK_SERVER
     assert sup.sandbox_mode()["mode"] == FORK_SERVER
-    assert slot.ident is not None and _ppid(slot.ident.pid) == server_pid  # the server's child
+    assert slot.ident is not None and server_pid in _ancestors(slot.ident.pid)  # the server's
     grandchild = read_pid(paths.plugin_data("acme.served") / "grandchild")
     dirs, members = _members(paths.plugin_run("acme.served") / "report.json")
     assert slot.ident in members and grandchild in members
@@ -193,13 +202,19 @@ def test_a_server_left_by_a_killed_supervisor_is_stopped_with_its_plugins(
 ) -> None:
     root = real_sandbox_root()
     paths.run.mkdir(parents=True, exist_ok=True)
-    left = ForkServer(sys.executable, root, paths.sandbox_socket, paths.sandbox_server_pidfile, 1.0)
+    layout = (paths.plugin_data_root, paths.registry.parent / "packages", paths.reports_root)
+    left = ForkServer(
+        sys.executable, root, paths.sandbox_socket, paths.sandbox_server_pidfile, 1.0, layout
+    )
     left.start(tmp_path / "left.log")
     assert left.proc is not None
-    data = tmp_path / "orphan-data"
-    data.mkdir()
+    data = paths.plugin_data("acme.left")
+    data.mkdir(parents=True)
+    os.chown(data, identity.FIRST_ID, identity.FIRST_ID)
     pol = {
         "plugin_id": "acme.left",
+        "uid": identity.FIRST_ID,
+        "gid": identity.FIRST_ID,
         "granted": [],
         "data_dir": str(data),
         "read_paths": [],
@@ -208,7 +223,9 @@ def test_a_server_left_by_a_killed_supervisor_is_stopped_with_its_plugins(
         "allow_degraded": True,
     }  # fmt: skip
     with open(os.devnull, "wb") as null:
-        run = left.run(pol, ["/bin/sleep", "60"], tmp_path / "report.json", null.fileno())
+        report = paths.plugin_run("acme.left") / "report.json"
+        report.parent.mkdir(parents=True)
+        run = left.run(pol, ["/bin/sleep", "60"], report, null.fileno())
     assert run.ident is not None and run.ident.alive()
     try:
         sup = make_supervisor(sandbox_root=root)  # a new supervisor on the same run dir

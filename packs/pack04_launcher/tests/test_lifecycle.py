@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from launcher import process
+from launcher import diskimage, process
 from launcher.paths import Paths
 from launcher.service import MAX_RUNTIME_ENV
 from launcher.status import read_status
@@ -175,3 +175,38 @@ def test_a_killed_services_fork_server_stops_its_plugins(
         assert stop.returncode == 0, stop.stderr
     finally:
         _script("stop.sh", env)
+
+
+def test_stop_sh_unmounts_the_data_images_a_killed_service_left(
+    tmp_path: Path, fake_registry: FakeRegistry
+) -> None:
+    try:
+        diskimage._host_can()
+    except diskimage.DiskUnavailable as exc:
+        pytest.skip(f"data images unavailable here: {exc}")
+    env = service_env(tmp_path, fake_registry.path)
+    fake_registry.add("acme.idle", IDLE)
+    paths = Paths.from_env(env)
+    try:
+        assert _script("start.sh", env).returncode == 0  # as installed: images on
+        read_pid(paths.plugin_data("acme.idle") / "pid")  # written on its own filesystem
+        assert diskimage.mounted(paths.plugin_data("acme.idle"))
+        service = process.running_from_pidfile(paths.pidfile)
+        assert service is not None
+        os.kill(service.pid, signal.SIGKILL)
+        assert process.wait_gone([service], 10) == []
+        assert diskimage.mounted(paths.plugin_data("acme.idle"))  # left behind
+        stop = _script("stop.sh", env)
+        assert stop.returncode == 0, stop.stderr
+        assert not diskimage.mounted(paths.plugin_data("acme.idle"))
+    finally:
+        _script("stop.sh", env)
+        diskimage.unmount_all(paths.plugin_data_root)
+    deadline = time.monotonic() + 5.0
+    while str(tmp_path) in _losetup() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert str(tmp_path) not in _losetup()
+
+
+def _losetup() -> str:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=False).stdout

@@ -44,9 +44,11 @@ def test_policy_has_exactly_the_contract_fields(
     ]
     fake_registry.write()
     entry = read_registry(fake_registry.path)["acme.pol"]
-    pol = sandbox.policy(entry, tmp_path / "d", sandbox.Limits(cpu_seconds=7))
+    pol = sandbox.policy(entry, tmp_path / "d", sandbox.Limits(cpu_seconds=7), 2_000_000_007)
     assert pol == {
         "plugin_id": "acme.pol",
+        "uid": 2_000_000_007,
+        "gid": 2_000_000_007,
         "granted": ["network"],
         "data_dir": str(tmp_path / "d"),
         "read_paths": [str(pkg.resolve())],
@@ -56,6 +58,7 @@ def test_policy_has_exactly_the_contract_fields(
             "open_files": 256,
             "file_size_bytes": 64 * 1024 * 1024,
             "processes": 64,
+            "cpu_cores": 1.0,
         },
         "allow_degraded": False,
     }
@@ -164,12 +167,13 @@ def _members(dirs: list[str]) -> list[ProcessId]:
     return found
 
 
-@pytest.mark.parametrize("how", ["disable", "remove", "operator-stop", "service-stop"])
+@pytest.mark.parametrize("how", ["disable", "remove", "operator-stop", "service-stop", "revoke"])
 def test_real_sandbox_stop_leaves_no_process_of_the_plugin(
     make_supervisor: Make, fake_registry: FakeRegistry, paths: Paths, how: str
 ) -> None:
     root = real_sandbox_root()
-    fake_registry.add("acme.escape", ESCAPE)  # a child and a grandchild, each after setsid
+    # A child and a grandchild, each after setsid.
+    fake_registry.add("acme.escape", ESCAPE, granted=["network"] if how == "revoke" else None)
     sup = make_supervisor(sandbox_root=root)
     run_until_started(sup, "acme.escape")
     grandchild = read_pid(paths.plugin_data("acme.escape") / "grandchild")
@@ -187,6 +191,20 @@ def test_real_sandbox_stop_leaves_no_process_of_the_plugin(
     elif how == "operator-stop":
         control.request(paths.control, paths.control_lock, "acme.escape", start=False)
         run_until_state(sup, "acme.escape", status.HELD)
+    elif how == "revoke":  # a grant change: the old run goes, a new one has the new policy
+        fake_registry.set("acme.escape", granted=[])
+        run_until(sup, lambda: (s := sup.slots["acme.escape"]).state == status.RUNNING
+                  and s.ident != main and s.entry.granted == ())  # fmt: skip
+        new = json.loads(
+            run_until(
+                sup,
+                lambda: (
+                    (r := paths.plugin_run("acme.escape") / "report.json").is_file()
+                    and r.read_text()
+                ),
+            )
+        )
+        assert new["granted"] == [] and new["enforced"]["network"]
     else:
         sup.close()
     assert [m for m in members if m.alive()] == []

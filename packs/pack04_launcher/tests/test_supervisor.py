@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from launcher import control, degraded, status
+from launcher import control, degraded, identity, status
 from launcher.paths import Paths
 from launcher.supervisor import Supervisor
 from launcher_testing import (
@@ -160,7 +160,12 @@ def test_granted_capabilities_are_passed_exactly(
         "open_files",
         "file_size_bytes",
         "processes",
+        "cpu_cores",
     }
+    # Its own host identity, the one recorded for it: never root.
+    uid = identity.read_identities(paths.identities)["acme.caps"]
+    assert policy["uid"] == policy["gid"] == uid
+    assert identity.FIRST_ID <= uid <= identity.LAST_ID
 
 
 def test_new_grant_restarts_the_plugin(

@@ -2,8 +2,9 @@
 
 It accepts pack03's command line (``--policy P --report R -- ARGV``), records
 the policy it was given in the report (so tests can check what the supervisor
-asked for), and execs ARGV unconfined. Tests of the supervisor's own logic use
-it; nothing here stands in for pack03's confinement.
+asked for), and execs ARGV unconfined, as root: it checks that the policy names a
+plugin uid/gid (refusing 0 and 65534 like pack03) but does not switch to it. Tests of
+the supervisor's own logic use it; nothing here stands in for pack03's confinement.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def main() -> None:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     with open(args.policy) as fh:
         policy = json.load(fh)
+    for key in ("uid", "gid"):  # pack03 never runs a plugin as root or as nobody
+        if not isinstance(policy.get(key), int) or policy[key] in (0, 65534):
+            print(f"passthrough: policy.{key}: {policy.get(key)!r} refused", file=sys.stderr)
+            raise SystemExit(125)
     if policy.get("plugin_id") == "test.refused":
         print("passthrough: refusing as asked by the test", file=sys.stderr)
         raise SystemExit(125)

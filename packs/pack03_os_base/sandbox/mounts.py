@@ -1,0 +1,229 @@
+"""The native backend's private mount namespace: a minimal root built on a tmpfs.
+
+Called as root, in a process that already has its own mount (and PID) namespace.
+The view is built the way bubblewrap builds it: propagation private first (nothing
+leaks to the host), a tmpfs at /tmp becomes the root (``pivot_root``) with the host's
+root at ``/oldroot``; a second tmpfs is filled with bind mounts taken from
+``/oldroot`` at the *same paths* (so the paths in the policy and the environment stay
+valid), then made the root in its turn (``pivot_root(".", ".")`` and a detach of the
+old one). Without ``fs-read``/``fs-write``: system dirs, interpreter prefixes and
+``read_paths`` read-only, ``data_dir`` read-write, a minimal /dev, a fresh /proc, a
+small private /tmp and /dev/shm. With them: the host's top-level directories bound
+(read-only for ``fs-read``) as the base, with the same private /proc, /dev, /tmp on
+top. Directories the plugin's uid could not traverse on the host (``/root`` mode 0700
+holding the interpreter, a test's 0700 tmp dir) become tmpfs directories holding only
+the binds below them. The namespace dies with its last process: nothing stays.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from sandbox import _libc
+
+_OLD = "/oldroot"
+_NEW = "/newroot"
+#: Where the old root stays, covered (see build()).
+_PUT_OLD = "/.oldroot"
+#: Size of the private /tmp and /dev/shm (each), and of the tree of mount points.
+TMP_SIZE = 16 * 1024 * 1024
+_TREE_SIZE = 1024 * 1024
+_RO = _libc.MS_RDONLY | _libc.MS_NOSUID | _libc.MS_NODEV
+_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+              "stderr": "/proc/self/fd/2"}  # fmt: skip
+
+
+class View:
+    """What the plugin's root holds; built by `build()`."""
+
+    def __init__(self, base: str | None, uid: int, gid: int) -> None:
+        self.base = base  # None (minimal), "ro" (fs-read) or "rw" (fs-write)
+        self.uid = uid
+        self.gid = gid
+        self.read: list[str] = []  # bound read-only
+        self.write: list[str] = []  # bound read-write
+        self.devices: list[str] = []  # device nodes, read-write
+
+    def describe(self) -> str:
+        base = {None: "minimal root on tmpfs", "ro": "host / read-only",
+                "rw": "host / read-write"}[self.base]  # fmt: skip
+        return (
+            f"{base}; {len(self.read)} read-only, {len(self.write)} read-write binds; "
+            f"/dev minimal ({len(self.devices)} nodes), fresh /proc, private /tmp "
+            f"and /dev/shm ({TMP_SIZE >> 20} MiB); pivot_root, propagation private"
+        )
+
+
+def _traversable(path: str, uid: int, gid: int) -> bool:
+    """Whether `uid` (group `gid`, no other group) can reach `path` on the host."""
+    current = "/"
+    for part in [p for p in path.split("/") if p][:-1] or []:
+        current = os.path.join(current, part)
+        try:
+            st = os.stat(current)
+        except OSError:
+            return False
+        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _mkdirs(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def _bind(src: str, dst: str, readonly: bool, recursive: bool = True) -> bool:
+    """Bind host `src` (resolved on the host, seen at /oldroot) at `dst` in the new root;
+    False when the source does not exist."""
+    source = _OLD + src
+    try:
+        st = os.stat(source)
+    except OSError:
+        return False
+    target = _NEW + dst
+    if os.path.islink(target):  # fs modes: a link of the bound base, reachable through it
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        _mkdirs(target)
+    elif not os.path.lexists(target):
+        _mkdirs(os.path.dirname(target))
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    flags = _libc.MS_BIND | (_libc.MS_REC if recursive else 0)
+    _libc.mount(source, target, None, flags)
+    if readonly:
+        try:
+            _libc.mount_setattr_rdonly_recursive(target)
+        except OSError:  # an older kernel: at least the top mount
+            _libc.mount(None, target, None, _libc.MS_REMOUNT | _libc.MS_BIND | _RO)
+    return True
+
+
+def _node(src: str, dst: str, view: View) -> None:
+    """A granted device: the same node (type, major/minor) made in the private /dev, owned
+    by the plugin; a directory (/dev/dri, /dev/bus) is made with the nodes below it."""
+    st = os.stat(_OLD + src)
+    target = _NEW + dst
+    if stat.S_ISDIR(st.st_mode):
+        _mkdirs(target)
+        for name in sorted(os.listdir(_OLD + src)):
+            _node(f"{src}/{name}", f"{dst}/{name}", view)
+        return
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        return
+    _mkdirs(os.path.dirname(target))
+    os.mknod(target, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+    os.chown(target, view.uid, view.gid)
+    view.devices.append(dst)
+
+
+def _tmpfs(target: str, size: int, mode: int) -> None:
+    _mkdirs(target)
+    _libc.mount("tmpfs", target, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV,
+                f"size={size},mode={mode:o}")  # fmt: skip
+
+
+class _Plan:
+    """Everything read from the host before pivot_root (symlinks resolve there)."""
+
+    def __init__(
+        self, view: View, system: tuple[str, ...], devices: list[str], granted: list[str]
+    ) -> None:
+        self.links: dict[str, str] = {}  # top-level symlinks to recreate: path -> target
+        self.binds: list[tuple[str, str, bool]] = []  # (host source, path inside, read-only)
+        self.dirs: list[str] = []  # fs modes: top-level dirs made, not bound
+        self.devices = [(os.path.realpath(d), d) for d in devices if os.path.exists(d)]
+        self.nodes = [(os.path.realpath(d), d) for d in granted if os.path.exists(d)]
+        needed = [*view.read, *view.write]
+        if view.base is None:
+            tops = [p for p in system if os.path.dirname(p) == "/" and os.path.islink(p)]
+            self.links = {p: os.readlink(p) for p in tops}
+            self._add([p for p in system if p not in self.links], True, first=True)
+        else:
+            self._base(view, needed)
+        write = set(view.write)
+        self._add([p for p in view.read if p not in write], True)
+        self._add(sorted(write), False)
+
+    def _add(self, paths: list[str], readonly: bool, first: bool = False) -> None:
+        ordered = paths if first else sorted(paths, key=lambda p: p.count("/"))
+        for path in ordered:
+            real = os.path.realpath(path)
+            if os.path.exists(real):
+                self.binds.append((real, path, readonly))
+
+    def _base(self, view: View, needed: list[str]) -> None:
+        """fs-read/fs-write: every top-level host entry, but /dev, /proc, /tmp (private)."""
+        for name in sorted(os.listdir("/")):
+            path = "/" + name
+            if name in ("dev", "proc", "tmp"):
+                continue
+            if os.path.islink(path):
+                self.links[path] = os.readlink(path)
+                continue
+            below = [n for n in needed if n == path or n.startswith(path + "/")]
+            if any(not _traversable(n, view.uid, view.gid) for n in below):
+                self.dirs.append(path)  # only the needed binds below it (module doc)
+            elif os.path.isdir(path):
+                self.binds.append((path, path, view.base == "ro" or name == "sys"))
+
+
+def build(
+    view: View, system: tuple[str, ...], devices: list[str], granted: list[str] | None = None
+) -> None:
+    """Make the view this process's root (module doc). Raises OSError on any failure.
+
+    `devices` (the harmless ones, mode 0666 on the host) are bound; `granted` device
+    nodes (gpu/io) are made anew in the private /dev, owned by the plugin's uid (the
+    host node keeps its owner and mode; the plugin cannot make nodes itself).
+    """
+    plan = _Plan(view, system, devices, list(granted or []))
+    _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
+    _libc.mount("tmpfs", "/tmp", "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV,
+                f"size={_TREE_SIZE},mode=755")  # fmt: skip
+    os.chdir("/tmp")
+    os.mkdir("oldroot")
+    os.mkdir("newroot")
+    _libc.pivot_root(".", "oldroot")
+    os.chdir("/")
+    _libc.mount("tmpfs", _NEW, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV,
+                f"size={_TREE_SIZE},mode=755")  # fmt: skip
+    for path, target in plan.links.items():
+        os.symlink(target, _NEW + path)
+    for path in plan.dirs:
+        _mkdirs(_NEW + path)
+    specials = ("/proc", "/dev", "/tmp")
+    early = [b for b in plan.binds if not any(b[1] == s or b[1].startswith(s + "/")
+                                              for s in specials)]  # fmt: skip
+    for src, dst, readonly in early:
+        _bind(src, dst, readonly)
+    _mkdirs(_NEW + "/proc")
+    _libc.mount("proc", _NEW + "/proc", "proc",
+                _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC)  # fmt: skip
+    _mkdirs(_NEW + "/dev")
+    _libc.mount("tmpfs", _NEW + "/dev", "tmpfs", _libc.MS_NOSUID | _libc.MS_NOEXEC,
+                f"size={_TREE_SIZE},mode=755")  # fmt: skip
+    for src, dst in plan.devices:
+        if _bind(src, dst, readonly=False, recursive=False):
+            view.devices.append(dst)
+    for src, dst in plan.nodes:
+        _node(src, dst, view)
+    for name, target in _DEV_LINKS.items():
+        os.symlink(target, f"{_NEW}/dev/{name}")
+    _tmpfs(_NEW + "/dev/shm", TMP_SIZE, 0o1777)
+    _tmpfs(_NEW + "/tmp", TMP_SIZE, 0o1777)
+    for src, dst, readonly in plan.binds:
+        if (src, dst, readonly) not in early:
+            _bind(src, dst, readonly)
+    os.mkdir(_NEW + _PUT_OLD, 0o000)
+    os.chdir(_NEW)
+    _libc.pivot_root(".", _PUT_OLD[1:])
+    # The old root is not detached (umount2 costs an RCU grace period, ~10 ms, on every
+    # start): an empty read-only tmpfs covers it. Reaching under a mount needs umount
+    # (CAP_SYS_ADMIN and seccomp both say no); the kernel drops it with the namespace.
+    _libc.mount("tmpfs", _PUT_OLD, "tmpfs", _RO | _libc.MS_NOEXEC, "size=4k,mode=0")
+    os.chdir("/")
+
+
+__all__ = ["TMP_SIZE", "View", "build"]

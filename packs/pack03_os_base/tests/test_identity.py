@@ -1,0 +1,235 @@
+"""Issue 8's attacks on a plugin that is no longer root, judged on the host (not by its word).
+
+Every test runs on both backends, one-shot and through the fork server (the `sandbox`
+fixture), as root like CI.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from sandbox_testing import PLUGIN_GID, PLUGIN_UID
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from conftest import Probe, Sandbox
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs as root, like CI")
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as fh:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in fh if ":" in line)}
+
+
+def test_the_plugin_runs_as_its_own_uid_without_groups_or_capabilities(sandbox: Sandbox) -> None:
+    held = sandbox.start("hold")
+    try:
+        pids = held.plugin_pids(sandbox.attack)
+        assert pids, "the plugin process was not found in its cgroup"
+        if sandbox.backend == "native":
+            assert pids == [held.pid]  # the report's pid is the plugin's host pid
+        for pid in pids:
+            st = _status(pid)
+            assert st["Uid"].split() == [str(PLUGIN_UID)] * 4, st["Uid"]
+            assert st["Gid"].split() == [str(PLUGIN_GID)] * 4, st["Gid"]
+            assert st["Groups"] == ""
+            for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(st[key], 16) == 0, (key, st[key])
+            assert st["NoNewPrivs"] == "1"
+        assert held.report["layers"]["user"]["active"], held.report["layers"]
+        assert (held.report["uid"], held.report["gid"]) == (PLUGIN_UID, PLUGIN_GID)
+    finally:
+        assert held.finish() == 0
+
+
+def test_the_data_dir_is_the_plugins_own_and_mode_0700(sandbox: Sandbox) -> None:
+    res = sandbox.attack_run("write", str(sandbox.data_dir / "state.txt"))
+    assert res.outcome["outcome"] == "allowed", res.outcome
+    for path in (sandbox.data_dir, sandbox.data_dir / "tmp"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (PLUGIN_UID, PLUGIN_GID, 0o700)
+    assert (sandbox.data_dir / "state.txt").stat().st_uid == PLUGIN_UID
+
+
+def test_a_symlink_the_plugin_planted_as_tmp_is_never_followed(sandbox: Sandbox) -> None:
+    victim = sandbox.tmp / "victim"
+    victim.mkdir(mode=0o755)
+    sandbox.data_dir.mkdir(mode=0o700)
+    (sandbox.data_dir / "tmp").symlink_to(victim)
+    res = sandbox.run(["/bin/true"])
+    assert res.returncode == 125 and "data_dir" in res.stderr, res.stderr
+    st = victim.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)  # not chowned through the link
+
+
+def test_metadata_of_a_root_file_outside_the_data_dir_cannot_change(sandbox: Sandbox) -> None:
+    """chmod 06777, utime, setxattr user.*: Landlock does not cover metadata; the uid does."""
+    victim = sandbox.plugin_dir / "victim.py"
+    victim.write_text("print('root code')\n")
+    victim.chmod(0o644)
+    before = victim.stat()
+    res = sandbox.attack_run("metadata", str(victim), granted=["fs-write"])
+    assert res.outcome["outcome"] == "denied", res.outcome
+    after = victim.stat()
+    assert stat.S_IMODE(after.st_mode) == 0o644
+    assert after.st_mtime_ns == before.st_mtime_ns
+    assert os.listxattr(victim) == []
+
+
+@pytest.fixture
+def victim_process() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_host_processes_cannot_be_limited_reniced_or_seen(
+    sandbox: Sandbox, victim_process: subprocess.Popen[bytes]
+) -> None:
+    """prlimit(RLIMIT_CPU/FSIZE), setpriority, getsid on a host root process: its
+    /proc/<pid>/limits and nice value stay as they were; the host pid is not there."""
+    limits_before = Path(f"/proc/{victim_process.pid}/limits").read_text()
+    nice_before = os.getpriority(os.PRIO_PROCESS, victim_process.pid)
+    res = sandbox.attack_run("host-process", str(victim_process.pid))
+    out = res.outcome
+    assert out["outcome"] == "denied", out
+    assert "ProcessLookupError" in out["results"]["getsid"]  # ESRCH: not in its namespace
+    assert Path(f"/proc/{victim_process.pid}/limits").read_text() == limits_before
+    assert os.getpriority(os.PRIO_PROCESS, victim_process.pid) == nice_before
+    assert victim_process.poll() is None
+    assert out["hostname"] == "aurora-sandbox" != socket.gethostname()
+
+
+@pytest.fixture
+def dgram_listener(tmp_path: Path) -> Iterator[tuple[Path, socket.socket]]:
+    """A host pathname datagram socket of mode 0600, like a root daemon's."""
+    path = tmp_path / "plugin" / "host-dgram.sock"
+    path.parent.mkdir(exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    path.chmod(0o600)
+    sock.setblocking(False)
+    yield path, sock
+    sock.close()
+
+
+def test_a_datagram_socketpair_reaches_no_host_socket(
+    sandbox: Sandbox, probe: Probe, dgram_listener: tuple[Path, socket.socket]
+) -> None:
+    probe.require("seccomp")
+    path, listener = dgram_listener
+    res = sandbox.attack_run("dgram-pair", str(path))
+    results = res.outcome["results"]
+    assert results["socketpair"].startswith("denied"), results  # seccomp: no datagram pair
+    assert results["socket"].startswith("denied"), results
+    time.sleep(0.2)
+    with pytest.raises(BlockingIOError):
+        listener.recv(100)
+
+
+def test_no_namespace_can_be_created_by_any_route(sandbox: Sandbox, probe: Probe) -> None:
+    probe.require("seccomp")
+    res = sandbox.attack_run("namespaces")
+    results = res.outcome["results"]
+    for name in ("clone-newuser", "clone-newns", "clone-newnet", "clone-newpid"):
+        assert results[name] == "denied: Operation not permitted", results
+    assert results["clone3"] == "denied: Function not implemented", results
+    assert not results["unshare"].startswith("allowed"), results
+    assert not (sandbox.data_dir / "in-new-userns").exists()  # no child ever ran
+
+
+def _inotify_init() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.inotify_init1(0))
+
+
+def test_inotify_instances_held_by_a_plugin_are_not_the_hosts(sandbox: Sandbox) -> None:
+    """Per-uid kernel limits: the plugin's uid is not root's."""
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    held = sandbox.start("inotify", str(min(limit, 128)), open_files=512)
+    try:
+        assert held.line["held"] == min(limit, 128), held.line
+        fd = _inotify_init()
+        assert fd >= 0, os.strerror(ctypes.get_errno())
+        os.close(fd)
+    finally:
+        held.finish()
+
+
+def test_the_plugins_own_children_work(sandbox: Sandbox) -> None:
+    res = sandbox.attack_run("fork", "3")
+    assert res.outcome == {"outcome": "allowed", "forked": 3, "error": None}
+
+
+def _mountinfo() -> list[str]:
+    with open("/proc/self/mountinfo") as fh:
+        return sorted(" ".join(line.split()[3:5]) for line in fh)
+
+
+def test_nothing_is_left_on_the_host_after_a_run(sandbox: Sandbox, probe: Probe) -> None:
+    probe.require("cgroup")
+    before = _mountinfo()
+    held = sandbox.start("hold")
+    pid, dirs = held.pid, held.report["cgroup"]["dirs"]
+    assert held.finish() == 0
+    assert _mountinfo() == before
+    assert not sandbox.alive(pid)
+    sandbox.kill_tree(held.launcher)  # what a supervisor does after an exit
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(d) for d in dirs) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server removes an ended run's dirs when idle
+    assert not any(os.path.exists(d) for d in dirs), dirs
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_cpu_cores_bounds_the_whole_run(sandbox: Sandbox, probe: Probe) -> None:
+    """4 spinning children with cpu_cores 0.5 use about half a core together, measured
+    from the host over 2 s (their times in /proc, found through the run's cgroups)."""
+    from sandbox import cgroups
+
+    held = sandbox.start("spin-children", "4", cpu_cores=0.5)
+    try:
+        if not held.report["layers"]["cpu"]["active"]:
+            pytest.skip(f"no cpu controller: {held.report['layers']['cpu']['detail']}")
+        dirs = held.report["cgroup"]["dirs"]
+        time.sleep(0.3)  # the children are running
+        pids = cgroups.members(dirs)
+        start, used0 = time.monotonic(), _cpu_seconds(pids)
+        time.sleep(2.0)
+        used = _cpu_seconds(pids) - used0
+        elapsed = time.monotonic() - start
+        assert used / elapsed <= 0.65, (used, elapsed)
+        assert used / elapsed >= 0.2, (used, elapsed)  # they did spin (the test can fail)
+        assert held.report["contained"]["cpu"] == ["cgroup-cpu"]
+    finally:
+        held.finish()
+
+
+def test_a_run_without_cpu_cores_says_cpu_is_not_limited(sandbox: Sandbox) -> None:
+    res = sandbox.run(["/bin/true"])
+    assert res.report["layers"]["cpu"] == {
+        "active": False,
+        "detail": "limits.cpu_cores not in policy: CPU bandwidth not limited",
+    }
+    assert "cpu: not contained" in res.report["warnings"]
