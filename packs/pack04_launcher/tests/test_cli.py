@@ -67,7 +67,7 @@ def test_list_shows_each_plugins_uid(
     svc = start_service_for_cli({"acme.idle": IDLE})
     wait_until_service_reports(svc, "acme.idle")
     assert cli.main(["list", "--json"]) == cli.EXIT_OK
-    rec = json.loads(capsys.readouterr().out)["plugins"]["acme.idle"]
+    rec = json.loads(capsys.readouterr().out)["result"]["plugins"]["acme.idle"]
     assert identity.FIRST_ID <= rec["uid"] == rec["gid"] <= identity.LAST_ID
     assert cli.main(["list"]) == cli.EXIT_OK
     header, row = capsys.readouterr().out.splitlines()[:2]

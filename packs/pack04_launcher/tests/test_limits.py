@@ -38,7 +38,7 @@ def test_set_and_show_are_stored_0600_and_audited(
     assert cli.main(argv) == cli.EXIT_OK
     capsys.readouterr()
     assert cli.main(["limits", "show", "acme.lim", "--json"]) == cli.EXIT_OK
-    doc = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)["result"]
     assert doc["plugins"]["acme.lim"] == {
         "disk_bytes": 2 << 30, "inodes": 200000, "cpu_cores": 0.5,
         "memory_bytes": 256 << 20, "processes": 32,

@@ -325,6 +325,14 @@ def test_aurora_home_finds_the_installed_pack_data(
 ) -> None:
     monkeypatch.delenv("AURORA_PACK_DATA", raising=False)
     monkeypatch.setenv("AURORA_HOME", str(tmp_path / "home"))
+    code, doc, _ = run(capsys, "--json", "stage", pkg)
+    assert code == 1 and "not installed there" in doc["error"]["message"]  # not the source tree
+    (tmp_path / "home").mkdir(exist_ok=True)
+    state = {
+        "schema": "aurora-state-v1",
+        "packs": {"pack05_plugin_api": {"active_version": "0.1.0"}},
+    }
+    (tmp_path / "home" / "state.json").write_text(json.dumps(state))
     code, _doc, _ = run(capsys, "--json", "stage", pkg)
     assert code == 0
     registry = tmp_path / "home" / "data" / "pack05_plugin_api" / "plugins" / "registry.json"
