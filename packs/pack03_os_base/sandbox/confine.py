@@ -272,10 +272,10 @@ def _session(run: Run) -> None:
     """Own session: no controlling terminal (no TIOCSTI), signals by group reach only us."""
     try:
         os.setsid()
-        run.layer("session", True, "new session and process group")
+        run.layer("session", True, "own session and process group")
     except PermissionError:
-        if os.getsid(0) == os.getpid():
-            run.layer("session", True, "already a session leader")
+        if os.getsid(0) == os.getpid():  # a server's spare made it ahead (setsid is slow)
+            run.layer("session", True, "own session and process group")
         else:
             # A process-group leader cannot setsid; it keeps the caller's session.
             run.layer("session", False, "caller made the launcher a process-group leader")
