@@ -701,7 +701,10 @@ def _mount_view(run: Run) -> None:
         if cap in pol.granted:
             granted += _dev_entries(DEVICES[cap])
     try:
-        mounts.build(view, SYSTEM_READ, list(BASIC_DEVICES), granted)
+        if run.relay is not None and run.relay.prepared is not None:  # a spare's, made ahead
+            mounts.finish(view, run.relay.prepared, granted)
+        else:
+            mounts.build(view, SYSTEM_READ, list(BASIC_DEVICES), granted)
     except OSError as exc:
         raise LayerError(f"mount-namespace: {exc}") from None
     run.layer("mount-namespace", True, view.describe())

@@ -633,6 +633,14 @@ def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay)
                         | _libc.CLONE_NEWNET)  # fmt: skip
     with contextlib.suppress(OSError):  # its own session ahead: setsid makes a scheduler
         os.setsid()  # autogroup, several ms (the session layer finds it made)
+    if relay.unshared:  # the generic part of its root too
+        from sandbox import mounts
+        from sandbox.confine import BASIC_DEVICES
+
+        try:
+            relay.prepared = mounts.prepare(SYSTEM_READ, list(BASIC_DEVICES))
+        except OSError as exc:  # the request will see the same failure, and say it
+            _log.debug(__name__, "spare: mount view ahead: %s", exc)
 
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})
