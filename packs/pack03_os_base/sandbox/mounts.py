@@ -1,18 +1,18 @@
 """The native backend's private mount namespace: a minimal root built on a tmpfs.
 
 Called as root, in a process that already has its own mount (and PID) namespace.
-The view is built the way bubblewrap builds it: propagation private first (nothing
-leaks to the host), a tmpfs at /tmp becomes the root (``pivot_root``) with the host's
-root at ``/oldroot``; a second tmpfs is filled with bind mounts taken from
-``/oldroot`` at the *same paths* (so the paths in the policy and the environment stay
-valid), then made the root in its turn (``pivot_root(".", ".")`` and a detach of the
-old one). Without ``fs-read``/``fs-write``: system dirs, interpreter prefixes and
-``read_paths`` read-only, ``data_dir`` read-write, a minimal /dev, a fresh /proc, a
-small private /tmp and /dev/shm. With them: the host's top-level directories bound
-(read-only for ``fs-read``) as the base, with the same private /proc, /dev, /tmp on
-top. Directories the plugin's uid could not traverse on the host (``/root`` mode 0700
-holding the interpreter, a test's 0700 tmp dir) become tmpfs directories holding only
-the binds below them. The namespace dies with its last process: nothing stays.
+Propagation private first (nothing leaks to the host); a tmpfs mounted at /dev/shm of
+this namespace (no bind source can be below it) is filled with bind mounts of host
+paths at the *same paths* (so the paths in the policy and the environment stay
+valid), then made the root with ``pivot_root``; the old root stays, covered by an
+empty read-only tmpfs. ``prepare`` builds what no policy changes (system dirs
+read-only, a fresh /proc, a minimal /dev, small private /tmp and /dev/shm): a server's
+spare does it ahead. ``finish`` adds the policy's part: interpreter prefixes and
+``read_paths`` read-only, ``data_dir`` read-write, granted device nodes; with
+``fs-read``/``fs-write`` the host's top-level directories (read-only for ``fs-read``).
+Directories the plugin's uid could not traverse on the host (``/root`` mode 0700
+holding the interpreter) become tmpfs directories holding only the binds below them.
+The namespace dies with its last process: nothing stays.
 """
 
 from __future__ import annotations
