@@ -272,10 +272,10 @@ def _session(run: Run) -> None:
     """Own session: no controlling terminal (no TIOCSTI), signals by group reach only us."""
     try:
         os.setsid()
-        run.layer("session", True, "new session and process group")
+        run.layer("session", True, "own session and process group")
     except PermissionError:
-        if os.getsid(0) == os.getpid():
-            run.layer("session", True, "already a session leader")
+        if os.getsid(0) == os.getpid():  # a server's spare made it ahead (setsid is slow)
+            run.layer("session", True, "own session and process group")
         else:
             # A process-group leader cannot setsid; it keeps the caller's session.
             run.layer("session", False, "caller made the launcher a process-group leader")
@@ -701,7 +701,10 @@ def _mount_view(run: Run) -> None:
         if cap in pol.granted:
             granted += _dev_entries(DEVICES[cap])
     try:
-        mounts.build(view, SYSTEM_READ, list(BASIC_DEVICES), granted)
+        if run.relay is not None and run.relay.prepared is not None:  # a spare's, made ahead
+            mounts.finish(view, run.relay.prepared, granted)
+        else:
+            mounts.build(view, SYSTEM_READ, list(BASIC_DEVICES), granted)
     except OSError as exc:
         raise LayerError(f"mount-namespace: {exc}") from None
     run.layer("mount-namespace", True, view.describe())

@@ -1,18 +1,18 @@
 """The native backend's private mount namespace: a minimal root built on a tmpfs.
 
 Called as root, in a process that already has its own mount (and PID) namespace.
-The view is built the way bubblewrap builds it: propagation private first (nothing
-leaks to the host), a tmpfs at /tmp becomes the root (``pivot_root``) with the host's
-root at ``/oldroot``; a second tmpfs is filled with bind mounts taken from
-``/oldroot`` at the *same paths* (so the paths in the policy and the environment stay
-valid), then made the root in its turn (``pivot_root(".", ".")`` and a detach of the
-old one). Without ``fs-read``/``fs-write``: system dirs, interpreter prefixes and
-``read_paths`` read-only, ``data_dir`` read-write, a minimal /dev, a fresh /proc, a
-small private /tmp and /dev/shm. With them: the host's top-level directories bound
-(read-only for ``fs-read``) as the base, with the same private /proc, /dev, /tmp on
-top. Directories the plugin's uid could not traverse on the host (``/root`` mode 0700
-holding the interpreter, a test's 0700 tmp dir) become tmpfs directories holding only
-the binds below them. The namespace dies with its last process: nothing stays.
+Propagation private first (nothing leaks to the host); a tmpfs mounted at /dev/shm of
+this namespace (no bind source can be below it) is filled with bind mounts of host
+paths at the *same paths* (so the paths in the policy and the environment stay
+valid), then made the root with ``pivot_root``; the old root stays, covered by an
+empty read-only tmpfs. ``prepare`` builds what no policy changes (system dirs
+read-only, a fresh /proc, a minimal /dev, small private /tmp and /dev/shm): a server's
+spare does it ahead. ``finish`` adds the policy's part: interpreter prefixes and
+``read_paths`` read-only, ``data_dir`` read-write, granted device nodes; with
+``fs-read``/``fs-write`` the host's top-level directories (read-only for ``fs-read``).
+Directories the plugin's uid could not traverse on the host (``/root`` mode 0700
+holding the interpreter) become tmpfs directories holding only the binds below them.
+The namespace dies with its last process: nothing stays.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import stat
 
 from sandbox import _libc
 
-_OLD = "/oldroot"
-_NEW = "/newroot"
-#: Where the old root stays, covered (see build()).
+#: Where the new root is built, in this process's own mount namespace (the host's is
+#: untouched): a directory no bind source can lie beneath (the plugin gets a private
+#: /dev/shm; a policy's paths cannot be under /dev).
+_NEW = "/dev/shm"
+#: Where the old root stays, covered (see finish()).
 _PUT_OLD = "/.oldroot"
 #: Size of the private /tmp and /dev/shm (each), and of the tree of mount points.
 TMP_SIZE = 16 * 1024 * 1024
@@ -75,9 +77,9 @@ def _mkdirs(path: str) -> None:
 
 
 def _bind(src: str, dst: str, readonly: bool, recursive: bool = True) -> bool:
-    """Bind host `src` (resolved on the host, seen at /oldroot) at `dst` in the new root;
-    False when the source does not exist."""
-    source = _OLD + src
+    """Bind host `src` (resolved on the host) at `dst` in the new root; False when the
+    source does not exist."""
+    source = src
     try:
         st = os.stat(source)
     except OSError:
@@ -103,11 +105,11 @@ def _bind(src: str, dst: str, readonly: bool, recursive: bool = True) -> bool:
 def _node(src: str, dst: str, view: View) -> None:
     """A granted device: the same node (type, major/minor) made in the private /dev, owned
     by the plugin; a directory (/dev/dri, /dev/bus) is made with the nodes below it."""
-    st = os.stat(_OLD + src)
+    st = os.stat(src)
     target = _NEW + dst
     if stat.S_ISDIR(st.st_mode):
         _mkdirs(target)
-        for name in sorted(os.listdir(_OLD + src)):
+        for name in sorted(os.listdir(src)):
             _node(f"{src}/{name}", f"{dst}/{name}", view)
         return
     if not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
@@ -125,30 +127,21 @@ def _tmpfs(target: str, size: int, mode: int) -> None:
 
 
 class _Plan:
-    """Everything read from the host before pivot_root (symlinks resolve there)."""
+    """The policy's part of the view, read from the host (symlinks resolve there)."""
 
-    def __init__(
-        self, view: View, system: tuple[str, ...], devices: list[str], granted: list[str]
-    ) -> None:
-        self.links: dict[str, str] = {}  # top-level symlinks to recreate: path -> target
+    def __init__(self, view: View, granted: list[str]) -> None:
+        self.links: dict[str, str] = {}  # fs modes: top-level symlinks: path -> target
         self.binds: list[tuple[str, str, bool]] = []  # (host source, path inside, read-only)
         self.dirs: list[str] = []  # fs modes: top-level dirs made, not bound
-        self.devices = [(os.path.realpath(d), d) for d in devices if os.path.exists(d)]
         self.nodes = [(os.path.realpath(d), d) for d in granted if os.path.exists(d)]
-        needed = [*view.read, *view.write]
-        if view.base is None:
-            tops = [p for p in system if os.path.dirname(p) == "/" and os.path.islink(p)]
-            self.links = {p: os.readlink(p) for p in tops}
-            self._add([p for p in system if p not in self.links], True, first=True)
-        else:
-            self._base(view, needed)
+        if view.base is not None:
+            self._base(view, [*view.read, *view.write])
         write = set(view.write)
         self._add([p for p in view.read if p not in write], True)
         self._add(sorted(write), False)
 
-    def _add(self, paths: list[str], readonly: bool, first: bool = False) -> None:
-        ordered = paths if first else sorted(paths, key=lambda p: p.count("/"))
-        for path in ordered:
+    def _add(self, paths: list[str], readonly: bool) -> None:
+        for path in sorted(paths, key=lambda p: p.count("/")):
             real = os.path.realpath(path)
             if os.path.exists(real):
                 self.binds.append((real, path, readonly))
@@ -169,53 +162,57 @@ class _Plan:
                 self.binds.append((path, path, view.base == "ro" or name == "sys"))
 
 
-def build(
-    view: View, system: tuple[str, ...], devices: list[str], granted: list[str] | None = None
-) -> None:
-    """Make the view this process's root (module doc). Raises OSError on any failure.
-
-    `devices` (the harmless ones, mode 0666 on the host) are bound; `granted` device
-    nodes (gpu/io) are made anew in the private /dev, owned by the plugin's uid (the
-    host node keeps its owner and mode; the plugin cannot make nodes itself).
-    """
-    plan = _Plan(view, system, devices, list(granted or []))
+def prepare(system: tuple[str, ...], devices: list[str]) -> list[str]:
+    """The part of the view no policy changes, built ahead (a server's spare does it
+    before any request): propagation private, a tmpfs at /dev/shm as the new root with
+    the system dirs read-only, /proc, a minimal /dev, private /tmp and /dev/shm.
+    Returns the device nodes bound. Needs a mount (and PID) namespace of its own."""
+    if not os.path.isdir(_NEW):
+        raise OSError(2, f"{_NEW} does not exist: no place to build the plugin's root")
     _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
-    _libc.mount("tmpfs", "/tmp", "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV,
-                f"size={_TREE_SIZE},mode=755")  # fmt: skip
-    os.chdir("/tmp")
-    os.mkdir("oldroot")
-    os.mkdir("newroot")
-    _libc.pivot_root(".", "oldroot")
-    os.chdir("/")
     _libc.mount("tmpfs", _NEW, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV,
                 f"size={_TREE_SIZE},mode=755")  # fmt: skip
-    for path, target in plan.links.items():
+    links = {p: os.readlink(p) for p in system if os.path.dirname(p) == "/" and os.path.islink(p)}
+    for path, target in links.items():
         os.symlink(target, _NEW + path)
-    for path in plan.dirs:
-        _mkdirs(_NEW + path)
-    specials = ("/proc", "/dev", "/tmp")
-    early = [b for b in plan.binds if not any(b[1] == s or b[1].startswith(s + "/")
-                                              for s in specials)]  # fmt: skip
-    for src, dst, readonly in early:
-        _bind(src, dst, readonly)
+    for path in system:
+        if path not in links:
+            real = os.path.realpath(path)
+            if os.path.exists(real):
+                _bind(real, path, readonly=True)
     _mkdirs(_NEW + "/proc")
     _libc.mount("proc", _NEW + "/proc", "proc",
                 _libc.MS_NOSUID | _libc.MS_NODEV | _libc.MS_NOEXEC)  # fmt: skip
     _mkdirs(_NEW + "/dev")
     _libc.mount("tmpfs", _NEW + "/dev", "tmpfs", _libc.MS_NOSUID | _libc.MS_NOEXEC,
                 f"size={_TREE_SIZE},mode=755")  # fmt: skip
-    for src, dst in plan.devices:
-        if _bind(src, dst, readonly=False, recursive=False):
-            view.devices.append(dst)
-    for src, dst in plan.nodes:
-        _node(src, dst, view)
+    bound = [d for d in devices if os.path.exists(d)
+             and _bind(os.path.realpath(d), d, readonly=False, recursive=False)]  # fmt: skip
     for name, target in _DEV_LINKS.items():
         os.symlink(target, f"{_NEW}/dev/{name}")
     _tmpfs(_NEW + "/dev/shm", TMP_SIZE, 0o1777)
     _tmpfs(_NEW + "/tmp", TMP_SIZE, 0o1777)
+    return bound
+
+
+def finish(view: View, devices: list[str], granted: list[str] | None = None) -> None:
+    """Add the policy's part (module doc) to a prepared view and make it the root.
+
+    `devices`: what prepare() bound. `granted` device nodes (gpu/io) are made anew in
+    the private /dev, owned by the plugin's uid (the host node keeps its owner and
+    mode; the plugin cannot make nodes itself).
+    """
+    plan = _Plan(view, list(granted or []))
+    view.devices = list(devices)
+    for path, target in plan.links.items():
+        if not os.path.lexists(_NEW + path):
+            os.symlink(target, _NEW + path)
+    for path in plan.dirs:
+        _mkdirs(_NEW + path)
     for src, dst, readonly in plan.binds:
-        if (src, dst, readonly) not in early:
-            _bind(src, dst, readonly)
+        _bind(src, dst, readonly)
+    for src, dst in plan.nodes:
+        _node(src, dst, view)
     os.mkdir(_NEW + _PUT_OLD, 0o000)
     os.chdir(_NEW)
     _libc.pivot_root(".", _PUT_OLD[1:])
@@ -226,4 +223,11 @@ def build(
     os.chdir("/")
 
 
-__all__ = ["TMP_SIZE", "View", "build"]
+def build(
+    view: View, system: tuple[str, ...], devices: list[str], granted: list[str] | None = None
+) -> None:
+    """prepare() then finish(): the whole view at once (the one-shot launcher)."""
+    finish(view, prepare(system, devices), granted)
+
+
+__all__ = ["TMP_SIZE", "View", "build", "finish", "prepare"]

@@ -60,6 +60,9 @@ class Relay:
         # A server's spare: the plugin process talks to the server itself (its report,
         # its refusal through `on_fail`); the launcher only waits.
         self.direct = False
+        # The generic part of the mount view, built ahead (sandbox.mounts.prepare): the
+        # device nodes it bound, or None.
+        self.prepared: list[str] | None = None
         self.on_fail: Callable[[int, str, dict[str, Any] | None], None] | None = None
 
     def unshare_ahead(self, flags: int) -> None:

@@ -631,6 +631,16 @@ def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay)
     refusal, on the spare's channel, which closes on exec (the server's "started")."""
     relay.unshare_ahead(_libc.CLONE_NEWNS | _libc.CLONE_NEWUTS | _libc.CLONE_NEWIPC
                         | _libc.CLONE_NEWNET)  # fmt: skip
+    with contextlib.suppress(OSError):  # its own session ahead: setsid makes a scheduler
+        os.setsid()  # autogroup, several ms (the session layer finds it made)
+    if relay.unshared:  # the generic part of its root too
+        from sandbox import mounts
+        from sandbox.confine import BASIC_DEVICES
+
+        try:
+            relay.prepared = mounts.prepare(SYSTEM_READ, list(BASIC_DEVICES))
+        except OSError as exc:  # the request will see the same failure, and say it
+            _log.debug(__name__, "spare: mount view ahead: %s", exc)
 
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})

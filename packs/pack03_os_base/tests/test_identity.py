@@ -233,3 +233,19 @@ def test_a_run_without_cpu_cores_says_cpu_is_not_limited(sandbox: Sandbox) -> No
         "detail": "limits.cpu_cores not in policy: CPU bandwidth not limited",
     }
     assert "cpu: not contained" in res.report["warnings"]
+
+
+def test_two_plugins_side_by_side_do_not_see_each_other(sandbox: Sandbox) -> None:
+    """Another plugin's process is a host pid like any other: not in this plugin's PID
+    namespace (ESRCH), its limits untouched, still running."""
+    other = sandbox.start("hold")
+    try:
+        victim = other.plugin_pids(sandbox.attack)[0]
+        limits_before = Path(f"/proc/{victim}/limits").read_text()
+        res = sandbox.attack_run("host-process", str(victim))
+        assert res.outcome["outcome"] == "denied", res.outcome
+        assert "ProcessLookupError" in res.outcome["results"]["getsid"]
+        assert Path(f"/proc/{victim}/limits").read_text() == limits_before
+        assert sandbox.alive(victim)
+    finally:
+        assert other.finish() == 0
