@@ -1,7 +1,8 @@
 """The native backend's private mount namespace: a minimal root built on a tmpfs.
 
 Called as root, in a process that already has its own mount (and PID) namespace.
-Propagation private first (nothing leaks to the host); a tmpfs mounted at /dev/shm of
+Propagation slave first (host mounts come in, such as the data image the launcher
+mounts just before a request; nothing goes out to the host); a tmpfs mounted at /dev/shm of
 this namespace (no bind source can be below it) is filled with bind mounts of host
 paths at the *same paths* (so the paths in the policy and the environment stay
 valid), then made the root with ``pivot_root``; the old root stays, covered by an
@@ -53,7 +54,7 @@ class View:
         return (
             f"{base}; {len(self.read)} read-only, {len(self.write)} read-write binds; "
             f"/dev minimal ({len(self.devices)} nodes), fresh /proc, private /tmp "
-            f"and /dev/shm ({TMP_SIZE >> 20} MiB); pivot_root, propagation private"
+            f"and /dev/shm ({TMP_SIZE >> 20} MiB); pivot_root, propagation slave"
         )
 
 
@@ -164,12 +165,15 @@ class _Plan:
 
 def prepare(system: tuple[str, ...], devices: list[str]) -> list[str]:
     """The part of the view no policy changes, built ahead (a server's spare does it
-    before any request): propagation private, a tmpfs at /dev/shm as the new root with
+    before any request): propagation slave (host mounts come in, none go out), a tmpfs at /dev/shm as the new root with
     the system dirs read-only, /proc, a minimal /dev, private /tmp and /dev/shm.
     Returns the device nodes bound. Needs a mount (and PID) namespace of its own."""
     if not os.path.isdir(_NEW):
         raise OSError(2, f"{_NEW} does not exist: no place to build the plugin's root")
-    _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_PRIVATE)
+    # Slave, not private: a spare is prepared before its request, and the launcher mounts
+    # the plugin's data image on the host (under a shared mount) just before the request;
+    # a slave receives that mount and never sends one of its own back to the host.
+    _libc.mount(None, "/", None, _libc.MS_REC | _libc.MS_SLAVE)
     _libc.mount("tmpfs", _NEW, "tmpfs", _libc.MS_NOSUID | _libc.MS_NODEV,
                 f"size={_TREE_SIZE},mode=755")  # fmt: skip
     links = {p: os.readlink(p) for p in system if os.path.dirname(p) == "/" and os.path.islink(p)}
