@@ -227,7 +227,24 @@ def test_the_shell_blocks_run_as_documented(doc: str, tmp_path: Path) -> None:
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        mounts = _unmount_below(tmp_path)  # a failed document must not leave its data images
     took = time.monotonic() - started
     report = f"{doc} ({took:.1f} s)\nstdout:\n{proc.stdout[-6000:]}\nstderr:\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0 and "doc-test: done" in proc.stdout, report
     assert not left, f"{doc} left processes running: {left}"
+    assert not mounts, f"{doc} left mounts: {mounts}"
+
+
+def _unmount_below(root: Path) -> list[str]:
+    """Unmount (lazily) every mount below ``root`` and free its loop devices; return them."""
+    prefix = str(root) + "/"
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        points = [line.split()[4] for line in fh]
+    below = sorted((p for p in points if p.startswith(prefix)), reverse=True)
+    for point in below:
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    loops = subprocess.run(["losetup", "-a"], check=False, capture_output=True, text=True)
+    for line in loops.stdout.splitlines():
+        if prefix in line:
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)
+    return below
