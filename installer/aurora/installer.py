@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aurora import staging
+from aurora import reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
@@ -126,9 +126,10 @@ class Installer:
             state = self._state()
             self.recovered = self.recovery.recover(state)
             if op is not None:  # None: a command that records its own intent if it changes
-                self.audit.intent(op, pack_id)
+                self._intent(op, pack_id)
             try:
                 yield state
+                reserve.ensure(self.home.reserve)
             except BaseException as exc:
                 if self.audit.current_intent is not None and self.audit.outcomes == 0:
                     name = op or "change"
@@ -136,6 +137,16 @@ class Installer:
                 raise
             finally:
                 self.audit.done()
+
+    def _intent(self, op: str, pack_id: str) -> None:
+        """Record the intent of ``op``; an uninstall on a full disk frees the reserve once."""
+        try:
+            self.audit.intent(op, pack_id)
+        except AuditUnavailable as exc:
+            if op != "uninstall" or not reserve.release(self.home.reserve):
+                raise
+            log.warning("disk full (%s): freed the installer's reserve to uninstall", exc)
+            self.audit.intent(op, pack_id)
 
     def _not_installed(self, pack_id: str) -> NotFoundError:
         if has_pack(self.packs_dir, pack_id):
@@ -624,7 +635,12 @@ class Installer:
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
-            begin(state, pack_id, "uninstall", version, purge=purge)
+            try:
+                begin(state, pack_id, "uninstall", version, purge=purge)
+            except OSError as exc:  # a full disk: uninstall is how space comes back
+                if not (reserve.is_disk_full(exc) and reserve.release(self.home.reserve)):
+                    raise
+                begin(state, pack_id, "uninstall", version, purge=purge)
             crash_point("uninstall:committed")
             removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
             crash_point("uninstall:removed")
