@@ -366,3 +366,95 @@ def test_a_full_disk_fails_cleanly_names_the_file_and_uninstall_still_works(
     assert result.code == 0, result.err
     assert not (env.home / "packs" / "alpha").exists()
     assert env.active("alpha") is None
+
+
+# -- lifecycle scripts die with the installer ---------------------------------------------------
+
+SLOW_INSTALL = """\
+#!/usr/bin/env bash
+set -euo pipefail
+[ "${1:-}" = --install ] || exit 0
+mkdir -p "$AURORA_PACK_DATA"
+( sleep 3; echo late > "$AURORA_PACK_DATA/written-after-the-kill" ) &
+echo "$$ $!" > "$AURORA_PACK_DATA/pids"
+sleep 30
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_killed_installer_takes_its_script_and_what_the_script_started(env: Env) -> None:
+    import sys
+
+    from aurora_testing import CLI, wait_for
+
+    env.make_pack("alpha", install=SLOW_INSTALL)
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), *env.args("install", "--pack", "alpha", "--approve")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pids_file = env.home / "data" / "alpha" / "pids"
+    try:
+        assert wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 2)
+        script, background = (int(p) for p in pids_file.read_text().split())
+        proc.kill()
+        proc.wait()
+        assert wait_for(lambda: _gone(script), timeout=5), "install.sh outlived the installer"
+        result = env.cli("status", "--json", timeout=20)  # the next run kills the rest
+        _check(env, result)
+        assert result.code == 0, result.err
+        assert _gone(background), "what install.sh started outlived the recovery"
+        assert any("left by an interrupted run" in n for n in result.json["recovered"])
+        assert env.active("alpha") is None  # the interrupted install is not in force
+        assert not (env.home / "data" / "alpha" / "written-after-the-kill").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- a pack whose process died; health files of the wrong shape ----------------------------------
+
+
+def test_status_and_start_notice_a_pack_whose_process_died(env: Env) -> None:
+    env.make_pack("svc", service=True, approval=False)
+    assert env.run("install", "--pack", "svc").code == 0
+    assert env.run("start", "--pack", "svc", "--interval", "0.2").code == 0
+    pid = int((env.home / "run" / "svc" / "service.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    from aurora_testing import wait_for
+
+    assert wait_for(lambda: _gone(pid), timeout=5)
+    result = env.run("status", "--pack", "svc", "--json")
+    _check(env, result)
+    runtime = result.json["result"]["runtime"]
+    assert runtime["running"] is False and runtime["died"] is True
+    assert runtime["health"]["status"] == "not running"  # never "healthy"
+    started = env.run("start", "--pack", "svc", "--interval", "0.2", "--json")
+    _check(env, started)
+    assert started.code == 0, started.err
+    assert started.json["result"]["previous_run_died"] is True
+    assert env.run("stop", "--pack", "svc").code == 0
+
+
+def test_a_wrong_shape_health_file_is_reported_and_never_overwritten(env: Env) -> None:
+    _installed(env)
+    health = env.home / "health" / "alpha.json"
+    health.parent.mkdir(parents=True, exist_ok=True)
+    health.write_text('{"status": "healthy", "failing_streak": "many"}')
+    result = env.run("status", "--pack", "alpha", "--json")
+    _check(env, result)
+    assert result.code == 0
+    shown = result.json["result"]["runtime"]["health"]
+    assert shown["status"] == "invalid" and "failing_streak" in shown["problem"]
+    checked = env.cli("health", "--pack", "alpha", timeout=20)
+    _check(env, checked)
+    assert checked.code == 1 and "alpha.json" in checked.err
+    assert health.read_text() == '{"status": "healthy", "failing_streak": "many"}'

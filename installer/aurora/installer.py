@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from aurora_common import digest as shared_digest
+from aurora_common.errors import InputRefused
+
 from aurora import reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
@@ -256,6 +259,10 @@ class Installer:
         if record is None or version is None:
             raise self._not_installed(pack_id)
         expected = record["installed"]["digest"]
+        try:
+            shared_digest.check_format(expected, f"{self.home.state}: packs/{pack_id}")
+        except InputRefused as exc:
+            raise OperationFailed(f"{pack_id} {version}: {exc}") from None
         root = self.home.installed(pack_id, version)
         recorded = staging.read_tree_record(self.home, pack_id, expected)
         if not root.is_dir():
@@ -292,7 +299,26 @@ class Installer:
     def _status_of(self, pack_id: str, record: PackState) -> dict[str, Any]:
         installed = record.get("installed") or {}
         running = self.lifecycle.running(pack_id, record)
-        health = self.lifecycle.health_record(pack_id).read()
+        health_file = self.lifecycle.health_record(pack_id)
+        health: dict[str, Any] | None = health_file.read()
+        problem = health_file.problem()
+        if problem is not None:
+            health = {"status": "invalid", "problem": problem}
+        runtime_state = (record.get("runtime") or {}).get("state")
+        died = runtime_state not in (None, "stopped") and not running["running"]
+        if (
+            health is not None
+            and not running["running"]
+            and health.get("status")
+            in (
+                "starting",
+                "healthy",
+            )
+        ):
+            # Never "healthy" for a pack that is not running: its process is gone.
+            health = {**health, "status": "not running", "recorded_status": health["status"]}
+        if died:
+            running = {**running, "died": True, "recorded_state": runtime_state}
         if record.get("active_version"):
             word = "running" if running["running"] else "installed"
         elif record.get("staged"):
