@@ -458,3 +458,21 @@ def test_a_wrong_shape_health_file_is_reported_and_never_overwritten(env: Env) -
     _check(env, checked)
     assert checked.code == 1 and "alpha.json" in checked.err
     assert health.read_text() == '{"status": "healthy", "failing_streak": "many"}'
+
+
+@pytest.mark.parametrize("command", [("stop",), ("uninstall", "--stop")])
+def test_a_running_pack_with_a_damaged_copy_is_stopped_from_its_pidfiles(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    from aurora_testing import wait_for
+
+    env.make_pack("svc", service=True, approval=False)
+    assert env.run("install", "--pack", "svc").code == 0
+    assert env.run("start", "--pack", "svc", "--interval", "0.2").code == 0
+    pid = int((env.home / "run" / "svc" / "service.pid").read_text().split()[0])
+    (env.home / "packs" / "svc" / "1.0.0" / "manifest.yaml").unlink()  # the copy is damaged
+    result = env.run(*command, "--pack", "svc")
+    _check(env, result)
+    assert result.code == 0, result.err
+    assert wait_for(lambda: _gone(pid), timeout=10), "the pack still runs"
+    assert [e for e in env.audit() if e["event"] == "stop" and e.get("via") == "pidfiles"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aurora.audit import AuditLog
-from aurora.errors import OperationFailed, ScriptError
+from aurora.errors import OperationFailed, ScriptError, StateError
 from aurora.home import Home
 from aurora.manifest import Manifest
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
@@ -181,6 +184,54 @@ class Lifecycle:
                 "%s: stop.sh succeeded but pidfiles still name live processes: %s", pack_id, still
             )
         return {"pack": pack_id, "version": version, "script": script.as_dict()}
+
+    def stop_by_pidfiles(
+        self, state: State, pack_id: str, version: str | None, why: str
+    ) -> dict[str, Any]:
+        """Stop a pack whose installed copy cannot run stop.sh: TERM what its pidfiles
+        name (only processes whose identity still matches), wait, KILL the rest."""
+        run = self.home.run(pack_id)
+        targets = {p.pid for p in read_pidfiles(run) if p.alive}
+
+        def alive() -> set[int]:
+            return {p.pid for p in read_pidfiles(run) if p.alive} & targets
+
+        for pid in sorted(targets):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        killed = sorted(alive())
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        record = state.pack(pack_id)
+        record["runtime"] = {
+            **(record.get("runtime") or {}),
+            "state": "stopped",
+            "version": version,
+            "stopped_at": now_iso(),
+        }
+        message = f"stopped from its pidfiles ({why})"
+        state.record_result(pack_id, "stop", True, version, message)
+        state.save()
+        with contextlib.suppress(StateError):
+            self.health_record(pack_id).reset("stopped")
+        self.audit.record(
+            "stop",
+            pack_id,
+            version=version,
+            via="pidfiles",
+            signalled=sorted(targets),
+            killed=killed,
+        )
+        return {
+            "pack": pack_id,
+            "version": version,
+            "via": "pidfiles",
+            "signalled": sorted(targets),
+        }
 
     def _script_failed(
         self, state: State, manifest: Manifest, op: str, script: ScriptResult
