@@ -476,3 +476,43 @@ def test_a_running_pack_with_a_damaged_copy_is_stopped_from_its_pidfiles(
     assert result.code == 0, result.err
     assert wait_for(lambda: _gone(pid), timeout=10), "the pack still runs"
     assert [e for e in env.audit() if e["event"] == "stop" and e.get("via") == "pidfiles"]
+
+
+@pytest.mark.parametrize(
+    ("command", "point"),
+    [
+        ("start", "start:script-done"),
+        ("start", "start:starting-saved"),
+        ("stop", "stop:script-done"),
+    ],
+)
+def test_a_killed_start_or_stop_is_reported_and_never_left_starting(
+    env: Env, command: str, point: str
+) -> None:
+    env.make_pack("svc", service=True, approval=False)
+    assert env.run("install", "--pack", "svc").code == 0
+    if command == "stop":
+        assert env.run("start", "--pack", "svc", "--interval", "0.2").code == 0
+    killed = env.cli(command, "--pack", "svc", env={**os.environ, CRASH_ENV: point})
+    assert killed.code == -signal.SIGKILL, killed.err
+    result = env.cli("status", "--pack", "svc", "--json", timeout=20)
+    _check(env, result)
+    assert result.code == 0, result.err
+    assert any("interrupted" in n for n in result.json["recovered"]), result.err
+    status = result.json["result"]
+    assert status["pending"] is None
+    assert (env.state()["packs"]["svc"]["runtime"] or {}).get("state") != "starting"
+    assert status["runtime"]["health"] is None or status["runtime"]["health"]["status"] not in (
+        "starting",
+        "healthy" if not status["runtime"]["running"] else "-",
+    )
+    assert env.run("stop", "--pack", "svc").code == 0  # a way out, whatever was left
+
+
+def test_a_failed_stage_leaves_no_empty_directory_and_no_stub_record(env: Env) -> None:
+    env.make_pack("alpha", artifacts=[("a.bin", "0" * 64)], files={"a.bin": "x"})
+    result = env.run("stage", "--pack", "alpha")
+    _check(env, result)
+    assert result.code == 4 and "hash mismatch" in result.err
+    assert not (env.home / "staging" / "alpha").exists()
+    assert "alpha" not in env.state()["packs"]

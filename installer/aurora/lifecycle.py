@@ -12,8 +12,10 @@ from typing import Any
 
 from aurora.audit import AuditLog
 from aurora.errors import OperationFailed, ScriptError, StateError
+from aurora.fsutil import crash_point
 from aurora.home import Home
 from aurora.manifest import Manifest
+from aurora.recovery import begin
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import (
     HealthPolicy,
@@ -108,7 +110,9 @@ class Lifecycle:
         self.home.run(pack_id).mkdir(parents=True, exist_ok=True)
         health = self.health_record(pack_id)
         health.reset("starting")
+        begin(state, pack_id, "start", version)  # a killed start is found and reported
         script = self._run(manifest, "start", self.script_timeout)
+        crash_point("start:script-done")
         if not script.ok:
             record["runtime"] = {
                 "state": "stopped",
@@ -129,6 +133,7 @@ class Lifecycle:
             "pidfile": bool(read_pidfiles(self.home.run(pack_id))),
         }
         state.save()
+        crash_point("start:starting-saved")
         final = poll_until_healthy(
             lambda timeout: self._check(manifest, timeout),
             health,
@@ -147,6 +152,7 @@ class Lifecycle:
             f"last check: {last or '(no output)'}"
         )
         state.record_result(pack_id, "start", ok, version, message)
+        record["pending"] = None
         state.save()
         self.audit.record(
             "start" if ok else "start-unhealthy", pack_id, version=version, health=final["status"]
@@ -165,7 +171,9 @@ class Lifecycle:
         """Run stop.sh with its timeout and record the result."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
+        begin(state, pack_id, "stop", version)
         script = self._run(manifest, "stop", self.stop_timeout)
+        crash_point("stop:script-done")
         if not script.ok:
             raise self._script_failed(state, manifest, "stop", script)
         record["runtime"] = {
@@ -175,6 +183,7 @@ class Lifecycle:
             "stopped_at": now_iso(),
         }
         state.record_result(pack_id, "stop", True, version, "stopped")
+        record["pending"] = None
         state.save()
         self.health_record(pack_id).reset("stopped")
         self.audit.record("stop", pack_id, version=version)
@@ -240,6 +249,7 @@ class Lifecycle:
         the error to raise."""
         message = f"{op} failed: {script.describe()}"
         state.record_result(manifest.id, op, False, manifest.version, message)
+        state.pack(manifest.id)["pending"] = None
         state.save()
         self.audit.record(
             f"{op}-failed", manifest.id, version=manifest.version, reason=script.describe()
