@@ -516,3 +516,15 @@ def test_a_failed_stage_leaves_no_empty_directory_and_no_stub_record(env: Env) -
     assert result.code == 4 and "hash mismatch" in result.err
     assert not (env.home / "staging" / "alpha").exists()
     assert "alpha" not in env.state()["packs"]
+
+
+def test_each_missing_manifest_key_is_listed_once(env: Env) -> None:
+    root = env.make_pack("alpha")
+    text = (root / "manifest.yaml").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith(("  name:", "  description:"))]
+    (root / "manifest.yaml").write_text("\n".join(lines) + "\n")
+    result = env.run("validate", "--pack", "alpha")
+    _check(env, result)
+    assert result.code == 2
+    assert result.err.count("pack.name: required") == 1, result.err
+    assert result.err.count("pack.description: required") == 1, result.err
