@@ -528,3 +528,34 @@ def test_each_missing_manifest_key_is_listed_once(env: Env) -> None:
     assert result.code == 2
     assert result.err.count("pack.name: required") == 1, result.err
     assert result.err.count("pack.description: required") == 1, result.err
+
+
+# Free space left before the command: each size makes a different write the first to fail
+# (the intent record, the staged copy, its tree record, state.json, the installed copy ...).
+FREE_BYTES = [0, 4096, 16384, 65536, 131072, 262144, 1 << 20]
+
+
+def test_enospc_swept_over_install_leaves_old_or_new_state(small_home: Env) -> None:
+    env = small_home
+    _installed(env)
+    env.make_pack("beta", files={f"f{i}.txt": "y" * 6000 for i in range(40)})
+    _fill(env.home.parent)
+    filler = env.home.parent / "filler"
+    full_size = filler.stat().st_size
+    outcomes = set()
+    for free in FREE_BYTES:
+        os.truncate(filler, max(0, full_size - free))
+        before = _essentials(env)
+        result = env.cli("install", "--pack", "beta", "--approve", timeout=60)
+        _check(env, result, before)
+        assert result.code in (0, 1), (free, result.code, result.err)
+        if result.code == 0:
+            outcomes.add("installed")
+            assert env.run("verify", "--pack", "beta").code == 0
+            assert env.cli("uninstall", "--pack", "beta", timeout=30).code == 0
+        else:
+            outcomes.add("refused")
+            assert str(env.home) in result.err, result.err
+            assert env.active("beta") is None
+        os.truncate(filler, full_size)
+    assert outcomes == {"installed", "refused"}, "the sweep must reach both outcomes"
