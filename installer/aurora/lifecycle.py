@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aurora.audit import AuditLog
-from aurora.errors import OperationFailed, ScriptError
+from aurora.errors import OperationFailed, ScriptError, StateError
+from aurora.fsutil import crash_point
 from aurora.home import Home
 from aurora.manifest import Manifest
+from aurora.recovery import begin
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import (
     HealthPolicy,
@@ -50,6 +55,7 @@ class Lifecycle:
         self.stop_timeout = stop_timeout
         self.policy = health
         self.on_output = on_output
+        self._previous_run_died: dict[str, bool] = {}  # begin_start -> finish_start
 
     def running(self, pack_id: str, record: PackState) -> dict[str, Any]:
         """Whether the pack runs: a live pidfile, else what the last start/stop recorded."""
@@ -102,10 +108,18 @@ class Lifecycle:
         """Run start.sh and record the pack as starting (the caller holds the lock)."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
+        before = (record.get("runtime") or {}).get("state")
+        died = before not in (None, "stopped") and not self.running(pack_id, record)["running"]
+        if died:  # recorded as running, but its process is gone (pidfile no longer matches)
+            log.warning(
+                "%s: recorded %s, but its process is gone: starting it again", pack_id, before
+            )
         self.home.run(pack_id).mkdir(parents=True, exist_ok=True)
         health = self.health_record(pack_id)
         health.reset("starting")
+        begin(state, pack_id, "start", version)  # a killed start is found and reported
         script = self._run(manifest, "start", self.script_timeout)
+        crash_point("start:script-done")
         if not script.ok:
             record["runtime"] = {
                 "state": "stopped",
@@ -126,11 +140,15 @@ class Lifecycle:
             "pidfile": bool(read_pidfiles(self.home.run(pack_id))),
         }
         state.save()
+        crash_point("start:starting-saved")
+        self._previous_run_died[pack_id] = died
         return script
 
     def poll_start(self, manifest: Manifest, on_health: HealthSink | None) -> dict[str, Any]:
         """Poll health_check.sh until healthy or the bound; needs no lock (it changes only
-        health/<id>.json, as `health` does), so other packs can be stopped meanwhile."""
+        health/<id>.json, as `health` does), so other packs can be stopped meanwhile. The
+        start stays pending meanwhile; recovery leaves a pending start alone while the
+        process that recorded it lives."""
         return poll_until_healthy(
             lambda timeout: self._check(manifest, timeout),
             self.health_record(manifest.id),
@@ -145,7 +163,9 @@ class Lifecycle:
         """Record the outcome of the poll (the caller holds the lock again, with a fresh
         ``state``); a pack stopped meanwhile stays stopped."""
         pack_id, version = manifest.id, manifest.version
-        runtime = state.pack(pack_id).get("runtime") or {}
+        record = state.pack(pack_id)
+        died = self._previous_run_died.pop(pack_id, False)
+        runtime = record.get("runtime") or {}
         if runtime.get("state") != "starting" or runtime.get("version") != version:
             raise OperationFailed(
                 f"{pack_id}: start interrupted: it was stopped or changed while its health "
@@ -157,19 +177,28 @@ class Lifecycle:
         last = (final.get("last_check") or {}).get("output", "")
         message = "healthy" if ok else f"{final['reason']}; last check: {last or '(no output)'}"
         state.record_result(pack_id, "start", ok, version, message)
+        record["pending"] = None
         state.save()
         self.audit.record(
             "start" if ok else "start-unhealthy", pack_id, version=version, health=final["status"]
         )
         if not ok:
             raise OperationFailed(f"{pack_id}: start failed: {message}")
-        return {"pack": pack_id, "version": version, "health": final, "script": script.as_dict()}
+        return {
+            "pack": pack_id,
+            "version": version,
+            "health": final,
+            "script": script.as_dict(),
+            "previous_run_died": died,
+        }
 
     def stop(self, state: State, manifest: Manifest) -> dict[str, Any]:
         """Run stop.sh with its timeout and record the result."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
+        begin(state, pack_id, "stop", version)
         script = self._run(manifest, "stop", self.stop_timeout)
+        crash_point("stop:script-done")
         if not script.ok:
             raise self._script_failed(state, manifest, "stop", script)
         record["runtime"] = {
@@ -179,6 +208,7 @@ class Lifecycle:
             "stopped_at": now_iso(),
         }
         state.record_result(pack_id, "stop", True, version, "stopped")
+        record["pending"] = None
         state.save()
         self.health_record(pack_id).reset("stopped")
         self.audit.record("stop", pack_id, version=version)
@@ -189,6 +219,54 @@ class Lifecycle:
             )
         return {"pack": pack_id, "version": version, "script": script.as_dict()}
 
+    def stop_by_pidfiles(
+        self, state: State, pack_id: str, version: str | None, why: str
+    ) -> dict[str, Any]:
+        """Stop a pack whose installed copy cannot run stop.sh: TERM what its pidfiles
+        name (only processes whose identity still matches), wait, KILL the rest."""
+        run = self.home.run(pack_id)
+        targets = {p.pid for p in read_pidfiles(run) if p.alive}
+
+        def alive() -> set[int]:
+            return {p.pid for p in read_pidfiles(run) if p.alive} & targets
+
+        for pid in sorted(targets):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        killed = sorted(alive())
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        record = state.pack(pack_id)
+        record["runtime"] = {
+            **(record.get("runtime") or {}),
+            "state": "stopped",
+            "version": version,
+            "stopped_at": now_iso(),
+        }
+        message = f"stopped from its pidfiles ({why})"
+        state.record_result(pack_id, "stop", True, version, message)
+        state.save()
+        with contextlib.suppress(StateError):
+            self.health_record(pack_id).reset("stopped")
+        self.audit.record(
+            "stop",
+            pack_id,
+            version=version,
+            via="pidfiles",
+            signalled=sorted(targets),
+            killed=killed,
+        )
+        return {
+            "pack": pack_id,
+            "version": version,
+            "via": "pidfiles",
+            "signalled": sorted(targets),
+        }
+
     def _script_failed(
         self, state: State, manifest: Manifest, op: str, script: ScriptResult
     ) -> ScriptError:
@@ -196,6 +274,7 @@ class Lifecycle:
         the error to raise."""
         message = f"{op} failed: {script.describe()}"
         state.record_result(manifest.id, op, False, manifest.version, message)
+        state.pack(manifest.id)["pending"] = None
         state.save()
         self.audit.record(
             f"{op}-failed", manifest.id, version=manifest.version, reason=script.describe()

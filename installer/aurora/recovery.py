@@ -10,14 +10,18 @@ force again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+from aurora_common import identity
+
+from aurora import orphans
 from aurora.audit import AuditLog
-from aurora.fsutil import fsync_dir, remove_tree
+from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.home import Home
 from aurora.sources import is_pack_id
 from aurora.state import PackState, State
@@ -43,9 +47,19 @@ def begin(state: State, pack_id: str, op: str, version: str, **extra: Any) -> No
         "version": version,
         "started_at": now_iso(),
         "pid": os.getpid(),
+        "pid_start_time": identity.start_time(os.getpid()),
         **extra,
     }
     state.save()
+
+
+def _in_progress(pending: dict[str, Any]) -> bool:
+    """A pending start whose installer still lives (same pid and start time), other than
+    this one: it holds no lock while it polls health, and is not interrupted."""
+    pid, started = pending.get("pid"), pending.get("pid_start_time")
+    if pending.get("op") != "start" or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    return started is not None and identity.start_time(pid) == started
 
 
 def _own_dir(home: Home, path: Path) -> bool:
@@ -66,6 +80,15 @@ def _own_dir(home: Home, path: Path) -> bool:
 
 
 OWN_DIRS = frozenset({"staging", "packs", "data", "run", "records"})
+
+
+def _health_is(path: Path, states: tuple[str, ...]) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(1 << 16))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") in states
 
 
 def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> list[str]:
@@ -99,6 +122,8 @@ class Recovery:
         """Whether a crash left something behind (cheap: no hashing)."""
         if any(record.get("pending") for record in state.packs.values()):
             return True
+        if orphans.markers(self.home.root):
+            return True
         for kind in ("staging", "packs"):
             for child in self.home.root.glob(f"{kind}/*/*"):
                 record = state.get(child.parent.name) or {}
@@ -120,6 +145,8 @@ class Recovery:
         notes: list[str] = []
         if self.has_leftovers(state):
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
+        # First what scripts of a killed installer still run, so nothing writes meanwhile.
+        notes += orphans.kill_left_behind(self.home.root)
         ids = set(state.packs)  # keys validated by the schema: pack ids, never paths
         for parent in (self.home.root / "staging", self.home.root / "packs"):
             if parent.is_symlink():
@@ -135,6 +162,8 @@ class Recovery:
         for pack_id in sorted(ids):
             record = state.pack(pack_id)
             pending = record.get("pending") or {}
+            if _in_progress(pending):
+                continue  # a start polling health without the lock: not ours to settle
             if pending.get("op") == "uninstall":
                 notes += self._finish_uninstall(state, pack_id, pending)
                 changed = True
@@ -155,6 +184,8 @@ class Recovery:
                 keep={active} if active else set(),
                 pending_version=pending.get("version") if pending.get("op") == "install" else None,
             )
+            if pending.get("op") in ("start", "stop"):
+                notes += self._interrupted_lifecycle(pack_id, record, str(pending["op"]))
             if pending:
                 state.record_result(
                     pack_id,
@@ -179,6 +210,17 @@ class Recovery:
                 log.warning("recovered: %s", note)
         self.audit.done()
         return notes
+
+    def _interrupted_lifecycle(self, pack_id: str, record: PackState, op: str) -> list[str]:
+        """A start or stop was killed: never leave "starting" forever. The pack's health
+        is unknown until the next check (``health`` or ``start``)."""
+        runtime = record.get("runtime") or {}
+        if runtime.get("state") == "starting":
+            record["runtime"] = {**runtime, "state": "unhealthy"}
+        health = self.home.health(pack_id)
+        if _health_is(health, ("starting",)):
+            atomic_write_json(health, {"status": "unknown", "failing_streak": 0, "since": 0})
+        return [f"{pack_id}: the {op} was interrupted; its health is unknown until checked"]
 
     def _finish_uninstall(self, state: State, pack_id: str, pending: dict[str, Any]) -> list[str]:
         """An uninstall was interrupted after its commit point: finish removing."""

@@ -10,7 +10,7 @@ from aurora_common import structured
 from aurora_common.errors import InputRefused
 
 from aurora.errors import StateError
-from aurora.fsutil import atomic_write_bytes, atomic_write_json
+from aurora.fsutil import atomic_write_json
 from aurora.manifest import load_schema
 from aurora.timeutil import now_iso
 
@@ -53,7 +53,7 @@ class State:
                     "treated as empty and nothing is removed",
                     [
                         *copies,
-                        f"restore {path.name} (the copy before the last change is "
+                        f"restore {path.name} (a copy of the last saved state is "
                         f"{path.name}.bak: cp {path}.bak {path}), or move those "
                         "directories aside to start afresh",
                     ],
@@ -70,6 +70,8 @@ class State:
             f"{'/'.join(str(p) for p in e.absolute_path) or '(document)'}: {e.message}"
             for e in validator.iter_errors(document)
         ]
+        if not problems:
+            problems = _consistency_problems(document)
         if problems:
             raise StateError(f"{path}: does not match {STATE_SCHEMA}", problems)
         return cls(path, document)
@@ -114,14 +116,25 @@ class State:
         }
 
     def save(self) -> None:
-        """Replace state.json atomically, keeping the previous one as state.json.bak."""
-        try:
-            previous = self.path.read_bytes()
-        except FileNotFoundError:
-            previous = None
-        if previous is not None:
-            atomic_write_bytes(self.path.with_name(self.path.name + ".bak"), previous)
+        """Replace state.json atomically, then its mirror state.json.bak."""
         atomic_write_json(self.path, self.document)
+        # The backup mirrors the state just saved (restore it if state.json is lost).
+        atomic_write_json(self.path.with_name(self.path.name + ".bak"), self.document)
+
+
+def _consistency_problems(document: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: an active version has its installed record."""
+    problems: list[str] = []
+    for pack_id, record in document["packs"].items():
+        active = record.get("active_version")
+        installed = record.get("installed")
+        if active is not None and (installed is None or installed.get("version") != active):
+            problems.append(
+                f"packs/{pack_id}: active_version {active!r} without a matching installed record"
+            )
+        if active is None and installed is not None:
+            problems.append(f"packs/{pack_id}: an installed record but no active_version")
+    return problems
 
 
 def copies_without_state(home: Path) -> list[str]:
