@@ -327,6 +327,9 @@ def test_start_does_not_hold_the_lock_while_it_polls_health(env: Env) -> None:
         )
         stopped = env.cli("stop", "--pack", "other", "--wait", "0")
         assert stopped.code == 0, stopped.err
+        # svc's start is pending while it polls: in progress, not interrupted.
+        assert "interrupted" not in stopped.err
+        assert env.state()["packs"]["svc"]["pending"]["op"] == "start"
         assert slow.poll() is None  # still polling svc's health meanwhile
         _out, err = slow.communicate(timeout=60)
     finally:

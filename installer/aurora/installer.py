@@ -718,10 +718,14 @@ class Installer:
             intent = self.audit.current_intent
         # The lock is not held while health is only polled: stopping (or installing)
         # another pack meanwhile is not refused as busy.
-        final = self.lifecycle.poll_start(manifest, on_health)
-        with self._locked(None, pack_id) as state:
-            self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
-            return self.lifecycle.finish_start(state, manifest, script, final)
+        self.recovery.in_flight.add(pack_id)
+        try:
+            final = self.lifecycle.poll_start(manifest, on_health)
+            with self._locked(None, pack_id) as state:
+                self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
+                return self.lifecycle.finish_start(state, manifest, script, final)
+        finally:
+            self.recovery.in_flight.discard(pack_id)
 
     def health(self, pack_id: str) -> dict[str, Any]:
         """Run health_check.sh once and update the health state."""

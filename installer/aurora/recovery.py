@@ -53,12 +53,14 @@ def begin(state: State, pack_id: str, op: str, version: str, **extra: Any) -> No
     state.save()
 
 
-def _in_progress(pending: dict[str, Any]) -> bool:
-    """A pending start whose installer still lives (same pid and start time), other than
-    this one: it holds no lock while it polls health, and is not interrupted."""
+def _in_progress(pending: dict[str, Any], ours: bool) -> bool:
+    """A pending start whose installer still lives (same pid and start time; this process
+    only if ``ours``): it holds no lock while it polls health, and is not interrupted."""
     pid, started = pending.get("pid"), pending.get("pid_start_time")
-    if pending.get("op") != "start" or not isinstance(pid, int) or pid == os.getpid():
+    if pending.get("op") != "start" or not isinstance(pid, int):
         return False
+    if pid == os.getpid():
+        return ours
     return started is not None and identity.start_time(pid) == started
 
 
@@ -117,10 +119,15 @@ class Recovery:
     def __init__(self, home: Home, audit: AuditLog) -> None:
         self.home = home
         self.audit = audit
+        #: Packs whose start this process has in flight (polling health, lock released).
+        self.in_flight: set[str] = set()
 
     def has_leftovers(self, state: State) -> bool:
         """Whether a crash left something behind (cheap: no hashing)."""
-        if any(record.get("pending") for record in state.packs.values()):
+        if any(
+            record.get("pending") and not _in_progress(record["pending"], pid in self.in_flight)
+            for pid, record in state.packs.items()
+        ):
             return True
         if orphans.markers(self.home.root):
             return True
@@ -162,7 +169,7 @@ class Recovery:
         for pack_id in sorted(ids):
             record = state.pack(pack_id)
             pending = record.get("pending") or {}
-            if _in_progress(pending):
+            if _in_progress(pending, pack_id in self.in_flight):
                 continue  # a start polling health without the lock: not ours to settle
             if pending.get("op") == "uninstall":
                 notes += self._finish_uninstall(state, pack_id, pending)
