@@ -167,7 +167,8 @@ def prepare(system: tuple[str, ...], devices: list[str]) -> list[str]:
     """The part of the view no policy changes, built ahead (a server's spare does it
     before any request): propagation slave (host mounts come in, none go out), a tmpfs
     at /dev/shm as the new root with the system dirs read-only, /proc, a minimal /dev,
-    private /tmp and /dev/shm. Returns the device nodes bound. Needs a mount (and PID) namespace of its own."""
+    private /tmp and /dev/shm. Returns the device nodes bound. Needs a mount (and PID)
+    namespace of its own."""
     if not os.path.isdir(_NEW):
         raise OSError(2, f"{_NEW} does not exist: no place to build the plugin's root")
     # Slave, not private: a spare is prepared before its request, and the launcher mounts
