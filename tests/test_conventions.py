@@ -125,20 +125,14 @@ def test_each_cli_prints_the_envelope_with_json_before_or_after_the_verb(
     monkeypatch.setenv("AURORA_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("AURORA_PACK_DATA", raising=False)
     monkeypatch.delenv("AURORA_PLUGIN_REGISTRY", raising=False)
-    # plugins.py uses a home's data only where state.json records pack05 installed.
-    (tmp_path / "home").mkdir()
-    state = {
-        "schema": "aurora-state-v1",
-        "packs": {"pack05_plugin_api": {"active_version": "0.1.0"}},
-    }
-    (tmp_path / "home" / "state.json").write_text(json.dumps(state))
-    for main, expected in (
-        (aurora_installer.main, Exit.OK),
-        (plugins.main, Exit.OK),
-        (launcher_cli.main, Exit.NOT_RUNNING),  # nothing runs in this home
+    data = ["--data", str(tmp_path / "plugins")]  # a home without pack05: its data is named
+    for main, expected, extra in (
+        (aurora_installer.main, Exit.OK, []),
+        (plugins.main, Exit.OK, data),
+        (launcher_cli.main, Exit.NOT_RUNNING, []),  # nothing runs in this home
     ):
         argv = ["--json", "list"] if position == "before" else ["list", "--json"]
-        assert main(argv) == expected
+        assert main(argv + extra) == expected
         doc = json.loads(capsys.readouterr().out)
         assert set(doc) >= ENVELOPE_KEYS and (doc["exit"], doc["command"]) == (expected, "list")
 
