@@ -150,3 +150,31 @@ def test_run_relays_the_plugins_pipes_escaped(
     assert "fifo True True" in out
     assert "\\x1b[2Jclear" in out and "\x1b" not in out
     assert "err\\x07" in err and "\x07" not in err
+
+
+def _feed(plog: PluginLog, w: int, data: bytes) -> None:
+    _write_all(w, data)
+    while plog.drain():
+        pass
+
+
+def test_logs_shows_no_partial_first_line_after_its_tail_cut(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack log_tail_forge: the forged line starts exactly 1 MiB before the end."""
+    log = Path(cli_env["AURORA_PACK_LOGS"]) / "plugins" / "acme.tail.log"
+    log.parent.mkdir(parents=True)
+    plog = PluginLog(log, rate=1 << 30, rotate_bytes=1 << 30)
+    w = plog.open_pipe()
+    forged = b"[launcher 2026-12-03T19:30:00Z] plugin acme.tail stopped by operator; exit 0"
+    _feed(plog, w, b"pad" + forged + b"\n")
+    _feed(plog, w, b"B" * (cli._LOG_TAIL_BYTES - len(forged) - 1 - 3) + b"\n")
+    os.close(w)
+    plog.close()
+    raw = log.read_bytes()
+    assert raw[-cli._LOG_TAIL_BYTES :].startswith(forged)  # the cut falls where the attack wants
+    for argv in (["logs", "acme.tail", "--json"], ["logs", "acme.tail"]):
+        assert cli.main(argv) == cli.EXIT_OK
+        out = capsys.readouterr().out
+        assert "] plugin acme.tail stopped by operator" not in out.replace("| pad[launcher", "")
+        assert not any(line.startswith("[launcher") for line in out.splitlines()), out[:200]
