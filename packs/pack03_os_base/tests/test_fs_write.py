@@ -6,6 +6,7 @@ host, and host disk filled through world-writable directories outside the quota.
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from pathlib import Path
@@ -72,3 +73,42 @@ def test_no_setuid_or_setgid_bit_by_any_route_even_with_fs_write(
     assert out.pop("chmod-plain") == "ok" and out.pop("open-plain") == "ok", out
     assert set(out.values()) == {"EPERM"}, out
     assert (plugin_owned_dir / "plain").stat().st_uid != 0  # written by the plugin, on the host
+
+
+#: Fill each shared directory given; prints {dir: [bytes written, errno name or "ok"]}.
+FILL_SHARED = r"""
+import errno, json, os, sys
+name, out = sys.argv[1], {}
+for d in sys.argv[2:]:
+    written, result = 0, "ok"
+    try:
+        for i in range(3):  # files of 8 MiB (under the test's RLIMIT_FSIZE)
+            with open(os.path.join(d, f"{name}.{i}"), "wb") as fh:
+                for _ in range(8):
+                    fh.write(b"x" * (1 << 20)); fh.flush(); written += 1 << 20
+    except OSError as exc:
+        result = errno.errorcode.get(exc.errno, str(exc.errno))
+    out[d] = [written, result]
+print(json.dumps(out))
+"""
+
+
+def test_world_writable_host_dirs_are_private_and_bounded_with_fs_write(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    shared = [d for d in ("/var/tmp", "/run/lock") if Path(d).is_dir()]
+    assert shared, "no world-writable host dir to test with"
+    name = f"aurora-fsw-{os.getpid()}-{tmp_path.name}"
+    try:
+        res = sandbox.run([PYTHON, "-I", "-c", FILL_SHARED, name, *shared], ["fs-write"])
+        out = res.outcome
+        for d in shared:
+            left = sorted(str(p) for p in Path(d).glob(name + ".*"))
+            assert left == [], f"on the host: {left}"
+            written, result = out[d]
+            assert result == "ENOSPC" and written < 24 << 20, out  # bounded, in memory
+            assert written >= 8 << 20, out  # usable, though
+    finally:
+        for d in shared:
+            for p in Path(d).glob(name + ".*"):
+                p.unlink()
