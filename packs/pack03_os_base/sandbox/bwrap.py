@@ -83,6 +83,8 @@ def arguments(
                 made.append(top)
         if rw:  # the host's world-writable dirs: private and bounded (shared_dirs)
             for path, mode in shared_dirs.find().items():
+                if any(path.startswith(m + "/") for m in made):
+                    continue  # below a top-level tmpfs already: not the host's there
                 args += ["--perms", f"{mode:o}", "--size", str(shared_dirs.SIZE), "--tmpfs", path]
                 made.append(path)
     else:
