@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import os
 
+from sandbox import shared_dirs
+
 TYPE_CHECKING = False  # typing (and shutil) cost start-up time; mypy reads the block anyway
 if TYPE_CHECKING:
     from sandbox.confine import Run
@@ -79,6 +81,12 @@ def arguments(
             if any(not traversable(n, pol.uid, pol.gid) for n in below):
                 args += ["--tmpfs", top]  # only the needed binds below it
                 made.append(top)
+        if rw:  # the host's world-writable dirs: private and bounded (shared_dirs)
+            for path, mode in shared_dirs.find().items():
+                if any(path.startswith(m + "/") for m in made):
+                    continue  # below a top-level tmpfs already: not the host's there
+                args += ["--perms", f"{mode:o}", "--size", str(shared_dirs.SIZE), "--tmpfs", path]
+                made.append(path)
     else:
         for path in system:
             args += _bind_keep_symlink(path)

@@ -472,6 +472,7 @@ def _filter(network: bool) -> Any:
         if not network:
             flt.deny_sockets()
         flt.deny_namespaces()
+        flt.deny_setid_modes()
         for name in seccomp.HARDENING:
             flt.deny(name)
         _FILTERS[network] = flt
@@ -494,7 +495,8 @@ def _plan_seccomp(run: Run) -> Any:
         if "network" not in (run.policy.granted)
         else ""
     )
-    run.layer("seccomp", True, f"{sockets}clone(CLONE_NEW*) EPERM, clone3 ENOSYS; denied: "
+    run.layer("seccomp", True, f"{sockets}clone(CLONE_NEW*) EPERM, clone3 ENOSYS; "
+              "modes with S_ISUID/S_ISGID EPERM, openat2 ENOSYS; denied: "
               f"{', '.join(seccomp.HARDENING)}")  # fmt: skip
     return flt
 

@@ -10,7 +10,9 @@ empty read-only tmpfs. ``prepare`` builds what no policy changes (system dirs
 read-only, a fresh /proc, a minimal /dev, small private /tmp and /dev/shm): a server's
 spare does it ahead. ``finish`` adds the policy's part: interpreter prefixes and
 ``read_paths`` read-only, ``data_dir`` read-write, granted device nodes; with
-``fs-read``/``fs-write`` the host's top-level directories (read-only for ``fs-read``).
+``fs-read``/``fs-write`` the host's top-level directories (read-only for ``fs-read``);
+with ``fs-write`` the host's world-writable directories become private tmpfs
+(``shared_dirs``).
 Directories the plugin's uid could not traverse on the host (``/root`` mode 0700
 holding the interpreter) become tmpfs directories holding only the binds below them.
 The namespace dies with its last process: nothing stays.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import stat
 
-from sandbox import _libc
+from sandbox import _libc, shared_dirs
 
 #: Where the new root is built, in this process's own mount namespace (the host's is
 #: untouched): a directory no bind source can lie beneath (the plugin gets a private
@@ -47,6 +49,7 @@ class View:
         self.read: list[str] = []  # bound read-only
         self.write: list[str] = []  # bound read-write
         self.devices: list[str] = []  # device nodes, read-write
+        self.private: list[str] = []  # fs-write: host world-writable dirs made tmpfs
 
     def describe(self) -> str:
         base = {None: "minimal root on tmpfs", "ro": "host / read-only",
@@ -54,7 +57,9 @@ class View:
         return (
             f"{base}; {len(self.read)} read-only, {len(self.write)} read-write binds; "
             f"/dev minimal ({len(self.devices)} nodes), fresh /proc, private /tmp "
-            f"and /dev/shm ({TMP_SIZE >> 20} MiB); pivot_root, propagation slave"
+            f"and /dev/shm ({TMP_SIZE >> 20} MiB)"
+            + (f", {' '.join(self.private)} private too" if self.private else "")
+            + "; pivot_root, propagation slave"
         )
 
 
@@ -135,8 +140,12 @@ class _Plan:
         self.binds: list[tuple[str, str, bool]] = []  # (host source, path inside, read-only)
         self.dirs: list[str] = []  # fs modes: top-level dirs made, not bound
         self.nodes = [(os.path.realpath(d), d) for d in granted if os.path.exists(d)]
+        # fs-write: the host's world-writable dirs as private tmpfs (path -> mode), mounted
+        # over the base binds and below the policy's own binds (shared_dirs).
+        self.private = shared_dirs.find() if view.base == "rw" else {}
         if view.base is not None:
             self._base(view, [*view.read, *view.write])
+        self.base_binds = len(self.binds)
         write = set(view.write)
         self._add([p for p in view.read if p not in write], True)
         self._add(sorted(write), False)
@@ -214,7 +223,13 @@ def finish(view: View, devices: list[str], granted: list[str] | None = None) -> 
             os.symlink(target, _NEW + path)
     for path in plan.dirs:
         _mkdirs(_NEW + path)
-    for src, dst, readonly in plan.binds:
+    for src, dst, readonly in plan.binds[: plan.base_binds]:
+        _bind(src, dst, readonly)
+    for path, mode in plan.private.items():
+        if os.path.isdir(_NEW + path):  # seen through the bound host dirs
+            _tmpfs(_NEW + path, shared_dirs.SIZE, mode)
+            view.private.append(path)
+    for src, dst, readonly in plan.binds[plan.base_binds :]:
         _bind(src, dst, readonly)
     for src, dst in plan.nodes:
         _node(src, dst, view)

@@ -19,6 +19,15 @@ _PAIR_TYPES = (1, 5)
 CLONE_NEW_FLAGS = (0x00000080, 0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                    0x20000000, 0x40000000)  # fmt: skip
 
+#: S_ISUID, S_ISGID: never on a file the plugin makes or changes (a setuid file of the
+#: plugin's uid on a host-visible path lets any host user run as that uid).
+SETID_BITS = (0o4000, 0o2000)
+#: Syscalls that take a mode, and which argument it is.
+MODE_ARG = {
+    "chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2, "open": 2, "openat": 3,
+    "creat": 1, "mkdir": 1, "mkdirat": 2, "mknod": 1, "mknodat": 2,
+}  # fmt: skip
+
 #: Syscalls denied whenever the layer is on: they reach around the socket rules
 #: (io_uring can open sockets) or change what confines the process.
 HARDENING = (
@@ -124,6 +133,15 @@ class Filter:
         for flag in CLONE_NEW_FLAGS:
             self._rule(_errno(errno.EPERM), "clone", [_ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag)])
         self.deny("clone3", errno.ENOSYS)
+
+    def deny_setid_modes(self) -> None:
+        """No setuid/setgid bit by any route: a chmod/open/mkdir/mknod call whose mode has
+        S_ISUID or S_ISGID fails with EPERM; openat2() with ENOSYS (its mode sits in
+        memory; glibc then falls back to openat)."""
+        for name, arg in MODE_ARG.items():
+            for bit in SETID_BITS:
+                self._rule(_errno(errno.EPERM), name, [_ArgCmp(arg, _SCMP_CMP_MASKED_EQ, bit, bit)])
+        self.deny("openat2", errno.ENOSYS)
 
     def deny_sockets(self) -> None:
         """socket() fails with EACCES for every family; socketpair() only works for AF_UNIX

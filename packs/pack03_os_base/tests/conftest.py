@@ -747,11 +747,12 @@ def unix_listener(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def plugin_owned_dir() -> Iterator[Path]:
-    """A directory outside /tmp (private in the sandbox) owned by the plugins' uid."""
+    """A host directory owned by the plugins' uid, outside /tmp and /var/tmp (private in
+    the sandbox, the latter with fs-write: shared_dirs)."""
     import shutil
     import tempfile
 
-    path = Path(tempfile.mkdtemp(prefix="aurora-test-", dir="/var/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="aurora-test-", dir="/var/lib"))
     os.chown(path, PLUGIN_UID, PLUGIN_GID)
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -185,16 +185,26 @@ def _degraded_cell(rec: dict[str, Any]) -> str:
 # --- logs -------------------------------------------------------------------------
 
 
+def _tail_lines(log_path: Path) -> bytes:
+    """The whole lines of the log's last ``_LOG_TAIL_BYTES``: only lines that start at
+    a line start of the file, so a plugin cannot place a cut inside its own line."""
+    with open(log_path, "rb") as fh:
+        # Only the end is needed: a plugin's log can reach the file-size limit.
+        start = max(0, os.fstat(fh.fileno()).st_size - _LOG_TAIL_BYTES)
+        if start == 0:
+            return fh.read()
+        fh.seek(start - 1)  # the byte before the cut tells whether it is a line start
+        data = fh.read()
+    cut = data.find(b"\n")
+    return data[cut + 1 :] if cut >= 0 else b""
+
+
 def _cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
     _check_id(args.plugin_id)
     log_path = paths.plugin_log(args.plugin_id)
     if not log_path.is_file():
         return _fail(args, EXIT_NOT_FOUND, f"{args.plugin_id}: no log at {log_path}")
-    with open(log_path, "rb") as fh:
-        # Only the end is needed: a plugin's log can reach the file-size limit.
-        fh.seek(max(0, log_path.stat().st_size - _LOG_TAIL_BYTES))
-        data = fh.read()
-    lines = data.decode(errors="replace").split("\n")
+    lines = _tail_lines(log_path).decode(errors="replace").split("\n")
     if lines and not lines[-1]:
         lines.pop()
     lines = lines[-args.lines :] if args.lines > 0 else []

@@ -5,7 +5,9 @@ end without blocking, a bounded amount per pass, and writes ``logs/plugins/<id>.
 itself. Every plugin line is written as ``| <line>``; the launcher's own lines are
 ``[launcher <time>] ...``, so a plugin cannot forge one. Past ``rate`` bytes per
 second the rest is read and dropped, and the count is recorded in the log; past
-``rotate_bytes`` the file is renamed to ``<id>.log.1`` (one old file kept).
+``rotate_bytes`` the file is renamed to ``<id>.log.1`` (one old file kept). A file
+opened in the middle of a plugin line (after a rotation or a write failure) goes on
+with ``| `` first, so no plugin byte ever starts a line unprefixed.
 """
 
 from __future__ import annotations
@@ -75,7 +77,27 @@ class PluginLog:
         except FileNotFoundError:
             pass
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        self._file = os.open(self.path, flags, 0o600)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            self._resume_line(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._file = fd
+
+    def _resume_line(self, fd: int) -> None:
+        """Opened in the middle of a plugin line: start it again as a framed line.
+
+        A fresh file (after a rotation, or reopened after a write failure) must never
+        begin with raw plugin bytes: the rest of the line goes on as ``| ...``, on a line
+        of its own when the file has text already.
+        """
+        if self._at_line_start:
+            return
+        head = (b"\n" if os.fstat(fd).st_size else b"") + PLUGIN_PREFIX
+        view = memoryview(head)
+        while view:
+            view = view[os.write(fd, view) :]
 
     # --- writing --------------------------------------------------------------
 
@@ -90,6 +112,11 @@ class PluginLog:
             return True
         except OSError as exc:
             self.error = f"{self.path}: {exc.strerror or exc}"
+            # Where the file's text stopped is unknown now: reopen (and re-frame) next time.
+            if self._file >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(self._file)
+                self._file = -1
             return False
 
     def mark(self, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -150,3 +151,79 @@ def test_run_relays_the_plugins_pipes_escaped(
     assert "fifo True True" in out
     assert "\\x1b[2Jclear" in out and "\x1b" not in out
     assert "err\\x07" in err and "\x07" not in err
+
+
+def _feed(plog: PluginLog, w: int, data: bytes) -> None:
+    _write_all(w, data)
+    while plog.drain():
+        pass
+
+
+def test_logs_shows_no_partial_first_line_after_its_tail_cut(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack log_tail_forge: the forged line starts exactly 1 MiB before the end."""
+    log = Path(cli_env["AURORA_PACK_LOGS"]) / "plugins" / "acme.tail.log"
+    log.parent.mkdir(parents=True)
+    plog = PluginLog(log, rate=1 << 30, rotate_bytes=1 << 30)
+    w = plog.open_pipe()
+    forged = b"[launcher 2026-12-03T19:30:00Z] plugin acme.tail stopped by operator; exit 0"
+    _feed(plog, w, b"pad" + forged + b"\n")
+    _feed(plog, w, b"B" * (cli._LOG_TAIL_BYTES - len(forged) - 1 - 3) + b"\n")
+    os.close(w)
+    plog.close()
+    raw = log.read_bytes()
+    assert raw[-cli._LOG_TAIL_BYTES :].startswith(forged)  # the cut falls where the attack wants
+    for argv in (["logs", "acme.tail", "--json"], ["logs", "acme.tail"]):
+        assert cli.main(argv) == cli.EXIT_OK
+        out = capsys.readouterr().out
+        assert "] plugin acme.tail stopped by operator" not in out.replace("| pad[launcher", "")
+        assert not any(line.startswith("[launcher") for line in out.splitlines()), out[:200]
+
+
+def _unframed_lines(path: Path) -> list[bytes]:
+    """Lines of a log file that start with neither the plugin prefix nor a launcher line
+    written by the test (none is written: every line must be a plugin line)."""
+    if not path.exists():
+        return []
+    return [ln for ln in path.read_bytes().split(b"\n")[:-1] if not ln.startswith(b"| ")] + [
+        tail for tail in path.read_bytes().split(b"\n")[-1:] if tail and not tail.startswith(b"| ")
+    ]
+
+
+def test_rotation_inside_an_unfinished_line_keeps_the_framing(tmp_path: Path) -> None:
+    """Attack log_rotate_forge: one endless line, each chunk starting with a forged line."""
+    path = tmp_path / "p.log"
+    plog = PluginLog(path, rate=1 << 30, rotate_bytes=100_000)
+    w = plog.open_pipe()
+    forged = b"[launcher 2026-12-03T19:45:00Z] exited with status 0 (forged)"
+    for _ in range(4):
+        _feed(plog, w, forged + b"\x1b[2J\r" + b"." * 60_000)
+        assert _unframed_lines(path) == [] and _unframed_lines(tmp_path / "p.log.1") == []
+    os.close(w)
+    plog.close()
+    assert (tmp_path / "p.log.1").exists()
+    assert path.read_bytes().startswith(b"| ")
+
+
+def test_any_chunking_with_rotation_between_reads_keeps_every_line_framed(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(8)
+    alphabet = [b"\n", b"[launcher x] ", b"x", b"\x1b[1m", b"\r", b"\n\n"]
+    for case in range(60):
+        path = tmp_path / f"p{case}.log"
+        plog = PluginLog(path, rate=1 << 30, rotate_bytes=rng.randint(1, 200))
+        w = plog.open_pipe()
+        sent = bytearray()
+        for _ in range(rng.randint(1, 40)):
+            chunk = b"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+            sent += chunk
+            _feed(plog, w, chunk)
+            if rng.random() < 0.2:
+                plog.mark("note")
+            for f in (path, path.with_name(path.name + ".1")):
+                bad = [ln for ln in _unframed_lines(f) if not ln.startswith(b"[launcher 20")]
+                assert bad == [], (case, f.name, bad)
+        os.close(w)
+        plog.close()
