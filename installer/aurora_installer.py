@@ -241,18 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
-    """Write one message; a reader that went away (`| head`) stops nothing.
+    """Write one message; a reader that went away (`| head`) or a stream that cannot be
+    written (stdout on a full disk: ENOSPC) stops nothing.
 
     The operation goes on (its scripts' output is in logs/) and its exit code
-    stays the truth; later writes to that stream go to /dev/null.
+    stays the truth; later writes to that stream go to /dev/null, and a failure
+    other than a closed pipe is said once on stderr.
     """
     try:
         print(text, file=stream, end=end, flush=True)
-    except BrokenPipeError:
+    except (OSError, ValueError) as exc:
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+        if stream is sys.stdout and not isinstance(exc, BrokenPipeError):
+            with contextlib.suppress(OSError, ValueError):
+                print(
+                    f"aurora: warning: cannot write to stdout ({exc}); "
+                    "the exit status says how the command ended",
+                    file=sys.stderr,
+                )
 
 
 class _Output:

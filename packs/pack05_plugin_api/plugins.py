@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -84,11 +85,37 @@ def _registry(args: argparse.Namespace) -> PluginRegistry:
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
-    """One JSON document on stdout with --json, else the human text on stdout."""
+    """One JSON document on stdout with --json, else the human text on stdout.
+
+    Called once the command's work is done: an output that cannot be written (stdout on
+    a full disk, a closed pipe) is a warning on stderr, never a failure of the command.
+    """
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        _write_stdout(json.dumps(doc, indent=2, sort_keys=True), "the command was done")
     elif text:
-        print(text)
+        _write_stdout(text, "the command was done")
+
+
+def _write_stdout(text: str, outcome: str) -> None:
+    """Write ``text`` and a newline to stdout now; if it cannot be written, say so on stderr
+    (with ``outcome``: what the exit status says) and send the rest of stdout nowhere, so
+    that the exit status stays the command's, not Python's 120 for an unflushed stdout."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:  # ValueError: stdout closed
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        with contextlib.suppress(OSError, ValueError):
+            print(
+                f"plugins: warning: cannot write the output to stdout ({_describe(exc)}); "
+                f"{outcome}",
+                file=sys.stderr,
+            )
 
 
 def _policy_blocked(args: argparse.Namespace) -> frozenset[str]:
@@ -446,8 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PluginError, _UsageError, OSError, paths.DataLocationError) as exc:
         code = _exit_code(exc)
         if want_json:
-            print(json.dumps(_error_doc(exc, code), indent=2, sort_keys=True))
-        print(f"plugins: error: {_describe(exc)}", file=sys.stderr)
+            _write_stdout(json.dumps(_error_doc(exc, code), indent=2, sort_keys=True), "failed")
+        with contextlib.suppress(OSError, ValueError):
+            print(f"plugins: error: {_describe(exc)}", file=sys.stderr)
         return code
 
 

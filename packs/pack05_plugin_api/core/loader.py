@@ -898,8 +898,15 @@ class PluginLoader:
                     id_dir.rmdir()  # only if empty: nothing of this plugin was there before
             raise
         if old is not None and old != target and os.path.lexists(old):
-            os.rename(old, tmp / "replaced")  # no longer registered: out of packages/
-            fsync_dir(id_dir)
+            # No longer registered: out of packages/. The change is made (registered and
+            # audited): a failure here is a leftover the next staging sweeps, not a failure.
+            try:
+                os.rename(old, tmp / "replaced")
+                fsync_dir(id_dir)
+            except OSError as exc:
+                log.warning(
+                    "%s: staged; the replaced copy %s is left for later: %s", plugin_id, old, exc
+                )
         log.info("staged %s %s (%s) in %s", plugin_id, version, digest, target)
         return {**self._result(manifest, target, files, digest), **status}
 
@@ -991,9 +998,11 @@ class PluginLoader:
                 if os.path.lexists(tomb):
                     self._settle_tomb(tomb.name)  # still registered: put back
                 raise
+            # Unregistered (audited): what follows only tidies up, and never fails the removal.
             shutil.rmtree(tomb, ignore_errors=True)
-            if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
-                id_dir.rmdir()
+            with contextlib.suppress(OSError):
+                if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
+                    id_dir.rmdir()
         return True
 
     def verify(self, plugin_id: str, version: str | None = None) -> list[str]:

@@ -308,3 +308,80 @@ def test_the_inbox_quarantines_an_archive_the_file_system_cannot_hold(
     svc.scan_once()
     assert os.listdir(data / "inbox") == []
     assert sorted(os.listdir(data / "quarantine")) == ["deep.zip", "deep.zip.reason.json"]
+
+
+# -- 8. a change made is never reported as failed ------------------------------------------------
+
+
+def _run_to_full_stdout(*argv: str) -> subprocess.CompletedProcess[str]:
+    """plugins.py with stdout on /dev/full (every write: ENOSPC)."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run(
+            [sys.executable, CLI, *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+
+@pytest.fixture
+def portwatch(tmp_path: Path, data: Path) -> Path:
+    """acme.echo staged (requests network, not granted)."""
+    PluginLoader(data).stage_package(write_package(tmp_path / "echo", make_manifest()))
+    return data
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_change_whose_output_cannot_be_written_is_done_exit_0(
+    portwatch: Path, as_json: bool
+) -> None:
+    data = portwatch
+    json_flag = ["--json"] if as_json else []
+    proc = _run_to_full_stdout("--data", str(data), *json_flag, "grant", "acme.echo", "network")
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot write the output to stdout" in proc.stderr and "Traceback" not in proc.stderr
+    registry = json.loads((data / "registry.json").read_text())
+    assert registry["plugins"]["acme.echo"]["granted"] == ["network"]
+    proc = _run_to_full_stdout("--data", str(data), *json_flag, "remove", "acme.echo")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((data / "registry.json").read_text())["plugins"] == {}
+    # a failure stays a failure (exit 3: unknown plugin), whatever happens to its output
+    proc = _run_to_full_stdout("--data", str(data), *json_flag, "enable", "acme.echo")
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_replace_whose_old_copy_cannot_be_moved_out_is_done(
+    portwatch: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The registry is switched to the new content (audited): moving the old copy out of
+    packages/ failing afterwards leaves a leftover the next staging sweeps, not a failure."""
+    import errno
+
+    import plugins
+    from core import loader as loader_module
+    from core.audit import read_audit
+
+    data = portwatch
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if str(dst).endswith("/replaced"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(loader_module.os, "rename", rename)
+    new = write_package(tmp_path / "echo2", make_manifest(), {"main.py": "print(2)\n"})
+    code = plugins.main(["--data", str(data), "stage", "--replace", str(new)])
+    assert code == 0, capsys.readouterr().err
+    entry = json.loads((data / "registry.json").read_text())["plugins"]["acme.echo"]
+    assert PluginLoader(data).verify("acme.echo") == []  # the registered copy is the new one
+    assert (data / entry["versions"]["1.0.0"]["path"] / "main.py").read_text() == "print(2)\n"
+    assert [r["action"] for r in read_audit(data / "audit.log")][-1] == "register"
+    monkeypatch.setattr(loader_module.os, "rename", real_rename)
+    PluginLoader(data).recover(always=True)  # the next command sweeps the old copy
+    assert os.listdir(data / "packages" / "acme.echo") == [
+        entry["versions"]["1.0.0"]["path"].rsplit("/")[-1]
+    ]
