@@ -989,10 +989,10 @@ class PluginLoader:
             rel = None if whole else str(record["versions"][version]["path"])
             source = id_dir if rel is None else self.plugins_dir / rel
             tomb = self.staging_dir / self._tomb_name(plugin_id, rel)
-            if os.path.lexists(source):
-                os.rename(source, tomb)
-                fsync_dir(source.parent)
             try:
+                if os.path.lexists(source):
+                    os.rename(source, tomb)
+                    fsync_dir(source.parent)
                 self.registry.unregister(plugin_id, version)
             except BaseException:
                 if os.path.lexists(tomb):

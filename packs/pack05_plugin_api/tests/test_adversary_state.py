@@ -385,3 +385,52 @@ def test_a_replace_whose_old_copy_cannot_be_moved_out_is_done(
     assert os.listdir(data / "packages" / "acme.echo") == [
         entry["versions"]["1.0.0"]["path"].rsplit("/")[-1]
     ]
+
+
+# -- 9. a disk-full error names the file -------------------------------------------------------
+
+
+@pytest.mark.parametrize("syscall", ["fsync", "fdatasync"])
+@pytest.mark.parametrize("verb", ["grant", "remove", "stage", "policy"])
+def test_every_failed_sync_names_the_file_or_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, verb: str, syscall: str
+) -> None:
+    import errno
+    import shutil
+
+    import plugins
+
+    template = tmp_path / "template"
+    PluginLoader(template).stage_package(write_package(tmp_path / "echo", make_manifest()))
+    new = write_package(tmp_path / "new", make_manifest(id="acme.new"))
+    argv = {
+        "grant": ["grant", "acme.echo", "network"],
+        "remove": ["remove", "acme.echo"],
+        "stage": ["stage", str(new)],
+        "policy": ["policy", "--block", "network"],
+    }[verb]
+    real = getattr(os, syscall)
+    failures = 0
+    for n in range(1, 40):
+        data = tmp_path / f"run{n}"
+        shutil.copytree(template, data, symlinks=True)
+        calls = [0]
+
+        def failing(fd: int, n: int = n, calls: list[int] = calls) -> None:
+            calls[0] += 1
+            if calls[0] == n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd)
+
+        monkeypatch.setattr(os, syscall, failing)
+        code = plugins.main(["--data", str(data), *argv])
+        monkeypatch.setattr(os, syscall, real)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if calls[0] < n:
+            break  # the whole command ran: every sync was tried
+        if code != 0:
+            failures += 1
+            message = [line for line in err.splitlines() if "error:" in line][-1]
+            assert str(data) in message, message
+    assert failures or syscall == "fdatasync"
