@@ -1003,6 +1003,9 @@ class PluginLoader:
             with contextlib.suppress(OSError):
                 if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
                     id_dir.rmdir()
+            # Space was just freed: re-make the reserve (best effort), so that the next
+            # removal works too when the disk fills again.
+            self._keep_reserve()
         return True
 
     def verify(self, plugin_id: str, version: str | None = None) -> list[str]:

@@ -434,3 +434,27 @@ def test_every_failed_sync_names_the_file_or_directory(
             message = [line for line in err.splitlines() if "error:" in line][-1]
             assert str(data) in message, message
     assert failures or syscall == "fdatasync"
+
+
+# -- 11. the space reserve works for every removal, not only the first ------------------------
+
+
+def test_remove_works_on_a_disk_filled_again_after_a_removal(
+    small_fs: Any, tmp_path: Path, capsys: Any
+) -> None:
+    import plugins
+    from core.registry import PluginRegistry
+
+    fs = small_fs(size=2 << 20, inodes=400)
+    data = fs.root / "plugins"
+    loader = PluginLoader(data)
+    for name in ("a", "b", "c"):
+        loader.stage_package(write_package(tmp_path / name, make_manifest(id=f"acme.{name}")))
+    for name in ("a", "b"):  # another writer fills the disk before each removal
+        fs.fill(free=0)
+        fs.fill(inodes=0)
+        assert fs.available() == (0, 0)
+        code = plugins.main(["--data", str(data), "remove", f"acme.{name}"])
+        assert code == 0, capsys.readouterr().err
+        assert not (data / "packages" / f"acme.{name}").exists()
+    assert list(PluginRegistry(data).list()) == ["acme.c"]
