@@ -730,6 +730,9 @@ class PluginLoader:
     def _keep_reserve(self) -> None:
         """Keep ``space.reserve`` (space for one registry write) and ``space.reserve.i`` (an
         inode) allocated, so that ``remove`` can free space on a full disk. Best effort."""
+        with contextlib.suppress(OSError):  # so that a first `policy` needs no new inode
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(self.plugins_dir / "permissions.lock", flags, 0o644))
         path = self.plugins_dir / RESERVE
         want = self._reserve_size()
         try:

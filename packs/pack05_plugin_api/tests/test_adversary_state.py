@@ -458,3 +458,147 @@ def test_remove_works_on_a_disk_filled_again_after_a_removal(
         assert code == 0, capsys.readouterr().err
         assert not (data / "packages" / f"acme.{name}").exists()
     assert list(PluginRegistry(data).list()) == ["acme.c"]
+
+
+# -- 7. policy --block is one change: killed anywhere, the next command finishes it ----------
+
+
+@pytest.fixture
+def granted(tmp_path: Path, data: Path) -> Path:
+    """acme.echo staged, network granted, enabled."""
+    loader = PluginLoader(data)
+    loader.stage_package(write_package(tmp_path / "echo", make_manifest()))
+    loader.registry.grant("acme.echo", ["network"])
+    loader.registry.enable("acme.echo")
+    return data
+
+
+def _killed_at_policy_rename(data: Path) -> int:
+    """``policy --block network`` in a forked child SIGKILLed when it renames the new policy
+    over permissions.json: the registry has withdrawn network already."""
+    import plugins
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        real = os.replace
+
+        def replace(src: Any, dst: Any) -> None:
+            if str(dst).endswith("/permissions.json"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+
+        os.replace = replace  # type: ignore[assignment]
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+        os._exit(plugins.main(["--data", str(data), "policy", "--block", "network"]))
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+@pytest.mark.parametrize("verb", ["list", "grant", "disable"])
+def test_a_policy_block_killed_after_the_withdrawal_is_finished_by_the_next_command(
+    granted: Path, capsys: Any, verb: str
+) -> None:
+    import plugins
+    from core.audit import read_audit
+
+    data = granted
+    status = _killed_at_policy_rename(data)
+    assert os.WIFSIGNALED(status)
+    record = json.loads((data / "registry.json").read_text())["plugins"]["acme.echo"]
+    assert record["granted"] == [] and not (data / "permissions.json").exists()  # half done
+    argv = {"list": ["list"], "grant": ["grant", "acme.echo", "network"]}.get(
+        verb, ["disable", "acme.echo"]
+    )
+    code = plugins.main(["--data", str(data), *argv])
+    assert code == (4 if verb == "grant" else 0), capsys.readouterr().err  # grant: blocked now
+    assert json.loads((data / "permissions.json").read_text())["blocked"] == ["network"]
+    record = json.loads((data / "registry.json").read_text())["plugins"]["acme.echo"]
+    assert record["granted"] == [] and record["enabled"] is False
+    actions = [(r["action"], r["id"]) for r in read_audit(data / "audit.log")]
+    assert actions[-3:] == [("policy", None), ("revoke", "acme.echo"), ("disable", "acme.echo")]
+    assert not list(data.glob("*.txn")) and not list(data.glob(".permissions.json.*"))
+
+
+def test_a_policy_block_failing_before_the_withdrawal_changes_nothing(
+    granted: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while the registry is being withdrawn: exit 1, registry and policy unchanged,
+    nothing committed in the audit log, nothing left for the next command to finish."""
+    import errno
+
+    import plugins
+    from core.audit import read_audit
+    from core.registry import PluginRegistry
+
+    data = granted
+    before = (data / "registry.json").read_bytes(), read_audit(data / "audit.log")
+
+    def full(self: Any, blocked: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(data / "registry.json"))
+
+    monkeypatch.setattr(PluginRegistry, "enforce_blocked", full)
+    code = plugins.main(["--data", str(data), "policy", "--block", "network"])
+    assert code == 1 and "registry.json" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert plugins.main(["--data", str(data), "list"]) == 0
+    assert ((data / "registry.json").read_bytes(), read_audit(data / "audit.log")) == before
+    assert not (data / "permissions.json").exists()
+    assert not list(data.glob("*.txn")) and not list(data.glob(".permissions.json.*"))
+
+
+# -- 10. an unrecorded policy outcome is settled by the next command, whatever it is -----------
+
+
+@pytest.mark.parametrize("verb", ["list", "grant", "disable"])
+def test_a_policy_change_whose_commit_line_failed_is_recorded_by_the_next_command(
+    granted: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    import errno
+
+    import core.txn as txn
+    import plugins
+    from core.audit import read_audit
+
+    data = granted
+    real = txn.append_audit
+
+    def no_commit(path: Path, record: Any) -> None:
+        if record.get("action") == "commit":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, record)
+
+    monkeypatch.setattr(txn, "append_audit", no_commit)
+    assert plugins.main(["--data", str(data), "policy", "--block", "io"]) == 0
+    monkeypatch.undo()
+    assert (data / "permissions.json.txn").exists()
+    blocks = [r for r in read_audit(data / "audit.log") if r["action"] == "policy"]
+    assert blocks == []  # not counted yet
+    argv = {"list": ["list"], "grant": ["grant", "acme.echo", "network"]}.get(
+        verb, ["disable", "acme.echo"]
+    )
+    assert plugins.main(["--data", str(data), *argv]) == 0, capsys.readouterr().err
+    assert not (data / "permissions.json.txn").exists()
+    blocks = [r["blocked"] for r in read_audit(data / "audit.log") if r["action"] == "policy"]
+    assert blocks == [["io"]]
+
+
+# -- minor: temp files of killed writers are removed by the next command ------------------------
+
+
+def test_temp_files_left_by_killed_writers_are_removed_by_the_next_command(
+    granted: Path, capsys: Any
+) -> None:
+    import plugins
+
+    data = granted
+    left = [
+        ".registry.json.abcd1234.tmp",
+        ".registry.json.txn.abcd1234.tmp",
+        ".registry.json.bak.tmp-99999",
+        ".permissions.json.abcd1234.tmp",
+    ]
+    for name in left:
+        (data / name).write_text("half")
+    assert plugins.main(["--data", str(data), "disable", "acme.echo"]) == 0
+    assert plugins.main(["--data", str(data), "policy", "--allow", "io"]) == 0
+    assert [n for n in left if (data / n).exists()] == [], capsys.readouterr().err
