@@ -222,9 +222,9 @@ def audited_replace_after(
     as its ``redo``.
 
     Fails with nothing changed up to the marker and while ``first`` fails. Once ``first``
-    has changed its file, only the final rename can fail (an OSError saying that the next
-    command finishes the change); a failed outcome record is a warning, as in
-    ``audited_replace``.
+    has changed its file the change stands and never raises: a final rename that fails
+    twice is a warning (the marker makes the next command finish it), and so is a failed
+    outcome record, as in ``audited_replace``.
     """
     txn = uuid.uuid4().hex
     marker = marker_path(target)
@@ -261,9 +261,20 @@ def audited_replace_after(
     try:
         os.replace(temp, target)
     except OSError as exc:
-        raise named_oserror(
-            exc, "rename the new content over (the next command finishes the change)", target
-        ) from None
+        # Decided and half made (``first`` changed its file): the change stands. Once more
+        # with a fresh temp file; failing that, the marker makes the next command finish it.
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        try:
+            atomic_write(target, data)
+        except OSError:
+            log.warning(
+                "%s: changed in effect, but the file could not be written yet (%s); "
+                "the next command finishes the change",
+                target,
+                named_oserror(exc, "rename the new content over", target),
+            )
+            return
     try:
         fsync_dir(target.parent)
         append_audit(audit, audit_entry(actor, "commit", None, None, txn=txn))

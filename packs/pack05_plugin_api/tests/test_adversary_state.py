@@ -602,3 +602,35 @@ def test_temp_files_left_by_killed_writers_are_removed_by_the_next_command(
     assert plugins.main(["--data", str(data), "disable", "acme.echo"]) == 0
     assert plugins.main(["--data", str(data), "policy", "--allow", "io"]) == 0
     assert [n for n in left if (data / n).exists()] == [], capsys.readouterr().err
+
+
+def test_a_policy_block_whose_final_rename_fails_is_done_and_finished_by_the_next_command(
+    granted: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The registry has withdrawn network (the change stands): exit 0 with a warning, and
+    the next command writes permissions.json."""
+    import errno
+
+    import plugins
+    from core.audit import read_audit
+
+    data = granted
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(dst).endswith("/permissions.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code = plugins.main(["--data", str(data), "policy", "--block", "network"])
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert code == 0, err
+    assert "the next command finishes the change" in err + caplog.text
+    assert json.loads((data / "registry.json").read_text())["plugins"]["acme.echo"]["granted"] == []
+    assert plugins.main(["--data", str(data), "list"]) == 0
+    assert json.loads((data / "permissions.json").read_text())["blocked"] == ["network"]
+    actions = [(r["action"], r["id"]) for r in read_audit(data / "audit.log")]
+    assert actions[-3:] == [("policy", None), ("revoke", "acme.echo"), ("disable", "acme.echo")]
+    assert not list(data.glob("*.txn")) and not list(data.glob(".permissions.json.*"))
