@@ -263,10 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
-    """Write one message; a reader that went away (`| head`) stops nothing.
+    """Write one message; a reader that went away (`| head`) or a stream that cannot be
+    written (stdout on a full disk: ENOSPC) stops nothing.
 
     The operation goes on (its scripts' output is in logs/) and its exit code
-    stays the truth; later writes to that stream go to /dev/null.
+    stays the truth; later writes to that stream go to /dev/null, and a failure
+    other than a closed pipe is said once on stderr.
     """
     conventions.emit(text, stream, end=end)
 

@@ -681,3 +681,29 @@ def test_failures_in_json_mode_are_exactly_one_document(env: Env) -> None:
         assert doc["error"]["message"] in result.err
     sealed = env.run("seal", "--pack", "beta", "--json")
     assert sealed.code == 0 and json.loads(sealed.out)["result"]["written"] is True
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_install_with_stdout_on_a_full_disk_is_done_and_says_so_on_stderr(
+    env: Env, as_json: bool
+) -> None:
+    """The pack is installed: the exit status says so although stdout (/dev/full) fails."""
+    import subprocess
+
+    from aurora_testing import CLI
+
+    env.make_pack("tiny", "1.0.0")
+    argv = env.args("install", "--pack", "tiny", "--approve", *(["--json"] if as_json else []))
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, str(CLI), *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot write to stdout" in proc.stderr and "Traceback" not in proc.stderr
+    assert env.active("tiny") == "1.0.0"

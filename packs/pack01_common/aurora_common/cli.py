@@ -121,6 +121,17 @@ def emit(text: str, stream: TextIO | None = None, end: str = "\n") -> None:
         target.flush()
     except BrokenPipeError:
         _silence(target)
+    except (OSError, ValueError) as exc:  # a full disk behind stdout, a closed stream
+        # The work is done or failed already; the exit status says which. Say why the
+        # output is missing, once, and never let Python turn it into status 120.
+        _silence(target)
+        if target is sys.stdout:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(
+                    f"{prog_name(os.path.basename(sys.argv[0]) or 'aurora')}: warning: "
+                    f"cannot write to stdout ({exc}); "
+                    "the exit status says how the command ended\n"
+                )
 
 
 def error_object(

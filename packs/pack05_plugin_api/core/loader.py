@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import hashlib
 import logging
@@ -14,6 +15,7 @@ import lzma
 import os
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
@@ -21,9 +23,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
-from aurora_common.digest import Entry, digest_entries
+from aurora_common.digest import Entry, digest_entries, file_sha256
+from aurora_common.errors import InputRefused
 from packaging.version import Version
 
 from . import paths
@@ -51,25 +54,55 @@ _TOMB = "rm~"
 RESERVE = "space.reserve"
 _RESERVE_MIN = 64 * 1024
 _RESERVE_INODES = 4
+# At most this many metadata headers (long name, long link, pax) before one member: a
+# real member has at most three.
+MAX_TAR_META_RUN = 16
+_TAR_META_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+# A zip's central directory is read whole by zipfile: it is measured and its entries
+# counted first (10,000 entries with 300-character names take about 3.5 MiB).
+MAX_ZIP_DIRECTORY = 16 * 2**20
+_ZIP_DIR_ENTRY = struct.Struct("<4s24sHHH12s")  # signature ... name, extra, comment lengths
+_ZIP_DIR_SIGNATURE = b"PK\x01\x02"
+# zipfile's end record (``_EndRecData``): the fields used, as zipfile numbers them.
+_ECD_SIGNATURE, _ECD_ENTRIES_TOTAL, _ECD_SIZE, _ECD_LOCATION = 0, 4, 5, 9
+_ZIP64_END = b"PK\x06\x06"
+_ZIP64_END_SIZES = 56 + 20  # the zip64 end record and its locator
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
 class _CappedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses oversized metadata headers before tarfile reads them."""
+    """A TarInfo that refuses oversized metadata headers before tarfile reads them, and
+    long runs of them: tarfile reads a metadata header's member by recursing, so a
+    flood of them (a few KiB compressed) would end in a RecursionError."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo | None:
-        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or (
-            self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
-        ):
-            seen = getattr(tarfile_, "_aurora_meta", 0) + self.size
-            if self.size > MAX_TAR_META or seen > MAX_TAR_META_TOTAL:
-                raise tarfile.SubsequentHeaderError(  # type: ignore[attr-defined]
-                    f"a {self.size}-byte metadata header at offset {self.offset} "
-                    f"(at most {MAX_TAR_META} bytes each, {MAX_TAR_META_TOTAL} in all)"
-                )
-            tarfile_._aurora_meta = seen  # type: ignore[attr-defined]
-        result: tarfile.TarInfo | None = super()._proc_member(tarfile_)  # type: ignore[misc]
-        return result
+        if self.type not in _TAR_META_TYPES:
+            result: tarfile.TarInfo | None = super()._proc_member(tarfile_)  # type: ignore[misc]
+            return result
+        seen = getattr(tarfile_, "_aurora_meta", 0) + self.size
+        if self.size > MAX_TAR_META or seen > MAX_TAR_META_TOTAL:
+            raise tarfile.SubsequentHeaderError(  # type: ignore[attr-defined]
+                f"a {self.size}-byte metadata header at offset {self.offset} "
+                f"(at most {MAX_TAR_META} bytes each, {MAX_TAR_META_TOTAL} in all)"
+            )
+        depth = getattr(tarfile_, "_aurora_run", 0) + 1
+        if depth > MAX_TAR_META_RUN:
+            raise tarfile.SubsequentHeaderError(  # type: ignore[attr-defined]
+                f"more than {MAX_TAR_META_RUN} metadata headers in a row at offset {self.offset}"
+            )
+        tarfile_._aurora_meta = seen  # type: ignore[attr-defined]
+        tarfile_._aurora_run = depth  # type: ignore[attr-defined]
+        try:
+            meta: tarfile.TarInfo | None = super()._proc_member(tarfile_)  # type: ignore[misc]
+        finally:
+            tarfile_._aurora_run = depth - 1  # type: ignore[attr-defined]
+        return meta
 
 
 @dataclass
@@ -124,6 +157,10 @@ def _check_name(rel: str, source: str) -> None:
 
 def _check_link(rel: str, target: str, source: str) -> None:
     """A symlink may point only inside the package, by a relative path."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in target):
+        raise StagingError(
+            f"symlink {rel!r} -> {target!r} contains control characters", source=source
+        )
     if os.path.isabs(target):
         raise StagingError(f"symlink {rel!r} -> {target!r} is absolute", source=source)
     resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
@@ -155,6 +192,61 @@ def _tree_changes(recorded: list[dict[str, Any]], entries: list[_Entry]) -> str:
         if paths
     ]
     return "; ".join(f"{what}: {', '.join(paths)}" for what, paths in parts)
+
+
+def _tar_mode(magic: bytes) -> Literal["r:gz", "r:bz2", "r:xz", "r:"]:
+    """The tarfile mode for an archive starting with ``magic`` (so that an error says what
+    is wrong instead of "could not be opened" by any of the methods tried)."""
+    if magic.startswith(b"\x1f\x8b"):
+        return "r:gz"
+    if magic.startswith(b"BZh"):
+        return "r:bz2"
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return "r:xz"
+    return "r:"
+
+
+@contextlib.contextmanager
+def _open_archive(src: Path, source: str) -> Iterator[BinaryIO]:
+    """The archive file, opened without blocking: a FIFO or device is refused, never read."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if is_io_failure(exc):
+            raise named_oserror(exc, "open", src) from None
+        raise StagingError(f"cannot open the archive: {exc.strerror}", source=source) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise StagingError(
+                f"is a {_special(mode) or 'directory'}, not an archive file", source=source
+            )
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _refused_by_the_fs(tree: Path, source: str) -> Iterator[None]:
+    """A name or layout the file system refuses while the package is written out or
+    walked (too long, deeper than PATH_MAX, a file where a directory must be) is a
+    refused package naming the member, never an internal temp path; a disk-full or I/O
+    failure stays an OSError (exit 1, retried by the inbox)."""
+    try:
+        yield
+    except OSError as exc:
+        if is_io_failure(exc) or exc.errno in (errno.EACCES, errno.EPERM) or exc.errno is None:
+            raise
+        where = ""
+        if isinstance(exc.filename, str):
+            rel = os.path.relpath(exc.filename, tree)
+            shown = rel if not rel.startswith("..") else exc.filename
+            where = f" {shown[:200]!r}" + ("..." if len(shown) > 200 else "")
+        raise StagingError(f"cannot write{where}: {exc.strerror}", source=source) from None
 
 
 class PluginLoader:
@@ -245,7 +337,8 @@ class PluginLoader:
     def _copy_file(src: Path, dest: Path, entry: _Entry, source: str) -> None:
         """Copy and hash one file in a single pass; the source must not change meanwhile."""
         try:
-            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a file swapped for a FIFO since the walk must not hang the stager
+            sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise StagingError(
                 f"cannot read {entry.path!r}: {exc.strerror}", source=source
@@ -297,23 +390,67 @@ class PluginLoader:
         return entries
 
     @staticmethod
-    def _hash_tree(root: Path, entries: list[_Entry]) -> None:
+    def _hash_tree(root: Path, entries: list[_Entry], source: str | None = None) -> None:
+        """Hash every file (opened without following links or blocking on a FIFO)."""
+        source = str(root) if source is None else source
         for e in entries:
             if e.kind != "file":
                 continue
-            h = hashlib.sha256()
-            with open(root / e.path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
-            e.sha256 = h.hexdigest()
+            try:
+                e.sha256, size = file_sha256(root / e.path)
+            except InputRefused:
+                raise StagingError(f"{e.path!r} is not a regular file", source=source) from None
+            if size != e.size:
+                raise StagingError(f"{e.path!r} changed while hashing", source=source)
 
     # -- archives --------------------------------------------------------------------------
 
+    def _check_zip_directory(self, f: BinaryIO, source: str) -> None:
+        """Refuse a central directory that is too large or lists too many members, before
+        ``zipfile`` parses it into memory (a million empty members take 600 MB there).
+
+        The end record is found the way ``zipfile`` finds it; its entry count may lie, so
+        the entries themselves are counted (a few bytes read for each).
+        """
+        end = getattr(zipfile, "_EndRecData")(f)  # noqa: B009 - private, same as ZipFile's
+        if end is None:
+            return  # not a zip: ZipFile says so
+        size_cd = end[_ECD_SIZE]
+        start = end[_ECD_LOCATION] - size_cd  # where ZipFile looks for it
+        if end[_ECD_SIGNATURE] == _ZIP64_END:
+            start -= _ZIP64_END_SIZES
+        if end[_ECD_ENTRIES_TOTAL] > self.max_files:
+            raise StagingError(f"more than {self.max_files} files", source=source)
+        if size_cd > MAX_ZIP_DIRECTORY:
+            raise StagingError(
+                f"a {size_cd}-byte central directory (at most {MAX_ZIP_DIRECTORY})",
+                source=source,
+            )
+        if start < 0:
+            return  # ZipFile refuses it
+        f.seek(start)
+        directory = f.read(size_cd)
+        pos = count = 0
+        while pos + _ZIP_DIR_ENTRY.size <= len(directory):
+            sig, _, name, extra, comment, _ = _ZIP_DIR_ENTRY.unpack_from(directory, pos)
+            if sig != _ZIP_DIR_SIGNATURE:
+                break  # ZipFile refuses it
+            count += 1
+            if count > self.max_files:
+                raise StagingError(f"more than {self.max_files} files", source=source)
+            pos += _ZIP_DIR_ENTRY.size + name + extra + comment
+        f.seek(0)
+
     def _extract_zip(self, src: Path, dest: Path, source: str) -> None:
-        try:
-            zf = zipfile.ZipFile(src)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise StagingError(f"not a readable zip archive: {exc}", source=source) from None
+        with _open_archive(src, source) as f:
+            self._check_zip_directory(f, source)
+            try:
+                zf = zipfile.ZipFile(f)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+                raise StagingError(f"not a readable zip archive: {exc}", source=source) from None
+            self._extract_zip_members(zf, dest, source)
+
+    def _extract_zip_members(self, zf: zipfile.ZipFile, dest: Path, source: str) -> None:
         with zf:
             infos = zf.infolist()
             if len(infos) > self.max_files:
@@ -396,14 +533,20 @@ class PluginLoader:
         A disk-full or I/O error while writing is an OSError naming the file (exit 1, the
         inbox retries); anything wrong with the archive is a StagingError with its place.
         """
-        try:
-            tf = tarfile.open(src, "r:*", tarinfo=_CappedTarInfo)  # noqa: SIM115 - with below
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
-            raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
-        except OSError as exc:
-            if is_io_failure(exc) or exc.errno is not None:
-                raise
-            raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
+        with _open_archive(src, source) as f:
+            try:
+                mode = _tar_mode(f.read(6))
+                f.seek(0)
+                tf = tarfile.open(fileobj=f, mode=mode, tarinfo=_CappedTarInfo)  # noqa: SIM115
+            except (tarfile.TarError, EOFError, zlib.error, RecursionError) as exc:
+                raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
+            except OSError as exc:
+                if exc.errno is not None:
+                    raise
+                raise StagingError(f"not a readable tar archive: {exc}", source=source) from None
+            self._extract_tar_members(tf, dest, source)
+
+    def _extract_tar_members(self, tf: tarfile.TarFile, dest: Path, source: str) -> None:
         with tf:
             tf.errorlevel = 2
             members: list[tarfile.TarInfo] = []
@@ -426,8 +569,8 @@ class PluginLoader:
             except (tarfile.TarError, EOFError, zlib.error, RecursionError) as exc:
                 raise StagingError(f"cannot extract: {exc}", source=source) from None
             except OSError as exc:
-                if is_io_failure(exc):
-                    raise named_oserror(exc, "write", dest) from None
+                if exc.errno is not None:
+                    raise  # a name the file system refuses: _refused_by_the_fs says which
                 raise StagingError(f"cannot extract: {exc}", source=source) from None
 
     @staticmethod
@@ -603,6 +746,9 @@ class PluginLoader:
     def _keep_reserve(self) -> None:
         """Keep ``space.reserve`` (space for one registry write) and ``space.reserve.i`` (an
         inode) allocated, so that ``remove`` can free space on a full disk. Best effort."""
+        with contextlib.suppress(OSError):  # so that a first `policy` needs no new inode
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(self.plugins_dir / "permissions.lock", flags, 0o644))
         path = self.plugins_dir / RESERVE
         want = self._reserve_size()
         try:
@@ -665,17 +811,18 @@ class PluginLoader:
             raise StagingError("expected a directory, a .zip or a .tar.gz", source=source)
         with self._staging_area() as tmp:
             tree = tmp / "tree"
-            if kind == "dir":
-                entries = self._copy_tree(src, tree, source)
-                root, manifest_path = self._find_root(tree, source)
-            else:
-                if kind == "zip":
-                    self._extract_zip(src, tree, source)
+            with _refused_by_the_fs(tree, source):
+                if kind == "dir":
+                    entries = self._copy_tree(src, tree, source)
+                    root, manifest_path = self._find_root(tree, source)
                 else:
-                    self._extract_tar(src, tree, source)
-                root, manifest_path = self._find_root(tree, source)
-                entries = self._walk(root, source)
-                self._hash_tree(root, entries)
+                    if kind == "zip":
+                        self._extract_zip(src, tree, source)
+                    else:
+                        self._extract_tar(src, tree, source)
+                    root, manifest_path = self._find_root(tree, source)
+                    entries = self._walk(root, source)
+                    self._hash_tree(root, entries, source)
             if kind == "dir" and root != tree:
                 prefix = root.name + "/"
                 entries = [e for e in entries if e.path.startswith(prefix)]
@@ -770,8 +917,15 @@ class PluginLoader:
                     id_dir.rmdir()  # only if empty: nothing of this plugin was there before
             raise
         if old is not None and old != target and os.path.lexists(old):
-            os.rename(old, tmp / "replaced")  # no longer registered: out of packages/
-            fsync_dir(id_dir)
+            # No longer registered: out of packages/. The change is made (registered and
+            # audited): a failure here is a leftover the next staging sweeps, not a failure.
+            try:
+                os.rename(old, tmp / "replaced")
+                fsync_dir(id_dir)
+            except OSError as exc:
+                log.warning(
+                    "%s: staged; the replaced copy %s is left for later: %s", plugin_id, old, exc
+                )
         log.info("staged %s %s (%s) in %s", plugin_id, version, digest, target)
         return {**self._result(manifest, target, files, digest), **status}
 
@@ -854,18 +1008,23 @@ class PluginLoader:
             rel = None if whole else str(record["versions"][version]["path"])
             source = id_dir if rel is None else self.plugins_dir / rel
             tomb = self.staging_dir / self._tomb_name(plugin_id, rel)
-            if os.path.lexists(source):
-                os.rename(source, tomb)
-                fsync_dir(source.parent)
             try:
+                if os.path.lexists(source):
+                    os.rename(source, tomb)
+                    fsync_dir(source.parent)
                 self.registry.unregister(plugin_id, version)
             except BaseException:
                 if os.path.lexists(tomb):
                     self._settle_tomb(tomb.name)  # still registered: put back
                 raise
+            # Unregistered (audited): what follows only tidies up, and never fails the removal.
             shutil.rmtree(tomb, ignore_errors=True)
-            if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
-                id_dir.rmdir()
+            with contextlib.suppress(OSError):
+                if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
+                    id_dir.rmdir()
+            # Space was just freed: re-make the reserve (best effort), so that the next
+            # removal works too when the disk fills again.
+            self._keep_reserve()
         return True
 
     def verify(self, plugin_id: str, version: str | None = None) -> list[str]:
@@ -882,7 +1041,7 @@ class PluginLoader:
             return [f"{plugin_id} {version}: {root} is missing"]
         try:
             entries = self._walk(root, str(root))
-            self._hash_tree(root, entries)
+            self._hash_tree(root, entries, str(root))
         except (StagingError, OSError) as exc:
             return [f"{plugin_id} {version}: {exc}"]
         digest = tree_digest(entries)

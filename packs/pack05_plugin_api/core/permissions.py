@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,14 @@ from .audit import audit_entry
 from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
 from .errors import CapabilityError, RegistryError
 from .storage import InputRefused, locked, read_bytes, refusal_reason
-from .txn import TxnError, audited_replace, recover
+from .txn import (
+    TxnError,
+    audited_replace,
+    audited_replace_after,
+    marker_path,
+    recover,
+    remove_leftover_temps,
+)
 
 __all__ = [
     "CAPABILITIES",
@@ -134,53 +141,88 @@ def update_policy(
     path.parent.mkdir(parents=True, exist_ok=True)
     registry = PluginRegistry(path.parent, actor=actor)
     audit = path.with_name("audit.log")
-    with locked(path.with_name("permissions.lock")):
-        try:
-            recover(path, audit, actor=actor, max_bytes=MAX_POLICY_BYTES)
-        except TxnError as exc:
-            raise RegistryError(str(exc)) from None
+    with _policy_lock(path):
+        _recover_locked(path, registry, actor)
         old = load_policy(path.parent)
         allowed = (old.allowed - block_set - clear_set) | allow_set
         blocked = (old.blocked - allow_set - clear_set) | block_set
         new = Policy(allowed=frozenset(allowed), blocked=frozenset(blocked))
-        if block_set:
+        data = (json.dumps(new.to_json(), indent=2) + "\n").encode("utf-8")
+        entry = audit_entry(
+            actor, "policy", None, None, allowed=sorted(new.allowed), blocked=sorted(new.blocked)
+        )
+        changes = new != old or not path.exists()
+        if block_set and changes:
+            # A registry that cannot be read (or an interrupted change of it that cannot be
+            # settled) refuses here, before anything is written, audit.log included.
+            registry.recover()
+            registry.list()
             # Blocked means never granted: withdraw from the registry (what pack04 reads)
-            # before the policy says so. An unreadable registry stops here, with nothing
-            # changed; a crash in between leaves less granted, never more.
-            registry.enforce_blocked(new.blocked)
-        if new != old or not path.exists():
-            data = json.dumps(new.to_json(), indent=2) + "\n"
-            entry = audit_entry(
-                actor,
-                "policy",
-                None,
-                None,
-                allowed=sorted(new.allowed),
-                blocked=sorted(new.blocked),
-            )
-            audited_replace(
+            # before the policy says so, as one change that rolls forward once decided
+            # (core/txn.py): killed at any point, the next command finishes it.
+            audited_replace_after(
                 path,
-                data.encode("utf-8"),
+                data,
                 [entry],
+                first=_withdraw(registry),
+                redo={"blocked": sorted(new.blocked)},
                 audit=audit,
                 actor=actor,
                 max_bytes=MAX_POLICY_BYTES,
             )
+        elif block_set:  # already blocked in the file (edited by hand): withdraw now
+            registry.enforce_blocked(new.blocked)
+        elif changes:
+            limit = MAX_POLICY_BYTES
+            audited_replace(path, data, [entry], audit=audit, actor=actor, max_bytes=limit)
         if block_set:
             registry.enforce_blocked(new.blocked)  # granted from `allowed` meanwhile
     return new
 
 
+def _withdraw(registry: Any) -> Callable[[Any], None]:
+    """The other change of a ``policy --block``: withdraw the blocked capabilities from
+    every plugin (idempotent), as recorded in the change's marker (``{"blocked": [...]}``)."""
+
+    def withdraw(redo: Any) -> None:
+        blocked = redo.get("blocked") if isinstance(redo, dict) else None
+        if not isinstance(blocked, list):
+            raise TxnError(f"expected {{'blocked': [...]}} to finish, found {redo!r}")
+        registry.enforce_blocked(check_capabilities(blocked, place="blocked"))
+
+    return withdraw
+
+
+def _policy_lock(path: Path) -> Any:
+    """``permissions.lock``, created beside the policy when it is first needed."""
+    return locked(path.with_name("permissions.lock"))
+
+
+def _recover_locked(path: Path, registry: Any, actor: str | None) -> None:
+    """Settle an interrupted policy change (finish a decided block); remove dead temp files."""
+    try:
+        recover(
+            path,
+            path.with_name("audit.log"),
+            actor=actor,
+            max_bytes=MAX_POLICY_BYTES,
+            redo=_withdraw(registry),
+        )
+    except (TxnError, CapabilityError) as exc:
+        raise RegistryError(str(exc)) from None
+    for target in (path, marker_path(path)):
+        remove_leftover_temps(target)
+
+
 def recover_policy(plugins_dir: Path | None = None, *, actor: str | None = None) -> None:
     """Record the outcome of a policy change that was interrupted (``core/txn.py``)."""
+    from .registry import PluginRegistry  # the registry reads the policy: import late
+
     path = _policy_path(plugins_dir)
     if not os.path.lexists(path.with_name(POLICY_FILE + ".txn")):
         return
-    with locked(path.with_name("permissions.lock")):
-        try:
-            recover(path, path.with_name("audit.log"), actor=actor, max_bytes=MAX_POLICY_BYTES)
-        except TxnError as exc:
-            raise RegistryError(str(exc)) from None
+    with _policy_lock(path):
+        _recover_locked(path, PluginRegistry(path.parent, actor=actor), actor)
 
 
 def request_permissions(

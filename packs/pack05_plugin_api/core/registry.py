@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlu
 from .frozen import FrozenDict, freeze, loads_frozen, thaw
 from .permissions import check_capabilities, load_policy
 from .storage import InputRefused, locked, read_bytes, refusal_reason
-from .txn import TxnError, audited_replace, recover
+from .txn import TxnError, audited_replace, marker_path, recover, remove_leftover_temps
 
 __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 
@@ -451,6 +452,13 @@ class PluginRegistry:
             recover(self.path, self.audit_path, actor=self.actor, max_bytes=MAX_REGISTRY_BYTES)
         except TxnError as exc:
             raise RegistryError(str(exc)) from None
+        # What killed writers left: temp files of the registry, its marker and its backup
+        # link (we hold the lock: no writer is alive).
+        for target in (self.path, marker_path(self.path)):
+            remove_leftover_temps(target)
+        for leftover in self.plugins_dir.glob(f".{self.backup_path.name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def recover(self) -> None:
         """Record the outcome of a change interrupted between its audit records and its end.

@@ -59,8 +59,11 @@ def refusal_reason(exc: InputRefused, path: StrPath) -> str:
 
 
 def fsync_dir(path: StrPath) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    _fsync_dir(Path(path))
+    """Make a rename or a new entry in ``path`` durable; an error names the directory."""
+    try:
+        _fsync_dir(Path(path))
+    except OSError as exc:
+        raise named_oserror(exc, "sync the directory", path) from None
 
 
 def atomic_write(path: StrPath, data: bytes, *, backup: StrPath | None = None) -> os.stat_result:
