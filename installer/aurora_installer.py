@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -240,19 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output ------------------------------------------------------------------
 
 
-def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
-    """Write one message; a reader that went away (`| head`) stops nothing.
+def _emit(text: str, stream: TextIO, end: str = "\n") -> OSError | None:
+    """Write one message; a stream that cannot take it stops nothing.
 
-    The operation goes on (its scripts' output is in logs/) and its exit code
-    stays the truth; later writes to that stream go to /dev/null.
+    A reader that went away (`| head`), a full disk (`>/dev/full`) or a closed
+    stream: the operation goes on (its scripts' output is in logs/), later
+    writes to that stream go to /dev/null, and the error is returned for the
+    caller to judge (see _Output.lost).
     """
     try:
         print(text, file=stream, end=end, flush=True)
-    except BrokenPipeError:
+    except (OSError, ValueError) as exc:
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+        return exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc))
+    return None
+
+
+# Commands whose product is what they print (a lost output is their failure);
+# every other command changes state, and its exit status stays its own.
+REPORTS = frozenset({"list", "validate", "verify", "status", "health"})
 
 
 class _Output:
@@ -260,12 +270,38 @@ class _Output:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        self.command: str | None = None  # once the arguments are parsed
+        # Why stdout could not be written (a reader that went away does not count).
+        self.lost: OSError | None = None
+
+    def emit(self, text: str, stream: TextIO, end: str = "\n") -> None:
+        error = _emit(text, stream, end)
+        if error is not None and stream is sys.stdout and not isinstance(error, BrokenPipeError):
+            self.lost = self.lost or error
 
     def text(self, line: str = "") -> None:
-        _emit(line, sys.stderr if self.as_json else sys.stdout)
+        self.emit(line, sys.stderr if self.as_json else sys.stdout)
 
     def script_line(self, line: str) -> None:
         self.text(f"  | {line}")
+
+    def settle(self, code: int) -> int:
+        """The exit status once the output is written: a report whose output was lost
+        failed; a command that changed state keeps its own status (the change stands)."""
+        if self.lost is None:
+            return code
+        why, command = self.lost.strerror or str(self.lost), self.command
+        if command in REPORTS and code == ExitCode.OK:
+            _emit(f"error: could not write the {command} output to stdout: {why}", sys.stderr)
+            return int(ExitCode.FAILED)
+        what = command or "command"
+        verdict = (
+            f"the {what} took effect; only its output was lost"
+            if code == ExitCode.OK
+            else f"the exit status ({code}) is the {what}'s own"
+        )
+        _emit(f"aurora: warning: could not write to stdout: {why}; {verdict}", sys.stderr)
+        return code
 
 
 def _human_size(size: int) -> str:
@@ -563,7 +599,7 @@ def _report_error(
     recovered: Sequence[str] = (),
     result: Any = None,
 ) -> None:
-    _emit(f"error: {error}", sys.stderr)
+    out.emit(f"error: {error}", sys.stderr)
     if out.as_json:
         document: dict[str, Any] = {
             "ok": False,
@@ -578,13 +614,18 @@ def _report_error(
         }
         if result is not None:
             document["result"] = result
-        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
+        out.emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one installer command; returns the exit code (see ExitCode)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     out = _Output("--json" in arguments)
+    return out.settle(_run(arguments, out))
+
+
+def _run(arguments: list[str], out: _Output) -> int:
+    """main() up to the exit status of the command itself."""
     try:
         args = build_parser().parse_args(arguments)
     except UsageError as exc:
@@ -593,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    out = _Output(args.json)
+    out.as_json, out.command = args.json, args.command
     handler = _setup_logging(args.verbose)
     try:
         inst = _installer(args, out)
@@ -635,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "result": result,
             "recovered": inst.recovered,
         }
-        _emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
+        out.emit(json.dumps(document, indent=2, sort_keys=True), sys.stdout)
     else:
         _show(out, args.command, result, inst.packs_dir)
     return ExitCode.OK
