@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from aurora.errors import StateError
 from aurora.fsutil import atomic_write_bytes, atomic_write_json
 from aurora.manifest import load_schema
 from aurora.timeutil import now_iso
+
+log = logging.getLogger(__name__)
 
 STATE_SCHEMA = "aurora-state-v1"
 STATE_LIMIT = 16 << 20
@@ -53,8 +57,8 @@ class State:
                     "treated as empty and nothing is removed",
                     [
                         *copies,
-                        f"restore {path.name} (the copy before the last change is "
-                        f"{path.name}.bak: cp {path}.bak {path}), or move those "
+                        f"restore {path.name} (the state the last finished command "
+                        f"left is {path.name}.bak: cp {path}.bak {path}), or move those "
                         "directories aside to start afresh",
                     ],
                 ) from None
@@ -70,6 +74,7 @@ class State:
             f"{'/'.join(str(p) for p in e.absolute_path) or '(document)'}: {e.message}"
             for e in validator.iter_errors(document)
         ]
+        problems = problems or consistency_problems(document["packs"])
         if problems:
             raise StateError(f"{path}: does not match {STATE_SCHEMA}", problems)
         return cls(path, document)
@@ -114,14 +119,52 @@ class State:
         }
 
     def save(self) -> None:
-        """Replace state.json atomically, keeping the previous one as state.json.bak."""
-        try:
-            previous = self.path.read_bytes()
-        except FileNotFoundError:
-            previous = None
-        if previous is not None:
-            atomic_write_bytes(self.path.with_name(self.path.name + ".bak"), previous)
+        """Replace state.json atomically; a state with no operation in progress is also
+        kept as state.json.bak (see ``keep_backup``)."""
         atomic_write_json(self.path, self.document)
+        if not any(record.get("pending") for record in self.packs.values()):
+            keep_backup(self.path)
+
+
+def backup_path(path: Path) -> Path:
+    """state.json.bak: the last state.json with no operation in progress."""
+    return path.with_name(path.name + ".bak")
+
+
+def keep_backup(path: Path) -> None:
+    """Copy a settled state.json to state.json.bak, after it was written: restoring the
+    copy gives back the state as the last finished command left it (a copy taken while
+    an operation was pending would send recovery to remove that operation's work).
+
+    Never fails the command whose change is already in state.json: a copy that cannot
+    be written (a full disk) is removed instead, so a stale one is never restored.
+    """
+    backup = backup_path(path)
+    try:
+        atomic_write_bytes(backup, path.read_bytes())
+    except OSError as exc:
+        log.warning("%s not kept: %s; removed it", backup, exc.strerror or exc)
+        with suppress(OSError):
+            backup.unlink(missing_ok=True)
+
+
+def consistency_problems(packs: dict[str, PackState]) -> list[str]:
+    """What the schema cannot say: a pack has an active version exactly when it has an
+    installed record, and that record's version is the active one (install writes both,
+    uninstall clears both). Every reader may then rely on either."""
+    problems = []
+    for pack_id, record in sorted(packs.items()):
+        active, installed = record.get("active_version"), record.get("installed")
+        if active is not None and installed is None:
+            problems.append(f"packs/{pack_id}: active_version {active} without an installed record")
+        elif active is None and installed is not None:
+            problems.append(f"packs/{pack_id}/installed: recorded, but active_version is null")
+        elif installed is not None and installed["version"] != active:
+            problems.append(
+                f"packs/{pack_id}/installed/version: {installed['version']} is not "
+                f"active_version {active}"
+            )
+    return problems
 
 
 def copies_without_state(home: Path) -> list[str]:
