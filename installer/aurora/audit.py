@@ -56,7 +56,7 @@ class AuditLog:
             raise AuditUnavailable(
                 f"{op} refused before changing anything: cannot record it in {self.path}: "
                 f"{exc.strerror or exc}"
-            ) from None
+            ) from exc
         self.current_intent = intent_id
         self.outcomes = 0
         return intent_id

@@ -45,6 +45,10 @@ class Home:
     root: Path
 
     @property
+    def reserve(self) -> Path:
+        return self.root / ".reserve"
+
+    @property
     def lock(self) -> Path:
         return self.root / "installer.lock"
 

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aurora import staging
+from aurora_common import digest as shared_digest
+from aurora_common.errors import InputRefused
+
+from aurora import reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
@@ -126,9 +129,10 @@ class Installer:
             state = self._state()
             self.recovered = self.recovery.recover(state)
             if op is not None:  # None: a command that records its own intent if it changes
-                self.audit.intent(op, pack_id)
+                self._intent(op, pack_id)
             try:
                 yield state
+                reserve.ensure(self.home.reserve)
             except BaseException as exc:
                 if self.audit.current_intent is not None and self.audit.outcomes == 0:
                     name = op or "change"
@@ -136,6 +140,16 @@ class Installer:
                 raise
             finally:
                 self.audit.done()
+
+    def _intent(self, op: str, pack_id: str) -> None:
+        """Record the intent of ``op``; an uninstall on a full disk frees the reserve once."""
+        try:
+            self.audit.intent(op, pack_id)
+        except AuditUnavailable as exc:
+            if op != "uninstall" or not reserve.release(self.home.reserve):
+                raise
+            log.warning("disk full (%s): freed the installer's reserve to uninstall", exc)
+            self.audit.intent(op, pack_id)
 
     def _not_installed(self, pack_id: str) -> NotFoundError:
         if has_pack(self.packs_dir, pack_id):
@@ -245,6 +259,10 @@ class Installer:
         if record is None or version is None:
             raise self._not_installed(pack_id)
         expected = record["installed"]["digest"]
+        try:
+            shared_digest.check_format(expected, f"{self.home.state}: packs/{pack_id}")
+        except InputRefused as exc:
+            raise OperationFailed(f"{pack_id} {version}: {exc}") from None
         root = self.home.installed(pack_id, version)
         recorded = staging.read_tree_record(self.home, pack_id, expected)
         if not root.is_dir():
@@ -281,7 +299,26 @@ class Installer:
     def _status_of(self, pack_id: str, record: PackState) -> dict[str, Any]:
         installed = record.get("installed") or {}
         running = self.lifecycle.running(pack_id, record)
-        health = self.lifecycle.health_record(pack_id).read()
+        health_file = self.lifecycle.health_record(pack_id)
+        health: dict[str, Any] | None = health_file.read()
+        problem = health_file.problem()
+        if problem is not None:
+            health = {"status": "invalid", "problem": problem}
+        runtime_state = (record.get("runtime") or {}).get("state")
+        died = runtime_state not in (None, "stopped") and not running["running"]
+        if (
+            health is not None
+            and not running["running"]
+            and health.get("status")
+            in (
+                "starting",
+                "healthy",
+            )
+        ):
+            # Never "healthy" for a pack that is not running: its process is gone.
+            health = {**health, "status": "not running", "recorded_status": health["status"]}
+        if died:
+            running = {**running, "died": True, "recorded_state": runtime_state}
         if record.get("active_version"):
             word = "running" if running["running"] else "installed"
         elif record.get("staged"):
@@ -624,7 +661,12 @@ class Installer:
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
-            begin(state, pack_id, "uninstall", version, purge=purge)
+            try:
+                begin(state, pack_id, "uninstall", version, purge=purge)
+            except OSError as exc:  # a full disk: uninstall is how space comes back
+                if not (reserve.is_disk_full(exc) and reserve.release(self.home.reserve)):
+                    raise
+                begin(state, pack_id, "uninstall", version, purge=purge)
             crash_point("uninstall:committed")
             removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
             crash_point("uninstall:removed")

@@ -96,6 +96,12 @@ class Lifecycle:
         """Run start.sh, then poll health_check.sh until healthy or the manifest's bound."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
+        before = (record.get("runtime") or {}).get("state")
+        died = before not in (None, "stopped") and not self.running(pack_id, record)["running"]
+        if died:  # recorded as running, but its process is gone (pidfile no longer matches)
+            log.warning(
+                "%s: recorded %s, but its process is gone: starting it again", pack_id, before
+            )
         self.home.run(pack_id).mkdir(parents=True, exist_ok=True)
         health = self.health_record(pack_id)
         health.reset("starting")
@@ -144,7 +150,13 @@ class Lifecycle:
         )
         if not ok:
             raise OperationFailed(f"{pack_id}: start failed: {message}")
-        return {"pack": pack_id, "version": version, "health": final, "script": script.as_dict()}
+        return {
+            "pack": pack_id,
+            "version": version,
+            "health": final,
+            "script": script.as_dict(),
+            "previous_run_died": died,
+        }
 
     def stop(self, state: State, manifest: Manifest) -> dict[str, Any]:
         """Run stop.sh with its timeout and record the result."""

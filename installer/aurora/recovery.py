@@ -16,6 +16,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from aurora import orphans
 from aurora.audit import AuditLog
 from aurora.fsutil import fsync_dir, remove_tree
 from aurora.home import Home
@@ -99,6 +100,8 @@ class Recovery:
         """Whether a crash left something behind (cheap: no hashing)."""
         if any(record.get("pending") for record in state.packs.values()):
             return True
+        if orphans.markers(self.home.root):
+            return True
         for kind in ("staging", "packs"):
             for child in self.home.root.glob(f"{kind}/*/*"):
                 record = state.get(child.parent.name) or {}
@@ -120,6 +123,8 @@ class Recovery:
         notes: list[str] = []
         if self.has_leftovers(state):
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
+        # First what scripts of a killed installer still run, so nothing writes meanwhile.
+        notes += orphans.kill_left_behind(self.home.root)
         ids = set(state.packs)  # keys validated by the schema: pack ids, never paths
         for parent in (self.home.root / "staging", self.home.root / "packs"):
             if parent.is_symlink():

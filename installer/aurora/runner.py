@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aurora import orphans
 from aurora.errors import ScriptError
 from aurora.home import Home
 from aurora.manifest import Manifest
@@ -127,6 +128,7 @@ def run_entrypoint(
         log_path=home.logs(manifest.id) / f"{script.stem}.log",
         on_output=on_output,
         kill_group_on_exit=kill_group_on_exit,
+        marker=home.logs(manifest.id) / f".{script.stem}.running.json",
     )
 
 
@@ -197,8 +199,12 @@ def run_script(
     log_path: Path,
     on_output: OutputSink | None = None,
     kill_group_on_exit: bool = False,
+    marker: Path | None = None,
 ) -> ScriptResult:
     """Run ``argv`` in its own session, streaming output to the log and ``on_output``.
+
+    The script dies with the installer (PR_SET_PDEATHSIG); ``marker`` names its
+    process group while it runs, for the next run to kill what it left (orphans.py).
 
     A script still running after ``timeout`` seconds is killed with its whole
     process group. ``kill_group_on_exit`` also kills what the script left
@@ -233,7 +239,10 @@ def run_script(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=orphans.die_with_parent,
         )
+        if marker is not None:
+            orphans.mark(marker, proc.pid, argv)
         assert proc.stdout is not None
         try:
             timed_out = _pump(proc, feed, started + timeout)
@@ -250,6 +259,8 @@ def run_script(
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         returncode = proc.wait()
+        if marker is not None:
+            orphans.unmark(marker)
         duration = time.monotonic() - started
         result = ScriptResult(
             argv=list(argv),

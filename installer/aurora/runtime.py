@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aurora_common import bounded, identity
+from aurora_common import bounded, identity, structured
 from aurora_common.errors import InputRefused
 
+from aurora.errors import StateError
 from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.runner import ScriptResult
 
@@ -137,15 +138,28 @@ class HealthRecord:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self) -> dict[str, Any] | None:
-        text = _read_small_file(self.path)
-        try:
-            doc = json.loads(text) if text is not None else None
-        except ValueError:  # half a file cannot happen (atomic writes); garbage can
+    def problem(self) -> str | None:
+        """Why the file on disk is not a health record (None: valid or missing)."""
+        if not (self.path.is_symlink() or self.path.exists()):
             return None
-        return doc if isinstance(doc, dict) else None
+        try:
+            doc = structured.read_json(self.path, 1 << 16, max_depth=8)
+        except (OSError, InputRefused) as exc:
+            return str(exc)
+        return health_problem(doc, str(self.path))
+
+    def read(self) -> dict[str, Any] | None:
+        """The record, or None when missing or not a valid record (see ``problem``)."""
+        try:
+            doc = structured.read_json(self.path, 1 << 16, max_depth=8)
+        except (OSError, InputRefused):
+            return None
+        return doc if health_problem(doc, str(self.path)) is None else None
 
     def reset(self, status: str = "starting") -> dict[str, Any]:
+        problem = self.problem()
+        if problem is not None:
+            raise StateError(f"{self.path}: not a health record; not overwritten", [problem])
         doc: dict[str, Any] = {
             "status": status,
             "failing_streak": 0,
@@ -170,7 +184,14 @@ class HealthRecord:
     def update(
         self, ok: bool, output: str, exit_code: int | None, *, counted: bool, retries: int
     ) -> dict[str, Any]:
-        """Apply one check's result; returns the new record."""
+        """Apply one check's result; returns the new record.
+
+        Refuses (StateError naming the file) to write over a file that is not a
+        health record: it is evidence, moved aside or removed by the operator.
+        """
+        problem = self.problem()
+        if problem is not None:
+            raise StateError(f"{self.path}: not a health record; not overwritten", [problem])
         doc = self.read() or {"status": "unknown", "failing_streak": 0, "since": time.time()}
         previous = doc.get("status", "unknown")
         if ok:
@@ -190,6 +211,27 @@ class HealthRecord:
         doc["last_check"] = {"at": time.time(), "ok": ok, "exit_code": exit_code, "output": output}
         atomic_write_json(self.path, doc)
         return doc
+
+
+HEALTH_STATES = ("starting", "healthy", "unhealthy", "stopped", "unknown")
+
+
+def health_problem(doc: Any, where: str) -> str | None:
+    """What makes ``doc`` not a health record (status, failing_streak, since, last_check)."""
+    if not isinstance(doc, dict):
+        return f"{where}: expected a JSON object"
+    if doc.get("status") not in HEALTH_STATES:
+        return f"{where}: status: expected one of {', '.join(HEALTH_STATES)}"
+    streak = doc.get("failing_streak", 0)
+    if not isinstance(streak, int) or isinstance(streak, bool) or streak < 0:
+        return f"{where}: failing_streak: expected a non-negative integer, found {streak!r}"
+    since = doc.get("since", 0)
+    if not isinstance(since, int | float) or isinstance(since, bool):
+        return f"{where}: since: expected a number, found {since!r}"
+    last = doc.get("last_check")
+    if last is not None and not isinstance(last, dict):
+        return f"{where}: last_check: expected an object or null"
+    return None
 
 
 def last_output(result: ScriptResult) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,8 @@ def find_packs(packs_dir: Path) -> dict[str, PackSource]:
     if not packs_dir.is_dir():
         return found
     for root in sorted(packs_dir.iterdir()):
-        try:
-            if not (root / MANIFEST_NAME).is_file():
+        try:  # anything named manifest.yaml (a FIFO too) makes a pack, maybe an invalid one
+            if not os.path.lexists(root / MANIFEST_NAME) or not root.is_dir():
                 continue
         except OSError:
             continue
@@ -74,7 +75,7 @@ def has_pack(packs_dir: Path, pack_id: str) -> bool:
     """Whether ``packs_dir`` has a pack directory ``pack_id`` (valid or not)."""
     if not is_pack_id(pack_id):
         return False
-    return (packs_dir / pack_id / MANIFEST_NAME).is_file()
+    return os.path.lexists(packs_dir / pack_id / MANIFEST_NAME)
 
 
 def unknown_pack(packs_dir: Path, pack_id: str) -> NotFoundError:

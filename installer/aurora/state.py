@@ -57,8 +57,8 @@ class State:
                     "treated as empty and nothing is removed",
                     [
                         *copies,
-                        f"restore {path.name} (the state the last finished command "
-                        f"left is {path.name}.bak: cp {path}.bak {path}), or move those "
+                        f"restore {path.name} (a copy of the last saved state is "
+                        f"{path.name}.bak: cp {path}.bak {path}), or move those "
                         "directories aside to start afresh",
                     ],
                 ) from None
@@ -74,7 +74,8 @@ class State:
             f"{'/'.join(str(p) for p in e.absolute_path) or '(document)'}: {e.message}"
             for e in validator.iter_errors(document)
         ]
-        problems = problems or consistency_problems(document["packs"])
+        if not problems:
+            problems = _consistency_problems(document)
         if problems:
             raise StateError(f"{path}: does not match {STATE_SCHEMA}", problems)
         return cls(path, document)
@@ -119,27 +120,20 @@ class State:
         }
 
     def save(self) -> None:
-        """Replace state.json atomically; a state with no operation in progress is also
-        kept as state.json.bak (see ``keep_backup``)."""
+        """Replace state.json atomically, then its mirror state.json.bak."""
         atomic_write_json(self.path, self.document)
-        if not any(record.get("pending") for record in self.packs.values()):
-            keep_backup(self.path)
-
-
-def backup_path(path: Path) -> Path:
-    """state.json.bak: the last state.json with no operation in progress."""
-    return path.with_name(path.name + ".bak")
+        keep_backup(self.path)
 
 
 def keep_backup(path: Path) -> None:
-    """Copy a settled state.json to state.json.bak, after it was written: restoring the
-    copy gives back the state as the last finished command left it (a copy taken while
-    an operation was pending would send recovery to remove that operation's work).
+    """Mirror the state.json just saved as state.json.bak (restore it if state.json is
+    lost: it is exactly what recovery would have found).
 
-    Never fails the command whose change is already in state.json: a copy that cannot
-    be written (a full disk) is removed instead, so a stale one is never restored.
+    Never fails the command whose change is already in state.json: a copy that
+    cannot be written (a full disk) is removed instead, so a stale one (which could
+    send recovery to remove a copy the real state names) is never restored.
     """
-    backup = backup_path(path)
+    backup = path.with_name(path.name + ".bak")
     try:
         atomic_write_bytes(backup, path.read_bytes())
     except OSError as exc:
@@ -148,22 +142,18 @@ def keep_backup(path: Path) -> None:
             backup.unlink(missing_ok=True)
 
 
-def consistency_problems(packs: dict[str, PackState]) -> list[str]:
-    """What the schema cannot say: a pack has an active version exactly when it has an
-    installed record, and that record's version is the active one (install writes both,
-    uninstall clears both). Every reader may then rely on either."""
-    problems = []
-    for pack_id, record in sorted(packs.items()):
-        active, installed = record.get("active_version"), record.get("installed")
-        if active is not None and installed is None:
-            problems.append(f"packs/{pack_id}: active_version {active} without an installed record")
-        elif active is None and installed is not None:
-            problems.append(f"packs/{pack_id}/installed: recorded, but active_version is null")
-        elif installed is not None and installed["version"] != active:
+def _consistency_problems(document: dict[str, Any]) -> list[str]:
+    """What the schema cannot say: an active version has its installed record."""
+    problems: list[str] = []
+    for pack_id, record in document["packs"].items():
+        active = record.get("active_version")
+        installed = record.get("installed")
+        if active is not None and (installed is None or installed.get("version") != active):
             problems.append(
-                f"packs/{pack_id}/installed/version: {installed['version']} is not "
-                f"active_version {active}"
+                f"packs/{pack_id}: active_version {active!r} without a matching installed record"
             )
+        if active is None and installed is not None:
+            problems.append(f"packs/{pack_id}: an installed record but no active_version")
     return problems
 
 
