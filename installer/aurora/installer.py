@@ -32,7 +32,7 @@ from aurora.home import Home
 from aurora.lifecycle import HealthSink, Lifecycle
 from aurora.lock import InstallerLock
 from aurora.manifest import Dependency, Manifest, load_manifest
-from aurora.recovery import Recovery, begin, temp_name, uninstall_leftovers
+from aurora.recovery import Recovery, begin, commit, settle, temp_name, uninstall_leftovers
 from aurora.resolve import Plan, resolve
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import HealthPolicy
@@ -508,7 +508,7 @@ class Installer:
         make it the active version; on failure the previous version stays in force."""
         pack_id, version = staged.id, staged.version
         previous = state.active_version(pack_id)
-        begin(state, pack_id, "install", version)
+        begin(state, pack_id, "install", version, intent=self.audit.current_intent)
         target, aside = self._place(state, staged, digest)
         installed = load_manifest(target)
         script = self._install_script(installed, "--install")
@@ -530,19 +530,19 @@ class Installer:
                 for d in installed.dependencies
             ],
         }
-        record["pending"] = None
         was = f" (was {previous})" if previous else ""
         state.record_result(pack_id, "install", True, version, f"{action} {version}{was}")
-        state.save()
+        outcome = {"version": version, "digest": digest, "previous": previous, "approval": approval}
+        commit(state, pack_id, "install", **outcome)
         crash_point("install:committed")
+        self.audit.record("install", pack_id, **outcome)
+        crash_point("install:recorded")
         if aside is not None:
             remove_tree(aside)
         for child in target.parent.iterdir():
             if child.name != version:
                 remove_tree(child)
-        self.audit.record(
-            "install", pack_id, version=version, digest=digest, previous=previous, approval=approval
-        )
+        settle(state, pack_id)
         return {
             "pack": pack_id,
             "version": version,
@@ -661,16 +661,6 @@ class Installer:
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
-            try:
-                begin(state, pack_id, "uninstall", version, purge=purge)
-            except OSError as exc:  # a full disk: uninstall is how space comes back
-                if not (reserve.is_disk_full(exc) and reserve.release(self.home.reserve)):
-                    raise
-                begin(state, pack_id, "uninstall", version, purge=purge)
-            crash_point("uninstall:committed")
-            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
-            crash_point("uninstall:removed")
-            record["pending"] = None
             state.record_result(
                 pack_id,
                 "uninstall",
@@ -678,10 +668,18 @@ class Installer:
                 version,
                 "uninstalled" + (" (forced past dependents)" if dependents else ""),
             )
-            state.save()
-            self.audit.record(
-                "uninstall", pack_id, version=version, purge=purge, forced_past=dependents
-            )
+            outcome = {"version": version, "purge": purge, "forced_past": dependents}
+            try:
+                self._commit_uninstall(state, pack_id, outcome)
+            except OSError as exc:  # a full disk: uninstall is how space comes back
+                if not (reserve.is_disk_full(exc) and reserve.release(self.home.reserve)):
+                    raise
+                self._commit_uninstall(state, pack_id, outcome)
+            crash_point("uninstall:committed")
+            self.audit.record("uninstall", pack_id, **outcome)
+            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
+            crash_point("uninstall:removed")
+            settle(state, pack_id)
             return {
                 "pack": pack_id,
                 "version": version,
@@ -690,6 +688,20 @@ class Installer:
                 "forced_past": dependents,
                 "stopped": stopped,
             }
+
+    def _commit_uninstall(self, state: State, pack_id: str, outcome: dict[str, Any]) -> None:
+        """Save the uninstalled record as pending and committed, with the outcome it owes."""
+        version = str(outcome["version"])
+        begin(
+            state,
+            pack_id,
+            "uninstall",
+            version,
+            intent=self.audit.current_intent,
+            purge=bool(outcome["purge"]),
+            committed=True,
+            outcome={"event": "uninstall", **outcome},
+        )
 
     # -- lifecycle ------------------------------------------------------------
 
