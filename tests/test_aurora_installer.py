@@ -249,8 +249,9 @@ def test_stage_hash_mismatch_exit_4_nothing_staged(env: Env) -> None:
     result = env.run("stage", "--pack", "alpha")
     assert result.code == ExitCode.REFUSED
     assert "pack.artifacts[0]: lib.py sha256 is" in result.err
-    assert list((env.home / "staging" / "alpha").iterdir()) == []
-    assert env.state()["packs"]["alpha"]["staged"] == {}
+    # Nothing of the failed stage stays: no empty staging/alpha/, no stub record.
+    assert not (env.home / "staging" / "alpha").exists()
+    assert "alpha" not in env.state()["packs"]
 
 
 def test_validate_hash_mismatch_exit_4_writes_nothing(env: Env) -> None:

@@ -458,3 +458,104 @@ def test_a_wrong_shape_health_file_is_reported_and_never_overwritten(env: Env) -
     _check(env, checked)
     assert checked.code == 1 and "alpha.json" in checked.err
     assert health.read_text() == '{"status": "healthy", "failing_streak": "many"}'
+
+
+@pytest.mark.parametrize("command", [("stop",), ("uninstall", "--stop")])
+def test_a_running_pack_with_a_damaged_copy_is_stopped_from_its_pidfiles(
+    env: Env, command: tuple[str, ...]
+) -> None:
+    from aurora_testing import wait_for
+
+    env.make_pack("svc", service=True, approval=False)
+    assert env.run("install", "--pack", "svc").code == 0
+    assert env.run("start", "--pack", "svc", "--interval", "0.2").code == 0
+    pid = int((env.home / "run" / "svc" / "service.pid").read_text().split()[0])
+    (env.home / "packs" / "svc" / "1.0.0" / "manifest.yaml").unlink()  # the copy is damaged
+    result = env.run(*command, "--pack", "svc")
+    _check(env, result)
+    assert result.code == 0, result.err
+    assert wait_for(lambda: _gone(pid), timeout=10), "the pack still runs"
+    assert [e for e in env.audit() if e["event"] == "stop" and e.get("via") == "pidfiles"]
+
+
+@pytest.mark.parametrize(
+    ("command", "point"),
+    [
+        ("start", "start:script-done"),
+        ("start", "start:starting-saved"),
+        ("stop", "stop:script-done"),
+    ],
+)
+def test_a_killed_start_or_stop_is_reported_and_never_left_starting(
+    env: Env, command: str, point: str
+) -> None:
+    env.make_pack("svc", service=True, approval=False)
+    assert env.run("install", "--pack", "svc").code == 0
+    if command == "stop":
+        assert env.run("start", "--pack", "svc", "--interval", "0.2").code == 0
+    killed = env.cli(command, "--pack", "svc", env={**os.environ, CRASH_ENV: point})
+    assert killed.code == -signal.SIGKILL, killed.err
+    result = env.cli("status", "--pack", "svc", "--json", timeout=20)
+    _check(env, result)
+    assert result.code == 0, result.err
+    assert any("interrupted" in n for n in result.json["recovered"]), result.err
+    status = result.json["result"]
+    assert status["pending"] is None
+    assert (env.state()["packs"]["svc"]["runtime"] or {}).get("state") != "starting"
+    assert status["runtime"]["health"] is None or status["runtime"]["health"]["status"] not in (
+        "starting",
+        "healthy" if not status["runtime"]["running"] else "-",
+    )
+    assert env.run("stop", "--pack", "svc").code == 0  # a way out, whatever was left
+
+
+def test_a_failed_stage_leaves_no_empty_directory_and_no_stub_record(env: Env) -> None:
+    env.make_pack("alpha", artifacts=[("a.bin", "0" * 64)], files={"a.bin": "x"})
+    result = env.run("stage", "--pack", "alpha")
+    _check(env, result)
+    assert result.code == 4 and "hash mismatch" in result.err
+    assert not (env.home / "staging" / "alpha").exists()
+    assert "alpha" not in env.state()["packs"]
+
+
+def test_each_missing_manifest_key_is_listed_once(env: Env) -> None:
+    root = env.make_pack("alpha")
+    text = (root / "manifest.yaml").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.startswith(("  name:", "  description:"))]
+    (root / "manifest.yaml").write_text("\n".join(lines) + "\n")
+    result = env.run("validate", "--pack", "alpha")
+    _check(env, result)
+    assert result.code == 2
+    assert result.err.count("pack.name: required") == 1, result.err
+    assert result.err.count("pack.description: required") == 1, result.err
+
+
+# Free space left before the command: each size makes a different write the first to fail
+# (the intent record, the staged copy, its tree record, state.json, the installed copy ...).
+FREE_BYTES = [0, 4096, 16384, 65536, 131072, 262144, 1 << 20]
+
+
+def test_enospc_swept_over_install_leaves_old_or_new_state(small_home: Env) -> None:
+    env = small_home
+    _installed(env)
+    env.make_pack("beta", files={f"f{i}.txt": "y" * 6000 for i in range(40)})
+    _fill(env.home.parent)
+    filler = env.home.parent / "filler"
+    full_size = filler.stat().st_size
+    outcomes = set()
+    for free in FREE_BYTES:
+        os.truncate(filler, max(0, full_size - free))
+        before = _essentials(env)
+        result = env.cli("install", "--pack", "beta", "--approve", timeout=60)
+        _check(env, result, before)
+        assert result.code in (0, 1), (free, result.code, result.err)
+        if result.code == 0:
+            outcomes.add("installed")
+            assert env.run("verify", "--pack", "beta").code == 0
+            assert env.cli("uninstall", "--pack", "beta", timeout=30).code == 0
+        else:
+            outcomes.add("refused")
+            assert str(env.home) in result.err, result.err
+            assert env.active("beta") is None
+        os.truncate(filler, full_size)
+    assert outcomes == {"installed", "refused"}, "the sweep must reach both outcomes"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aurora import runtime
+from aurora.errors import StateError
 from aurora.runner import ScriptResult
 from aurora.runtime import HealthPolicy, HealthRecord, poll_until_healthy, read_pidfiles
 
@@ -94,11 +95,16 @@ def test_failing_check_of_a_stopped_pack_is_unhealthy_at_once(tmp_path: Path) ->
     assert record.update(False, "not running", 1, counted=True, retries=3)["status"] == "unhealthy"
 
 
-def test_garbage_health_file_reads_as_none(tmp_path: Path) -> None:
+def test_garbage_health_file_reads_as_none_and_is_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_bytes(b"\xff{")
     record = HealthRecord(path)
     assert record.read() is None
+    assert record.problem() is not None and "not UTF-8" in record.problem()  # type: ignore[operator]
+    with pytest.raises(StateError, match="not a health record; not overwritten"):
+        record.update(True, "ok", 0, counted=True, retries=3)
+    assert path.read_bytes() == b"\xff{"  # the evidence stays
+    path.unlink()
     assert record.update(True, "ok", 0, counted=True, retries=3)["status"] == "healthy"
 
 

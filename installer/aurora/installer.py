@@ -637,7 +637,7 @@ class Installer:
                     raise PackRunningError(
                         f"{pack_id} is running: stop it first (or uninstall --stop)"
                     )
-                stopped = self.lifecycle.stop(state, self._installed_manifest(state, pack_id))
+                stopped = self._stop(state, pack_id)
             dependents = []
             for other in sorted(state.installed_versions()):
                 if other == pack_id:
@@ -725,4 +725,16 @@ class Installer:
         """Run stop.sh with a timeout and record the result."""
         self._require_installed(pack_id)
         with self._locked("stop", pack_id) as state:
-            return self.lifecycle.stop(state, self._installed_manifest(state, pack_id))
+            return self._stop(state, pack_id)
+
+    def _stop(self, state: State, pack_id: str) -> dict[str, Any]:
+        """stop.sh of the installed copy; from the recorded pidfiles when that copy is
+        damaged (a way out: a pack that cannot be stopped cannot be repaired either)."""
+        try:
+            manifest = self._installed_manifest(state, pack_id)
+        except StateError as exc:
+            log.warning("%s: %s; stopping it from its pidfiles", pack_id, exc.message)
+            return self.lifecycle.stop_by_pidfiles(
+                state, pack_id, state.active_version(pack_id), "installed copy unusable"
+            )
+        return self.lifecycle.stop(state, manifest)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aurora.audit import AuditLog
-from aurora.errors import OperationFailed, ScriptError
+from aurora.errors import OperationFailed, ScriptError, StateError
+from aurora.fsutil import crash_point
 from aurora.home import Home
 from aurora.manifest import Manifest
+from aurora.recovery import begin
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import (
     HealthPolicy,
@@ -105,7 +110,11 @@ class Lifecycle:
         self.home.run(pack_id).mkdir(parents=True, exist_ok=True)
         health = self.health_record(pack_id)
         health.reset("starting")
+        begin(
+            state, pack_id, "start", version, intent=self.audit.current_intent
+        )  # a killed start is found and reported
         script = self._run(manifest, "start", self.script_timeout)
+        crash_point("start:script-done")
         if not script.ok:
             record["runtime"] = {
                 "state": "stopped",
@@ -126,6 +135,7 @@ class Lifecycle:
             "pidfile": bool(read_pidfiles(self.home.run(pack_id))),
         }
         state.save()
+        crash_point("start:starting-saved")
         final = poll_until_healthy(
             lambda timeout: self._check(manifest, timeout),
             health,
@@ -144,6 +154,7 @@ class Lifecycle:
             f"last check: {last or '(no output)'}"
         )
         state.record_result(pack_id, "start", ok, version, message)
+        record["pending"] = None
         state.save()
         self.audit.record(
             "start" if ok else "start-unhealthy", pack_id, version=version, health=final["status"]
@@ -162,7 +173,9 @@ class Lifecycle:
         """Run stop.sh with its timeout and record the result."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
+        begin(state, pack_id, "stop", version, intent=self.audit.current_intent)
         script = self._run(manifest, "stop", self.stop_timeout)
+        crash_point("stop:script-done")
         if not script.ok:
             raise self._script_failed(state, manifest, "stop", script)
         record["runtime"] = {
@@ -172,6 +185,7 @@ class Lifecycle:
             "stopped_at": now_iso(),
         }
         state.record_result(pack_id, "stop", True, version, "stopped")
+        record["pending"] = None
         state.save()
         self.health_record(pack_id).reset("stopped")
         self.audit.record("stop", pack_id, version=version)
@@ -182,6 +196,54 @@ class Lifecycle:
             )
         return {"pack": pack_id, "version": version, "script": script.as_dict()}
 
+    def stop_by_pidfiles(
+        self, state: State, pack_id: str, version: str | None, why: str
+    ) -> dict[str, Any]:
+        """Stop a pack whose installed copy cannot run stop.sh: TERM what its pidfiles
+        name (only processes whose identity still matches), wait, KILL the rest."""
+        run = self.home.run(pack_id)
+        targets = {p.pid for p in read_pidfiles(run) if p.alive}
+
+        def alive() -> set[int]:
+            return {p.pid for p in read_pidfiles(run) if p.alive} & targets
+
+        for pid in sorted(targets):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        killed = sorted(alive())
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        record = state.pack(pack_id)
+        record["runtime"] = {
+            **(record.get("runtime") or {}),
+            "state": "stopped",
+            "version": version,
+            "stopped_at": now_iso(),
+        }
+        message = f"stopped from its pidfiles ({why})"
+        state.record_result(pack_id, "stop", True, version, message)
+        state.save()
+        with contextlib.suppress(StateError):
+            self.health_record(pack_id).reset("stopped")
+        self.audit.record(
+            "stop",
+            pack_id,
+            version=version,
+            via="pidfiles",
+            signalled=sorted(targets),
+            killed=killed,
+        )
+        return {
+            "pack": pack_id,
+            "version": version,
+            "via": "pidfiles",
+            "signalled": sorted(targets),
+        }
+
     def _script_failed(
         self, state: State, manifest: Manifest, op: str, script: ScriptResult
     ) -> ScriptError:
@@ -189,6 +251,7 @@ class Lifecycle:
         the error to raise."""
         message = f"{op} failed: {script.describe()}"
         state.record_result(manifest.id, op, False, manifest.version, message)
+        state.pack(manifest.id)["pending"] = None
         state.save()
         self.audit.record(
             f"{op}-failed", manifest.id, version=manifest.version, reason=script.describe()

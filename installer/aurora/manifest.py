@@ -187,7 +187,7 @@ def _schema_problems(document: Any) -> list[str]:
             problems.append(f"{place}: {error.instance!r} is not valid ({what})")
         else:
             problems.append(f"{place or '(document)'}: {error.message}")
-    return problems
+    return list(dict.fromkeys(problems))  # one "required" error per missing key lists them all
 
 
 def _path_problem(root: Path, rel: str, *, executable: bool) -> str | None:

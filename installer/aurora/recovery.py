@@ -10,6 +10,7 @@ force again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -18,7 +19,7 @@ from typing import Any
 
 from aurora import orphans
 from aurora.audit import AuditLog
-from aurora.fsutil import fsync_dir, remove_tree
+from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.home import Home
 from aurora.sources import is_pack_id
 from aurora.state import PackState, State
@@ -92,6 +93,15 @@ def _own_dir(home: Home, path: Path) -> bool:
 
 
 OWN_DIRS = frozenset({"staging", "packs", "data", "run", "records"})
+
+
+def _health_is(path: Path, states: tuple[str, ...]) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(1 << 16))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("status") in states
 
 
 def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> list[str]:
@@ -187,6 +197,8 @@ class Recovery:
                 keep={active} if active else set(),
                 pending_version=pending.get("version") if pending.get("op") == "install" else None,
             )
+            if pending.get("op") in ("start", "stop"):
+                notes += self._interrupted_lifecycle(pack_id, record, str(pending["op"]))
             if pending:
                 state.record_result(
                     pack_id,
@@ -235,6 +247,17 @@ class Recovery:
             notes.append(f"{pack_id}: recorded its {event} outcome in audit.log")
         state.pack(pack_id)["pending"] = None
         return notes
+
+    def _interrupted_lifecycle(self, pack_id: str, record: PackState, op: str) -> list[str]:
+        """A start or stop was killed: never leave "starting" forever. The pack's health
+        is unknown until the next check (``health`` or ``start``)."""
+        runtime = record.get("runtime") or {}
+        if runtime.get("state") == "starting":
+            record["runtime"] = {**runtime, "state": "unhealthy"}
+        health = self.home.health(pack_id)
+        if _health_is(health, ("starting",)):
+            atomic_write_json(health, {"status": "unknown", "failing_streak": 0, "since": 0})
+        return [f"{pack_id}: the {op} was interrupted; its health is unknown until checked"]
 
     def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:
         """Restore moved-aside copies and remove uncommitted ones in staging/<id> or packs/<id>."""

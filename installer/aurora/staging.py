@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,9 +70,17 @@ def stage(
         crash_point("stage:copied")
         warnings = check_artifacts(manifest, tree.file_sha256, require_hashes=require_hashes)
     except BaseException:
-        remove_tree(tmp)
+        # Nothing of a failed stage stays: no partial copy, no empty staging/<id>/,
+        # no stub record (if this save fails too, the next run's recovery does it).
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
+            if not any(parent.iterdir()):
+                parent.rmdir()
         record["pending"] = None
-        state.save()
+        if not any(record.values()):
+            del state.packs[pack_id]
+        with contextlib.suppress(OSError):
+            state.save()
         raise
     target = parent / version
     previous = record["staged"].get(version)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aurora_common import digest as shared_digest
 from aurora_common.atomic import is_temp_name
-from aurora_common.errors import InputRefused
+from aurora_common.errors import InputRefused, named_oserror
 
 # Runtime directories a pack gets when its scripts are run by hand from the
 # source tree (see docs/contracts.md), and caches: never part of the pack.
@@ -215,25 +215,31 @@ def copy_tree(src: Path, dst: Path) -> tuple[TreeDigest, list[str]]:
     members, problems = walk(src)
     if problems:
         return _finish([], 0, {}), problems
-    dst.mkdir(mode=0o755)
+    try:
+        dst.mkdir(mode=0o755)
+    except OSError as exc:
+        raise named_oserror(exc, "create", dst) from exc
     buf = memoryview(bytearray(_CHUNK))
     entries: list[Entry] = []
     sizes: dict[str, int] = {}
     for rel, st in members:
         kind = _kind(st)
         target = dst / rel
-        if kind == "dir":
-            target.mkdir(mode=0o755)
-            entries.append(Entry(rel, kind))
-        elif kind == "link":
-            link = os.readlink(src / rel)
-            os.symlink(link, target)
-            entries.append(Entry(rel, kind, link))
-        else:
-            value, sizes[rel] = _copy_hashing(
-                src / rel, target, stat.S_IMODE(st.st_mode) & 0o755, buf
-            )
-            entries.append(Entry(rel, kind, value))
+        try:
+            if kind == "dir":
+                target.mkdir(mode=0o755)
+                entries.append(Entry(rel, kind))
+            elif kind == "link":
+                link = os.readlink(src / rel)
+                os.symlink(link, target)
+                entries.append(Entry(rel, kind, link))
+            else:
+                value, sizes[rel] = _copy_hashing(
+                    src / rel, target, stat.S_IMODE(st.st_mode) & 0o755, buf
+                )
+                entries.append(Entry(rel, kind, value))
+        except OSError as exc:  # ENOSPC, EDQUOT...: the message names the file
+            raise named_oserror(exc, "copy to", target) from exc
     return _finish(entries, sum(sizes.values()), sizes), []
 
 

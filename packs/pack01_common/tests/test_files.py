@@ -136,3 +136,32 @@ def test_identity_matches_only_the_same_live_process(tmp_path: Path) -> None:
     pidfile.write_text('{"pid": "12", "start_time": 1, "boot_id": "", "exe": ""}')
     with pytest.raises(InputRefused, match="pid: expected a positive integer"):
         identity.read_pidfile(pidfile)
+
+
+def test_journal_undoes_a_short_write_and_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "audit.log"
+    journal.append_record(log, {"event": "first"})
+    before = log.read_bytes()
+    real_write = os.write
+
+    cut = {"armed": False}
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        if cut["armed"]:  # the rest of the record: the disk is full now
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if b'"second"' in bytes(data):
+            cut["armed"] = True
+            return real_write(fd, bytes(data[:10]))  # the disk had room for 10 bytes
+        return real_write(fd, data)
+
+    monkeypatch.setattr(journal.os, "write", short_then_full)
+    with pytest.raises(OSError) as info:
+        journal.append_record(log, {"event": "second"})
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(log)
+    assert log.read_bytes() == before  # the cut record was taken back
+    journal.append_record(log, {"event": "third"})
+    records, problems = journal.read_records(log)
+    assert [r["event"] for r in records] == ["first", "third"] and problems == []

@@ -89,3 +89,12 @@ def test_size_cap_applies_before_reading(tmp_path: Path) -> None:
     small = tmp_path / "s.json"
     small.write_text('{"a": [1]}')
     assert read_json(small) == {"a": [1]}
+
+
+def test_duplicate_keys_are_all_listed() -> None:
+    with pytest.raises(InputRefused) as info:
+        loads_yaml(b"a: 1\nb: 2\na: 3\nb: 4\n", "m")
+    assert info.value.problems == [
+        "line 3, column 1: duplicate key 'a'",
+        "line 4, column 1: duplicate key 'b'",
+    ]
