@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from aurora_common import digest as shared_digest
 from aurora_common.errors import InputRefused
 
-from aurora import reserve, staging
+from aurora import datasnap, reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
@@ -508,13 +508,21 @@ class Installer:
         make it the active version; on failure the previous version stays in force."""
         pack_id, version = staged.id, staged.version
         previous = state.active_version(pack_id)
-        begin(state, pack_id, "install", version, intent=self.audit.current_intent)
-        target, aside = self._place(state, staged, digest)
+        # install.sh changes data/<id> in place: copied first, put back if it fails.
+        snapshot = datasnap.take(self.home, pack_id)
+        try:
+            begin(
+                state, pack_id, "install", version, intent=self.audit.current_intent, data=snapshot
+            )
+            target, aside = self._place(state, staged, digest)
+        except IntegrityError:
+            datasnap.discard(self.home, snapshot)
+            raise
         installed = load_manifest(target)
         script = self._install_script(installed, "--install")
         crash_point("install:script-done")
         if not script.ok:
-            self._roll_back(state, installed, aside, previous, digest, script)
+            self._roll_back(state, installed, aside, previous, digest, script, snapshot)
         # The copy's files reach the disk before state.json names it active (a staged
         # copy needs no such care: its digest is re-verified before it is installed).
         os.sync()
@@ -542,6 +550,7 @@ class Installer:
         for child in target.parent.iterdir():
             if child.name != version:
                 remove_tree(child)
+        datasnap.discard(self.home, snapshot)
         settle(state, pack_id)
         return {
             "pack": pack_id,
@@ -596,14 +605,17 @@ class Installer:
         previous: str | None,
         digest: str,
         script: ScriptResult,
+        snapshot: str,
     ) -> NoReturn:
-        """After a failed install.sh: remove the new copy, put back the one it replaced,
-        record the failure and raise it."""
+        """After a failed install.sh: remove the new copy, put back the one it replaced
+        and the data as it was, record the failure and raise it."""
         pack_id, version, target = installed.id, installed.version, installed.root
         remove_tree(target)
         if aside is not None:
             os.rename(aside, target)
         fsync_dir(target.parent)
+        for note in datasnap.restore(self.home, pack_id, snapshot):
+            log.info("%s", note)
         state.pack(pack_id)["pending"] = None
         message = f"{script.describe()}; {previous or 'nothing'} stays active"
         state.record_result(pack_id, "install", False, version, message)

@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from aurora import orphans
+from aurora import datasnap, orphans
 from aurora.audit import AuditLog
 from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.home import Home
@@ -137,6 +137,8 @@ class Recovery:
             return True
         if orphans.markers(self.home.root):
             return True
+        if datasnap.leftovers(self.home, set()):
+            return True
         for kind in ("staging", "packs"):
             for child in self.home.root.glob(f"{kind}/*/*"):
                 record = state.get(child.parent.name) or {}
@@ -186,6 +188,8 @@ class Recovery:
                     f"{pack_id}: a {pending.get('op')} of {pending.get('version')} started at "
                     f"{pending.get('started_at')} by pid {pending.get('pid')} was interrupted"
                 )
+            if pending.get("op") == "install" and "data" in pending:
+                notes += datasnap.restore(self.home, pack_id, str(pending["data"]))
             notes += self._recover_dir(
                 self.home.staging(pack_id),
                 keep=set(record["staged"]),
@@ -214,6 +218,9 @@ class Recovery:
                 del state.packs[pack_id]  # only created above, to look at its directories
         if changed:
             state.save()
+        for copy in datasnap.leftovers(self.home, set()):  # no install is pending any more
+            remove_tree(copy)
+            notes.append(f"removed {copy}: a copy of data taken by a killed install")
         for tmp in self.home.root.glob(".state.json.*.tmp"):
             remove_tree(tmp)
             notes.append(f"removed a half-written {tmp.name}")
@@ -241,6 +248,7 @@ class Recovery:
             )
         else:
             notes.append(f"{pack_id}: the {op} of {version} was committed before it was killed")
+            datasnap.discard(self.home, str(pending.get("data", datasnap.ABSENT)))
         intent = pending.get("intent")
         if intent is None or not self.audit.has_outcome(event, pack_id, str(intent)):
             self.audit.record(event, pack_id, **outcome, intent=intent, finished_by_recovery=True)
