@@ -26,6 +26,7 @@ def _edit_state(env: Env, **record: object) -> None:
 @pytest.mark.parametrize("name", ["state.json", "audit.log"])
 def test_a_fifo_in_place_of_a_state_file_never_blocks(env: Env, name: str) -> None:
     _installed(env)
+    assert (env.home / ".reserve").is_file()
     (env.home / name).unlink()
     os.mkfifo(env.home / name)
     result = env.cli("uninstall", "--pack", "alpha", timeout=20)
@@ -33,6 +34,8 @@ def test_a_fifo_in_place_of_a_state_file_never_blocks(env: Env, name: str) -> No
     assert "Traceback" not in result.err
     assert name in result.err
     assert (env.home / "packs/alpha/1.0.0").is_dir()  # refused before changing anything
+    # The disk is not full: the reserve kept for a full disk is not spent on this.
+    assert (env.home / ".reserve").is_file() and "freed" not in result.err
 
 
 def test_a_symlinked_state_json_is_refused_not_followed(env: Env, tmp_path: Path) -> None:

@@ -146,7 +146,9 @@ class Installer:
         try:
             self.audit.intent(op, pack_id)
         except AuditUnavailable as exc:
-            if op != "uninstall" or not reserve.release(self.home.reserve):
+            # Only a full disk is helped by the reserve (not EPERM, a FIFO, ...).
+            full = reserve.is_disk_full(exc)
+            if op != "uninstall" or not full or not reserve.release(self.home.reserve):
                 raise
             log.warning("disk full (%s): freed the installer's reserve to uninstall", exc)
             self.audit.intent(op, pack_id)
