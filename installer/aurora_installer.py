@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -262,15 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output ------------------------------------------------------------------
 
 
-def _emit(text: str, stream: TextIO, end: str = "\n") -> None:
-    """Write one message; a reader that went away (`| head`) or a stream that cannot be
-    written (stdout on a full disk: ENOSPC) stops nothing.
+def _emit(text: str, stream: TextIO, end: str = "\n") -> OSError | None:
+    """Write one message; a stream that cannot take it stops nothing (the operation
+    goes on, its scripts' output is in logs/): the error is returned for the caller to
+    judge (see _Output.lost)."""
+    return conventions.emit(text, stream, end=end, warn=False)
 
-    The operation goes on (its scripts' output is in logs/) and its exit code
-    stays the truth; later writes to that stream go to /dev/null, and a failure
-    other than a closed pipe is said once on stderr.
-    """
-    conventions.emit(text, stream, end=end)
+
+# Commands whose product is what they print (a lost output is their failure);
+# every other command changes state, and its exit status stays its own.
+REPORTS = frozenset({"list", "validate", "verify", "status", "health"})
 
 
 class _Output:
@@ -279,12 +281,43 @@ class _Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.progress = conventions.Progress(as_json=True)  # main() sets the real one
+        self.command: str | None = None  # once the arguments are parsed
+        # Why stdout could not be written (a reader that went away does not count).
+        self.lost: OSError | None = None
+
+    def emit(self, text: str, stream: TextIO, end: str = "\n") -> None:
+        error = _emit(text, stream, end)
+        if error is not None and stream is sys.stdout and not isinstance(error, BrokenPipeError):
+            self.lost = self.lost or error
+
+    def emit_json(self, doc: dict[str, Any]) -> None:
+        self.emit(json.dumps(doc, indent=2, sort_keys=True), sys.stdout)
 
     def text(self, line: str = "") -> None:
-        _emit(line, sys.stderr if self.as_json else sys.stdout)
+        self.emit(line, sys.stderr if self.as_json else sys.stdout)
 
     def script_line(self, line: str) -> None:
         self.text(f"  | {line}")
+
+    def settle(self, code: int) -> int:
+        """The exit status once the output is written: a report whose output was lost
+        failed; a command that changed state keeps its own status (the change stands)."""
+        if self.lost is None:
+            return code
+        why, command = self.lost.strerror or str(self.lost), self.command
+        if command in REPORTS and code == ExitCode.OK:
+            line = f"could not write the {command} output to stdout: {why}"
+            _emit(conventions.error_line(conventions.prog_name(PROG), line), sys.stderr)
+            return int(ExitCode.FAILED)
+        what = command or "command"
+        verdict = (
+            f"the {what} took effect; only its output was lost"
+            if code == ExitCode.OK
+            else f"the exit status ({code}) is the {what}'s own"
+        )
+        prog = conventions.prog_name(PROG)
+        _emit(f"{prog}: warning: cannot write to stdout: {why}; {verdict}", sys.stderr)
+        return code
 
 
 def _human_size(size: int) -> str:
@@ -613,13 +646,18 @@ def _report_error(
             error.message, kind=type(error).__name__, problems=error.problems
         )
         doc = conventions.envelope(command, code, result, detail, recovered=list(recovered))
-        conventions.emit_json(doc)
+        out.emit_json(doc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one installer command; returns the exit code (see ExitCode)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     out = _Output("--json" in arguments)
+    return out.settle(_run(arguments, out))
+
+
+def _run(arguments: list[str], out: _Output) -> int:
+    """main() up to the exit status of the command itself."""
     try:
         args = build_parser().parse_args(arguments)
     except UsageError as exc:
@@ -628,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    out = _Output(args.json)
+    out.as_json, out.command = args.json, args.command
     # A copy of a pack (stage, install) shows its progress on a terminal, never with --json.
     progress = conventions.Progress(as_json=args.json)
     out.progress = progress
@@ -672,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         document = conventions.envelope(
             args.command, ExitCode.OK, result, None, recovered=inst.recovered
         )
-        conventions.emit_json(document)
+        out.emit_json(document)
     else:
         _show(out, args.command, result, inst.packs_dir)
     return ExitCode.OK

@@ -33,7 +33,8 @@ def _no_leftovers(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["stage:copied", "stage:moved-aside", "stage:renamed", "stage:committed"]
+    "point",
+    ["stage:copied", "stage:moved-aside", "stage:renamed", "stage:committed", "stage:recorded"],
 )
 def test_crash_during_restage_keeps_previous_staged_copy(env: Env, point: str) -> None:
     root = env.make_pack("alpha", files={"note.txt": "first"})
@@ -43,19 +44,22 @@ def test_crash_during_restage_keeps_previous_staged_copy(env: Env, point: str) -
     _crash(env, point, "stage", "--pack", "alpha")
     doc = _state_is_valid(env)
     pending = doc["packs"]["alpha"]["pending"]
-    assert (pending is None) if point == "stage:committed" else (pending["op"] == "stage")
+    committed = point in ("stage:committed", "stage:recorded")
+    assert pending["op"] == "stage" and bool(pending.get("committed")) == committed
     # The next run reports what it cleans and leaves a consistent staged copy.
     status = env.run("status", "--pack", "alpha", "--json")
     assert status.code == 0
-    if point != "stage:committed":
-        assert status.json["recovered"], status.err
-        assert "interrupted" in status.err
+    assert status.json["recovered"], status.err
+    assert ("committed before it was killed" if committed else "interrupted") in status.err
     _no_leftovers(env)
     record = env.state()["packs"]["alpha"]
     assert record["pending"] is None
     digest = record["staged"]["1.0.0"]["digest"]
-    expected = first if point != "stage:committed" else digest
+    expected = digest if committed else first
     assert digest == expected
+    # The restage that took effect has its outcome in audit.log exactly once.
+    restaged = [e for e in env.audit() if e["event"] == "stage" and e["digest"] != first]
+    assert len(restaged) == (1 if committed else 0), restaged
     # The staged copy on disk is the one state.json describes: install accepts it.
     assert env.run("install", "--pack", "alpha", "--approve").code == 0
     assert env.run("verify", "--pack", "alpha").code == 0
@@ -75,7 +79,14 @@ def test_crash_during_first_stage_leaves_nothing_staged(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["install:copied", "install:placed", "install:script-done", "install:committed"]
+    "point",
+    [
+        "install:copied",
+        "install:placed",
+        "install:script-done",
+        "install:committed",
+        "install:recorded",
+    ],
 )
 def test_crash_during_upgrade_keeps_previous_version(env: Env, point: str) -> None:
     env.make_pack("alpha", "1.0.0")
@@ -87,10 +98,14 @@ def test_crash_during_upgrade_keeps_previous_version(env: Env, point: str) -> No
     assert status.code == 0
     _no_leftovers(env)
     active = env.active("alpha")
-    assert active == ("2.0.0" if point == "install:committed" else "1.0.0")
+    committed = point in ("install:committed", "install:recorded")
+    assert active == ("2.0.0" if committed else "1.0.0")
     assert sorted(p.name for p in (env.home / "packs" / "alpha").iterdir()) == [active]
     assert env.run("verify", "--pack", "alpha").code == 0
-    if point != "install:committed":
+    # An upgrade that took effect has its install outcome in audit.log exactly once.
+    upgrades = [e for e in env.audit() if e["event"] == "install" and e["version"] == "2.0.0"]
+    assert len(upgrades) == (1 if committed else 0), upgrades
+    if not committed:
         assert status.json["recovered"]
         last = env.state()["packs"]["alpha"]["last_result"]
         assert last["ok"] is False and "interrupted" in last["message"]

@@ -8,10 +8,13 @@ outcome after (installer.py), so no change is ever without its record.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import json
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,52 @@ class AuditLog:
         """The command's change is over: later outcomes belong to no intent."""
         self.current_intent = None
 
+    def has_outcome(self, event: str, pack_id: str, intent: str) -> bool:
+        """Whether the last TAIL_BYTES of audit.log hold ``event`` for ``pack_id`` under
+        ``intent``: what recovery asks before recording the outcome of a committed change
+        whose command was killed (its outcome is among the last records: every command
+        recovers before it appends anything). Unreadable: False."""
+        for entry in _tail_records(self.path, TAIL_BYTES):
+            if (entry.get("event"), entry.get("pack"), entry.get("intent")) == (
+                event,
+                pack_id,
+                intent,
+            ):
+                return True
+        return False
+
     def read(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every event, and the lines that are not one (a record cut by a power loss)."""
         return read_records(self.path)
+
+
+TAIL_BYTES = 1 << 20
+
+
+def _tail_records(path: Path, size: int) -> list[dict[str, Any]]:
+    """The whole records in the last ``size`` bytes of a regular file (never blocks on a
+    FIFO, never follows a symlink); [] when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return []
+        start = max(0, st.st_size - size)
+        data = os.pread(fd, st.st_size - start, start)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    lines = data.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # the first line may be cut
+    records = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            value = json.loads(line)
+            if isinstance(value, dict):
+                records.append(value)
+    return records

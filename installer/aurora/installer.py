@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from aurora_common import digest as shared_digest
 from aurora_common.errors import InputRefused
 
-from aurora import reserve, staging
+from aurora import datasnap, reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
@@ -32,7 +32,7 @@ from aurora.home import Home
 from aurora.lifecycle import HealthSink, Lifecycle
 from aurora.lock import InstallerLock
 from aurora.manifest import Dependency, Manifest, load_manifest
-from aurora.recovery import Recovery, begin, temp_name, uninstall_leftovers
+from aurora.recovery import Recovery, begin, commit, settle, temp_name, uninstall_leftovers
 from aurora.resolve import Plan, resolve
 from aurora.runner import OutputSink, ScriptResult, run_entrypoint, script_error
 from aurora.runtime import HealthPolicy
@@ -155,7 +155,9 @@ class Installer:
         try:
             self.audit.intent(op, pack_id)
         except AuditUnavailable as exc:
-            if op != "uninstall" or not reserve.release(self.home.reserve):
+            # Only a full disk is helped by the reserve (not EPERM, a FIFO, ...).
+            full = reserve.is_disk_full(exc)
+            if op != "uninstall" or not full or not reserve.release(self.home.reserve):
                 raise
             log.warning("disk full (%s): freed the installer's reserve to uninstall", exc)
             self.audit.intent(op, pack_id)
@@ -524,13 +526,21 @@ class Installer:
         make it the active version; on failure the previous version stays in force."""
         pack_id, version = staged.id, staged.version
         previous = state.active_version(pack_id)
-        begin(state, pack_id, "install", version)
-        target, aside = self._place(state, staged, digest)
+        # install.sh changes data/<id> in place: copied first, put back if it fails.
+        snapshot = datasnap.take(self.home, pack_id)
+        try:
+            begin(
+                state, pack_id, "install", version, intent=self.audit.current_intent, data=snapshot
+            )
+            target, aside = self._place(state, staged, digest)
+        except IntegrityError:
+            datasnap.discard(self.home, snapshot)
+            raise
         installed = load_manifest(target)
         script = self._install_script(installed, "--install")
         crash_point("install:script-done")
         if not script.ok:
-            self._roll_back(state, installed, aside, previous, digest, script)
+            self._roll_back(state, installed, aside, previous, digest, script, snapshot)
         # The copy's files reach the disk before state.json names it active (a staged
         # copy needs no such care: its digest is re-verified before it is installed).
         os.sync()
@@ -546,19 +556,20 @@ class Installer:
                 for d in installed.dependencies
             ],
         }
-        record["pending"] = None
         was = f" (was {previous})" if previous else ""
         state.record_result(pack_id, "install", True, version, f"{action} {version}{was}")
-        state.save()
+        outcome = {"version": version, "digest": digest, "previous": previous, "approval": approval}
+        commit(state, pack_id, "install", **outcome)
         crash_point("install:committed")
+        self.audit.record("install", pack_id, **outcome)
+        crash_point("install:recorded")
         if aside is not None:
             remove_tree(aside)
         for child in target.parent.iterdir():
             if child.name != version:
                 remove_tree(child)
-        self.audit.record(
-            "install", pack_id, version=version, digest=digest, previous=previous, approval=approval
-        )
+        datasnap.discard(self.home, snapshot)
+        settle(state, pack_id)
         return {
             "pack": pack_id,
             "version": version,
@@ -612,14 +623,17 @@ class Installer:
         previous: str | None,
         digest: str,
         script: ScriptResult,
+        snapshot: str,
     ) -> NoReturn:
-        """After a failed install.sh: remove the new copy, put back the one it replaced,
-        record the failure and raise it."""
+        """After a failed install.sh: remove the new copy, put back the one it replaced
+        and the data as it was, record the failure and raise it."""
         pack_id, version, target = installed.id, installed.version, installed.root
         remove_tree(target)
         if aside is not None:
             os.rename(aside, target)
         fsync_dir(target.parent)
+        for note in datasnap.restore(self.home, pack_id, snapshot):
+            log.info("%s", note)
         state.pack(pack_id)["pending"] = None
         message = f"{script.describe()}; {previous or 'nothing'} stays active"
         state.record_result(pack_id, "install", False, version, message)
@@ -677,16 +691,6 @@ class Installer:
             record["active_version"] = None
             record["installed"] = None
             record["runtime"] = None
-            try:
-                begin(state, pack_id, "uninstall", version, purge=purge)
-            except OSError as exc:  # a full disk: uninstall is how space comes back
-                if not (reserve.is_disk_full(exc) and reserve.release(self.home.reserve)):
-                    raise
-                begin(state, pack_id, "uninstall", version, purge=purge)
-            crash_point("uninstall:committed")
-            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
-            crash_point("uninstall:removed")
-            record["pending"] = None
             state.record_result(
                 pack_id,
                 "uninstall",
@@ -694,10 +698,18 @@ class Installer:
                 version,
                 "uninstalled" + (" (forced past dependents)" if dependents else ""),
             )
-            state.save()
-            self.audit.record(
-                "uninstall", pack_id, version=version, purge=purge, forced_past=dependents
-            )
+            outcome = {"version": version, "purge": purge, "forced_past": dependents}
+            try:
+                self._commit_uninstall(state, pack_id, outcome)
+            except OSError as exc:  # a full disk: uninstall is how space comes back
+                if not (reserve.is_disk_full(exc) and reserve.release(self.home.reserve)):
+                    raise
+                self._commit_uninstall(state, pack_id, outcome)
+            crash_point("uninstall:committed")
+            self.audit.record("uninstall", pack_id, **outcome)
+            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
+            crash_point("uninstall:removed")
+            settle(state, pack_id)
             return {
                 "pack": pack_id,
                 "version": version,
@@ -706,6 +718,20 @@ class Installer:
                 "forced_past": dependents,
                 "stopped": stopped,
             }
+
+    def _commit_uninstall(self, state: State, pack_id: str, outcome: dict[str, Any]) -> None:
+        """Save the uninstalled record as pending and committed, with the outcome it owes."""
+        version = str(outcome["version"])
+        begin(
+            state,
+            pack_id,
+            "uninstall",
+            version,
+            intent=self.audit.current_intent,
+            purge=bool(outcome["purge"]),
+            committed=True,
+            outcome={"event": "uninstall", **outcome},
+        )
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -117,7 +117,9 @@ class Lifecycle:
         self.home.run(pack_id).mkdir(parents=True, exist_ok=True)
         health = self.health_record(pack_id)
         health.reset("starting")
-        begin(state, pack_id, "start", version)  # a killed start is found and reported
+        begin(
+            state, pack_id, "start", version, intent=self.audit.current_intent
+        )  # a killed start is found and reported
         script = self._run(manifest, "start", self.script_timeout)
         crash_point("start:script-done")
         if not script.ok:
@@ -196,7 +198,7 @@ class Lifecycle:
         """Run stop.sh with its timeout and record the result."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
-        begin(state, pack_id, "stop", version)
+        begin(state, pack_id, "stop", version, intent=self.audit.current_intent)
         script = self._run(manifest, "stop", self.stop_timeout)
         crash_point("stop:script-done")
         if not script.ok:

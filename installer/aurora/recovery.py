@@ -19,7 +19,7 @@ from typing import Any
 
 from aurora_common import identity
 
-from aurora import orphans
+from aurora import datasnap, orphans
 from aurora.audit import AuditLog
 from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
 from aurora.home import Home
@@ -40,14 +40,18 @@ def temp_version(name: str) -> str:
     return name.split("-", 1)[1].rsplit("-", 1)[0]
 
 
-def begin(state: State, pack_id: str, op: str, version: str, **extra: Any) -> None:
-    """Record ``op`` as pending before it touches the disk, so that a crash is found."""
+def begin(
+    state: State, pack_id: str, op: str, version: str, *, intent: str | None, **extra: Any
+) -> None:
+    """Record ``op`` as pending before it touches the disk, so that a crash is found;
+    ``intent`` is the id of the command's intent record in audit.log."""
     state.pack(pack_id)["pending"] = {
         "op": op,
         "version": version,
         "started_at": now_iso(),
         "pid": os.getpid(),
         "pid_start_time": identity.start_time(os.getpid()),
+        "intent": intent,
         **extra,
     }
     state.save()
@@ -62,6 +66,27 @@ def _in_progress(pending: dict[str, Any], ours: bool) -> bool:
     if pid == os.getpid():
         return ours
     return started is not None and identity.start_time(pid) == started
+
+
+def commit(state: State, pack_id: str, event: str, **fields: Any) -> None:
+    """The commit point of the pending operation: the change already made to ``state``
+    and the outcome record it owes audit.log are saved together.
+
+    The operation stays pending (committed) until its caller has appended the outcome
+    and removed what the change made obsolete, then clears it (``settle``); a crash in
+    between is finished by the next command, which appends the outcome unless audit.log
+    already holds it (Recovery._finish_committed): every change has exactly one.
+    """
+    pending = state.pack(pack_id)["pending"]
+    pending["committed"] = True
+    pending["outcome"] = {"event": event, **fields}
+    state.save()
+
+
+def settle(state: State, pack_id: str) -> None:
+    """A committed operation whose outcome is recorded and whose leftovers are gone."""
+    state.pack(pack_id)["pending"] = None
+    state.save()
 
 
 def _own_dir(home: Home, path: Path) -> bool:
@@ -131,6 +156,8 @@ class Recovery:
             return True
         if orphans.markers(self.home.root):
             return True
+        if datasnap.leftovers(self.home, set()):
+            return True
         for kind in ("staging", "packs"):
             for child in self.home.root.glob(f"{kind}/*/*"):
                 record = state.get(child.parent.name) or {}
@@ -171,8 +198,10 @@ class Recovery:
             pending = record.get("pending") or {}
             if _in_progress(pending, pack_id in self.in_flight):
                 continue  # a start polling health without the lock: not ours to settle
-            if pending.get("op") == "uninstall":
-                notes += self._finish_uninstall(state, pack_id, pending)
+            # An uninstall is pending only after its commit point (older states say so
+            # without "committed").
+            if pending.get("committed") or pending.get("op") == "uninstall":
+                notes += self._finish_committed(state, pack_id, pending)
                 changed = True
                 pending = {}
             if pending:
@@ -180,6 +209,8 @@ class Recovery:
                     f"{pack_id}: a {pending.get('op')} of {pending.get('version')} started at "
                     f"{pending.get('started_at')} by pid {pending.get('pid')} was interrupted"
                 )
+            if pending.get("op") == "install" and "data" in pending:
+                notes += datasnap.restore(self.home, pack_id, str(pending["data"]))
             notes += self._recover_dir(
                 self.home.staging(pack_id),
                 keep=set(record["staged"]),
@@ -208,6 +239,9 @@ class Recovery:
                 del state.packs[pack_id]  # only created above, to look at its directories
         if changed:
             state.save()
+        for copy in datasnap.leftovers(self.home, set()):  # no install is pending any more
+            remove_tree(copy)
+            notes.append(f"removed {copy}: a copy of data taken by a killed install")
         for tmp in self.home.root.glob(".state.json.*.tmp"):
             remove_tree(tmp)
             notes.append(f"removed a half-written {tmp.name}")
@@ -216,6 +250,31 @@ class Recovery:
             for note in notes:
                 log.warning("recovered: %s", note)
         self.audit.done()
+        return notes
+
+    def _finish_committed(self, state: State, pack_id: str, pending: dict[str, Any]) -> list[str]:
+        """An operation was killed after its commit point: its change stands. Finish an
+        uninstall's removal (the copies other operations made obsolete are removed by
+        _recover_dir next) and append the outcome unless audit.log already holds it."""
+        op, version = pending.get("op"), pending.get("version")
+        notes = []
+        outcome = dict(pending.get("outcome") or {"event": op, "version": version})
+        event = str(outcome.pop("event"))
+        if op == "uninstall":
+            purge = bool(pending.get("purge"))
+            removed = uninstall_leftovers(self.home, pack_id, purge)
+            outcome.setdefault("purge", purge)
+            notes.append(
+                f"{pack_id}: finished the interrupted uninstall of {version} (removed {removed})"
+            )
+        else:
+            notes.append(f"{pack_id}: the {op} of {version} was committed before it was killed")
+            datasnap.discard(self.home, str(pending.get("data", datasnap.ABSENT)))
+        intent = pending.get("intent")
+        if intent is None or not self.audit.has_outcome(event, pack_id, str(intent)):
+            self.audit.record(event, pack_id, **outcome, intent=intent, finished_by_recovery=True)
+            notes.append(f"{pack_id}: recorded its {event} outcome in audit.log")
+        state.pack(pack_id)["pending"] = None
         return notes
 
     def _interrupted_lifecycle(self, pack_id: str, record: PackState, op: str) -> list[str]:
@@ -228,17 +287,6 @@ class Recovery:
         if _health_is(health, ("starting",)):
             atomic_write_json(health, {"status": "unknown", "failing_streak": 0, "since": 0})
         return [f"{pack_id}: the {op} was interrupted; its health is unknown until checked"]
-
-    def _finish_uninstall(self, state: State, pack_id: str, pending: dict[str, Any]) -> list[str]:
-        """An uninstall was interrupted after its commit point: finish removing."""
-        purge = bool(pending.get("purge"))
-        removed = uninstall_leftovers(self.home, pack_id, purge)
-        record = state.pack(pack_id)
-        record["pending"] = None
-        version = pending.get("version")
-        state.record_result(pack_id, "uninstall", True, version, "finished after an interruption")
-        self.audit.record("uninstall", pack_id, version=version, purge=purge, finished=removed)
-        return [f"{pack_id}: finished the interrupted uninstall of {version} (removed {removed})"]
 
     def _recover_dir(self, parent: Path, keep: set[str], pending_version: str | None) -> list[str]:
         """Restore moved-aside copies and remove uncommitted ones in staging/<id> or packs/<id>."""

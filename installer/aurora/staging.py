@@ -14,7 +14,7 @@ from aurora.errors import IntegrityError, ManifestError, StateError
 from aurora.fsutil import atomic_write_json, crash_point, fsync_dir, remove_tree
 from aurora.home import Home
 from aurora.manifest import Manifest, load_manifest
-from aurora.recovery import begin, temp_name
+from aurora.recovery import begin, commit, settle, temp_name
 from aurora.state import State
 from aurora.timeutil import now_iso
 from aurora.tree import ProgressSink, TreeDigest, copy_tree, digest_tree
@@ -65,7 +65,7 @@ def stage(
     """Copy the pack through a temp dir and a rename; record its digest. Hold the lock."""
     pack_id, version = manifest.id, manifest.version
     record = state.pack(pack_id)
-    begin(state, pack_id, "stage", version)
+    begin(state, pack_id, "stage", version, intent=audit.current_intent)
     parent = home.staging(pack_id)
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / temp_name("tmp", version)
@@ -109,20 +109,20 @@ def stage(
         "source": str(manifest.root),
         "warnings": warnings,
     }
-    record["pending"] = None
     state.record_result(pack_id, "stage", True, version, f"staged {tree.digest}")
-    state.save()
+    outcome = {
+        "version": version,
+        "digest": tree.digest,
+        "source": str(manifest.root),
+        "warnings": warnings,
+    }
+    commit(state, pack_id, "stage", **outcome)
     crash_point("stage:committed")
+    audit.record("stage", pack_id, **outcome)
+    crash_point("stage:recorded")
     if aside is not None:
         remove_tree(aside)
-    audit.record(
-        "stage",
-        pack_id,
-        version=version,
-        digest=tree.digest,
-        source=str(manifest.root),
-        warnings=warnings,
-    )
+    settle(state, pack_id)
     return {
         "pack": pack_id,
         "version": version,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,11 @@ from aurora_common import structured
 from aurora_common.errors import InputRefused
 
 from aurora.errors import StateError
-from aurora.fsutil import atomic_write_json
+from aurora.fsutil import atomic_write_bytes, atomic_write_json
 from aurora.manifest import load_schema
 from aurora.timeutil import now_iso
+
+log = logging.getLogger(__name__)
 
 STATE_SCHEMA = "aurora-state-v1"
 STATE_LIMIT = 16 << 20
@@ -118,8 +122,24 @@ class State:
     def save(self) -> None:
         """Replace state.json atomically, then its mirror state.json.bak."""
         atomic_write_json(self.path, self.document)
-        # The backup mirrors the state just saved (restore it if state.json is lost).
-        atomic_write_json(self.path.with_name(self.path.name + ".bak"), self.document)
+        keep_backup(self.path)
+
+
+def keep_backup(path: Path) -> None:
+    """Mirror the state.json just saved as state.json.bak (restore it if state.json is
+    lost: it is exactly what recovery would have found).
+
+    Never fails the command whose change is already in state.json: a copy that
+    cannot be written (a full disk) is removed instead, so a stale one (which could
+    send recovery to remove a copy the real state names) is never restored.
+    """
+    backup = path.with_name(path.name + ".bak")
+    try:
+        atomic_write_bytes(backup, path.read_bytes())
+    except OSError as exc:
+        log.warning("%s not kept: %s; removed it", backup, exc.strerror or exc)
+        with suppress(OSError):
+            backup.unlink(missing_ok=True)
 
 
 def _consistency_problems(document: dict[str, Any]) -> list[str]:

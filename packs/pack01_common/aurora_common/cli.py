@@ -8,6 +8,7 @@ Standard library only: every pack's CLI imports it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -112,26 +113,33 @@ def _silence(stream: TextIO) -> None:
         os.close(devnull)
 
 
-def emit(text: str, stream: TextIO | None = None, end: str = "\n") -> None:
-    """Write one message and flush it; a closed reader (``| head -1``) stops nothing:
-    the command goes on and its exit status stays the truth."""
+def emit(
+    text: str, stream: TextIO | None = None, end: str = "\n", *, warn: bool = True
+) -> OSError | None:
+    """Write one message and flush it; a stream that cannot take it stops nothing.
+
+    A closed reader (``| head -1``) ends quietly; any other failure (a full disk
+    behind stdout, a closed stream) is returned, and said once on stderr when
+    ``warn``: the work is done or failed already and the exit status says which.
+    Later writes to that stream go to /dev/null (never Python's status 120)."""
     target = sys.stdout if stream is None else stream
     try:
         target.write(text + end)
         target.flush()
     except BrokenPipeError:
         _silence(target)
-    except (OSError, ValueError) as exc:  # a full disk behind stdout, a closed stream
-        # The work is done or failed already; the exit status says which. Say why the
-        # output is missing, once, and never let Python turn it into status 120.
+    except (OSError, ValueError) as exc:
         _silence(target)
-        if target is sys.stdout:
+        error = exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc))
+        if warn and target is sys.stdout:
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(
                     f"{prog_name(os.path.basename(sys.argv[0]) or 'aurora')}: warning: "
                     f"cannot write to stdout ({exc}); "
                     "the exit status says how the command ended\n"
                 )
+        return error
+    return None
 
 
 def error_object(
