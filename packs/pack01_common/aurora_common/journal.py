@@ -13,6 +13,7 @@ newline before the next record, so the cut line stays a line of its own, which
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -52,6 +53,9 @@ def append_record(path: Path, record: dict[str, Any], mode: int = 0o644) -> None
     except OSError as exc:
         raise named_oserror(exc, "open the journal", path) from exc
     try:
+        # One appender at a time: the check for a missing final newline and the write
+        # must see the same end of file (two processes raced into an empty line).
+        fcntl.flock(fd, fcntl.LOCK_EX)
         _append(fd, path, data)
     finally:
         os.close(fd)
