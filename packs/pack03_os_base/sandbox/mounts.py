@@ -24,6 +24,7 @@ import os
 import stat
 
 from sandbox import _libc, shared_dirs
+from sandbox.bwrap import traversable  # one check of host reachability for both views
 
 #: Where the new root is built, in this process's own mount namespace (the host's is
 #: untouched): a directory no bind source can lie beneath (the plugin gets a private
@@ -61,21 +62,6 @@ class View:
             + (f", {' '.join(self.private)} private too" if self.private else "")
             + "; pivot_root, propagation slave"
         )
-
-
-def _traversable(path: str, uid: int, gid: int) -> bool:
-    """Whether `uid` (group `gid`, no other group) can reach `path` on the host."""
-    current = "/"
-    for part in [p for p in path.split("/") if p][:-1] or []:
-        current = os.path.join(current, part)
-        try:
-            st = os.stat(current)
-        except OSError:
-            return False
-        bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
-        if not st.st_mode & bit:
-            return False
-    return True
 
 
 def _mkdirs(path: str) -> None:
@@ -166,7 +152,7 @@ class _Plan:
                 self.links[path] = os.readlink(path)
                 continue
             below = [n for n in needed if n == path or n.startswith(path + "/")]
-            if any(not _traversable(n, view.uid, view.gid) for n in below):
+            if any(not traversable(n, view.uid, view.gid) for n in below):
                 self.dirs.append(path)  # only the needed binds below it (module doc)
             elif os.path.isdir(path):
                 self.binds.append((path, path, view.base == "ro" or name == "sys"))
