@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aurora_common import protocol as p
+from aurora_common.unixaddr import unix_address
 
 #: Outcome kind -> exit status of ``aurora plugin call`` (the shared exit-code table).
 EXIT_CODES = {
@@ -54,7 +55,8 @@ def call(
     try:
         sock.settimeout(min(5.0, timeout + GRACE_S))
         try:
-            sock.connect(socket_path)
+            with unix_address(socket_path) as address:
+                sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             return CallOutcome(
                 "not-running", message=f"the launcher is not running ({socket_path})"

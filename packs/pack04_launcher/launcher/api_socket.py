@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aurora_common import protocol as p
+from aurora_common.unixaddr import unix_address
 
 from launcher.channel import Outcome
 from launcher.protocol_host import ProtocolHost
@@ -85,15 +86,18 @@ class ApiServer:
         self._clients: dict[int, _Client] = {}
         self.refused = 0  # peers turned away (not an allowed uid, too many clients)
 
-    def open(self) -> None:
-        """Bind under a temporary name, restrict it to 0600, then rename into place."""
+    def open(self, mode: int = 0o600) -> None:
+        """Bind under a temporary name, set its mode, then rename into place (no moment
+        with a wider mode). 0666 only when uids besides root are allowed: SO_PEERCRED
+        still turns away every other caller."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         try:
-            listener.bind(str(tmp))
-            os.chmod(tmp, 0o600)
+            with unix_address(tmp) as address:
+                listener.bind(address)
+            os.chmod(tmp, mode)
             listener.listen(16)
             os.replace(tmp, self.path)
         except OSError:

@@ -129,6 +129,11 @@ class Channel:
         return self.sock.fileno()
 
     @property
+    def in_flight(self) -> int:
+        """Calls into the plugin not answered yet, and its calls out not answered yet."""
+        return len(self._calls) + len(self._incoming)
+
+    @property
     def wants_write(self) -> bool:
         return bool(self._unsent) and self.state != "closed"
 

@@ -19,9 +19,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from aurora_common.unixaddr import unix_address
 
 from launcher import process
 from launcher.errors import ForkServerError, LauncherError
@@ -31,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Largest event read from the server (a report is a few KiB).
 _MAX_EVENT = 1 << 20
-#: Longest path a sockaddr_un holds (108 bytes with its NUL).
-_SUN_PATH_MAX = 107
 #: Status of a run whose server died before it said how the run ended.
 LOST = -int(signal.SIGKILL)
 _PR_SET_PDEATHSIG = 1
@@ -50,25 +50,11 @@ def _term_with_parent(parent: int) -> Callable[[], None]:
     return _set
 
 
-@contextlib.contextmanager
-def _address(path: Path) -> Iterator[str]:
-    """``path``, or ``/proc/self/fd/<dir fd>/<name>`` when too long for a sockaddr_un."""
-    text = str(path)
-    if len(os.fsencode(text)) <= _SUN_PATH_MAX:
-        yield text
-        return
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
-
-
 def _connect(path: Path, timeout: float) -> socket.socket:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         conn.settimeout(timeout)
-        with _address(path) as address:
+        with unix_address(path) as address:
             conn.connect(address)
     except BaseException:
         conn.close()
@@ -184,6 +170,7 @@ class ForkServer:
         pidfile: Path,
         grace: float,
         layout: tuple[Path, Path, Path],
+        sdk_root: Path | None = None,
     ) -> None:
         self.python = python
         self.root = root  # pack03's root this server runs from
@@ -192,6 +179,7 @@ class ForkServer:
         self.grace = grace
         # (data root, packages root, report root): every request must lie beneath them.
         self.layout = layout
+        self.sdk_root = sdk_root  # the only sdk_dir a request may name (pack01's root)
         self.proc: subprocess.Popen[bytes] | None = None
         self.ident: ProcessId | None = None
 
@@ -202,10 +190,11 @@ class ForkServer:
     def argv(self) -> list[str]:
         launch = self.root / "sandbox" / "launch.py"
         data_root, packages_root, report_root = self.layout
+        sdk = ["--sdk-root", str(self.sdk_root)] if self.sdk_root is not None else []
         return [self.python, "-I", "-S", str(launch), "--serve", str(self.sock),
                 "--grace", f"{self.grace:g}", "--data-root", str(data_root),
                 "--packages-root", str(packages_root),
-                "--report-root", str(report_root)]  # fmt: skip
+                "--report-root", str(report_root), *sdk]  # fmt: skip
 
     def start(self, log_file: Path, timeout: float = 10.0) -> None:
         """Start the server and wait until it accepts; ForkServerError when it does not."""
@@ -252,8 +241,16 @@ class ForkServer:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def run(self, policy: dict[str, Any], argv: list[str], report: Path, log_fd: int) -> ServerRun:
-        """Ask for one run (stdin /dev/null, stdout and stderr ``log_fd``).
+    def run(
+        self,
+        policy: dict[str, Any],
+        argv: list[str],
+        report: Path,
+        log_fd: int,
+        protocol_fd: int | None = None,
+    ) -> ServerRun:
+        """Ask for one run (stdin /dev/null, stdout and stderr ``log_fd``; the plugin's
+        protocol connection, when given, becomes its fd 3).
 
         Returns once the plugin runs (``started``) or the sandbox refused it (an ended
         run). Raises ForkServerError when the server does not answer or rejects the
@@ -267,7 +264,8 @@ class ForkServer:
         try:
             null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                socket.send_fds(conn, [json.dumps(request).encode()], [null, log_fd, log_fd])
+                fds = [null, log_fd, log_fd] + ([protocol_fd] if protocol_fd is not None else [])
+                socket.send_fds(conn, [json.dumps(request).encode()], fds)
             finally:
                 os.close(null)
             conn.settimeout(30.0)  # the layers take milliseconds; a hung server is dead

@@ -119,6 +119,16 @@ class Paths:
         return self.sandbox_dir / "sandbox.sock"
 
     @property
+    def api_dir(self) -> Path:
+        """Root's, mode 0700 (0711 when the operator allows other callers)."""
+        return self.run / "api"
+
+    @property
+    def api_socket(self) -> Path:
+        """Plugin calls from the operator and from Aurora (launcher.api_socket)."""
+        return self.api_dir / "calls.sock"
+
+    @property
     def sandbox_server_pidfile(self) -> Path:
         return self.run / "sandbox-server.pid"
 

@@ -3,7 +3,9 @@
 The plugin only ever holds the write end of a pipe; the supervisor reads the other
 end without blocking, a bounded amount per pass, and writes ``logs/plugins/<id>.log``
 itself. Every plugin line is written as ``| <line>``; the launcher's own lines are
-``[launcher <time>] ...``, so a plugin cannot forge one. Past ``rate`` bytes per
+``[launcher <time>] ...``, so a plugin cannot forge one; a log record the plugin sends
+over the protocol (``aurora.log``) is ``[<level> <time>] <message> <fields as JSON>``,
+its control characters escaped, so it stays on one line. Past ``rate`` bytes per
 second the rest is read and dropped, and the count is recorded in the log; past
 ``rotate_bytes`` the file is renamed to ``<id>.log.1`` (one old file kept). A file
 opened in the middle of a plugin line (after a rotation or a write failure) goes on
@@ -15,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 #: A plugin line in the log file starts with this; a launcher line never does.
 PLUGIN_PREFIX = b"| "
@@ -35,6 +39,18 @@ _F_SETPIPE_SZ = 1031
 def launcher_line(text: str) -> bytes:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return f"[launcher {stamp}] {text}\n".encode()
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def record_line(level: str, text: str, fields: dict[str, Any]) -> bytes:
+    """One protocol log record as a line: level kept, nothing of it can break the line."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    extra = ""
+    if fields:
+        extra = " " + json.dumps(fields, ensure_ascii=True, sort_keys=True, default=str)
+    return f"[{level} {stamp}] {text.translate(_CONTROL)}{extra}\n".encode(errors="replace")
 
 
 class PluginLog:
@@ -124,6 +140,21 @@ class PluginLog:
         self._note_dropped()
         head = b"" if self._at_line_start else b"\n"
         if self._write(head + launcher_line(text)):
+            self._at_line_start = True
+
+    def record(self, level: str, text: str, fields: dict[str, Any]) -> None:
+        """A log record from the protocol, on a line of its own, within the byte rate."""
+        line = record_line(level, text, fields)
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self._window, self._window_bytes = now, 0
+            self._note_dropped()
+        if self._window_bytes + len(line) > self.rate:
+            self._dropped += len(line)
+            return
+        self._window_bytes += len(line)
+        head = b"" if self._at_line_start else b"\n"
+        if self._write(head + line):
             self._at_line_start = True
 
     def _note_dropped(self) -> None:

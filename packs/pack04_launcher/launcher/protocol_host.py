@@ -70,10 +70,14 @@ class ProtocolHost:
         *,
         limits: Limits | None = None,
         on_log: Callable[[str, str, str, dict[str, Any]], None] | None = None,
+        will_run: Callable[[str], str | None] | None = None,
     ) -> None:
+        """``will_run(plugin_id)``: None when the supervisor is (re)starting, or will start
+        on demand, the plugin; else why it will not run (a call then fails at once)."""
         self._grants = grants
         self._limits = limits or Limits()
         self._on_log = on_log
+        self._will_run = will_run
         self._plugins: dict[str, _Plugin] = {}
 
     # -- runs ------------------------------------------------------------------
@@ -113,7 +117,8 @@ class ProtocolHost:
         if entry.channel is not None:
             entry.channel.close(reason)
             entry.channel = None
-        entry.reason = reason
+            entry.reason = reason
+        # else the channel closed first and its own reason (a protocol breach) stays
         entry.restarting = restarting
         if not restarting:
             self._fail_waiting(entry, Outcome("not-running", message=f"{plugin_id}: {reason}"))
@@ -142,10 +147,12 @@ class ProtocolHost:
         the supervisor is about to start) gets the call once it is ready.
         """
         entry = self._plugins.get(plugin_id)
+        why_not = self._will_run(plugin_id) if self._will_run is not None else None
+        may_wait = may_wait or (self._will_run is not None and why_not is None)
         if entry is None and may_wait:
             entry = self._plugins.setdefault(plugin_id, _Plugin())
         if entry is None:
-            reply(Outcome("not-running", message=f"{plugin_id} is not running"))
+            reply(Outcome("not-running", message=f"{plugin_id}: {why_not or 'not running'}"))
             return
         entry.last_call = now
         channel = entry.channel
@@ -154,7 +161,7 @@ class ProtocolHost:
         elif (
             (channel is not None and channel.state == "handshake")
             or may_wait
-            or entry.restarting
+            or (entry.restarting and self._will_run is None)
             or entry.waiting
         ):
             if len(entry.waiting) >= MAX_WAITING_CALLS:
@@ -162,20 +169,33 @@ class ProtocolHost:
                 return
             entry.waiting.append(_Waiting(function, args, now + timeout, reply))
         else:
-            why = entry.reason or "it does not speak the plugin protocol"
+            why = why_not or entry.reason or "it does not speak the plugin protocol"
             reply(Outcome("not-running", message=f"{plugin_id}: {why}"))
 
     def waiting_for(self) -> list[str]:
-        """Plugins that calls are waiting for and that nothing is starting (on-call)."""
-        return [
-            pid
-            for pid, e in self._plugins.items()
-            if e.waiting and e.channel is None and not e.restarting
-        ]
+        """Plugins that calls are waiting for and that have no connection (to start)."""
+        return [pid for pid, e in self._plugins.items() if e.waiting and e.channel is None]
+
+    def has_waiting(self, plugin_id: str) -> bool:
+        entry = self._plugins.get(plugin_id)
+        return entry is not None and bool(entry.waiting)
+
+    def busy(self, plugin_id: str) -> bool:
+        """Calls in flight or waiting: an on-call plugin is not idle."""
+        entry = self._plugins.get(plugin_id)
+        if entry is None:
+            return False
+        return bool(entry.waiting) or (entry.channel is not None and entry.channel.in_flight > 0)
 
     def idle_since(self, plugin_id: str) -> float:
         entry = self._plugins.get(plugin_id)
         return entry.last_call if entry is not None else 0.0
+
+    def fail_waiting(self, plugin_id: str, reason: str) -> None:
+        """The plugin will not run (failed, disabled, held...): waiting calls end now."""
+        entry = self._plugins.get(plugin_id)
+        if entry is not None and entry.waiting:
+            self._fail_waiting(entry, Outcome("not-running", message=f"{plugin_id}: {reason}"))
 
     def _call_out(
         self, source: str, target: str, function: str, args: Any, timeout: float, reply: Reply
@@ -209,7 +229,11 @@ class ProtocolHost:
                 self._fail_waiting(
                     entry, Outcome("not-running", message=f"{plugin_id}: {channel.reason}")
                 )
-                if channel.reason and channel.reason.startswith("protocol"):
+                if channel.reason and (
+                    channel.reason.startswith("protocol")
+                    # a plugin that promised health and never said hello is stuck
+                    or (entry.health is not None and "handshake" in channel.reason)
+                ):
                     restart.append((plugin_id, channel.reason))
                 continue
             if channel.state == "ready":

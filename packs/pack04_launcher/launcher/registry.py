@@ -19,6 +19,11 @@ from launcher.errors import PluginNotFound, RegistryError
 SCHEMA = "aurora-plugin-registry-v1"
 CAPABILITIES = ("fs-read", "fs-write", "gpu", "io", "network")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)+$")
+_FUNCTION_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+#: A grant to call another plugin's function, beside the capabilities in ``granted``.
+CALL_PREFIX = "call:"
+ALWAYS, ON_CALL = "always", "on-call"
+DEFAULT_IDLE_SECONDS = 60.0
 
 #: Identity of one version of the registry file, to notice a change cheaply.
 Signature = tuple[int, int, int, int]
@@ -27,6 +32,38 @@ Signature = tuple[int, int, int, int]
 def valid_plugin_id(plugin_id: str) -> bool:
     """``publisher.name``, lowercase; safe as a single path component."""
     return len(plugin_id) <= 128 and _ID_RE.match(plugin_id) is not None
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """What the manifest declares for aurora-plugin-protocol-v1 (docs/plugin-protocol-v1.md).
+
+    Present when the manifest has any of ``functions``, ``health``, ``calls`` or
+    ``activation: on-call``: such a plugin is started with a protocol connection.
+    ``functions`` is canonical JSON (name -> {parameters, result}) so the entry stays
+    hashable and comparable.
+    """
+
+    functions_json: str = "{}"
+    activation: str = ALWAYS
+    idle_seconds: float = DEFAULT_IDLE_SECONDS
+    health: tuple[float, float, int] | None = None  # (interval_s, timeout_s, failures)
+
+    def functions(self) -> dict[str, dict[str, Any]]:
+        doc: dict[str, dict[str, Any]] = json.loads(self.functions_json)
+        return doc
+
+
+def call_grant(plugin_id: str, function: str) -> str:
+    return f"{CALL_PREFIX}{plugin_id}/{function}"
+
+
+def valid_call_grant(item: str) -> bool:
+    """``call:<plugin id>/<function>`` with both parts well formed."""
+    if not item.startswith(CALL_PREFIX):
+        return False
+    target, _, function = item[len(CALL_PREFIX) :].partition("/")
+    return valid_plugin_id(target) and _FUNCTION_RE.match(function) is not None
 
 
 @dataclass(frozen=True)
@@ -42,6 +79,9 @@ class PluginEntry:
     digest: str | None
     allow_degraded: bool
     problem: str | None  # why this entry cannot be run, with its place
+    # ``call:<id>/<function>`` grants ∩ the active manifest's ``calls``
+    calls: tuple[str, ...] = ()
+    api: ApiSpec | None = None  # None: no protocol (process-level supervision only)
 
     @property
     def runnable(self) -> bool:
@@ -114,7 +154,10 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
         problems.append(f"{where}.granted: expected a list, found {granted_raw!r}")
     else:
         for i, cap in enumerate(granted_raw):
-            if cap not in CAPABILITIES:
+            if isinstance(cap, str) and valid_call_grant(cap):
+                if cap not in granted:
+                    granted.append(cap)
+            elif cap not in CAPABILITIES:
                 problems.append(
                     f"{where}.granted[{i}]: unknown capability {cap!r} "
                     f"(known: {', '.join(CAPABILITIES)})"
@@ -124,6 +167,7 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
     version = raw.get("active_version")
     package_dir = entrypoint = None
     digest = None
+    api: ApiSpec | None = None
     if version is None:
         if enabled:
             problems.append(f"{where}.active_version: enabled but no active version")
@@ -154,12 +198,21 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
             if not isinstance(requested, list):
                 problems.append(f"{vwhere}.manifest.permissions: expected a list")
                 requested = []
+            wanted_calls = manifest.get("calls", []) if isinstance(manifest, dict) else []
+            if not isinstance(wanted_calls, list):
+                problems.append(f"{vwhere}.manifest.calls: expected a list")
+                wanted_calls = []
+            requested = requested + [CALL_PREFIX + c for c in wanted_calls if isinstance(c, str)]
             granted = [c for c in granted if c in requested]
+            if isinstance(manifest, dict):
+                api = _api(manifest, f"{vwhere}.manifest", problems)
     return PluginEntry(
         id=pid,
         enabled=enabled,
         version=version,
-        granted=tuple(sorted(granted)),
+        granted=tuple(sorted(c for c in granted if not c.startswith(CALL_PREFIX))),
+        calls=tuple(sorted(c for c in granted if c.startswith(CALL_PREFIX))),
+        api=api,
         package_dir=package_dir,
         entrypoint=entrypoint,
         digest=digest,
@@ -167,6 +220,60 @@ def _entry(pid: str, raw: Any, plugins_dir: Path) -> PluginEntry:
         allow_degraded=False,
         problem="; ".join(problems) or None,
     )
+
+
+def _api(manifest: dict[str, Any], where: str, problems: list[str]) -> ApiSpec | None:
+    """The protocol part of a manifest pack05 validated; re-checked for shape only."""
+    keys = ("functions", "activation", "idle_seconds", "health", "calls")
+    if not any(k in manifest for k in keys) or (
+        set(manifest) & set(keys) == {"activation"} and manifest["activation"] == ALWAYS
+    ):
+        return None
+    functions = manifest.get("functions", {})
+    specs: dict[str, dict[str, Any]] = {}
+    if not isinstance(functions, dict):
+        problems.append(f"{where}.functions: expected an object")
+    else:
+        for name, spec in functions.items():
+            if not isinstance(name, str) or not _FUNCTION_RE.match(name):
+                problems.append(f"{where}.functions: {name!r} is not a function name")
+            elif not isinstance(spec, dict) or not all(
+                isinstance(spec.get(part, {}), dict) for part in ("parameters", "result")
+            ):
+                problems.append(f"{where}.functions.{name}: expected {{parameters, result}}")
+            else:
+                specs[name] = {k: spec[k] for k in ("parameters", "result") if k in spec}
+    activation = manifest.get("activation", ALWAYS)
+    if activation not in (ALWAYS, ON_CALL):
+        problems.append(f"{where}.activation: expected {ALWAYS!r} or {ON_CALL!r}")
+        activation = ALWAYS
+    idle = manifest.get("idle_seconds", DEFAULT_IDLE_SECONDS)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 0 < idle <= 86400:
+        problems.append(f"{where}.idle_seconds: expected seconds in (0, 86400]")
+        idle = DEFAULT_IDLE_SECONDS
+    health = manifest.get("health")
+    policy: tuple[float, float, int] | None = None
+    if health is not None:
+        if not isinstance(health, dict):
+            problems.append(f"{where}.health: expected an object")
+        else:
+            interval, timeout = health.get("interval_s", 10), health.get("timeout_s", 2)
+            failures = health.get("failures", 3)
+            if not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+                for v in (interval, timeout, failures)
+            ) or not isinstance(failures, int):
+                problems.append(
+                    f"{where}.health: expected positive interval_s, timeout_s, failures"
+                )
+            else:
+                policy = (float(interval), float(timeout), failures)
+    try:
+        functions_json = json.dumps(specs, sort_keys=True)
+    except (TypeError, ValueError):
+        problems.append(f"{where}.functions: not JSON")
+        functions_json = "{}"
+    return ApiSpec(functions_json, activation, float(idle), policy)
 
 
 def _inside(base: Path, rel: Any, where: str, problems: list[str]) -> Path | None:

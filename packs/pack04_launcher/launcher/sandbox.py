@@ -36,11 +36,15 @@ def plugin_argv(python: str, entrypoint: Path) -> list[str]:
     return [str(entrypoint)]
 
 
-def policy(entry: PluginEntry, data_dir: Path, limits: Limits, uid: int) -> dict[str, Any]:
+def policy(
+    entry: PluginEntry, data_dir: Path, limits: Limits, uid: int, sdk_dir: Path | None = None
+) -> dict[str, Any]:
     """The sandbox policy for ``entry``: exactly its granted capabilities, run as ``uid``
-    (and the gid of the same number)."""
+    (and the gid of the same number); ``sdk_dir`` readable for a protocol plugin."""
     assert entry.package_dir is not None
+    extra: dict[str, Any] = {"sdk_dir": str(sdk_dir)} if sdk_dir is not None else {}
     return {
+        **extra,
         "plugin_id": entry.id,
         "uid": uid,
         "gid": uid,
@@ -68,13 +72,21 @@ class SandboxCommand:
         """``python -I -S launch.py``: the launcher needs no site, no .pth, no PYTHON* (7 ms)."""
         return [self.python, "-I", "-S", str(self.launch)]
 
-    def argv(self, policy_file: Path, report_file: Path, command: list[str]) -> list[str]:
+    def argv(
+        self,
+        policy_file: Path,
+        report_file: Path,
+        command: list[str],
+        protocol_fd: int | None = None,
+    ) -> list[str]:
+        proto = ["--protocol-fd", str(protocol_fd)] if protocol_fd is not None else []
         return [
             *self.interpreter,
             "--policy",
             str(policy_file),
             "--report",
             str(report_file),
+            *proto,
             "--",
             *command,
         ]

@@ -92,13 +92,37 @@ class _Signals:
         elif signum == signal.SIGHUP:
             self.reload = True
 
-    def wait(self, timeout: float, fds: list[int] | None = None) -> None:
+    def wait(
+        self, timeout: float, fds: list[int] | None = None, write_fds: list[int] | None = None
+    ) -> tuple[list[int], list[int]]:
         """Sleep until a signal arrives (SIGCHLD included), one of ``fds`` is readable
-        (a fork server run's exit), or ``timeout`` passes."""
-        ready, _, _ = select.select([self.read_fd, *(fds or [])], [], [], timeout)
+        (a fork server run's exit, a log pipe, a protocol connection) or one of
+        ``write_fds`` writable, or ``timeout`` passes; return the ready fds."""
+        try:
+            ready, writable, _ = select.select(
+                [self.read_fd, *(fds or [])], write_fds or [], [], timeout
+            )
+        except ValueError:  # an fd above FD_SETSIZE: poll instead
+            ready, writable = _poll([self.read_fd, *(fds or [])], write_fds or [], timeout)
         if self.read_fd in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.read_fd, 512)
+            ready = [fd for fd in ready if fd != self.read_fd]
+        return ready, writable
+
+
+def _poll(reads: list[int], writes: list[int], timeout: float) -> tuple[list[int], list[int]]:
+    poller = select.poll()
+    for fd in set(reads) | set(writes):
+        poller.register(fd, (select.POLLIN if fd in reads else 0)
+                        | (select.POLLOUT if fd in writes else 0))  # fmt: skip
+    ready, writable = [], []
+    for fd, events in poller.poll(timeout * 1000):
+        if events & (select.POLLIN | select.POLLHUP | select.POLLERR) and fd in reads:
+            ready.append(fd)
+        if events & (select.POLLOUT | select.POLLERR) and fd in writes:
+            writable.append(fd)
+    return ready, writable
 
 
 def raise_soft_limits() -> None:
@@ -152,10 +176,15 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
                 if sup.dirty or now - last_beat >= heartbeat:
                     _write_status(paths, sup, me, started_at, running=True)
                     sup.dirty, last_beat = False, now
-                sigs.wait(
+                readable, writable = sigs.wait(
                     min(sup.next_wakeup(), max(0.0, heartbeat - (now - last_beat))),
                     sup.wait_fds(),
+                    sup.write_fds(),
                 )
+                try:
+                    sup.pump(readable, writable)
+                except Exception:  # never: a channel contains its plugin's faults
+                    log.exception("protocol pass failed")
             log.info("launcher pid %d: stopping every plugin", me.pid)
         finally:
             sup.close()

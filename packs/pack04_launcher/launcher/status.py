@@ -24,7 +24,8 @@ HELD = "held"  # stopped by the operator (`stop <id>`)
 BLOCKED = "blocked"  # cannot run: no sandbox, invalid registry entry
 STOPPED = "stopped"  # just stopped by the launcher
 DISABLED = "disabled"  # in the registry, not enabled
-STATES = (RUNNING, BACKOFF, FAILED, REFUSED, EXITED, HELD, BLOCKED, STOPPED, DISABLED)
+IDLE = "idle"  # an on-call plugin not running now: started at its next call
+STATES = (RUNNING, BACKOFF, FAILED, REFUSED, EXITED, HELD, BLOCKED, STOPPED, DISABLED, IDLE)
 
 
 def read_status(path: Path) -> dict[str, Any] | None:

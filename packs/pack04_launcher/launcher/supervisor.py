@@ -16,12 +16,15 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import aurora_common
 
 from launcher import (
     datadir,
@@ -34,7 +37,9 @@ from launcher import (
     sandbox,
     status,
 )
+from launcher.api_socket import ApiServer
 from launcher.cgroup import CgroupTree
+from launcher.channel import FunctionSpec, Limits
 from launcher.control import Control, read_control
 from launcher.digest import old_format_hint, tree_digest
 from launcher.errors import ForkServerError, LauncherError, RegistryError, SandboxUnavailable
@@ -43,7 +48,8 @@ from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
 from launcher.pluginlog import PluginLog, plugin_text
 from launcher.process import ProcessId
-from launcher.registry import PluginEntry
+from launcher.protocol_host import HealthPolicy, ProtocolHost
+from launcher.registry import ON_CALL, PluginEntry
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,9 @@ class Settings:
     fork_server: bool = True
     # Bound each data dir's bytes and inodes by a filesystem image of its own.
     disk_images: bool = True
+    # Who may call plugins through the API socket besides root (uids the operator allows).
+    api_callers: tuple[int, ...] = ()
+    handshake_s: float = 10.0  # a protocol plugin's time to say hello after its start
 
 
 @dataclass
@@ -152,6 +161,15 @@ class Supervisor:
         self.server_error: str | None = None  # why runs are one-shot, or the last server death
         self._server_off: Path | None = None  # the pack03 root the server failed to run from
         self._server_restarts = 0
+        # The plugin protocol: every run's connection, and the operator's call socket.
+        self.protocol = ProtocolHost(
+            self._call_grants,
+            limits=Limits(handshake_s=settings.handshake_s),
+            on_log=self._plugin_record,
+            will_run=self._why_not_running,
+        )
+        self.api: ApiServer | None = None
+        self.api_error: str | None = None
         self.dirty = True
 
     # --- setup and teardown -------------------------------------------------------
@@ -181,10 +199,24 @@ class Supervisor:
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 log.warning("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+        self._open_api()
         with contextlib.suppress(SandboxUnavailable):  # blocked plugins say why
             sbx = self._sandbox_command()
             self._kill_leftover_runs(sbx)
             self._server_for(sbx)
+
+    def _open_api(self) -> None:
+        """The call socket; without it plugins still run, calls say why they cannot."""
+        extra = [u for u in self.settings.api_callers if u != 0]
+        try:
+            datadir.root_dir(self.paths.api_dir, datadir.TRAVERSE if extra else datadir.PRIVATE)
+            api = ApiServer(self.paths.api_socket, self.protocol, (0, *extra))
+            api.open(mode=0o666 if extra else 0o600)
+        except (OSError, LauncherError) as exc:
+            self.api_error = f"{self.paths.api_socket}: {getattr(exc, 'strerror', None) or exc}"
+            log.error("plugin calls off: %s", self.api_error)
+            return
+        self.api, self.api_error = api, None
 
     def _lay_out(self) -> None:
         """Root's directories, closed to plugin uids; the data path only traversable."""
@@ -216,6 +248,10 @@ class Supervisor:
         """Stop every plugin, then the fork server, and remove the cgroup tree."""
         self._track_descendants()
         self._stop([s for s in self.slots.values() if s.proc is not None])
+        self.protocol.close("the launcher stopped")
+        if self.api is not None:
+            self.api.close()
+            self.api = None
         self._stop_server()
         if self.settings.reap_orphans:
             # Every plugin is stopped: any child still ours is an orphan we adopted.
@@ -250,10 +286,12 @@ class Supervisor:
         ]
         self._stop(to_stop)
         self._enforce_wall_clock(now)
+        self._protocol_pass(time.monotonic())
         for pid in list(self.slots):
             if pid not in self._entries:
                 log.info("%s: removed from the registry", pid)
                 del self.slots[pid]
+                self.protocol.forget(pid, "removed from the registry")
                 self.dirty = True
         for pid, entry in self._entries.items():
             slot = self.slots.setdefault(pid, Slot(entry=entry))
@@ -263,6 +301,8 @@ class Supervisor:
                 if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
                     slot.state = status.BLOCKED
             self._settle(slot, pid in wanted, now)
+            if slot.proc is None and (why := self._why_not_running(pid)) is not None:
+                self.protocol.fail_waiting(pid, why)
         if any(s.proc is not None and not s.layers for s in self.slots.values()):
             # A run whose sandbox report was not there at the last status write:
             # write again at the next pass rather than at the next heartbeat.
@@ -302,6 +342,11 @@ class Supervisor:
             return
         if now < slot.next_start:
             return
+        if _on_call(entry) and not self.protocol.has_waiting(entry.id):
+            if slot.state != status.IDLE:
+                slot.state, slot.reason = status.IDLE, slot.reason or "starts at its first call"
+                self.dirty = True
+            return
         try:
             self._start(slot)
         except Exception as exc:  # one plugin's trouble never takes the loop down
@@ -338,6 +383,12 @@ class Supervisor:
                 for s in self.slots.values()
                 if s.proc is not None
             ]
+        due.append(self.protocol.next_wakeup(now))
+        due += [
+            self._idle_deadline(s) - now
+            for s in self.slots.values()
+            if s.proc is not None and _on_call(s.entry)
+        ]
         return max(0.0, min([self.settings.poll_interval, *due]))
 
     # --- reading the registry and the control file --------------------------------
@@ -438,7 +489,8 @@ class Supervisor:
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
         command = sandbox.plugin_argv(self.settings.python, entry.entrypoint)
         bounds = limits.for_plugin(self._limit_settings, entry.id)
-        doc = sandbox.policy(entry, data_dir, bounds.policy_limits(self.settings.limits), uid)
+        sdk = _sdk_root() if entry.api is not None else None
+        doc = sandbox.policy(entry, data_dir, bounds.policy_limits(self.settings.limits), uid, sdk)
         fresh, slot.disk_gap = False, None
         if self.settings.disk_images:
             try:
@@ -470,6 +522,12 @@ class Supervisor:
                 self.cgroups.make(cgroup)
             plog = PluginLog(self.paths.plugin_log(entry.id))
             log_fd = plog.open_pipe()
+            # The plugin's end of its protocol connection becomes its fd 3 (pack03).
+            ours, theirs = (
+                socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                if entry.api is not None
+                else (None, None)
+            )
         except LauncherError as exc:  # its data dir is not a directory: counts, then failed
             log.error("%s: cannot prepare the run: %s", entry.id, exc)
             self._crashed(slot, time.monotonic(), f"cannot prepare the run: {exc}")
@@ -480,28 +538,35 @@ class Supervisor:
             self._host_fault(slot, f"cannot prepare the run: {exc}")
             return
         proc: subprocess.Popen[bytes] | ServerRun | None = None
+        proto_fd = theirs.fileno() if theirs is not None else None
         try:
             plog.mark(f"start {entry.id} {entry.version} granted={list(entry.granted)} uid={uid}")
             if server is not None:
-                proc = self._request(server, doc, command, report_file, log_fd)
+                proc = self._request(server, doc, command, report_file, log_fd, proto_fd)
             if proc is None:
                 if server is not None:  # the server failed just now: one-shot, contained
                     atomic_write_json(policy_file, doc)
                     if self.cgroups is not None:
                         cgroup = entry.id
                         self.cgroups.make(cgroup)
-                proc = self._popen(
-                    entry.id, sbx, policy_file, report_file, command, log_fd, data_dir, cgroup
-                )
+                proc = self._popen(entry.id, sbx, policy_file, report_file, command, log_fd,
+                                   data_dir, cgroup, proto_fd)  # fmt: skip
         except (OSError, subprocess.SubprocessError) as exc:
             log.error("%s: cannot start %s: %s", entry.id, sbx.launch, exc)
             os.close(log_fd)
+            for end in (ours, theirs):
+                if end is not None:
+                    end.close()
             plog.close(f"cannot start: {exc}")
             if cgroup is not None and self.cgroups is not None:
                 self.cgroups.kill(cgroup)
             self._crashed(slot, time.monotonic(), f"cannot start: {exc}")
             return
         os.close(log_fd)  # the plugin holds the only write end now
+        if theirs is not None:
+            theirs.close()  # likewise its protocol connection
+        if ours is not None:
+            self._attach(entry, ours)
         slot.log = plog
         if isinstance(proc, ServerRun):
             # The server got the policy inline; the file is the operator's copy, written
@@ -529,10 +594,11 @@ class Supervisor:
         log_fd: int,
         data_dir: Path,
         cgroup: str | None,
+        protocol_fd: int | None = None,
     ) -> subprocess.Popen[bytes]:
         """One-shot: ``launch.py --policy`` in its own session, in our cgroup ``cgroup``."""
         return subprocess.Popen(
-            sbx.argv(policy_file, report_file, command),
+            sbx.argv(policy_file, report_file, command, protocol_fd),
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -544,6 +610,7 @@ class Supervisor:
                 "AURORA_PLUGIN_DATA": str(data_dir),
             },
             close_fds=True,
+            pass_fds=(protocol_fd,) if protocol_fd is not None else (),
             start_new_session=True,
             preexec_fn=self.cgroups.enter_hook(cgroup) if cgroup and self.cgroups else None,
         )
@@ -555,10 +622,11 @@ class Supervisor:
         command: list[str],
         report_file: Path,
         log_fd: int,
+        protocol_fd: int | None = None,
     ) -> ServerRun | None:
         """Ask the fork server for the run; None (one-shot instead) when it fails."""
         try:
-            return server.run(doc, command, report_file, log_fd)
+            return server.run(doc, command, report_file, log_fd, protocol_fd)
         except ForkServerError as exc:
             log.error("%s: %s: starting it one-shot", doc["plugin_id"], exc)
             self.server_error = str(exc)
@@ -626,7 +694,12 @@ class Supervisor:
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             pid = slot.entry.id
             self._mark_exit(slot, rc)
-            if rc == 0:
+            self.protocol.detach(pid, f"its run ended ({_describe_exit(rc)})", restarting=True)
+            if rc == 0 and _on_call(slot.entry):
+                slot.state = status.IDLE
+                slot.reason = "exited with status 0; starts at its next call"
+                log.info("%s: exited with status 0 (on-call: idle)", pid)
+            elif rc == 0:
                 slot.state, slot.reason = status.EXITED, "exited with status 0"
                 log.info("%s: exited with status 0", pid)
             elif rc == sandbox.SANDBOX_REFUSED:
@@ -805,6 +878,7 @@ class Supervisor:
             slot.proc, slot.ident, slot.last_exit = None, None, rc
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             slot.state, slot.reason = status.STOPPED, reason
+            self.protocol.detach(slot.entry.id, "stopped by the launcher", restarting=True)
             self.dirty = True
 
     def _finish_stop(
@@ -858,6 +932,7 @@ class Supervisor:
                 self.paths.registry.parent / "packages",
                 self.paths.reports_root,
             ),
+            _sdk_root(),
         )
         try:
             srv.start(self.paths.sandbox_server_log)
@@ -906,9 +981,10 @@ class Supervisor:
         }
 
     def wait_fds(self) -> list[int]:
-        """What to select on: connections on which a fork server run's exit will
-        arrive, and the output pipes of runs within their log rate."""
-        fds = [
+        """What to select on for reading: connections on which a fork server run's exit
+        will arrive, the output pipes of runs within their log rate, the protocol
+        connections and the call socket."""
+        fds = self.protocol_read_fds() + [
             fd
             for s in self.slots.values()
             if isinstance(s.proc, ServerRun) and (fd := s.proc.fileno()) >= 0
@@ -920,6 +996,105 @@ class Supervisor:
             if s.log is not None and s.log.fd >= 0 and not s.log.over_rate(now)
         ]
         return fds
+
+    # --- the plugin protocol ---------------------------------------------------------
+
+    def _attach(self, entry: PluginEntry, ours: socket.socket) -> None:
+        assert entry.api is not None
+        specs = {
+            name: FunctionSpec(spec.get("parameters"), spec.get("result"))
+            for name, spec in entry.api.functions().items()
+        }
+        health = HealthPolicy(*entry.api.health) if entry.api.health else None
+        self.protocol.attach(entry.id, ours, specs, health, time.monotonic())
+
+    def _call_grants(self, plugin_id: str) -> tuple[str, ...]:
+        entry = self._entries.get(plugin_id)
+        return entry.calls if entry is not None else ()
+
+    def _why_not_running(self, plugin_id: str) -> str | None:
+        """None when a call to ``plugin_id`` may wait for it: it runs, is starting, will
+        be restarted, or is an on-call plugin to start; else why it will not run."""
+        entry = self._entries.get(plugin_id)
+        if entry is None:
+            return "not in the registry"
+        if entry.api is None:
+            return "it does not speak the plugin protocol (its manifest declares no functions)"
+        if not (entry.enabled and entry.runnable and plugin_id not in self._control.held):
+            return self._idle_state(entry)[1]
+        slot = self.slots.get(plugin_id)
+        if slot is not None and slot.state in (
+            status.FAILED, status.REFUSED, status.EXITED, status.BLOCKED
+        ):  # fmt: skip
+            return f"{slot.state}: {slot.reason}"
+        return None
+
+    def _plugin_record(self, plugin_id: str, level: str, text: str, fields: dict[str, Any]) -> None:
+        """An aurora.log record: into the plugin's log, its level kept."""
+        slot = self.slots.get(plugin_id)
+        if slot is not None and slot.log is not None:
+            slot.log.record(level, text, fields)
+
+    def _idle_deadline(self, slot: Slot) -> float:
+        api = slot.entry.api
+        idle = api.idle_seconds if api is not None else math.inf
+        return max(self.protocol.idle_since(slot.entry.id), slot.started_mono) + idle
+
+    def _protocol_pass(self, now: float) -> None:
+        """Deadlines and health checks; restart who turned unhealthy, stop who is idle."""
+        if self.api is not None:
+            self.api.tick(now)
+        for plugin_id, why in self.protocol.tick(now):
+            slot = self.slots.get(plugin_id)
+            if slot is None or slot.proc is None:
+                continue
+            log.warning("%s: %s: restarting it", plugin_id, why)
+            if slot.log is not None:
+                slot.log.mark(f"restarting it: {why}")
+            self._stop([slot])
+            self._crashed(slot, time.monotonic(), why)
+            self.dirty = True
+        idle = [
+            s
+            for s in self.slots.values()
+            if s.proc is not None
+            and _on_call(s.entry)
+            and not self.protocol.busy(s.entry.id)
+            and now >= self._idle_deadline(s)
+        ]
+        if idle:
+            self._stop(idle)
+            for slot in idle:
+                api = slot.entry.api
+                seconds = api.idle_seconds if api is not None else 0.0
+                slot.state = status.IDLE
+                slot.reason = f"stopped after {seconds:g} s without calls; starts at its next call"
+                log.info("%s: %s", slot.entry.id, slot.reason)
+
+    def protocol_read_fds(self) -> list[int]:
+        fds = [c.fileno() for c in self.protocol.channels()]
+        return fds + (self.api.read_fds() if self.api is not None else [])
+
+    def write_fds(self) -> list[int]:
+        """What to select on for writing: protocol bytes the peer has not taken yet."""
+        fds = [c.fileno() for c in self.protocol.channels() if c.wants_write]
+        return fds + (self.api.write_fds() if self.api is not None else [])
+
+    def pump(self, readable: Iterable[int], writable: Iterable[int]) -> None:
+        """Move protocol bytes: channels and callers that select said are ready."""
+        readable, writable = set(readable), set(writable)
+        if not readable and not writable:
+            return
+        now = time.monotonic()
+        for channel in self.protocol.channels():
+            fd = channel.fileno()
+            if fd in readable:
+                channel.on_readable(now)
+            if fd in writable and channel.state != "closed":
+                channel.on_writable()
+        if self.api is not None:
+            for fd in (readable | writable) & set(self.api.read_fds() + self.api.write_fds()):
+                self.api.on_ready(fd, fd in readable, fd in writable, now)
 
     # --- status -------------------------------------------------------------------
 
@@ -956,8 +1131,31 @@ class Supervisor:
                 or ([str(self.cgroups.path(slot.cgroup))] if slot.cgroup and self.cgroups else []),
                 "log": str(self.paths.plugin_log(pid)),
                 "log_error": slot.log_error,
+                "activation": slot.entry.api.activation if slot.entry.api else None,
+                **self._protocol_status(pid),
             }
         return plugins
+
+    def _protocol_status(self, plugin_id: str) -> dict[str, Any]:
+        """protocol (handshake | ready | closed | None), health (starting | healthy |
+        unhealthy | None) and the plugin's own health message."""
+        doc = self.protocol.status(plugin_id)
+        return {
+            "protocol": doc.get("protocol"),
+            "protocol_reason": doc.get("reason"),
+            "health": doc.get("health"),
+            "health_message": doc.get("message") or None,
+            "functions": doc.get("functions", []),
+        }
+
+
+def _on_call(entry: PluginEntry) -> bool:
+    return entry.api is not None and entry.api.activation == ON_CALL
+
+
+def _sdk_root() -> Path:
+    """pack01's root, holding ``aurora_common`` (the SDK): read-only to protocol plugins."""
+    return Path(aurora_common.__file__).resolve().parent.parent
 
 
 def _describe_exit(rc: int) -> str:

@@ -136,8 +136,13 @@ class FakeRegistry:
         enabled: bool = True,
         version: str = "1.0.0",
         entrypoint: str = "main.py",
+        manifest_extra: dict[str, Any] | None = None,
+        calls_granted: list[str] | None = None,
     ) -> Path:
-        """Stage a package with ``code`` as its entrypoint and register it."""
+        """Stage a package with ``code`` as its entrypoint and register it.
+
+        ``manifest_extra``: protocol keys (functions, activation, health, calls...);
+        ``calls_granted``: ``call:<id>/<fn>`` grants beside the capabilities."""
         rel = f"packages/{plugin_id}/{version}"
         pkg = self.plugins_dir / rel
         pkg.mkdir(parents=True, exist_ok=True)
@@ -148,10 +153,15 @@ class FakeRegistry:
             "version": version,
             "entrypoint": entrypoint,
             "permissions": granted or [],
+            **(manifest_extra or {}),
         }
         (pkg / "manifest.json").write_text(json.dumps(manifest))
         entry = self.doc["plugins"].setdefault(plugin_id, {"versions": {}})
-        entry.update(enabled=enabled, active_version=version, granted=list(granted or []))
+        entry.update(
+            enabled=enabled,
+            active_version=version,
+            granted=list(granted or []) + list(calls_granted or []),
+        )
         entry["versions"][version] = {
             "path": rel,
             "manifest": manifest,
@@ -387,3 +397,39 @@ class Service:
     proc: subprocess.Popen[bytes]
     env: dict[str, str]
     paths: Paths
+
+
+class LoopThread:
+    """The service's loop (reconcile, select, pump) on a supervisor, in a thread.
+
+    Tests talk to it only as the outside world does: registry files and the call
+    socket. ``stop()`` ends the loop; the fixture then closes the supervisor.
+    """
+
+    def __init__(self, sup: Supervisor) -> None:
+        import threading
+
+        self.sup = sup
+        self.errors: list[BaseException] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import select
+
+        try:
+            while not self._stopping:
+                self.sup.reconcile()
+                timeout = min(self.sup.next_wakeup(), 0.05)
+                reads, writes = self.sup.wait_fds(), self.sup.write_fds()
+                readable, writable, _ = select.select(reads, writes, [], timeout)
+                self.sup.pump(readable, writable)
+        except BaseException as exc:  # surfaced by stop()
+            self.errors.append(exc)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the supervisor loop did not stop"
+        assert not self.errors, f"the supervisor loop raised: {self.errors!r}"

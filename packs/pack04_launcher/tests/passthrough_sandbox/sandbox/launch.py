@@ -19,6 +19,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--policy", required=True)
     p.add_argument("--report")
+    p.add_argument("--protocol-fd", type=int)
     p.add_argument("argv", nargs=argparse.REMAINDER)
     args = p.parse_args()
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
@@ -40,6 +41,13 @@ def main() -> None:
     if args.report:
         with open(args.report, "w") as fh:
             json.dump({"layers": ["test-passthrough"], "policy": policy, "degraded": gaps}, fh)
+    if args.protocol_fd is not None:  # as pack03 does: the connection is the plugin's fd 3
+        if args.protocol_fd != 3:
+            os.dup2(args.protocol_fd, 3)
+            os.close(args.protocol_fd)
+        os.environ["AURORA_PLUGIN_PROTOCOL_FD"] = "3"
+    if policy.get("sdk_dir"):
+        os.environ["AURORA_PLUGIN_SDK"] = policy["sdk_dir"]
     os.execv(argv[0], argv)
 
 

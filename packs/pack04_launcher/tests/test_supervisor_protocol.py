@@ -1,0 +1,364 @@
+"""The plugin protocol through the supervisor: every call outcome, health, on-call, hostile peers.
+
+Real processes: the supervisor's loop (as the service runs it) in a thread, plugins
+started through a sandbox with their protocol connection, callers on the API socket
+(``aurora_common.calls``). The passthrough sandbox tests the supervisor's own logic;
+``test_protocol_sandbox.py`` runs the same paths through pack03.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from launcher import status
+from launcher.paths import Paths
+from launcher.supervisor import Supervisor
+from launcher_testing import PASSTHROUGH_ROOT, FakeRegistry, LoopThread, wait_until
+
+from aurora_common.calls import EXIT_CODES, CallOutcome, call
+
+SDK_HEAD = """
+import os, sys, time
+sys.path.insert(0, os.environ["AURORA_PLUGIN_SDK"])
+from aurora_common.sdk import Plugin
+plugin = Plugin()
+DATA = os.environ["AURORA_PLUGIN_DATA"]
+"""
+
+SERVER = (
+    SDK_HEAD
+    + """
+stuck = []
+open(os.path.join(DATA, "starts"), "a").write("x")
+
+@plugin.function("echo")
+def echo(args, ctx):
+    plugin.log("info", "echo\\ncalled", n=1)
+    return args
+
+@plugin.function("fail")
+def fail(args, ctx):
+    raise RuntimeError("it broke")
+
+@plugin.function("slow")
+def slow(args, ctx):
+    cancelled = ctx.cancelled.wait(args["seconds"])
+    open(os.path.join(DATA, "cancelled"), "w").write(str(cancelled))
+    return {}
+
+@plugin.function("crash")
+def crash(args, ctx):
+    os._exit(9)
+
+@plugin.function("bad-result")
+def bad_result(args, ctx):
+    return "not an object"
+
+@plugin.function("stick")
+def stick(args, ctx):
+    stuck.append(1)
+    return {}
+
+@plugin.health
+def health():
+    while stuck:  # a deadlock: the health check never answers
+        time.sleep(1)
+    return True, "all good"
+
+plugin.serve()
+"""
+)
+
+OBJECT = {"type": "object"}
+SERVER_API = {
+    "functions": {
+        "echo": {"parameters": {"type": "object", "required": ["text"]}, "result": OBJECT},
+        "fail": {},
+        "slow": {"parameters": {"type": "object", "required": ["seconds"]}},
+        "crash": {},
+        "bad-result": {"result": OBJECT},
+        "stick": {},
+    },
+    "health": {"interval_s": 0.2, "timeout_s": 0.3, "failures": 2},
+}
+
+
+@pytest.fixture
+def loop(
+    paths: Paths, make_supervisor: Callable[..., Supervisor]
+) -> Iterator[Callable[..., LoopThread]]:
+    started: list[LoopThread] = []
+
+    def _start(sandbox_root: Path = PASSTHROUGH_ROOT, **settings: Any) -> LoopThread:
+        settings.setdefault("max_restarts", 5)
+        thread = LoopThread(make_supervisor(sandbox_root=sandbox_root, **settings))
+        started.append(thread)
+        return thread
+
+    yield _start
+    for thread in started:
+        thread.stop()
+
+
+def _call(paths: Paths, plugin: str, function: str, args: Any = None, timeout: float = 10.0):
+    return call(str(paths.api_socket), plugin, function, args, timeout)
+
+
+def _ready(paths: Paths, plugin: str) -> CallOutcome:
+    """Call echo until the plugin has completed its handshake (it is starting)."""
+
+    def attempt() -> CallOutcome | None:
+        outcome = _call(paths, plugin, "echo", {"text": "ping"}, 5.0)
+        return outcome if outcome.kind == "result" else None
+
+    return wait_until(attempt, what=f"{plugin} answers")
+
+
+def test_every_call_outcome_has_its_kind_and_exit_code(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    fake_registry.add("acme.plain", "import time\nwhile True: time.sleep(1)")
+    fake_registry.add("acme.off", SERVER, manifest_extra=SERVER_API, enabled=False)
+    loop()
+    assert _ready(paths, "acme.server").value == {"text": "ping"}
+
+    outcomes = {
+        "result": _call(paths, "acme.server", "echo", {"text": "hi"}),
+        "plugin-error": _call(paths, "acme.server", "fail", {}),
+        "invalid": _call(paths, "acme.server", "echo", {"no-text": 1}),
+        "refused": _call(paths, "acme.server", "no-such-function", {}),
+        "not-running": _call(paths, "acme.off", "echo", {"text": "x"}),
+        "timeout": _call(paths, "acme.server", "slow", {"seconds": 30}, timeout=0.5),
+    }
+    for kind, outcome in outcomes.items():
+        assert outcome.kind == kind, (kind, outcome)
+        assert outcome.exit_code == EXIT_CODES[kind]
+    assert outcomes["result"].value == {"text": "hi"}
+    assert "it broke" in outcomes["plugin-error"].message
+    assert "text" in outcomes["invalid"].message
+    assert "not enabled" in outcomes["not-running"].message
+    # The deadline travelled: the plugin was told to cancel.
+    cancelled = paths.plugin_data("acme.server") / "cancelled"
+    wait_until(lambda: cancelled.is_file() and cancelled.read_text() == "True", what="cancel")
+    # A result that breaks its declared schema is the plugin's error, never passed on.
+    bad = _call(paths, "acme.server", "bad-result", {})
+    assert bad.kind == "plugin-error" and "schema" in bad.message
+    # A plugin without the protocol says so.
+    plain = _call(paths, "acme.plain", "echo", {})
+    assert plain.kind == "not-running" and "protocol" in plain.message
+    unknown = _call(paths, "acme.nobody", "echo", {})
+    assert unknown.kind == "not-running" and "registry" in unknown.message
+
+
+def test_several_calls_in_flight_and_a_crash_mid_call(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    loop()
+    _ready(paths, "acme.server")
+    results: dict[int, CallOutcome] = {}
+
+    def one(i: int) -> None:
+        results[i] = _call(paths, "acme.server", "echo", {"text": str(i)})
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert {i: o.value for i, o in results.items()} == {i: {"text": str(i)} for i in range(8)}
+
+    # A call in flight when the plugin dies gets a clear not-running, then the
+    # supervisor restarts it and later calls are answered again.
+    slow: list[CallOutcome] = []
+    waiter = threading.Thread(
+        target=lambda: slow.append(_call(paths, "acme.server", "slow", {"seconds": 20}))
+    )
+    waiter.start()
+    time.sleep(0.3)
+    crashed = _call(paths, "acme.server", "crash", {})
+    waiter.join(20)
+    assert crashed.kind == "not-running", crashed
+    assert slow and slow[0].kind == "not-running", slow
+    assert _ready(paths, "acme.server").kind == "result"
+    assert (paths.plugin_data("acme.server") / "starts").read_text() == "xx"
+
+
+def test_a_deadlocked_plugin_becomes_unhealthy_and_is_restarted(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop()
+    _ready(paths, "acme.server")
+    sup = thread.sup
+    wait_until(
+        lambda: sup.status_doc()["acme.server"]["health"] == "healthy", what="healthy"
+    )
+    assert sup.status_doc()["acme.server"]["health_message"] == "all good"
+    assert _call(paths, "acme.server", "stick", {}).kind == "result"
+    wait_until(
+        lambda: (paths.plugin_data("acme.server") / "starts").read_text() == "xx",
+        what="a restart after the health check stopped answering",
+    )
+    log_text = paths.plugin_log("acme.server").read_text()
+    assert "unhealthy" in log_text or "unhealthy" in str(sup.slots["acme.server"].reason)
+    assert _ready(paths, "acme.server").kind == "result"
+
+
+def test_log_records_land_in_the_plugin_log_with_their_level(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    loop()
+    _ready(paths, "acme.server")
+    lines = wait_until(
+        lambda: [
+            line
+            for line in paths.plugin_log("acme.server").read_text().splitlines()
+            if line.startswith("[info ")
+        ],
+        what="a log record",
+    )
+    # The message's newline is escaped: a record is always one line.
+    assert any("echo\\x0acalled" in line for line in lines), lines
+
+
+ON_CALL = (
+    SDK_HEAD
+    + """
+open(os.path.join(DATA, "starts"), "a").write("x")
+
+@plugin.function("echo")
+def echo(args, ctx):
+    return args
+
+plugin.serve()
+"""
+)
+
+
+def test_an_on_call_plugin_starts_at_its_first_call_and_stops_when_idle(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    api = {"functions": {"echo": {}}, "activation": "on-call", "idle_seconds": 1}
+    fake_registry.add("acme.lazy", ON_CALL, manifest_extra=api)
+    thread = loop()
+    sup = thread.sup
+    wait_until(lambda: sup.status_doc().get("acme.lazy", {}).get("state") == status.IDLE)
+    starts = paths.plugin_data("acme.lazy") / "starts"
+    assert not starts.exists()
+    assert _call(paths, "acme.lazy", "echo", {"n": 1}).value == {"n": 1}
+    assert starts.read_text() == "x"
+    wait_until(lambda: sup.status_doc()["acme.lazy"]["state"] == status.IDLE, what="idle stop")
+    assert "without calls" in sup.status_doc()["acme.lazy"]["reason"]
+    assert sup.slots["acme.lazy"].proc is None
+    assert _call(paths, "acme.lazy", "echo", {"n": 2}).value == {"n": 2}
+    assert starts.read_text() == "xx"
+
+
+CALLER = (
+    SDK_HEAD
+    + """
+from aurora_common.sdk import CallFailed
+
+@plugin.function("relay")
+def relay(args, ctx):
+    try:
+        return {"value": plugin.call(args["plugin"], args["function"], args["args"], timeout=5)}
+    except CallFailed as exc:
+        return {"failed": exc.code, "message": exc.message}
+
+plugin.serve()
+"""
+)
+
+
+def test_calls_between_plugins_only_as_granted(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    asks = {"functions": {"relay": {}}, "calls": ["acme.server/echo", "acme.server/fail"]}
+    # Asks for echo and fail, granted echo only; a grant the manifest does not ask for
+    # (stick) is not effective either.
+    fake_registry.add(
+        "acme.caller",
+        CALLER,
+        manifest_extra=asks,
+        calls_granted=["call:acme.server/echo", "call:acme.server/stick"],
+    )
+    loop()
+    _ready(paths, "acme.server")
+
+    def relay(function: str, args: Any) -> Any:
+        request = {"plugin": "acme.server", "function": function, "args": args}
+        return wait_until(
+            lambda: (o := _call(paths, "acme.caller", "relay", request)).kind == "result"
+            and o.value,
+            what="acme.caller answers",
+        )
+
+    assert relay("echo", {"text": "via"}) == {"value": {"text": "via"}}
+    refused = relay("fail", {})
+    assert refused["failed"] == -32003 and "not granted" in refused["message"]
+    assert relay("stick", {})["failed"] == -32003
+    # Revoked (the registry no longer lists it): refused from the next call on.
+    fake_registry.set("acme.caller", granted=[])
+    wait_until(lambda: relay("echo", {"text": "x"}).get("failed") == -32003, what="revoke")
+
+
+HOSTILE = {
+    # Never completes the handshake, but promised health: restarted, then failed.
+    "silent": "import time\nwhile True: time.sleep(1)",
+    # Garbage instead of a frame.
+    "garbage": "import os\nos.write(3, b'GET / HTTP/1.1\\r\\n\\r\\n')\nimport time\ntime.sleep(60)",
+    # A Content-Length far over the limit.
+    "oversized": (
+        "import os\nos.write(3, b'Content-Length: 999999999\\r\\n\\r\\n')\n"
+        "import time\ntime.sleep(60)"
+    ),
+    # A flood of notifications after a valid hello.
+    "flood": (
+        "import json, os, time\n"
+        "def send(o):\n"
+        "    b = json.dumps(o).encode()\n"
+        "    os.write(3, b'Content-Length: %d\\r\\n\\r\\n' % len(b) + b)\n"
+        "send({'jsonrpc': '2.0', 'id': 0, 'method': 'aurora.hello',"
+        " 'params': {'protocols': ['aurora-plugin-protocol-v1'], 'functions': []}})\n"
+        "try:\n"
+        "    while True:\n"
+        "        send({'jsonrpc': '2.0', 'method': 'x.y', 'params': {}})\n"
+        "except OSError:\n"
+        "    time.sleep(60)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_hostile_peer_ends_in_a_recorded_reason(
+    kind: str, loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    api = {"functions": {"echo": {}}, "health": {"interval_s": 0.2, "timeout_s": 0.2}}
+    fake_registry.add(f"acme.{kind}", HOSTILE[kind], manifest_extra=api)
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop(max_restarts=1, handshake_s=1.0)
+    sup = thread.sup
+
+    def reason() -> str | None:
+        doc = sup.status_doc().get(f"acme.{kind}", {})
+        return doc.get("protocol_reason") or (
+            doc.get("reason") if doc.get("state") in (status.BACKOFF, status.FAILED) else None
+        )
+
+    why = wait_until(reason, timeout=30, what=f"{kind}: a recorded reason")
+    assert "protocol" in why or "handshake" in why, why
+    # The supervisor goes on serving the others.
+    assert _ready(paths, "acme.server").kind == "result"
+    assert not thread.errors
+    json.dumps(sup.status_doc())  # the status file can still be written
