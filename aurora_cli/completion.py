@@ -11,13 +11,16 @@ VERBS: dict[str, list[str]] = {
     ],
     "plugin": [
         "validate", "stage", "list", "show", "enable", "disable",
-        "remove", "grant", "revoke", "rollback", "policy",
+        "remove", "grant", "revoke", "rollback", "policy", "call",
     ],
-    "launcher": ["list", "logs", "start", "stop", "run", "degraded", "limits"],
+    "launcher": ["list", "logs", "start", "stop", "run", "call", "degraded", "limits"],
     "status": [],
     "completion": ["bash", "zsh"],
 }  # fmt: skip
 GLOBAL_OPTIONS = ["--home", "--json", "--help"]
+#: Verbs of a group that another pack's CLI serves: `aurora plugin call` is pack04's
+#: `call` (calls go through the launcher that runs the plugin).
+ROUTED: dict[tuple[str, str], str] = {("plugin", "call"): "launcher"}
 
 _BASH = """\
 # bash completion for aurora: eval "$(aurora completion bash)"

@@ -9,7 +9,7 @@ from pathlib import Path
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
 
-from aurora_cli.completion import VERBS
+from aurora_cli.completion import ROUTED, VERBS
 from aurora_cli.completion import script as completion_script
 from aurora_cli.delegate import installer_argv, installer_env, pack_cli_env, run_child
 from aurora_cli.home import REPO, HomeError, installed, resolve_home
@@ -22,6 +22,8 @@ PACK_CLIS = {
     "plugin": ("pack05_plugin_api", "plugins.py"),
     "launcher": ("pack04_launcher", "launcher_cli.py"),
 }
+
+CALL_EXAMPLE = """aurora plugin call acme.greeter greet --args '{"name": "Ada"}'"""
 
 HELP = f"""\
 usage: aurora [--home DIR] [--json] COMMAND ...
@@ -46,6 +48,7 @@ options:
             "aurora pack install --pack pack05_plugin_api --with-deps --approve",
             "aurora plugin stage examples/plugins/acme.heartbeat",
             "aurora launcher list",
+            CALL_EXAMPLE,
             "aurora status --json",
             'eval "$(aurora completion bash)"',
         ]
@@ -93,9 +96,14 @@ def _fail(command: str | None, code: int, message: str, as_json: bool) -> int:
 
 
 def _pack_cli(
-    group: str, home: Path, given_home: str | None, args: list[str], as_json: bool
+    group: str,
+    home: Path,
+    given_home: str | None,
+    args: list[str],
+    as_json: bool,
+    served_by: str | None = None,
 ) -> int:
-    pack_id, script = PACK_CLIS[group]
+    pack_id, script = PACK_CLIS[served_by or group]
     pack = installed(home, pack_id)
     prog = f"aurora {group}"
     if pack is None:
@@ -139,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if group == "pack":
             return run_child(installer_argv(home, args), installer_env(home))
         if group in PACK_CLIS:
-            return _pack_cli(group, home, given_home, args, as_json)
+            verb = next((a for a in args if not a.startswith("-")), None)
+            served_by = ROUTED.get((group, verb or ""))
+            return _pack_cli(group, home, given_home, args, as_json, served_by)
         if group == "completion":
             return _completion(args, as_json)
         return _status(home, args, as_json)

@@ -57,6 +57,9 @@ def collect(home: Path) -> tuple[dict[str, Any], Problem | None]:
         seen = running.get(row["id"]) or {}
         row["launcher_state"] = seen.get("state")
         row["launcher_pid"] = seen.get("pid")
+        # From the plugin's own health checks (protocol plugins): starting/healthy/unhealthy.
+        row["health"] = seen.get("health")
+        row["health_message"] = seen.get("health_message")
     return {"home": str(home), "packs": packs, "plugins": plugins, "launcher": launcher}, problem
 
 
@@ -84,6 +87,9 @@ def _plugin_line(p: dict[str, Any]) -> str:
         line += f"  launcher: {p['launcher_state']}"
         if p.get("launcher_pid"):
             line += f" (pid {p['launcher_pid']})"
+    if p.get("health"):
+        message = "".join(c if c.isprintable() else "?" for c in str(p.get("health_message") or ""))
+        line += f", {p['health']}" + (f": {message[:80]}" if message else "")
     return line
 
 

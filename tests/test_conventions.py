@@ -22,7 +22,7 @@ from aurora.exitcodes import ExitCode  # noqa: E402
 from aurora_common import cli as conventions  # noqa: E402
 from aurora_common.cli import Exit  # noqa: E402
 
-from aurora_cli.completion import VERBS  # noqa: E402
+from aurora_cli.completion import ROUTED, VERBS  # noqa: E402
 
 ENVELOPE_KEYS = {"ok", "exit", "command", "result", "error"}
 
@@ -167,9 +167,10 @@ def test_every_verb_has_an_example_in_its_help(
         text = capsys.readouterr().out
         assert "example" in text and f"{name} {verb}" in text.split("example")[1], verb
         assert "exit codes: 0 ok" in text
-    # `aurora completion` offers exactly these verbs (H2's `limits` may not be merged yet)
+    # `aurora completion` offers exactly these verbs, and those another CLI serves
     offered = set(VERBS[group])
-    assert set(verbs) <= offered and offered - set(verbs) <= {"limits"}
+    routed = {verb for (g, verb) in ROUTED if g == group}
+    assert set(verbs) <= offered and offered - set(verbs) == routed
 
 
 def test_staging_shows_progress_on_a_terminal_and_never_with_json(

@@ -1,4 +1,4 @@
-"""Operator CLI: list, logs, start, stop and run plugins; allow degraded mode per plugin.
+"""Operator CLI: list, logs, start, stop, run and call plugins; allow degraded mode per plugin.
 
 ``python3 packs/pack04_launcher/launcher_cli.py <command>`` (or ``-m launcher.cli``).
 With ``--json`` exactly one JSON document goes to stdout; messages go to stderr.
@@ -11,12 +11,14 @@ import argparse
 import codecs
 import contextlib
 import dataclasses
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -25,6 +27,7 @@ from typing import Any, NoReturn, TextIO
 from launcher import aurora_boot  # noqa: F401
 
 # isort: split
+from aurora_common import calls
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
 
@@ -140,13 +143,14 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
             _err(f"degraded mode allowed for: {', '.join(allowed)}")
         _emit(args, out, "", EXIT_NOT_RUNNING)
         return EXIT_NOT_RUNNING
-    rows = [("ID", "STATE", "PID", "UID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
+    rows = [("ID", "STATE", "HEALTH", "PID", "UID", "UPTIME", "RESTARTS", "DEGRADED", "LAYERS")]
     for pid, rec in sorted(plugins.items()):
         up = rec["uptime_s"]
         rows.append(
             (
                 pid,
                 rec.get("state", "?"),
+                _health_cell(rec),
                 str(rec.get("pid") or "-"),
                 str(rec.get("uid") or "-"),
                 f"{up:.0f}s" if up is not None else "-",
@@ -170,9 +174,27 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
     for pid, rec in sorted(plugins.items()):
         if rec.get("state") not in (RUNNING, DISABLED) and rec.get("reason"):
             _err(f"{pid}: {rec['reason']}")
+        elif rec.get("state") == RUNNING and rec.get("health") == "unhealthy":
+            _err(f"{pid}: unhealthy: {_printable(rec.get('health_message') or 'no message')}")
+        elif rec.get("state") == RUNNING and rec.get("protocol") == "closed":
+            _err(f"{pid}: protocol: {_printable(rec.get('protocol_reason') or 'closed')}")
         for gap in rec.get("degraded") or []:
             _err(f"{pid}: DEGRADED, not enforced: {gap}")
     return EXIT_OK
+
+
+def _health_cell(rec: dict[str, Any]) -> str:
+    """From the plugin's own health checks (protocol plugins); '-' for the others."""
+    if rec.get("state") != RUNNING:
+        return "-"
+    if rec.get("health"):
+        return str(rec["health"])
+    return {"handshake": "starting", "closed": "no-protocol"}.get(str(rec.get("protocol")), "-")
+
+
+def _printable(text: str) -> str:
+    """A plugin's own text, its control characters escaped (it reaches a terminal)."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text)[:300])
 
 
 def _degraded_cell(rec: dict[str, Any]) -> str:
@@ -180,6 +202,48 @@ def _degraded_cell(rec: dict[str, Any]) -> str:
     if rec.get("degraded"):
         return f"YES ({len(rec['degraded'])})"
     return "allowed" if rec.get("allow_degraded") else "no"
+
+
+# --- call -------------------------------------------------------------------------
+
+
+def _cmd_call(args: argparse.Namespace, paths: Paths) -> int:
+    """Call a plugin's function through the running launcher (its API socket)."""
+    _check_id(args.plugin_id)
+    try:
+        arguments = json.loads(args.args) if args.args is not None else None
+    except ValueError as exc:
+        return _fail(args, EXIT_USAGE, f"--args: not JSON: {exc}")
+    if not 0 < args.timeout <= 300:
+        return _fail(
+            args, EXIT_USAGE, f"--timeout: expected seconds in (0, 300], got {args.timeout:g}"
+        )
+    done: list[calls.CallOutcome] = []
+    worker = threading.Thread(
+        target=lambda: done.append(calls.call(str(paths.api_socket), args.plugin_id,
+                                              args.function, arguments, args.timeout)),
+        daemon=True,
+    )  # fmt: skip
+    worker.start()
+    progress = conventions.Progress(as_json=args.json)
+    started = time.monotonic()
+    while worker.is_alive():
+        worker.join(0.1)
+        waited = time.monotonic() - started
+        if waited >= 1.0:
+            progress.update(f"waiting for {args.plugin_id} {args.function} ({waited:.0f} s)")
+    progress.done()
+    outcome = done[0]
+    code = outcome.exit_code
+    if outcome.kind == "result":
+        _emit(args, outcome.to_json(), json.dumps(outcome.value, indent=2, ensure_ascii=False))
+        return code
+    message = f"{args.plugin_id} {args.function}: {outcome.kind}: {_printable(outcome.message)}"
+    _err(conventions.error_line(conventions.prog_name(PROG), message))
+    if args.json:
+        error = conventions.error_object(message)
+        conventions.emit_json(conventions.envelope(args.command, code, outcome.to_json(), error))
+    return code
 
 
 # --- logs -------------------------------------------------------------------------
@@ -622,6 +686,7 @@ _EXAMPLES = {
     "limits": "limits set acme.heartbeat --disk 2GiB --cpu 0.5",
     "limits set": "limits set acme.heartbeat --disk 2GiB --cpu 0.5",
     "limits show": "limits show acme.heartbeat",
+    "call": """call acme.greeter greet --args '{"name": "Ada"}' --timeout 5""",
 }
 
 
@@ -713,6 +778,19 @@ def _parser() -> argparse.ArgumentParser:
         "show", parents=[common], help=text, description=text, **example("limits show")
     )
     lsh.add_argument("plugin_id", nargs="?")
+    text = "call a plugin's function through the running launcher"
+    cl = sub.add_parser(
+        "call",
+        parents=[common],
+        help=text,
+        description=text + ". Exit status by outcome: result 0, plugin error 1, invalid "
+        "arguments 2, refused 4, not running 7, timeout 124.",
+        **example("call"),
+    )
+    cl.add_argument("plugin_id")
+    cl.add_argument("function")
+    cl.add_argument("--args", help="the arguments, one JSON value (default: null)")
+    cl.add_argument("--timeout", type=float, default=30.0, help="seconds (30; at most 300)")
     text = "run a plugin once in the foreground (for its author)"
     rn = sub.add_parser("run", parents=[common], help=text, description=text, **example("run"))
     rn.add_argument("plugin_id")
@@ -731,6 +809,7 @@ _COMMANDS = {
     "start": _cmd_start,
     "stop": _cmd_stop,
     "run": _cmd_run,
+    "call": _cmd_call,
     "degraded": _cmd_degraded,
     "limits": _cmd_limits,
 }

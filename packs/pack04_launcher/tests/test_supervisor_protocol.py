@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aurora_common.calls import EXIT_CODES, CallOutcome, call
 from launcher import status
 from launcher.paths import Paths
 from launcher.supervisor import Supervisor
 from launcher_testing import PASSTHROUGH_ROOT, FakeRegistry, LoopThread, wait_until
-
-from aurora_common.calls import EXIT_CODES, CallOutcome, call
 
 SDK_HEAD = """
 import os, sys, time
@@ -198,9 +197,7 @@ def test_a_deadlocked_plugin_becomes_unhealthy_and_is_restarted(
     thread = loop()
     _ready(paths, "acme.server")
     sup = thread.sup
-    wait_until(
-        lambda: sup.status_doc()["acme.server"]["health"] == "healthy", what="healthy"
-    )
+    wait_until(lambda: sup.status_doc()["acme.server"]["health"] == "healthy", what="healthy")
     assert sup.status_doc()["acme.server"]["health_message"] == "all good"
     assert _call(paths, "acme.server", "stick", {}).kind == "result"
     wait_until(
@@ -299,8 +296,9 @@ def test_calls_between_plugins_only_as_granted(
     def relay(function: str, args: Any) -> Any:
         request = {"plugin": "acme.server", "function": function, "args": args}
         return wait_until(
-            lambda: (o := _call(paths, "acme.caller", "relay", request)).kind == "result"
-            and o.value,
+            lambda: (
+                (o := _call(paths, "acme.caller", "relay", request)).kind == "result" and o.value
+            ),
             what="acme.caller answers",
         )
 
