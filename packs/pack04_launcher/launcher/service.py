@@ -43,6 +43,24 @@ EXIT_ALREADY_RUNNING = 3
 MAX_RUNTIME_ENV = "AURORA_LAUNCHER_MAX_RUNTIME"
 
 
+#: Uids besides root allowed on the call socket, for a service started by start.sh:
+#: comma-separated (``--allow-caller`` adds to them).
+CALLERS_ENV = "AURORA_LAUNCHER_CALLERS"
+
+
+def callers_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, ...]:
+    """``AURORA_LAUNCHER_CALLERS`` as uids; ConfigError naming the bad item."""
+    raw = (os.environ if environ is None else environ).get(CALLERS_ENV, "")
+    uids: list[int] = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or not 0 <= int(item) < 2**32 - 1:
+            raise ConfigError(f"{CALLERS_ENV}={raw!r}: {item!r} is not a uid")
+        uids.append(int(item))
+    return tuple(uids)
+
+
 def max_runtime_from_env(environ: Mapping[str, str] | None = None) -> float | None:
     """``AURORA_LAUNCHER_MAX_RUNTIME`` in seconds; None (no bound) when unset, empty or 0.
 
@@ -258,6 +276,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not bound data dirs by a filesystem image each (every plugin degraded)",
     )
+    p.add_argument(
+        "--allow-caller",
+        type=int,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="a uid besides root that may call plugins through the call socket (repeatable)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -272,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Checked even when --max-runtime is given: a bad setting is the operator's to fix.
         max_runtime = max_runtime_from_env()
+        callers = callers_from_env()
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_ERROR
@@ -292,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         reap_orphans=True,
         fork_server=not args.no_fork_server,
         disk_images=not args.no_disk_images,
+        api_callers=callers + tuple(args.allow_caller),
     )
     try:
         serve(paths, settings, heartbeat=args.heartbeat)

@@ -221,7 +221,11 @@ class Supervisor:
     def _lay_out(self) -> None:
         """Root's directories, closed to plugin uids; the data path only traversable."""
         p = self.paths
-        for d in (p.run, p.reports_root, p.logs, p.logs / "plugins", p.images):
+        # Callers the operator allows besides root must reach the call socket: the run
+        # dir is then only traversable (its files stay 0600, its other dirs 0700).
+        run_mode = datadir.TRAVERSE if self.settings.api_callers else datadir.PRIVATE
+        datadir.root_dir(p.run, run_mode)
+        for d in (p.reports_root, p.logs, p.logs / "plugins", p.images):
             datadir.root_dir(d, datadir.PRIVATE)
         for d in (p.data, p.plugin_data_root):
             datadir.root_dir(d, datadir.TRAVERSE)

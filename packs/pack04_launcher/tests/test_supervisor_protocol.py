@@ -360,3 +360,58 @@ def test_a_hostile_peer_ends_in_a_recorded_reason(
     assert _ready(paths, "acme.server").kind == "result"
     assert not thread.errors
     json.dumps(sup.status_doc())  # the status file can still be written
+
+
+def _call_as(uid: int, paths: Paths) -> dict[str, Any]:
+    """A call from a process of ``uid``: a fork of this one (python itself lies under
+    root's 0700 home here) that drops to that uid; the outcome comes back on a pipe."""
+    import os
+
+    r, w = os.pipe()
+    # The test's tmp dir lies under root's 0700 pytest dir: reach the run dir through a
+    # descriptor opened before the switch, so only the launcher's own modes decide.
+    run_fd = os.open(paths.run, os.O_PATH | os.O_DIRECTORY)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            sock = f"/proc/self/fd/{run_fd}/{paths.api_socket.relative_to(paths.run)}"
+            o = call(sock, "acme.server", "echo", {"text": "u"}, 5)
+            os.write(w, json.dumps({"kind": o.kind, "message": o.message}).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(run_fd)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(child, 0)
+    doc: dict[str, Any] = json.loads(data)
+    return doc
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="needs root to run callers as other uids")  # fmt: skip
+def test_only_root_and_the_uids_the_operator_allows_may_call(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    import os
+    import stat
+
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop()
+    _ready(paths, "acme.server")
+    assert stat.S_IMODE(os.stat(paths.api_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(paths.api_socket).st_mode) == 0o600
+    stranger = _call_as(54321, paths)
+    assert stranger["kind"] == "refused", stranger
+    thread.stop()
+    thread.sup.close()
+    # The operator allows uid 54321: it may call; anyone else still may not.
+    thread = loop(api_callers=(54321,))
+    _ready(paths, "acme.server")
+    assert _call_as(54321, paths)["kind"] == "result"
+    other = _call_as(54322, paths)
+    assert other["kind"] == "refused" and "not allowed" in other["message"], other
