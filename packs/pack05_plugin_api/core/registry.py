@@ -680,7 +680,7 @@ class PluginRegistry:
         elif version == active:
             if record["enabled"] and not covered:
                 record["enabled"] = False
-                reason = "replaced by content that requests ungranted capabilities"
+                reason = "replaced by content that requests ungranted capabilities or calls"
                 return [self._audit("disable", plugin_id, version, reason=reason)]
         elif Version(version) > Version(active):
             if record["enabled"] and not covered:
@@ -775,7 +775,8 @@ class PluginRegistry:
         return result
 
     def grant(self, plugin_id: str, capabilities: Iterable[str]) -> builtins.list[str]:
-        """Grant capabilities the plugin requests; return those newly granted.
+        """Grant capabilities or call grants (``call:<id>/<fn>``) the plugin requests; return
+        those newly granted.
 
         Raises CapabilityError for unknown names or names no version requests,
         PermissionDenied for names the policy blocks, UnknownPlugin for an unknown id.
@@ -810,7 +811,8 @@ class PluginRegistry:
         return result
 
     def revoke(self, plugin_id: str, capabilities: Iterable[str]) -> dict[str, Any]:
-        """Revoke capabilities; an enabled plugin whose active version needs one is disabled.
+        """Revoke capabilities or call grants; an enabled plugin whose active version needs one
+        is disabled.
 
         Returns ``{"revoked": [...], "disabled": bool}``.
         """
