@@ -21,7 +21,13 @@ from aurora_common import cli as conventions
 from aurora_common.cli import Exit
 from core import paths
 from core.api import load_manifest, manifest_problems
-from core.capabilities import CAPABILITIES, CAPABILITY_NAMES
+from core.capabilities import (
+    CALL_GRANT_FORM,
+    CALL_GRANT_PREFIX,
+    CAPABILITIES,
+    CAPABILITY_NAMES,
+    requested_grants,
+)
 from core.errors import (
     CapabilityError,
     ManifestError,
@@ -110,13 +116,40 @@ def _policy_blocked(args: argparse.Namespace) -> frozenset[str]:
         return frozenset()
 
 
+def _calls(requested: list[str], granted: list[str], blocked: frozenset[str]) -> dict[str, Any]:
+    """The call grants alone (``call:<plugin id>/<function>``): requested, granted, missing."""
+    want = [g for g in requested if g.startswith(CALL_GRANT_PREFIX)]
+    have = [g for g in granted if g.startswith(CALL_GRANT_PREFIX)]
+    return {
+        "requested": want,
+        "granted": have,
+        "missing": sorted(set(want) - set(have) - blocked),
+        "blocked": sorted((set(want) - set(have)) & blocked),
+    }
+
+
+def _protocol(manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """The active version's protocol keys (defaults filled in, as pack04 applies them)."""
+    m = manifest or {}
+    health = {**_HEALTH_DEFAULTS, **(m.get("health") or {})}
+    activation = m.get("activation", "always")
+    return {
+        "functions": sorted(m.get("functions") or {}),
+        "activation": activation,
+        "idle_seconds": m.get("idle_seconds", 60) if activation == "on-call" else None,
+        "health": health,
+    }
+
+
+_HEALTH_DEFAULTS = {"interval_s": 10, "timeout_s": 2, "failures": 3}
+
+
 def _summary(pid: str, rec: dict[str, Any], blocked: frozenset[str]) -> dict[str, Any]:
     active = rec.get("active_version")
-    requested = (rec.get("manifest") or {}).get("permissions", [])
+    # capabilities and call grants (call:<plugin id>/<function>), as the registry counts them
+    requested = requested_grants(rec.get("manifest"))
     pending = rec.get("pending_version")
-    pending_requested = (
-        rec["versions"][pending]["manifest"].get("permissions", []) if pending else []
-    )
+    pending_requested = requested_grants(rec["versions"][pending]["manifest"]) if pending else []
     return {
         "id": pid,
         "enabled": rec["enabled"],
@@ -133,6 +166,9 @@ def _summary(pid: str, rec: dict[str, Any], blocked: frozenset[str]) -> dict[str
         "pending_missing": sorted(set(pending_requested) - set(rec["granted"])),
         # granted, but blocked since (permissions.json edited by hand): `policy --block` withdraws
         "blocked_by_policy": sorted(set(rec["granted"]) & blocked),
+        # the call grants alone, from the lists above
+        "calls": _calls(requested, rec["granted"], blocked),
+        "protocol": _protocol(rec.get("manifest")),
     }
 
 
@@ -187,7 +223,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     lines = [
         f"{p['id']:<32} {p['active_version'] or '-':<12} "
         f"{'enabled' if p['enabled'] else 'disabled':<9} "
-        f"granted={','.join(p['granted']) or '-'}"
+        f"granted={','.join(_capabilities(p['granted'])) or '-'}"
+        + (
+            f" calls={len(p['calls']['granted'])}/{len(p['calls']['requested'])}"
+            if p["calls"]["requested"] or p["calls"]["granted"]
+            else ""
+        )
         + (f" missing={','.join(p['missing'])}" if p["missing"] else "")
         + (f" blocked={','.join(p['blocked'])} (policy)" if p["blocked"] else "")
         + (
@@ -207,6 +248,31 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _capabilities(grants: list[str]) -> list[str]:
+    """The capabilities of a ``granted`` list (`list` counts the call grants instead)."""
+    return [g for g in grants if not g.startswith(CALL_GRANT_PREFIX)]
+
+
+def _show_lines(summary: dict[str, Any]) -> list[str]:
+    """What `show` prints under the record: calls and the protocol policy, one line each."""
+    calls, proto = summary["calls"], summary["protocol"]
+    lines = []
+    if calls["requested"] or calls["granted"]:
+        lines.append(
+            f"calls: requested {', '.join(calls['requested']) or '-'}; "
+            f"granted {', '.join(calls['granted']) or '-'}; "
+            f"missing {', '.join(calls['missing'] + calls['blocked']) or '-'}"
+        )
+    health = proto["health"]
+    lines.append(
+        f"functions: {', '.join(proto['functions']) or '-'}; activation {proto['activation']}"
+        + (f" (idle {proto['idle_seconds']} s)" if proto["idle_seconds"] is not None else "")
+        + f"; health every {health['interval_s']} s, timeout {health['timeout_s']} s, "
+        f"{health['failures']} failures"
+    )
+    return lines
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     record = registry.get(args.id)
@@ -218,7 +284,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         loader = PluginLoader(registry.plugins_dir)
         doc["problems"] = [p for v in record["versions"] for p in loader.verify(args.id, v)]
         doc["ok"] = not doc["problems"]
-    text = json.dumps(record, indent=2, sort_keys=True)
+    text = "\n".join([json.dumps(record, indent=2, sort_keys=True), *_show_lines(summary)])
     if summary["missing"]:
         text += f"\nnot granted yet: {', '.join(summary['missing'])} (grant, then enable)"
     if summary["blocked"]:
@@ -274,7 +340,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     result = _registry(args).revoke(args.id, args.capabilities)
     text = f"revoked from {args.id}: {', '.join(result['revoked']) or 'nothing'}"
     if result["disabled"]:
-        text += f"\ndisabled: {args.id} (its active version needs a revoked capability)"
+        text += f"\ndisabled: {args.id} (its active version needs a revoked grant)"
     _emit(args, {"ok": True, "id": args.id, **result}, text)
     return EXIT_OK
 
@@ -308,8 +374,15 @@ def _cmd_policy(args: argparse.Namespace) -> int:
         for name, c in CAPABILITIES.items()
     }
     doc = {"ok": True, **policy.to_json(), "capabilities": caps}
+    # call grants the policy names (call:<plugin id>/<function>), after the vocabulary
+    doc["calls"] = {
+        name: "blocked" if name in policy.blocked else "allowed"
+        for name in sorted(policy.allowed | policy.blocked)
+        if name.startswith(CALL_GRANT_PREFIX)
+    }
     text = "\n".join(
-        f"{n:<9} {c['policy']:<8} risk={c['risk']:<7} {c['description']}" for n, c in caps.items()
+        [f"{n:<9} {c['policy']:<8} risk={c['risk']:<7} {c['description']}" for n, c in caps.items()]
+        + [f"{n} {state}" for n, state in doc["calls"].items()]
     )
     _emit(args, doc, text)
     return EXIT_OK
@@ -373,7 +446,7 @@ def _parser() -> _Parser:
     )
     parser.set_defaults(json=False, data=None, actor=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    caps = f"capabilities: {', '.join(CAPABILITY_NAMES)}"
+    caps = f"capabilities: {', '.join(CAPABILITY_NAMES)}, or {CALL_GRANT_FORM}"
 
     def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> _Parser:
         p: _Parser = sub.add_parser(
@@ -412,10 +485,14 @@ def _parser() -> _Parser:
     p = add("remove", _cmd_remove, "unregister a plugin (or one version) and delete its files")
     p.add_argument("id")
     p.add_argument("--version", help="remove only this version")
-    p = add("grant", _cmd_grant, f"grant capabilities to a plugin ({caps})")
+    p = add("grant", _cmd_grant, f"grant capabilities or calls to a plugin ({caps})")
     p.add_argument("id")
     p.add_argument("capabilities", nargs="+", metavar="CAPABILITY")
-    p = add("revoke", _cmd_revoke, "revoke capabilities (disables the plugin if it needs them)")
+    p = add(
+        "revoke",
+        _cmd_revoke,
+        "revoke capabilities or calls (disables the plugin if it needs them)",
+    )
     p.add_argument("id")
     p.add_argument("capabilities", nargs="+", metavar="CAPABILITY")
     p = add("rollback", _cmd_rollback, "make an earlier staged version active")

@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 from packaging.version import InvalidVersion, Version
 
-from .capabilities import known_capabilities
+from .capabilities import CALL_TARGET, known_capabilities
 from .errors import ManifestError
 from .paths import schemas_dir
 from .storage import InputRefused, is_io_failure, read_bytes, refusal_reason
@@ -225,7 +225,7 @@ def manifest_problems(data: object) -> list[str]:
 
 
 _FUNCTION_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
-_CALL = re.compile(r"[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9][a-z0-9_-]*)+/[a-z][a-z0-9_-]{0,63}")
+_CALL = CALL_TARGET  # the registry checks call grants in `granted` with the same pattern
 
 
 def _protocol_problems(data: Mapping[str, Any], found: list[str]) -> list[str]:

@@ -65,7 +65,7 @@ class StagingError(PluginError):
 
 
 class PermissionDenied(PluginError):
-    """An action needs capabilities that are not granted or are blocked by policy."""
+    """An action needs capabilities or call grants that are not granted or are blocked by policy."""
 
     def __init__(self, plugin_id: str, capabilities: Iterable[str], reason: str) -> None:
         self.plugin_id = plugin_id

@@ -12,7 +12,14 @@ from typing import Any
 
 from . import paths
 from .audit import audit_entry
-from .capabilities import CAPABILITIES, CAPABILITY_NAMES, Capability, known_capabilities
+from .capabilities import (
+    CAPABILITIES,
+    CAPABILITY_NAMES,
+    Capability,
+    grant_problem,
+    is_grantable,
+    known_capabilities,
+)
 from .errors import CapabilityError, RegistryError
 from .storage import InputRefused, locked, read_bytes, refusal_reason
 from .txn import (
@@ -31,6 +38,7 @@ __all__ = [
     "Capability",
     "Policy",
     "check_capabilities",
+    "check_grants",
     "load_policy",
     "recover_policy",
     "request_permissions",
@@ -48,7 +56,8 @@ MAX_POLICY_BYTES = 64 * 1024
 class Policy:
     """The operator's policy: ``allowed`` may be auto-granted, ``blocked`` may never be granted.
 
-    Anything in neither list is denied until the operator grants it to a plugin.
+    Anything in neither list is denied until the operator grants it to a plugin. Both lists
+    may name call grants (``call:<plugin id>/<function>``) as well as capabilities.
     """
 
     allowed: frozenset[str] = field(default_factory=frozenset)
@@ -72,6 +81,21 @@ def check_capabilities(names: Iterable[object], *, place: str = "capabilities") 
     ]
     if problems:
         raise CapabilityError("; ".join(problems))
+    return [str(n) for n in names]
+
+
+def check_grants(names: Iterable[object], *, place: str = "capabilities") -> list[str]:
+    """Like ``check_capabilities``, also accepting call grants (``call:<plugin id>/<function>``);
+    raise CapabilityError naming every bad one with its place (a huge name is cut short)."""
+    names = list(names)
+    problems = [
+        f"{place}[{i}]: {problem}"
+        for i, name in enumerate(names)
+        if (problem := grant_problem(name)) is not None
+    ]
+    if problems:
+        shown = problems[:10] + ([f"... {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise CapabilityError("; ".join(shown))
     return [str(n) for n in names]
 
 
@@ -104,12 +128,12 @@ def load_policy(plugins_dir: Path | None = None) -> Policy:
     for key in ("allowed", "blocked"):
         value = data.get(key, [])
         if not isinstance(value, list):
-            problems.append(f"{key}: expected a list of capabilities")
+            problems.append(f"{key}: expected a list of capabilities and call grants")
             continue
         if len({repr(v) for v in value}) != len(value):
             problems.append(f"{key}: contains duplicates")
         try:
-            lists[key] = frozenset(check_capabilities(value, place=key))
+            lists[key] = frozenset(check_grants(value, place=key))
         except CapabilityError as exc:
             problems.append(str(exc))
     extra = sorted(set(data) - {"schema", "allowed", "blocked"})
@@ -129,9 +153,9 @@ def update_policy(
     actor: str | None = None,
 ) -> Policy:
     """Change the policy under its lock: ``allow``/``block`` move names, ``clear`` removes them."""
-    allow_set = set(check_capabilities(allow, place="allow"))
-    block_set = set(check_capabilities(block, place="block"))
-    clear_set = set(check_capabilities(clear, place="clear"))
+    allow_set = set(check_grants(allow, place="allow"))
+    block_set = set(check_grants(block, place="block"))
+    clear_set = set(check_grants(clear, place="clear"))
     both = (allow_set & block_set) | (clear_set & (allow_set | block_set))
     if both:
         raise CapabilityError(f"asked to set and unset at once: {', '.join(sorted(both))}")
@@ -188,7 +212,7 @@ def _withdraw(registry: Any) -> Callable[[Any], None]:
         blocked = redo.get("blocked") if isinstance(redo, dict) else None
         if not isinstance(blocked, list):
             raise TxnError(f"expected {{'blocked': [...]}} to finish, found {redo!r}")
-        registry.enforce_blocked(check_capabilities(blocked, place="blocked"))
+        registry.enforce_blocked(check_grants(blocked, place="blocked"))
 
     return withdraw
 
@@ -242,6 +266,6 @@ def request_permissions(
     allowed: list[str] = []
     blocked: list[str] = []
     for perm in perms:
-        ok = perm in CAPABILITIES and perm in granted and perm not in policy.blocked
+        ok = is_grantable(perm) and perm in granted and perm not in policy.blocked
         (allowed if ok else blocked).append(perm)
     return {"allowed": allowed, "blocked": blocked}

@@ -18,10 +18,10 @@ from packaging.version import Version
 from . import paths
 from .api import validate_manifest
 from .audit import audit_entry, utc_now
-from .capabilities import CAPABILITIES
+from .capabilities import CALL_GRANT_FORM, grant_problem, is_call_target, requested_grants, shown
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
 from .frozen import FrozenDict, freeze, loads_frozen, thaw
-from .permissions import check_capabilities, load_policy
+from .permissions import check_grants, load_policy
 from .storage import InputRefused, locked, read_bytes, refusal_reason
 from .txn import TxnError, audited_replace, marker_path, recover, remove_leftover_temps
 
@@ -47,9 +47,10 @@ Change = Callable[[Data], tuple[Data | None, Any, list[dict[str, Any]]]]
 
 
 def _requested(record: Mapping[str, Any], version: str | None) -> set[str]:
+    """What ``version`` requests: its capabilities and its call grants (``call:<id>/<fn>``)."""
     if version is None or version not in record["versions"]:
         return set()
-    return set(record["versions"][version]["manifest"].get("permissions", []))
+    return set(requested_grants(record["versions"][version]["manifest"]))
 
 
 def _view(record: Mapping[str, Any]) -> Record:
@@ -235,6 +236,35 @@ def _version_problems(pid: str, version: object, entry: object) -> list[str]:
         perms = manifest.get("permissions", [])
         if not (isinstance(perms, list) and all(isinstance(c, str) for c in perms)):
             problems.append(f"{where}.manifest.permissions: expected an array of strings")
+        calls = manifest.get("calls", [])
+        if not isinstance(calls, list):
+            problems.append(f"{where}.manifest.calls: expected an array of <plugin id>/<function>")
+        else:
+            bad = next((c for c in calls if not is_call_target(c)), None)
+            if bad is not None:
+                problems.append(
+                    f"{where}.manifest.calls: {shown(bad)} is not <plugin id>/<function>"
+                )
+    return problems
+
+
+def _granted_problems(granted: object) -> list[str]:
+    """``granted``: distinct capabilities and call grants (``call:<plugin id>/<function>``)."""
+    if not isinstance(granted, list):
+        return [f"granted: expected an array of capabilities and {CALL_GRANT_FORM}, found "
+                f"{_found(granted)}"]  # fmt: skip
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, item in enumerate(granted):
+        problem = grant_problem(item)
+        if problem is not None:
+            problems.append(f"granted[{i}]: {problem}")
+        elif item in seen:
+            problems.append(f"granted[{i}]: {item} granted twice")
+        else:
+            seen.add(item)
+        if len(problems) >= 5:
+            break
     return problems
 
 
@@ -246,13 +276,7 @@ def record_problems(pid: str, record: object) -> list[str]:
     problems += [f"{k}: unknown key" for k in sorted(set(record) - _RECORD_KEYS)]
     if "enabled" in record and not isinstance(record["enabled"], bool):
         problems.append(f"enabled: expected a boolean, found {_found(record['enabled'])}")
-    granted = record.get("granted", [])
-    if not (
-        isinstance(granted, list)
-        and all(isinstance(c, str) and c in CAPABILITIES for c in granted)
-        and len(set(granted)) == len(granted)
-    ):
-        problems.append(f"granted: expected an array of distinct capabilities, found {granted!r}")
+    problems += _granted_problems(record.get("granted", []))
     for key in ("registered_at", "updated_at"):
         if not isinstance(record.get(key, ""), str):
             problems.append(f"{key}: expected a time string")
@@ -656,7 +680,7 @@ class PluginRegistry:
         elif version == active:
             if record["enabled"] and not covered:
                 record["enabled"] = False
-                reason = "replaced by content that requests ungranted capabilities"
+                reason = "replaced by content that requests ungranted capabilities or calls"
                 return [self._audit("disable", plugin_id, version, reason=reason)]
         elif Version(version) > Version(active):
             if record["enabled"] and not covered:
@@ -751,12 +775,13 @@ class PluginRegistry:
         return result
 
     def grant(self, plugin_id: str, capabilities: Iterable[str]) -> builtins.list[str]:
-        """Grant capabilities the plugin requests; return those newly granted.
+        """Grant capabilities or call grants (``call:<id>/<fn>``) the plugin requests; return
+        those newly granted.
 
         Raises CapabilityError for unknown names or names no version requests,
         PermissionDenied for names the policy blocks, UnknownPlugin for an unknown id.
         """
-        caps = check_capabilities(capabilities)
+        caps = check_grants(capabilities)
 
         def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
             record = self._record(data, plugin_id)
@@ -786,11 +811,12 @@ class PluginRegistry:
         return result
 
     def revoke(self, plugin_id: str, capabilities: Iterable[str]) -> dict[str, Any]:
-        """Revoke capabilities; an enabled plugin whose active version needs one is disabled.
+        """Revoke capabilities or call grants; an enabled plugin whose active version needs one
+        is disabled.
 
         Returns ``{"revoked": [...], "disabled": bool}``.
         """
-        caps = check_capabilities(capabilities)
+        caps = check_grants(capabilities)
 
         def change(data: Data) -> tuple[Data | None, Any, list[dict[str, Any]]]:
             record = self._record(data, plugin_id)

@@ -46,4 +46,26 @@ def test_capability_enums_match_the_vocabulary() -> None:
     policy = json.loads((PACK_ROOT / "schemas" / "plugin-permissions-v1.json").read_text())
     assert manifest["properties"]["permissions"]["items"]["enum"] == list(CAPABILITY_NAMES)
     assert registry["$defs"]["capability"]["enum"] == list(CAPABILITY_NAMES)
-    assert policy["properties"]["allowed"]["items"]["enum"] == list(CAPABILITY_NAMES)
+    assert policy["$defs"]["capability"]["enum"] == list(CAPABILITY_NAMES)
+    for key in ("allowed", "blocked"):
+        assert policy["properties"][key]["items"] == {"$ref": "#/$defs/grant"}
+
+
+def test_call_grant_patterns_match_the_code() -> None:
+    """The schemas' call:<plugin id>/<function> pattern is the code's (core/capabilities.py)."""
+    import re
+
+    from core.capabilities import CALL_GRANT_PREFIX, CALL_TARGET, MAX_CALL_TARGET
+
+    manifest = json.loads((PACK_ROOT / "schemas" / "plugin-manifest-v1.json").read_text())
+    calls = manifest["properties"]["calls"]["items"]
+    assert calls["pattern"] == "^" + CALL_TARGET.pattern.replace("(?:", "(") + "$"
+    assert calls["maxLength"] == MAX_CALL_TARGET
+    for name in ("plugin-registry-v1.json", "plugin-permissions-v1.json"):
+        grant = json.loads((PACK_ROOT / "schemas" / name).read_text())["$defs"]["call_grant"]
+        assert grant["pattern"] == "^" + CALL_GRANT_PREFIX + calls["pattern"][1:]
+        assert grant["maxLength"] == len(CALL_GRANT_PREFIX) + MAX_CALL_TARGET
+        for good in ("call:acme.greeter/greet", "call:a.b/x_1"):
+            assert re.fullmatch(grant["pattern"].strip("^$"), good)
+        for bad in ("call:", "call:../../x", "call:acme.greeter", "network", "call:acme/greet"):
+            assert not re.fullmatch(grant["pattern"].strip("^$"), bad)
