@@ -386,6 +386,22 @@ class Demo:
         self.aurora("status")
         return entry
 
+    def greeter(self) -> None:
+        """A plugin of the Plugin API: started by its first call, answers through the
+        launcher, checked against its manifest's schemas."""
+        plugin = "acme.greeter"
+        self.section(f"{plugin}: an on-call plugin built on the SDK; call its function")
+        self.plugins("stage", str(EXAMPLES / plugin))
+        self.plugins("enable", plugin)
+        out = self.aurora("plugin", "call", plugin, "greet", "--args", '{"name": "demo"}',
+                          "--timeout", "20")  # fmt: skip
+        if "Hello, demo!" not in out:
+            raise DemoFailed(f"{plugin} greet answered {out!r}, not the greeting")
+        self.aurora("plugin", "call", plugin, "greet", "--args", '{"name": ""}', expected=2,
+                    note="arguments that break the manifest's schema never reach the plugin")  # fmt: skip
+        self.launcher("list")
+        self.launcher("logs", plugin)
+
     def disable(self, entry: dict[str, Any]) -> None:
         plugin = "acme.heartbeat"
         self.section(f"disable {plugin}: the launcher stops it")
@@ -433,6 +449,7 @@ class Demo:
             self.portwatch(port)
             port_entry = self.launcher_view()["acme.portwatch"]
             beat_entry = self.heartbeat()
+            self.greeter()
             self.disable(beat_entry)
             self.stop_services(port_entry)
         self.uninstall()
