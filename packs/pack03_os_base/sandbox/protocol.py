@@ -43,7 +43,7 @@ def problem(fd: int, where: str) -> str | None:
         family, kind = sock.family, sock.type
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
         if family != socket.AF_UNIX or kind != socket.SOCK_STREAM:
-            return f"{where}: a {_name(family)} {_name(kind)} socket; {expected}"
+            return f"{where}: a socket of family {_name(family)}, type {_name(kind)}; {expected}"
         if listening:
             return f"{where}: a listening socket, not a connection; {expected}"
         try:
