@@ -63,7 +63,7 @@ def arguments(
             "--cap-add", "CAP_DAC_READ_SEARCH"]  # fmt: skip
     if "network" not in pol.granted:
         args.append("--unshare-net")
-    needed = [*prefixes, *pol.read_paths, pol.data_dir]
+    needed = [*prefixes, *pol.read_paths, pol.data_dir, *([pol.sdk_dir] if pol.sdk_dir else [])]
     for path in (run.executable, os.path.realpath(run.executable)):
         if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in [*system, *needed]):
             needed.append(path)
@@ -96,10 +96,14 @@ def arguments(
     base = bool(pol.granted & {"fs-read", "fs-write"})
     for path in sorted(needed, key=lambda p: p.count("/")):
         hidden = any(path.startswith(m.rstrip("/") + "/") for m in made if m != "/")
-        if base and not hidden and (path != pol.data_dir or "fs-write" in pol.granted):
+        # The SDK stays read-only over a read-write host root (fs-write): it is shared.
+        sdk_over_rw = path == pol.sdk_dir and "fs-write" in pol.granted
+        if (base and not hidden and not sdk_over_rw
+                and (path != pol.data_dir or "fs-write" in pol.granted)):  # fmt: skip
             continue  # visible as it is through the bound host root
         args += _dirs_above(path, made, [*system, *needed], done)
-        flag = "--bind" if path == pol.data_dir else "--ro-bind-try"
+        flag = ("--bind" if path == pol.data_dir
+                else "--ro-bind" if path == pol.sdk_dir else "--ro-bind-try")  # fmt: skip
         args += [flag, path, path]
     args += ["--proc", "/proc", "--dev", "/dev"]
     for cap, patterns in devices.items():

@@ -79,6 +79,9 @@ class Run:
         self.refusal: list[str] = []
         self.host_pid = os.getpid()  # the plugin's pid as the host sees it
         self.relay: pidns.Relay | None = None  # in the plugin process of a PID namespace
+        # The plugin's protocol connection, parked high and close-on-exec until _exec
+        # makes it fd 3 (sandbox.protocol); None: the plugin gets none.
+        self.protocol_fd: int | None = None
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -218,6 +221,8 @@ def environment(policy: Policy) -> dict[str, str]:
         AURORA_PLUGIN_ID=policy.plugin_id,
         AURORA_PLUGIN_DATA=policy.data_dir,
     )
+    if policy.sdk_dir is not None:
+        env["AURORA_PLUGIN_SDK"] = policy.sdk_dir
     return env
 
 
@@ -407,6 +412,8 @@ def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
     else:
         for path in (*SYSTEM_READ, *python_prefixes(run.executable), *pol.read_paths):
             rs.allow(path, landlock.READ)
+        if pol.sdk_dir is not None:
+            rs.allow(pol.sdk_dir, landlock.READ)
         rs.allow(run.executable, landlock.READ)
         rs.allow(f"/proc/{os.getpid()}", landlock.READ_FILE | landlock.READ_DIR)
     for cap in ("gpu", "io"):
@@ -549,6 +556,7 @@ def apply_and_exec(
     publish: Publish | None = None,
     keep_fd: int | None = None,
     relay: pidns.Relay | None = None,
+    protocol_fd: int | None = None,
 ) -> NoReturn:
     """Confine this process by `policy` and exec `argv`; raises on refusal, never returns.
 
@@ -557,9 +565,12 @@ def apply_and_exec(
     document too; `keep_fd` stays open up to exec (close-on-exec), so its reader
     sees EOF exactly when exec succeeded. `relay`: this process already is the plugin
     process of a PID namespace (a server's pre-forked spare, sandbox.pidns.prefork).
+    `protocol_fd`: the plugin's protocol connection, already parked by
+    ``sandbox.protocol.take`` (checked, high, close-on-exec); the plugin gets it as fd 3.
     """
     out = _Output(report, publish, keep_fd)
     run = Run(policy=policy, argv=list(argv), backend=choose_backend(backend))
+    run.protocol_fd = protocol_fd
     if relay is not None:
         run.relay = relay
         run.host_pid = relay.host_pid
@@ -605,6 +616,11 @@ def _common(run: Run) -> dict[str, str]:
     run.limits = limits.describe(run.policy.limits)
     run.layer("rlimits", True, ", ".join(f"{k}={v}" for k, v in run.limits.items()))
     env = environment(run.policy)
+    if run.protocol_fd is not None:
+        env["AURORA_PLUGIN_PROTOCOL_FD"] = "3"  # sandbox.protocol.ENV, FD (not imported: cost)
+        run.layer("protocol", True, "fd 3 (AURORA_PLUGIN_PROTOCOL_FD)")
+    else:
+        run.layer("protocol", False, "no protocol connection passed: fd 3 not open")
     run.layer("environment", True, f"cleared; set {', '.join(sorted(env))}")
     os.chdir(run.policy.data_dir)
     return env
@@ -630,7 +646,7 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
         if run.relay is None:
             with contextlib.suppress(PermissionError):  # the waiter too leads its own group
                 os.setsid()
-            run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused)
+            run.relay = pidns.enter(out.keep_fd, out.deliver, out.refused, run.protocol_fd)
             run.host_pid = run.relay.host_pid
             out.keep_fd = None  # the launcher keeps the server's channel; we relay
         if run.relay.unshared:  # a spare made them ahead
@@ -665,7 +681,7 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
     _refuse_if_gaps(run)
     privileges.set_no_new_privs()
     run.layer("no-new-privs", True, "PR_SET_NO_NEW_PRIVS set")
-    run.layer("file-descriptors", True, "every fd above 2 closed before exec")
+    run.layer("file-descriptors", True, _fd_detail(run))
     run.status = "running"
     _finish_report(run, out)
     try:
@@ -692,7 +708,7 @@ def _mount_view(run: Run) -> None:
     base = "rw" if "fs-write" in pol.granted else "ro" if "fs-read" in pol.granted else None
     view = mounts.View(base, pol.uid, pol.gid)
     prefixes = python_prefixes(run.executable)
-    view.read = [*prefixes, *pol.read_paths]
+    view.read = [*prefixes, *pol.read_paths, *([pol.sdk_dir] if pol.sdk_dir else [])]
     for path in (run.executable, os.path.realpath(run.executable)):
         if not any(path == b or path.startswith(b.rstrip("/") + "/")
                    for b in (*SYSTEM_READ, *view.read)):  # fmt: skip
@@ -741,7 +757,7 @@ def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     keep: list[int] = []
     args = bwrap.arguments(run, python_prefixes(run.executable), DEVICES, SYSTEM_READ)
     if flt is not None:
-        fd = os.memfd_create("aurora-seccomp", 0)
+        fd = _above_protocol_fd(os.memfd_create("aurora-seccomp", 0))
         flt.export(fd)
         os.lseek(fd, 0, os.SEEK_SET)
         keep.append(fd)
@@ -772,11 +788,29 @@ def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     _refuse_if_gaps(run)
     privileges.set_no_new_privs()
     run.layer("no-new-privs", True, "PR_SET_NO_NEW_PRIVS set")
-    run.layer("file-descriptors", True, "every fd above 2 closed before exec")
+    run.layer("file-descriptors", True, _fd_detail(run))
     run.status = "running"
     _finish_report(run, out)
     argv = [path, *args, *bwrap.setpriv_argv(pol.uid, pol.gid), run.executable, *run.argv[1:]]
     _exec(run, path, argv, env, tuple(keep), cloexec=out.keep_fd)
+
+
+def _fd_detail(run: Run) -> str:
+    if run.protocol_fd is None:
+        return "every fd above 2 closed before exec"
+    return "every fd above 3 closed before exec; fd 3: the protocol connection"
+
+
+def _above_protocol_fd(fd: int) -> int:
+    """bwrap's seccomp memfd, moved off fd 3 (the protocol connection's number in the
+    plugin; bwrap gets it inherited, so both must be kept at exec)."""
+    if fd > 3:
+        return fd
+    import fcntl
+
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4)
+    os.close(fd)
+    return high
 
 
 def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple[int, ...] = (),
@@ -784,7 +818,8 @@ def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple
     """Set the rlimits, close every fd above 2 (but `keep`), exec: nothing runs after this.
 
     `keep` is inherited by the command (bwrap's seccomp fd); `cloexec` survives the
-    sweep but not exec (the server's status channel).
+    sweep but not exec (the server's status channel). The protocol connection, parked
+    high until now, becomes fd 3 only here, after the sweep.
     """
     sys.stdout.flush()
     sys.stderr.flush()
@@ -792,12 +827,22 @@ def _exec(run: Run, path: str, argv: list[str], env: dict[str, str], keep: tuple
         limits.apply(run.policy.limits)
     except (OSError, ValueError) as exc:
         raise LayerError(f"rlimits: {exc}") from None
+    spared = {*keep, *([] if cloexec is None else [cloexec])}
+    if run.protocol_fd is not None:
+        if 3 in spared:  # never by construction (sandbox.protocol.take, _above_protocol_fd)
+            raise LayerError("file-descriptors: fd 3 is held by the launcher itself: the "
+                             "protocol connection cannot take it")  # fmt: skip
+        spared.add(run.protocol_fd)
     low = 3
-    for fd in sorted({*keep, *([] if cloexec is None else [cloexec])}):
+    for fd in sorted(spared):
         os.closerange(low, fd)
         os.set_inheritable(fd, fd in keep)
         low = fd + 1
     os.closerange(low, 2**31 - 1)
+    if run.protocol_fd is not None:
+        os.dup2(run.protocol_fd, 3)  # inheritable: the plugin's (through bwrap and setpriv)
+        os.close(run.protocol_fd)
+        run.protocol_fd = 3
     try:
         os.execve(path, argv, env)
     except OSError as exc:

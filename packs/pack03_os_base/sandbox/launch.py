@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """pack03 sandbox command line: run a command confined by a policy, probe, kill a run's tree.
 
-    launch.py --policy POLICY.json [--report FILE] [--backend auto|native|bwrap] -- ARGV...
+    launch.py --policy POLICY.json [--report FILE] [--backend auto|native|bwrap]
+              [--protocol-fd N] -- ARGV...
     launch.py --probe [--json]
     launch.py --check [--json]
     launch.py --kill-tree (--pid PID | --report FILE) [--grace SECONDS] [--json]
     launch.py --serve SOCKET --data-root DIR --packages-root DIR --report-root DIR
-              [--spares N] [--grace SECONDS]
+              [--sdk-root DIR] [--spares N] [--grace SECONDS]
 
 Exit codes (like env(1)): 125 the sandbox refused or failed to start the command,
 126 the command cannot be executed, 127 it was not found; otherwise the command's
@@ -93,6 +94,18 @@ def _parser() -> _Parser:
         help="native: namespaces+Landlock+seccomp in-process; bwrap: bubblewrap; "
         "auto: native when Landlock exists (default)",
     )
+    p.add_argument(
+        "--protocol-fd",
+        type=int,
+        metavar="N",
+        help="--policy: inherited fd N (a connected AF_UNIX stream socket) becomes the "
+        "plugin's fd 3, AURORA_PLUGIN_PROTOCOL_FD=3",
+    )
+    p.add_argument(
+        "--sdk-root",
+        metavar="DIR",
+        help="--serve: the only policy.sdk_dir a request may name (default: none may)",
+    )
     p.add_argument("--pid", type=int, help="--kill-tree: the pid the run was started as")
     p.add_argument(
         "--grace",
@@ -126,8 +139,24 @@ def _cmd_run(args: argparse.Namespace, command: list[str]) -> int:
 
     if not command:
         raise _UsageError("no command: give it after --, e.g. -- python3 -I main.py")
+    conn = None
+    if args.protocol_fd is not None:
+        conn = _protocol_fd(args.protocol_fd)
     policy = load_policy(args.policy)
-    apply_and_exec(policy, command, backend=args.backend, report=args.report)
+    apply_and_exec(policy, command, backend=args.backend, report=args.report, protocol_fd=conn)
+
+
+def _protocol_fd(fd: int) -> int:
+    """The inherited protocol connection, checked and parked high (sandbox.protocol)."""
+    from sandbox import protocol
+
+    where = f"--protocol-fd {fd}"
+    if fd < 3:
+        raise _UsageError(f"{where}: 0-2 are the plugin's stdio; pass the socket as 3 or above")
+    problem = protocol.problem(fd, where)
+    if problem:
+        raise _UsageError(problem)
+    return protocol.take(fd)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -213,13 +242,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         roots.append(root)
         if problem:
             problems.append(problem)
+    sdk_root = None
+    if args.sdk_root is not None:
+        sdk_root, problem = check_root("--sdk-root", args.sdk_root)
+        if problem:
+            problems.append(problem)
     socket_problem = check_socket_dir(args.serve)
     if socket_problem:
         problems.append(socket_problem)
     if problems:
         raise _UsageError("; ".join(problems))
     logging.basicConfig(level=logging.INFO, format="sandbox-server: %(message)s")
-    Server(args.serve, Layout(*roots), spares=args.spares, grace=args.grace).serve()
+    layout = Layout(roots[0], roots[1], roots[2], sdk_root=sdk_root)
+    Server(args.serve, layout, spares=args.spares, grace=args.grace).serve()
     return EXIT_OK
 
 

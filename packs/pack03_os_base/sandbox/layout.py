@@ -19,12 +19,16 @@ if TYPE_CHECKING:
 
 
 class Layout:
-    """The three roots a server serves (each absolute, existing, normalised)."""
+    """The three roots a server serves (each absolute, existing, normalised), and the one
+    SDK directory a request may make readable (None: none may)."""
 
-    def __init__(self, data_root: str, packages_root: str, report_root: str) -> None:
+    def __init__(
+        self, data_root: str, packages_root: str, report_root: str, sdk_root: str | None = None
+    ) -> None:
         self.data_root = data_root
         self.packages_root = packages_root
         self.report_root = report_root
+        self.sdk_root = sdk_root
 
 
 def check_root(flag: str, value: str) -> tuple[str, str | None]:
@@ -112,6 +116,14 @@ def check_request(
                        "--packages-root", False, problems)  # fmt: skip
     if report is not None:
         check_path(report, "report", layout.report_root, "--report-root", True, problems)
+    sdk = policy.get("sdk_dir")
+    if isinstance(sdk, str):  # exactly the server's own: a request never picks a host dir
+        if layout.sdk_root is None:
+            problems.append(f"policy.sdk_dir: {sdk!r} given, but the server was started "
+                            "without --sdk-root (no SDK may be offered)")  # fmt: skip
+        elif ".." in sdk.split("/") or os.path.normpath(sdk) != layout.sdk_root:
+            problems.append(f"policy.sdk_dir: {sdk!r} is not the server's --sdk-root "
+                            f"{layout.sdk_root!r}")  # fmt: skip
     for key in ("uid", "gid"):
         if policy.get(key) == 0:
             problems.append(f"policy.{key}: 0 is root: the server never runs a plugin as root")

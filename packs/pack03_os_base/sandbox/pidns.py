@@ -164,14 +164,20 @@ def enter(
     keep_fd: int | None,
     deliver: Callable[[dict[str, Any]], None],
     on_failure: Callable[[dict[str, Any] | None], None],
+    plugin_only: int | None = None,
 ) -> Relay:
     """prefork(), then: returns only in the plugin process. In the launcher it delivers
     the report (or, when the plugin failed, calls `on_failure` with its refused report
     and raises Relayed), then waits and ends with the plugin's status: it never returns.
-    `keep_fd` (the server's status channel) stays with the launcher alone.
+    `keep_fd` (the server's status channel) stays with the launcher alone;
+    `plugin_only` (the protocol connection) with the plugin alone: a copy in the
+    waiter would keep the supervisor from seeing EOF when the plugin dies (init closes
+    every fd it does not need itself).
     """
     side = prefork()
     if isinstance(side, Launcher):
+        if plugin_only is not None:
+            os.close(plugin_only)
         side.run(keep_fd, deliver, on_failure)
     if keep_fd is not None:
         os.close(keep_fd)

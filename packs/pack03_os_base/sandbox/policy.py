@@ -20,6 +20,7 @@ LIMIT_KEYS = (
 _MIN_LIMITS = {"open_files": 4, "memory_bytes": 16 * 1024 * 1024}
 _KEYS = (
     "plugin_id", "granted", "data_dir", "read_paths", "limits", "allow_degraded", "uid", "gid",
+    "sdk_dir",
 )  # fmt: skip
 #: Host ids a plugin may run as: never root (0), never `nobody` (65534, shared by host
 #: daemons), never the kernel's "no id" (4294967295).
@@ -49,6 +50,7 @@ class Policy:
         allow_degraded: bool = False,
         uid: int = -1,
         gid: int = -1,
+        sdk_dir: str | None = None,
     ) -> None:
         self.plugin_id = plugin_id
         self.granted = granted
@@ -58,6 +60,7 @@ class Policy:
         self.allow_degraded = allow_degraded
         self.uid = uid
         self.gid = gid
+        self.sdk_dir = sdk_dir  # the plugin SDK, readable inside (None: not offered)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and self.to_json() == other.to_json()
@@ -78,6 +81,7 @@ class Policy:
             "allow_degraded": self.allow_degraded,
             "uid": self.uid,
             "gid": self.gid,
+            "sdk_dir": self.sdk_dir,
         }
 
 
@@ -96,6 +100,7 @@ def policy_from_json(doc: dict[str, Any]) -> Policy:
         allow_degraded=bool(doc["allow_degraded"]),
         uid=int(doc["uid"]),
         gid=int(doc["gid"]),
+        sdk_dir=doc.get("sdk_dir"),
     )
 
 
@@ -126,6 +131,7 @@ def parse_policy(raw: object, source: str = "policy") -> Policy:
     limits = _limits(raw, problems)
     uid = _host_id(raw, "uid", problems)
     gid = _host_id(raw, "gid", problems)
+    sdk_dir = _sdk_dir(raw, problems)
     allow_degraded = raw.get("allow_degraded", False)
     if not isinstance(allow_degraded, bool):
         problems.append(f"allow_degraded: expected true or false, found {_kind(allow_degraded)}")
@@ -140,6 +146,7 @@ def parse_policy(raw: object, source: str = "policy") -> Policy:
         allow_degraded=bool(allow_degraded),
         uid=uid,
         gid=gid,
+        sdk_dir=sdk_dir,
     )
 
 
@@ -228,6 +235,26 @@ def _read_paths(raw: dict[str, Any], problems: list[str]) -> list[str]:
             continue
         paths.append(path)
     return paths
+
+
+def _sdk_dir(raw: dict[str, Any], problems: list[str]) -> str | None:
+    """`sdk_dir`: the plugin SDK directory made readable inside, or null/absent (none)."""
+    value = raw.get("sdk_dir")
+    if value is None:
+        return None
+    path = _abs_path(value, "sdk_dir", problems)
+    if path is None:
+        return None
+    if ".." in value.split("/"):
+        problems.append(f"sdk_dir: {value!r} contains '..'")
+        return None
+    if path == "/":
+        problems.append("sdk_dir: '/' would make the whole filesystem readable")
+        return None
+    if not os.path.isdir(path):
+        problems.append(f"sdk_dir: {path!r} is not an existing directory")
+        return None
+    return path
 
 
 def _host_id(raw: dict[str, Any], key: str, problems: list[str]) -> int:

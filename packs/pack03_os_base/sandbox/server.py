@@ -9,7 +9,8 @@ in its own process (the code path of the one-shot launcher) and execs the plugin
 The server, its parent, tells the client the pid, and later the exit status.
 
 Protocol (docs/contracts.md): AF_UNIX SOCK_SEQPACKET, one request message per
-connection (JSON, optionally with 3 fds), then event messages: ``started``,
+connection (JSON, with 0, 3 or 4 fds: stdio, and the plugin's protocol connection), then
+event messages: ``started``,
 ``exited`` (or ``error`` for a malformed request).
 """
 
@@ -27,7 +28,7 @@ import struct
 import sys
 import time
 
-from sandbox import _libc, _log, cgroups, pidns
+from sandbox import _libc, _log, cgroups, pidns, protocol
 from sandbox.confine import BACKENDS, SYSTEM_READ, apply_and_exec, python_prefixes, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, ServerError, exit_status
 from sandbox.layout import Layout, check_request
@@ -46,6 +47,8 @@ MAX_MESSAGE = 1 << 16
 _MAX_CHILD_MESSAGE = 1 << 20
 #: Connections waiting for their request at once; more are turned away.
 MAX_PENDING = 64
+#: fds a request may carry: stdin, stdout, stderr, the plugin's protocol connection.
+_MAX_FDS = 4
 _REQUEST_KEYS = ("policy", "argv", "backend", "report")
 _PR_SET_PDEATHSIG = 1
 #: Chores (replacing spares, removing ended runs' cgroups) wait until the server has
@@ -60,13 +63,18 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def parse_request(
-    raw: bytes, nfds: int, layout: Layout | None = None, system_paths: frozenset[str] = frozenset()
+    raw: bytes,
+    nfds: int,
+    layout: Layout | None = None,
+    system_paths: frozenset[str] = frozenset(),
+    protocol_fd: int | None = None,
 ) -> dict[str, Any]:
     """Validate one request; raise RequestError naming every problem at once.
 
     With a `layout` (a server always has one) the policy's paths and the report must
     lie beneath its roots (sandbox.layout); `system_paths` are read paths the launcher
-    adds itself and so may appear as they are.
+    adds itself and so may appear as they are. `protocol_fd`: the 4th fd received (the
+    server always passes it), checked to be a connected AF_UNIX stream socket.
     """
     try:
         doc = json.loads(raw.decode("utf-8"))
@@ -103,8 +111,13 @@ def parse_request(
         not isinstance(report, str) or not os.path.isabs(report) or "\0" in report
     ):
         problems.append(f"report: expected an absolute path or null, found {report!r}")
-    if nfds not in (0, 3):
-        problems.append(f"fds: expected 0 or 3 (stdin, stdout, stderr), received {nfds}")
+    if nfds not in (0, 3, 4):
+        problems.append(f"fds: expected 0, 3 (stdin, stdout, stderr) or 4 (and the plugin's "
+                        f"protocol connection), received {nfds}")  # fmt: skip
+    elif nfds == 4 and protocol_fd is not None:
+        problem = protocol.problem(protocol_fd, "fds[3] (the protocol connection)")
+        if problem:
+            problems.append(problem)
     if layout is not None:
         for problem in check_request(layout, doc.get("policy"), report, system_paths):
             if problem not in problems:
@@ -309,7 +322,7 @@ class Server:
         if conn not in self._pending:
             return
         try:
-            msg, fds, flags, _ = socket.recv_fds(conn, MAX_MESSAGE + 1, 4)
+            msg, fds, flags, _ = socket.recv_fds(conn, MAX_MESSAGE + 1, _MAX_FDS + 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -321,8 +334,11 @@ class Server:
                 self._close_conn(conn)
                 return
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(msg) > MAX_MESSAGE:
-                raise RequestError([f"request too large (at most {MAX_MESSAGE} bytes, 3 fds)"])
-            request = parse_request(msg, len(fds), self.layout, self._system_paths)
+                raise RequestError(
+                    [f"request too large (at most {MAX_MESSAGE} bytes, {_MAX_FDS} fds)"]
+                )
+            request = parse_request(msg, len(fds), self.layout, self._system_paths,
+                                    fds[3] if len(fds) == 4 else None)  # fmt: skip
         except RequestError as exc:
             for fd in fds:
                 os.close(fd)
@@ -585,11 +601,11 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         ctrl.close()
         side.wait(on_claim=_outlive_the_server)
     try:
-        msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+        msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, _MAX_FDS)
         if not msg:  # the server stops
             return 0
         _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
-        _take_stdio(fds)
+        conn_fd = _take_stdio(fds)
         request = json.loads(msg)
         policy = policy_from_json(request["policy"])  # validated by the server
         apply_and_exec(
@@ -599,6 +615,7 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
             cgroup=cg,
             publish=publish,
             keep_fd=ctrl.fileno(),
+            protocol_fd=conn_fd,
         )
     except Exception as exc:
         status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
@@ -612,9 +629,12 @@ def _outlive_the_server() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
 
 
-def _take_stdio(fds: list[int]) -> None:
+def _take_stdio(fds: list[int]) -> int | None:
+    """The request's fds as the plugin's stdio (none: /dev/null); a 4th, the protocol
+    connection, parked high until exec (sandbox.protocol.take): its number."""
+    conn = protocol.take(fds[3]) if len(fds) > 3 else None
     if fds:
-        for target, fd in enumerate(fds):
+        for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
             os.close(fd)
     else:
@@ -622,6 +642,7 @@ def _take_stdio(fds: list[int]) -> None:
         for target in (0, 1, 2):
             os.dup2(null, target)
         os.close(null)
+    return conn
 
 
 def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay) -> int:
@@ -651,16 +672,17 @@ def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay)
         _send(ctrl, {"event": "error", "status": status, "error": message})
 
     relay.direct, relay.on_fail = True, refused
-    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, 3)
+    msg, fds, _, _ = socket.recv_fds(ctrl, MAX_MESSAGE, _MAX_FDS)
     if not msg:  # the server stops
         return 0
     relay.claimed()
-    _take_stdio(fds)
+    conn_fd = _take_stdio(fds)
     try:
         request = json.loads(msg)
         policy = policy_from_json(request["policy"])  # validated by the server
         apply_and_exec(policy, request["argv"], backend=request["backend"], cgroup=cg,
-                       publish=publish, keep_fd=ctrl.fileno(), relay=relay)  # fmt: skip
+                       publish=publish, keep_fd=ctrl.fileno(), relay=relay,
+                       protocol_fd=conn_fd)  # fmt: skip
     except Exception as exc:  # before the layers took over the relay (a missing command)
         status = exit_status(exc) or (EXIT_REFUSED, f"launcher error: {exc!r}")
         relay.fail(status[0], status[1], None)

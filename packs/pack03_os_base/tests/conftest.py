@@ -432,10 +432,16 @@ class ServerProc:
     """A ``launch.py --serve`` process and a client of its protocol (docs/contracts.md)."""
 
     def __init__(
-        self, directory: Path, spares: int = 1, grace: float = 2.0, root: Path | None = None
+        self,
+        directory: Path,
+        spares: int = 1,
+        grace: float = 2.0,
+        root: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         """Started by this (the test) process: the server serves only its parent.
-        `root` (default `directory`) is its data, packages and report root."""
+        `root` (default `directory`) is its data, packages and report root; `extra`:
+        more start arguments (``--sdk-root DIR``)."""
         self.sock = directory / "s.sock"
         self.log = directory / "server.log"
         self.root = root or directory
@@ -444,7 +450,7 @@ class ServerProc:
             self.proc = subprocess.Popen(
                 [PYTHON, str(LAUNCH), "--serve", str(self.sock), "--spares", str(spares),
                  "--grace", str(grace), "--data-root", str(self.root),
-                 "--packages-root", str(self.root), "--report-root", str(self.root)],
+                 "--packages-root", str(self.root), "--report-root", str(self.root), *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         deadline = time.monotonic() + 30

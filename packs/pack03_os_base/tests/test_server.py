@@ -85,7 +85,7 @@ def test_every_problem_of_a_request_is_reported_at_once(tmp_path: Path) -> None:
     assert any(p.startswith("argv: expected a non-empty list") for p in problems)
     assert any(p.startswith("backend: expected one of auto, native, bwrap") for p in problems)
     assert any(p.startswith("report: expected an absolute path") for p in problems)
-    assert any(p.startswith("fds: expected 0 or 3") for p in problems)
+    assert any(p.startswith("fds: expected 0, 3 (stdin, stdout, stderr) or 4") for p in problems)
 
 
 def test_a_valid_request_is_normalised(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_a_valid_request_is_normalised(tmp_path: Path) -> None:
     [
         pytest.param(b"garbage", 0, id="garbage"),
         pytest.param(b'{"policy": {"plugin_id": "../x"}, "argv": "ls"}', 0, id="bad-fields"),
-        pytest.param(b"{}", 4, id="four-fds"),
+        pytest.param(b"{}", 5, id="five-fds"),
         pytest.param(b" " * (server_lib.MAX_MESSAGE + 10), 0, id="too-large"),
     ],
 )
@@ -419,7 +419,7 @@ def test_any_bytes_are_a_request_or_a_request_error(raw: bytes, nfds: int) -> No
     except server_lib.RequestError as exc:
         assert exc.problems
     else:
-        assert req["argv"] and nfds in (0, 3)
+        assert req["argv"] and nfds in (0, 3, 4)
 
 
 @root_only
