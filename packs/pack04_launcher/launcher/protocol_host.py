@@ -260,6 +260,14 @@ class ProtocolHost:
                 soonest = min(soonest, entry.next_health)
         return max(0.0, soonest - now)
 
+    def states(self) -> dict[str, tuple[str, str | None]]:
+        """(protocol state, health) of every open channel: cheap, to notice a change."""
+        return {
+            pid: (e.channel.state, e.channel.health_status if e.health is not None else None)
+            for pid, e in self._plugins.items()
+            if e.channel is not None
+        }
+
     def status(self, plugin_id: str) -> dict[str, Any]:
         """What ``list``/``status`` show: protocol state, health and the plugin's message."""
         entry = self._plugins.get(plugin_id)

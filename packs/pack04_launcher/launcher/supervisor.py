@@ -170,6 +170,7 @@ class Supervisor:
         )
         self.api: ApiServer | None = None
         self.api_error: str | None = None
+        self._protocol_seen: dict[str, tuple[str, str | None]] = {}
         self.dirty = True
 
     # --- setup and teardown -------------------------------------------------------
@@ -1048,7 +1049,11 @@ class Supervisor:
         """Deadlines and health checks; restart who turned unhealthy, stop who is idle."""
         if self.api is not None:
             self.api.tick(now)
-        for plugin_id, why in self.protocol.tick(now):
+        restarts = self.protocol.tick(now)
+        seen = self.protocol.states()
+        if seen != self._protocol_seen:  # a handshake done, a health change: status now
+            self._protocol_seen, self.dirty = seen, True
+        for plugin_id, why in restarts:
             slot = self.slots.get(plugin_id)
             if slot is None or slot.proc is None:
                 continue

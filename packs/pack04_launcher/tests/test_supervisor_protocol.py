@@ -9,10 +9,10 @@ started through a sandbox with their protocol connection, callers on the API soc
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +20,13 @@ from aurora_common.calls import EXIT_CODES, CallOutcome, call
 from launcher import status
 from launcher.paths import Paths
 from launcher.supervisor import Supervisor
-from launcher_testing import PASSTHROUGH_ROOT, FakeRegistry, LoopThread, wait_until
+from launcher_testing import (
+    PASSTHROUGH_ROOT,
+    FakeRegistry,
+    LoopThread,
+    real_sandbox_root,
+    wait_until,
+)
 
 SDK_HEAD = """
 import os, sys, time
@@ -88,15 +94,24 @@ SERVER_API = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(params=["passthrough", "pack03-fork-server", "pack03-one-shot"])
 def loop(
-    paths: Paths, make_supervisor: Callable[..., Supervisor]
+    request: pytest.FixtureRequest, paths: Paths, make_supervisor: Callable[..., Supervisor]
 ) -> Iterator[Callable[..., LoopThread]]:
+    """The supervisor's loop on the passthrough sandbox (its own logic), and through
+    pack03 as installed: the fork server, and one-shot ``launch.py``."""
     started: list[LoopThread] = []
+    root = PASSTHROUGH_ROOT if request.param == "passthrough" else real_sandbox_root()
+    if root != PASSTHROUGH_ROOT and os.geteuid() != 0:
+        pytest.skip("pack03 runs plugins under their own uid: needs root")
+    fork_server = request.param == "pack03-fork-server"
 
-    def _start(sandbox_root: Path = PASSTHROUGH_ROOT, **settings: Any) -> LoopThread:
+    def _start(**settings: Any) -> LoopThread:
         settings.setdefault("max_restarts", 5)
-        thread = LoopThread(make_supervisor(sandbox_root=sandbox_root, **settings))
+        settings.setdefault("fork_server", fork_server)
+        thread = LoopThread(make_supervisor(sandbox_root=root, **settings))
+        if fork_server:
+            assert thread.sup.server is not None, thread.sup.server_error
         started.append(thread)
         return thread
 
@@ -125,8 +140,11 @@ def test_every_call_outcome_has_its_kind_and_exit_code(
     fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
     fake_registry.add("acme.plain", "import time\nwhile True: time.sleep(1)")
     fake_registry.add("acme.off", SERVER, manifest_extra=SERVER_API, enabled=False)
-    loop()
+    thread = loop()
     assert _ready(paths, "acme.server").value == {"text": "ping"}
+    layers = wait_until(lambda: thread.sup.status_doc()["acme.server"]["layers"])
+    if thread.sup.slots["acme.server"].sandbox.root != PASSTHROUGH_ROOT:  # type: ignore[union-attr]
+        assert {"protocol", "user", "seccomp", "mount-namespace"} <= set(layers), layers
 
     outcomes = {
         "result": _call(paths, "acme.server", "echo", {"text": "hi"}),
