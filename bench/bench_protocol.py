@@ -1,29 +1,45 @@
-"""Plugin protocol: call round trip through the supervisor's channel, against a bare echo.
+"""Plugin protocol: call round trips against a bare echo, and the first call of an on-call plugin.
 
 Side by side in one run: (1) the floor, a bare socketpair JSON-line echo between two
-Python processes; (2) a no-op ``aurora.call`` from the supervisor's end
-(``launcher.channel.Channel``, non-blocking, driven by a select loop as the
-supervisor drives it) to a plugin process served by the SDK (``aurora_common.sdk``),
-and back; (3) throughput with 8 calls kept in flight. The operator's leg
-(``aurora plugin call`` to the supervisor) is not built yet and not measured.
+Python processes; (2) the channel leg alone: a no-op ``aurora.call`` from the
+supervisor's end (``launcher.channel.Channel``, select loop) to an SDK plugin and back;
+(3) the whole path: ``aurora_common.calls.call()`` (what ``aurora plugin call`` does)
+to a real launcher service (``python -m launcher.service``), which passes it to a
+no-op SDK plugin in pack03's sandbox (fork server) and back, sequentially and with 8
+concurrent callers; (4) the first call to a stopped ``on-call`` plugin (the launcher
+starts it in the sandbox, it says hello, answers) against a bare ``python -I -c pass``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import select
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "packs" / "pack01_common"), str(ROOT / "packs" / "pack04_launcher")]
 
+from aurora_common.calls import call  # noqa: E402
+from aurora_common.digest import tree_digest  # noqa: E402
 from launcher.channel import Channel, FunctionSpec, Outcome  # noqa: E402
+
+PACK04 = ROOT / "packs" / "pack04_launcher"
+PACK03 = ROOT / "packs" / "pack03_os_base"
+SERVICE_CALLS = 1000
+CONCURRENT_CALLERS = 8
+CONCURRENT_CALLS_EACH = 250
+FIRST_CALLS = 10
 
 ROUNDS = 2000
 WARMUP = 200
@@ -130,6 +146,136 @@ def throughput(channel: Channel) -> float:
     return THROUGHPUT_CALLS / took
 
 
+SDK_PLUGIN = """
+import os, sys
+sys.path.insert(0, os.environ["AURORA_PLUGIN_SDK"])
+from aurora_common.sdk import Plugin
+plugin = Plugin()
+@plugin.function("noop")
+def noop(args, ctx):
+    return None
+plugin.serve()
+"""
+
+
+class Service:
+    """A launcher service on a throw-away home, running two SDK plugins in pack03."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="aurora-bench-protocol-"))
+        plugins = self.base / "pack05" / "plugins"
+        doc: dict[str, Any] = {"schema": "aurora-plugin-registry-v1", "plugins": {}}
+        for pid, extra in (
+            ("bench.noop", {}),
+            ("bench.lazy", {"activation": "on-call", "idle_seconds": 1}),
+        ):
+            rel = f"packages/{pid}/1.0.0"
+            pkg = plugins / rel
+            pkg.mkdir(parents=True)
+            (pkg / "main.py").write_text(SDK_PLUGIN)
+            manifest = {"id": pid, "name": pid, "version": "1.0.0", "entrypoint": "main.py",
+                        "permissions": [], "functions": {"noop": {}}, **extra}  # fmt: skip
+            (pkg / "manifest.json").write_text(json.dumps(manifest))
+            doc["plugins"][pid] = {
+                "enabled": True,
+                "active_version": "1.0.0",
+                "granted": [],
+                "versions": {
+                    "1.0.0": {"path": rel, "manifest": manifest, "digest": tree_digest(pkg)}
+                },  # fmt: skip
+            }
+        (plugins / "registry.json").write_text(json.dumps(doc))
+        self.run = self.base / "run"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHON": sys.executable,
+            "AURORA_PACK_ROOT": str(PACK04),
+            "AURORA_PACK_DATA": str(self.base / "data"),
+            "AURORA_PACK_RUN": str(self.run),
+            "AURORA_PACK_LOGS": str(self.base / "logs"),
+            "AURORA_PLUGIN_REGISTRY": str(plugins / "registry.json"),
+            "AURORA_SANDBOX_ROOT": str(PACK03),
+        }
+        argv = [sys.executable, "-m", "launcher.service", "--no-disk-images", "--log-level",
+                "WARNING"]  # fmt: skip
+        self.proc = subprocess.Popen(argv, cwd=PACK04, env=env, stdin=subprocess.DEVNULL)
+        self.socket = str(self.run / "api" / "calls.sock")
+        deadline = time.monotonic() + 30
+        while call(self.socket, "bench.noop", "noop", None, 5).kind != "result":
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the launcher service did not start bench.noop")
+            time.sleep(0.05)
+
+    def state(self, plugin_id: str) -> str | None:
+        try:
+            doc = json.loads((self.run / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        state = doc.get("plugins", {}).get(plugin_id, {}).get("state")
+        return state if isinstance(state, str) else None
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def service_round_trips(svc: Service) -> list[float]:
+    times: list[float] = []
+    for i in range(SERVICE_CALLS + WARMUP):
+        started = time.perf_counter()
+        outcome = call(svc.socket, "bench.noop", "noop", None, 5)
+        if outcome.kind != "result":
+            raise RuntimeError(outcome.message)
+        if i >= WARMUP:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def service_throughput(svc: Service) -> float:
+    failed: list[str] = []
+
+    def caller() -> None:
+        for _ in range(CONCURRENT_CALLS_EACH):
+            outcome = call(svc.socket, "bench.noop", "noop", None, 10)
+            if outcome.kind != "result":
+                failed.append(outcome.message)
+
+    threads = [threading.Thread(target=caller) for _ in range(CONCURRENT_CALLERS)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - started
+    if failed:
+        raise RuntimeError(failed[0])
+    return CONCURRENT_CALLERS * CONCURRENT_CALLS_EACH / took
+
+
+def first_calls(svc: Service) -> tuple[list[float], list[float]]:
+    """First call to the stopped on-call plugin, each after its idle stop; a bare
+    interpreter start measured beside each."""
+    firsts: list[float] = []
+    bare: list[float] = []
+    for _ in range(FIRST_CALLS):
+        deadline = time.monotonic() + 30
+        while svc.state("bench.lazy") != "idle":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench.lazy never went idle ({svc.state('bench.lazy')})")
+            time.sleep(0.05)
+        time.sleep(0.3)  # the fork server has made its spare again
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-I", "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        outcome = call(svc.socket, "bench.lazy", "noop", None, 10)
+        firsts.append(time.perf_counter() - started)
+        if outcome.kind != "result":
+            raise RuntimeError(outcome.message)
+    return firsts, bare
+
+
 def main() -> int:
     floor = bare_echo()
     channel, child = sdk_plugin()
@@ -140,25 +286,62 @@ def main() -> int:
     finally:
         channel.close("bench over")
         child.wait(5)
+    whole: list[float] = []
+    firsts: list[float] = []
+    bare: list[float] = []
+    svc_rate = 0.0
+    if os.geteuid() == 0:  # the sandbox runs plugins under their own uid
+        svc = Service()
+        try:
+            whole = service_round_trips(svc)
+            svc_rate = service_throughput(svc)
+            firsts, bare = first_calls(svc)
+        finally:
+            svc.close()
     fm, fp = statistics.median(floor) * 1e6, _percentile(floor, 0.99) * 1e6
     cm, cp = statistics.median(calls) * 1e6, _percentile(calls, 0.99) * 1e6
     print("## Plugin protocol: call round trip\n")
     print(
         f"{ROUNDS} round trips each (after {WARMUP} warm-up), in one run: the floor is a bare "
-        "JSON-line echo over a socketpair between two Python processes; the call is a no-op "
-        "`aurora.call` from the supervisor's channel (`launcher/channel.py`, select loop) to "
-        "an SDK plugin process and back, framed, classified and bounded on both ends. The "
-        "operator's leg to the supervisor is not built yet.\n"
+        "JSON-line echo over a socketpair between two Python processes; the channel leg is a "
+        "no-op `aurora.call` from the supervisor's channel (`launcher/channel.py`, select "
+        "loop) to an SDK plugin process and back; the whole path is "
+        "`aurora_common.calls.call()` (a new connection per call, as `aurora plugin call` "
+        "makes) to a running launcher service, which passes it to a no-op SDK plugin in "
+        f"pack03's sandbox and back ({SERVICE_CALLS} calls).\n"
     )
     print("| what | median µs | p99 µs | ratio to floor (median) |")
     print("|---|---:|---:|---:|")
     print(f"| bare socketpair JSON echo (floor) | {fm:.1f} | {fp:.1f} | 1.00x |")
     print(f"| channel → SDK plugin → channel | {cm:.1f} | {cp:.1f} | {cm / fm:.2f}x |")
+    if whole:
+        wm, wp = statistics.median(whole) * 1e6, _percentile(whole, 0.99) * 1e6
+        print(f"| operator → launcher → sandboxed plugin → back | {wm:.1f} | {wp:.1f} | "
+              f"{wm / fm:.2f}x |")  # fmt: skip
     print()
     print(
-        f"Throughput with {IN_FLIGHT} calls in flight: {rate:,.0f} calls/s "
+        f"Throughput, channel leg with {IN_FLIGHT} calls in flight: {rate:,.0f} calls/s "
         f"(one caller at a time on the floor: {floor_rate:,.0f} round trips/s)."
     )
+    if whole:
+        print(
+            f"Whole path with {CONCURRENT_CALLERS} concurrent callers (threads of one "
+            f"process, a connection per call): {svc_rate:,.0f} calls/s."
+        )
+        f_med, b_med = statistics.median(firsts) * 1e3, statistics.median(bare) * 1e3
+        print()
+        print("| first call to a stopped on-call plugin | median ms | max ms | ratio |")
+        print("|---|---:|---:|---:|")
+        print(f"| bare `python -I -c pass` (baseline) | {b_med:.1f} | "
+              f"{max(bare) * 1e3:.1f} | 1.00x |")  # fmt: skip
+        print(f"| `call()` → launcher starts it in the sandbox → hello → answer | "
+              f"{f_med:.1f} | {max(firsts) * 1e3:.1f} | {f_med / b_med:.2f}x |")  # fmt: skip
+        print()
+        print(f"{FIRST_CALLS} first calls, each after the plugin's idle stop (1 s), a bare "
+              "start measured beside each. Service run with `--no-disk-images` (no data "
+              "image to mount).")  # fmt: skip
+    else:
+        print("\n(not root: the whole path through the sandbox was not measured)")
     return 0
 
 

@@ -3,13 +3,18 @@
 One implementation for both ends (the supervisor and the plugin SDK), standard
 library only. The format is docs/plugin-protocol-v1.md; every limit here is a
 defence against a hostile peer, checked before the bytes it guards are kept.
+
+Every plugin imports this at its start: it imports only ``json`` (no ``typing``,
+no ``dataclasses``, which cost more than the rest of the SDK together).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL = "aurora-plugin-protocol-v1"
 SUPPORTED = (PROTOCOL,)
@@ -137,24 +142,48 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-@dataclass(frozen=True)
-class Request:
-    id: int | str
-    method: str
-    params: dict[str, Any]
+class _Message:
+    """A decoded message: compared and shown by its fields."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and all(
+            getattr(self, f) == getattr(other, f) for f in self.__slots__
+        )
+
+    def __hash__(self) -> int:
+        return hash(tuple(repr(getattr(self, f)) for f in self.__slots__))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclass(frozen=True)
-class Notification:
-    method: str
-    params: dict[str, Any]
+class Request(_Message):
+    __slots__ = ("id", "method", "params")
+
+    def __init__(self, id: int | str, method: str, params: dict[str, Any]) -> None:
+        self.id, self.method, self.params = id, method, params
 
 
-@dataclass(frozen=True)
-class Response:
-    id: int | str | None
-    result: Any = None
-    error: dict[str, Any] | None = None
+class Notification(_Message):
+    __slots__ = ("method", "params")
+
+    def __init__(self, method: str, params: dict[str, Any]) -> None:
+        self.method, self.params = method, params
+
+
+class Response(_Message):
+    __slots__ = ("error", "id", "result")
+
+    def __init__(
+        self,
+        id: int | str | None,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        self.id, self.result, self.error = id, result, error
 
 
 Message = Request | Notification | Response

@@ -163,6 +163,7 @@ class ApiServer:
                 continue
             client = _Client(sock, uid, now)
             self._clients[sock.fileno()] = client
+            self._read(client, now)  # the request is usually there already
 
     def _read(self, client: _Client, now: float) -> None:
         try:

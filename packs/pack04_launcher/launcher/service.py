@@ -112,21 +112,23 @@ class _Signals:
 
     def wait(
         self, timeout: float, fds: list[int] | None = None, write_fds: list[int] | None = None
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[list[int], list[int], bool]:
         """Sleep until a signal arrives (SIGCHLD included), one of ``fds`` is readable
         (a fork server run's exit, a log pipe, a protocol connection) or one of
-        ``write_fds`` writable, or ``timeout`` passes; return the ready fds."""
+        ``write_fds`` writable, or ``timeout`` passes; return the ready fds, and
+        whether a signal came."""
         try:
             ready, writable, _ = select.select(
                 [self.read_fd, *(fds or [])], write_fds or [], [], timeout
             )
         except ValueError:  # an fd above FD_SETSIZE: poll instead
             ready, writable = _poll([self.read_fd, *(fds or [])], write_fds or [], timeout)
-        if self.read_fd in ready:
+        signalled = self.read_fd in ready
+        if signalled:
             with contextlib.suppress(BlockingIOError):
                 os.read(self.read_fd, 512)
             ready = [fd for fd in ready if fd != self.read_fd]
-        return ready, writable
+        return ready, writable, signalled
 
 
 def _poll(reads: list[int], writes: list[int], timeout: float) -> tuple[list[int], list[int]]:
@@ -180,25 +182,41 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
                 f"{settings.max_runtime:g}s" if settings.max_runtime else "off",
             )
             last_beat = 0.0
+            due = 0.0  # monotonic time of the next reconcile pass
+            woken = True  # by a signal or an fd that is not a protocol connection
             while not sigs.stop:
                 reload, sigs.reload = sigs.reload, False
-                try:
-                    sup.reconcile(force_reload=reload)
-                except Exception:  # a bug or a host fault: report it, keep supervising
-                    log.exception(
-                        "reconcile pass failed; next pass in %.1fs", settings.poll_interval
-                    )
-                    sigs.wait(settings.poll_interval)
-                    continue
+                now = time.monotonic()
+                # A wake by protocol bytes alone (a call, an answer) moves them and meets
+                # the protocol's deadlines, not a whole pass (registry stats, exits):
+                # that pass costs more than the call itself.
+                if woken or reload or now >= due or sup.wants_pass():
+                    try:
+                        sup.reconcile(force_reload=reload)
+                    except Exception:  # a bug or a host fault: report it, keep supervising
+                        log.exception(
+                            "reconcile pass failed; next pass in %.1fs", settings.poll_interval
+                        )
+                        sigs.wait(settings.poll_interval)
+                        continue
+                    due = time.monotonic() + sup.next_wakeup()
+                else:
+                    try:
+                        sup.protocol_pass()
+                    except Exception:  # never: a channel contains its plugin's faults
+                        log.exception("protocol pass failed")
+                    due = min(due, time.monotonic() + sup.next_wakeup())
                 now = time.monotonic()
                 if sup.dirty or now - last_beat >= heartbeat:
                     _write_status(paths, sup, me, started_at, running=True)
                     sup.dirty, last_beat = False, now
-                readable, writable = sigs.wait(
-                    min(sup.next_wakeup(), max(0.0, heartbeat - (now - last_beat))),
+                readable, writable, signalled = sigs.wait(
+                    max(0.0, min(due - now, heartbeat - (now - last_beat))),
                     sup.wait_fds(),
                     sup.write_fds(),
                 )
+                protocol_fds = set(sup.protocol_read_fds())
+                woken = signalled or any(fd not in protocol_fds for fd in readable)
                 try:
                     sup.pump(readable, writable)
                 except Exception:  # never: a channel contains its plugin's faults

@@ -1080,6 +1080,14 @@ class Supervisor:
                 slot.reason = f"stopped after {seconds:g} s without calls; starts at its next call"
                 log.info("%s: %s", slot.entry.id, slot.reason)
 
+    def protocol_pass(self) -> None:
+        """The protocol's part of a pass alone: deadlines, health, idle stops."""
+        self._protocol_pass(time.monotonic())
+
+    def wants_pass(self) -> bool:
+        """A whole pass is needed now: a call waits for a plugin to be started."""
+        return bool(self.protocol.waiting_for())
+
     def protocol_read_fds(self) -> list[int]:
         fds = [c.fileno() for c in self.protocol.channels()]
         return fds + (self.api.read_fds() if self.api is not None else [])
