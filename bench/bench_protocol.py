@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "packs" / "pack01_common"), str(ROOT / "packs" / "pack04_launcher")]
 
-from aurora_common.calls import call  # noqa: E402
+from aurora_common.calls import Client, call  # noqa: E402
 from aurora_common.digest import tree_digest  # noqa: E402
 from launcher.channel import Channel, FunctionSpec, Outcome  # noqa: E402
 
@@ -182,7 +182,7 @@ class Service:
                 "granted": [],
                 "versions": {
                     "1.0.0": {"path": rel, "manifest": manifest, "digest": tree_digest(pkg)}
-                },  # fmt: skip
+                },
             }
         (plugins / "registry.json").write_text(json.dumps(doc))
         self.run = self.base / "run"
@@ -220,11 +220,11 @@ class Service:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def service_round_trips(svc: Service) -> list[float]:
+def service_round_trips(svc: Service, one: Callable[[], Any]) -> list[float]:
     times: list[float] = []
     for i in range(SERVICE_CALLS + WARMUP):
         started = time.perf_counter()
-        outcome = call(svc.socket, "bench.noop", "noop", None, 5)
+        outcome = one()
         if outcome.kind != "result":
             raise RuntimeError(outcome.message)
         if i >= WARMUP:
@@ -236,10 +236,11 @@ def service_throughput(svc: Service) -> float:
     failed: list[str] = []
 
     def caller() -> None:
-        for _ in range(CONCURRENT_CALLS_EACH):
-            outcome = call(svc.socket, "bench.noop", "noop", None, 10)
-            if outcome.kind != "result":
-                failed.append(outcome.message)
+        with Client(svc.socket) as client:
+            for _ in range(CONCURRENT_CALLS_EACH):
+                outcome = client.call("bench.noop", "noop", None, 10)
+                if outcome.kind != "result":
+                    failed.append(outcome.message)
 
     threads = [threading.Thread(target=caller) for _ in range(CONCURRENT_CALLERS)]
     started = time.perf_counter()
@@ -287,13 +288,18 @@ def main() -> int:
         channel.close("bench over")
         child.wait(5)
     whole: list[float] = []
+    kept: list[float] = []
     firsts: list[float] = []
     bare: list[float] = []
     svc_rate = 0.0
     if os.geteuid() == 0:  # the sandbox runs plugins under their own uid
         svc = Service()
         try:
-            whole = service_round_trips(svc)
+            whole = service_round_trips(
+                svc, lambda: call(svc.socket, "bench.noop", "noop", None, 5)
+            )
+            with Client(svc.socket) as client:
+                kept = service_round_trips(svc, lambda: client.call("bench.noop", "noop", None, 5))
             svc_rate = service_throughput(svc)
             firsts, bare = first_calls(svc)
         finally:
@@ -316,8 +322,11 @@ def main() -> int:
     print(f"| channel → SDK plugin → channel | {cm:.1f} | {cp:.1f} | {cm / fm:.2f}x |")
     if whole:
         wm, wp = statistics.median(whole) * 1e6, _percentile(whole, 0.99) * 1e6
-        print(f"| operator → launcher → sandboxed plugin → back | {wm:.1f} | {wp:.1f} | "
-              f"{wm / fm:.2f}x |")  # fmt: skip
+        print(f"| operator → launcher → sandboxed plugin → back, a connection per call "
+              f"(`aurora plugin call`) | {wm:.1f} | {wp:.1f} | {wm / fm:.2f}x |")  # fmt: skip
+        km, kp = statistics.median(kept) * 1e6, _percentile(kept, 0.99) * 1e6
+        print(f"| the same on one kept connection (`calls.Client`) | {km:.1f} | {kp:.1f} | "
+              f"{km / fm:.2f}x |")  # fmt: skip
     print()
     print(
         f"Throughput, channel leg with {IN_FLIGHT} calls in flight: {rate:,.0f} calls/s "
@@ -326,7 +335,7 @@ def main() -> int:
     if whole:
         print(
             f"Whole path with {CONCURRENT_CALLERS} concurrent callers (threads of one "
-            f"process, a connection per call): {svc_rate:,.0f} calls/s."
+            f"process, a `Client` each): {svc_rate:,.0f} calls/s."
         )
         f_med, b_med = statistics.median(firsts) * 1e3, statistics.median(bare) * 1e3
         print()

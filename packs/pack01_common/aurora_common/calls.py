@@ -1,9 +1,10 @@
 """Call a plugin's function through the launcher: the client library of Aurora.
 
 ``call(socket_path, plugin, function, args, timeout)`` connects to the launcher's
-API socket (pack04 README, "Calls"), sends one request and waits for its one
-outcome. Every way a call can end is an outcome, never an exception, each with
-its exit code for command lines (``EXIT_CODES``).
+API socket (pack04 README, "Plugin API"), sends one request and waits for its one
+outcome; ``Client`` keeps the connection for the next calls. Every way a call
+can end is an outcome, never an exception, each with its exit code for command
+lines (``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -46,51 +47,112 @@ class CallOutcome:
         return {"outcome": self.kind, "message": self.message}
 
 
-def call(
-    socket_path: str, plugin: str, function: str, args: Any = None, timeout: float = 30.0
-) -> CallOutcome:
-    """Call ``plugin``'s ``function`` with ``args``; block until its outcome."""
-    deadline = time.monotonic() + timeout + GRACE_S
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(min(5.0, timeout + GRACE_S))
+class Client:
+    """A connection to the launcher's API socket for several calls, one at a time.
+
+    ``call`` connects on first use and again after the launcher closed the
+    connection (between calls: a restart, an idle close); a connection lost during a
+    call is that call's outcome, never retried (the function may have run).
+    """
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self._sock: socket.socket | None = None
+        self._decoder = p.Decoder()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self, timeout: float) -> CallOutcome | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(timeout)
         try:
-            with unix_address(socket_path) as address:
+            with unix_address(self.socket_path) as address:
                 sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
             return CallOutcome(
-                "not-running", message=f"the launcher is not running ({socket_path})"
+                "not-running", message=f"the launcher is not running ({self.socket_path})"
             )
         except PermissionError:
+            sock.close()
             return CallOutcome(
-                "refused", message=f"{socket_path}: only the operator may call plugins"
+                "refused", message=f"{self.socket_path}: only the operator may call plugins"
             )
+        except OSError:
+            sock.close()
+            raise
+        self._sock, self._decoder = sock, p.Decoder()
+        return None
+
+    def call(
+        self, plugin: str, function: str, args: Any = None, timeout: float = 30.0
+    ) -> CallOutcome:
+        """Call ``plugin``'s ``function`` with ``args``; block until its outcome."""
         request = {"plugin": plugin, "function": function, "args": args, "timeout": timeout}
         try:
             frame = p.encode(request)
         except (TypeError, ValueError) as exc:
             return CallOutcome("invalid", message=f"args are not JSON: {exc}")
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(frame)  # turned away at once: its reason waits to be read below
-        decoder = p.Decoder()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return CallOutcome("timeout", message=f"no answer from the launcher in {timeout} s")
-            sock.settimeout(left)
-            chunk = sock.recv(65536)
-            if not chunk:
-                return CallOutcome("not-running", message="the launcher closed the connection")
-            for doc in decoder.feed(chunk):
-                return _outcome(doc)
-    except TimeoutError:
-        return CallOutcome("timeout", message=f"no answer from the launcher in {timeout} s")
-    except p.FramingError as exc:
-        return CallOutcome("plugin-error", message=f"the launcher's answer is malformed: {exc}")
-    except OSError as exc:
-        return CallOutcome("not-running", message=f"{socket_path}: {exc.strerror or exc}")
-    finally:
-        sock.close()
+        deadline = time.monotonic() + timeout + GRACE_S
+        try:
+            if self._sock is not None and _closed_by_peer(self._sock):
+                self.close()  # the launcher ended this connection between calls
+            if self._sock is None and (refusal := self._connect(min(5.0, timeout + GRACE_S))):
+                return refusal
+            assert self._sock is not None
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._sock.sendall(frame)  # turned away at once: the reason is read below
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.close()  # its late answer must not be taken for the next call's
+                    return CallOutcome(
+                        "timeout", message=f"no answer from the launcher in {timeout} s"
+                    )
+                self._sock.settimeout(left)
+                chunk = self._sock.recv(65536)
+                if not chunk:
+                    self.close()
+                    return CallOutcome("not-running", message="the launcher closed the connection")
+                for doc in self._decoder.feed(chunk):
+                    return _outcome(doc)
+        except TimeoutError:
+            self.close()
+            return CallOutcome("timeout", message=f"no answer from the launcher in {timeout} s")
+        except p.FramingError as exc:
+            self.close()
+            return CallOutcome("plugin-error", message=f"the launcher's answer is malformed: {exc}")
+        except OSError as exc:
+            self.close()
+            return CallOutcome("not-running", message=f"{self.socket_path}: {exc.strerror or exc}")
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True when the other end closed (EOF or an error waits): a new connection is needed."""
+    sock.settimeout(0.0)  # with a timeout set, recv would first wait that long
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+def call(
+    socket_path: str, plugin: str, function: str, args: Any = None, timeout: float = 30.0
+) -> CallOutcome:
+    """One call on a connection of its own (``aurora plugin call``); see ``Client``."""
+    with Client(socket_path) as client:
+        return client.call(plugin, function, args, timeout)
 
 
 def _outcome(doc: Any) -> CallOutcome:

@@ -1,8 +1,9 @@
 """The operator's door into plugin calls: a Unix socket the supervisor serves.
 
 ``aurora plugin call`` and Aurora's client library (``aurora_common.calls``)
-connect, send one framed request ``{"plugin", "function", "args", "timeout"}``
-and get one framed answer ``{"outcome", "value" | "message"}``. Only peers whose
+connect, send a framed request ``{"plugin", "function", "args", "timeout"}``
+and get one framed answer ``{"outcome", "value" | "message"}``; a connection may
+go on with the next request after each answer (one at a time, in order). Only peers whose
 uid the operator allows (root by default) are served: the kernel's
 ``SO_PEERCRED`` says who connected. The socket is mode 0600 in a directory only
 root can enter. Non-blocking and bounded like the plugin channels.
@@ -17,6 +18,7 @@ import math
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,9 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = p.DEFAULT_MAX_MESSAGE_BYTES
 MAX_CLIENTS = 64
-REQUEST_DEADLINE_S = 5.0  # a client must have sent its request by then
+REQUEST_DEADLINE_S = 5.0  # a client must have sent its first request by then
+IDLE_DEADLINE_S = 60.0  # and each next one within this after an answer
+MAX_QUEUED = 16  # requests a client sent ahead of their answers
 MAX_TIMEOUT_S = 300.0
 
 
@@ -43,8 +47,10 @@ class _Client:
     opened: float
     decoder: p.Decoder = field(default_factory=lambda: p.Decoder(MAX_REQUEST_BYTES))
     unsent: bytearray = field(default_factory=bytearray)
-    asked: bool = False
-    done: bool = False
+    asked: bool = False  # a request of it is being answered
+    done: bool = False  # closed, or closing once its answer is sent
+    answered: int = 0
+    queued: list[Any] = field(default_factory=list)  # requests read ahead of their turn
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -140,7 +146,8 @@ class ApiServer:
 
     def tick(self, now: float) -> None:
         for client in list(self._clients.values()):
-            if not client.asked and now - client.opened > REQUEST_DEADLINE_S:
+            limit = IDLE_DEADLINE_S if client.answered else REQUEST_DEADLINE_S
+            if not client.asked and not client.unsent and now - client.opened > limit:
                 self._drop(client)
 
     def _accept(self, now: float) -> None:
@@ -179,24 +186,38 @@ class ApiServer:
         try:
             messages = client.decoder.feed(data)
         except p.FramingError as exc:
-            self._answer(client, Outcome("invalid", message=f"request: {exc}"))
+            self._answer(client, Outcome("invalid", message=f"request: {exc}"), last=True)
             return
-        if not messages:
+        client.queued += messages
+        if len(client.queued) > MAX_QUEUED:
+            why = f"request: more than {MAX_QUEUED} requests sent ahead of their answers"
+            self._answer(client, Outcome("refused", message=why), last=True)
+            return
+        self._next(client, now)
+
+    def _next(self, client: _Client, now: float) -> None:
+        """Start the client's next request, if it sent one and none is being answered."""
+        if client.asked or client.done or not client.queued:
             return
         client.asked = True
-        parsed = parse_request(messages[0])
+        parsed = parse_request(client.queued.pop(0))
         if isinstance(parsed, str):
-            self._answer(client, Outcome("invalid", message=f"request: {parsed}"))
+            self._answer(client, Outcome("invalid", message=f"request: {parsed}"), last=True)
             return
         plugin, function, args, timeout = parsed
         self.host.call(plugin, function, args, timeout, now, lambda o: self._answer(client, o))
 
-    def _answer(self, client: _Client, outcome: Outcome) -> None:
-        if client.done:
+    def _answer(self, client: _Client, outcome: Outcome, *, last: bool = False) -> None:
+        """The outcome of the request being answered; ``last``: then close (a broken one)."""
+        if client.done or (not client.asked and not last):
             return
-        client.asked = client.done = True
+        client.asked, client.done = False, last
+        client.answered += 1
+        client.opened = time.monotonic()  # its idle time counts from its last answer
         client.unsent += p.encode(_outcome_doc(outcome))
         self._flush(client)
+        if not client.done and client.sock.fileno() >= 0:
+            self._next(client, client.opened)
 
     def _flush(self, client: _Client) -> None:
         while client.unsent:
@@ -209,7 +230,7 @@ class ApiServer:
                     self._drop(client)
                 return
             del client.unsent[:sent]
-        if client.done:
+        if client.done and not client.unsent:
             self._drop(client)
 
     def _reply_and_close(self, sock: socket.socket, outcome: Outcome) -> None:

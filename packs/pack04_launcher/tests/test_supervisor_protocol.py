@@ -433,3 +433,29 @@ def test_only_root_and_the_uids_the_operator_allows_may_call(
     assert _call_as(54321, paths)["kind"] == "result"
     other = _call_as(54322, paths)
     assert other["kind"] == "refused" and "not allowed" in other["message"], other
+
+
+def test_a_client_makes_many_calls_on_one_connection_and_survives_a_launcher_restart(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    from aurora_common.calls import Client
+
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop()
+    _ready(paths, "acme.server")
+    with Client(str(paths.api_socket)) as client:
+        answers = [client.call("acme.server", "echo", {"text": str(i)}, 5) for i in range(20)]
+        assert [a.value for a in answers] == [{"text": str(i)} for i in range(20)]
+        # An invalid request is answered and the connection goes on.
+        assert client.call("acme.server", "echo", {"x": 1}, 5).kind == "invalid"
+        assert client.call("acme.server", "echo", {"text": "after"}, 5).value == {"text": "after"}
+        # A timed-out call closes the connection: its late answer is never taken for the
+        # next call's.
+        assert client.call("acme.server", "slow", {"seconds": 1}, 0.3).kind == "timeout"
+        assert client.call("acme.server", "echo", {"text": "next"}, 5).value == {"text": "next"}
+        thread.stop()
+        thread.sup.close()
+        assert client.call("acme.server", "echo", {"text": "x"}, 5).kind == "not-running"
+        loop()
+        _ready(paths, "acme.server")
+        assert client.call("acme.server", "echo", {"text": "back"}, 5).value == {"text": "back"}
