@@ -36,6 +36,14 @@ def plugin_argv(python: str, entrypoint: Path) -> list[str]:
     return [str(entrypoint)]
 
 
+def standby_argv(python: str, sdk_root: Path, entrypoint: Path) -> list[str] | None:
+    """An on-call plugin's standby run (``aurora_common.standby``): its interpreter and
+    the SDK started ahead, its code run at the first call; None for a non-Python one."""
+    if entrypoint.suffix != ".py":
+        return None
+    return [python, "-I", str(sdk_root / "aurora_common" / "standby.py"), str(entrypoint)]
+
+
 def policy(
     entry: PluginEntry, data_dir: Path, limits: Limits, uid: int, sdk_dir: Path | None = None
 ) -> dict[str, Any]:

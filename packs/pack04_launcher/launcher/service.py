@@ -295,6 +295,12 @@ def _parser() -> argparse.ArgumentParser:
         help="do not bound data dirs by a filesystem image each (every plugin degraded)",
     )
     p.add_argument(
+        "--no-standby",
+        action="store_true",
+        help="start an idle on-call plugin cold at its first call (no interpreter kept "
+        "waiting for it)",
+    )
+    p.add_argument(
         "--allow-caller",
         type=int,
         action="append",
@@ -338,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         fork_server=not args.no_fork_server,
         disk_images=not args.no_disk_images,
         api_callers=callers + tuple(args.allow_caller),
+        standby=not args.no_standby,
     )
     try:
         serve(paths, settings, heartbeat=args.heartbeat)

@@ -61,6 +61,8 @@ FORK_SERVER = "fork-server"
 ONE_SHOT = "one-shot"
 #: Restarts of a fork server that died before the supervisor gives up on it.
 _SERVER_RESTARTS = 3
+#: A standby that ended before its first call is not replaced for this long (seconds).
+STANDBY_RETRY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class Settings:
     # Who may call plugins through the API socket besides root (uids the operator allows).
     api_callers: tuple[int, ...] = ()
     handshake_s: float = 10.0  # a protocol plugin's time to say hello after its start
+    # Keep an idle on-call Python plugin's interpreter started (confined, SDK imported,
+    # none of its code run) so that its first call does not wait for an interpreter.
+    standby: bool = True
 
 
 @dataclass
@@ -117,6 +122,8 @@ class Slot:
     log: PluginLog | None = None  # the current run's output pipe and log file
     log_error: str | None = None  # the last failure writing its log
     disk_gap: str | None = None  # why its data dir is not bounded (degraded mode only)
+    standby: socket.socket | None = None  # our end while the run stands by (on-call)
+    standby_after: float = 0.0  # monotonic: no new standby before (one ended early)
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -336,6 +343,8 @@ class Supervisor:
             if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
                 slot.state = status.BLOCKED
         if slot.proc is not None:
+            if slot.standby is not None and self.protocol.has_waiting(entry.id):
+                self._wake(slot)
             return
         if not wanted:
             new = self._idle_state(entry)
@@ -347,13 +356,17 @@ class Supervisor:
             return
         if now < slot.next_start:
             return
+        standby = False
         if _on_call(entry) and not self.protocol.has_waiting(entry.id):
-            if slot.state != status.IDLE:
-                slot.state, slot.reason = status.IDLE, slot.reason or "starts at its first call"
-                self.dirty = True
-            return
+            if not self.settings.standby or now < slot.standby_after:
+                if slot.state != status.IDLE:
+                    slot.state = status.IDLE
+                    slot.reason = slot.reason or "starts at its first call"
+                    self.dirty = True
+                return
+            standby = True
         try:
-            self._start(slot)
+            self._start(slot, standby=standby)
         except Exception as exc:  # one plugin's trouble never takes the loop down
             log.exception("%s: start failed", entry.id)
             if slot.proc is None:
@@ -464,7 +477,9 @@ class Supervisor:
         self.sandbox_error, self._sandbox_root = None, root
         return sandbox.SandboxCommand(self.settings.python, root)
 
-    def _start(self, slot: Slot) -> None:
+    def _start(self, slot: Slot, standby: bool = False) -> None:
+        """Start a run of ``slot``'s plugin; ``standby``: an on-call plugin's interpreter
+        that waits for its first call (``aurora_common.standby``)."""
         entry = slot.entry
         assert entry.entrypoint is not None
         self.dirty = True
@@ -493,6 +508,13 @@ class Supervisor:
         run_dir = self.paths.plugin_run(entry.id)
         policy_file, report_file = run_dir / "policy.json", run_dir / "report.json"
         command = sandbox.plugin_argv(self.settings.python, entry.entrypoint)
+        if standby:
+            waiting = sandbox.standby_argv(self.settings.python, _sdk_root(), entry.entrypoint)
+            if waiting is None:  # not Python: started cold at its first call
+                slot.state, slot.reason = status.IDLE, "starts at its first call"
+                slot.standby_after = math.inf
+                return
+            command = waiting
         bounds = limits.for_plugin(self._limit_settings, entry.id)
         sdk = _sdk_root() if entry.api is not None else None
         doc = sandbox.policy(entry, data_dir, bounds.policy_limits(self.settings.limits), uid, sdk)
@@ -570,7 +592,8 @@ class Supervisor:
         os.close(log_fd)  # the plugin holds the only write end now
         if theirs is not None:
             theirs.close()  # likewise its protocol connection
-        if ours is not None:
+        slot.standby = ours if standby else None
+        if ours is not None and not standby:
             self._attach(entry, ours)
         slot.log = plog
         if isinstance(proc, ServerRun):
@@ -585,6 +608,8 @@ class Supervisor:
         slot.ident = proc.ident if isinstance(proc, ServerRun) else process.identify(proc.pid)
         slot.started_at, slot.started_mono = time.time(), time.monotonic()
         slot.state, slot.reason, slot.spec = status.RUNNING, None, _spec(entry)
+        if standby:
+            slot.state, slot.reason = status.IDLE, "standing by: starts at its first call"
         slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
         log.info("%s: started pid %d (granted %s, %s)",
                  entry.id, proc.pid, list(entry.granted), slot.mode)  # fmt: skip
@@ -700,7 +725,13 @@ class Supervisor:
             pid = slot.entry.id
             self._mark_exit(slot, rc)
             self.protocol.detach(pid, f"its run ended ({_describe_exit(rc)})", restarting=True)
-            if rc == 0 and _on_call(slot.entry):
+            if slot.standby is not None:  # before any call: no crash, no new standby soon
+                slot.standby.close()
+                slot.standby, slot.standby_after = None, now + STANDBY_RETRY_S
+                slot.state = status.IDLE
+                slot.reason = f"its standby ended ({_describe_exit(rc)}); starts at its next call"
+                log.warning("%s: %s", pid, slot.reason)
+            elif rc == 0 and _on_call(slot.entry):
                 slot.state = status.IDLE
                 slot.reason = "exited with status 0; starts at its next call"
                 log.info("%s: exited with status 0 (on-call: idle)", pid)
@@ -883,6 +914,9 @@ class Supervisor:
             slot.proc, slot.ident, slot.last_exit = None, None, rc
             slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
             slot.state, slot.reason = status.STOPPED, reason
+            if slot.standby is not None:
+                slot.standby.close()
+                slot.standby = None
             self.protocol.detach(slot.entry.id, "stopped by the launcher", restarting=True)
             self.dirty = True
 
@@ -1013,6 +1047,23 @@ class Supervisor:
         health = HealthPolicy(*entry.api.health) if entry.api.health else None
         self.protocol.attach(entry.id, ours, specs, health, time.monotonic())
 
+    def _wake(self, slot: Slot) -> None:
+        """A call for a standing-by plugin: its one wake byte, then the protocol as usual."""
+        ours, slot.standby = slot.standby, None
+        assert ours is not None
+        try:
+            ours.send(b"\0", socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT)
+        except OSError as exc:  # it died meanwhile: collected at the next pass
+            log.warning("%s: cannot wake its standby: %s", slot.entry.id, exc.strerror or exc)
+            ours.close()
+            return
+        self._attach(slot.entry, ours)
+        slot.state, slot.reason = status.RUNNING, None
+        slot.started_mono = time.monotonic()  # its idle time counts from now
+        if slot.log is not None:
+            slot.log.mark("woken by a call")
+        self.dirty = True
+
     def _call_grants(self, plugin_id: str) -> tuple[str, ...]:
         entry = self._entries.get(plugin_id)
         return entry.calls if entry is not None else ()
@@ -1067,11 +1118,15 @@ class Supervisor:
             s
             for s in self.slots.values()
             if s.proc is not None
+            and s.standby is None
             and _on_call(s.entry)
             and not self.protocol.busy(s.entry.id)
             and now >= self._idle_deadline(s)
         ]
         if idle:
+            for slot in idle:
+                if slot.log is not None and slot.entry.api is not None:
+                    slot.log.mark(f"stopping it: {slot.entry.api.idle_seconds:g} s without calls")
             self._stop(idle)
             for slot in idle:
                 api = slot.entry.api
@@ -1149,6 +1204,7 @@ class Supervisor:
                 "log": str(self.paths.plugin_log(pid)),
                 "log_error": slot.log_error,
                 "activation": slot.entry.api.activation if slot.entry.api else None,
+                "standby": slot.standby is not None,
                 **self._protocol_status(pid),
             }
         return plugins

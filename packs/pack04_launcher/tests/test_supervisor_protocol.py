@@ -259,21 +259,31 @@ plugin.serve()
 )
 
 
+@pytest.mark.parametrize("standby", [True, False], ids=["standby", "cold"])
 def test_an_on_call_plugin_starts_at_its_first_call_and_stops_when_idle(
-    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+    standby: bool, loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
 ) -> None:
     api = {"functions": {"echo": {}}, "activation": "on-call", "idle_seconds": 1}
     fake_registry.add("acme.lazy", ON_CALL, manifest_extra=api)
-    thread = loop()
+    thread = loop(standby=standby)
     sup = thread.sup
-    wait_until(lambda: sup.status_doc().get("acme.lazy", {}).get("state") == status.IDLE)
+
+    def idle() -> dict[str, Any] | None:
+        doc = sup.status_doc().get("acme.lazy", {})
+        return doc if doc.get("state") == status.IDLE and doc["standby"] is standby else None
+
+    doc = wait_until(idle, what="idle" + (", standing by" if standby else ""))
+    assert (doc["pid"] is not None) is standby
     starts = paths.plugin_data("acme.lazy") / "starts"
-    assert not starts.exists()
+    assert not starts.exists()  # standing by, none of the plugin's code has run
     assert _call(paths, "acme.lazy", "echo", {"n": 1}).value == {"n": 1}
     assert starts.read_text() == "x"
-    wait_until(lambda: sup.status_doc()["acme.lazy"]["state"] == status.IDLE, what="idle stop")
-    assert "without calls" in sup.status_doc()["acme.lazy"]["reason"]
-    assert sup.slots["acme.lazy"].proc is None
+    running = sup.status_doc()["acme.lazy"]
+    assert running["state"] == status.RUNNING and not running["standby"]
+    # Stopped after its idle time, then (standby) a new interpreter waits for the next call.
+    wait_until(lambda: (d := idle()) and d["pid"] != running["pid"], what="the idle stop")
+    assert "s without calls" in paths.plugin_log("acme.lazy").read_text()
+    assert starts.read_text() == "x"  # a new standby runs no plugin code either
     assert _call(paths, "acme.lazy", "echo", {"n": 2}).value == {"n": 2}
     assert starts.read_text() == "xx"
 
