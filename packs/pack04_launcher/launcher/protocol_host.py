@@ -148,7 +148,10 @@ class ProtocolHost:
         """
         entry = self._plugins.get(plugin_id)
         why_not = self._will_run(plugin_id) if self._will_run is not None else None
-        may_wait = may_wait or (self._will_run is not None and why_not is None)
+        if why_not is not None:  # disabled, held, failed...: even with a connection still open
+            reply(Outcome("not-running", message=f"{plugin_id}: {why_not}"))
+            return
+        may_wait = may_wait or self._will_run is not None
         if entry is None and may_wait:
             entry = self._plugins.setdefault(plugin_id, _Plugin())
         if entry is None:

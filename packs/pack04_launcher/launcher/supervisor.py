@@ -1065,12 +1065,26 @@ class Supervisor:
         self.dirty = True
 
     def _call_grants(self, plugin_id: str) -> tuple[str, ...]:
+        self._refresh()
         entry = self._entries.get(plugin_id)
         return entry.calls if entry is not None else ()
 
     def _why_not_running(self, plugin_id: str) -> str | None:
         """None when a call to ``plugin_id`` may wait for it: it runs, is starting, will
-        be restarted, or is an on-call plugin to start; else why it will not run."""
+        be restarted, or is an on-call plugin to start; else why it will not run.
+
+        A "no" is checked against the registry as it is now (a few stats): a call made
+        right after ``enable`` must not be refused for a change not read yet."""
+        self._refresh()
+        return self._will_not_run(plugin_id)
+
+    def _refresh(self) -> None:
+        """Re-read the registry now if it changed (one stat): a call right after
+        ``enable``, ``disable`` or ``revoke`` sees that change."""
+        if registry.signature(self.paths.registry) != self._registry_sig:
+            self._reload(False)
+
+    def _will_not_run(self, plugin_id: str) -> str | None:
         entry = self._entries.get(plugin_id)
         if entry is None:
             return "not in the registry"
