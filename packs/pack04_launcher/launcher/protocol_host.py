@@ -179,6 +179,13 @@ class ProtocolHost:
         """Plugins that calls are waiting for and that have no connection (to start)."""
         return [pid for pid, e in self._plugins.items() if e.waiting and e.channel is None]
 
+    def closed_reason(self, plugin_id: str) -> str | None:
+        """Why the plugin's connection closed, while it has none (None: it has one)."""
+        entry = self._plugins.get(plugin_id)
+        if entry is None or entry.channel is not None:
+            return None
+        return entry.reason or "closed"
+
     def has_waiting(self, plugin_id: str) -> bool:
         entry = self._plugins.get(plugin_id)
         return entry is not None and bool(entry.waiting)

@@ -313,7 +313,7 @@ class Supervisor:
                 if slot.state in (status.FAILED, status.REFUSED, status.EXITED):
                     slot.state = status.BLOCKED
             self._settle(slot, pid in wanted, now)
-            if slot.proc is None and (why := self._why_not_running(pid)) is not None:
+            if slot.proc is None and (why := self._will_not_run(pid)) is not None:
                 self.protocol.fail_waiting(pid, why)
         if any(s.proc is not None and not s.layers for s in self.slots.values()):
             # A run whose sandbox report was not there at the last status write:
@@ -325,7 +325,11 @@ class Supervisor:
         limit = self.settings.max_runtime
         if not limit:
             return
-        overdue = [s for s in self.slots.values() if s.proc and now - s.started_mono >= limit]
+        overdue = [
+            s
+            for s in self.slots.values()
+            if s.proc and s.standby is None and now - s.started_mono >= limit
+        ]
         if not overdue:
             return
         self._stop(overdue)
@@ -1097,6 +1101,10 @@ class Supervisor:
             status.FAILED, status.REFUSED, status.EXITED, status.BLOCKED
         ):  # fmt: skip
             return f"{slot.state}: {slot.reason}"
+        if slot is not None and slot.proc is not None and slot.standby is None:
+            closed = self.protocol.closed_reason(plugin_id)
+            if closed is not None:  # it runs on, but no longer speaks the protocol
+                return f"its protocol connection is closed ({closed})"
         return None
 
     def _plugin_record(self, plugin_id: str, level: str, text: str, fields: dict[str, Any]) -> None:

@@ -469,3 +469,21 @@ def test_a_client_makes_many_calls_on_one_connection_and_survives_a_launcher_res
         loop()
         _ready(paths, "acme.server")
         assert client.call("acme.server", "echo", {"text": "back"}, 5).value == {"text": "back"}
+
+
+def test_a_plugin_that_broke_the_protocol_and_runs_on_is_reported_at_once(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    # No health promised: it is not restarted, and a call says why at once rather than
+    # waiting for its deadline.
+    fake_registry.add("acme.garbage", HOSTILE["garbage"], manifest_extra={"functions": {"f": {}}})
+    thread = loop()
+    wait_until(
+        lambda: thread.sup.status_doc().get("acme.garbage", {}).get("protocol") == "closed",
+        what="the protocol closed",
+    )
+    started = time.monotonic()
+    outcome = _call(paths, "acme.garbage", "f", {}, timeout=20)
+    assert outcome.kind == "not-running" and "protocol" in outcome.message, outcome
+    assert time.monotonic() - started < 5
+    assert thread.sup.status_doc()["acme.garbage"]["state"] == status.RUNNING
