@@ -397,8 +397,9 @@ class Demo:
                           "--timeout", "20")  # fmt: skip
         if "Hello, demo!" not in out:
             raise DemoFailed(f"{plugin} greet answered {out!r}, not the greeting")
+        note = "arguments that break the manifest's schema never reach the plugin"
         self.aurora("plugin", "call", plugin, "greet", "--args", '{"name": ""}', expected=2,
-                    note="arguments that break the manifest's schema never reach the plugin")  # fmt: skip
+                    note=note)  # fmt: skip
         self.launcher("list")
         self.launcher("logs", plugin)
 
