@@ -133,13 +133,22 @@ def _parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise FramingError(f"content is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise FramingError(f"content is not JSON: {str(exc)[:80]}") from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one out of a double's range (``1e999``) is refused, as
+    it could not be sent on (``encode`` refuses infinities)."""
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return value
 
 
 class _Message:

@@ -668,6 +668,16 @@ class _Drain:
         return b"".join(self.chunks).decode(errors="replace")
 
 
+@pytest.fixture(scope="session")
+def kit() -> Any:
+    """This conftest's classes, for tests that build their own (in a full run another
+    pack's conftest holds the module name `conftest`: importing from it would not work)."""
+    import types
+
+    return types.SimpleNamespace(Sandbox=Sandbox, ServedSandbox=ServedSandbox,
+                                 ServerProc=ServerProc)  # fmt: skip
+
+
 @pytest.fixture
 def served(tmp_path: Path, server: ServerProc) -> Iterator[Sandbox]:
     """The native backend through the session's fork server."""

@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,10 @@ def sdk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sdk_server(tmp_path_factory: pytest.TempPathFactory, sdk: Path) -> Iterator[ServerProc]:
-    from conftest import ServerProc
-
-    srv = ServerProc(tmp_path_factory.mktemp("sdksrv"), root=tmp_path_factory.getbasetemp(),
+def sdk_server(
+    tmp_path_factory: pytest.TempPathFactory, sdk: Path, kit: Any
+) -> Iterator[ServerProc]:
+    srv = kit.ServerProc(tmp_path_factory.mktemp("sdksrv"), root=tmp_path_factory.getbasetemp(),
                      extra=("--sdk-root", str(sdk)))  # fmt: skip
     yield srv
     assert srv.stop() == 0, srv.log.read_text()
@@ -99,17 +100,19 @@ class Run:
 
 @pytest.fixture(params=["native", "bwrap", "native-served", "bwrap-served"])
 def box(
-    request: pytest.FixtureRequest, tmp_path: Path, probe: Probe, sdk_server: ServerProc
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    probe: Probe,
+    sdk_server: ServerProc,
+    kit: Any,
 ) -> Iterator[Sandbox]:
-    from conftest import Sandbox, ServedSandbox
-
     backend, _, served = str(request.param).partition("-")
     if backend == "bwrap":
         probe.require("bwrap")
     sb = (
-        ServedSandbox(tmp_path, backend, server=sdk_server)
+        kit.ServedSandbox(tmp_path, backend, server=sdk_server)
         if served
-        else Sandbox(tmp_path, backend)
+        else kit.Sandbox(tmp_path, backend)
     )
     (sb.plugin_dir / "plugin.py").write_text(PLUGIN)
     yield sb
@@ -175,15 +178,11 @@ def _start(sb: Sandbox, mode: str, conn: int | None, sdk: Path | None = None) ->
 
 
 def sys_python() -> str:
-    from conftest import PYTHON
-
-    return PYTHON
+    return sys.executable
 
 
 def launch_py() -> Path:
-    from conftest import LAUNCH
-
-    return LAUNCH
+    return Path(__file__).resolve().parents[1] / "sandbox" / "launch.py"
 
 
 def _readline(fd: int, timeout: float = 60) -> dict[str, Any]:
@@ -345,11 +344,9 @@ def test_without_sdk_dir_no_variable(box: Sandbox) -> None:
 
 
 def test_a_request_naming_another_sdk_dir_is_refused(
-    sdk_server: ServerProc, server: ServerProc, tmp_path: Path, sdk: Path
+    sdk_server: ServerProc, server: ServerProc, tmp_path: Path, sdk: Path, kit: Any
 ) -> None:
-    from conftest import Sandbox
-
-    sb = Sandbox(tmp_path)
+    sb = kit.Sandbox(tmp_path)
     marker = sb.data_dir / "ran"
     foreign = tmp_path / "foreign"
     foreign.mkdir()

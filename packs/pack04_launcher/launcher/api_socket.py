@@ -214,7 +214,11 @@ class ApiServer:
         client.asked, client.done = False, last
         client.answered += 1
         client.opened = time.monotonic()  # its idle time counts from its last answer
-        client.unsent += p.encode(_outcome_doc(outcome))
+        try:
+            client.unsent += p.encode(_outcome_doc(outcome))
+        except (TypeError, ValueError) as exc:  # never: the channel checked the value
+            why = f"the answer cannot be sent as JSON: {exc}"
+            client.unsent += p.encode(_outcome_doc(Outcome("plugin-error", message=why)))
         self._flush(client)
         if not client.done and client.sock.fileno() >= 0:
             self._next(client, client.opened)

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aurora_common import fnschema
 from aurora_common import protocol as p
+
+from launcher.pluginlog import one_line
+
+log = logging.getLogger(__name__)
 
 _CLOSED = "the plugin closed its protocol connection"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -36,6 +42,10 @@ class Limits:
     rate: float = 500.0
     burst: int = 1000
     read_bytes: int = 256 * 1024  # per on_readable: one plugin never holds the loop
+    #: Bytes per second a plugin may send, all messages counted (big messages within the
+    #: message rate would still keep a core busy decoding), averaged over ``byte_burst``.
+    byte_rate: float = 4 * 1024 * 1024
+    byte_burst: int = 16 * 1024 * 1024
     max_unsent_bytes: int = 4 * 1024 * 1024
 
 
@@ -54,11 +64,12 @@ Reply = Callable[[Outcome], None]
 
 @dataclass
 class FunctionSpec:
-    """A function as the manifest declares it: JSON Schemas of its parameters and result."""
+    """A function as the manifest declares it: JSON Schemas of its parameters and result
+    (``aurora_common.fnschema``: nothing retrieved, no regular expression, bounded time)."""
 
     parameters: Mapping[str, Any] | None = None
     result: Mapping[str, Any] | None = None
-    _validators: dict[str, Any] = field(default_factory=dict, repr=False)
+    _validators: dict[str, fnschema.Validator] = field(default_factory=dict, repr=False)
 
     def problem(self, which: str, value: Any) -> str | None:
         """The first way ``value`` breaks the ``parameters``/``result`` schema, or None."""
@@ -67,15 +78,9 @@ class FunctionSpec:
             return None
         validator = self._validators.get(which)
         if validator is None:
-            import jsonschema  # only plugins that declare functions pay for the import
-
-            validator = jsonschema.Draft202012Validator(schema)
+            validator = fnschema.Validator(dict(schema))
             self._validators[which] = validator
-        error = next(iter(validator.iter_errors(value)), None)
-        if error is None:
-            return None
-        where = "/".join(str(part) for part in error.absolute_path) or "(top)"
-        return f"{where}: {error.message[:200]}"
+        return validator.first_problem(value)
 
 
 @dataclass
@@ -122,6 +127,8 @@ class Channel:
         self._next_id = 1
         self._allowance = float(self.limits.burst)
         self._allowance_at = started
+        self._bytes_allowance = float(self.limits.byte_burst)
+        self._bytes_at = started
 
     # -- the loop's side ------------------------------------------------------
 
@@ -150,6 +157,10 @@ class Channel:
         if not data:
             self.close(_CLOSED)
             return
+        if not self._take_bytes(len(data), now):
+            rate = self.limits.byte_rate / (1024 * 1024)
+            self.close(f"protocol: flood: more than {rate:g} MiB per second")
+            return
         try:
             messages = self._decoder.feed(data)
         except p.FramingError as exc:
@@ -161,7 +172,12 @@ class Channel:
             if not self._answers_us(obj) and not self._take_token(now):
                 self.close(f"protocol: flood: more than {self.limits.rate:g} messages per second")
                 return
-            self._handle(obj, now)
+            try:
+                self._handle(obj, now)
+            except Exception as exc:  # a bug of ours must not become the supervisor's
+                log.exception("%s: handling a protocol message failed", self.plugin_id)
+                self.close(f"protocol: internal error handling a message ({type(exc).__name__})")
+                return
 
     def on_writable(self) -> None:
         self._flush()
@@ -217,7 +233,7 @@ class Channel:
         if self.state == "closed":
             return
         self.state = "closed"
-        self.reason = reason
+        self.reason = one_line(reason)  # it may quote the plugin: shown to the operator
         calls, self._calls = self._calls, {}
         for call in calls.values():
             call.reply(Outcome("not-running", message=f"{self.plugin_id}: {reason}"))
@@ -326,7 +342,7 @@ class Channel:
         call.reply(Outcome("result", value=result["value"]))
 
     def _health_result(self, ok: bool, text: str) -> None:
-        self.health_message = text
+        self.health_message = one_line(text)
         if ok:
             self.health_status, self.health_failures = "healthy", 0
         else:
@@ -413,6 +429,15 @@ class Channel:
         msg_id = obj.get("id")
         health = self._health is not None and msg_id == self._health[0]
         return health or (isinstance(msg_id, int) and msg_id in self._calls)
+
+    def _take_bytes(self, count: int, now: float) -> bool:
+        elapsed = max(0.0, now - self._bytes_at)
+        self._bytes_at = now
+        self._bytes_allowance = min(
+            float(self.limits.byte_burst), self._bytes_allowance + elapsed * self.limits.byte_rate
+        )
+        self._bytes_allowance -= count
+        return self._bytes_allowance >= 0
 
     def _take_token(self, now: float) -> bool:
         elapsed = max(0.0, now - self._allowance_at)

@@ -46,6 +46,7 @@ from launcher.cgroup import CgroupTree
 from launcher.errors import ConfigError, LauncherError, PluginNotFound, SandboxUnavailable
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
+from launcher.pluginlog import one_line
 from launcher.status import BLOCKED, DISABLED, FAILED, HELD, REFUSED, RUNNING, read_status
 
 # The one exit-code table of every Aurora command line (aurora_common.cli.Exit).
@@ -173,11 +174,11 @@ def _cmd_list(args: argparse.Namespace, paths: Paths) -> int:
         _err(f"sandbox: {how}")
     for pid, rec in sorted(plugins.items()):
         if rec.get("state") not in (RUNNING, DISABLED) and rec.get("reason"):
-            _err(f"{pid}: {rec['reason']}")
+            _err(f"{pid}: {one_line(rec['reason'])}")
         elif rec.get("state") == RUNNING and rec.get("health") == "unhealthy":
-            _err(f"{pid}: unhealthy: {_printable(rec.get('health_message') or 'no message')}")
+            _err(f"{pid}: unhealthy: {one_line(rec.get('health_message') or 'no message')}")
         elif rec.get("state") == RUNNING and rec.get("protocol") == "closed":
-            _err(f"{pid}: protocol: {_printable(rec.get('protocol_reason') or 'closed')}")
+            _err(f"{pid}: protocol: {one_line(rec.get('protocol_reason') or 'closed')}")
         for gap in rec.get("degraded") or []:
             _err(f"{pid}: DEGRADED, not enforced: {gap}")
     return EXIT_OK
@@ -190,11 +191,6 @@ def _health_cell(rec: dict[str, Any]) -> str:
     if rec.get("health"):
         return str(rec["health"])
     return {"handshake": "starting", "closed": "no-protocol"}.get(str(rec.get("protocol")), "-")
-
-
-def _printable(text: str) -> str:
-    """A plugin's own text, its control characters escaped (it reaches a terminal)."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text)[:300])
 
 
 def _degraded_cell(rec: dict[str, Any]) -> str:
@@ -238,7 +234,7 @@ def _cmd_call(args: argparse.Namespace, paths: Paths) -> int:
     if outcome.kind == "result":
         _emit(args, outcome.to_json(), json.dumps(outcome.value, indent=2, ensure_ascii=False))
         return code
-    message = f"{args.plugin_id} {args.function}: {outcome.kind}: {_printable(outcome.message)}"
+    message = f"{args.plugin_id} {args.function}: {outcome.kind}: {one_line(outcome.message)}"
     _err(conventions.error_line(conventions.prog_name(PROG), message))
     if args.json:
         error = conventions.error_object(message)

@@ -44,13 +44,19 @@ def launcher_line(text: str) -> bytes:
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 
 
+def one_line(text: str, limit: int = 1000) -> str:
+    """A plugin's text made safe for one line of a log, a status field or a terminal:
+    control characters (newline, ESC...) escaped as ``\\xNN``, at most ``limit`` chars."""
+    return str(text)[:limit].translate(_CONTROL)
+
+
 def record_line(level: str, text: str, fields: dict[str, Any]) -> bytes:
     """One protocol log record as a line: level kept, nothing of it can break the line."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     extra = ""
     if fields:
         extra = " " + json.dumps(fields, ensure_ascii=True, sort_keys=True, default=str)
-    return f"[{level} {stamp}] {text.translate(_CONTROL)}{extra}\n".encode(errors="replace")
+    return f"[{level} {stamp}] {one_line(text, len(text))}{extra}\n".encode(errors="replace")
 
 
 class PluginLog:
@@ -136,10 +142,10 @@ class PluginLog:
             return False
 
     def mark(self, text: str) -> None:
-        """A launcher line, on a line of its own."""
+        """A launcher line, on a line of its own (plugin text in it cannot break it)."""
         self._note_dropped()
         head = b"" if self._at_line_start else b"\n"
-        if self._write(head + launcher_line(text)):
+        if self._write(head + launcher_line(one_line(text, 4000))):
             self._at_line_start = True
 
     def record(self, level: str, text: str, fields: dict[str, Any]) -> None:

@@ -59,6 +59,8 @@ class _Plugin:
     last_call: float = 0.0
     reason: str | None = None  # why the last channel closed
     restarting: bool = False  # the supervisor will start it again: calls wait
+    reported: bool = False  # this run was reported unhealthy already
+    closed_at: float | None = None  # its connection closed while it promised health
 
 
 class ProtocolHost:
@@ -95,7 +97,7 @@ class ProtocolHost:
         if entry.channel is not None:
             entry.channel.close("replaced by a new run")
         entry.functions, entry.health, entry.reason = functions, health, None
-        entry.restarting = False
+        entry.restarting, entry.reported, entry.closed_at = False, False, None
         entry.channel = Channel(
             plugin_id,
             sock,
@@ -119,7 +121,7 @@ class ProtocolHost:
             entry.channel = None
             entry.reason = reason
         # else the channel closed first and its own reason (a protocol breach) stays
-        entry.restarting = restarting
+        entry.restarting, entry.closed_at = restarting, None  # the run is over
         if not restarting:
             self._fail_waiting(entry, Outcome("not-running", message=f"{plugin_id}: {reason}"))
 
@@ -230,8 +232,17 @@ class ProtocolHost:
                 expired.reply(Outcome("timeout", message=f"{plugin_id} was not ready in time"))
             channel = entry.channel
             if channel is None:
+                # It promised health checks and runs on without its connection: as
+                # unhealthy as a plugin that stopped answering, once an interval passed.
+                policy = entry.health
+                if (
+                    policy
+                    and entry.closed_at is not None
+                    and now >= entry.closed_at + policy.interval_s
+                ):
+                    entry.closed_at = None
+                    restart.append((plugin_id, f"unhealthy: {entry.reason}"))
                 continue
-            before = channel.health_failures
             channel.tick(now)
             if channel.state == "closed":
                 entry.reason = channel.reason
@@ -245,6 +256,8 @@ class ProtocolHost:
                     or (entry.health is not None and "handshake" in channel.reason)
                 ):
                     restart.append((plugin_id, channel.reason))
+                elif entry.health is not None:
+                    entry.closed_at = now
                 continue
             if channel.state == "ready":
                 ready, entry.waiting = entry.waiting, []
@@ -255,7 +268,9 @@ class ProtocolHost:
                     if now >= entry.next_health:
                         entry.next_health = now + policy.interval_s
                         channel.check_health(now, policy.timeout_s)
-                    if channel.health_failures >= policy.failures > before:
+                    # Failed answers count as much as missing ones (counted as they come).
+                    if channel.health_failures >= policy.failures and not entry.reported:
+                        entry.reported = True
                         message = channel.health_message or "no answer"
                         restart.append((plugin_id, f"unhealthy: {message}"))
         return restart

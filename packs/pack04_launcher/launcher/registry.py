@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from aurora_common import fnschema
+
 from launcher.errors import PluginNotFound, RegistryError
 
 SCHEMA = "aurora-plugin-registry-v1"
@@ -243,6 +245,8 @@ def _api(manifest: dict[str, Any], where: str, problems: list[str]) -> ApiSpec |
                 problems.append(f"{where}.functions.{name}: expected {{parameters, result}}")
             else:
                 specs[name] = {k: spec[k] for k in ("parameters", "result") if k in spec}
+                for part, schema in specs[name].items():  # pack05 checked; so do we
+                    problems += fnschema.problems(schema, f"{where}.functions.{name}.{part}")
     activation = manifest.get("activation", ALWAYS)
     if activation not in (ALWAYS, ON_CALL):
         problems.append(f"{where}.activation: expected {ALWAYS!r} or {ON_CALL!r}")

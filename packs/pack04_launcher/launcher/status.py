@@ -25,7 +25,10 @@ BLOCKED = "blocked"  # cannot run: no sandbox, invalid registry entry
 STOPPED = "stopped"  # just stopped by the launcher
 DISABLED = "disabled"  # in the registry, not enabled
 IDLE = "idle"  # an on-call plugin not running now: started at its next call
-STATES = (RUNNING, BACKOFF, FAILED, REFUSED, EXITED, HELD, BLOCKED, STOPPED, DISABLED, IDLE)
+STOPPING = "stopping"  # TERM sent; KILL at the end of the grace period
+STATES = (
+    RUNNING, BACKOFF, FAILED, REFUSED, EXITED, HELD, BLOCKED, STOPPED, DISABLED, IDLE, STOPPING
+)  # fmt: skip
 
 
 def read_status(path: Path) -> dict[str, Any] | None:

@@ -46,7 +46,7 @@ from launcher.errors import ForkServerError, LauncherError, RegistryError, Sandb
 from launcher.forkserver import LOST, ForkServer, ServerRun, stop_leftover
 from launcher.fsutil import atomic_write_json
 from launcher.paths import Paths, sandbox_root
-from launcher.pluginlog import PluginLog, plugin_text
+from launcher.pluginlog import PluginLog, one_line, plugin_text
 from launcher.process import ProcessId
 from launcher.protocol_host import HealthPolicy, ProtocolHost
 from launcher.registry import ON_CALL, PluginEntry
@@ -89,9 +89,29 @@ class Settings:
     # Who may call plugins through the API socket besides root (uids the operator allows).
     api_callers: tuple[int, ...] = ()
     handshake_s: float = 10.0  # a protocol plugin's time to say hello after its start
+    # The shortest health interval honoured (a manifest asking less gets this): each
+    # check costs the loop, and a change of health rewrites the status file.
+    min_health_interval: float = 1.0
     # Keep an idle on-call Python plugin's interpreter started (confined, SDK imported,
     # none of its code run) so that its first call does not wait for an interpreter.
     standby: bool = True
+
+
+#: ``_begin_stop``'s ``then`` for a stop that counts as a crash (restarted with back-off).
+CRASHED = "crashed"
+#: How long past the grace period a stop waits for exit statuses before giving up.
+_STOP_PATIENCE = 15.0
+
+
+@dataclass
+class _Stopping:
+    """A stop under way: TERM sent; KILL at ``deadline``; then the state ``then``."""
+
+    deadline: float
+    killer: subprocess.Popen[bytes] | None
+    then: str
+    why: str | None
+    killed: bool = False
 
 
 @dataclass
@@ -124,6 +144,7 @@ class Slot:
     disk_gap: str | None = None  # why its data dir is not bounded (degraded mode only)
     standby: socket.socket | None = None  # our end while the run stands by (on-call)
     standby_after: float = 0.0  # monotonic: no new standby before (one ended early)
+    stopping: _Stopping | None = None  # a stop under way
 
 
 def _spec(entry: PluginEntry) -> tuple[Any, ...]:
@@ -287,16 +308,14 @@ class Supervisor:
         self.drain_logs()
         self._reload(force_reload)
         self._check_server()
+        self._advance_stops()
         self._collect()
         self._track_descendants()
         wanted = self._wanted()
         # Stop what must not run, or runs an outdated version.
-        to_stop = [
-            s
-            for pid, s in self.slots.items()
-            if s.proc is not None and (pid not in wanted or s.spec != _spec(wanted[pid]))
-        ]
-        self._stop(to_stop)
+        for pid, s in self.slots.items():
+            if s.proc is not None and (pid not in wanted or s.spec != _spec(wanted[pid])):
+                self._begin_stop(s)
         self._enforce_wall_clock(now)
         self._protocol_pass(time.monotonic())
         for pid in list(self.slots):
@@ -325,16 +344,14 @@ class Supervisor:
         limit = self.settings.max_runtime
         if not limit:
             return
-        overdue = [
-            s
-            for s in self.slots.values()
-            if s.proc and s.standby is None and now - s.started_mono >= limit
-        ]
-        if not overdue:
-            return
-        self._stop(overdue)
-        for slot in overdue:
-            self._crashed(slot, time.monotonic(), f"killed at the wall-clock bound ({limit:g}s)")
+        for slot in self.slots.values():
+            if (
+                slot.proc
+                and slot.standby is None
+                and slot.stopping is None
+                and now - slot.started_mono >= limit
+            ):
+                self._begin_stop(slot, CRASHED, f"killed at the wall-clock bound ({limit:g}s)")
 
     def _settle(self, slot: Slot, wanted: bool, now: float) -> None:
         """Move one slot toward its desired state."""
@@ -406,6 +423,9 @@ class Supervisor:
                 if s.proc is not None
             ]
         due.append(self.protocol.next_wakeup(now))
+        for s in self.slots.values():  # the end of a grace period, then a close watch
+            if s.stopping is not None:
+                due.append(max(0.05, s.stopping.deadline - now) if not s.stopping.killed else 0.05)
         due += [
             self._idle_deadline(s) - now
             for s in self.slots.values()
@@ -697,8 +717,8 @@ class Supervisor:
         now = time.monotonic()
         orphans: list[Slot] = []
         for slot in self.slots.values():
-            if slot.proc is None:
-                continue
+            if slot.proc is None or slot.stopping is not None:
+                continue  # a stop under way collects its own exit
             try:
                 self._collect_one(slot, now, orphans)
             except Exception as exc:  # retried at the next pass; the others go on
@@ -742,7 +762,7 @@ class Supervisor:
             elif rc == 0:
                 slot.state, slot.reason = status.EXITED, "exited with status 0"
                 log.info("%s: exited with status 0", pid)
-            elif rc == sandbox.SANDBOX_REFUSED:
+            elif rc == sandbox.SANDBOX_REFUSED and self._sandbox_refused(slot, error):
                 slot.state = status.REFUSED
                 slot.reason = "sandbox refused to start it: " + (
                     error or _last_line(self.paths.plugin_log(pid))
@@ -750,6 +770,14 @@ class Supervisor:
                 log.error("%s: %s", pid, slot.reason)
             else:
                 self._crashed(slot, now, _describe_exit(rc))
+
+    def _sandbox_refused(self, slot: Slot, error: str | None) -> bool:
+        """Status 125 from the sandbox, not from a plugin that exits 125 to pass for it:
+        the fork server says why it refused; one-shot, the report shows no exec."""
+        if slot.mode == FORK_SERVER:
+            return error is not None
+        report = sandbox.read_report(self._report(slot))
+        return not (report and report.get("status") == "running")
 
     def _own_children(self) -> set[int]:
         """Our children owned by a Popen: one-shot runs and the fork server."""
@@ -884,65 +912,98 @@ class Supervisor:
             slot.tracked = set()
 
     def _stop(self, slots: Iterable[Slot]) -> None:
-        """Stop several plugins at once: TERM all, one grace period, KILL the rest."""
+        """Stop several plugins now, waiting: TERM all, one grace period, KILL the rest
+        (the launcher's own shutdown, a lost fork server). The loop itself stops plugins
+        with ``_begin_stop``: a plugin that ignores TERM never holds it."""
         slots = [s for s in slots if s.proc is not None]
-        if not slots:
+        for slot in slots:
+            self._begin_stop(slot)
+        while any(s.stopping is not None for s in slots):
+            self._advance_stops()
+            time.sleep(0.02)
+
+    def _begin_stop(self, slot: Slot, then: str = status.STOPPED, why: str | None = None) -> None:
+        """TERM the whole run and go on; ``_advance_stops`` finishes it (KILL after the
+        grace period). ``then``: the state after, or ``CRASHED`` (back-off) for ``why``."""
+        if slot.proc is None or slot.stopping is not None:
             return
-        killers: dict[str, subprocess.Popen[bytes] | None] = {}
-        for slot in slots:
-            log.info("%s: stopping pid %d", slot.entry.id, slot.proc.pid if slot.proc else -1)
-            killers[slot.entry.id] = self._sandbox_kill(slot, self.settings.stop_grace)
-            if slot.cgroup is not None and self.cgroups is not None:
-                self.cgroups.signal_all(slot.cgroup, signal.SIGTERM)
-            for ident in [slot.ident, *slot.tracked]:
-                if ident is not None:
-                    process.signal_identity(ident, signal.SIGTERM, group=True)
-        deadline = time.monotonic() + self.settings.stop_grace
-        for slot in slots:
-            assert slot.proc is not None
+        log.info("%s: stopping pid %d%s", slot.entry.id, slot.proc.pid, f" ({why})" if why else "")
+        if slot.log is not None and why:
+            slot.log.mark(f"stopping it: {why}")
+        killer = self._sandbox_kill(slot, self.settings.stop_grace)
+        if slot.cgroup is not None and self.cgroups is not None:
+            self.cgroups.signal_all(slot.cgroup, signal.SIGTERM)
+        for ident in [slot.ident, *slot.tracked]:
+            if ident is not None:
+                process.signal_identity(ident, signal.SIGTERM, group=True)
+        slot.stopping = _Stopping(time.monotonic() + self.settings.stop_grace, killer, then, why)
+        slot.state, slot.reason = status.STOPPING, why
+        if slot.standby is not None:
+            slot.standby.close()
+            slot.standby = None
+        self.protocol.detach(slot.entry.id, "stopped by the launcher", restarting=True)
+        self.dirty = True
+
+    def _advance_stops(self) -> None:
+        """Finish the stops whose run has ended; KILL the runs past their grace period."""
+        for slot in self.slots.values():
+            if slot.stopping is None or slot.proc is None:
+                continue
             try:
-                slot.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+                self._advance_stop(slot, slot.stopping, time.monotonic())
+            except Exception as exc:  # the others are stopped all the same
+                log.exception("%s: stopping failed", slot.entry.id)
+                with contextlib.suppress(Exception):
+                    self._mark_exit(slot, LOST)
+                self._stopped(slot, LOST, f"supervisor error while stopping: {exc}")
+
+    def _advance_stop(self, slot: Slot, st: _Stopping, now: float) -> None:
+        assert slot.proc is not None
+        rc = slot.proc.poll()
+        late = now >= st.deadline + _STOP_PATIENCE
+        if rc is None:
+            if now < st.deadline:
+                return
+            if not st.killed:
                 log.warning(
                     "%s: no exit within %.1fs: SIGKILL", slot.entry.id, self.settings.stop_grace
                 )
-        for slot in slots:
-            reason = None
-            try:
-                rc = self._finish_stop(slot, killers[slot.entry.id], deadline)
-            except Exception as exc:  # the others are stopped all the same
-                log.exception("%s: stopping failed", slot.entry.id)
-                rc, reason = LOST, f"supervisor error while stopping: {exc}"
-                with contextlib.suppress(Exception):
-                    self._mark_exit(slot, rc)
-            slot.proc, slot.ident, slot.last_exit = None, None, rc
-            slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
-            slot.state, slot.reason = status.STOPPED, reason
-            if slot.standby is not None:
-                slot.standby.close()
-                slot.standby = None
-            self.protocol.detach(slot.entry.id, "stopped by the launcher", restarting=True)
-            self.dirty = True
-
-    def _finish_stop(
-        self, slot: Slot, killer: subprocess.Popen[bytes] | None, deadline: float
-    ) -> int:
-        """After the grace period: KILL what is left of the run; its exit status."""
-        assert slot.proc is not None
-        if slot.cgroup is not None and self.cgroups is not None:
-            # Give the rest of the tree what is left of the grace period.
-            while self.cgroups.populated(slot.cgroup) and time.monotonic() < deadline:
-                time.sleep(0.02)
-        elif slot.ident is not None:
-            slot.tracked.add(slot.ident)
-        self._kill_tree(slot, killer)
-        try:
-            rc = slot.proc.wait(timeout=self.settings.stop_grace + 15.0)
-        except subprocess.TimeoutExpired:  # a fork server run whose server hangs
+                st.killed = True
+                if slot.cgroup is not None and self.cgroups is not None:
+                    self.cgroups.kill(slot.cgroup)
+                for ident in [slot.ident, *slot.tracked]:
+                    if ident is not None:
+                        process.signal_identity(ident, signal.SIGKILL, group=True)
+            if not late:
+                return
             log.error("%s: no exit status after KILL", slot.entry.id)
             rc = LOST
+        # The main process is gone: the sandbox's kill of the rest, then ours.
+        if st.killer is not None and st.killer.poll() is None:
+            if not late:
+                return
+            st.killer.kill()  # hung: our own cgroup and tracked pids remain
+        if slot.cgroup is not None and self.cgroups is not None:
+            if self.cgroups.populated(slot.cgroup) and now < st.deadline:
+                return
+        elif slot.ident is not None:
+            slot.tracked.add(slot.ident)
+        self._kill_tree(slot, st.killer)
         self._mark_exit(slot, rc)
-        return rc
+        self._stopped(slot, rc, None)
+
+    def _stopped(self, slot: Slot, rc: int, error: str | None) -> None:
+        st, slot.stopping = slot.stopping, None
+        slot.proc, slot.ident, slot.last_exit = None, None, rc
+        slot.layers, slot.sandbox_cgroups, slot.degraded = [], [], []
+        then, why = (st.then, st.why) if st is not None else (status.STOPPED, None)
+        if error is not None:
+            then, why = status.STOPPED, error
+        if then == CRASHED:
+            self._crashed(slot, time.monotonic(), why or "stopped")
+        else:
+            slot.state, slot.reason = then, why
+        self.dirty = True
 
     # --- pack03's fork server -----------------------------------------------------
 
@@ -1048,7 +1109,11 @@ class Supervisor:
             name: FunctionSpec(spec.get("parameters"), spec.get("result"))
             for name, spec in entry.api.functions().items()
         }
-        health = HealthPolicy(*entry.api.health) if entry.api.health else None
+        health = None
+        if entry.api.health:
+            interval, timeout, failures = entry.api.health
+            interval = max(interval, self.settings.min_health_interval)
+            health = HealthPolicy(interval, min(timeout, interval), failures)
         self.protocol.attach(entry.id, ours, specs, health, time.monotonic())
 
     def _wake(self, slot: Slot) -> None:
@@ -1130,32 +1195,21 @@ class Supervisor:
             slot = self.slots.get(plugin_id)
             if slot is None or slot.proc is None:
                 continue
-            log.warning("%s: %s: restarting it", plugin_id, why)
-            if slot.log is not None:
-                slot.log.mark(f"restarting it: {why}")
-            self._stop([slot])
-            self._crashed(slot, time.monotonic(), why)
-            self.dirty = True
-        idle = [
-            s
-            for s in self.slots.values()
-            if s.proc is not None
-            and s.standby is None
-            and _on_call(s.entry)
-            and not self.protocol.busy(s.entry.id)
-            and now >= self._idle_deadline(s)
-        ]
-        if idle:
-            for slot in idle:
-                if slot.log is not None and slot.entry.api is not None:
-                    slot.log.mark(f"stopping it: {slot.entry.api.idle_seconds:g} s without calls")
-            self._stop(idle)
-            for slot in idle:
-                api = slot.entry.api
-                seconds = api.idle_seconds if api is not None else 0.0
-                slot.state = status.IDLE
-                slot.reason = f"stopped after {seconds:g} s without calls; starts at its next call"
-                log.info("%s: %s", slot.entry.id, slot.reason)
+            log.warning("%s: %s: restarting it", plugin_id, one_line(why))
+            self._begin_stop(slot, CRASHED, why)
+        for slot in self.slots.values():
+            api = slot.entry.api
+            if (
+                slot.proc is not None
+                and slot.standby is None
+                and slot.stopping is None
+                and api is not None
+                and _on_call(slot.entry)
+                and not self.protocol.busy(slot.entry.id)
+                and now >= self._idle_deadline(slot)
+            ):
+                why = f"{api.idle_seconds:g} s without calls; starts at its next call"
+                self._begin_stop(slot, status.IDLE, why)
 
     def protocol_pass(self) -> None:
         """The protocol's part of a pass alone: deadlines, health, idle stops."""
@@ -1266,7 +1320,7 @@ def _last_line(path: Path) -> str:
     for line in reversed(lines):
         text = plugin_text(line)
         if text is not None and text.strip():
-            return text.strip()
+            return one_line(text.strip(), 500)
     return "(no message)"
 
 

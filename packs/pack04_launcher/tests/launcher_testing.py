@@ -196,6 +196,7 @@ def fast_settings(**overrides: Any) -> Settings:
         "stable_after": 60.0,
         "stop_grace": 2.0,
         "disk_images": False,  # on in test_diskimage.py (mounts cost time and loop devices)
+        "min_health_interval": 0.1,
     }
     base.update(overrides)
     return Settings(**base)

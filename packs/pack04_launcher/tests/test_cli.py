@@ -71,8 +71,9 @@ def test_list_shows_each_plugins_uid(
     assert identity.FIRST_ID <= rec["uid"] == rec["gid"] <= identity.LAST_ID
     assert cli.main(["list"]) == cli.EXIT_OK
     header, row = capsys.readouterr().out.splitlines()[:2]
-    assert header.split()[:4] == ["ID", "STATE", "PID", "UID"]
-    assert row.split()[3] == str(rec["uid"])
+    assert header.split()[:5] == ["ID", "STATE", "HEALTH", "PID", "UID"]
+    assert row.split()[2] == "-"  # no protocol: no health of its own
+    assert row.split()[4] == str(rec["uid"])
 
 
 def test_logs(start_service_for_cli: StartForCli, capsys: pytest.CaptureFixture[str]) -> None:

@@ -487,3 +487,202 @@ def test_a_plugin_that_broke_the_protocol_and_runs_on_is_reported_at_once(
     assert outcome.kind == "not-running" and "protocol" in outcome.message, outcome
     assert time.monotonic() - started < 5
     assert thread.sup.status_doc()["acme.garbage"]["state"] == status.RUNNING
+
+
+# --- found by an adversary (adv11): each attack, then what must hold ------------------
+
+RAW = """
+import json, os, signal, socket, sys, time
+sock = socket.socket(fileno=3)
+buf = b""
+def send(o):
+    b = json.dumps(o).encode()
+    sock.sendall(b"Content-Length: %d\\r\\n\\r\\n" % len(b) + b)
+def send_raw(text):
+    b = text.encode()
+    sock.sendall(b"Content-Length: %d\\r\\n\\r\\n" % len(b) + b)
+def recv():
+    global buf
+    while b"\\r\\n\\r\\n" not in buf:
+        buf += sock.recv(65536) or sys.exit(0)
+    head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+    n = int(head.split(b":")[1])
+    while len(buf) < n:
+        buf += sock.recv(65536) or sys.exit(0)
+    body, buf = buf[:n], buf[n:]
+    return json.loads(body)
+def hello(functions=("f",), protocols=("aurora-plugin-protocol-v1",)):
+    send({"jsonrpc": "2.0", "id": 0, "method": "aurora.hello",
+          "params": {"protocols": list(protocols), "functions": list(functions)}})
+    return recv()
+"""
+
+
+def _other_call_ms(paths: Paths) -> float:
+    started = time.monotonic()
+    assert _call(paths, "acme.server", "echo", {"text": "x"}, 10).kind == "result"
+    return (time.monotonic() - started) * 1000
+
+
+def test_an_answer_out_of_json_range_is_a_clear_outcome_not_a_lost_reply(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = RAW + (
+        "hello()\n"
+        "while True:\n"
+        "    m = recv()\n"
+        "    if m.get('method') == 'aurora.call':\n"
+        '        send_raw(\'{"jsonrpc": "2.0", "id": %d, "result": {"value": 1e999}}\''
+        " % m['id'])\n"
+    )
+    fake_registry.add("acme.inf", code, manifest_extra={"functions": {"f": {}}})
+    thread = loop()
+    wait_until(lambda: thread.sup.status_doc().get("acme.inf", {}).get("protocol") == "ready")
+    started = time.monotonic()
+    outcome = _call(paths, "acme.inf", "f", {}, timeout=20)
+    assert outcome.kind in ("plugin-error", "not-running"), outcome
+    assert "range" in outcome.message, outcome
+    assert time.monotonic() - started < 5
+    assert not thread.errors
+
+
+def test_health_answers_of_not_serving_make_it_unhealthy_and_restarted(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = RAW + (
+        "open(os.path.join(os.environ['AURORA_PLUGIN_DATA'], 'starts'), 'a').write('x')\n"
+        "hello()\n"
+        "while True:\n"
+        "    m = recv()\n"
+        "    if m.get('method') == 'aurora.health':\n"
+        "        send({'jsonrpc': '2.0', 'id': m['id'],"
+        " 'result': {'status': 'not-serving', 'message': 'disk gone'}})\n"
+    )
+    api = {"functions": {"f": {}}, "health": {"interval_s": 0.1, "timeout_s": 1, "failures": 2}}
+    fake_registry.add("acme.sick", code, manifest_extra=api)
+    loop()
+    starts = paths.plugin_data("acme.sick") / "starts"
+    wait_until(lambda: starts.is_file() and len(starts.read_text()) >= 2, what="a restart")
+    assert "unhealthy: disk gone" in paths.plugin_log("acme.sick").read_text()
+
+
+def test_closing_its_connection_does_not_escape_its_health_checks(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = RAW + (
+        "open(os.path.join(os.environ['AURORA_PLUGIN_DATA'], 'starts'), 'a').write('x')\n"
+        "hello()\n"
+        "sock.shutdown(socket.SHUT_RDWR)\n"
+        "time.sleep(60)\n"
+    )
+    api = {"functions": {"f": {}}, "health": {"interval_s": 0.2, "timeout_s": 0.2}}
+    fake_registry.add("acme.quiet", code, manifest_extra=api)
+    loop()
+    starts = paths.plugin_data("acme.quiet") / "starts"
+    wait_until(lambda: starts.is_file() and len(starts.read_text()) >= 2, what="a restart")
+    assert "unhealthy: the plugin closed its protocol connection" in (
+        paths.plugin_log("acme.quiet").read_text()
+    )
+
+
+def test_a_tiny_health_interval_is_raised_to_the_launchers_floor(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = RAW + (
+        "hello()\n"
+        "n = 0\n"
+        "while True:\n"
+        "    m = recv()\n"
+        "    if m.get('method') == 'aurora.health':\n"
+        "        n += 1\n"
+        "        d = os.environ['AURORA_PLUGIN_DATA']\n"
+        "        open(os.path.join(d, 'checks'), 'w').write(str(n))\n"
+        "        status = 'serving' if n % 2 else 'not-serving'\n"
+        "        send({'jsonrpc': '2.0', 'id': m['id'], 'result': {'status': status}})\n"
+    )
+    api = {"functions": {"f": {}}, "health": {"interval_s": 0.0001, "failures": 100}}
+    fake_registry.add("acme.hog", code, manifest_extra=api)
+    loop(min_health_interval=0.5)
+    checks = paths.plugin_data("acme.hog") / "checks"
+    wait_until(checks.is_file, what="a first check")
+    time.sleep(2.0)
+    assert int(checks.read_text()) <= 6  # at most one check per 0.5 s, not thousands
+
+
+def test_a_plugin_ignoring_sigterm_does_not_hold_the_loop_while_it_is_stopped(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = RAW + "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nhello()\ntime.sleep(120)\n"
+    fake_registry.add("acme.stubborn", code, manifest_extra={"functions": {"f": {}}})
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop(stop_grace=3.0)
+    _ready(paths, "acme.server")
+    wait_until(lambda: thread.sup.status_doc().get("acme.stubborn", {}).get("pid"))
+    fake_registry.set("acme.stubborn", enabled=False)
+    wait_until(
+        lambda: thread.sup.status_doc()["acme.stubborn"]["state"] == status.STOPPING,
+        what="stopping",
+    )
+    worst = max(_other_call_ms(paths) for _ in range(10))
+    assert worst < 1000, worst  # the grace period (3 s) is not the loop's
+    wait_until(
+        lambda: thread.sup.status_doc()["acme.stubborn"]["state"] == status.DISABLED,
+        what="killed after the grace period",
+    )
+
+
+def test_a_plugin_exiting_125_is_not_taken_for_a_sandbox_refusal(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = (
+        "import sys, time\ntime.sleep(0.3)\nprint('\\x1b]0;pwned\\x07landlock: kernel too old')\n"
+    )
+    code += "sys.exit(125)\n"
+    fake_registry.add("acme.fake125", code)
+    thread = loop()
+    wait_until(
+        lambda: thread.sup.status_doc().get("acme.fake125", {}).get("state") == status.BACKOFF,
+        what="a crash, restarted",
+    )
+    assert thread.sup.status_doc()["acme.fake125"]["state"] != status.REFUSED
+
+
+def test_control_characters_from_a_plugin_never_reach_a_reason_or_a_launcher_line(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    evil = "\x1b[31mEVIL\x1b[0m\n[launcher 2026-01-01T00:00:00Z] forged"
+    code = RAW + f"hello(protocols=[{evil!r}])\ntime.sleep(60)\n"
+    fake_registry.add("acme.ansi", code, manifest_extra={"functions": {"f": {}}})
+    thread = loop(max_restarts=1)
+    wait_until(
+        lambda: "EVIL" in json.dumps(thread.sup.status_doc().get("acme.ansi", {})),
+        what="the refusal recorded",
+    )
+    doc = json.dumps(thread.sup.status_doc()["acme.ansi"])
+    assert "\\u001b" not in doc and "\\n[launcher" not in doc, doc
+    lines = paths.plugin_log("acme.ansi").read_text().splitlines()
+    assert not [line for line in lines if line.startswith("[launcher 2026-01-01")], lines
+    assert not any("\x1b" in line for line in lines)
+
+
+def test_a_flood_of_big_messages_within_the_message_rate_is_cut_off(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = RAW + (
+        "hello()\n"
+        "big = 'x' * (900 * 1024)\n"
+        "try:\n"
+        "    while True:\n"
+        "        send({'jsonrpc': '2.0', 'method': 'x.noise', 'params': {'p': big}})\n"
+        "        time.sleep(0.01)\n"
+        "except OSError:\n"
+        "    time.sleep(60)\n"
+    )
+    fake_registry.add("acme.flood", code, manifest_extra={"functions": {"f": {}}})
+    thread = loop()
+    why = wait_until(
+        lambda: thread.sup.status_doc().get("acme.flood", {}).get("protocol_reason"),
+        timeout=30,
+        what="the flood cut off",
+    )
+    assert "flood" in why and "MiB per second" in why, why

@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import yaml
+from aurora_common import fnschema
 from packaging.version import InvalidVersion, Version
 
 from .capabilities import CALL_TARGET, known_capabilities
@@ -248,6 +249,9 @@ def _protocol_problems(data: Mapping[str, Any], found: list[str]) -> list[str]:
                     problems.append(
                         f"functions.{name}.{part}: not a valid JSON Schema: {exc.message[:120]}"
                     )
+                    continue
+                # What of JSON Schema a function may use: the launcher evaluates it as root.
+                problems += fnschema.problems(schema, f"functions.{name}.{part}")
     calls = data.get("calls")
     if isinstance(calls, list) and not any(p.startswith("calls") for p in found):
         for i, target in enumerate(calls):
