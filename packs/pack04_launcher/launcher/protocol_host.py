@@ -220,7 +220,12 @@ class ProtocolHost:
     # -- the loop --------------------------------------------------------------
 
     def channels(self) -> list[Channel]:
-        return [e.channel for e in self._plugins.values() if e.channel is not None]
+        """The open channels (one that closed since the last tick is left out)."""
+        return [
+            e.channel
+            for e in self._plugins.values()
+            if e.channel is not None and e.channel.state != "closed"
+        ]
 
     def tick(self, now: float) -> list[tuple[str, str]]:
         """Deadlines, health checks, hand-over of waiting calls; returns the plugins that

@@ -471,22 +471,22 @@ def test_a_client_makes_many_calls_on_one_connection_and_survives_a_launcher_res
         assert client.call("acme.server", "echo", {"text": "back"}, 5).value == {"text": "back"}
 
 
-def test_a_plugin_that_broke_the_protocol_and_runs_on_is_reported_at_once(
+def test_a_plugin_that_never_said_hello_and_runs_on_is_reported_at_once(
     loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
 ) -> None:
-    # No health promised: it is not restarted, and a call says why at once rather than
-    # waiting for its deadline.
-    fake_registry.add("acme.garbage", HOSTILE["garbage"], manifest_extra={"functions": {"f": {}}})
-    thread = loop()
+    # It never says hello and promised no health: it runs on (process supervision only),
+    # and a call says why at once rather than waiting for its deadline.
+    fake_registry.add("acme.silent", HOSTILE["silent"], manifest_extra={"functions": {"f": {}}})
+    thread = loop(handshake_s=0.5)
     wait_until(
-        lambda: thread.sup.status_doc().get("acme.garbage", {}).get("protocol") == "closed",
+        lambda: thread.sup.status_doc().get("acme.silent", {}).get("protocol") == "closed",
         what="the protocol closed",
     )
     started = time.monotonic()
-    outcome = _call(paths, "acme.garbage", "f", {}, timeout=20)
-    assert outcome.kind == "not-running" and "protocol" in outcome.message, outcome
+    outcome = _call(paths, "acme.silent", "f", {}, timeout=20)
+    assert outcome.kind == "not-running" and "handshake" in outcome.message, outcome
     assert time.monotonic() - started < 5
-    assert thread.sup.status_doc()["acme.garbage"]["state"] == status.RUNNING
+    assert thread.sup.status_doc()["acme.silent"]["state"] == status.RUNNING
 
 
 # --- found by an adversary (adv11): each attack, then what must hold ------------------
@@ -686,3 +686,16 @@ def test_a_flood_of_big_messages_within_the_message_rate_is_cut_off(
         what="the flood cut off",
     )
     assert "flood" in why and "MiB per second" in why, why
+
+
+def test_a_registry_entry_with_a_schema_that_reaches_out_is_not_run(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    # pack05 refuses it at staging; a registry edited by hand is refused again here.
+    api = {"functions": {"f": {"parameters": {"$ref": "file:///etc/shadow"}}}}
+    fake_registry.add("acme.ref", SERVER, manifest_extra=api)
+    thread = loop()
+    doc = wait_until(lambda: thread.sup.status_doc().get("acme.ref"), what="its slot")
+    assert doc["state"] == status.BLOCKED, doc
+    assert "$ref: only a reference within the schema" in doc["reason"]
+    assert _call(paths, "acme.ref", "f", {}, 5).kind == "not-running"

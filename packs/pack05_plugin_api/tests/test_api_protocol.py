@@ -54,6 +54,27 @@ def test_every_protocol_key_is_accepted_when_well_formed() -> None:
         pytest.param({"calls": ["acme.other"]}, "calls", id="no-function"),
         pytest.param({"calls": ["acme.other/echo\n"]}, "calls[0]", id="newline-call"),
         pytest.param({"calls": ["../x/echo"]}, "calls", id="path-call"),
+        # What the launcher (root) evaluates must not reach out or run for ever (adv11).
+        pytest.param(
+            {"functions": {"echo": {"parameters": {"$ref": "file:///etc/shadow"}}}},
+            "functions.echo.parameters.$ref: only a reference within the schema",
+            id="remote-ref",
+        ),
+        pytest.param(
+            {"functions": {"echo": {"result": {"type": "string", "pattern": "^(a+)+$"}}}},
+            "functions.echo.result.pattern: not allowed",
+            id="regex",
+        ),
+        pytest.param(
+            {"functions": {"echo": {"result": {"patternProperties": {"a+": {}}}}}},
+            "functions.echo.result.patternProperties: not allowed",
+            id="regex-properties",
+        ),
+        pytest.param(
+            {"functions": {"echo": {"parameters": {"type": "array", "uniqueItems": True}}}},
+            "functions.echo.parameters.uniqueItems: not allowed",
+            id="quadratic",
+        ),
     ],
 )
 def test_malformed_protocol_keys_are_named_with_their_place(

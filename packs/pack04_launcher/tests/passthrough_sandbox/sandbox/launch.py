@@ -40,7 +40,15 @@ def main() -> None:
         raise SystemExit(125)
     if args.report:
         with open(args.report, "w") as fh:
-            json.dump({"layers": ["test-passthrough"], "policy": policy, "degraded": gaps}, fh)
+            json.dump(
+                {
+                    "status": "running",
+                    "layers": ["test-passthrough"],
+                    "policy": policy,
+                    "degraded": gaps,
+                },
+                fh,
+            )
     if args.protocol_fd is not None:  # as pack03 does: the connection is the plugin's fd 3
         if args.protocol_fd != 3:
             os.dup2(args.protocol_fd, 3)
