@@ -319,7 +319,7 @@ class Supervisor:
         self._enforce_wall_clock(now)
         self._protocol_pass(time.monotonic())
         for pid in list(self.slots):
-            if pid not in self._entries:
+            if pid not in self._entries and self.slots[pid].proc is None:  # once stopped
                 log.info("%s: removed from the registry", pid)
                 del self.slots[pid]
                 self.protocol.forget(pid, "removed from the registry")
