@@ -2,7 +2,10 @@
 
 A fenced block tagged ``sh`` or ``bash`` is run; each command in it must exit 0,
 or the status its comment names (``# ... exit 4 ...``). A block preceded by
-``<!-- doc: illustration -->`` is shown, not run. Every fenced block carries a
+``<!-- doc: illustration -->`` is shown, not run. A ``text`` block preceded by
+``<!-- doc: output -->`` is what the last command of the shell block before it
+prints: its stdout is compared with it, line by line, numbers, paths and digests
+aside (pids, times and homes differ from run to run). Every fenced block carries a
 language tag (``text`` for output and diagrams), so a command cannot hide in an
 untagged block. Each document runs in one bash session (variables carry from one
 block to the next) on a throw-away copy of the tracked files and its own home.
@@ -34,6 +37,7 @@ DOCS = [
 ]
 SHELLS = {"sh", "bash"}
 ILLUSTRATION = "<!-- doc: illustration -->"
+OUTPUT = "<!-- doc: output -->"
 DOC_TIMEOUT = 240
 
 _FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -47,6 +51,7 @@ class Block:
     lang: str
     text: str
     illustration: bool
+    output: bool = False  # a text block: what the command before it prints
 
 
 def blocks(doc: str) -> list[Block]:
@@ -67,7 +72,8 @@ def blocks(doc: str) -> list[Block]:
             body.append(lines[i][len(indent) :])
             i += 1
         before = next((x.strip() for x in reversed(lines[:start]) if x.strip()), "")
-        found.append(Block(doc, start + 1, lang, "\n".join(body), before == ILLUSTRATION))
+        found.append(Block(doc, start + 1, lang, "\n".join(body), before == ILLUSTRATION,
+                           before == OUTPUT and lang == "text"))  # fmt: skip
         i += 1
     return found
 
@@ -109,15 +115,24 @@ def commands(block: Block) -> Iterator[tuple[int, str, int]]:
 
 
 def session_script(doc: str) -> str:
-    """One bash script running every shell block of ``doc``, checking each status."""
+    """One bash script running every shell block of ``doc``, checking each status; the
+    stdout of a command whose output the document shows goes to
+    ``$DOC_OUTPUTS/<line of that output block>`` too."""
     out = ["set -u", 'echo "doc-test: start"']
-    for block in blocks(doc):
+    found = blocks(doc)
+    for i, block in enumerate(found):
         if block.lang not in SHELLS or block.illustration:
             continue
-        for line, command, expected in commands(block):
+        shown = found[i + 1] if i + 1 < len(found) and found[i + 1].output else None
+        listed = list(commands(block))
+        for n, (line, command, expected) in enumerate(listed):
             where = f"{doc}:{line}"
             out.append(f"echo {shlex_quote('$ ' + command.splitlines()[0])} >&2")
-            out.append(command)
+            if shown is not None and n == len(listed) - 1:
+                capture = f'"$DOC_OUTPUTS/{shown.line}"'
+                out.append(f"{{ {command}\n}} > {capture}; __rc=$?; cat {capture}; (exit $__rc)")
+            else:
+                out.append(command)
             out.append(
                 f'__rc=$?; if [ "$__rc" -ne {expected} ]; then '
                 f'echo "doc-test: {where}: exit $__rc, expected {expected}" >&2; exit 99; fi'
@@ -209,6 +224,9 @@ def test_the_shell_blocks_run_as_documented(doc: str, tmp_path: Path) -> None:
             "HOME": str(tmp_path),
         }
     )
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    env["DOC_OUTPUTS"] = str(outputs)
     script = tmp_path / "doc.sh"
     script.write_text(session_script(doc))
     started = time.monotonic()
@@ -233,6 +251,25 @@ def test_the_shell_blocks_run_as_documented(doc: str, tmp_path: Path) -> None:
     assert proc.returncode == 0 and "doc-test: done" in proc.stdout, report
     assert not left, f"{doc} left processes running: {left}"
     assert not mounts, f"{doc} left mounts: {mounts}"
+    for block in blocks(doc):
+        if block.output:
+            printed = (outputs / str(block.line)).read_text()
+            assert comparable(printed) == comparable(block.text), (
+                f"{doc}:{block.line}: the documented output differs from what was printed:\n"
+                f"{printed}"
+            )
+
+
+def comparable(text: str) -> list[str]:
+    """Lines of output as a reader compares them: paths, digests and numbers aside."""
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"/[^\s,)]+", "<path>", line)
+        line = re.sub(r"\b[0-9a-f]{12,}\b", "<hex>", line)
+        line = re.sub(r"\d+(\.\d+)*", "N", line)
+        if line.strip():
+            lines.append(" ".join(line.split()))
+    return lines
 
 
 def _unmount_below(root: Path) -> list[str]:
