@@ -72,18 +72,28 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
 def loads_json(data: bytes, where: str, max_depth: int = DEFAULT_DEPTH) -> Any:
-    """Parse JSON bytes within the limits (NaN and Infinity refused)."""
+    """Parse JSON bytes within the limits (NaN and Infinity refused, and an object with
+    a key twice: which one counts is up to the reader, so no reader takes it)."""
     text = decode_utf8(data, where)
     _check_json_depth(text, where, max_depth)
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique)
     except json.JSONDecodeError as exc:
-        raise InputRefused(
-            f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}", where
-        ) from None
+        at = f"line {exc.lineno}, column {exc.colno}"
+        detail = f"{at}: JSON error: {exc.msg}"
+        raise InputRefused(f"{where}: not valid JSON ({at}): {exc.msg}", where, [detail]) from None
     except ValueError as exc:
-        raise InputRefused(f"{where}: {exc}", where) from None
+        raise InputRefused(f"{where}: {exc}", where, [str(exc)]) from None
     check_strings(value, where)
     return value
 

@@ -12,8 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
-import yaml
-from aurora_common import fnschema
+from aurora_common import fnschema, structured
 from packaging.version import InvalidVersion, Version
 
 from .capabilities import CALL_TARGET, known_capabilities
@@ -268,62 +267,19 @@ def validate_manifest(d: object) -> bool:
     return True
 
 
-class _ManifestYamlLoader(yaml.SafeLoader):
-    """Safe YAML that also refuses aliases (no exponential documents) and duplicate keys."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
-            raise yaml.composer.ComposerError(
-                None, None, "anchors and aliases are not allowed in a manifest", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str | int | float | bool) or key is None:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {_show(key)}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    what = getattr(exc, "problem", None) or str(exc)
-    if mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: YAML error: {what}"
-    return f"YAML error: {what}"
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {_show(key)}")
-        out[key] = value
-    return out
-
-
 def parse_manifest_text(text: str, *, yaml_format: bool, source: str | None = None) -> object:
-    """Parse manifest text as YAML (safe loader) or JSON; errors name line and column."""
+    """Parse manifest text as YAML or JSON with pack01's limits (``aurora_common.structured``:
+    depth, no YAML aliases, no duplicate keys); errors name line and column."""
+    where = source or "(manifest)"
+    data = text.encode("utf-8", "surrogatepass")
     try:
         if yaml_format:
-            return yaml.load(text, Loader=_ManifestYamlLoader)  # a SafeLoader subclass
-        return json.loads(text, object_pairs_hook=_json_pairs)
-    except yaml.YAMLError as exc:
-        raise ManifestError([_yaml_problem(exc)], source=source) from None
-    except json.JSONDecodeError as exc:
-        problem = f"line {exc.lineno}, column {exc.colno}: JSON error: {exc.msg}"
-        raise ManifestError([problem], source=source) from None
-    except ValueError as exc:  # duplicate key from _json_pairs
-        raise ManifestError([f"JSON error: {exc}"], source=source) from None
-    except RecursionError:
-        raise ManifestError([f"nested deeper than {_MAX_DEPTH} levels"], source=source) from None
+            return structured.loads_yaml(data, where, max_depth=_MAX_DEPTH)
+        return structured.loads_json(data, where, max_depth=_MAX_DEPTH)
+    except InputRefused as exc:
+        prefix = f"{where}: "
+        problems = exc.problems or [str(exc).removeprefix(prefix)]
+        raise ManifestError(problems, source=source) from None
 
 
 def load_manifest(path: Path | str) -> dict[str, Any]:
