@@ -411,7 +411,7 @@ class Demo:
 
         def stopped() -> str | None:
             state = self.launcher_view().get(plugin, {}).get("state")
-            if state == "running" or _same_process(pid, start):
+            if state in ("running", "stopping") or _same_process(pid, start):
                 return None
             return str(state)
 
