@@ -250,11 +250,12 @@ def test_start_reports_a_service_that_crashes_on_import(pack: Pack05, tmp_path: 
     """The reference said "loader started" over a crashed import; here start fails."""
     broken = tmp_path / "broken-deps"
     broken.mkdir()
-    (broken / "yaml.py").write_text("raise ImportError('yaml is broken on this host')\n")
+    error = "raise ImportError('jsonschema is broken on this host')\n"
+    (broken / "jsonschema.py").write_text(error)
     proc = pack.script("start.sh", PYTHONPATH=str(broken))
     assert proc.returncode == 1
     assert "start FAILED: service exited with status 1" in proc.stdout
-    assert "ImportError: yaml is broken on this host" in proc.stdout
+    assert "ImportError: jsonschema is broken on this host" in proc.stdout
     assert pack.pidfile() is None
     assert not pack.healthy()
 
