@@ -59,20 +59,32 @@ complete -o default -F _aurora aurora
 
 _ZSH = """\
 #compdef aurora
-# zsh completion for aurora: eval "$(aurora completion zsh)"
+# zsh completion for aurora: eval "$(aurora completion zsh)" (after compinit)
 _aurora() {
     local -a groups verbs
     groups=(@GROUPS@)
-    local group=${words[2]}
-    if (( CURRENT == 2 )); then
+    local group="" i=2
+    while (( i < CURRENT )); do
+        case ${words[i]} in
+            --home) (( i++ )) ;;
+            -*) ;;
+            *) group=${words[i]}; break ;;
+        esac
+        (( i++ ))
+    done
+    if [[ ${words[CURRENT-1]} == --home ]]; then
+        _files -/
+        return
+    fi
+    if [[ -z $group ]]; then
         compadd -- $groups @GLOBAL@
         return
     fi
     case $group in
 @CASES@
     esac
-    if (( CURRENT == 3 )); then
-        compadd -- $verbs
+    if (( CURRENT == i + 1 )); then
+        compadd -- $verbs --help
     else
         _files
     fi
