@@ -190,3 +190,18 @@ def test_status_shows_what_the_launcher_runs(home: Path) -> None:
         aurora(*h, "plugin", "disable", "acme.heartbeat")
         for pack in ("pack04_launcher", "pack05_plugin_api"):
             aurora(*h, "pack", "stop", "--pack", pack)
+
+
+def test_the_console_script_entry_point_works_without_the_wrapper(tmp_path: Path) -> None:
+    # What `pip install -e .` installs: `aurora_cli.main:run` with only the checkout on
+    # sys.path (no ./aurora to put pack01_common there first).
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+        "from aurora_cli.main import run; sys.argv = ['aurora', '--help']; raise SystemExit(run())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: aurora")
