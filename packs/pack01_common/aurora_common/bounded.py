@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 from aurora_common.errors import InputRefused, named_oserror
+
+TYPE_CHECKING = False  # pathlib is dear to import and only named in annotations here
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _KINDS = (
     (stat.S_ISLNK, "a symlink"),
@@ -31,12 +34,12 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _refuse_unless_regular(path: Path, st: os.stat_result) -> None:
+def _refuse_unless_regular(path: str | Path, st: os.stat_result) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise InputRefused(f"{path}: is {_kind(st.st_mode)}, not a regular file", str(path))
 
 
-def read_bytes(path: Path, limit: int) -> bytes:
+def read_bytes(path: str | Path, limit: int) -> bytes:
     """The content of the regular file ``path``, at most ``limit`` bytes.
 
     Raises FileNotFoundError when it is missing, InputRefused when it is not a

@@ -10,15 +10,19 @@ start time, the boot is the same, and (when both are readable) the same exe.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from aurora_common.atomic import replace_bytes
 from aurora_common.bounded import read_bytes
 from aurora_common.errors import InputRefused
+
+# Cheap to import: pack05's health check (a process per check, 2x the bare interpreter
+# at most) reads a pidfile through this module. So no typing, dataclasses or pathlib at
+# run time (mypy still reads the block below), and json and aurora_common.atomic
+# (tempfile, shutil, ...) are imported by the functions that need them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 PIDFILE_LIMIT = 4096
 
@@ -65,12 +69,58 @@ def exe_of(pid: int) -> str | None:
         return None
 
 
-@dataclass(frozen=True)
 class ProcessIdentity:
+    """A process: pid, start time, boot id, exe. Immutable, compared and hashed by value.
+
+    What ``@dataclass(frozen=True)`` made of it, written out (dataclasses costs more to
+    import than the whole health check may take): the same constructor (positional or
+    keyword), equality only with a ProcessIdentity, hash, repr, and assignment raising
+    ``dataclasses.FrozenInstanceError``.
+    """
+
+    __slots__ = ("boot_id", "exe", "pid", "start_time")
+    __match_args__ = ("pid", "start_time", "boot_id", "exe")
+
     pid: int
     start_time: int
     boot_id: str
     exe: str
+
+    def __init__(self, pid: int, start_time: int, boot_id: str, exe: str) -> None:
+        object.__setattr__(self, "pid", pid)
+        object.__setattr__(self, "start_time", start_time)
+        object.__setattr__(self, "boot_id", boot_id)
+        object.__setattr__(self, "exe", exe)
+
+    def _key(self) -> tuple[int, int, str, str]:
+        return (self.pid, self.start_time, self.boot_id, self.exe)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ProcessIdentity) and other.__class__ is self.__class__:
+            return self._key() == other._key()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(pid={self.pid!r}, start_time={self.start_time!r}, "
+            f"boot_id={self.boot_id!r}, exe={self.exe!r})"
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[ProcessIdentity], tuple[int, int, str, str]]:
+        return (self.__class__, self._key())  # pickle and copy: through the constructor
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -124,11 +174,17 @@ def matches(recorded: ProcessIdentity) -> bool:
 
 def write_pidfile(path: Path, ident: ProcessIdentity) -> None:
     """Write ``ident`` to ``path`` atomically (mode 0644)."""
+    import json
+
+    from aurora_common.atomic import replace_bytes
+
     replace_bytes(path, (json.dumps(ident.as_dict(), sort_keys=True) + "\n").encode())
 
 
 def read_pidfile(path: Path) -> ProcessIdentity:
     """Read and validate a pidfile. FileNotFoundError if missing, InputRefused if bad."""
+    import json
+
     data = read_bytes(path, PIDFILE_LIMIT)
     try:
         doc = json.loads(data.decode("utf-8"))

@@ -165,3 +165,40 @@ def test_journal_undoes_a_short_write_and_names_the_file(
     journal.append_record(log, {"event": "third"})
     records, problems = journal.read_records(log)
     assert [r["event"] for r in records] == ["first", "third"] and problems == []
+
+
+def test_process_identity_behaves_as_the_frozen_dataclass_it_was() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    a = identity.ProcessIdentity(12, 34, "boot", "/bin/x")
+    b = identity.ProcessIdentity(pid=12, start_time=34, boot_id="boot", exe="/bin/x")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != identity.ProcessIdentity(12, 35, "boot", "/bin/x")
+    assert a != (12, 34, "boot", "/bin/x") and a != a.as_dict()
+    assert repr(a) == "ProcessIdentity(pid=12, start_time=34, boot_id='boot', exe='/bin/x')"
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'pid'"):
+        a.pid = 13
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot delete field 'exe'"):
+        del a.exe
+    assert pickle.loads(pickle.dumps(a)) == a and copy.copy(a) == a and copy.deepcopy(a) == a
+    match a:
+        case identity.ProcessIdentity(pid, start, boot, exe):
+            assert (pid, start, boot, exe) == (12, 34, "boot", "/bin/x")
+    assert identity.ProcessIdentity.from_dict(a.as_dict(), "here") == a
+
+
+def test_reading_identity_and_bounded_imports_nothing_dear() -> None:
+    """pack05's health check reads pidfiles through these in a process per check."""
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from aurora_common import bounded, errors, identity; "
+        "print(' '.join(sorted({'typing', 'dataclasses', 'pathlib', 'tempfile', 'shutil', "
+        "'json', 're', 'enum', 'inspect', 'aurora_common.atomic'} & set(sys.modules))))"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", program, root], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

@@ -15,7 +15,6 @@ import errno
 import os
 import sys
 import time
-from pathlib import Path
 
 try:
     from . import aurora_boot
@@ -175,7 +174,7 @@ def read_small(path: str, limit: int = _MAX_STATE_FILE) -> bytes | None:
     cannot make a check hang or wander; anything but a small regular file is an OSError.
     """
     try:
-        return _bounded.read_bytes(Path(path), limit)
+        return _bounded.read_bytes(path, limit)
     except FileNotFoundError:
         return None
     except _InputRefused as exc:
