@@ -100,8 +100,8 @@ class Client:
         request = {"plugin": plugin, "function": function, "args": args, "timeout": timeout}
         try:
             frame = p.encode(request)
-        except (TypeError, ValueError) as exc:
-            return CallOutcome("invalid", message=f"args are not JSON: {exc}")
+        except (TypeError, ValueError, RecursionError) as exc:
+            return CallOutcome("invalid", message=f"args are not JSON: {type(exc).__name__}")
         deadline = time.monotonic() + timeout + GRACE_S
         try:
             if self._sock is not None and _closed_by_peer(self._sock):

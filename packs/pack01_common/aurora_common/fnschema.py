@@ -34,11 +34,13 @@ if TYPE_CHECKING:
 MAX_NODES = 512
 MAX_DEPTH = 32
 BUDGET_S = 0.05  # time to check one value
-_CLOCK_EVERY = 64  # keyword evaluations between two looks at the clock
+#: Values with more JSON nodes are not checked (refused): one keyword's own loop over a
+#: value (``contains``, ``items`` of boolean schemas) is not metered, only bounded by it.
+MAX_VALUE_NODES = 20_000
 
 #: Keywords whose value is a schema, a list of schemas, or a map of name -> schema.
 _ONE = ("additionalProperties", "items", "not", "if", "then", "else", "propertyNames",
-        "contains", "unevaluatedItems", "unevaluatedProperties")  # fmt: skip
+        "contains")  # fmt: skip
 _MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 _MAP = ("properties", "$defs", "dependentSchemas")
 #: Keywords with plain values (numbers, strings, lists of names).
@@ -56,6 +58,8 @@ _WHY = {
     "$schema": "the dialect is fixed (draft 2020-12)",
     "$dynamicRef": "only local $ref is allowed",
     "$dynamicAnchor": "only local $ref is allowed",
+    "unevaluatedProperties": "it re-walks every subschema unmetered (exponential with $ref)",
+    "unevaluatedItems": "it re-walks every subschema unmetered (exponential with $ref)",
 }
 
 
@@ -104,6 +108,21 @@ def problems(schema: object, where: str) -> list[str]:
     return found
 
 
+def _more_nodes_than(value: object, limit: int) -> bool:
+    """True when ``value`` holds more than ``limit`` JSON values (stops counting there)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class OverBudget(Exception):
     """Checking one value took longer than allowed."""
 
@@ -122,6 +141,11 @@ class Validator:
         """The first way ``value`` breaks the schema, with its place; None when it fits."""
         if self.schema is True or self.schema == {}:
             return None
+        if _more_nodes_than(value, MAX_VALUE_NODES):
+            return (
+                f"(top): too large to check against its schema (more than {MAX_VALUE_NODES} "
+                "JSON values; a function passing more declares no schema for it)"
+            )
         if self._validator is None:
             self._validator = self._build()
         self._steps, self._deadline = 0, time.monotonic() + self.budget_s
@@ -161,11 +185,20 @@ class Validator:
     def _metered(self, fn: Any) -> Any:
         def step(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
             self._steps += 1
-            if self._steps % _CLOCK_EVERY == 0 and time.monotonic() > self._deadline:
+            if time.monotonic() > self._deadline:
                 raise OverBudget
             return fn(validator, value, instance, schema)
 
         return step
 
 
-__all__ = ["ALLOWED", "BUDGET_S", "MAX_DEPTH", "MAX_NODES", "OverBudget", "Validator", "problems"]
+__all__ = [
+    "ALLOWED",
+    "BUDGET_S",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_VALUE_NODES",
+    "OverBudget",
+    "Validator",
+    "problems",
+]

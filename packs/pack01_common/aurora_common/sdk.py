@@ -250,7 +250,11 @@ class Plugin:
             self._calls[message.id] = ctx
             pool.submit(lambda: self._run_call(message, ctx))
         elif message.method == "aurora.health":
-            pool.submit(lambda: self._run_health(message))
+            # On a thread of its own: calls that fill the pool (slow ones, or a caller
+            # holding many) must not make a plugin that is fine look unhealthy.
+            threading.Thread(
+                target=self._run_health, args=(message,), name="aurora-health", daemon=True
+            ).start()
         else:
             self._send(p.error(message.id, p.METHOD_NOT_FOUND, f"unknown method {message.method}"))
 

@@ -28,12 +28,18 @@ from aurora_common import protocol as p
 from aurora_common.unixaddr import unix_address
 
 from launcher.channel import Outcome
-from launcher.protocol_host import ProtocolHost
+from launcher.protocol_host import OPERATOR, ProtocolHost
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = p.DEFAULT_MAX_MESSAGE_BYTES
 MAX_CLIENTS = 64
+#: Of them, at most this many per uid other than root: an allowed caller cannot take
+#: every slot and lock the operator out.
+MAX_CLIENTS_PER_UID = 16
+#: Answers a client has not read yet, at most (bytes); and how long they may wait.
+MAX_UNSENT_BYTES = 4 * 1024 * 1024
+UNREAD_DEADLINE_S = 5.0
 REQUEST_DEADLINE_S = 5.0  # a client must have sent its first request by then
 IDLE_DEADLINE_S = 60.0  # and each next one within this after an answer
 MAX_QUEUED = 16  # requests a client sent ahead of their answers
@@ -51,6 +57,7 @@ class _Client:
     done: bool = False  # closed, or closing once its answer is sent
     answered: int = 0
     queued: list[Any] = field(default_factory=list)  # requests read ahead of their turn
+    unsent_since: float = 0.0  # monotonic: since when an answer waits to be read
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -126,7 +133,9 @@ class ApiServer:
     # -- the loop ----------------------------------------------------------------
 
     def read_fds(self) -> list[int]:
-        fds = [c.sock.fileno() for c in self._clients.values() if not c.asked]
+        # A client is read only with nothing of its own left to send it: one that does
+        # not read its answers sends no more requests (its answers cannot pile up).
+        fds = [c.sock.fileno() for c in self._clients.values() if not c.asked and not c.unsent]
         return fds + ([self._listener.fileno()] if self._listener is not None else [])
 
     def write_fds(self) -> list[int]:
@@ -147,7 +156,11 @@ class ApiServer:
     def tick(self, now: float) -> None:
         for client in list(self._clients.values()):
             limit = IDLE_DEADLINE_S if client.answered else REQUEST_DEADLINE_S
-            if not client.asked and not client.unsent and now - client.opened > limit:
+            if client.unsent and now - client.unsent_since > UNREAD_DEADLINE_S:
+                log.warning("api socket: dropped a caller (uid %d) that does not read its "
+                            "answers", client.uid)  # fmt: skip
+                self._drop(client)
+            elif not client.asked and not client.unsent and now - client.opened > limit:
                 self._drop(client)
 
     def _accept(self, now: float) -> None:
@@ -162,7 +175,12 @@ class ApiServer:
                 return
             sock.setblocking(False)
             uid = _peer_uid(sock)
-            if uid not in self.allowed_uids or len(self._clients) >= MAX_CLIENTS:
+            same = sum(1 for c in self._clients.values() if c.uid == uid)
+            if uid == 0:  # the operator's own MAX_CLIENTS, whatever the others hold
+                full = same >= MAX_CLIENTS
+            else:
+                full = same >= MAX_CLIENTS_PER_UID or len(self._clients) >= MAX_CLIENTS
+            if uid not in self.allowed_uids or full:
                 self.refused += 1
                 why = "not allowed" if uid not in self.allowed_uids else "too many callers"
                 log.warning("api socket: refused a caller with uid %d (%s)", uid, why)
@@ -196,8 +214,9 @@ class ApiServer:
         self._next(client, now)
 
     def _next(self, client: _Client, now: float) -> None:
-        """Start the client's next request, if it sent one and none is being answered."""
-        if client.asked or client.done or not client.queued:
+        """Start the client's next request, if it sent one, none is being answered and it
+        has read the answers before."""
+        if client.asked or client.done or not client.queued or client.unsent:
             return
         client.asked = True
         parsed = parse_request(client.queued.pop(0))
@@ -205,7 +224,9 @@ class ApiServer:
             self._answer(client, Outcome("invalid", message=f"request: {parsed}"), last=True)
             return
         plugin, function, args, timeout = parsed
-        self.host.call(plugin, function, args, timeout, now, lambda o: self._answer(client, o))
+        caller = OPERATOR if client.uid == 0 else f"uid {client.uid}"
+        self.host.call(plugin, function, args, timeout, now, lambda o: self._answer(client, o),
+                       caller=caller)  # fmt: skip
 
     def _answer(self, client: _Client, outcome: Outcome, *, last: bool = False) -> None:
         """The outcome of the request being answered; ``last``: then close (a broken one)."""
@@ -215,10 +236,16 @@ class ApiServer:
         client.answered += 1
         client.opened = time.monotonic()  # its idle time counts from its last answer
         try:
-            client.unsent += p.encode(_outcome_doc(outcome))
-        except (TypeError, ValueError) as exc:  # never: the channel checked the value
-            why = f"the answer cannot be sent as JSON: {exc}"
-            client.unsent += p.encode(_outcome_doc(Outcome("plugin-error", message=why)))
+            frame = p.encode(_outcome_doc(outcome))
+        except (TypeError, ValueError, RecursionError) as exc:  # never: the channel checked it
+            why = f"the answer cannot be sent as JSON: {type(exc).__name__}"
+            frame = p.encode(_outcome_doc(Outcome("plugin-error", message=why)))
+        if len(client.unsent) + len(frame) > MAX_UNSENT_BYTES:
+            self._drop(client)  # it does not read what it asked for
+            return
+        if not client.unsent:
+            client.unsent_since = time.monotonic()
+        client.unsent += frame
         self._flush(client)
         if not client.done and client.sock.fileno() >= 0:
             self._next(client, client.opened)
@@ -236,6 +263,8 @@ class ApiServer:
             del client.unsent[:sent]
         if client.done and not client.unsent:
             self._drop(client)
+        elif not client.unsent and client.queued:  # it read them: its next request
+            self._next(client, time.monotonic())
 
     def _reply_and_close(self, sock: socket.socket, outcome: Outcome) -> None:
         with contextlib.suppress(OSError):

@@ -210,9 +210,11 @@ def _cmd_call(args: argparse.Namespace, paths: Paths) -> int:
         arguments = json.loads(args.args) if args.args is not None else None
     except ValueError as exc:
         return _fail(args, EXIT_USAGE, f"--args: not JSON: {exc}")
+    except RecursionError:
+        return _fail(args, EXIT_USAGE, "--args: nested too deeply")
     if not 0 < args.timeout <= 300:
         return _fail(
-            args, EXIT_USAGE, f"--timeout: expected seconds in (0, 300], got {args.timeout:g}"
+            args, EXIT_USAGE, f"--timeout: expected seconds in (0, 300], got {args.timeout!r}"
         )
     done: list[calls.CallOutcome] = []
     worker = threading.Thread(

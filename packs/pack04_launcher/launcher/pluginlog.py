@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,21 @@ def launcher_line(text: str) -> bytes:
     return f"[launcher {stamp}] {text}\n".encode()
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
-
-
 def one_line(text: str, limit: int = 1000) -> str:
     """A plugin's text made safe for one line of a log, a status field or a terminal:
-    control characters (newline, ESC...) escaped as ``\\xNN``, at most ``limit`` chars."""
-    return str(text)[:limit].translate(_CONTROL)
+    every character that is not printable (newline, ESC, U+2028, bidi overrides...)
+    escaped as ``\\xNN``/``\\uNNNN``, at most ``limit`` characters of it."""
+    return "".join(c if c.isprintable() else _escape(c) for c in str(text)[:limit])
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+#: Bytes of plugin output written escaped to its log: C0 controls but tab and newline,
+#: and DEL (a carriage return or ESC in the file would let `cat` show a forged line).
+_RAW_CONTROLS = re.compile(b"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def record_line(level: str, text: str, fields: dict[str, Any]) -> bytes:
@@ -57,6 +66,10 @@ def record_line(level: str, text: str, fields: dict[str, Any]) -> bytes:
     if fields:
         extra = " " + json.dumps(fields, ensure_ascii=True, sort_keys=True, default=str)
     return f"[{level} {stamp}] {one_line(text, len(text))}{extra}\n".encode(errors="replace")
+
+
+def _escape_bytes(data: bytes) -> bytes:
+    return _RAW_CONTROLS.sub(lambda m: b"\\x%02x" % m.group()[0], data)
 
 
 class PluginLog:
@@ -181,7 +194,7 @@ class PluginLog:
                 break
             if self._at_line_start:
                 out += PLUGIN_PREFIX
-            out += part
+            out += _escape_bytes(part)
             if last:
                 self._at_line_start = False
             else:

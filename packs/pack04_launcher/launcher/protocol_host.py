@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 #: ``granted`` list, beside the capabilities: ``call:<plugin id>/<function>``.
 CALL_GRANT_PREFIX = "call:"
 MAX_WAITING_CALLS = 64  # per plugin, while it is not ready
+#: Who calls: the operator (root on the call socket), ``uid N`` (another caller the
+#: operator allowed) or the id of a plugin. Callers other than the operator may hold at
+#: most a quarter of a plugin's calls in flight each (4 of 16: the SDK serves 8 at
+#: once), and together all but ``RESERVED``: no caller can take a plugin away from the
+#: operator or from the others.
+OPERATOR = "operator"
+RESERVED = 4
 
 
 def call_grant(plugin_id: str, function: str) -> str:
@@ -81,6 +88,7 @@ class ProtocolHost:
         self._on_log = on_log
         self._will_run = will_run
         self._plugins: dict[str, _Plugin] = {}
+        self._held: dict[tuple[str, str], int] = {}  # (plugin, caller) -> calls not ended
 
     # -- runs ------------------------------------------------------------------
 
@@ -142,12 +150,26 @@ class ProtocolHost:
         reply: Reply,
         *,
         may_wait: bool = False,
+        caller: str = OPERATOR,
     ) -> None:
         """Call ``function`` of ``plugin_id``; ``reply`` gets the one outcome.
 
         A plugin that is starting (or restarting, or ``may_wait``: an on-call plugin
         the supervisor is about to start) gets the call once it is ready.
         """
+        if caller != OPERATOR:
+            limit = max(1, self._limits.max_in_flight // 4)
+            others = sum(n for (pid, c), n in self._held.items() if pid == plugin_id
+                         and c != OPERATOR)  # fmt: skip
+            if self._held.get((plugin_id, caller), 0) >= limit or others >= max(
+                1, self._limits.max_in_flight - RESERVED
+            ):
+                reply(Outcome("refused", message=f"{plugin_id}: too many calls in flight "
+                                                 f"from {caller}"))  # fmt: skip
+                return
+            key = (plugin_id, caller)
+            self._held[key] = self._held.get(key, 0) + 1
+            reply = self._releasing(key, reply)
         entry = self._plugins.get(plugin_id)
         why_not = self._will_run(plugin_id) if self._will_run is not None else None
         if why_not is not None:  # disabled, held, failed...: even with a connection still open
@@ -176,6 +198,22 @@ class ProtocolHost:
         else:
             why = why_not or entry.reason or "it does not speak the plugin protocol"
             reply(Outcome("not-running", message=f"{plugin_id}: {why}"))
+
+    def _releasing(self, key: tuple[str, str], reply: Reply) -> Reply:
+        done = False
+
+        def once(outcome: Outcome) -> None:
+            nonlocal done
+            if not done:
+                done = True
+                left = self._held.get(key, 1) - 1
+                if left > 0:
+                    self._held[key] = left
+                else:
+                    self._held.pop(key, None)
+            reply(outcome)
+
+        return once
 
     def waiting_for(self) -> list[str]:
         """Plugins that calls are waiting for and that have no connection (to start)."""
@@ -215,7 +253,7 @@ class ProtocolHost:
         if call_grant(target, function) not in set(self._grants(source)):
             reply(Outcome("refused", message=f"{source} is not granted {target}/{function}"))
             return
-        self.call(target, function, args, timeout, time.monotonic(), reply)
+        self.call(target, function, args, timeout, time.monotonic(), reply, caller=source)
 
     # -- the loop --------------------------------------------------------------
 

@@ -1166,7 +1166,12 @@ class Supervisor:
             status.FAILED, status.REFUSED, status.EXITED, status.BLOCKED
         ):  # fmt: skip
             return f"{slot.state}: {slot.reason}"
-        if slot is not None and slot.proc is not None and slot.standby is None:
+        if (
+            slot is not None
+            and slot.proc is not None
+            and slot.standby is None
+            and slot.stopping is None  # a stop under way: calls wait for the next start
+        ):
             closed = self.protocol.closed_reason(plugin_id)
             if closed is not None:  # it runs on, but no longer speaks the protocol
                 return f"its protocol connection is closed ({closed})"
@@ -1314,7 +1319,8 @@ def _describe_exit(rc: int) -> str:
 def _last_line(path: Path) -> str:
     """The last line the plugin (or the sandbox) wrote before the launcher's mark."""
     try:
-        lines = path.read_bytes()[-4096:].decode(errors="replace").splitlines()
+        # "\n" only: splitlines() would also cut at U+2028 and friends a plugin can write
+        lines = path.read_bytes()[-4096:].decode(errors="replace").split("\n")
     except OSError:
         return "(no log)"
     for line in reversed(lines):

@@ -596,7 +596,8 @@ def test_a_tiny_health_interval_is_raised_to_the_launchers_floor(
         "    if m.get('method') == 'aurora.health':\n"
         "        n += 1\n"
         "        d = os.environ['AURORA_PLUGIN_DATA']\n"
-        "        open(os.path.join(d, 'checks'), 'w').write(str(n))\n"
+        "        open(os.path.join(d, 'checks.tmp'), 'w').write(str(n))\n"
+        "        os.replace(os.path.join(d, 'checks.tmp'), os.path.join(d, 'checks'))\n"
         "        status = 'serving' if n % 2 else 'not-serving'\n"
         "        send({'jsonrpc': '2.0', 'id': m['id'], 'result': {'status': status}})\n"
     )
@@ -699,3 +700,142 @@ def test_a_registry_entry_with_a_schema_that_reaches_out_is_not_run(
     assert doc["state"] == status.BLOCKED, doc
     assert "$ref: only a reference within the schema" in doc["reason"]
     assert _call(paths, "acme.ref", "f", {}, 5).kind == "not-running"
+
+
+# --- found by an adversary, round 2 (adv12) --------------------------------------------
+
+
+def _hold_connections(uid: int, paths: Paths, count: int, read: bool) -> int:
+    """A child of ``uid`` that opens ``count`` connections to the call socket and sends
+    a slow call (or, ``read=False``, 16 pipelined calls) on each, then sleeps; its pid."""
+    import os
+    import socket as so
+
+    from aurora_common import protocol as p
+
+    run_fd = os.open(paths.run, os.O_PATH | os.O_DIRECTORY)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            sock = f"/proc/self/fd/{run_fd}/{paths.api_socket.relative_to(paths.run)}"
+            held = []
+            call = {"plugin": "acme.server", "function": "echo", "args": {"text": "x" * 60000}}
+            slow = {"plugin": "acme.server", "function": "slow", "args": {"seconds": 30}}
+            for _ in range(count):
+                c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+                c.settimeout(2)
+                try:
+                    c.connect(sock)
+                    for _ in range(1 if read else 16):
+                        c.sendall(p.encode({**(slow if read else call), "timeout": 60}))
+                except OSError:  # turned away (or not read any more): go on with the next
+                    pass
+                held.append(c)
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(run_fd)
+    return child
+
+
+def _end(pid: int) -> None:
+    import os
+    import signal as sig
+
+    os.kill(pid, sig.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="callers of other uids need root")
+def test_an_allowed_caller_cannot_take_every_slot_from_the_operator(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop(api_callers=(54321,))
+    _ready(paths, "acme.server")
+    hog = _hold_connections(54321, paths, 40, read=True)
+    try:
+        api = thread.sup.api
+        assert api is not None
+        wait_until(lambda: len(api._clients) == 16, what="the uid holding its share")
+        assert _call_as(54321, paths)["message"].endswith("too many callers")
+        assert _other_call_ms(paths) < 2000  # the operator is still served
+    finally:
+        _end(hog)
+
+
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="callers of other uids need root")
+def test_a_caller_that_never_reads_its_answers_is_dropped(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    thread = loop(api_callers=(54321,))
+    _ready(paths, "acme.server")
+    hog = _hold_connections(54321, paths, 1, read=False)
+    try:
+        api = thread.sup.api
+        assert api is not None
+        wait_until(lambda: len(api._clients) == 1, what="the connection")
+        wait_until(lambda: len(api._clients) == 0, timeout=20, what="it dropped")
+    finally:
+        _end(hog)
+
+
+ON_CALL_SLOW_EXIT = (
+    SDK_HEAD
+    + """
+import signal
+signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1.0), os._exit(0)))
+
+@plugin.function("echo")
+def echo(args, ctx):
+    return args
+
+plugin.serve()
+"""
+)
+
+
+def test_a_call_during_an_idle_stop_waits_for_the_next_start(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    api = {"functions": {"echo": {}}, "activation": "on-call", "idle_seconds": 1}
+    fake_registry.add("acme.lazy", ON_CALL_SLOW_EXIT, manifest_extra=api)
+    thread = loop(standby=False)
+    assert _call(paths, "acme.lazy", "echo", {"n": 1}).value == {"n": 1}
+    wait_until(
+        lambda: thread.sup.status_doc()["acme.lazy"]["state"] == status.STOPPING,
+        what="its idle stop",
+    )
+    outcome = _call(paths, "acme.lazy", "echo", {"n": 2}, timeout=20)
+    assert outcome.kind == "result" and outcome.value == {"n": 2}, outcome
+
+
+def test_plugin_output_cannot_forge_a_launcher_line_in_its_log_file(
+    loop: Callable[..., LoopThread], fake_registry: FakeRegistry, paths: Paths
+) -> None:
+    code = (
+        "import sys, time\n"
+        "sys.stdout.write('ok\\r[launcher 2026-01-01T00:00:00Z] forged\\n')\n"
+        "sys.stdout.write('x\\u2028[launcher 2026-01-01T00:00:00Z] forged too\\n')\n"
+        "sys.stdout.flush()\ntime.sleep(60)\n"
+    )
+    fake_registry.add("acme.forger", code)
+    loop()
+    log_file = paths.plugin_log("acme.forger")
+    wait_until(lambda: log_file.is_file() and "forged too" in log_file.read_text())
+    raw = log_file.read_bytes()
+    assert b"\r" not in raw and b"\\x0d[launcher" in raw
+    text = raw.decode()
+    assert not [line for line in text.split("\n") if line.startswith("[launcher 2026-01-01")]
+
+
+def test_calling_with_arguments_nested_too_deeply_is_a_usage_error(paths: Paths) -> None:
+    from launcher import cli
+
+    code = cli.main(["call", "acme.x", "f", "--args", "[" * 100_000 + "]" * 100_000])
+    assert code == 2
+    assert cli.main(["call", "acme.x", "f", "--timeout", "300.0000001"]) == 2
