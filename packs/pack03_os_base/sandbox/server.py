@@ -435,8 +435,12 @@ class Server:
     def _ended(self, child: _Child, status: int) -> None:
         """A child is reaped: read what it said last, remove its cgroups, tell the client."""
         if child.ctrl is not None:
-            child.ctrl.setblocking(True)
-            while msg := _recv_or_eof(child.ctrl):  # it is dead: EOF is certain
+            # What it said is queued by now: the plugin process of a spare's namespace
+            # speaks before its exec or its end, and those come before the child's end.
+            # Never wait for EOF here: a process of the namespace that outlives the child
+            # (killed while its init was not yet bound to it) holds the other end.
+            child.ctrl.setblocking(False)
+            while msg := _recv_or_eof(child.ctrl):
                 self._child_said(child, msg)
             self._sel.unregister(child.ctrl)
             child.ctrl.close()
@@ -478,7 +482,7 @@ class Server:
     def _dirs_of(self, child: _Child) -> list[str]:
         cg = (child.report or {}).get("cgroup") or {}
         dirs = list(child.dirs) or [str(d) for d in cg.get("dirs") or []]
-        if not dirs and not child.spare:  # a fresh child that died before it reported
+        if not dirs and (not child.spare or not child.ready):  # died before it reported
             dirs = cgroups.find_run_dirs(child.pid)
         return dirs
 
