@@ -393,24 +393,55 @@ def _user_namespace(run: Run) -> None:
         run.layer("network-namespace", False, f"unshare(CLONE_NEWUSER|NEWNET): {exc.strerror}")
 
 
+def _ruleset(abi: int, network: bool) -> landlock.Ruleset:
+    return landlock.Ruleset(abi=abi, restrict_tcp=not network, scope_signals=True,
+                            scope_abstract_unix=not network)  # fmt: skip
+
+
+def _base_rules(rs: landlock.Ruleset) -> None:
+    """The rules of every policy without fs-read/fs-write: the system dirs, basic devices."""
+    for path in SYSTEM_READ:
+        rs.allow(path, landlock.READ)
+    for dev in BASIC_DEVICES:
+        rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
+
+
+def landlock_ahead(abi: int) -> dict[bool, landlock.Ruleset]:
+    """A server's spare, before its request: both rulesets (without and with `network`)
+    made in the kernel with the rules no policy changes (_base_rules); a request adds its
+    own. Rules hold inodes, and the plugin's root binds these very host paths (mounts)."""
+    ahead: dict[bool, landlock.Ruleset] = {}
+    if abi > 0:
+        for network in (False, True):
+            rs = _ruleset(abi, network)
+            _base_rules(rs)
+            rs.create()
+            ahead[network] = rs
+    return ahead
+
+
 def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
     pol = run.policy
     if abi <= 0:
         run.layer("landlock", False, "kernel offers no Landlock (landlock_create_ruleset)")
         return None
-    rs = landlock.Ruleset(
-        abi=abi,
-        restrict_tcp="network" not in pol.granted,
-        scope_signals=True,
-        scope_abstract_unix="network" not in pol.granted,
-    )
+    network = "network" in pol.granted
     write = landlock.WRITE
     hidden = [pat for cap, pats in DEVICES.items() if cap not in pol.granted for pat in pats]
     if "fs-read" in pol.granted or "fs-write" in pol.granted:
+        rs = _ruleset(abi, network)
         access = write if "fs-write" in pol.granted else landlock.READ
         _allow_all_but_devices(rs, access, hidden)
+        for dev in BASIC_DEVICES:
+            rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
     else:
-        for path in (*SYSTEM_READ, *python_prefixes(run.executable), *pol.read_paths):
+        ahead = run.relay.landlock.pop(network, None) if run.relay is not None else None
+        if ahead is not None and ahead.abi == abi:
+            rs = ahead  # made by the spare (landlock_ahead), with _base_rules
+        else:
+            rs = _ruleset(abi, network)
+            _base_rules(rs)
+        for path in (*python_prefixes(run.executable), *pol.read_paths):
             rs.allow(path, landlock.READ)
         if pol.sdk_dir is not None:
             rs.allow(pol.sdk_dir, landlock.READ)
@@ -420,8 +451,6 @@ def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
         if cap in pol.granted:
             for name in _dev_entries(DEVICES[cap]):
                 rs.allow(name, write)
-    for dev in BASIC_DEVICES:
-        rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
     rs.allow(pol.data_dir, write)
     return rs
 
@@ -466,7 +495,7 @@ def seccomp_filters() -> None:
         return
     for network in (False, True):
         try:
-            _filter(network)
+            _filter(network).compile()
         except OSError as exc:
             _log.debug(__name__, "seccomp filter: %s", exc)
 

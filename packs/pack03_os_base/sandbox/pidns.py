@@ -63,6 +63,8 @@ class Relay:
         # The generic part of the mount view, built ahead (sandbox.mounts.prepare): the
         # device nodes it bound, or None.
         self.prepared: list[str] | None = None
+        # Landlock rulesets made ahead, by `network` granted (sandbox.confine.landlock_ahead).
+        self.landlock: dict[bool, Any] = {}
         self.on_fail: Callable[[int, str, dict[str, Any] | None], None] | None = None
 
     def unshare_ahead(self, flags: int) -> None:

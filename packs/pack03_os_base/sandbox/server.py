@@ -629,6 +629,20 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         return status[0]
 
 
+def _ahead(relay: pidns.Relay) -> None:
+    """More of a spare's plugin process made before its request: Landlock's rules that no
+    policy changes (both network variants). A failure is left for the request, which
+    then makes its ruleset itself and reports what fails. (The bounding set cannot be
+    emptied ahead: a request for the bwrap backend execs bwrap, which needs it.)"""
+    from sandbox import landlock
+    from sandbox.confine import landlock_ahead
+
+    try:
+        relay.landlock = landlock_ahead(landlock.abi_version())
+    except OSError as exc:
+        _log.debug(__name__, "spare: landlock ahead: %s", exc)
+
+
 def _outlive_the_server() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
 
@@ -666,6 +680,7 @@ def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay)
             relay.prepared = mounts.prepare(SYSTEM_READ, list(BASIC_DEVICES))
         except OSError as exc:  # the request will see the same failure, and say it
             _log.debug(__name__, "spare: mount view ahead: %s", exc)
+    _ahead(relay)
 
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})
