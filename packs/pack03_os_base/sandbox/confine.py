@@ -82,6 +82,7 @@ class Run:
         # The plugin's protocol connection, parked high and close-on-exec until _exec
         # makes it fd 3 (sandbox.protocol); None: the plugin gets none.
         self.protocol_fd: int | None = None
+        self.prefixes: list[str] | None = None  # the executable's python_prefixes (_prefixes)
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -207,6 +208,15 @@ def python_prefixes(executable: str) -> list[str]:
         if os.path.basename(path).startswith("python"):
             dirs.add(os.path.dirname(os.path.dirname(path)))
     return sorted(d for d in dirs if d not in ("/", ""))
+
+
+def _prefixes(run: Run) -> list[str]:
+    """python_prefixes of the run's executable, resolved once, on the host (the mount
+    view binds each at its host path, so Landlock's rules name the same ones after
+    pivot_root): realpath's lstat of every component is not paid twice a start."""
+    if run.prefixes is None:
+        run.prefixes = python_prefixes(run.executable)
+    return run.prefixes
 
 
 def environment(policy: Policy) -> dict[str, str]:
@@ -441,7 +451,7 @@ def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
         else:
             rs = _ruleset(abi, network)
             _base_rules(rs)
-        for path in (*python_prefixes(run.executable), *pol.read_paths):
+        for path in (*_prefixes(run), *pol.read_paths):
             rs.allow(path, landlock.READ)
         if pol.sdk_dir is not None:
             rs.allow(pol.sdk_dir, landlock.READ)
@@ -736,7 +746,7 @@ def _mount_view(run: Run) -> None:
     pol = run.policy
     base = "rw" if "fs-write" in pol.granted else "ro" if "fs-read" in pol.granted else None
     view = mounts.View(base, pol.uid, pol.gid)
-    prefixes = python_prefixes(run.executable)
+    prefixes = _prefixes(run)
     view.read = [*prefixes, *pol.read_paths, *([pol.sdk_dir] if pol.sdk_dir else [])]
     for path in (run.executable, os.path.realpath(run.executable)):
         if not any(path == b or path.startswith(b.rstrip("/") + "/")
