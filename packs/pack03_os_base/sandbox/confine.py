@@ -83,6 +83,7 @@ class Run:
         # makes it fd 3 (sandbox.protocol); None: the plugin gets none.
         self.protocol_fd: int | None = None
         self.prefixes: list[str] | None = None  # the executable's python_prefixes (_prefixes)
+        self.real_executable: str | None = None  # its realpath on the host (_real_executable)
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -201,10 +202,11 @@ def choose_backend(requested: str) -> str:
     return "bwrap" if bwrap.find() else "native"
 
 
-def python_prefixes(executable: str) -> list[str]:
-    """Directories a Python interpreter reads at start-up: its prefix and base prefix."""
+def python_prefixes(executable: str, real: str | None = None) -> list[str]:
+    """Directories a Python interpreter reads at start-up: its prefix and base prefix.
+    `real`: the executable's realpath, when the caller has it."""
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for path in (executable, os.path.realpath(executable)):
+    for path in (executable, real or os.path.realpath(executable)):
         if os.path.basename(path).startswith("python"):
             dirs.add(os.path.dirname(os.path.dirname(path)))
     return sorted(d for d in dirs if d not in ("/", ""))
@@ -215,8 +217,16 @@ def _prefixes(run: Run) -> list[str]:
     view binds each at its host path, so Landlock's rules name the same ones after
     pivot_root): realpath's lstat of every component is not paid twice a start."""
     if run.prefixes is None:
-        run.prefixes = python_prefixes(run.executable)
+        run.prefixes = python_prefixes(run.executable, _real_executable(run))
     return run.prefixes
+
+
+def _real_executable(run: Run) -> str:
+    """The executable's realpath, resolved once a start on the host (os.path.realpath is
+    an lstat per component, in Python)."""
+    if run.real_executable is None:
+        run.real_executable = os.path.realpath(run.executable)
+    return run.real_executable
 
 
 def environment(policy: Policy) -> dict[str, str]:
@@ -748,7 +758,7 @@ def _mount_view(run: Run) -> None:
     view = mounts.View(base, pol.uid, pol.gid)
     prefixes = _prefixes(run)
     view.read = [*prefixes, *pol.read_paths, *([pol.sdk_dir] if pol.sdk_dir else [])]
-    for path in (run.executable, os.path.realpath(run.executable)):
+    for path in (run.executable, _real_executable(run)):
         if not any(path == b or path.startswith(b.rstrip("/") + "/")
                    for b in (*SYSTEM_READ, *view.read)):  # fmt: skip
             view.read.append(path)
