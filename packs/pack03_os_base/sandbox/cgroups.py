@@ -354,13 +354,18 @@ def kill_dirs(dirs: list[str], grace: float = 5.0, remove: bool = True) -> list[
     costs the kernel about a millisecond, which a caller may not want to wait for.
     """
     dirs = [d for d in dirs if os.path.isdir(d)]
-    if grace > 0 and members(dirs):
-        for p in members(dirs):
+    alive = members(dirs)  # read once up front: a served run's end usually finds none
+    if grace > 0 and alive:
+        for p in alive:
             _signal(p, signal.SIGTERM)
         deadline = time.monotonic() + grace
         pause = _Backoff(0.05)
-        while members(dirs) and time.monotonic() < deadline:
+        while (alive := members(dirs)) and time.monotonic() < deadline:
             pause()
+    if not alive:
+        if remove:
+            remove_dirs(dirs)
+        return []
     deadline = time.monotonic() + 10.0
     pause = _Backoff(0.02)
     while members(dirs) and time.monotonic() < deadline:

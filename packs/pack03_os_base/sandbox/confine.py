@@ -82,6 +82,8 @@ class Run:
         # The plugin's protocol connection, parked high and close-on-exec until _exec
         # makes it fd 3 (sandbox.protocol); None: the plugin gets none.
         self.protocol_fd: int | None = None
+        self.prefixes: list[str] | None = None  # the executable's python_prefixes (_prefixes)
+        self.real_executable: str | None = None  # its realpath on the host (_real_executable)
 
     def layer(self, name: str, active: bool, detail: str) -> None:
         self.layers[name] = {"active": active, "detail": detail}
@@ -200,13 +202,31 @@ def choose_backend(requested: str) -> str:
     return "bwrap" if bwrap.find() else "native"
 
 
-def python_prefixes(executable: str) -> list[str]:
-    """Directories a Python interpreter reads at start-up: its prefix and base prefix."""
+def python_prefixes(executable: str, real: str | None = None) -> list[str]:
+    """Directories a Python interpreter reads at start-up: its prefix and base prefix.
+    `real`: the executable's realpath, when the caller has it."""
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for path in (executable, os.path.realpath(executable)):
+    for path in (executable, real or os.path.realpath(executable)):
         if os.path.basename(path).startswith("python"):
             dirs.add(os.path.dirname(os.path.dirname(path)))
     return sorted(d for d in dirs if d not in ("/", ""))
+
+
+def _prefixes(run: Run) -> list[str]:
+    """python_prefixes of the run's executable, resolved once, on the host (the mount
+    view binds each at its host path, so Landlock's rules name the same ones after
+    pivot_root): realpath's lstat of every component is not paid twice a start."""
+    if run.prefixes is None:
+        run.prefixes = python_prefixes(run.executable, _real_executable(run))
+    return run.prefixes
+
+
+def _real_executable(run: Run) -> str:
+    """The executable's realpath, resolved once a start on the host (os.path.realpath is
+    an lstat per component, in Python)."""
+    if run.real_executable is None:
+        run.real_executable = os.path.realpath(run.executable)
+    return run.real_executable
 
 
 def environment(policy: Policy) -> dict[str, str]:
@@ -393,24 +413,55 @@ def _user_namespace(run: Run) -> None:
         run.layer("network-namespace", False, f"unshare(CLONE_NEWUSER|NEWNET): {exc.strerror}")
 
 
+def _ruleset(abi: int, network: bool) -> landlock.Ruleset:
+    return landlock.Ruleset(abi=abi, restrict_tcp=not network, scope_signals=True,
+                            scope_abstract_unix=not network)  # fmt: skip
+
+
+def _base_rules(rs: landlock.Ruleset) -> None:
+    """The rules of every policy without fs-read/fs-write: the system dirs, basic devices."""
+    for path in SYSTEM_READ:
+        rs.allow(path, landlock.READ)
+    for dev in BASIC_DEVICES:
+        rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
+
+
+def landlock_ahead(abi: int) -> dict[bool, landlock.Ruleset]:
+    """A server's spare, before its request: both rulesets (without and with `network`)
+    made in the kernel with the rules no policy changes (_base_rules); a request adds its
+    own. Rules hold inodes, and the plugin's root binds these very host paths (mounts)."""
+    ahead: dict[bool, landlock.Ruleset] = {}
+    if abi > 0:
+        for network in (False, True):
+            rs = _ruleset(abi, network)
+            _base_rules(rs)
+            rs.create()
+            ahead[network] = rs
+    return ahead
+
+
 def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
     pol = run.policy
     if abi <= 0:
         run.layer("landlock", False, "kernel offers no Landlock (landlock_create_ruleset)")
         return None
-    rs = landlock.Ruleset(
-        abi=abi,
-        restrict_tcp="network" not in pol.granted,
-        scope_signals=True,
-        scope_abstract_unix="network" not in pol.granted,
-    )
+    network = "network" in pol.granted
     write = landlock.WRITE
     hidden = [pat for cap, pats in DEVICES.items() if cap not in pol.granted for pat in pats]
     if "fs-read" in pol.granted or "fs-write" in pol.granted:
+        rs = _ruleset(abi, network)
         access = write if "fs-write" in pol.granted else landlock.READ
         _allow_all_but_devices(rs, access, hidden)
+        for dev in BASIC_DEVICES:
+            rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
     else:
-        for path in (*SYSTEM_READ, *python_prefixes(run.executable), *pol.read_paths):
+        ahead = run.relay.landlock.pop(network, None) if run.relay is not None else None
+        if ahead is not None and ahead.abi == abi:
+            rs = ahead  # made by the spare (landlock_ahead), with _base_rules
+        else:
+            rs = _ruleset(abi, network)
+            _base_rules(rs)
+        for path in (*_prefixes(run), *pol.read_paths):
             rs.allow(path, landlock.READ)
         if pol.sdk_dir is not None:
             rs.allow(pol.sdk_dir, landlock.READ)
@@ -420,8 +471,6 @@ def _plan_landlock(run: Run, abi: int) -> landlock.Ruleset | None:
         if cap in pol.granted:
             for name in _dev_entries(DEVICES[cap]):
                 rs.allow(name, write)
-    for dev in BASIC_DEVICES:
-        rs.allow(dev, landlock.READ_FILE | landlock.WRITE_FILE | landlock.IOCTL_DEV)
     rs.allow(pol.data_dir, write)
     return rs
 
@@ -466,7 +515,7 @@ def seccomp_filters() -> None:
         return
     for network in (False, True):
         try:
-            _filter(network)
+            _filter(network).compile()
         except OSError as exc:
             _log.debug(__name__, "seccomp filter: %s", exc)
 
@@ -707,9 +756,9 @@ def _mount_view(run: Run) -> None:
     pol = run.policy
     base = "rw" if "fs-write" in pol.granted else "ro" if "fs-read" in pol.granted else None
     view = mounts.View(base, pol.uid, pol.gid)
-    prefixes = python_prefixes(run.executable)
+    prefixes = _prefixes(run)
     view.read = [*prefixes, *pol.read_paths, *([pol.sdk_dir] if pol.sdk_dir else [])]
-    for path in (run.executable, os.path.realpath(run.executable)):
+    for path in (run.executable, _real_executable(run)):
         if not any(path == b or path.startswith(b.rstrip("/") + "/")
                    for b in (*SYSTEM_READ, *view.read)):  # fmt: skip
             view.read.append(path)

@@ -86,30 +86,52 @@ class Ruleset:
         self.scope_abstract_unix = scope_abstract_unix
         self.rules: list[tuple[str, int]] = []
         self.skipped: list[str] = []
+        self._fd = -1  # the kernel's ruleset, once created
+        self._added = 0  # rules already added to it
 
     def allow(self, path: str, access: int) -> None:
         """Allow `access` beneath `path`; a path that does not exist is skipped (noted)."""
         self.rules.append((path, access))
 
-    def restrict_self(self) -> None:
-        """Create the ruleset, add every rule and restrict this process (needs no_new_privs)."""
+    def create(self) -> None:
+        """Create the kernel's ruleset now and add the rules so far (a server's spare, ahead
+        of its request: a rule holds the inode its path names now); restrict_self adds
+        the later ones. Raises OSError when the kernel refuses."""
+        if self._fd < 0:
+            fs = handled_fs(self.abi)
+            net = NET_BIND_TCP | NET_CONNECT_TCP if self.restrict_tcp and self.abi >= 4 else 0
+            scoped = 0
+            if self.abi >= 6:
+                scoped |= SCOPE_SIGNAL if self.scope_signals else 0
+                scoped |= SCOPE_ABSTRACT_UNIX_SOCKET if self.scope_abstract_unix else 0
+            attr = _RulesetAttr(fs, net, scoped)
+            size = 8 if self.abi < 4 else 16 if self.abi < 6 else 24
+            self._fd = _libc.syscall(  # close-on-exec, as every Landlock ruleset fd
+                _libc.SYS_LANDLOCK_CREATE_RULESET, ctypes.c_void_p(ctypes.addressof(attr)), size, 0
+            )
         fs = handled_fs(self.abi)
-        net = NET_BIND_TCP | NET_CONNECT_TCP if self.restrict_tcp and self.abi >= 4 else 0
-        scoped = 0
-        if self.abi >= 6:
-            scoped |= SCOPE_SIGNAL if self.scope_signals else 0
-            scoped |= SCOPE_ABSTRACT_UNIX_SOCKET if self.scope_abstract_unix else 0
-        attr = _RulesetAttr(fs, net, scoped)
-        size = 8 if self.abi < 4 else 16 if self.abi < 6 else 24
-        ruleset_fd = _libc.syscall(
-            _libc.SYS_LANDLOCK_CREATE_RULESET, ctypes.c_void_p(ctypes.addressof(attr)), size, 0
-        )
         try:
-            for path, access in self.rules:
-                self._add(ruleset_fd, path, access & fs)
-            _libc.syscall(_libc.SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0)
+            while self._added < len(self.rules):
+                path, access = self.rules[self._added]
+                self._add(self._fd, path, access & fs)
+                self._added += 1
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def restrict_self(self) -> None:
+        """Create the ruleset (unless made ahead), add every rule and restrict this process
+        (needs no_new_privs)."""
+        self.create()
+        try:
+            _libc.syscall(_libc.SYS_LANDLOCK_RESTRICT_SELF, self._fd, 0)
         finally:
-            os.close(ruleset_fd)
+            self.close()
 
     def _add(self, ruleset_fd: int, path: str, access: int) -> None:
         try:

@@ -63,6 +63,8 @@ class Relay:
         # The generic part of the mount view, built ahead (sandbox.mounts.prepare): the
         # device nodes it bound, or None.
         self.prepared: list[str] | None = None
+        # Landlock rulesets made ahead, by `network` granted (sandbox.confine.landlock_ahead).
+        self.landlock: dict[bool, Any] = {}
         self.on_fail: Callable[[int, str, dict[str, Any] | None], None] | None = None
 
     def unshare_ahead(self, flags: int) -> None:
@@ -190,6 +192,8 @@ def _init_forks(status_w: int, exit_w: int) -> int:
     # The launcher is outside the namespace: getppid() says 0. Had it died before the
     # death signal was set, the plugin's first report would hit a closed pipe and end it.
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _reader_gone(exit_w):  # it died before: no signal will come, and no one waits for
+        os._exit(1)  # us (a spare's plugin process would hold the server's channel forever)
     plugin = os.fork()
     if plugin == 0:
         os.close(exit_w)
@@ -199,6 +203,18 @@ def _init_forks(status_w: int, exit_w: int) -> int:
         _init_main(plugin, exit_w)
     finally:
         os._exit(1)
+
+
+def _reader_gone(fd: int) -> bool:
+    """Whether the read end of the pipe `fd` writes to is closed everywhere. The launcher
+    alone holds `exit_r`, and a dying process closes its files before its children are
+    reparented (and sent their death signal): checked after ``PR_SET_PDEATHSIG``, either
+    the signal comes or this says the launcher is gone."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR (no reader left) is always reported
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _init_main(plugin: int, exit_w: int) -> NoReturn:

@@ -435,8 +435,12 @@ class Server:
     def _ended(self, child: _Child, status: int) -> None:
         """A child is reaped: read what it said last, remove its cgroups, tell the client."""
         if child.ctrl is not None:
-            child.ctrl.setblocking(True)
-            while msg := _recv_or_eof(child.ctrl):  # it is dead: EOF is certain
+            # What it said is queued by now: the plugin process of a spare's namespace
+            # speaks before its exec or its end, and those come before the child's end.
+            # Never wait for EOF here: a process of the namespace that outlives the child
+            # (killed while its init was not yet bound to it) holds the other end.
+            child.ctrl.setblocking(False)
+            while msg := _recv_or_eof(child.ctrl):
                 self._child_said(child, msg)
             self._sel.unregister(child.ctrl)
             child.ctrl.close()
@@ -478,7 +482,7 @@ class Server:
     def _dirs_of(self, child: _Child) -> list[str]:
         cg = (child.report or {}).get("cgroup") or {}
         dirs = list(child.dirs) or [str(d) for d in cg.get("dirs") or []]
-        if not dirs and not child.spare:  # a fresh child that died before it reported
+        if not dirs and (not child.spare or not child.ready):  # died before it reported
             dirs = cgroups.find_run_dirs(child.pid)
         return dirs
 
@@ -625,6 +629,20 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
         return status[0]
 
 
+def _ahead(relay: pidns.Relay) -> None:
+    """More of a spare's plugin process made before its request: Landlock's rules that no
+    policy changes (both network variants). A failure is left for the request, which
+    then makes its ruleset itself and reports what fails. (The bounding set cannot be
+    emptied ahead: a request for the bwrap backend execs bwrap, which needs it.)"""
+    from sandbox import landlock
+    from sandbox.confine import landlock_ahead
+
+    try:
+        relay.landlock = landlock_ahead(landlock.abi_version())
+    except OSError as exc:
+        _log.debug(__name__, "spare: landlock ahead: %s", exc)
+
+
 def _outlive_the_server() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, 0)  # a plugin outlives the server like a one-shot one
 
@@ -662,6 +680,7 @@ def _plugin_side(ctrl: socket.socket, cg: cgroups.RunCgroup, relay: pidns.Relay)
             relay.prepared = mounts.prepare(SYSTEM_READ, list(BASIC_DEVICES))
         except OSError as exc:  # the request will see the same failure, and say it
             _log.debug(__name__, "spare: mount view ahead: %s", exc)
+    _ahead(relay)
 
     def publish(doc: dict[str, Any]) -> None:
         _send(ctrl, {"event": "report", "report": doc})

@@ -438,17 +438,19 @@ class ServerProc:
         grace: float = 2.0,
         root: Path | None = None,
         extra: tuple[str, ...] = (),
+        launcher: Path = LAUNCH,
     ) -> None:
         """Started by this (the test) process: the server serves only its parent.
         `root` (default `directory`) is its data, packages and report root; `extra`:
-        more start arguments (``--sdk-root DIR``)."""
+        more start arguments (``--sdk-root DIR``); `launcher`: a script run instead of
+        launch.py (with its arguments)."""
         self.sock = directory / "s.sock"
         self.log = directory / "server.log"
         self.root = root or directory
         self.started: list[int] = []  # pids to kill at teardown, if a test let them live
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, str(LAUNCH), "--serve", str(self.sock), "--spares", str(spares),
+                [PYTHON, str(launcher), "--serve", str(self.sock), "--spares", str(spares),
                  "--grace", str(grace), "--data-root", str(self.root),
                  "--packages-root", str(self.root), "--report-root", str(self.root), *extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -521,12 +523,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[[Path], ServerProc]]:
-    """Start servers in given directories; each is stopped (SIGTERM) at teardown."""
+def start_server() -> Iterator[Callable[..., ServerProc]]:
+    """Start servers in given directories (keywords: ServerProc's); each is stopped
+    (SIGTERM) at teardown."""
     started: list[ServerProc] = []
 
-    def start(directory: Path) -> ServerProc:
-        started.append(ServerProc(directory))
+    def start(directory: Path, **options: Any) -> ServerProc:
+        started.append(ServerProc(directory, **options))
         return started[-1]
 
     yield start

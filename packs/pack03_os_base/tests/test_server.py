@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sandbox import cgroups, launch
+from sandbox import cgroups, launch, pidns
 from sandbox import server as server_lib
 from sandbox_testing import PLUGIN_GID, PLUGIN_UID
 
@@ -319,6 +319,71 @@ def test_stop_ends_every_run_and_spare_and_leaves_nothing(
     assert grandchild > 0  # a pid of the plugin's namespace: gone with it (cgroups empty)
     assert not own_server.sock.exists()
     assert not any(os.path.exists(d) for d in dirs)
+
+
+#: launch.py, with every PID namespace's init slow to bind itself to its launcher's death
+#: (what a loaded CPU does between fork and prctl, stretched so a stop always hits it).
+_SLOW_INIT = """\
+import sys, time
+sys.path.insert(0, {pack!r})
+from sandbox import launch, pidns
+bind = pidns._init_forks
+def slow(status_w, exit_w):
+    time.sleep(2)
+    return bind(status_w, exit_w)
+pidns._init_forks = slow
+raise SystemExit(launch.main())
+"""
+
+
+@root_only
+def test_a_stop_while_a_spares_init_is_not_yet_bound_to_it_ends_and_leaves_nothing(
+    tmp_path: Path, start_server: Callable[..., ServerProc]
+) -> None:
+    """The intermittent hang of CI: the stop KILLed a spare whose init had not yet set its
+    death signal; init lived on, and so did the spare's plugin process, holding the
+    server's control channel, on which the server waited for EOF forever."""
+    wrapper = tmp_path / "slow_init.py"
+    wrapper.write_text(_SLOW_INIT.format(pack=str(Path(launch.__file__).parents[1])))
+    srv = start_server(tmp_path, spares=1, grace=1.0, launcher=wrapper)
+    try:
+        deadline = time.monotonic() + 20
+        inits: list[int] = []
+        while not inits and time.monotonic() < deadline:  # the spare forked its init
+            inits = [p for s in srv.children() for p in _children_of(s)]
+            time.sleep(0.005)
+        assert inits, srv.log.read_text()
+        spares = srv.children()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=10) == 0, srv.log.read_text()
+    finally:
+        srv.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 5  # init wakes up, sees its launcher gone, and ends
+    while any(_alive(p) for p in inits) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(p) for p in [*spares, *inits])
+    assert not any(cgroups.find_run_dirs(p) for p in spares)
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def test_init_sees_a_launcher_that_is_gone() -> None:
+    r, w = os.pipe()
+    try:
+        assert not pidns._reader_gone(w)
+        os.close(r)
+        r = -1
+        assert pidns._reader_gone(w)
+    finally:
+        os.close(w)
+        if r >= 0:
+            os.close(r)
 
 
 @root_only
