@@ -357,6 +357,14 @@ def main() -> int:
         print(f"| the same started cold (`--no-standby`): sandbox, interpreter, SDK, plugin | "
               f"{c_med:.1f} | {max(colds) * 1e3:.1f} | {c_med / cb_med:.2f}x |")  # fmt: skip
         print()
+        whole_ratio = statistics.median(whole) * 1e6 / fm
+        print(
+            f"Targets: the whole path at most 3x the floor: {whole_ratio:.2f}x, "
+            f"{'met' if whole_ratio <= 3 else '**NOT met**'}; the first call to a stopped "
+            f"on-call plugin at most 1.5x a bare interpreter start: {f_med / b_med:.2f}x, "
+            f"{'met' if f_med / b_med <= 1.5 else '**NOT met**'}"
+            f"{' (faster than the bare start)' if f_med < b_med else ''}.\n"
+        )
         print(f"{FIRST_CALLS} first calls, each after the plugin's idle stop (1 s), a bare "
               "start measured beside each (the cold row's ratio is to its own bare starts). "
               "Standby: while an on-call plugin is idle, the launcher keeps its interpreter "
