@@ -185,3 +185,29 @@ def test_staging_shows_progress_on_a_terminal_and_never_with_json(
         text = terminal.getvalue()
         assert (f"\rstaging {pack}: 1/" in text.replace("\x1b[K", "")) is shown, text
         assert not shown or text.endswith("\r\x1b[K")  # the line is cleared at the end
+
+
+def test_staging_a_plugin_archive_shows_progress_on_a_terminal_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarfile
+
+    pkg = tmp_path / "acme.big"
+    pkg.mkdir()
+    manifest = {"id": "acme.big", "name": "Big", "version": "1.0.0", "entrypoint": "main.py"}
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    (pkg / "main.py").write_text("pass\n")
+    for i in range(30):
+        (pkg / f"data{i}.txt").write_text("x\n")
+    archive = tmp_path / "acme.big-1.0.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(pkg, arcname="acme.big")
+    for n, (as_json, shown) in enumerate(((False, True), (True, False))):
+        terminal = _Tty()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        data = ["--data", str(tmp_path / f"plugins{n}")]
+        argv = ["stage", str(archive), *data, *(["--json"] if as_json else [])]
+        assert plugins.main(argv) == 0
+        text = terminal.getvalue().replace("\x1b[K", "")
+        assert ("\rreading " in text and "members" in text) is shown, text
+        assert not shown or terminal.getvalue().endswith("\r\x1b[K")

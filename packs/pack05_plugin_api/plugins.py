@@ -197,10 +197,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    loader = PluginLoader(_data_dir(args), actor=args.actor)
+    progress = conventions.Progress(as_json=args.json)  # on a terminal only
+    loader = PluginLoader(_data_dir(args), actor=args.actor, progress=progress.update)
     if not os.path.lexists(args.path):
         raise UnknownPath(Path(args.path))
-    result = loader.stage_package(args.path, replace=args.replace)
+    try:
+        result = loader.stage_package(args.path, replace=args.replace)
+    finally:
+        progress.done()
     lines = [
         f"{'staged' if result['changed'] else 'unchanged'}: {result['id']} {result['version']} "
         f"({result['files']} files, {result['digest']})"

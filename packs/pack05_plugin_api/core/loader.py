@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Literal
@@ -265,7 +265,10 @@ class PluginLoader:
         max_files: int = 10_000,
         max_bytes: int = 100 * 2**20,
         actor: str | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
+        """``progress``: told what staging is at, file by file (a terminal shows it)."""
+        self.progress = progress
         self.plugins_dir = Path(plugins_dir) if plugins_dir is not None else paths.plugins_dir()
         self.packages_dir = self.plugins_dir / "packages"
         self.staging_dir = self.plugins_dir / "staging"
@@ -273,6 +276,10 @@ class PluginLoader:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.registry = PluginRegistry(self.plugins_dir, actor=actor)
+
+    def _tell(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
 
     # -- scanning --------------------------------------------------------------------------
 
@@ -379,7 +386,8 @@ class PluginLoader:
     def _copy_tree(self, src: Path, dest: Path, source: str) -> list[_Entry]:
         entries = self._walk(src, source)
         dest.mkdir()
-        for e in entries:
+        for done, e in enumerate(entries, 1):
+            self._tell(f"copying {source}: {done}/{len(entries)}")
             target = dest / e.path
             if e.kind == "dir":
                 target.mkdir(mode=0o755)
@@ -459,7 +467,8 @@ class PluginLoader:
                 raise StagingError(f"larger than {self.max_bytes} bytes", source=source)
             seen: set[str] = set()
             dest.mkdir()
-            for info in infos:
+            for done, info in enumerate(infos, 1):
+                self._tell(f"extracting {source}: {done}/{len(infos)}")
                 name = info.filename
                 _check_name(name, source)
                 rel = "/".join(p for p in name.split("/") if p not in ("", "."))
@@ -552,9 +561,10 @@ class PluginLoader:
             members: list[tarfile.TarInfo] = []
             total = 0
             try:
-                for member in tf:
+                for member in tf:  # reads (decompresses) the whole archive
                     _check_name(member.name, source)
                     members.append(member)
+                    self._tell(f"reading {source}: {len(members)} members, {total >> 20} MiB")
                     if len(members) > self.max_files:
                         raise StagingError(f"more than {self.max_files} files", source=source)
                     total += member.size if member.isreg() else 0
