@@ -839,3 +839,31 @@ def test_calling_with_arguments_nested_too_deeply_is_a_usage_error(paths: Paths)
     code = cli.main(["call", "acme.x", "f", "--args", "[" * 100_000 + "]" * 100_000])
     assert code == 2
     assert cli.main(["call", "acme.x", "f", "--timeout", "300.0000001"]) == 2
+
+
+def test_a_killed_service_leaves_no_plugin_and_the_next_one_serves_calls(
+    service_factory: Callable[..., Any], fake_registry: FakeRegistry
+) -> None:
+    # "Survives restarts": SIGKILL the service; its fork server (death signal) stops what
+    # it ran, so no plugin holds a connection to nobody; a new service starts it again,
+    # recognised by pid and start time, and calls reach it.
+    import signal as sig
+
+    from launcher_testing import plugin_processes
+
+    root = real_sandbox_root()
+    if os.geteuid() != 0:
+        pytest.skip("pack03 runs plugins under their own uid: needs root")
+    fake_registry.add("acme.server", SERVER, manifest_extra=SERVER_API)
+    svc = service_factory(sandbox_root=root)
+    assert _ready(svc.paths, "acme.server").kind == "result"
+    before = plugin_processes("acme.server")
+    assert before
+    os.killpg(svc.proc.pid, sig.SIGKILL)
+    svc.proc.wait(10)
+    wait_until(lambda: not plugin_processes("acme.server"), what="the plugin gone with it")
+    assert _call(svc.paths, "acme.server", "echo", {"text": "x"}, 2).kind == "not-running"
+    again = service_factory(sandbox_root=root)
+    assert _ready(again.paths, "acme.server").value == {"text": "ping"}
+    now = plugin_processes("acme.server")
+    assert now and not set(now) & set(before)
