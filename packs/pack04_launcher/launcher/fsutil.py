@@ -1,4 +1,8 @@
-"""Durable file writes (a reader sees the old or the new file, never half) and their lock."""
+"""Durable file writes (a reader sees the old or the new file, never half) and their lock.
+
+The write is pack01's one implementation; this module only sets pack04's defaults
+(mode 0600, indented JSON).
+"""
 
 from __future__ import annotations
 
@@ -6,36 +10,17 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aurora_common.atomic import replace_bytes
+
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory.
-
-    write, flush, fsync, ``os.replace``, fsync the directory; the temp file is
-    removed on any exception.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Replace ``path`` with ``data``: pack01's atomic replace (``aurora_common.atomic``:
+    temp file, fsync, rename, fsync of the directory), root's alone by default."""
+    replace_bytes(path, data, mode)
 
 
 def atomic_write_json(path: Path, doc: Any, mode: int = 0o600) -> None:
