@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.channel import Channel, FunctionSpec, Limits, Outcome, Reply
+from launcher.registry import call_grant  # the spelling of a grant: `call:<id>/<fn>`
 
 log = logging.getLogger(__name__)
 
-#: How a grant to call another plugin's function is spelled in the registry's
-#: ``granted`` list, beside the capabilities: ``call:<plugin id>/<function>``.
-CALL_GRANT_PREFIX = "call:"
 MAX_WAITING_CALLS = 64  # per plugin, while it is not ready
 #: Who calls: the operator (root on the call socket), ``uid N`` (another caller the
 #: operator allowed) or the id of a plugin. Callers other than the operator may hold at
@@ -32,10 +30,6 @@ MAX_WAITING_CALLS = 64  # per plugin, while it is not ready
 #: operator or from the others.
 OPERATOR = "operator"
 RESERVED = 4
-
-
-def call_grant(plugin_id: str, function: str) -> str:
-    return f"{CALL_GRANT_PREFIX}{plugin_id}/{function}"
 
 
 @dataclass(frozen=True)
