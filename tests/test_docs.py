@@ -4,8 +4,9 @@ A fenced block tagged ``sh`` or ``bash`` is run; each command in it must exit 0,
 or the status its comment names (``# ... exit 4 ...``). A block preceded by
 ``<!-- doc: illustration -->`` is shown, not run. A ``text`` block preceded by
 ``<!-- doc: output -->`` is what the last command of the shell block before it
-prints: its stdout is compared with it, line by line, numbers, paths and digests
-aside (pids, times and homes differ from run to run). Every fenced block carries a
+prints: its stdout and stderr, as a terminal shows them, are compared with it, line
+by line, numbers, paths and digests aside (pids, times and homes differ from run to
+run). Every fenced block carries a
 language tag (``text`` for output and diagrams), so a command cannot hide in an
 untagged block. Each document runs in one bash session (variables carry from one
 block to the next) on a throw-away copy of the tracked files and its own home.
@@ -115,8 +116,8 @@ def commands(block: Block) -> Iterator[tuple[int, str, int]]:
 
 
 def session_script(doc: str) -> str:
-    """One bash script running every shell block of ``doc``, checking each status; the
-    stdout of a command whose output the document shows goes to
+    """One bash script running every shell block of ``doc``, checking each status; what
+    a command whose output the document shows prints (stdout and stderr) goes to
     ``$DOC_OUTPUTS/<line of that output block>`` too."""
     out = ["set -u", 'echo "doc-test: start"']
     found = blocks(doc)
@@ -130,7 +131,8 @@ def session_script(doc: str) -> str:
             out.append(f"echo {shlex_quote('$ ' + command.splitlines()[0])} >&2")
             if shown is not None and n == len(listed) - 1:
                 capture = f'"$DOC_OUTPUTS/{shown.line}"'
-                out.append(f"{{ {command}\n}} > {capture}; __rc=$?; cat {capture}; (exit $__rc)")
+                shown_run = f"{{ {command}\n}} > {capture} 2>&1; __rc=$?"
+                out.append(f"{shown_run}; cat {capture}; (exit $__rc)")
             else:
                 out.append(command)
             out.append(

@@ -554,7 +554,7 @@ class Supervisor:
                     slot.state = status.REFUSED
                     slot.reason = (
                         f"refused: its data dir cannot be bounded ({diskimage.LAYER}): {exc}; "
-                        f"`launcher_cli.py degraded allow {entry.id}` runs it unbounded"
+                        f"`aurora launcher degraded allow {entry.id}` runs it unbounded"
                     )
                     log.error("%s: %s", entry.id, slot.reason)
                     return

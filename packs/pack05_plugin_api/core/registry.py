@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aurora_common.cli import prog_name
 from packaging.version import Version
 
 from . import paths
@@ -563,7 +564,7 @@ class PluginRegistry:
                 plugin_id,
                 missing,
                 f"version {version} requests {', '.join(sorted(missing))}, not granted "
-                f"(grant with: plugins.py grant {plugin_id} {names})",
+                f"(grant with: {prog_name('plugins.py')} grant {plugin_id} {names})",
             )
 
     def register(

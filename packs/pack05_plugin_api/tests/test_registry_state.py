@@ -112,13 +112,23 @@ def test_get_returns_a_private_copy_and_list_a_read_only_view(reg: PluginRegistr
             other.list()["acme.echo"]["granted"].clear()
 
 
+def test_the_grant_hint_names_the_command_the_operator_runs(
+    reg: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stage(reg, "1.0.0", ["network"])
+    monkeypatch.setenv("AURORA_PROG", "aurora plugin")  # what `aurora plugin` sets
+    with pytest.raises(PermissionDenied) as info:
+        reg.enable("acme.echo")
+    assert "grant with: aurora plugin grant acme.echo network" in str(info.value)
+
+
 def test_enable_refuses_until_every_requested_capability_is_granted(reg: PluginRegistry) -> None:
     _stage(reg, "1.0.0", ["network", "gpu"])
     with pytest.raises(PermissionDenied) as info:
         reg.enable("acme.echo")
     assert info.value.plugin_id == "acme.echo"
     assert info.value.capabilities == ["gpu", "network"]
-    assert "plugins.py grant acme.echo gpu network" in str(info.value)
+    assert "plugins.py grant acme.echo gpu network" in str(info.value)  # run by hand: its own name
     assert reg.grant("acme.echo", ["network"]) == ["network"]
     with pytest.raises(PermissionDenied, match="gpu"):
         reg.enable("acme.echo")
