@@ -160,16 +160,29 @@ def current() -> ProcessIdentity:
     return me
 
 
+def live(pid: int) -> ProcessIdentity | None:
+    """The identity of ``pid`` while it runs (None when it does not exist or is a zombie)."""
+    ident = of_pid(pid)
+    return None if ident is None or is_zombie(pid) else ident
+
+
+def mismatch(recorded: ProcessIdentity) -> str | None:
+    """Why ``recorded`` names no live process; None when it names that very process."""
+    actual = live(recorded.pid)
+    if actual is None:
+        return f"pid {recorded.pid} is not running"
+    if recorded.boot_id and actual.boot_id and recorded.boot_id != actual.boot_id:
+        return f"pid {recorded.pid} is from an earlier boot"
+    if actual.start_time != recorded.start_time:
+        return f"pid {recorded.pid} is another process (started at a different time)"
+    if recorded.exe and actual.exe and recorded.exe != actual.exe:
+        return f"pid {recorded.pid} is another process (runs {actual.exe}, not {recorded.exe})"
+    return None
+
+
 def matches(recorded: ProcessIdentity) -> bool:
     """Whether ``recorded`` still names a live (non-zombie) process: the same one."""
-    actual = of_pid(recorded.pid)
-    if actual is None or is_zombie(recorded.pid):
-        return False
-    if actual.start_time != recorded.start_time:
-        return False
-    if recorded.boot_id and actual.boot_id and recorded.boot_id != actual.boot_id:
-        return False
-    return not (recorded.exe and actual.exe and recorded.exe != actual.exe)
+    return mismatch(recorded) is None
 
 
 def write_pidfile(path: Path, ident: ProcessIdentity) -> None:

@@ -184,79 +184,19 @@ def read_small(path: str, limit: int = _MAX_STATE_FILE) -> bytes | None:
 # --- process identity -----------------------------------------------------------------
 
 
-class ProcessRecord:
-    """Who the service is: pid, start time (clock ticks since boot), boot id, executable.
-
-    All four come from ``/proc``, so the starter and the service itself write the same
-    record. A pid whose start time, boot or executable differs is another process.
-    """
-
-    __slots__ = ("boot_id", "exe", "pid", "start_time")
-
-    def __init__(self, pid: int, start_time: int, boot_id: str, exe: str) -> None:
-        self.pid = pid
-        self.start_time = start_time
-        self.boot_id = boot_id
-        self.exe = exe
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ProcessRecord):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash((self.pid, self.start_time, self.boot_id, self.exe))
-
-    def __repr__(self) -> str:
-        return f"ProcessRecord(pid={self.pid}, start_time={self.start_time}, exe={self.exe!r})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "start_time": self.start_time,
-            "boot_id": self.boot_id,
-            "exe": self.exe,
-        }
-
-    @classmethod
-    def from_dict(cls, data: object, where: str) -> ProcessRecord:
-        """Validate what a pidfile holds; every problem is named at once."""
-        if not isinstance(data, dict):
-            raise LifecycleError(f"{where}: expected a JSON object")
-        problems = []
-        for key, kind in (("pid", int), ("start_time", int), ("boot_id", str), ("exe", str)):
-            value = data.get(key)
-            if not isinstance(value, kind) or isinstance(value, bool):
-                problems.append(f"{key}: expected {kind.__name__}, found {value!r}")
-        if not problems and data["pid"] <= 1:
-            problems.append(f"pid: expected a pid above 1, found {data['pid']}")
-        if problems:
-            raise LifecycleError(f"{where}: " + "; ".join(problems))
-        return cls(data["pid"], data["start_time"], data["boot_id"], data["exe"])
+#: pack01_common's process identity (pid, start time, boot id, exe): the one
+#: implementation shared by the installer and the packs, under pack05's old name.
+ProcessRecord = _identity.ProcessIdentity
 
 
 def current_identity(pid: int) -> ProcessRecord | None:
-    """The identity of the live process ``pid``; None when there is none or a zombie
-    (``aurora_common.identity``: start time is field 22 of /proc/<pid>/stat)."""
-    ident = _identity.of_pid(pid)
-    if ident is None or _identity.is_zombie(pid):
-        return None
-    exe = ident.exe.removesuffix(" (deleted)")
-    return ProcessRecord(pid, ident.start_time, ident.boot_id, exe)
+    """The identity of the live process ``pid``; None when there is none or a zombie."""
+    return _identity.live(pid)
 
 
 def identity_problem(record: ProcessRecord) -> str | None:
     """Why ``record`` is not a live process (None when it is that very process)."""
-    now = current_identity(record.pid)
-    if now is None:
-        return f"pid {record.pid} is not running"
-    if now.boot_id != record.boot_id:
-        return f"pid {record.pid} is from an earlier boot"
-    if now.start_time != record.start_time:
-        return f"pid {record.pid} is another process (started at a different time)"
-    if now.exe != record.exe:
-        return f"pid {record.pid} is another process (runs {now.exe or '?'}, not {record.exe})"
-    return None
+    return _identity.mismatch(record)
 
 
 def read_pidfile(path: str) -> ProcessRecord | None:
@@ -271,7 +211,10 @@ def read_pidfile(path: str) -> ProcessRecord | None:
         parsed = loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise LifecycleError(f"{path}: pidfile is not valid JSON: {exc}") from exc
-    return ProcessRecord.from_dict(parsed, path)
+    try:
+        return ProcessRecord.from_dict(parsed, path)
+    except _InputRefused as exc:
+        raise LifecycleError(str(exc)) from None
 
 
 def read_status(path: str) -> dict[str, Any] | None:

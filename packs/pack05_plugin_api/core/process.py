@@ -100,7 +100,7 @@ def _uptime_of(record: ProcessRecord) -> float:
 
 
 def write_pidfile(path: str, record: ProcessRecord) -> None:
-    atomic_write(path, json_bytes(record.to_dict()))
+    atomic_write(path, json_bytes(record.as_dict()))
 
 
 def remove_pidfile_if(path: str, record: ProcessRecord) -> bool:

@@ -52,7 +52,7 @@ def _status(paths: Paths, record: ProcessRecord, **overrides: Any) -> dict[str, 
 @pytest.fixture
 def healthy(paths: Paths) -> Paths:
     """This test process plays the service: pidfile and a fresh heartbeat."""
-    _write(paths.pidfile, _me().to_dict())
+    _write(paths.pidfile, _me().as_dict())
     _write(paths.status_file, _status(paths, _me()))
     return paths
 
@@ -153,9 +153,9 @@ def test_no_pidfile(paths: Paths) -> None:
 
 
 def test_pidfile_of_another_process(healthy: Paths) -> None:
-    other = _me()
-    other.start_time += 1
-    _write(healthy.pidfile, other.to_dict())
+    me = _me()
+    other = ProcessRecord(me.pid, me.start_time + 1, me.boot_id, me.exe)
+    _write(healthy.pidfile, other.as_dict())
     assert "another process" in (check_health(healthy) or "")
 
 
@@ -274,7 +274,7 @@ def test_cli_fail_says_why(env_paths: Paths, capsys: pytest.CaptureFixture[str])
 
 
 def test_cli_ok_json(env_paths: Paths, capsys: pytest.CaptureFixture[str]) -> None:
-    _write(env_paths.pidfile, _me().to_dict())
+    _write(env_paths.pidfile, _me().as_dict())
     _write(env_paths.status_file, _status(env_paths, _me()))
     assert health.main(["--json"]) == health.EXIT_OK
     out = capsys.readouterr()

@@ -170,9 +170,9 @@ def test_start_replaces_a_stale_pidfile(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
     os.makedirs(paths.run_dir)
-    stale = current_identity(sleeper.pid)
-    assert stale is not None
-    stale.start_time += 1  # the pid now belongs to another process
+    live = current_identity(sleeper.pid)
+    assert live is not None
+    stale = _stale_start_time(live)  # the pid now belongs to another process
     process.write_pidfile(paths.pidfile, stale)
     record, started = start_fake()
     assert started and record.pid != sleeper.pid
@@ -208,16 +208,16 @@ def test_stop_kills_a_service_that_ignores_term(
     assert not os.path.exists(paths.pidfile)
 
 
-def _stale_start_time(r: ProcessRecord) -> None:
-    r.start_time += 1
+def _stale_start_time(r: ProcessRecord) -> ProcessRecord:
+    return ProcessRecord(r.pid, r.start_time + 1, r.boot_id, r.exe)
 
 
-def _stale_exe(r: ProcessRecord) -> None:
-    r.exe = sys.executable
+def _stale_exe(r: ProcessRecord) -> ProcessRecord:
+    return ProcessRecord(r.pid, r.start_time, r.boot_id, sys.executable)
 
 
-def _stale_boot(r: ProcessRecord) -> None:
-    r.boot_id = "00000000-0000-0000-0000-000000000000"
+def _stale_boot(r: ProcessRecord) -> ProcessRecord:
+    return ProcessRecord(r.pid, r.start_time, "00000000-0000-0000-0000-000000000000", r.exe)
 
 
 @pytest.mark.parametrize(
@@ -229,15 +229,14 @@ def _stale_boot(r: ProcessRecord) -> None:
     ],
 )
 def test_stop_never_signals_a_stale_pidfile(
-    tamper: Callable[[ProcessRecord], None],
+    tamper: Callable[[ProcessRecord], ProcessRecord],
     paths: Paths,
     sleeper: subprocess.Popen[bytes],
 ) -> None:
     os.makedirs(paths.run_dir)
     record = current_identity(sleeper.pid)
     assert record is not None
-    tamper(record)
-    process.write_pidfile(paths.pidfile, record)
+    process.write_pidfile(paths.pidfile, tamper(record))
     message = process.stop_service(paths, timeout=0.5)
     assert "stale pidfile" in message and "not signalled" in message
     assert sleeper.poll() is None
