@@ -426,10 +426,16 @@ class Supervisor:
         for s in self.slots.values():  # the end of a grace period, then a close watch
             if s.stopping is not None:
                 due.append(max(0.05, s.stopping.deadline - now) if not s.stopping.killed else 0.05)
+        # The idle stop's deadline, for the runs _protocol_pass would stop: a standby or
+        # a busy run past it must not make every pass due at once (the loop would spin).
         due += [
             self._idle_deadline(s) - now
             for s in self.slots.values()
-            if s.proc is not None and _on_call(s.entry)
+            if s.proc is not None
+            and s.standby is None
+            and s.stopping is None
+            and _on_call(s.entry)
+            and not self.protocol.busy(s.entry.id)
         ]
         return max(0.0, min([self.settings.poll_interval, *due]))
 
