@@ -11,6 +11,7 @@ no ``dataclasses``, which cost more than the rest of the SDK together).
 from __future__ import annotations
 
 import json
+import re
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ NOT_RUNNING = -32004
 OVERLOADED = -32005
 
 _TERMINATOR = b"\r\n\r\n"
+#: ``Content-Length: N`` alone, N without leading zeros: what encode writes.
+_PLAIN_LENGTH = re.compile(rb"Content-Length: (0|[1-9][0-9]*)")
 
 
 class FramingError(ValueError):
@@ -54,8 +57,7 @@ class ProtocolError(Exception):
 
 def encode(message: dict[str, Any]) -> bytes:
     """Frame one message: ``Content-Length`` header, blank line, compact UTF-8 JSON."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    data = body.encode("utf-8")
+    data = _ENCODER.encode(message).encode("utf-8")
     return b"Content-Length: %d\r\n\r\n" % len(data) + data
 
 
@@ -84,7 +86,18 @@ class Decoder:
                     return messages
                 if end + len(_TERMINATOR) > MAX_HEADER_BYTES:
                     raise FramingError(f"header part longer than {MAX_HEADER_BYTES} bytes")
-                self._length = self._content_length(bytes(self._buffer[:end]))
+                header = bytes(self._buffer[:end])
+                # The header every sender here writes, parsed as _content_length would.
+                fast = _PLAIN_LENGTH.fullmatch(header)
+                if fast is not None:
+                    length = int(fast.group(1))
+                    if length > self.max_message_bytes:
+                        raise FramingError(
+                            f"Content-Length {length} exceeds {self.max_message_bytes}"
+                        )
+                    self._length = length
+                else:
+                    self._length = self._content_length(header)
                 del self._buffer[: end + len(_TERMINATOR)]
             if len(self._buffer) < self._length:
                 return messages
@@ -133,7 +146,7 @@ def _parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise FramingError(f"content is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise FramingError(f"content is not JSON: {str(exc)[:80]}") from None
 
@@ -149,6 +162,11 @@ def _finite(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"number {text[:30]} is out of range")
     return value
+
+
+# Built once: json.dumps/json.loads with options build a new encoder/decoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 
 class _Message:
