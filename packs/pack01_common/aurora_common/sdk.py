@@ -146,6 +146,7 @@ class _Workers:
         plugin = self._plugin
         assert plugin._sock is not None
         jobs: list[Callable[[], None]] = []
+        ended = True  # also after a bug of ours below: the plugin ends, it does not hang
         try:
             chunk = plugin._sock.recv(65536)
             if chunk:
@@ -153,19 +154,20 @@ class _Workers:
                     job = plugin._dispatch(obj)
                     if job is not None:
                         jobs.append(job)
+            ended = not chunk
         except (OSError, p.FramingError):
-            chunk = b""  # the host went away or broke the framing: nothing more to answer
+            pass  # the host went away or broke the framing: nothing more to answer
+        finally:
+            if ended:
+                self._end()
+        if ended:
+            return None
         cond = self._cond
         with cond:
             self._reading = False
-            if not chunk:
-                self._ended = True
-                self._idle = 0
-                cond.notify_all()
-            else:
-                self._jobs += jobs
-            if not chunk or not self._jobs or self._running >= self._workers:
-                job = None  # read on (or end)
+            self._jobs += jobs
+            if not self._jobs or self._running >= self._workers:
+                job = None  # read on
             else:
                 job = self._jobs.pop(0)
                 self._running += 1
@@ -177,10 +179,15 @@ class _Workers:
                     cond.notify(woken)
                 if wanted > woken:
                     self._spawn(wanted - woken)
-        if not chunk:
-            plugin._ended()
-            self.ended.set()
         return job
+
+    def _end(self) -> None:
+        """No more reading: idle threads end, waiting requests get no answer."""
+        with self._cond:
+            self._reading, self._ended, self._idle = False, True, 0
+            self._cond.notify_all()
+        self._plugin._ended()
+        self.ended.set()
 
     def close(self, grace: float = 1.0) -> None:
         """Wait for the calls already read to end, at most ``grace`` seconds (a stuck
