@@ -11,6 +11,7 @@ no ``dataclasses``, which cost more than the rest of the SDK together).
 from __future__ import annotations
 
 import json
+import re
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ NOT_RUNNING = -32004
 OVERLOADED = -32005
 
 _TERMINATOR = b"\r\n\r\n"
+#: ``Content-Length: N`` alone, N without leading zeros: what encode writes.
+_PLAIN_LENGTH = re.compile(rb"Content-Length: (0|[1-9][0-9]*)")
+_PLAIN_FRAME = re.compile(rb"Content-Length: (0|[1-9][0-9]*)\r\n\r\n")
 
 
 class FramingError(ValueError):
@@ -54,8 +58,7 @@ class ProtocolError(Exception):
 
 def encode(message: dict[str, Any]) -> bytes:
     """Frame one message: ``Content-Length`` header, blank line, compact UTF-8 JSON."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    data = body.encode("utf-8")
+    data = _ENCODER.encode(message).encode("utf-8")
     return b"Content-Length: %d\r\n\r\n" % len(data) + data
 
 
@@ -73,6 +76,33 @@ class Decoder:
         self._length: int | None = None
 
     def feed(self, data: bytes) -> list[Any]:
+        """The whole messages ``data`` completes; ``FramingError`` if it breaks the rules."""
+        if self._length is None and not self._buffer:
+            return self._feed_whole(data)
+        return self._feed(data)
+
+    def _feed_whole(self, data: bytes) -> list[Any]:
+        """The common case, nothing kept from before: whole messages with the plain
+        header taken straight from ``data``; the rest goes the general way."""
+        messages: list[Any] = []
+        pos, size = 0, len(data)
+        while pos < size:
+            plain = _PLAIN_FRAME.match(data, pos)
+            if plain is None or plain.end() - pos > MAX_HEADER_BYTES:
+                break  # another header, or too long: _feed decides
+            length = int(plain.group(1))
+            if length > self.max_message_bytes:
+                raise FramingError(f"Content-Length {length} exceeds {self.max_message_bytes}")
+            start = plain.end()
+            if start + length > size:
+                break  # not all there yet: kept by _feed
+            messages.append(_parse_json(data[start : start + length]))
+            pos = start + length
+        if pos < size:
+            messages += self._feed(data[pos:])
+        return messages
+
+    def _feed(self, data: bytes) -> list[Any]:
         self._buffer += data
         messages: list[Any] = []
         while True:
@@ -84,7 +114,18 @@ class Decoder:
                     return messages
                 if end + len(_TERMINATOR) > MAX_HEADER_BYTES:
                     raise FramingError(f"header part longer than {MAX_HEADER_BYTES} bytes")
-                self._length = self._content_length(bytes(self._buffer[:end]))
+                header = bytes(self._buffer[:end])
+                # The header every sender here writes, parsed as _content_length would.
+                fast = _PLAIN_LENGTH.fullmatch(header)
+                if fast is not None:
+                    length = int(fast.group(1))
+                    if length > self.max_message_bytes:
+                        raise FramingError(
+                            f"Content-Length {length} exceeds {self.max_message_bytes}"
+                        )
+                    self._length = length
+                else:
+                    self._length = self._content_length(header)
                 del self._buffer[: end + len(_TERMINATOR)]
             if len(self._buffer) < self._length:
                 return messages
@@ -133,7 +174,7 @@ def _parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise FramingError(f"content is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise FramingError(f"content is not JSON: {str(exc)[:80]}") from None
 
@@ -149,6 +190,11 @@ def _finite(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"number {text[:30]} is out of range")
     return value
+
+
+# Built once: json.dumps/json.loads with options build a new encoder/decoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 
 
 class _Message:
@@ -197,6 +243,8 @@ class Response(_Message):
 
 Message = Request | Notification | Response
 _MAX_ID_CHARS = 64
+_REQUEST_MEMBERS = frozenset(("jsonrpc", "id", "method", "params"))
+_RESPONSE_MEMBERS = frozenset(("jsonrpc", "id", "result", "error"))
 
 
 def classify(obj: Any) -> Message:
@@ -206,8 +254,8 @@ def classify(obj: Any) -> Message:
     if obj.get("jsonrpc") != "2.0":
         raise ProtocolError(INVALID_REQUEST, 'jsonrpc must be "2.0"')
     if "method" in obj:
-        unknown = set(obj) - {"jsonrpc", "id", "method", "params"}
-        if unknown:
+        if not obj.keys() <= _REQUEST_MEMBERS:
+            unknown = set(obj) - _REQUEST_MEMBERS
             raise ProtocolError(INVALID_REQUEST, f"unknown member {sorted(unknown)[0]!r}")
         method = obj["method"]
         if not isinstance(method, str) or not 0 < len(method) <= 64:
@@ -218,8 +266,8 @@ def classify(obj: Any) -> Message:
         if "id" not in obj:
             return Notification(method, params)
         return Request(_check_id(obj["id"]), method, params)
-    unknown = set(obj) - {"jsonrpc", "id", "result", "error"}
-    if unknown:
+    if not obj.keys() <= _RESPONSE_MEMBERS:
+        unknown = set(obj) - _RESPONSE_MEMBERS
         raise ProtocolError(INVALID_REQUEST, f"unknown member {sorted(unknown)[0]!r}")
     if ("result" in obj) == ("error" in obj):
         raise ProtocolError(INVALID_REQUEST, "a response has exactly one of result and error")

@@ -12,13 +12,14 @@ A plugin declares its functions (they must also be in its manifest) and serves::
 
     plugin.serve()
 
-Standard library only. Calls run on a small thread pool, so several may be in
-flight; ``ctx.cancelled`` is set when the host cancels a call (its deadline
-passed) and ``ctx.remaining()`` tells the time left. The wire format is
-docs/plugin-protocol-v1.md; nothing here is needed to speak it.
+Standard library only. Calls run on a few threads that take turns reading the
+connection (``_Workers``), so several may be in flight; ``ctx.cancelled`` is set
+when the host cancels a call (its deadline passed) and ``ctx.remaining()`` tells
+the time left. The wire format is docs/plugin-protocol-v1.md; nothing here is
+needed to speak it.
 
 Every plugin built on it imports it at start, so it imports little: ``_socket``
-rather than ``socket`` (no ``enum``), its own pool rather than ``concurrent.futures``
+rather than ``socket`` (no ``enum``), its own threads rather than ``concurrent.futures``
 (no ``logging``), no ``typing`` at run time (bench_protocol.py, "first call").
 """
 
@@ -28,7 +29,6 @@ import _socket
 import os
 import threading
 import time
-from _queue import SimpleQueue
 
 from aurora_common import protocol as p
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
+_MAKING = threading.Lock()  # a Context's event, made by its function or by a cancel
 
 
 class NotConnected(RuntimeError):
@@ -58,7 +59,18 @@ class Context:
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.cancelled = threading.Event()
+        self._cancelled: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the host cancels the call; made at first use (most calls never ask)."""
+        event = self._cancelled
+        if event is None:
+            with _MAKING:
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                event = self._cancelled
+        return event
 
     def remaining(self) -> float:
         """Seconds left before the caller gives up (never negative)."""
@@ -70,42 +82,122 @@ if TYPE_CHECKING:
     Health = Callable[[], bool | tuple[bool, str]]
 
 
-class _Pool:
-    """Up to ``workers`` threads running submitted jobs; started as jobs arrive."""
+class _Workers:
+    """Threads that take turns reading the connection (leader/follower).
 
-    def __init__(self, workers: int) -> None:
+    The one reading (the leader) that reads a call passes the reading on to an idle
+    thread (or a new one) and runs the call itself: nothing is handed between threads
+    between a call's arrival and its answer. At most ``workers`` calls run at once;
+    beyond that calls queue and the leader reads on, so a cancel still arrives.
+    """
+
+    def __init__(self, plugin: Plugin, decoder: p.Decoder, workers: int) -> None:
+        self._plugin = plugin
+        self._decoder = decoder
         self._workers = workers
-        self._jobs: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._cond = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
-        self._idle = 0
-        self._lock = threading.Lock()
+        self._jobs: list[Callable[[], None]] = []  # calls read, not running yet
+        self._running = 0
+        self._reading = False  # a thread holds the reading
+        self._idle = 0  # threads waiting, not yet woken
+        self._ended = False
+        self.ended = threading.Event()  # the host closed the connection (or broke framing)
 
-    def submit(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            grow = self._idle == 0 and len(self._threads) < self._workers
-            if grow:
-                thread = threading.Thread(target=self._work, name="aurora-call", daemon=True)
-                self._threads.append(thread)
-            else:
-                self._idle -= 1
-        self._jobs.put(job)
-        if grow:
+    def start(self) -> None:
+        with self._cond:
+            self._spawn(1)
+
+    def _spawn(self, count: int) -> None:
+        """Start up to ``count`` threads, at most ``workers`` + 1 in all (called locked)."""
+        for _ in range(min(count, self._workers + 1 - len(self._threads))):
+            thread = threading.Thread(target=self._work, name="aurora-call", daemon=True)
+            self._threads.append(thread)
             thread.start()
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()  # never raises: _run_call and _run_health catch what they must
-            with self._lock:
-                self._idle += 1
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    if self._jobs and self._running < self._workers:
+                        job: Callable[[], None] | None = self._jobs.pop(0)
+                        self._running += 1
+                        break
+                    if not self._reading and not self._ended:
+                        self._reading, job = True, None
+                        break
+                    if self._ended and not self._jobs:
+                        return
+                    self._idle += 1
+                    cond.wait()
+            if job is None:
+                job = self._lead()
+                if job is None:
+                    continue
+            try:
+                job()  # never raises: _run_call catches what it must
+            finally:
+                with cond:
+                    self._running -= 1
+
+    def _lead(self) -> Callable[[], None] | None:
+        """Read once; return a call to run now, the reading passed on to another thread."""
+        plugin = self._plugin
+        assert plugin._sock is not None
+        jobs: list[Callable[[], None]] = []
+        ended = True  # also after a bug of ours below: the plugin ends, it does not hang
+        try:
+            chunk = plugin._sock.recv(65536)
+            if chunk:
+                for obj in self._decoder.feed(chunk):
+                    job = plugin._dispatch(obj)
+                    if job is not None:
+                        jobs.append(job)
+            ended = not chunk
+        except (OSError, p.FramingError):
+            pass  # the host went away or broke the framing: nothing more to answer
+        finally:
+            if ended:
+                self._end()
+        if ended:
+            return None
+        cond = self._cond
+        with cond:
+            self._reading = False
+            self._jobs += jobs
+            if not self._jobs or self._running >= self._workers:
+                job = None  # read on
+            else:
+                job = self._jobs.pop(0)
+                self._running += 1
+                # One to read while this runs, and one per other call that may run now.
+                wanted = 1 + min(len(self._jobs), self._workers - self._running)
+                woken = min(wanted, self._idle)
+                if woken:
+                    self._idle -= woken
+                    cond.notify(woken)
+                if wanted > woken:
+                    self._spawn(wanted - woken)
+        return job
+
+    def _end(self) -> None:
+        """No more reading: idle threads end, waiting requests get no answer."""
+        with self._cond:
+            self._reading, self._ended, self._idle = False, True, 0
+            self._cond.notify_all()
+        self._plugin._ended()
+        self.ended.set()
 
     def close(self, grace: float = 1.0) -> None:
-        """End every thread once the jobs already submitted are done; wait at most
-        ``grace`` seconds (a stuck function must not keep the plugin from exiting)."""
-        for _ in self._threads:
-            self._jobs.put(None)
+        """Wait for the calls already read to end, at most ``grace`` seconds (a stuck
+        function must not keep the plugin from exiting)."""
         deadline = time.monotonic() + grace
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            threads = list(self._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Plugin:
@@ -140,13 +232,9 @@ class Plugin:
     def serve(self, fd: int | None = None) -> None:
         """Handshake, then answer the host until it closes the connection."""
         self._sock = _connection(fd)
-        decoder = p.Decoder()
-        pool = _Pool(self._workers)
+        workers = _Workers(self, p.Decoder(), self._workers)
         try:
-            reader = threading.Thread(
-                target=self._read_loop, args=(decoder, pool), name="aurora-reader", daemon=True
-            )
-            reader.start()
+            workers.start()
             answer = self._request(
                 "aurora.hello",
                 {
@@ -159,9 +247,9 @@ class Plugin:
             self.protocol = answer.get("protocol") if isinstance(answer, dict) else None
             if isinstance(answer, dict) and isinstance(answer.get("limits"), dict):
                 self.limits = answer["limits"]
-            reader.join()
+            workers.ended.wait()
         finally:
-            pool.close()
+            workers.close()
 
     def log(self, level: str, message: str, **fields: Any) -> None:
         """Send a log record; it lands in the plugin's log with its level."""
@@ -209,21 +297,14 @@ class Plugin:
         with self._send_lock:
             self._sock.sendall(data)
 
-    def _read_loop(self, decoder: p.Decoder, pool: _Pool) -> None:
-        assert self._sock is not None
-        try:
-            while chunk := self._sock.recv(65536):
-                for obj in decoder.feed(chunk):
-                    self._dispatch(obj, pool)
-        except (OSError, p.FramingError):
-            pass  # the host went away or broke the framing: nothing more to answer
-        finally:
-            with self._pending_lock:
-                waiting = list(self._pending.values())
-            for event, _ in waiting:
-                event.set()  # no response: callers see "closed the connection"
+    def _ended(self) -> None:
+        with self._pending_lock:
+            waiting = list(self._pending.values())
+        for event, _ in waiting:
+            event.set()  # no response: callers see "closed the connection"
 
-    def _dispatch(self, obj: Any, pool: _Pool) -> None:
+    def _dispatch(self, obj: Any) -> Callable[[], None] | None:
+        """Handle one message as it is read; a call comes back as the job that runs it."""
         try:
             message = p.classify(obj)
         except p.ProtocolError as exc:
@@ -231,7 +312,7 @@ class Plugin:
             self._send(
                 p.error(msg_id if isinstance(msg_id, int | str) else None, exc.code, exc.message)
             )
-            return
+            return None
         if isinstance(message, p.Response):
             with self._pending_lock:
                 waiter = self._pending.get(message.id) if isinstance(message.id, int) else None
@@ -247,16 +328,17 @@ class Plugin:
             deadline_ms = message.params.get("deadline_ms", 60_000)
             seconds = deadline_ms / 1000 if isinstance(deadline_ms, int | float) else 60.0
             ctx = Context(time.monotonic() + seconds)
-            self._calls[message.id] = ctx
-            pool.submit(lambda: self._run_call(message, ctx))
+            self._calls[message.id] = ctx  # before any cancel read after it
+            return lambda: self._run_call(message, ctx)
         elif message.method == "aurora.health":
-            # On a thread of its own: calls that fill the pool (slow ones, or a caller
+            # On a thread of its own: calls that fill the workers (slow ones, or a caller
             # holding many) must not make a plugin that is fine look unhealthy.
             threading.Thread(
                 target=self._run_health, args=(message,), name="aurora-health", daemon=True
             ).start()
         else:
             self._send(p.error(message.id, p.METHOD_NOT_FOUND, f"unknown method {message.method}"))
+        return None
 
     def _run_call(self, message: p.Request, ctx: Context) -> None:
         name = message.params.get("function")

@@ -190,3 +190,76 @@ def test_serve_without_a_connection_says_so(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv(p.FD_VARIABLE, raising=False)
     with pytest.raises(NotConnected, match=p.FD_VARIABLE):
         Plugin().serve()
+
+
+def _serve(plugin: Plugin) -> tuple[Host, threading.Thread, socket.socket]:
+    ours, theirs = socket.socketpair()
+    thread = threading.Thread(target=plugin.serve, args=(theirs.detach(),), daemon=True)
+    thread.start()
+    host = Host(ours)
+    host.handshake()
+    return host, thread, ours
+
+
+def test_with_every_worker_busy_calls_queue_and_a_cancel_still_arrives() -> None:
+    plugin = Plugin(workers=1)
+
+    @plugin.function("slow")
+    def slow(args: Any, ctx: Context) -> Any:
+        ctx.cancelled.wait(args["seconds"])
+        return {"cancelled": ctx.cancelled.is_set()}
+
+    host, thread, ours = _serve(plugin)
+    try:
+        host.send(p.request(1, "aurora.call", {"function": "slow", "args": {"seconds": 30}}))
+        host.send(p.request(2, "aurora.call", {"function": "slow", "args": {"seconds": 0}}))
+        time.sleep(0.2)  # call 1 runs on the one worker; call 2 waits for it
+        host.send(p.notification("aurora.cancel", {"id": 1}))
+        started = time.monotonic()
+        got = host.answers(2)
+        assert got[1]["result"] == {"value": {"cancelled": True}}
+        assert got[2]["result"] == {"value": {"cancelled": False}}
+        assert time.monotonic() - started < 5, "the cancel was not read while the worker ran"
+    finally:
+        ours.close()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_function_that_calls_out_gets_its_answer_while_it_runs() -> None:
+    plugin = Plugin(workers=2)
+
+    @plugin.function("relay")
+    def relay(args: Any, ctx: Context) -> Any:
+        return plugin.call("acme.b", "echo", args, timeout=5)
+
+    host, thread, ours = _serve(plugin)
+    try:
+        host.send(p.request(1, "aurora.call", {"function": "relay", "args": [7]}))
+        out = host.read()  # the call out, sent by the thread that read call 1
+        assert out["method"] == "aurora.call" and out["params"]["args"] == [7]
+        host.send(p.result(out["id"], {"value": "pong"}))
+        assert host.read() == p.result(1, {"value": "pong"})
+    finally:
+        ours.close()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_bug_while_reading_ends_serve_rather_than_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plugin = Plugin()
+
+    def broken(obj: Any) -> None:
+        raise KeyError("a bug")
+
+    host, thread, ours = _serve(plugin)
+    monkeypatch.setattr(plugin, "_dispatch", broken)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the bug's traceback
+    try:
+        host.send(p.notification("aurora.cancel", {"id": 1}))
+        thread.join(5)
+        assert not thread.is_alive(), "serve() hung after its reader failed"
+    finally:
+        ours.close()

@@ -44,6 +44,7 @@ REQUEST_DEADLINE_S = 5.0  # a client must have sent its first request by then
 IDLE_DEADLINE_S = 60.0  # and each next one within this after an answer
 MAX_QUEUED = 16  # requests a client sent ahead of their answers
 MAX_TIMEOUT_S = 300.0
+_NOSIGNAL = int(socket.MSG_NOSIGNAL)
 
 
 @dataclass
@@ -66,13 +67,15 @@ def _peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
+_REQUEST_KEYS = frozenset(("plugin", "function", "args", "timeout"))
+
+
 def parse_request(obj: Any) -> tuple[str, str, Any, float] | str:
     """``(plugin, function, args, timeout)`` or the problem with the request."""
     if not isinstance(obj, dict):
         return "a request is a JSON object"
-    unknown = set(obj) - {"plugin", "function", "args", "timeout"}
-    if unknown:
-        return f"unknown key {sorted(unknown)[0]!r}"
+    if not obj.keys() <= _REQUEST_KEYS:
+        return f"unknown key {sorted(set(obj) - _REQUEST_KEYS)[0]!r}"
     plugin, function, timeout = obj.get("plugin"), obj.get("function"), obj.get("timeout", 30)
     if not isinstance(plugin, str) or not 0 < len(plugin) <= 128:
         return "plugin: expected a plugin id"
@@ -253,7 +256,7 @@ class ApiServer:
     def _flush(self, client: _Client) -> None:
         while client.unsent:
             try:
-                sent = client.sock.send(client.unsent, socket.MSG_NOSIGNAL)
+                sent = client.sock.send(client.unsent, _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

@@ -27,6 +27,10 @@ from launcher.pluginlog import one_line
 log = logging.getLogger(__name__)
 
 _CLOSED = "the plugin closed its protocol connection"
+#: Bytes asked of one recv: a larger buffer is allocated (and mapped, and unmapped)
+#: at every read however little arrives; Limits.read_bytes is read in such steps.
+_RECV_BYTES = 64 * 1024
+_SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)  # an enum's | costs a call
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_LOG_MESSAGE = 4096
 MAX_LOG_FIELDS_BYTES = 8192
@@ -147,8 +151,10 @@ class Channel:
     def on_readable(self, now: float) -> None:
         if self.state == "closed":
             return
+        limit = self.limits.read_bytes
+        asked = min(_RECV_BYTES, limit)
         try:
-            data = self.sock.recv(self.limits.read_bytes)
+            data = self.sock.recv(asked)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -157,6 +163,19 @@ class Channel:
         if not data:
             self.close(_CLOSED)
             return
+        lost: OSError | None = None
+        while len(data) == asked and len(data) < limit:  # a full read: more may wait
+            asked = len(data) + min(_RECV_BYTES, limit - len(data))
+            try:
+                more = self.sock.recv(asked - len(data))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                lost = exc  # after the messages already read
+                break
+            if not more:
+                break  # the end: the next on_readable sees it
+            data += more
         if not self._take_bytes(len(data), now):
             rate = self.limits.byte_rate / (1024 * 1024)
             self.close(f"protocol: flood: more than {rate:g} MiB per second")
@@ -178,6 +197,8 @@ class Channel:
                 log.exception("%s: handling a protocol message failed", self.plugin_id)
                 self.close(f"protocol: internal error handling a message ({type(exc).__name__})")
                 return
+        if lost is not None and self.state != "closed":
+            self._lost(lost)
 
     def on_writable(self) -> None:
         self._flush()
@@ -404,7 +425,7 @@ class Channel:
     def _flush(self) -> None:
         while self._unsent and self.state != "closed":
             try:
-                sent = self.sock.send(self._unsent, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                sent = self.sock.send(self._unsent, _SEND_FLAGS)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

@@ -220,6 +220,10 @@ class ProtocolHost:
             return None
         return entry.reason or "closed"
 
+    def any_waiting(self) -> bool:
+        """Calls wait for some plugin to be ready (its next protocol pass hands them on)."""
+        return any(e.waiting for e in self._plugins.values())
+
     def has_waiting(self, plugin_id: str) -> bool:
         entry = self._plugins.get(plugin_id)
         return entry is not None and bool(entry.waiting)

@@ -155,6 +155,10 @@ def raise_soft_limits() -> None:
                 resource.setrlimit(which, (hard, hard))
 
 
+#: On wakes by protocol bytes alone, the protocol pass runs at most this often (seconds).
+PROTOCOL_PASS_S = 0.005
+
+
 def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
     """Run until SIGTERM/SIGINT; raise ServiceError if it cannot start."""
     raise_soft_limits()
@@ -183,13 +187,18 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
             )
             last_beat = 0.0
             due = 0.0  # monotonic time of the next reconcile pass
+            protocol_due = 0.0  # and of the next protocol pass, on wakes by protocol bytes
+            deferred = False  # a protocol pass was put off to protocol_due
             woken = True  # by a signal or an fd that is not a protocol connection
             while not sigs.stop:
                 reload, sigs.reload = sigs.reload, False
                 now = time.monotonic()
                 # A wake by protocol bytes alone (a call, an answer) moves them and meets
                 # the protocol's deadlines, not a whole pass (registry stats, exits):
-                # that pass costs more than the call itself.
+                # that pass costs more than the call itself. Under a stream of calls the
+                # protocol pass (deadlines, health, idle stops) runs every
+                # PROTOCOL_PASS_S, not at every message; at once while calls wait for a
+                # plugin to be ready.
                 if woken or reload or now >= due or sup.wants_pass():
                     try:
                         sup.reconcile(force_reload=reload)
@@ -199,24 +208,34 @@ def serve(paths: Paths, settings: Settings, heartbeat: float = 2.0) -> None:
                         )
                         sigs.wait(settings.poll_interval)
                         continue
-                    due = time.monotonic() + sup.next_wakeup()
-                else:
+                    now = time.monotonic()
+                    due, protocol_due, deferred = (
+                        now + sup.next_wakeup(),
+                        now + PROTOCOL_PASS_S,
+                        False,
+                    )
+                elif now >= protocol_due or sup.protocol.any_waiting():
                     try:
                         sup.protocol_pass()
                     except Exception:  # never: a channel contains its plugin's faults
                         log.exception("protocol pass failed")
-                    due = min(due, time.monotonic() + sup.next_wakeup())
+                    now = time.monotonic()
+                    due = min(due, now + sup.next_wakeup())
+                    protocol_due, deferred = now + PROTOCOL_PASS_S, False
+                else:
+                    deferred = True
                 now = time.monotonic()
                 if sup.dirty or now - last_beat >= heartbeat:
                     _write_status(paths, sup, me, started_at, running=True)
                     sup.dirty, last_beat = False, now
+                protocol_fds = sup.protocol_read_fds()
+                wake = min(due, protocol_due) if deferred else due
                 readable, writable, signalled = sigs.wait(
-                    max(0.0, min(due - now, heartbeat - (now - last_beat))),
-                    sup.wait_fds(),
+                    max(0.0, min(wake - now, heartbeat - (now - last_beat))),
+                    sup.wait_fds(protocol_fds),
                     sup.write_fds(),
                 )
-                protocol_fds = set(sup.protocol_read_fds())
-                woken = signalled or any(fd not in protocol_fds for fd in readable)
+                woken = signalled or not set(protocol_fds).issuperset(readable)
                 try:
                     sup.pump(readable, writable)
                 except Exception:  # never: a channel contains its plugin's faults

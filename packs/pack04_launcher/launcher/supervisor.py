@@ -426,10 +426,16 @@ class Supervisor:
         for s in self.slots.values():  # the end of a grace period, then a close watch
             if s.stopping is not None:
                 due.append(max(0.05, s.stopping.deadline - now) if not s.stopping.killed else 0.05)
+        # The idle stop's deadline, for the runs _protocol_pass would stop: a standby or
+        # a busy run past it must not make every pass due at once (the loop would spin).
         due += [
             self._idle_deadline(s) - now
             for s in self.slots.values()
-            if s.proc is not None and _on_call(s.entry)
+            if s.proc is not None
+            and s.standby is None
+            and s.stopping is None
+            and _on_call(s.entry)
+            and not self.protocol.busy(s.entry.id)
         ]
         return max(0.0, min([self.settings.poll_interval, *due]))
 
@@ -1084,11 +1090,13 @@ class Supervisor:
             "error": self.server_error,
         }
 
-    def wait_fds(self) -> list[int]:
+    def wait_fds(self, protocol_fds: list[int] | None = None) -> list[int]:
         """What to select on for reading: connections on which a fork server run's exit
         will arrive, the output pipes of runs within their log rate, the protocol
-        connections and the call socket."""
-        fds = self.protocol_read_fds() + [
+        connections and the call socket (``protocol_fds``, when the caller has them)."""
+        if protocol_fds is None:
+            protocol_fds = self.protocol_read_fds()
+        fds = protocol_fds + [
             fd
             for s in self.slots.values()
             if isinstance(s.proc, ServerRun) and (fd := s.proc.fileno()) >= 0
@@ -1239,14 +1247,18 @@ class Supervisor:
         if not readable and not writable:
             return
         now = time.monotonic()
+        others = readable | writable
         for channel in self.protocol.channels():
             fd = channel.fileno()
+            if fd not in others:
+                continue
+            others.discard(fd)
             if fd in readable:
                 channel.on_readable(now)
             if fd in writable and channel.state != "closed":
                 channel.on_writable()
-        if self.api is not None:
-            for fd in (readable | writable) & set(self.api.read_fds() + self.api.write_fds()):
+        if self.api is not None:  # it ignores an fd not its own (a log pipe, a run's exit)
+            for fd in others:
                 self.api.on_ready(fd, fd in readable, fd in writable, now)
 
     # --- status -------------------------------------------------------------------
