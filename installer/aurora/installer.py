@@ -707,13 +707,25 @@ class Installer:
                 self._commit_uninstall(state, pack_id, outcome)
             crash_point("uninstall:committed")
             self.audit.record("uninstall", pack_id, **outcome)
-            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
+            removed, left = uninstall_leftovers(self.home, pack_id, purge)
+            removed += health_removed
             crash_point("uninstall:removed")
+            if left:  # the uninstall happened: what could not be removed is a warning
+                for what in left:
+                    log.warning("%s: uninstalled, but could not remove %s", pack_id, what)
+                state.record_result(
+                    pack_id,
+                    "uninstall",
+                    True,
+                    version,
+                    f"uninstalled; left behind (cannot be removed): {'; '.join(left)}",
+                )
             settle(state, pack_id)
             return {
                 "pack": pack_id,
                 "version": version,
                 "removed": removed,
+                "left_behind": left,
                 "data_kept": None if purge else str(self.home.data(pack_id)),
                 "forced_past": dependents,
                 "stopped": stopped,
@@ -746,10 +758,15 @@ class Installer:
         # another pack meanwhile is not refused as busy.
         self.recovery.in_flight.add(pack_id)
         try:
-            final = self.lifecycle.poll_start(manifest, on_health)
+            final: dict[str, Any] | None = None
+            error: BaseException | None = None
+            try:
+                final = self.lifecycle.poll_start(manifest, on_health)
+            except BaseException as exc:  # its outcome is recorded under the lock below
+                error = exc
             with self._locked(None, pack_id) as state:
                 self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
-                return self.lifecycle.finish_start(state, manifest, script, final)
+                return self.lifecycle.finish_start(state, manifest, script, final, error)
         finally:
             self.recovery.in_flight.discard(pack_id)
 

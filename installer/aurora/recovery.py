@@ -21,7 +21,7 @@ from aurora_common import identity
 
 from aurora import datasnap, orphans
 from aurora.audit import AuditLog
-from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
+from aurora.fsutil import atomic_write_json, fsync_dir, remove_what_can_be
 from aurora.home import Home
 from aurora.sources import is_pack_id
 from aurora.state import PackState, State
@@ -118,24 +118,34 @@ def _health_is(path: Path, states: tuple[str, ...]) -> bool:
     return isinstance(doc, dict) and doc.get("status") in states
 
 
-def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> list[str]:
+def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> tuple[list[str], list[str]]:
     """Remove what an uninstall removes: packs/<id>, and with purge data/<id> and run/<id>.
 
     Never follows a symlink and never removes anything outside the home's own
     directories (a symlink in their place is removed itself, not what it names).
+    Returns (removed, left): what cannot be removed (a mount point, an immutable file)
+    is left, named by its full path, and the rest still goes (never an exception: the
+    uninstall has happened, and a pack's leftover never blocks commands about others).
     """
     removed: list[str] = []
+    left: list[str] = []
     paths = [home.packs(pack_id)]
     if purge:
         paths += [home.data(pack_id), home.run(pack_id)]
     for path in paths:
-        if path.is_symlink():
-            path.unlink()
-            removed.append(str(path))
-        elif _own_dir(home, path):
-            remove_tree(path)
-            removed.append(str(path))
-    return removed
+        if path.is_symlink() or _own_dir(home, path):
+            stuck = remove_what_can_be(path)
+            left += stuck
+            if not stuck:
+                removed.append(str(path))
+    return removed, left
+
+
+def _remove(path: Path, notes: list[str]) -> bool:
+    """Remove ``path`` for recovery, going on past what cannot be removed (noted)."""
+    stuck = remove_what_can_be(path)
+    notes += [f"could not remove {what} (left behind)" for what in stuck]
+    return not stuck
 
 
 class Recovery:
@@ -240,11 +250,11 @@ class Recovery:
         if changed:
             state.save()
         for copy in datasnap.leftovers(self.home, set()):  # no install is pending any more
-            remove_tree(copy)
-            notes.append(f"removed {copy}: a copy of data taken by a killed install")
+            if _remove(copy, notes):
+                notes.append(f"removed {copy}: a copy of data taken by a killed install")
         for tmp in self.home.root.glob(".state.json.*.tmp"):
-            remove_tree(tmp)
-            notes.append(f"removed a half-written {tmp.name}")
+            if _remove(tmp, notes):
+                notes.append(f"removed a half-written {tmp.name}")
         if notes:
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
@@ -262,11 +272,12 @@ class Recovery:
         event = str(outcome.pop("event"))
         if op == "uninstall":
             purge = bool(pending.get("purge"))
-            removed = uninstall_leftovers(self.home, pack_id, purge)
+            removed, left = uninstall_leftovers(self.home, pack_id, purge)
             outcome.setdefault("purge", purge)
             notes.append(
                 f"{pack_id}: finished the interrupted uninstall of {version} (removed {removed})"
             )
+            notes += [f"{pack_id}: could not remove {what} (left behind)" for what in left]
         else:
             notes.append(f"{pack_id}: the {op} of {version} was committed before it was killed")
             datasnap.discard(self.home, str(pending.get("data", datasnap.ABSENT)))
@@ -295,8 +306,7 @@ class Recovery:
             return notes
         children = sorted(parent.iterdir())
         for child in children:
-            if child.name.startswith((".tmp-", ".incoming-")):
-                remove_tree(child)
+            if child.name.startswith((".tmp-", ".incoming-")) and _remove(child, notes):
                 notes.append(f"removed the partial copy {child}")
         for child in children:
             if not child.name.startswith(".old-") or not child.exists():
@@ -304,15 +314,13 @@ class Recovery:
             version = temp_version(child.name)
             target = parent / version
             if version == pending_version or not target.exists():
-                remove_tree(target)
-                os.rename(child, target)
-                notes.append(f"restored {target} from {child.name}")
-            else:
-                remove_tree(child)
+                if _remove(target, notes):
+                    os.rename(child, target)
+                    notes.append(f"restored {target} from {child.name}")
+            elif _remove(child, notes):
                 notes.append(f"removed the replaced copy {child}")
         for child in sorted(parent.iterdir()):
-            if not child.name.startswith(".") and child.name not in keep:
-                remove_tree(child)
+            if not child.name.startswith(".") and child.name not in keep and _remove(child, notes):
                 notes.append(f"removed {child} (not recorded in state.json)")
         fsync_dir(parent)
         return notes
@@ -327,4 +335,4 @@ class Recovery:
             return
         for path in directory.iterdir():
             if (path.suffix == ".json" and path.stem not in wanted) or path.name.startswith("."):
-                remove_tree(path)
+                _remove(path, [])  # a digest record left behind is harmless
