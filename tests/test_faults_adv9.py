@@ -408,3 +408,23 @@ def test_a_start_overtaken_while_it_polls_records_its_outcome(
     outcomes = [r["event"] for r in records if r["event"] != "intent" and r.get("intent") == intent]
     assert outcomes == ["start-aborted"], records
     _every_intent_has_an_outcome(env)
+
+
+def test_a_pidfile_naming_a_process_of_no_pack_never_gets_it_signalled(env: Env) -> None:
+    """A hostile (or stale) pidfile naming someone else's process: stop leaves it alone."""
+    env.make_pack("liar", approval=False)
+    assert env.run("install", "--pack", "liar").code == 0
+    assert env.run("start", "--pack", "liar", "--interval", "0.2").code == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AURORA_")}
+    other = subprocess.Popen(["sleep", "60"], env=clean)
+    try:
+        (env.home / "run" / "liar" / "other.pid").write_text(f"{other.pid}\n")
+        result = env.run("stop", "--pack", "liar", "--timeout", "0.5")
+        _no_traceback(result)
+        assert result.code == 0, result.err
+        assert "not signalled" in result.err and str(other.pid) in result.err, result.err
+        assert other.poll() is None, "stop signalled a process that is not the pack's"
+    finally:
+        other.kill()
+        other.wait()
+    _every_intent_has_an_outcome(env)

@@ -12,6 +12,7 @@ from typing import Any
 
 from aurora_common import identity
 
+from aurora import orphans
 from aurora.audit import AuditLog
 from aurora.errors import OperationFailed, ScriptError, StateError
 from aurora.fsutil import crash_point
@@ -252,12 +253,24 @@ class Lifecycle:
 
     def _live(self, pack_id: str) -> dict[int, int]:
         """What the pack's pidfiles name that still runs: pid -> start time (its identity,
-        checked again before each signal, so a reused pid is never signalled)."""
+        checked again before each signal, so a reused pid is never signalled). Only a
+        process whose environment names this home counts: a pidfile naming some other
+        process (hostile, or a reused pid) never gets it signalled."""
         found = {}
         for info in read_pidfiles(self.home.run(pack_id)):
             started = info.start_time if info.start_time is not None else proc_start_time(info.pid)
-            if info.alive and started is not None:
-                found[info.pid] = started
+            if not info.alive or started is None:
+                continue
+            if not orphans.has_home(info.pid, self.home.root):
+                log.warning(
+                    "%s: %s names pid %d, which was not started under %s: not signalled",
+                    pack_id,
+                    info.path,
+                    info.pid,
+                    self.home.root,
+                )
+                continue
+            found[info.pid] = started
         return found
 
     def stop(self, state: State, manifest: Manifest) -> dict[str, Any]:
