@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from aurora_common import identity
 from aurora_common.journal import append_record, read_records
 
 from aurora.errors import OperationFailed
@@ -45,6 +46,7 @@ class AuditLog:
         self.unrecorded: list[dict[str, Any]] = []  # outcomes that could not be appended
         self.current_intent: str | None = None
         self.outcomes = 0  # outcome records since the current intent
+        self.mine: set[str] = set()  # intents this log wrote (a start's outlives its lock)
 
     def intent(self, op: str, pack_id: str | None = None, **fields: Any) -> str:
         """Record durably that ``op`` is about to change something; returns its id.
@@ -54,13 +56,19 @@ class AuditLog:
         """
         intent_id = secrets.token_hex(6)
         try:
-            self._append("intent", pack_id, op=op, intent=intent_id, **fields)
+            # The start time tells a live command from a dead one that had the same pid
+            # (open_intents: only a dead command's intent is reconciled).
+            started = identity.start_time(os.getpid())
+            self._append(
+                "intent", pack_id, op=op, intent=intent_id, pid_start_time=started, **fields
+            )
         except OSError as exc:
             raise AuditUnavailable(
                 f"{op} refused before changing anything: cannot record it in {self.path}: "
                 f"{exc.strerror or exc}"
             ) from exc
         self.current_intent = intent_id
+        self.mine.add(intent_id)
         self.outcomes = 0
         return intent_id
 
@@ -117,12 +125,36 @@ class AuditLog:
                 return True
         return False
 
+    def open_intents(self) -> list[dict[str, Any]]:
+        """Intents among the last OPEN_TAIL_BYTES of audit.log that have no outcome and
+        whose command is dead (killed, or its outcome could not be appended): the next
+        command records for each the outcome it observes (Recovery.reconcile_intents).
+        A live command's intent (this process, or a start polling health elsewhere) is
+        not open. Unreadable: []."""
+        records = _tail_records(self.path, OPEN_TAIL_BYTES)
+        answered = {r.get("intent") for r in records if r.get("event") != "intent"}
+        found = []
+        for record in records:
+            if record.get("event") != "intent" or record.get("intent") in answered:
+                continue
+            if record.get("intent") in self.mine:
+                continue
+            pid, started = record.get("pid"), record.get("pid_start_time")
+            if pid != os.getpid() and isinstance(pid, int) and started is not None:
+                if identity.start_time(pid) == started:
+                    continue  # still at work (this process: an earlier command, over)
+            found.append(record)
+        return found
+
     def read(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every event, and the lines that are not one (a record cut by a power loss)."""
         return read_records(self.path)
 
 
 TAIL_BYTES = 1 << 20
+# Every command reconciles before it appends, so an open intent is among the last records;
+# a small tail keeps the check cheap enough for every command, read-only ones included.
+OPEN_TAIL_BYTES = 64 << 10
 
 
 def _tail_records(path: Path, size: int) -> list[dict[str, Any]]:
