@@ -45,7 +45,9 @@ class AuditLog:
         self.path = path
         self.unrecorded: list[dict[str, Any]] = []  # outcomes that could not be appended
         self.current_intent: str | None = None
+        self.current_op: str | None = None
         self.outcomes = 0  # outcome records since the current intent
+        self.concluded = False  # whether one of them is the op's own outcome (concludes)
         self.mine: set[str] = set()  # intents this log wrote (a start's outlives its lock)
 
     def intent(self, op: str, pack_id: str | None = None, **fields: Any) -> str:
@@ -67,10 +69,16 @@ class AuditLog:
                 f"{op} refused before changing anything: cannot record it in {self.path}: "
                 f"{exc.strerror or exc}"
             ) from exc
-        self.current_intent = intent_id
+        self.resume(intent_id, op)
         self.mine.add(intent_id)
-        self.outcomes = 0
         return intent_id
+
+    def resume(self, intent_id: str, op: str) -> None:
+        """Make ``intent_id`` (of ``op``) the current intent again, its outcome owed (a
+        start takes the lock twice under one intent)."""
+        self.current_intent, self.current_op = intent_id, op
+        self.outcomes = 0
+        self.concluded = False
 
     def record(self, event: str, pack_id: str | None = None, **fields: Any) -> dict[str, Any]:
         """Append one outcome event and return it.
@@ -82,6 +90,8 @@ class AuditLog:
         if self.current_intent is not None:
             fields.setdefault("intent", self.current_intent)
         self.outcomes += 1
+        if self.current_op is not None and concludes(self.current_op, event):
+            self.concluded = True
         try:
             return self._append(event, pack_id, **fields)
         except OSError as exc:
@@ -109,7 +119,7 @@ class AuditLog:
 
     def done(self) -> None:
         """The command's change is over: later outcomes belong to no intent."""
-        self.current_intent = None
+        self.current_intent = self.current_op = None
 
     def has_outcome(self, event: str, pack_id: str, intent: str) -> bool:
         """Whether the last TAIL_BYTES of audit.log hold ``event`` for ``pack_id`` under
@@ -132,7 +142,12 @@ class AuditLog:
         A live command's intent (this process, or a start polling health elsewhere) is
         not open. Unreadable: []."""
         records = _tail_records(self.path, OPEN_TAIL_BYTES)
-        answered = {r.get("intent") for r in records if r.get("event") != "intent"}
+        ops = {r.get("intent"): r.get("op") for r in records if r.get("event") == "intent"}
+        answered = {
+            r.get("intent")
+            for r in records
+            if r.get("event") != "intent" and concludes(str(ops.get(r.get("intent"))), str(r.get("event")))
+        }
         found = []
         for record in records:
             if record.get("event") != "intent" or record.get("intent") in answered:
@@ -152,6 +167,13 @@ class AuditLog:
 
 
 TAIL_BYTES = 1 << 20
+
+
+def concludes(op: str, event: str) -> bool:
+    """Whether ``event`` is the outcome of an ``op`` intent (``install``,
+    ``install-failed``, ...; ``recovered`` for ``recover``), not a step on the way (the
+    ``stage`` an install does first, an ``approval``, the ``stop`` of ``uninstall --stop``)."""
+    return event == op or event.startswith(op + "-") or (op, event) == ("recover", "recovered")
 # Every command reconciles before it appends, so an open intent is among the last records;
 # a small tail keeps the check cheap enough for every command, read-only ones included.
 OPEN_TAIL_BYTES = 64 << 10

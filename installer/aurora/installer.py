@@ -149,8 +149,8 @@ class Installer:
                 yield state
                 reserve.ensure(self.home.reserve)
             except BaseException as exc:
-                if self.audit.current_intent is not None and self.audit.outcomes == 0:
-                    name = op or "change"
+                if self.audit.current_intent is not None and not self.audit.concluded:
+                    name = self.audit.current_op or op or "change"
                     self.audit.record(f"{name}-aborted", pack_id, error=str(exc) or repr(exc))
                 raise
             finally:
@@ -397,7 +397,7 @@ class Installer:
                 event = "seal" if result["written"] else "seal-unchanged"
                 self.audit.record(event, pack_id, artifacts=result["artifacts"])
         except BaseException as exc:
-            if self.audit.current_intent is not None and self.audit.outcomes == 0:
+            if self.audit.current_intent is not None and not self.audit.concluded:
                 self.audit.record("seal-aborted", pack_id, error=str(exc) or repr(exc))
             raise
         finally:
@@ -768,7 +768,8 @@ class Installer:
         try:
             final = self.lifecycle.poll_start(manifest, on_health)
             with self._locked(None, pack_id) as state:
-                self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
+                if intent is not None:
+                    self.audit.resume(intent, "start")  # the same start, its outcome owed
                 state.intent = intent
                 return self.lifecycle.finish_start(state, manifest, script, final)
         finally:

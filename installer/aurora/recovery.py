@@ -195,7 +195,8 @@ class Recovery:
         back, so the previous good state is in force again.
         """
         notes: list[str] = []
-        if self.has_leftovers(state):
+        recorded = self.has_leftovers(state)
+        if recorded:
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
         # First what scripts of a killed installer still run, so nothing writes meanwhile.
         notes += orphans.kill_left_behind(self.home.root)
@@ -265,7 +266,7 @@ class Recovery:
             remove_tree(tmp)
             notes.append(f"removed a half-written {tmp.name}")
         notes += self.reconcile_intents(state)
-        if notes:
+        if notes or recorded:  # its intent is never left without an outcome
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
                 log.warning("recovered: %s", note)
@@ -288,7 +289,9 @@ class Recovery:
             else:
                 last = (state.get(pack_id) or {}).get("last_result") if pack_id else None
                 if isinstance(last, dict) and last.get("intent") == intent_id:
-                    ok = bool(last.get("ok"))
+                    # ok only for the op itself: an install killed after its stage is not
+                    # an install (the stage has its own outcome)
+                    ok = bool(last.get("ok")) and last.get("op") == op
                     fields["version"] = last.get("version")
                     fields["observed"] = f"state.json: {last.get('message')}"
                 else:
