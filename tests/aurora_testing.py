@@ -385,27 +385,32 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _WRAPPED = ("write", "fsync", "fdatasync", "ftruncate", "posix_fallocate")
 
 
-def _install_kill_hook(step: int, counter: list[int]) -> None:
+def _install_kill_hook(step: int, counter: list[int], trace: list[list[Any]]) -> None:
     """In a forked child only: SIGKILL this process just before its ``step``-th
-    file-system operation (counted in ``counter``)."""
+    file-system operation (counted in ``counter``); each is noted in ``trace`` as
+    [operation, path, whether the path existed]."""
 
-    def tick() -> None:
+    def tick(event: str, path: Any) -> None:
+        if not counter[1]:
+            return
         counter[0] += 1
-        if counter[0] == step and counter[1]:
+        if counter[0] == step:
             os.kill(os.getpid(), signal.SIGKILL)
+        name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+        trace.append([event, name, bool(name) and os.path.lexists(name)])
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event in _FS_EVENTS:
-            tick()
+            tick(event, args[0] if args else None)
         elif event == "open" and len(args) >= 3 and isinstance(args[2], int):
             if args[2] & _WRITE_FLAGS:
-                tick()
+                tick(event, args[0])
 
     for name in _WRAPPED:
         real = getattr(os, name)
 
-        def wrapped(*a: Any, _real: Any = real, **k: Any) -> Any:
-            tick()
+        def wrapped(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+            tick(_name, None)
             return _real(*a, **k)
 
         setattr(os, name, wrapped)
@@ -420,6 +425,27 @@ class Killed:
     code: int | None  # its exit code when it completed
     err: str
     steps: int  # operations counted (when it completed)
+    trace: list[list[Any]] = field(default_factory=list)  # [operation, path, existed]
+
+
+def steps_to_kill_at(trace: list[list[Any]]) -> list[int]:
+    """The steps of a completed run's ``trace`` worth a kill: all of them, but for those
+    a kill just before is provably the same as a kill just after (so the next step
+    covers it):
+
+    * fsync / fdatasync: SIGKILL loses nothing the page cache holds (a power cut would,
+      and is not what this simulates);
+    * mkdir of a directory that exists already (the exist_ok mkdir before every atomic
+      write): it changes nothing.
+
+    Every other operation, each file of every tree copy and removal included, is swept.
+    """
+    steps = []
+    for number, (event, _path, existed) in enumerate(trace, 1):
+        if event in ("fsync", "fdatasync") or (event == "os.mkdir" and existed):
+            continue
+        steps.append(number)
+    return [*steps, len(trace) + 1]  # the last: the command runs to its end
 
 
 def run_killed_at(env: Env, step: int, *argv: str) -> Killed:
@@ -444,12 +470,13 @@ def run_killed_at(env: Env, step: int, *argv: str) -> Killed:
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             counter = [0, 1]  # operations so far; armed
-            _install_kill_hook(step, counter)
+            trace: list[list[Any]] = []
+            _install_kill_hook(step, counter, trace)
             code = aurora_installer.main(env.args(*argv))
             counter[1] = 0  # the command is over: what follows is the harness's
             sys.stdout.flush()
             sys.stderr.flush()
-            count_path.write_text(str(counter[0]))
+            count_path.write_text(json.dumps(trace))
         except BaseException:  # noqa: BLE001 - reported to the parent as exit 99
             import traceback
 
@@ -461,6 +488,6 @@ def run_killed_at(env: Env, step: int, *argv: str) -> Killed:
     if os.WIFSIGNALED(status):
         assert os.WTERMSIG(status) == signal.SIGKILL, (step, status, err)
         return Killed(True, None, err, step)
-    steps = int(count_path.read_text()) if count_path.exists() else 0
+    trace = json.loads(count_path.read_text()) if count_path.exists() else []
     count_path.unlink(missing_ok=True)
-    return Killed(False, os.WEXITSTATUS(status), err, steps)
+    return Killed(False, os.WEXITSTATUS(status), err, len(trace), trace)
