@@ -403,7 +403,8 @@ def _install_kill_hook(step: int, counter: list[int], trace: list[list[Any]]) ->
         if event in _FS_EVENTS:
             tick(event, args[0] if args else None)
         elif event == "open" and len(args) >= 3 and isinstance(args[2], int):
-            if args[2] & _WRITE_FLAGS:
+            writes = args[2] & _WRITE_FLAGS
+            if writes:
                 tick(event, args[0])
 
     for name in _WRAPPED:
@@ -477,7 +478,7 @@ def run_killed_at(env: Env, step: int, *argv: str) -> Killed:
             sys.stdout.flush()
             sys.stderr.flush()
             count_path.write_text(json.dumps(trace))
-        except BaseException:  # noqa: BLE001 - reported to the parent as exit 99
+        except BaseException:
             import traceback
 
             traceback.print_exc()

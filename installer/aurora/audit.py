@@ -146,7 +146,8 @@ class AuditLog:
         answered = {
             r.get("intent")
             for r in records
-            if r.get("event") != "intent" and concludes(str(ops.get(r.get("intent"))), str(r.get("event")))
+            if r.get("event") != "intent"
+            and concludes(str(ops.get(r.get("intent"))), str(r.get("event")))
         }
         found = []
         for record in records:
@@ -155,9 +156,9 @@ class AuditLog:
             if record.get("intent") in self.mine:
                 continue
             pid, started = record.get("pid"), record.get("pid_start_time")
-            if pid != os.getpid() and isinstance(pid, int) and started is not None:
-                if identity.start_time(pid) == started:
-                    continue  # still at work (this process: an earlier command, over)
+            alive = isinstance(pid, int) and started is not None and pid != os.getpid()
+            if alive and identity.start_time(pid) == started:
+                continue  # still at work (this process: an earlier command, over)
             found.append(record)
         return found
 
@@ -174,6 +175,8 @@ def concludes(op: str, event: str) -> bool:
     ``install-failed``, ...; ``recovered`` for ``recover``), not a step on the way (the
     ``stage`` an install does first, an ``approval``, the ``stop`` of ``uninstall --stop``)."""
     return event == op or event.startswith(op + "-") or (op, event) == ("recover", "recovered")
+
+
 # Every command reconciles before it appends, so an open intent is among the last records;
 # a small tail keeps the check cheap enough for every command, read-only ones included.
 OPEN_TAIL_BYTES = 64 << 10

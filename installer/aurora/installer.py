@@ -18,6 +18,7 @@ from aurora import datasnap, reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
+    AuroraError,
     DependencyError,
     DependentsError,
     IntegrityError,
@@ -149,12 +150,26 @@ class Installer:
                 yield state
                 reserve.ensure(self.home.reserve)
             except BaseException as exc:
+                if isinstance(exc, Exception) and self.audit.current_intent is not None:
+                    self._undo_own_leftovers()
                 if self.audit.current_intent is not None and not self.audit.concluded:
                     name = self.audit.current_op or op or "change"
                     self.audit.record(f"{name}-aborted", pack_id, error=str(exc) or repr(exc))
                 raise
             finally:
                 self.audit.done()
+
+    def _undo_own_leftovers(self) -> None:
+        """A command that failed (a full disk, a script, ...) leaves the previous state in
+        force before it reports the failure: what its pending record says it left is
+        undone now, as the next command's recovery would. If even that fails, the next
+        command does it (the pending record stays)."""
+        try:
+            state = self._state()
+            if self.recovery.has_leftovers(state):
+                self.recovered += self.recovery.recover(state, within_intent=True)
+        except (AuroraError, OSError) as exc:
+            log.warning("could not undo what the failed command left (%s): the next one will", exc)
 
     def _progress(self, what: str) -> Callable[[int, int], None] | None:
         """A copy's progress sink for ``what`` (None when nobody listens)."""

@@ -187,7 +187,7 @@ class Recovery:
                     return True
         return False
 
-    def recover(self, state: State) -> list[str]:
+    def recover(self, state: State, *, within_intent: bool = False) -> list[str]:
         """Clean up what an interrupted run left; report each thing done.
 
         A pending record in state.json names the operation that was in
@@ -195,7 +195,9 @@ class Recovery:
         back, so the previous good state is in force again.
         """
         notes: list[str] = []
-        recorded = self.has_leftovers(state)
+        # within_intent: a failed command undoing its own leftovers, under its own intent
+        # (whose outcome follows); else recovery records an intent of its own.
+        recorded = not within_intent and self.has_leftovers(state)
         if recorded:
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
         # First what scripts of a killed installer still run, so nothing writes meanwhile.
@@ -270,7 +272,8 @@ class Recovery:
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
                 log.warning("recovered: %s", note)
-        self.audit.done()
+        if not within_intent:
+            self.audit.done()
         return notes
 
     def reconcile_intents(self, state: State) -> list[str]:
