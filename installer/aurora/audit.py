@@ -172,9 +172,16 @@ TAIL_BYTES = 1 << 20
 
 def concludes(op: str, event: str) -> bool:
     """Whether ``event`` is the outcome of an ``op`` intent (``install``,
-    ``install-failed``, ...; ``recovered`` for ``recover``), not a step on the way (the
-    ``stage`` an install does first, an ``approval``, the ``stop`` of ``uninstall --stop``)."""
-    return event == op or event.startswith(op + "-") or (op, event) == ("recover", "recovered")
+    ``install-failed``, ...; ``recovered`` for ``recover``; ``approval-denied`` or
+    ``approval-refused`` for an install the operator did not approve), not a step on
+    the way (the ``stage`` an install does first, its ``approve``, the ``stop`` of
+    ``uninstall --stop``)."""
+    return event == op or event.startswith(op + "-") or (op, event) in _CONCLUDES
+
+
+_CONCLUDES = frozenset(
+    {("recover", "recovered"), ("install", "approval-denied"), ("install", "approval-refused")}
+)
 
 
 # Every command reconciles before it appends, so an open intent is among the last records;
