@@ -156,8 +156,8 @@ class AuditLog:
             if record.get("intent") in self.mine:
                 continue
             pid, started = record.get("pid"), record.get("pid_start_time")
-            alive = isinstance(pid, int) and started is not None and pid != os.getpid()
-            if alive and identity.start_time(pid) == started:
+            other = pid if isinstance(pid, int) and pid != os.getpid() else None
+            if other is not None and started is not None and identity.start_time(other) == started:
                 continue  # still at work (this process: an earlier command, over)
             found.append(record)
         return found
