@@ -20,6 +20,7 @@ A newcomer's guide:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -194,3 +195,29 @@ def test_uninstall_succeeds_with_no_free_inode(
 ) -> None:
     seen = sweep(env, disk, tmp_path, name, lambda k: disk.fill(inodes=k), 8, True)
     assert seen == {"new": 8}, seen
+
+
+def test_uninstall_on_a_full_disk_settles_what_a_dead_command_left_first(
+    env: Env, disk: SmallDisk
+) -> None:
+    # A stage killed after its intent (recorded by hand: a dead pid, no outcome): the next
+    # command must record its outcome before it changes anything, on a full disk too.
+    SCENARIOS["uninstall"].build(env)
+    intent = {"event": "intent", "op": "stage", "pack": "alpha", "intent": "0123456789ab"}
+    with open(env.home / "audit.log", "a") as log:
+        # pid 2**22 + 1 is above any pid_max: a dead command
+        log.write(json.dumps({**intent, "pid": 2**22 + 1, "pid_start_time": 1}) + "\n")
+        # audit.log ends on a page boundary: the next record needs a page of its own
+        size = log.tell()
+        pad = -(size + len('{"event": "padding", "x": ""}\n')) % PAGE
+        log.write(json.dumps({"event": "padding", "x": "x" * pad}) + "\n")
+    assert (env.home / "audit.log").stat().st_size % PAGE == 0
+    skip = len(audit_records(env)) - 2
+    disk.fill(free=0)
+    result = env.run("uninstall", "--pack", "alpha")
+    disk.unfill()
+    assert result.code == 0, result.err
+    assert env.active("alpha") is None
+    late = [r for r in audit_records(env) if r.get("recorded_late")]
+    assert [(r["event"], r["intent"]) for r in late] == [("stage-aborted", "0123456789ab")]
+    check_audit(env, skip, "uninstall", took_effect=True)
