@@ -67,7 +67,7 @@ class AuditLog:
         except OSError as exc:
             raise AuditUnavailable(
                 f"{op} refused before changing anything: cannot record it in {self.path}: "
-                f"{exc.strerror or exc}"
+                f"{os.strerror(exc.errno) if exc.errno else exc}"  # the path is named already
             ) from exc
         self.resume(intent_id, op)
         self.mine.add(intent_id)
