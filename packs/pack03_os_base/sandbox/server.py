@@ -28,7 +28,7 @@ import struct
 import sys
 import time
 
-from sandbox import _libc, _log, cgroups, pidns, protocol
+from sandbox import _libc, _log, cgroups, pidns, privileges, protocol
 from sandbox.confine import BACKENDS, SYSTEM_READ, apply_and_exec, python_prefixes, seccomp_filters
 from sandbox.errors import EXIT_REFUSED, PolicyError, RequestError, ServerError, exit_status
 from sandbox.layout import Layout, check_request
@@ -182,6 +182,7 @@ class Server:
             self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
             cgroups.prune_pool()
             seccomp_filters()  # built once here, inherited by every child
+            privileges.last_cap()  # read once here too
             # Imported (and compiled) once here, not per run: a module a child imports
             # first costs its compilation on every start (no bytecode is written).
             import fnmatch  # noqa: F401
@@ -472,11 +473,11 @@ class Server:
             "error": child.error[1] if child.error else None,
             "report": None if child.started else child.report,
         }
-        _log.info(__name__, "run %d exited: %d", child.pid, code)
-        if child.conn is not None:
+        if child.conn is not None:  # the client first, the log line after
             _send(child.conn, out)
             child.conn.close()
             child.conn = None
+        _log.info(__name__, "run %d exited: %d", child.pid, code)
         self._remove += dirs
 
     def _dirs_of(self, child: _Child) -> list[str]:
@@ -631,9 +632,10 @@ def _child(ctrl: socket.socket, prepare: bool, server: int) -> int:
 
 def _ahead(relay: pidns.Relay) -> None:
     """More of a spare's plugin process made before its request: Landlock's rules that no
-    policy changes (both network variants). A failure is left for the request, which
-    then makes its ruleset itself and reports what fails. (The bounding set cannot be
-    emptied ahead: a request for the bwrap backend execs bwrap, which needs it.)"""
+    policy changes (both network variants), and the bounding set emptied of what no
+    request needs (privileges.NEEDED_AFTER_CLAIM: not all of it, a bwrap request execs
+    bwrap as root). A failure is left for the request, which then does it itself and
+    reports what fails."""
     from sandbox import landlock
     from sandbox.confine import landlock_ahead
 
@@ -641,6 +643,10 @@ def _ahead(relay: pidns.Relay) -> None:
         relay.landlock = landlock_ahead(landlock.abi_version())
     except OSError as exc:
         _log.debug(__name__, "spare: landlock ahead: %s", exc)
+    try:  # the request drops the rest (sandbox.identity), this process alone
+        privileges.drop_bounding_set(keep=privileges.NEEDED_AFTER_CLAIM)
+    except OSError as exc:
+        _log.debug(__name__, "spare: bounding set ahead: %s", exc)
 
 
 def _outlive_the_server() -> None:
