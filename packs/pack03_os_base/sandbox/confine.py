@@ -206,7 +206,7 @@ def python_prefixes(executable: str, real: str | None = None) -> list[str]:
     """Directories a Python interpreter reads at start-up: its prefix and base prefix.
     `real`: the executable's realpath, when the caller has it."""
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for path in (executable, real or os.path.realpath(executable)):
+    for path in (executable, real or realpath(executable)):
         if os.path.basename(path).startswith("python"):
             dirs.add(os.path.dirname(os.path.dirname(path)))
     return sorted(d for d in dirs if d not in ("/", ""))
@@ -225,8 +225,27 @@ def _real_executable(run: Run) -> str:
     """The executable's realpath, resolved once a start on the host (os.path.realpath is
     an lstat per component, in Python)."""
     if run.real_executable is None:
-        run.real_executable = os.path.realpath(run.executable)
+        run.real_executable = realpath(run.executable)
     return run.real_executable
+
+
+def realpath(path: str) -> str:
+    """os.path.realpath of an existing file, resolved by the kernel: an O_PATH open and a
+    readlink of its /proc/self/fd entry (os.path.realpath costs an lstat per component,
+    in Python). Anything unusual (no /proc, a deleted file) falls back to it."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return os.path.realpath(path)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = ""
+    finally:
+        os.close(fd)
+    if not real.startswith("/") or real.endswith(" (deleted)"):
+        return os.path.realpath(path)
+    return real
 
 
 def environment(policy: Policy) -> dict[str, str]:
