@@ -371,6 +371,16 @@ def _unshare(run: Run, flags: int) -> None:
         raise LayerError(f"namespaces: unshare: {exc.strerror}") from None
 
 
+def _cgroup_namespace(run: Run) -> None:
+    """A cgroup namespace rooted at the run's own cgroups: /proc/self/cgroup shows "/"
+    instead of the host's cgroup path and the run's name (which holds a host pid)."""
+    try:
+        libc.unshare(libc.CLONE_NEWCGROUP)
+    except OSError as exc:
+        raise LayerError(f"namespaces: unshare(CLONE_NEWCGROUP): {exc.strerror}") from None
+    run.layer("cgroup-namespace", True, "new cgroup namespace: its own cgroups are its root")
+
+
 def _back_to_host_network(run: Run, flags: int) -> None:
     """A spare's namespaces were made ahead with a network namespace: a plugin granted
     `network` goes back to the host's (the spare kept a descriptor of it)."""
@@ -387,7 +397,7 @@ def _back_to_host_network(run: Run, flags: int) -> None:
 
 def _namespaces_unprivileged(run: Run) -> None:
     """A non-root launcher: network and IPC namespaces only (through a user namespace)."""
-    for name in ("pid-namespace", "uts-namespace", "mount-namespace"):
+    for name in ("pid-namespace", "uts-namespace", "mount-namespace", "cgroup-namespace"):
         run.layer(name, False, "non-root launcher: not built (run the launcher as root)")
     if "network" in run.policy.granted:
         run.layer("network-namespace", False, "network granted: host network")
@@ -529,6 +539,7 @@ def _filter(network: bool) -> Any:
             flt.deny_sockets()
         flt.deny_namespaces()
         flt.deny_setid_modes()
+        flt.deny_out_of_band()
         for name in seccomp.HARDENING:
             flt.deny(name)
         _FILTERS[network] = flt
@@ -552,7 +563,7 @@ def _plan_seccomp(run: Run) -> Any:
         else ""
     )
     run.layer("seccomp", True, f"{sockets}clone(CLONE_NEW*) EPERM, clone3 ENOSYS; "
-              "modes with S_ISUID/S_ISGID EPERM, openat2 ENOSYS; denied: "
+              "modes with S_ISUID/S_ISGID EPERM, openat2 ENOSYS; MSG_OOB EPERM; denied: "
               f"{', '.join(seccomp.HARDENING)}")  # fmt: skip
     return flt
 
@@ -704,6 +715,7 @@ def _exec_native(run: Run, out: _Output) -> NoReturn:
             _unshare(run, flags)
         socket_sethostname(pidns.HOSTNAME)
         _mount_view(run)
+        _cgroup_namespace(run)
     else:
         _namespaces_unprivileged(run)
     env = _common(run)
@@ -832,6 +844,7 @@ def _exec_bwrap(run: Run, out: _Output) -> NoReturn:
     run.layer("pid-namespace", True, "bwrap --unshare-pid")
     run.layer("uts-namespace", True, "bwrap --unshare-uts --hostname aurora-sandbox")
     run.layer("mount-namespace", True, "bwrap: new root of binds (pack03 README)")
+    run.layer("cgroup-namespace", True, "bwrap --unshare-cgroup-try")
     if "network" not in pol.granted:
         run.layer("network-namespace", True, "bwrap --unshare-net")
     _refuse_if_gaps(run)
