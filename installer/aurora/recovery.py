@@ -10,6 +10,7 @@ force again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -148,6 +149,21 @@ def _remove(path: Path, notes: list[str]) -> bool:
     return not stuck
 
 
+def _observe_seal(intent: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a killed seal's manifest.yaml is the one it meant to write."""
+    path, wanted = intent.get("manifest"), intent.get("sha256_after")
+    if not isinstance(path, str) or not isinstance(wanted, str):
+        return False, "the intent names no manifest to compare"
+    try:
+        with open(path, "rb") as fh:
+            now = hashlib.sha256(fh.read(1 << 20)).hexdigest()
+    except OSError as exc:
+        return False, f"{path}: {exc.strerror or exc}"
+    if now == wanted:
+        return True, f"{path} holds the sealed hashes"
+    return False, f"{path} is as it was before the seal"
+
+
 class Recovery:
     """Recovery for one installer home; call recover() only while holding the lock."""
 
@@ -166,6 +182,8 @@ class Recovery:
             return True
         if orphans.markers(self.home.root):
             return True
+        if self.audit.open_intents():
+            return True
         if datasnap.leftovers(self.home, set()):
             return True
         for kind in ("staging", "packs"):
@@ -179,7 +197,7 @@ class Recovery:
                     return True
         return False
 
-    def recover(self, state: State) -> list[str]:
+    def recover(self, state: State, *, within_intent: bool = False) -> list[str]:
         """Clean up what an interrupted run left; report each thing done.
 
         A pending record in state.json names the operation that was in
@@ -187,7 +205,10 @@ class Recovery:
         back, so the previous good state is in force again.
         """
         notes: list[str] = []
-        if self.has_leftovers(state):
+        # within_intent: a failed command undoing its own leftovers, under its own intent
+        # (whose outcome follows); else recovery records an intent of its own.
+        recorded = not within_intent and self.has_leftovers(state)
+        if recorded:
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
         # First what scripts of a killed installer still run, so nothing writes meanwhile.
         notes += orphans.kill_left_behind(self.home.root)
@@ -241,6 +262,7 @@ class Recovery:
                     False,
                     pending.get("version"),
                     "interrupted; leftovers cleaned up",
+                    intent=pending.get("intent"),
                 )
                 record["pending"] = None
                 changed = True
@@ -255,11 +277,45 @@ class Recovery:
         for tmp in self.home.root.glob(".state.json.*.tmp"):
             if _remove(tmp, notes):
                 notes.append(f"removed a half-written {tmp.name}")
-        if notes:
+        notes += self.reconcile_intents(state)
+        if notes or recorded:  # its intent is never left without an outcome
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
                 log.warning("recovered: %s", note)
-        self.audit.done()
+        if not within_intent:
+            self.audit.done()
+        return notes
+
+    def reconcile_intents(self, state: State) -> list[str]:
+        """Give each intent a dead command left without an outcome (killed between its
+        change and its record, or its record could not be appended) the outcome observed
+        now: ``<op>-completed`` when state.json's last_result for the pack carries that
+        intent and says ok, else ``<op>-aborted`` (the interrupted change was rolled back
+        above, or never began). Each is marked ``recorded_late``. Run after the pending
+        operations are settled and state.json saved, so what is observed is final."""
+        notes = []
+        for intent in self.audit.open_intents():
+            op, pack_id, intent_id = str(intent.get("op")), intent.get("pack"), intent["intent"]
+            fields: dict[str, Any] = {"intent": intent_id, "recorded_late": True}
+            if op == "seal":
+                ok, fields["observed"] = _observe_seal(intent)
+            else:
+                last = (state.get(pack_id) or {}).get("last_result") if pack_id else None
+                if isinstance(last, dict) and last.get("intent") == intent_id:
+                    # ok only for the op itself: an install killed after its stage is not
+                    # an install (the stage has its own outcome)
+                    ok = bool(last.get("ok")) and last.get("op") == op
+                    fields["version"] = last.get("version")
+                    fields["observed"] = f"state.json: {last.get('message')}"
+                else:
+                    ok = False
+                    fields["observed"] = "nothing of it is recorded in state.json"
+            event = f"{op}-completed" if ok else f"{op}-aborted"
+            self.audit.record(event, pack_id if isinstance(pack_id, str) else None, **fields)
+            notes.append(
+                f"{pack_id or 'home'}: recorded the outcome of an interrupted {op} "
+                f"(pid {intent.get('pid')}) in audit.log: {event}"
+            )
         return notes
 
     def _finish_committed(self, state: State, pack_id: str, pending: dict[str, Any]) -> list[str]:

@@ -14,32 +14,42 @@ from typing import Any, NoReturn
 
 # Run as a script, Python puts this file's directory (where `core` lives) on sys.path;
 # importing core first puts pack01_common (aurora_common) there too (core/aurora_boot.py).
-from core import aurora_boot  # noqa: F401
+try:
+    from core import aurora_boot  # noqa: F401
+except Exception as exc:  # an incomplete or damaged installation: one line, no traceback
+    if __name__ != "__main__":
+        raise
+    missing = isinstance(exc, ImportError)  # exit 3: "not installed"; else 1: "failed"
+    what = exc if missing else f"internal error: {type(exc).__name__}: {exc} (a damaged copy?)"
+    print(f"{os.environ.get('AURORA_PROG') or 'plugins.py'}: error: {what}", file=sys.stderr)
+    raise SystemExit(3 if missing else 1) from None
 
 # isort: split
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
-from core import paths
-from core.api import load_manifest, manifest_problems
-from core.capabilities import (
-    CALL_GRANT_FORM,
-    CALL_GRANT_PREFIX,
-    CAPABILITIES,
-    CAPABILITY_NAMES,
-    requested_grants,
-)
-from core.errors import (
-    CapabilityError,
-    ManifestError,
-    PermissionDenied,
-    PluginError,
-    RegistryError,
-    StagingError,
-    UnknownPlugin,
-)
-from core.loader import PluginLoader
-from core.permissions import load_policy, update_policy
-from core.registry import PluginRegistry
+
+with conventions.damage_is_one_line(__name__):  # a damaged installed copy: no traceback
+    from core import paths
+    from core.api import load_manifest, manifest_problems
+    from core.capabilities import (
+        CALL_GRANT_FORM,
+        CALL_GRANT_PREFIX,
+        CAPABILITIES,
+        CAPABILITY_NAMES,
+        requested_grants,
+    )
+    from core.errors import (
+        CapabilityError,
+        ManifestError,
+        PermissionDenied,
+        PluginError,
+        RegistryError,
+        StagingError,
+        UnknownPlugin,
+    )
+    from core.loader import PluginLoader
+    from core.permissions import load_policy, update_policy
+    from core.registry import PluginRegistry
 
 # Exit codes: aurora_common.cli.Exit, the table every Aurora command line shares.
 EXIT_OK = Exit.OK  # done
