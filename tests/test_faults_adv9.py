@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -428,3 +429,46 @@ def test_a_pidfile_naming_a_process_of_no_pack_never_gets_it_signalled(env: Env)
         other.kill()
         other.wait()
     _every_intent_has_an_outcome(env)
+
+
+def test_two_starts_at_once_both_succeed_once_the_pack_is_healthy(env: Env) -> None:
+    """A second start during the first one's poll: the pack ends healthy, which is what
+    both asked, so neither reports failure (was: "start interrupted ... (now healthy)")."""
+    ready = env.home / "ready"
+    env.make_pack("svc", approval=False, health_timeout=30)
+    health = env.packs_dir / "svc" / "health_check.sh"
+    health.write_text(f'#!/usr/bin/env bash\n[ -e "{ready}" ] && echo ok || exit 1\n')
+    assert env.run("install", "--pack", "svc").code == 0
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(CLI), *env.args("start", "--pack", "svc", "--interval", "0.2")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def starting() -> int:
+        return sum(1 for r in env.audit() if r["event"] == "intent" and r["op"] == "start")
+
+    first = start()
+    second = None
+    try:
+        assert wait_for(lambda: starting() == 1, timeout=20)
+        second = start()
+        assert wait_for(lambda: starting() == 2, timeout=20)
+        time.sleep(0.5)  # both polling
+        ready.write_text("")
+        results = [(p.wait(timeout=40), p.communicate()[1]) for p in (first, second)]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [code for code, _ in results] == [0, 0], results
+    records = env.audit()
+    for intent in (r["intent"] for r in records if r["event"] == "intent" and r["op"] == "start"):
+        outcomes = [
+            r["event"] for r in records if r["event"] != "intent" and r.get("intent") == intent
+        ]
+        assert outcomes == ["start"], records

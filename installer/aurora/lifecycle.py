@@ -212,6 +212,18 @@ class Lifecycle:
                 + (f"replaced by {now}" if now else "uninstalled")
                 + " while its health was polled",
             )
+        if runtime.get("state") == "healthy" and runtime.get("version") == version:
+            # Another start made it healthy meanwhile: what was asked holds (that start
+            # recorded its own outcome; this one records that it found it so).
+            self.audit.record("start", pack_id, version=version, health="healthy", by_other=True)
+            return {
+                "pack": pack_id,
+                "version": version,
+                "health": {"status": "healthy", "last_check": runtime.get("last_check")},
+                "script": script.as_dict(),
+                "previous_run_died": died,
+                "note": "another start made it healthy while this one polled",
+            }
         if runtime.get("state") != "starting" or runtime.get("version") != version:
             raise self._start_aborted(
                 pack_id,
