@@ -171,7 +171,7 @@ def open_claims(path: Path) -> Iterator[Claims]:
     """The claims directory, made if absent (0700), refused unless it is a real
     directory of this uid that no one else may write or read."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
