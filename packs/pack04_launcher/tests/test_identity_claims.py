@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher import datadir, diskimage, identity, status
+from launcher import cli, datadir, diskimage, identity, status
 from launcher.errors import LauncherError
 from launcher.identity import CLAIM_SCHEMA, FIRST_ID, SCHEMA, read_identities
 from launcher.paths import Paths
@@ -317,3 +317,18 @@ def test_plugins_of_two_installations_run_as_different_host_uids(
         seen[plugin_id] = recorded
     # Each is the first plugin of its installation: before claims both were FIRST_ID.
     assert seen["acme.alpha"] != seen["acme.beta"], seen
+
+
+def test_run_refuses_with_exit_1_naming_the_claims_dir(
+    cli_env: dict[str, str],
+    fake_registry: FakeRegistry,
+    uid_claims: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_registry.add("acme.a")
+    _open_to_all(uid_claims)
+    assert cli.main(["run", "acme.a", "--timeout", "5"]) == cli.EXIT_ERROR == 1
+    out, err = capsys.readouterr()
+    assert f"{uid_claims}: unusable uid claims directory (owner uid {os.geteuid()}, mode 0777)" in err
+    assert "Traceback" not in out + err
+    assert not Path(cli_env["AURORA_PACK_DATA"], "identities.json").exists()
