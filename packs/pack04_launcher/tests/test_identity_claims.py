@@ -329,6 +329,8 @@ def test_run_refuses_with_exit_1_naming_the_claims_dir(
     _open_to_all(uid_claims)
     assert cli.main(["run", "acme.a", "--timeout", "5"]) == cli.EXIT_ERROR == 1
     out, err = capsys.readouterr()
-    assert f"{uid_claims}: unusable uid claims directory (owner uid {os.geteuid()}, mode 0777)" in err
+    assert (
+        f"{uid_claims}: unusable uid claims directory (owner uid {os.geteuid()}, mode 0777)" in err
+    )
     assert "Traceback" not in out + err
     assert not Path(cli_env["AURORA_PACK_DATA"], "identities.json").exists()
