@@ -224,6 +224,8 @@ def test_the_shell_blocks_run_as_documented(doc: str, tmp_path: Path) -> None:
             "PATH": f"{copy}:{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}",
             "TMPDIR": str(tmp_path),
             "HOME": str(tmp_path),
+            # the one AURORA_* kept: plugin uids are claimed in tmp, not in /var/lib
+            "AURORA_UID_CLAIMS": str(tmp_path / "uid-claims"),
         }
     )
     outputs = tmp_path / "outputs"
