@@ -150,7 +150,7 @@ def _start(base: Path, n: int, sandbox_root: Path) -> _Run:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "AURORA_PACK_DATA": str(base / "data"),
-            "AURORA_UID_CLAIMS": str(base / "uid-claims"),  # not the host's /var/lib/aurora
+        "AURORA_UID_CLAIMS": str(base / "uid-claims"),  # not the host's /var/lib/aurora
         "AURORA_PACK_RUN": str(base / "run"),
         "AURORA_PACK_LOGS": str(base / "logs"),
         "AURORA_PLUGIN_REGISTRY": str(plugins_dir / "registry.json"),
