@@ -150,6 +150,7 @@ def _start(base: Path, n: int, sandbox_root: Path) -> _Run:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "AURORA_PACK_DATA": str(base / "data"),
+        "AURORA_UID_CLAIMS": str(base / "uid-claims"),  # not the host's /var/lib/aurora
         "AURORA_PACK_RUN": str(base / "run"),
         "AURORA_PACK_LOGS": str(base / "logs"),
         "AURORA_PLUGIN_REGISTRY": str(plugins_dir / "registry.json"),
@@ -263,7 +264,8 @@ def _supervisor(base: Path, sandbox_root: Path, fork_server: bool) -> Any:
     }  # fmt: skip
     (plugins_dir / "registry.json").write_text(json.dumps(doc))
     paths = Paths(home=None, root=PACK04, data=base / "data", run=base / "run",
-                  logs=base / "logs", registry=plugins_dir / "registry.json")  # fmt: skip
+                  logs=base / "logs", registry=plugins_dir / "registry.json",
+                  uid_claims=base / "uid-claims")  # fmt: skip
     sup = Supervisor(
         paths,
         Settings(python=sys.executable, fork_server=fork_server),

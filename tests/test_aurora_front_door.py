@@ -21,6 +21,7 @@ def aurora(
     *argv: str, env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AURORA_")}
+    base["AURORA_UID_CLAIMS"] = os.environ["AURORA_UID_CLAIMS"]  # conftest: never /var/lib
     return subprocess.run(
         [sys.executable, str(AURORA), *argv],
         env={**base, **(env or {})},

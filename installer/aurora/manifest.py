@@ -14,7 +14,7 @@ import jsonschema
 from aurora_common import bounded, structured
 from aurora_common.errors import InputRefused
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from aurora.errors import ManifestError
 from aurora.tree import is_excluded, walk
@@ -239,8 +239,9 @@ def _semantic_problems(data: dict[str, Any], root: Path, expected_id: str | None
     if isinstance(version, str) and version:
         try:
             Version(version)
-        except InvalidVersion:
-            problems.append(f"pack.version: {version!r} is not a PEP 440 version (e.g. 0.1.0)")
+        except ValueError:  # InvalidVersion, or a number part beyond int()'s digit limit
+            shown = repr(version) if len(version) <= 64 else repr(version[:60]) + "..."
+            problems.append(f"pack.version: {shown} is not a PEP 440 version (e.g. 0.1.0)")
     entrypoint = pack.get("entrypoint")
     if isinstance(entrypoint, dict):
         for name in ENTRYPOINTS:

@@ -830,3 +830,12 @@ def outside_process() -> Iterator[subprocess.Popen[bytes]]:
     yield proc
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uid_claims_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Plugin uids are claimed host-wide (pack04 README "Plugin identity"): every launcher
+    this session starts claims them in a temp dir, never in /var/lib/aurora."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AURORA_UID_CLAIMS", str(tmp_path_factory.mktemp("uid-claims") / "plugin-uids"))
+        yield

@@ -484,7 +484,7 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     assert entry.entrypoint is not None
     data_dir = paths.plugin_data(entry.id)
     bounds = limits.for_plugin(limits.read_settings(paths.limits), entry.id)
-    uid = identity.allocate(paths.identities, paths.identities_lock, paths.audit_log, entry.id)
+    uid = identity.for_plugin(paths, entry.id)
     gaps = []
     try:
         mounted_now = diskimage.ensure(

@@ -524,9 +524,7 @@ class Supervisor:
         if not self._digest_ok(slot):
             return
         try:
-            uid = identity.allocate(
-                self.paths.identities, self.paths.identities_lock, self.paths.audit_log, entry.id
-            )
+            uid = identity.for_plugin(self.paths, entry.id)
         except (LauncherError, OSError) as exc:
             reason = f"not started: no host identity: {exc}"
             if slot.reason != reason:
