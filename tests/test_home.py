@@ -27,3 +27,22 @@ def test_cli_uses_aurora_home_without_home_flag(env: Env, monkeypatch: pytest.Mo
     assert code == 0, env.capsys.readouterr().err
     assert (env.home / "staging" / "alpha" / "1.0.0" / "manifest.yaml").is_file()
     assert (env.home / "state.json").is_file()
+
+
+def test_the_home_and_each_packs_data_run_logs_are_roots_alone(env: Env) -> None:
+    """adv8 F8: a home another uid can traverse lets it open (so flock) installer.lock and
+    a pack's lifecycle.lock, and read state.json, audit.log and logs. Dirs an older
+    release made 0755 are narrowed."""
+    import os
+    import stat
+
+    env.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(env.home, 0o755)
+    (env.home / "logs" / "alpha").mkdir(parents=True)
+    os.chmod(env.home / "logs" / "alpha", 0o755)
+    env.make_pack("alpha")
+    assert env.run("install", "--pack", "alpha", "--approve").code == 0
+    assert stat.S_IMODE(os.stat(env.home).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(env.home / "installer.lock").st_mode) == 0o600
+    for place in ("data", "run", "logs"):
+        assert stat.S_IMODE(os.stat(env.home / place / "alpha").st_mode) == 0o700, place

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aurora_common.lock import private_dir
+
 from aurora import orphans
 from aurora.errors import ScriptError
 from aurora.home import Home
@@ -118,6 +120,9 @@ def run_entrypoint(
     """Run one of the pack's scripts (``entry``: install, start, stop, health) in the copy
     ``manifest`` was read from, with the environment contract; logs to logs/<id>/<script>.log."""
     script = manifest.script(entry)
+    for place in (home.data, home.run, home.logs):
+        # 0700 (narrowed if older): a pack's locks, sockets and logs are root's alone.
+        private_dir(place(manifest.id))
     return run_script(
         [str(script), *args],
         cwd=manifest.root,

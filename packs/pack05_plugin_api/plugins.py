@@ -40,6 +40,7 @@ from core.errors import (
 from core.loader import PluginLoader
 from core.permissions import load_policy, update_policy
 from core.registry import PluginRegistry
+from core.storage import LockBusy
 
 # Exit codes: aurora_common.cli.Exit, the table every Aurora command line shares.
 EXIT_OK = Exit.OK  # done
@@ -47,6 +48,7 @@ EXIT_FAILED = Exit.FAILED  # the operation failed (unreadable registry, I/O erro
 EXIT_INVALID = Exit.USAGE  # bad usage or invalid input: manifest, package, capability name
 EXIT_NOT_FOUND = Exit.NOT_FOUND  # unknown plugin, version or path
 EXIT_DENIED = Exit.REFUSED  # refused by the permission policy or missing grants
+EXIT_BUSY = Exit.BUSY  # a lock stayed held for storage.LOCK_WAIT seconds (the holder is named)
 PROG = "plugins.py"
 PACK_ID = "pack05_plugin_api"
 
@@ -562,6 +564,8 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_NOT_FOUND
     if isinstance(exc, PermissionDenied):
         return EXIT_DENIED
+    if isinstance(exc, LockBusy):
+        return EXIT_BUSY
     return EXIT_FAILED
 
 
@@ -584,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (PluginError, _UsageError, OSError, paths.DataLocationError) as exc:
+    except (PluginError, _UsageError, OSError, LockBusy, paths.DataLocationError) as exc:
         code = _exit_code(exc)
         if want_json:
             conventions.emit_json(_error_doc(exc, code, command))

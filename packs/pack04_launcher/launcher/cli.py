@@ -30,6 +30,7 @@ from launcher import aurora_boot  # noqa: F401
 from aurora_common import calls
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
+from aurora_common.lock import LockBusy
 
 from launcher import (
     control,
@@ -57,6 +58,7 @@ EXIT_NOT_RUNNING = Exit.NOT_RUNNING  # the launcher service is not running
 EXIT_NOT_FOUND = Exit.NOT_FOUND  # no such plugin in the registry
 EXIT_PLUGIN_FAILED = Exit.FAILED  # start: the plugin did not reach "running"; run: it failed
 EXIT_CONFLICT = Exit.BUSY  # run: the service is running this plugin already
+EXIT_BUSY = Exit.BUSY  # a lock stayed held for fsutil.LOCK_WAIT seconds (the holder is named)
 EXIT_NO_SANDBOX = Exit.NOT_FOUND  # run: pack03's sandbox cannot be found
 EXIT_SANDBOX_REFUSED = Exit.REFUSED  # run: pack03 refused to start it (its exit 125)
 EXIT_TIMEOUT = Exit.TIMEOUT  # run --timeout: the plugin was stopped at the deadline
@@ -832,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, EXIT_NOT_FOUND, str(exc))
     except LauncherError as exc:
         return _fail(args, EXIT_ERROR, str(exc))
+    except LockBusy as exc:
+        return _fail(args, EXIT_BUSY, str(exc))
     except OSError as exc:
         return _fail(args, EXIT_ERROR, f"{exc.filename or ''}: {exc.strerror}".lstrip(": "))
     except KeyboardInterrupt:

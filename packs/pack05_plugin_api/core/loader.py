@@ -34,7 +34,7 @@ from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, PluginError, StagingError
 from .permissions import recover_policy
 from .registry import REPLACED_MARK, PluginRegistry
-from .storage import fsync_dir, is_io_failure, locked, named_oserror
+from .storage import fsync_dir, is_io_failure, locked, named_oserror, private_dir
 
 __all__ = ["PluginLoader", "tree_digest"]
 
@@ -684,7 +684,8 @@ class PluginLoader:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """The staging lock, with what dead stagers and removers left settled first."""
-        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.plugins_dir)  # 0700: no other uid opens (so holds) its locks
+        self.packages_dir.mkdir(exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         with locked(self.lock_path):
             recover_policy(self.plugins_dir, actor=self.registry.actor)
@@ -758,7 +759,7 @@ class PluginLoader:
         inode) allocated, so that ``remove`` can free space on a full disk. Best effort."""
         with contextlib.suppress(OSError):  # so that a first `policy` needs no new inode
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(self.plugins_dir / "permissions.lock", flags, 0o644))
+            os.close(os.open(self.plugins_dir / "permissions.lock", flags, 0o600))
         path = self.plugins_dir / RESERVE
         want = self._reserve_size()
         try:
@@ -1006,7 +1007,8 @@ class PluginLoader:
         """
         if self.registry.get(plugin_id) is None:
             return False
-        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.plugins_dir)  # 0700: no other uid opens (so holds) its locks
+        self.packages_dir.mkdir(exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         self._make_room()
         with self._locked():

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import health, process
-from .storage import FileLock, atomic_write, is_io_failure
+from .storage import FileLock, LockBusy, atomic_write, is_io_failure
 
 __all__ = ["InboxService", "Stager", "StopSignal", "main"]
 
@@ -503,9 +503,11 @@ def _cmd_run(plugins_dir: Path, paths: health.Paths, interval: float, settle: fl
     from .registry import PluginRegistry
 
     os.makedirs(paths.run_dir, exist_ok=True)
-    lock = FileLock(paths.service_lock, blocking=False)
-    if not lock.acquire():
-        log.error("another loader service holds %s; not starting a second one", lock.path)
+    lock = FileLock(Path(paths.service_lock), 0)
+    try:
+        lock.acquire()
+    except LockBusy as exc:
+        log.error("%s; not starting a second loader service", exc)
         return EXIT_ALREADY_RUNNING
     me = health.current_identity(os.getpid())
     if me is None:

@@ -1,0 +1,127 @@
+"""Regression tests for the plugin adversary's pack05 findings (reports/adv8.md).
+
+Evidence from outside the tested code: what another uid can open (a forked child that
+drops to ``nobody``), file modes on disk, /proc/locks, exit codes.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import plugins
+import pytest
+from core import storage
+
+from pack05_testlib import make_manifest, write_package
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_home() -> Iterator[Path]:
+    """A data dir other uids can traverse down to (as <repo>/.aurora under umask 022):
+    pytest's own tmp dirs are 0700, which would hide a defect."""
+    root = Path(tempfile.mkdtemp(prefix="aurora-adv8-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def _opens_as_nobody(path: Path) -> int:
+    """0 if uid ``nobody`` can open ``path`` read-only, else the errno."""
+    pid = os.fork()
+    if pid == 0:  # child: drop to nobody, try, report through the exit status
+        code = 0
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as exc:
+            code = exc.errno or 255
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_f8_no_other_uid_can_open_pack05s_locks_or_registry(
+    open_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = open_home / "plugins"
+    pkg = write_package(open_home / "pkg", make_manifest(permissions=["fs-read"]))
+    assert plugins.main(["--data", str(data), "stage", str(pkg)]) == 0
+    assert plugins.main(["--data", str(data), "grant", "acme.echo", "fs-read"]) == 0
+    capsys.readouterr()
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    files = [p for p in data.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"registry.json", "audit.log", "staging.lock", "registry.lock"} <= names
+    for path in files:
+        if path.suffix in (".lock", ".log", ".json") and path.parent == data:
+            assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0, path
+        assert _opens_as_nobody(path) == errno.EACCES, path
+
+
+def test_f8_a_wider_plugins_dir_and_lock_of_an_older_install_are_narrowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "plugins"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    lock = data / "registry.lock"
+    lock.touch()
+    os.chmod(lock, 0o644)
+    pkg = write_package(tmp_path / "pkg", make_manifest())
+    assert plugins.main(["--data", str(data), "stage", str(pkg)]) == 0
+    capsys.readouterr()
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+
+
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_f8_a_held_lock_fails_the_command_naming_the_holder_exit_5(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "plugins"
+    pkg = write_package(tmp_path / "pkg", make_manifest())
+    assert plugins.main(["--data", str(data), "stage", str(pkg)]) == 0
+    capsys.readouterr()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(data / "registry.lock")], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        monkeypatch.setattr(storage, "LOCK_WAIT", 0.5)
+        started = time.monotonic()
+        code = plugins.main(["--data", str(data), "disable", "acme.echo", "--json"])
+        took = time.monotonic() - started
+        out, err = capsys.readouterr()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == plugins.EXIT_BUSY == 5
+    assert took < 10
+    assert f"pid {holder.pid} holds {data / 'registry.lock'}" in err
+    assert "Traceback" not in err
+    assert json.loads(out)["exit"] == 5
