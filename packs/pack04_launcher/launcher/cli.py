@@ -236,7 +236,7 @@ def _cmd_call(args: argparse.Namespace, paths: Paths) -> int:
     outcome = done[0]
     code = outcome.exit_code
     if outcome.kind == "result":
-        _emit(args, outcome.to_json(), json.dumps(outcome.value, indent=2, ensure_ascii=False))
+        _emit(args, outcome.to_json(), terminal_json(outcome.value))
         return code
     message = f"{args.plugin_id} {args.function}: {outcome.kind}: {one_line(outcome.message)}"
     _err(conventions.error_line(conventions.prog_name(PROG), message))
@@ -637,6 +637,22 @@ def escape_controls(text: str) -> str:
         else f"\\u{ord(ch):04x}"
         for ch in text
     )
+
+
+def terminal_json(value: Any) -> str:
+    """``value`` as indented JSON, readable (non-ASCII text kept) but with every
+    non-printable character (C0, C1, bidi overrides, ...) as a JSON ``\\uXXXX`` escape:
+    a plugin's result never drives the operator's terminal, and it is still valid JSON."""
+    out: list[str] = []
+    for ch in json.dumps(value, indent=2, ensure_ascii=False):
+        if ch == "\n" or ch.isprintable():
+            out.append(ch)
+        elif ord(ch) > 0xFFFF:  # JSON spells these as a UTF-16 surrogate pair
+            high, low = divmod(ord(ch) - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
 
 
 def _relay(proc: subprocess.Popen[bytes], relays: dict[int, TextIO], timeout: float | None) -> bool:
