@@ -6,6 +6,7 @@ The loader never runs plugin code.
 from __future__ import annotations
 
 import bz2
+import collections
 import contextlib
 import errno
 import gzip
@@ -168,6 +169,50 @@ def _check_link(rel: str, target: str, source: str) -> None:
         raise StagingError(f"symlink {rel!r} -> {target!r} leads out of the package", source=source)
 
 
+#: Links followed in resolving one symlink before it counts as a loop (the kernel's 40).
+_MAX_HOPS = 40
+
+
+def _check_links_resolved(links: dict[str, str], source: str) -> None:
+    """Refuse a symlink that resolves out of the package through other links in it.
+
+    ``_check_link`` is lexical: ``s -> .`` then ``esc -> s/s/../../etc/shadow`` passes it
+    (``normpath`` drops ``s/..``), while the kernel resolves ``s`` first and climbs out.
+    So resolve each link as the kernel would, with the package as the whole world:
+    every component that is itself a link in ``links`` (path -> target, relative to the
+    package root) is replaced by its target, and no ``..`` may climb above the root.
+    """
+    for rel, target in links.items():
+        where = [p for p in rel.split("/")[:-1] if p]  # its directory: real dirs (_walk)
+        todo = collections.deque(target.split("/"))
+        hops = 0
+        while todo:
+            part = todo.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not where:
+                    raise StagingError(
+                        f"symlink {rel!r} -> {target!r} leads out of the package "
+                        "(through the links in it)",
+                        source=source,
+                    )
+                where.pop()
+                continue
+            step = "/".join([*where, part])
+            if step in links:
+                hops += 1
+                if hops > _MAX_HOPS:
+                    raise StagingError(
+                        f"symlink {rel!r} -> {target!r}: more than {_MAX_HOPS} links to "
+                        "follow (a loop)",
+                        source=source,
+                    )
+                todo.extendleft(reversed(links[step].split("/")))  # relative to `where`
+                continue
+            where.append(part)
+
+
 def _special(mode: int) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "device file"
@@ -327,6 +372,8 @@ class PluginLoader:
                         nlink=st.st_nlink,
                     )
                 )
+        # Every source kind (directory, zip, tar) is walked here: links checked by resolution.
+        _check_links_resolved({e.path: e.link for e in entries if e.kind == "link"}, source)
         seen: dict[tuple[int, int], int] = {}
         for e in entries:
             if e.kind == "file" and e.nlink > 1:

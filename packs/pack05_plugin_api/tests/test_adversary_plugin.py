@@ -125,3 +125,72 @@ def test_f8_a_held_lock_fails_the_command_naming_the_holder_exit_5(
     assert f"pid {holder.pid} holds {data / 'registry.lock'}" in err
     assert "Traceback" not in err
     assert json.loads(out)["exit"] == 5
+
+
+# -- F9: symlinks checked by resolution, not lexically ----------------------------------------
+
+_ESCAPE = "s/s/s/s/../../../../etc/shadow"  # normpath: inside; the kernel: /etc/shadow
+
+
+def _chained_packages(root: Path, links: list[tuple[str, str]]) -> list[Path]:
+    """One package with ``links`` (name, target) as a directory, a .zip and a .tar.gz."""
+    from pack05_testlib import make_tar, make_zip
+
+    man = make_manifest(permissions=None)
+    pkg = write_package(root / "dir" / "acme.echo", man)
+    for name, target in links:
+        os.symlink(target, pkg / name)
+    members = [
+        ("acme.echo/manifest.json", json.dumps(man).encode(), 0o100644),
+        ("acme.echo/main.py", b"", 0o100644),
+    ]
+    zpath = make_zip(
+        root / "p.zip", [*members, *((f"acme.echo/{n}", t.encode(), 0o120777) for n, t in links)]
+    )
+    import tarfile
+
+    tar_members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (tarfile.TarInfo(name), content) for name, content, _ in members
+    ]
+    for name, target in links:
+        info = tarfile.TarInfo(f"acme.echo/{name}")
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tar_members.append((info, None))
+    return [pkg, zpath, make_tar(root / "p.tar.gz", tar_members)]
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        [("s", "."), ("esc", _ESCAPE)],  # adv8's zip: a link through a link to itself
+        [("up", "d/.."), ("d", "."), ("esc", "up/up/../etc/passwd")],
+        [("a", "b"), ("b", "a")],  # a loop
+    ],
+)
+def test_f9_a_symlink_leading_out_through_other_links_is_refused_for_every_kind(
+    tmp_path: Path, links: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "plugins"
+    for package in _chained_packages(tmp_path, links):
+        code = plugins.main(["--data", str(data), "stage", str(package)])
+        err = capsys.readouterr().err
+        assert code == plugins.EXIT_INVALID, (package, err)
+        # tarfile's data filter may refuse it first, in its words
+        assert any(w in err for w in ("leads out of the package", "a loop", "outside the dest")), (
+            err
+        )
+        assert "Traceback" not in err
+    packages = data / "packages"
+    assert not packages.exists() or not any(packages.iterdir())
+
+
+def test_f9_links_to_links_inside_the_package_still_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "plugins"
+    links = [("s", "."), ("m", "s/s/main.py"), ("n", "m")]
+    for package in _chained_packages(tmp_path, links)[:1]:
+        assert plugins.main(["--data", str(data), "stage", str(package)]) == 0
+    staged = data / "packages" / "acme.echo" / "1.0.0"
+    assert os.path.realpath(staged / "n") == str((staged / "main.py").resolve())
+    capsys.readouterr()
