@@ -120,19 +120,30 @@ def run_entrypoint(
     """Run one of the pack's scripts (``entry``: install, start, stop, health) in the copy
     ``manifest`` was read from, with the environment contract; logs to logs/<id>/<script>.log."""
     script = manifest.script(entry)
-    for place in (home.data, home.run, home.logs):
-        # 0700 (narrowed if older): a pack's locks, sockets and logs are root's alone.
-        private_dir(place(manifest.id))
-    return run_script(
-        [str(script), *args],
-        cwd=manifest.root,
-        env=script_env(home, manifest.id, manifest.version, manifest.root) | (extra_env or {}),
-        timeout=timeout,
-        log_path=home.logs(manifest.id) / f"{script.stem}.log",
-        on_output=on_output,
-        kill_group_on_exit=kill_group_on_exit,
-        marker=home.logs(manifest.id) / f".{script.stem}.running.json",
-    )
+    private_dir(home.logs(manifest.id))  # run_script makes it anyway: 0700 from the start
+    _narrow(home, manifest.id)
+    try:
+        return run_script(
+            [str(script), *args],
+            cwd=manifest.root,
+            env=script_env(home, manifest.id, manifest.version, manifest.root) | (extra_env or {}),
+            timeout=timeout,
+            log_path=home.logs(manifest.id) / f"{script.stem}.log",
+            on_output=on_output,
+            kill_group_on_exit=kill_group_on_exit,
+            marker=home.logs(manifest.id) / f".{script.stem}.running.json",
+        )
+    finally:
+        _narrow(home, manifest.id)  # what the script made itself (mkdir -p under umask 022)
+
+
+def _narrow(home: Home, pack_id: str) -> None:
+    """A pack's data, run and logs dirs that exist: 0700 (narrowed if an older release or
+    the script made them wider): its locks, sockets and logs are root's alone. Nothing
+    is created here (a dry run makes no data dir)."""
+    for place in (home.data(pack_id), home.run(pack_id), home.logs(pack_id)):
+        if place.is_dir() and not place.is_symlink():
+            private_dir(place)
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:

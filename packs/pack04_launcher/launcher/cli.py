@@ -498,7 +498,7 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
             return _fail(args, EXIT_SANDBOX_REFUSED, f"{entry.id}: refused: {why}")
         mounted_now, gaps = False, [f"{diskimage.LAYER}: {exc}"]
     try:
-        datadir.plugin_dir(data_dir, uid, uid, force=mounted_now)
+        datadir.plugin_dir(data_dir, uid, uid)
         rc, timed_out, report = _run_in(entry, paths, args, sbx, data_dir, bounds, uid)
     finally:
         if mounted_now:  # the service mounts it again at its next start
