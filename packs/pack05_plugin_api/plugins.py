@@ -50,6 +50,11 @@ EXIT_NOT_FOUND = Exit.NOT_FOUND  # unknown plugin, version or path
 EXIT_DENIED = Exit.REFUSED  # refused by the permission policy or missing grants
 EXIT_BUSY = Exit.BUSY  # a lock stayed held for storage.LOCK_WAIT seconds (the holder is named)
 PROG = "plugins.py"
+#: What "disabled" means for the processes (adv8 F6): the registry says so at once; pack04's
+#: launcher sees it at its next registry check (1 s) and stops the plugin's whole tree
+#: (TERM, then KILL after its 5 s stop grace). A script that then touches the data dir
+#: waits for `aurora launcher list` to show it stopped.
+STOPPED_WITHIN = "pack04's launcher stops its processes within about 10 s"
 PACK_ID = "pack05_plugin_api"
 
 
@@ -321,7 +326,11 @@ def _cmd_enable(args: argparse.Namespace) -> int:
 def _cmd_disable(args: argparse.Namespace) -> int:
     if not _registry(args).disable(args.id):
         raise UnknownPlugin(args.id)
-    _emit(args, {"ok": True, "id": args.id, "enabled": False}, f"disabled: {args.id}")
+    _emit(
+        args,
+        {"ok": True, "id": args.id, "enabled": False},
+        f"disabled: {args.id}; {STOPPED_WITHIN}",
+    )
     return EXIT_OK
 
 
@@ -346,7 +355,9 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     result = _registry(args).revoke(args.id, args.capabilities)
     text = f"revoked from {args.id}: {', '.join(result['revoked']) or 'nothing'}"
     if result["disabled"]:
-        text += f"\ndisabled: {args.id} (its active version needs a revoked grant)"
+        text += (
+            f"\ndisabled: {args.id} (its active version needs a revoked grant); {STOPPED_WITHIN}"
+        )
     _emit(args, {"ok": True, "id": args.id, **result}, text)
     return EXIT_OK
 

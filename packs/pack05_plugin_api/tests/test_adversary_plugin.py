@@ -194,3 +194,27 @@ def test_f9_links_to_links_inside_the_package_still_stage(
     staged = data / "packages" / "acme.echo" / "1.0.0"
     assert os.path.realpath(staged / "n") == str((staged / "main.py").resolve())
     capsys.readouterr()
+
+
+# -- F6: "disabled" says when the processes are gone -------------------------------------------
+
+
+def test_f6_disable_says_the_processes_stop_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The registry changes at once; the launcher stops the processes after it (up to the
+    stop grace): the operator is told so, not only "disabled"."""
+    data = tmp_path / "plugins"
+    pkg = write_package(tmp_path / "pkg", make_manifest(permissions=["network"]))
+    assert plugins.main(["--data", str(data), "stage", str(pkg)]) == 0
+    assert plugins.main(["--data", str(data), "grant", "acme.echo", "network"]) == 0
+    assert plugins.main(["--data", str(data), "enable", "acme.echo"]) == 0
+    capsys.readouterr()
+    assert plugins.main(["--data", str(data), "disable", "acme.echo"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("disabled: acme.echo; ") and "stops its processes within" in out
+    assert plugins.main(["--data", str(data), "enable", "acme.echo"]) == 0
+    capsys.readouterr()
+    assert plugins.main(["--data", str(data), "revoke", "acme.echo", "network"]) == 0
+    out = capsys.readouterr().out
+    assert "disabled: acme.echo (its active version" in out and "stops its processes" in out
