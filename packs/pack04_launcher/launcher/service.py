@@ -93,7 +93,7 @@ def _service_lock(path: Path) -> Iterator[None]:
         lock.acquire()
     except LockBusy as exc:
         who = f" (pid {exc.holder})" if exc.holder else ""
-        raise ServiceError(f"{path}: another launcher service{who} holds this run dir") from exc
+        raise ServiceError(f"{path}: another launcher service holds this run dir{who}") from exc
     try:
         yield
     finally:
