@@ -2,17 +2,19 @@
 
 The lock file is never deleted and acquiring it writes nothing, so every locking
 command (uninstall, which frees space, included) works on a full disk; the holder
-is named from /proc/locks (``aurora_common.lock``). The home is made (or narrowed to)
-0700 before the lock is taken: a lock file another uid can open is a lock it can hold.
+is named from /proc/locks (``aurora_common.lock``). The home is closed to other uids
+(``Home.secure``) before the lock is taken: a lock file another uid can open is a lock
+it can hold.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from aurora_common.lock import FileLock, LockBusy, holder_of, private_dir
+from aurora_common.lock import FileLock, LockBusy, holder_of
 
 from aurora.errors import LockBusyError
+from aurora.home import Home
 
 
 def read_holder(path: Path) -> int | None:
@@ -24,9 +26,9 @@ class InstallerLock(FileLock):
     """Exclusive flock on ``path``, waited for up to ``wait`` seconds."""
 
     def acquire(self) -> None:
-        # The lock's directory is the home: 0700, so no other uid (a plugin's included)
-        # opens installer.lock, state.json, audit.log or any pack's data, run and logs.
-        private_dir(self.path.parent)
+        # The lock's directory is the home: closed to other uids (a plugin's included)
+        # before anything in it is opened (Home.secure).
+        Home(self.path.parent).secure()
         try:
             super().acquire()
         except LockBusy as exc:

@@ -138,12 +138,14 @@ def run_entrypoint(
 
 
 def _narrow(home: Home, pack_id: str) -> None:
-    """A pack's data, run and logs dirs that exist: 0700 (narrowed if an older release or
-    the script made them wider): its locks, sockets and logs are root's alone. Nothing
-    is created here (a dry run makes no data dir)."""
-    for place in (home.data(pack_id), home.run(pack_id), home.logs(pack_id)):
-        if place.is_dir() and not place.is_symlink():
-            private_dir(place)
+    """A pack's data, run and logs dirs that exist, narrowed (an older release or the
+    script's mkdir -p under umask 022 made them 0755): nobody else lists or writes them;
+    data and run keep at most search (0711: the pack may let a uid reach a socket or a
+    plugin its own dir by name), logs 0700. Nothing is created (a dry run makes no data)."""
+    for place, mode in ((home.data, 0o711), (home.run, 0o711), (home.logs, 0o700)):
+        path = place(pack_id)
+        if path.is_dir() and not path.is_symlink():
+            private_dir(path, mode)
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:
