@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,17 +105,26 @@ class Home:
         """
         from aurora_common.lock import private_dir
 
-        private_dir(self.root, 0o711)
+        private_dir(self.root, 0o711)  # a home that cannot be made fails the command
+        # Narrowing is best effort: an immutable audit.log or a read-only tree must not
+        # turn every command into an error (their own checks say what is wrong).
         for name, mode in TREE_MODES.items():
             path = self.root / name
-            if path.is_dir() and not path.is_symlink():
-                private_dir(path, mode)
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    private_dir(path, mode)
+            except OSError as exc:
+                log.warning("%s: not narrowed to %o: %s", path, mode, exc.strerror or exc)
         for name in ("state.json", "state.json.bak", "audit.log"):
             path = self.root / name
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 st = os.lstat(path)
                 if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
                     os.chmod(path, 0o600)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("%s: not narrowed to 600: %s", path, exc.strerror or exc)
 
 
 #: The most each directory of the home may allow (``Home.secure``); a pack's own
