@@ -308,9 +308,10 @@ class InboxService:
             try:
                 result = self.stager.stage_package(path)
             except Exception as exc:
-                if is_io_failure(exc):
-                    # Disk full, I/O error: not the package's fault. It stays in the inbox
-                    # and is tried again later, never quarantined.
+                if is_io_failure(exc) or isinstance(exc, LockBusy):
+                    # Disk full, I/O error, a lock held past storage.LOCK_WAIT: not the
+                    # package's fault. It stays in the inbox and is tried again later,
+                    # never quarantined.
                     self._note_error(name, f"{type(exc).__name__}: {exc}")
                     self._retry_at[name] = time.monotonic() + max(IO_RETRY_SECONDS, self.interval)
                     log.error("could not stage inbox/%s (retried later): %s", name, exc)

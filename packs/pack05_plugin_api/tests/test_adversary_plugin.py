@@ -218,3 +218,36 @@ def test_f6_disable_says_the_processes_stop_later(
     assert plugins.main(["--data", str(data), "revoke", "acme.echo", "network"]) == 0
     out = capsys.readouterr().out
     assert "disabled: acme.echo (its active version" in out and "stops its processes" in out
+
+
+def test_f8_a_busy_lock_keeps_an_inbox_package_for_later_never_quarantined(
+    tmp_path: Path,
+) -> None:
+    """The bounded lock wait ends in LockBusy: the loader service retries the package
+    (as after a full disk), it does not call it broken."""
+    from core import health, service
+    from core.errors import PluginError
+
+    class Busy:
+        def stage_package(self, path: Path) -> dict[str, object]:
+            raise storage.LockBusy("pid 1 holds staging.lock; waited 60 s", path, 1)
+
+    data = tmp_path / "plugins"
+    (data / "inbox").mkdir(parents=True)
+    pkg = write_package(data / "inbox" / "acme.echo", make_manifest())
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = health.Paths(root, str(tmp_path / "d"), str(run_dir), str(tmp_path / "logs"))
+    svc = service.InboxService(
+        data,
+        paths,
+        Busy(),  # type: ignore[arg-type]
+        interval=0.01,
+        settle=0.0,
+        is_refusal=lambda exc: isinstance(exc, PluginError),
+    )
+    svc.scan_once()
+    assert pkg.is_dir()
+    quarantine = data / "quarantine"
+    assert not quarantine.exists() or os.listdir(quarantine) == []
