@@ -134,7 +134,7 @@ class State:
 
     def save(self) -> None:
         """Replace state.json atomically, then its mirror state.json.bak."""
-        atomic_write_json(self.path, self.document)
+        atomic_write_json(self.path, self.document, 0o600)  # root's alone (Home.secure)
         keep_backup(self.path)
 
 
@@ -148,7 +148,7 @@ def keep_backup(path: Path) -> None:
     """
     backup = path.with_name(path.name + ".bak")
     try:
-        atomic_write_bytes(backup, path.read_bytes())
+        atomic_write_bytes(backup, path.read_bytes(), 0o600)
     except OSError as exc:
         log.warning("%s not kept: %s; removed it", backup, exc.strerror or exc)
         with suppress(OSError):

@@ -50,6 +50,7 @@ with conventions.damage_is_one_line(__name__):  # a damaged installed copy: no t
     from core.loader import PluginLoader
     from core.permissions import load_policy, update_policy
     from core.registry import PluginRegistry
+    from core.storage import LockBusy
 
 # Exit codes: aurora_common.cli.Exit, the table every Aurora command line shares.
 EXIT_OK = Exit.OK  # done
@@ -57,7 +58,13 @@ EXIT_FAILED = Exit.FAILED  # the operation failed (unreadable registry, I/O erro
 EXIT_INVALID = Exit.USAGE  # bad usage or invalid input: manifest, package, capability name
 EXIT_NOT_FOUND = Exit.NOT_FOUND  # unknown plugin, version or path
 EXIT_DENIED = Exit.REFUSED  # refused by the permission policy or missing grants
+EXIT_BUSY = Exit.BUSY  # a lock stayed held for storage.LOCK_WAIT seconds (the holder is named)
 PROG = "plugins.py"
+#: What "disabled" means for the processes (adv8 F6): the registry says so at once; pack04's
+#: launcher sees it at its next registry check (1 s) and stops the plugin's whole tree
+#: (TERM, then KILL after its 5 s stop grace). A script that then touches the data dir
+#: waits for `aurora launcher list` to show it stopped.
+STOPPED_WITHIN = "pack04's launcher stops its processes within about 10 s"
 PACK_ID = "pack05_plugin_api"
 
 
@@ -329,7 +336,11 @@ def _cmd_enable(args: argparse.Namespace) -> int:
 def _cmd_disable(args: argparse.Namespace) -> int:
     if not _registry(args).disable(args.id):
         raise UnknownPlugin(args.id)
-    _emit(args, {"ok": True, "id": args.id, "enabled": False}, f"disabled: {args.id}")
+    _emit(
+        args,
+        {"ok": True, "id": args.id, "enabled": False},
+        f"disabled: {args.id}; {STOPPED_WITHIN}",
+    )
     return EXIT_OK
 
 
@@ -354,7 +365,9 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     result = _registry(args).revoke(args.id, args.capabilities)
     text = f"revoked from {args.id}: {', '.join(result['revoked']) or 'nothing'}"
     if result["disabled"]:
-        text += f"\ndisabled: {args.id} (its active version needs a revoked grant)"
+        text += (
+            f"\ndisabled: {args.id} (its active version needs a revoked grant); {STOPPED_WITHIN}"
+        )
     _emit(args, {"ok": True, "id": args.id, **result}, text)
     return EXIT_OK
 
@@ -572,6 +585,8 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_NOT_FOUND
     if isinstance(exc, PermissionDenied):
         return EXIT_DENIED
+    if isinstance(exc, LockBusy):
+        return EXIT_BUSY
     return EXIT_FAILED
 
 
@@ -594,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (PluginError, _UsageError, OSError, paths.DataLocationError) as exc:
+    except (PluginError, _UsageError, OSError, LockBusy, paths.DataLocationError) as exc:
         code = _exit_code(exc)
         if want_json:
             conventions.emit_json(_error_doc(exc, code, command))
