@@ -38,7 +38,7 @@ def _ends_with_newline(fd: int, size: int) -> bool:
     return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
 
 
-def append_record(path: Path, record: dict[str, Any], mode: int = 0o644) -> None:
+def append_record(path: Path, record: dict[str, Any], mode: int = 0o600) -> None:
     """Append ``record`` to ``path`` durably (created if missing).
 
     Raises OSError naming ``path`` (errno kept, e.g. ENOSPC) when the record could
