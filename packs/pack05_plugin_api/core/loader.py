@@ -35,6 +35,7 @@ from .errors import ManifestError, PluginError, StagingError
 from .permissions import recover_policy
 from .registry import REPLACED_MARK, PluginRegistry
 from .storage import fsync_dir, is_io_failure, locked, named_oserror
+from .txn import left_behind
 
 __all__ = ["PluginLoader", "tree_digest"]
 
@@ -725,9 +726,13 @@ class PluginLoader:
 
     def needs_recovery(self) -> bool:
         """Whether an interrupted change or removal waits to be settled (cheap: no lock)."""
-        for marker in ("registry.json.txn", "permissions.json.txn"):
-            if os.path.lexists(self.plugins_dir / marker):
-                return True
+        try:
+            names = os.listdir(self.plugins_dir)  # one read for every file's leftovers
+        except OSError:
+            return False
+        policy = self.plugins_dir / "permissions.json"
+        if self.registry.left_behind(names) or left_behind(policy, names):
+            return True
         try:
             return any(n.startswith(_TOMB) for n in os.listdir(self.staging_dir))
         except OSError:

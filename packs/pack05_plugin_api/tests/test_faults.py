@@ -38,7 +38,7 @@ from typing import Any
 import plugins
 import pytest
 from core import health, service
-from core.audit import read_audit
+from core.audit import read_audit, read_audit_raw
 from core.errors import PluginError
 from core.loader import PluginLoader
 from core.registry import PluginRegistry
@@ -75,6 +75,19 @@ def effective_audit(data: Path) -> list[tuple[str, str | None]]:
     return [(e["action"], e["id"]) for e in read_audit(data / "audit.log")]
 
 
+def assert_one_outcome_each(data: Path) -> None:
+    """Every change whose records were written has exactly one outcome, commit or abort:
+    none would leave a change in flight for ever, two would count it twice."""
+    outcomes: dict[str, list[str]] = {}
+    for record in read_audit_raw(data / "audit.log"):
+        if "txn" in record:
+            got = outcomes.setdefault(record["txn"], [])
+            if record["action"] in ("commit", "abort"):
+                got.append(record["action"])
+    wrong = {txn: got for txn, got in outcomes.items() if len(got) != 1}
+    assert wrong == {}, f"changes without exactly one outcome: {wrong}"
+
+
 def settle(data: Path) -> None:
     """What the next command does first: outcomes recorded, removals and stagings settled."""
     PluginLoader(data).recover(always=True)
@@ -92,6 +105,9 @@ def check(scenario: Scenario, data: Path, old: dict[str, Any], old_audit: list[A
     staging = data / "staging"
     assert not staging.exists() or os.listdir(staging) == []
     assert not list(data.glob("*.txn"))
+    # nothing a killed writer left: temp files, a decided content not placed
+    assert not list(data.glob(".*.tmp")) and not list(data.glob("*.txn.new"))
+    assert_one_outcome_each(data)
     if now == old:
         assert audit == old_audit
         return "old"
