@@ -231,6 +231,18 @@ def _open_archive(src: Path, source: str) -> Iterator[BinaryIO]:
         yield f
 
 
+def _symlink(link: str, target: Path) -> None:
+    """Create a symlink; an error names the link written (OSError's first name would be
+    the text it points to)."""
+    try:
+        os.symlink(link, target)
+    except OSError as exc:
+        if is_io_failure(exc):
+            raise named_oserror(exc, "write", target) from None
+        exc.filename, exc.filename2 = str(target), None  # the place _refused_by_the_fs shows
+        raise
+
+
 @contextlib.contextmanager
 def _refused_by_the_fs(tree: Path, source: str) -> Iterator[None]:
     """A name or layout the file system refuses while the package is written out or
@@ -240,6 +252,8 @@ def _refused_by_the_fs(tree: Path, source: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if is_io_failure(exc) and not exc.filename:  # a write without a name: say where
+            raise named_oserror(exc, "write into", tree) from None
         if is_io_failure(exc) or exc.errno in (errno.EACCES, errno.EPERM) or exc.errno is None:
             raise
         where = ""
@@ -393,7 +407,7 @@ class PluginLoader:
             if e.kind == "dir":
                 target.mkdir(mode=0o755)
             elif e.kind == "link":
-                os.symlink(e.link, target)
+                _symlink(e.link, target)
             else:
                 self._copy_file(src / e.path, target, e, source)
         return entries
@@ -495,7 +509,7 @@ class PluginLoader:
                         raise StagingError(f"member {rel!r}: {exc}", source=source) from None
                     _check_link(rel, link, source)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(link, target)
+                    _symlink(link, target)
                 else:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     self._extract_zip_member(zf, info, target, rel, source)
@@ -574,7 +588,15 @@ class PluginLoader:
                     tarfile.data_filter(member, str(dest))
                 self._check_trailer(tf, source)
                 dest.mkdir()
-                tf.extractall(dest, members=members, filter="data")
+                for member in members:  # one at a time: a failing write names its member
+                    try:
+                        # directories as extractall leaves them (their mode is not the
+                        # archive's: the data filter), so that their members can be written
+                        tf.extract(member, dest, set_attrs=not member.isdir(), filter="data")
+                    except OSError as exc:
+                        if is_io_failure(exc):  # tarfile's writes carry no file name
+                            raise named_oserror(exc, "write", dest / member.name) from None
+                        raise
             except tarfile.FilterError as exc:
                 raise StagingError(f"refused archive member: {exc}", source=source) from None
             except (tarfile.TarError, EOFError, zlib.error, RecursionError) as exc:
