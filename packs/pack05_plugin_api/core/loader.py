@@ -13,11 +13,13 @@ import hashlib
 import logging
 import lzma
 import os
+import re
 import shutil
 import stat
 import struct
 import tarfile
 import tempfile
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -51,6 +53,9 @@ MAX_TAR_META_TOTAL = 16 * 2**20
 _MAX_TAR_TRAILER = 1 << 20
 # staging/rm~<id>[~<version dir>]: a plugin or version being removed (see ``remove``).
 _TOMB = "rm~"
+# staging/del~<tomb>~<unique>: what a decided removal left; only ever deleted, and never
+# in the way of the next removal of the same plugin (its name is its own).
+_DEBRIS = "del~"
 # plugins/space.reserve*: space and inodes kept free so that ``remove`` works on a full disk.
 RESERVE = "space.reserve"
 _RESERVE_MIN = 64 * 1024
@@ -262,6 +267,66 @@ def _refused_by_the_fs(tree: Path, source: str) -> Iterator[None]:
             shown = rel if not rel.startswith("..") else exc.filename
             where = f" {shown[:200]!r}" + ("..." if len(shown) > 200 else "")
         raise StagingError(f"cannot write{where}: {exc.strerror}", source=source) from None
+
+
+def _mounts_under(root: str) -> set[str]:
+    """The mount points at or below ``root`` (a real path); empty when none can be read."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return set()
+    found: set[str] = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:  # field 5 is the mount point, with \ooo escapes
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])
+            if point == root or point.startswith(root + "/"):
+                found.add(point)
+    return found
+
+
+def delete_tree(root: Path) -> list[str]:
+    """Delete ``root`` and all in it, never into a file system mounted inside (its files
+    are not ours); return what could not be deleted, each as ``<full path>: <why>``."""
+    problems: list[str] = []
+
+    def failed(func: Any, path: str, exc_info: Any) -> None:
+        exc = exc_info[1]
+        if func is os.rmdir and getattr(exc, "errno", None) == errno.ENOTEMPTY and problems:
+            return  # not empty because of what is reported already
+        problems.append(f"{path}: {getattr(exc, 'strerror', None) or exc}")
+
+    if not os.path.lexists(root):
+        return problems
+    real = os.path.realpath(root)
+    mounts = _mounts_under(real)
+
+    def delete(path: str) -> None:
+        if path in mounts:
+            problems.append(f"{path}: a file system is mounted here (unmount it)")
+            return
+        if not any(m.startswith(path + "/") for m in mounts):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, onerror=failed)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError as exc:
+                    failed(os.unlink, path, (type(exc), exc, None))
+            return
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            failed(os.listdir, path, (type(exc), exc, None))
+            return
+        for name in names:
+            delete(os.path.join(path, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # not empty: the mount inside is reported
+
+    delete(real)
+    return problems
 
 
 class PluginLoader:
@@ -677,7 +742,7 @@ class PluginLoader:
             if name.startswith(_TOMB):
                 self._settle_tomb(name)
             else:
-                shutil.rmtree(self.staging_dir / name, ignore_errors=True)
+                self._report_left(delete_tree(self.staging_dir / name))
 
     def _tomb_name(self, plugin_id: str, rel: str | None) -> str:
         """``rm~<id>`` for a whole plugin, ``rm~<id>~<version dir>`` for one version."""
@@ -700,9 +765,34 @@ class PluginLoader:
             fsync_dir(dest.parent)
             log.warning("rolled back an interrupted removal: %s is registered", dest)
             return
-        shutil.rmtree(tomb, ignore_errors=True)  # unregistered: finish the removal
-        if not os.path.lexists(tomb):
+        if self._discard(tomb):  # unregistered: finish the removal
             log.info("finished an interrupted removal of %s", name[len(_TOMB) :])
+
+    def _discard(self, tomb: Path) -> bool:
+        """Delete the tomb of a decided removal; True when nothing is left.
+
+        It is first renamed to a name of its own (``del~``), so that what cannot be
+        deleted (an immutable file, a mount inside) never blocks a later removal of the
+        same plugin; each such file is named, with its full path, in a warning.
+        """
+        debris = self.staging_dir / f"{_DEBRIS}{tomb.name[len(_TOMB) :]}~{uuid.uuid4().hex[:12]}"
+        try:
+            os.rename(tomb, debris)
+        except OSError:
+            debris = tomb  # delete it where it is
+        left = delete_tree(debris)
+        self._report_left(left)
+        return not left
+
+    @staticmethod
+    def _report_left(left: list[str]) -> None:
+        if left:
+            shown = "; ".join(left[:5]) + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
+            log.warning(
+                "warning: could not delete what a removal or a staging left (it is in "
+                "nobody's way; delete it by hand): %s",
+                shown,
+            )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -1055,7 +1145,8 @@ class PluginLoader:
                     self._settle_tomb(tomb.name)  # still registered: put back
                 raise
             # Unregistered (audited): what follows only tidies up, and never fails the removal.
-            shutil.rmtree(tomb, ignore_errors=True)
+            if os.path.lexists(tomb):
+                self._discard(tomb)
             with contextlib.suppress(OSError):
                 if not whole and id_dir.is_dir() and not any(id_dir.iterdir()):
                     id_dir.rmdir()
