@@ -846,7 +846,7 @@ class PluginLoader:
         if self.registry.left_behind(names) or left_behind(policy, names):
             return True
         try:
-            return any(n.startswith(_TOMB) for n in os.listdir(self.staging_dir))
+            return any(n.startswith((_TOMB, _DEBRIS)) for n in os.listdir(self.staging_dir))
         except OSError:
             return False
 

@@ -353,12 +353,17 @@ class PluginRegistry:
             fragments[pid] = (record, line[len(prefix) :].rstrip(","))
         return fragments
 
-    def _parse(self, raw: bytes, *, frozen: bool) -> tuple[Data, str]:
+    def _parse(self, raw: bytes, *, frozen: bool, strict: bool = True) -> tuple[Data, str]:
+        """Parse and check the whole file; ``strict`` (a file not known good): a key twice
+        or NaN is refused too (slower: a file this module wrote has neither)."""
         try:
             text = raw.decode("utf-8")
             # For readers, read-only from the start: list() shares it without building a
             # second (frozen) copy. A writer needs no views: the plain parse is cheaper.
-            data = loads_frozen(text) if frozen else loads_strict(text)
+            if frozen:
+                data = loads_frozen(text, strict=strict)
+            else:
+                data = loads_strict(text) if strict else json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
         return self._check(data), text
@@ -412,7 +417,9 @@ class PluginRegistry:
             if os.path.lexists(self.backup_path):
                 raise self._corrupt("the file is missing but a backup exists") from None
             return _Snapshot(key=(), data={"schema": REGISTRY_SCHEMA, "plugins": {}})
-        data, text = self._parse(raw, frozen=frozen)
+        # Known good before and after the read: the same file this module wrote.
+        strict = not (self._known_good(key) and self._stat_key_now() == key)
+        data, text = self._parse(raw, frozen=frozen, strict=strict)
         self._snapshot = _Snapshot(key=key, data=data, text=text)
         return self._snapshot
 
@@ -482,6 +489,12 @@ class PluginRegistry:
     # has not changed since: ``registry.json.checked`` holds its (device, inode, size,
     # mtime, ctime), and any change of the file (a hand edit, a copy) changes its ctime.
     # Only a cache: missing, stale or damaged, the full read checks the file instead.
+
+    def _stat_key_now(self) -> tuple[int, ...]:
+        try:
+            return _stat_key(os.lstat(self.path))
+        except OSError:
+            return ()
 
     def _known_good(self, key: tuple[int, ...]) -> bool:
         try:

@@ -229,25 +229,27 @@ def test_show_refuses_a_registry_that_list_refuses(
     assert code == 1 and str(path) in err, out
 
 
-def test_show_of_a_file_this_module_wrote_reads_one_line_only(
+def test_a_file_this_module_wrote_is_read_fast_and_any_other_is_checked_whole(
     two: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fast path stays: a cold ``get`` of a registry we wrote parses no other record;
-    after a hand edit (even to identical bytes) it checks the whole file once more."""
-    calls: list[int] = []
+    """The fast paths stay: a cold ``get`` of a registry we wrote parses no other record,
+    a cold ``list`` of it skips the strict (duplicate-refusing) parse; after a hand edit
+    (even to identical bytes) ``get`` checks the whole file, strictly."""
+    calls: list[bool] = []
     real = PluginRegistry._parse
 
-    def counting(self: PluginRegistry, raw: bytes, *, frozen: bool) -> Any:
-        calls.append(1)
-        return real(self, raw, frozen=frozen)
+    def counting(self: PluginRegistry, raw: bytes, *, frozen: bool, strict: bool = True) -> Any:
+        calls.append(strict)
+        return real(self, raw, frozen=frozen, strict=strict)
 
     monkeypatch.setattr(PluginRegistry, "_parse", counting)
     record = PluginRegistry(two).get("acme.a")
     assert record is not None and record["enabled"] is True and calls == []
+    assert "acme.b" in PluginRegistry(two).list() and calls == [False]
     text = (two / "registry.json").read_bytes()
     (two / "registry.json").unlink()
     (two / "registry.json").write_bytes(text)  # same bytes, not known good any more
-    assert PluginRegistry(two).get("acme.a") == record and calls == [1]
+    assert PluginRegistry(two).get("acme.a") == record and calls == [False, True]
 
 
 def test_a_damaged_or_stale_known_good_record_only_costs_a_full_read(
