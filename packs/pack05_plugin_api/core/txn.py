@@ -35,10 +35,12 @@ it. Killed before it, ``recover`` records the ``abort``: nothing had changed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -110,8 +112,13 @@ def _txn_actions(audit: Path, txn: str, start: int) -> list[str]:
     key = txn.encode("ascii")
     actions: list[str] = []
     try:
-        with open(audit, "rb") as f:
-            if os.fstat(f.fileno()).st_size >= start:
+        # never blocks on a FIFO put in its place: a damaged log is an error naming it
+        fd = os.open(audit, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if st.st_size >= start:
                 f.seek(start)  # else the log was cut or replaced: read it all
             for line in f:
                 if key not in line:
