@@ -56,6 +56,7 @@ _TOMB = "rm~"
 # staging/del~<tomb>~<unique>: what a decided removal left; only ever deleted, and never
 # in the way of the next removal of the same plugin (its name is its own).
 _DEBRIS = "del~"
+_REPORTED: set[str] = set()  # leftovers already named by this process
 # plugins/space.reserve*: space and inodes kept free so that ``remove`` works on a full disk.
 RESERVE = "space.reserve"
 _RESERVE_MIN = 64 * 1024
@@ -786,6 +787,8 @@ class PluginLoader:
 
     @staticmethod
     def _report_left(left: list[str]) -> None:
+        left = [p for p in left if p not in _REPORTED]  # once a process: every command tries
+        _REPORTED.update(left)
         if left:
             shown = "; ".join(left[:5]) + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
             log.warning(
