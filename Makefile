@@ -44,7 +44,10 @@ shellcheck: $(STAMP)
 pytest: $(STAMP) sysdeps
 	$(PY) -m pytest -q
 
-test: lint typecheck shellcheck pytest
+# Ends with its own duration (the README quotes it from there, not by hand).
+test:
+	@start=$$(date +%s); $(MAKE) --no-print-directory lint typecheck shellcheck pytest && \
+		echo "make test passed in $$(( $$(date +%s) - start )) s"
 
 # Pin the sha256 of every artifact of every pack in this repository (after editing one;
 # tests/test_sealed.py fails until then).

@@ -103,7 +103,8 @@ def show(result: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"plugins ({plugins['pack']} {plugins['version']}):")
         rows = (plugins["result"] or {}).get("plugins", [])
-        lines += [_plugin_line(p) for p in rows] or ["  none staged"]
+        unknown = plugins["result"] is None  # the pack's command failed: nothing is known
+        lines += [_plugin_line(p) for p in rows] or ["  unknown" if unknown else "  none staged"]
         if plugins["error"]:
             lines.append(f"  error: {plugins['error']}")
     launcher = result["launcher"]

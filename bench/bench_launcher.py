@@ -67,6 +67,22 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: each shared page divided among the processes mapping it.
+
+    The sandbox's per-plugin processes are forks of its fork server and share most of
+    their pages with it (copy-on-write), which RSS counts in full in every one of them.
+    """
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def _write_registry(plugins_dir: Path, n: int) -> None:
     doc: dict[str, object] = {"schema": "aurora-plugin-registry-v1", "plugins": {}}
     plugins: dict[str, object] = {}
@@ -109,11 +125,15 @@ class _Run:
     mode: str = "?"
 
     def own_pids(self) -> list[int]:
-        """The supervisor, its fork server and the server's spares (not the plugins)."""
+        """The supervisor, its fork server, and the server's processes per plugin (not
+        the plugins): its spare, and for each plugin its waiter (the server's child)
+        and the PID namespace's init (the waiter's child, the plugin's parent)."""
         if self.server is None:
             return [self.svc.pid]
-        spares = [p for p in _children(self.server) if p not in self.pids]
-        return [self.svc.pid, self.server, *spares]
+        plugins = set(self.pids)
+        forks = [p for p in _children(self.server) if p not in plugins]
+        forks += [c for p in forks for c in _children(p) if c not in plugins]
+        return [self.svc.pid, self.server, *forks]
 
 
 def _children(pid: int) -> list[int]:
@@ -130,6 +150,7 @@ def _start(base: Path, n: int, sandbox_root: Path) -> _Run:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "AURORA_PACK_DATA": str(base / "data"),
+        "AURORA_UID_CLAIMS": str(base / "uid-claims"),  # not the host's /var/lib/aurora
         "AURORA_PACK_RUN": str(base / "run"),
         "AURORA_PACK_LOGS": str(base / "logs"),
         "AURORA_PLUGIN_REGISTRY": str(plugins_dir / "registry.json"),
@@ -183,6 +204,7 @@ class _Samples:
     cpu_ms_per_s: list[float] = field(default_factory=list)  # one per 1 s sample
     cpu_ns_total: int = 0
     rss_kib: list[int] = field(default_factory=list)
+    pss_kib: list[int] = field(default_factory=list)
 
 
 def _sample(runs: list[_Run]) -> tuple[dict[int, _Samples], _Samples, float]:
@@ -208,10 +230,13 @@ def _sample(runs: list[_Run]) -> tuple[dict[int, _Samples], _Samples, float]:
             d = cur_sup[r.n] - prev_sup[r.n]
             sups[r.n].cpu_ms_per_s.append(d / 1e6 / dt)
             sups[r.n].cpu_ns_total += d
-            sups[r.n].rss_kib.append(sum(_rss_kib(p) for p in r.own_pids()))
+            own = r.own_pids()
+            sups[r.n].rss_kib.append(sum(_rss_kib(p) for p in own))
+            sups[r.n].pss_kib.append(sum(_pss_kib(p) for p in own))
         plugins.cpu_ms_per_s.append((cur_plug - prev_plug) / 1e6 / dt)
         plugins.cpu_ns_total += cur_plug - prev_plug
         plugins.rss_kib.append(sum(_rss_kib(p) for p in plugin_pids))
+        plugins.pss_kib.append(sum(_pss_kib(p) for p in plugin_pids))
         prev_sup, prev_plug, prev_t = cur_sup, cur_plug, now
     return sups, plugins, time.monotonic() - t0
 
@@ -239,7 +264,8 @@ def _supervisor(base: Path, sandbox_root: Path, fork_server: bool) -> Any:
     }  # fmt: skip
     (plugins_dir / "registry.json").write_text(json.dumps(doc))
     paths = Paths(home=None, root=PACK04, data=base / "data", run=base / "run",
-                  logs=base / "logs", registry=plugins_dir / "registry.json")  # fmt: skip
+                  logs=base / "logs", registry=plugins_dir / "registry.json",
+                  uid_claims=base / "uid-claims")  # fmt: skip
     sup = Supervisor(
         paths,
         Settings(python=sys.executable, fork_server=fork_server),
@@ -371,16 +397,19 @@ def _report(
     base, full = sups[0], sups[N_PLUGINS]
     mean = {n: s.cpu_ns_total / 1e6 / window for n, s in sups.items()}  # CPU ms per s
     rss = {n: statistics.median(s.rss_kib) / 1024 for n, s in sups.items()}  # MiB
+    pss = {n: statistics.median(s.pss_kib) / 1024 for n, s in sups.items()}  # MiB
     per_plugin_cpu_us = (mean[N_PLUGINS] - mean[0]) * 1000 / N_PLUGINS
     per_plugin_rss_kib = (rss[N_PLUGINS] - rss[0]) * 1024 / N_PLUGINS
+    per_plugin_pss_kib = (pss[N_PLUGINS] - pss[0]) * 1024 / N_PLUGINS
     plug_rss_each = statistics.median(plugins.rss_kib) / N_PLUGINS
+    plug_pss_each = statistics.median(plugins.pss_kib) / N_PLUGINS
     med_full, med_base = statistics.median(full.cpu_ms_per_s), statistics.median(base.cpu_ms_per_s)
     sandbox_name = "pack03 sandbox" if real else "TEST-ONLY passthrough sandbox (pack03 absent)"
 
     def row(name: str, s: _Samples, n: int) -> str:
         return (
             f"| {name} | {statistics.median(s.cpu_ms_per_s):.3f} | {mean[n]:.3f} | "
-            f"{100 * mean[n] / 1000:.3f} | {rss[n]:.1f} |"
+            f"{100 * mean[n] / 1000:.3f} | {rss[n]:.1f} | {pss[n]:.1f} |"
         )
 
     out = [
@@ -393,24 +422,30 @@ def _report(
         "heartbeat 2 s) run side by side in the same seconds: the baseline supervises "
         f"no plugin, the other {N_PLUGINS} idle Python plugins (`time.sleep` loop) run in "
         f"the {sandbox_name}. Once all run and 3 s have passed, the CPU time "
-        f"(`/proc/<pid>/schedstat`, ns) and RSS of each supervisor (its own process, plus "
-        f"its sandbox fork server and the server's spare: mode `{runs[-1].mode}`) "
-        f"are sampled every second for {WINDOW_S} s.",
+        f"(`/proc/<pid>/schedstat`, ns), RSS and PSS of each supervisor (its own process, "
+        "plus its sandbox fork server, the server's spare and, per plugin, the sandbox's "
+        f"waiter and PID-namespace init: mode `{runs[-1].mode}`) are sampled every second "
+        f"for {WINDOW_S} s. RSS counts every page a process maps in full; the waiter and "
+        "init are forks of the fork server and share most of their pages with it "
+        "(copy-on-write), so PSS (`/proc/<pid>/smaps_rollup`: each shared page divided "
+        "among the processes that map it) is the honest share.",
         "",
         "| supervisor | CPU ms per s (median of 1 s samples) | CPU ms per s (window mean) "
-        "| % of one core (mean) | RSS MiB (median) |",
-        "|---|---:|---:|---:|---:|",
+        "| % of one core (mean) | RSS MiB (median) | PSS MiB (median) |",
+        "|---|---:|---:|---:|---:|---:|",
         row("baseline: 0 plugins", base, 0),
         row(f"{N_PLUGINS} idle plugins", full, N_PLUGINS),
         f"| ratio {N_PLUGINS} / 0 | {_ratio(med_full, med_base)} | "
-        f"{_ratio(mean[N_PLUGINS], mean[0])} | | {_ratio(rss[N_PLUGINS], rss[0])} |",
+        f"{_ratio(mean[N_PLUGINS], mean[0])} | | {_ratio(rss[N_PLUGINS], rss[0])} | "
+        f"{_ratio(pss[N_PLUGINS], pss[0])} |",
         "",
         f"- **Per supervised plugin** ({N_PLUGINS} plugins minus 0, divided by {N_PLUGINS}): "
         f"{per_plugin_cpu_us:.1f} µs of supervisor CPU per second "
-        f"({per_plugin_cpu_us / 1e4:.4f} % of one core) and {per_plugin_rss_kib:.0f} KiB of "
-        "supervisor RSS.",
+        f"({per_plugin_cpu_us / 1e4:.4f} % of one core), {per_plugin_pss_kib:.0f} KiB of "
+        f"supervisor PSS ({per_plugin_rss_kib:.0f} KiB RSS, shared pages counted in full).",
         f"- For scale, each idle plugin itself holds {plug_rss_each / 1024:.1f} MiB RSS "
-        f"(median) and used {plugins.cpu_ns_total / 1e6 / window / N_PLUGINS * 1000:.1f} µs "
+        f"({plug_pss_each / 1024:.1f} MiB PSS, median) and used "
+        f"{plugins.cpu_ns_total / 1e6 / window / N_PLUGINS * 1000:.1f} µs "
         "CPU per second: in memory, the plugins, not their supervisor, are what an idle "
         "fleet costs.",
         f"- Time from service start to all {N_PLUGINS} plugins running: {startup_s:.1f} s.",

@@ -191,6 +191,7 @@ class Service:
             "PYTHON": sys.executable,
             "AURORA_PACK_ROOT": str(PACK04),
             "AURORA_PACK_DATA": str(self.base / "data"),
+            "AURORA_UID_CLAIMS": str(self.base / "uid-claims"),  # not the host's /var/lib/aurora
             "AURORA_PACK_RUN": str(self.run),
             "AURORA_PACK_LOGS": str(self.base / "logs"),
             "AURORA_PLUGIN_REGISTRY": str(plugins / "registry.json"),

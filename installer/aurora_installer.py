@@ -199,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="even if installed packs depend on it")
     p.add_argument("--purge", action="store_true", help="also delete data/<id> and run/<id>")
     p.add_argument("--stop", action="store_true", help="stop it first if it is running")
+    p.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DEFAULT_STOP_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --stop: kill stop.sh after this long (default {DEFAULT_STOP_TIMEOUT:g})",
+    )
     command("verify", "re-hash an installed pack against its recorded digest")
     command("status", "state, version, digest, approval, last result and runtime", pack="optional")
     defaults = HealthPolicy()

@@ -134,7 +134,10 @@ class Demo:
         self.home = home
         # Only the throw-away home: no AURORA_PACK_*, registry or sandbox override inherited.
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AURORA_")}
-        self.env = {**inherited, "AURORA_HOME": str(home)}
+        # Plugin uids are claimed host-wide (pack04 README "Plugin identity"): the demo's
+        # claims go with its home, not into the host's /var/lib/aurora.
+        self.env = {**inherited, "AURORA_HOME": str(home),
+                    "AURORA_UID_CLAIMS": str(home / "uid-claims")}  # fmt: skip
         self.started: list[str] = []  # packs started by the demo and not stopped yet
         self.version: dict[str, str] = {}
         self.t0 = time.monotonic()
@@ -520,7 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     home = Path(tempfile.mkdtemp(prefix="aurora-demo-")).resolve()
     demo = Demo(home)
-    demo.say(f"export AURORA_HOME={home}  # throw-away\n")
+    demo.say(f"export AURORA_HOME={home}  # throw-away")
+    demo.say(f"export AURORA_UID_CLAIMS={home}/uid-claims  # throw-away too\n")
     failure: str | None = None
     try:
         demo.main_job()

@@ -359,3 +359,136 @@ def kill_services(home: Path) -> None:
     """Leave no process behind: kill fixture services started under this home."""
     for pid in _pidfile_pids(home):
         _kill_if_started_here(pid, home)
+
+
+# -- fault injection: SIGKILL at the n-th file-system operation ------------------------------
+
+# Audit events (sys.addaudithook) that change the file system; "open" counts only when its
+# flags can write. os.write/fsync/... raise no audit event: they are wrapped instead.
+_FS_EVENTS = frozenset(
+    {
+        "os.rename",  # os.replace too
+        "os.remove",  # os.unlink too
+        "os.rmdir",
+        "os.mkdir",
+        "os.symlink",
+        "os.link",
+        "os.truncate",
+        "os.chmod",
+        "os.chown",
+        "os.utime",
+        "shutil.copyfile",
+        "shutil.rmtree",
+    }
+)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_WRAPPED = ("write", "fsync", "fdatasync", "ftruncate", "posix_fallocate")
+
+
+def _install_kill_hook(step: int, counter: list[int], trace: list[list[Any]]) -> None:
+    """In a forked child only: SIGKILL this process just before its ``step``-th
+    file-system operation (counted in ``counter``); each is noted in ``trace`` as
+    [operation, path, whether the path existed]."""
+
+    def tick(event: str, path: Any) -> None:
+        if not counter[1]:
+            return
+        counter[0] += 1
+        if counter[0] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        name = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+        trace.append([event, name, bool(name) and os.path.lexists(name)])
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event in _FS_EVENTS:
+            tick(event, args[0] if args else None)
+        elif event == "open" and len(args) >= 3 and isinstance(args[2], int):
+            writes = args[2] & _WRITE_FLAGS
+            if writes:
+                tick(event, args[0])
+
+    for name in _WRAPPED:
+        real = getattr(os, name)
+
+        def wrapped(*a: Any, _real: Any = real, _name: str = name, **k: Any) -> Any:
+            tick(_name, None)
+            return _real(*a, **k)
+
+        setattr(os, name, wrapped)
+    sys.addaudithook(hook)  # a hook cannot be removed: only ever in a child that exits
+
+
+@dataclass
+class Killed:
+    """One run of a command whose n-th file-system operation SIGKILLed it."""
+
+    killed: bool  # False: the command completed before its n-th operation
+    code: int | None  # its exit code when it completed
+    err: str
+    steps: int  # operations counted (when it completed)
+    trace: list[list[Any]] = field(default_factory=list)  # [operation, path, existed]
+
+
+def steps_to_kill_at(trace: list[list[Any]]) -> list[int]:
+    """The steps of a completed run's ``trace`` worth a kill: all of them, but for those
+    a kill just before is provably the same as a kill just after (so the next step
+    covers it):
+
+    * fsync / fdatasync: SIGKILL loses nothing the page cache holds (a power cut would,
+      and is not what this simulates);
+    * mkdir of a directory that exists already (the exist_ok mkdir before every atomic
+      write): it changes nothing.
+
+    Every other operation, each file of every tree copy and removal included, is swept.
+    """
+    steps = []
+    for number, (event, _path, existed) in enumerate(trace, 1):
+        if event in ("fsync", "fdatasync") or (event == "os.mkdir" and existed):
+            continue
+        steps.append(number)
+    return [*steps, len(trace) + 1]  # the last: the command runs to its end
+
+
+def run_killed_at(env: Env, step: int, *argv: str) -> Killed:
+    """Run the CLI's main() in a forked child (no interpreter start-up per step, like
+    pack05's test_faults.py) that kills itself at its ``step``-th file-system operation
+    (0: never). Whatever escapes main() is written to stderr and exits 99."""
+    out_path = env.home.parent / ".killed.out"
+    err_path = env.home.parent / ".killed.err"
+    count_path = env.home.parent / ".killed.count"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            counter = [0, 1]  # operations so far; armed
+            trace: list[list[Any]] = []
+            _install_kill_hook(step, counter, trace)
+            code = aurora_installer.main(env.args(*argv))
+            counter[1] = 0  # the command is over: what follows is the harness's
+            sys.stdout.flush()
+            sys.stderr.flush()
+            count_path.write_text(json.dumps(trace))
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        os._exit(int(code))
+    _, status = os.waitpid(pid, 0)
+    err = err_path.read_text(errors="replace") if err_path.exists() else ""
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL, (step, status, err)
+        return Killed(True, None, err, step)
+    trace = json.loads(count_path.read_text()) if count_path.exists() else []
+    count_path.unlink(missing_ok=True)
+    return Killed(False, os.WEXITSTATUS(status), err, len(trace), trace)

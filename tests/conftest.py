@@ -44,3 +44,12 @@ def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert not left, f"processes left behind by the tests: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uid_claims_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Plugin uids are claimed host-wide (pack04 README "Plugin identity"): every launcher
+    this session starts claims them in a temp dir, never in /var/lib/aurora."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AURORA_UID_CLAIMS", str(tmp_path_factory.mktemp("uid-claims") / "plugin-uids"))
+        yield

@@ -21,6 +21,7 @@ def aurora(
     *argv: str, env: dict[str, str] | None = None, cwd: Path = REPO
 ) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AURORA_")}
+    base["AURORA_UID_CLAIMS"] = os.environ["AURORA_UID_CLAIMS"]  # conftest: never /var/lib
     return subprocess.run(
         [sys.executable, str(AURORA), *argv],
         env={**base, **(env or {})},
@@ -205,3 +206,36 @@ def test_the_console_script_entry_point_works_without_the_wrapper(tmp_path: Path
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: aurora")
+
+
+def test_a_broken_installation_is_one_clear_line_never_a_traceback(tmp_path: Path) -> None:
+    """adv9 F14: pack01_common removed with --force under an installed pack05/pack04, or a
+    module of the installed copy that raises: each command says what is wrong, no traceback,
+    and `status` does not claim that no plugin is staged when it cannot know."""
+    root = tmp_path / "home"
+    proc = aurora("--home", str(root), "pack", "install", "--pack", "pack04_launcher",
+                  "--with-deps", "--approve")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert aurora("--home", str(root), "pack", "install", "--pack", "pack05_plugin_api",
+                  "--approve").returncode == 0  # fmt: skip
+    forced = aurora("--home", str(root), "pack", "uninstall", "--pack", "pack01_common", "--force")
+    assert forced.returncode == 0, forced.stderr
+    for argv, prog in ((["plugin", "list"], "aurora plugin"),
+                       (["launcher", "list"], "aurora launcher")):  # fmt: skip
+        proc = aurora("--home", str(root), *argv)
+        assert proc.returncode == 3, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr + proc.stdout
+        assert proc.stderr.startswith(f"{prog}: error: pack01_common is not installed"), proc.stderr
+        assert "aurora pack install --pack pack01_common" in proc.stderr
+    status = aurora("--home", str(root), "status")
+    assert "Traceback" not in status.stderr + status.stdout
+    assert "none staged" not in status.stdout and "  unknown" in status.stdout, status.stdout
+    # a module of the installed copy that raises: one line naming the file, exit 1
+    assert aurora("--home", str(root), "pack", "install", "--pack", "pack01_common",
+                  "--approve").returncode == 0  # fmt: skip
+    (cli,) = (root / "packs" / "pack05_plugin_api").glob("*/core/capabilities.py")
+    cli.write_text(cli.read_text() + "\nraise RuntimeError('damaged copy')\n")
+    proc = aurora("--home", str(root), "plugin", "list")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode in (1, 3), proc.stderr
+    assert "damaged copy" in proc.stderr and proc.stderr.startswith("aurora plugin: error:")

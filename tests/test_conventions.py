@@ -211,3 +211,22 @@ def test_staging_a_plugin_archive_shows_progress_on_a_terminal_only(
         text = terminal.getvalue().replace("\x1b[K", "")
         assert ("\rreading " in text and "members" in text) is shown, text
         assert not shown or terminal.getvalue().endswith("\r\x1b[K")
+
+
+def test_an_escaped_exception_is_one_error_line_naming_where(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(conventions.DEBUG_ENV, raising=False)
+    monkeypatch.setenv("AURORA_PROG", "aurora plugin")
+
+    def broken() -> int:
+        raise KeyError("boom")
+
+    assert conventions.run_main(broken) == Exit.FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("aurora plugin: error: internal error: KeyError: 'boom' at ")
+    assert "test_conventions.py:" in err and "AURORA_DEBUG=1" in err
+    monkeypatch.setenv(conventions.DEBUG_ENV, "1")
+    assert conventions.run_main(broken) == Exit.FAILED
+    assert "Traceback" in capsys.readouterr().err  # asked for

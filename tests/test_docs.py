@@ -1,12 +1,12 @@
 """Documentation that runs: every shell block of the READMEs, in order, on a copy of the repo.
 
 A fenced block tagged ``sh`` or ``bash`` is run; each command in it must exit 0,
-or the status its comment names (``# ... exit 4 ...``). A block preceded by
-``<!-- doc: illustration -->`` is shown, not run. A ``text`` block preceded by
-``<!-- doc: output -->`` is what the last command of the shell block before it
-prints: its stdout and stderr, as a terminal shows them, are compared with it, line
-by line, numbers, paths and digests aside (pids, times and homes differ from run to
-run). Every fenced block carries a
+or the status its comment names (``# ... exit 4 ...``). A block preceded by the
+line ``*Illustration, not run by the documentation test:*`` (visible to a reader)
+is shown, not run. A ``text`` block preceded by ``<!-- doc: output -->`` is what
+the last command of the shell block before it prints: its stdout and stderr, as a
+terminal shows them, are compared with it, line by line, numbers, paths and digests
+aside (pids, times and homes differ from run to run). Every fenced block carries a
 language tag (``text`` for output and diagrams), so a command cannot hide in an
 untagged block. Each document runs in one bash session (variables carry from one
 block to the next) on a throw-away copy of the tracked files and its own home.
@@ -37,7 +37,7 @@ DOCS = [
     "examples/plugins/README.md",
 ]
 SHELLS = {"sh", "bash"}
-ILLUSTRATION = "<!-- doc: illustration -->"
+ILLUSTRATION = "*Illustration, not run by the documentation test:*"  # visible to a reader
 OUTPUT = "<!-- doc: output -->"
 DOC_TIMEOUT = 240
 
@@ -224,6 +224,8 @@ def test_the_shell_blocks_run_as_documented(doc: str, tmp_path: Path) -> None:
             "PATH": f"{copy}:{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}",
             "TMPDIR": str(tmp_path),
             "HOME": str(tmp_path),
+            # the one AURORA_* kept: plugin uids are claimed in tmp, not in /var/lib
+            "AURORA_UID_CLAIMS": str(tmp_path / "uid-claims"),
         }
     )
     outputs = tmp_path / "outputs"

@@ -105,6 +105,11 @@ def _duplicate_keys(root: Path) -> None:
     (root / "manifest.yaml").write_text(text.replace("pack:\n", "pack:\n  id: x\n", 1))
 
 
+def _huge_version(root: Path) -> None:  # a number part beyond int()'s 4300-digit limit
+    text = (root / "manifest.yaml").read_text()
+    (root / "manifest.yaml").write_text(text.replace('"1.0.0"', '"1.' + "9" * 5000 + '"', 1))
+
+
 HOSTILE = {
     "alias-bomb": _alias_bomb,
     "deep-nesting": _deep,
@@ -114,6 +119,7 @@ HOSTILE = {
     "symlink-loop": _symlink_loop,
     "non-utf8-file-name": _bad_file_name,
     "duplicate-keys": _duplicate_keys,
+    "huge-version": _huge_version,
 }
 
 

@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from aurora_common import identity
 from aurora_common.journal import append_record, read_records
 
 from aurora.errors import OperationFailed
@@ -44,7 +45,10 @@ class AuditLog:
         self.path = path
         self.unrecorded: list[dict[str, Any]] = []  # outcomes that could not be appended
         self.current_intent: str | None = None
+        self.current_op: str | None = None
         self.outcomes = 0  # outcome records since the current intent
+        self.concluded = False  # whether one of them is the op's own outcome (concludes)
+        self.mine: set[str] = set()  # intents this log wrote (a start's outlives its lock)
 
     def intent(self, op: str, pack_id: str | None = None, **fields: Any) -> str:
         """Record durably that ``op`` is about to change something; returns its id.
@@ -54,15 +58,27 @@ class AuditLog:
         """
         intent_id = secrets.token_hex(6)
         try:
-            self._append("intent", pack_id, op=op, intent=intent_id, **fields)
+            # The start time tells a live command from a dead one that had the same pid
+            # (open_intents: only a dead command's intent is reconciled).
+            started = identity.start_time(os.getpid())
+            self._append(
+                "intent", pack_id, op=op, intent=intent_id, pid_start_time=started, **fields
+            )
         except OSError as exc:
             raise AuditUnavailable(
                 f"{op} refused before changing anything: cannot record it in {self.path}: "
-                f"{exc.strerror or exc}"
+                f"{os.strerror(exc.errno) if exc.errno else exc}"  # the path is named already
             ) from exc
-        self.current_intent = intent_id
-        self.outcomes = 0
+        self.resume(intent_id, op)
+        self.mine.add(intent_id)
         return intent_id
+
+    def resume(self, intent_id: str, op: str) -> None:
+        """Make ``intent_id`` (of ``op``) the current intent again, its outcome owed (a
+        start takes the lock twice under one intent)."""
+        self.current_intent, self.current_op = intent_id, op
+        self.outcomes = 0
+        self.concluded = False
 
     def record(self, event: str, pack_id: str | None = None, **fields: Any) -> dict[str, Any]:
         """Append one outcome event and return it.
@@ -74,6 +90,8 @@ class AuditLog:
         if self.current_intent is not None:
             fields.setdefault("intent", self.current_intent)
         self.outcomes += 1
+        if self.current_op is not None and concludes(self.current_op, event):
+            self.concluded = True
         try:
             return self._append(event, pack_id, **fields)
         except OSError as exc:
@@ -101,7 +119,7 @@ class AuditLog:
 
     def done(self) -> None:
         """The command's change is over: later outcomes belong to no intent."""
-        self.current_intent = None
+        self.current_intent = self.current_op = None
 
     def has_outcome(self, event: str, pack_id: str, intent: str) -> bool:
         """Whether the last TAIL_BYTES of audit.log hold ``event`` for ``pack_id`` under
@@ -117,12 +135,58 @@ class AuditLog:
                 return True
         return False
 
+    def open_intents(self) -> list[dict[str, Any]]:
+        """Intents among the last OPEN_TAIL_BYTES of audit.log that have no outcome and
+        whose command is dead (killed, or its outcome could not be appended): the next
+        command records for each the outcome it observes (Recovery.reconcile_intents).
+        A live command's intent (this process, or a start polling health elsewhere) is
+        not open. Unreadable: []."""
+        records = _tail_records(self.path, OPEN_TAIL_BYTES)
+        ops = {r.get("intent"): r.get("op") for r in records if r.get("event") == "intent"}
+        answered = {
+            r.get("intent")
+            for r in records
+            if r.get("event") != "intent"
+            and concludes(str(ops.get(r.get("intent"))), str(r.get("event")))
+        }
+        found = []
+        for record in records:
+            if record.get("event") != "intent" or record.get("intent") in answered:
+                continue
+            if record.get("intent") in self.mine:
+                continue
+            pid, started = record.get("pid"), record.get("pid_start_time")
+            other = pid if isinstance(pid, int) and pid != os.getpid() else None
+            if other is not None and started is not None and identity.start_time(other) == started:
+                continue  # still at work (this process: an earlier command, over)
+            found.append(record)
+        return found
+
     def read(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every event, and the lines that are not one (a record cut by a power loss)."""
         return read_records(self.path)
 
 
 TAIL_BYTES = 1 << 20
+
+
+def concludes(op: str, event: str) -> bool:
+    """Whether ``event`` is the outcome of an ``op`` intent (``install``,
+    ``install-failed``, ...; ``recovered`` for ``recover``; ``approval-denied`` or
+    ``approval-refused`` for an install the operator did not approve), not a step on
+    the way (the ``stage`` an install does first, its ``approve``, the ``stop`` of
+    ``uninstall --stop``)."""
+    return event == op or event.startswith(op + "-") or (op, event) in _CONCLUDES
+
+
+_CONCLUDES = frozenset(
+    {("recover", "recovered"), ("install", "approval-denied"), ("install", "approval-refused")}
+)
+
+
+# Every command reconciles before it appends, so an open intent is among the last records;
+# a small tail keeps the check cheap enough for every command, read-only ones included.
+OPEN_TAIL_BYTES = 64 << 10
 
 
 def _tail_records(path: Path, size: int) -> list[dict[str, Any]]:

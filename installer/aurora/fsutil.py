@@ -6,6 +6,7 @@ docs/primitives.md); this module only re-exports them under the installer's name
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ __all__ = [
     "is_temp_name",
     "remove_temps",
     "remove_tree",
+    "remove_what_can_be",
 ]
 
 CRASH_ENV = "AURORA_TEST_CRASH_AT"
@@ -35,6 +37,31 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.is_dir():
         shutil.rmtree(path)
+
+
+def remove_what_can_be(path: Path) -> list[str]:
+    """Remove a file or tree like remove_tree, but go on past what cannot be removed (a
+    mount point inside it, an immutable file): returns each thing left behind, as
+    ``<full path>: <reason>`` (a directory left only because of those is not named)."""
+    left: list[tuple[str, OSError]] = []
+
+    def note(_func: object, where: str, info: tuple[type, BaseException, object]) -> None:
+        error = info[1]
+        left.append((os.path.abspath(where), error if isinstance(error, OSError) else OSError()))
+
+    try:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path, onerror=note)
+    except OSError as exc:
+        left.append((str(path), exc))
+    named = [w for w, e in left if e.errno != errno.ENOTEMPTY]
+    return [
+        f"{where}: {error.strerror or error}"
+        for where, error in left
+        if error.errno != errno.ENOTEMPTY or not any(n.startswith(where + "/") for n in named)
+    ]
 
 
 def crash_point(name: str) -> None:

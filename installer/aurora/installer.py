@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from aurora import datasnap, reserve, staging
 from aurora.audit import AuditLog, AuditUnavailable
 from aurora.errors import (
     ApprovalError,
+    AuroraError,
     DependencyError,
     DependentsError,
     IntegrityError,
@@ -129,19 +131,45 @@ class Installer:
         """
         with InstallerLock(self.home.lock, self.options.lock_wait):
             state = self._state()
-            self.recovered = self.recovery.recover(state)
+            try:
+                self.recovered = self.recovery.recover(state)
+            except AuditUnavailable as exc:
+                # Recovery must record what it does; on a full disk, uninstall (which
+                # frees space) may spend the reserve on it, as on its own intent.
+                if not (op == "uninstall" and reserve.is_disk_full(exc)):
+                    raise
+                if not reserve.release(self.home.reserve):
+                    raise
+                log.warning("disk full (%s): freed the installer's reserve to uninstall", exc)
+                state = self._state()
+                self.recovered = self.recovery.recover(state)
             if op is not None:  # None: a command that records its own intent if it changes
                 self._intent(op, pack_id)
+                state.intent = self.audit.current_intent
             try:
                 yield state
                 reserve.ensure(self.home.reserve)
             except BaseException as exc:
-                if self.audit.current_intent is not None and self.audit.outcomes == 0:
-                    name = op or "change"
+                if isinstance(exc, Exception) and self.audit.current_intent is not None:
+                    self._undo_own_leftovers()
+                if self.audit.current_intent is not None and not self.audit.concluded:
+                    name = self.audit.current_op or op or "change"
                     self.audit.record(f"{name}-aborted", pack_id, error=str(exc) or repr(exc))
                 raise
             finally:
                 self.audit.done()
+
+    def _undo_own_leftovers(self) -> None:
+        """A command that failed (a full disk, a script, ...) leaves the previous state in
+        force before it reports the failure: what its pending record says it left is
+        undone now, as the next command's recovery would. If even that fails, the next
+        command does it (the pending record stays)."""
+        try:
+            state = self._state()
+            if self.recovery.has_leftovers(state):
+                self.recovered += self.recovery.recover(state, within_intent=True)
+        except (AuroraError, OSError) as exc:
+            log.warning("could not undo what the failed command left (%s): the next one will", exc)
 
     def _progress(self, what: str) -> Callable[[int, int], None] | None:
         """A copy's progress sink for ``what`` (None when nobody listens)."""
@@ -367,17 +395,24 @@ class Installer:
     def seal(self, pack_id: str) -> dict[str, Any]:
         """Write every artifact's sha256 into the pack's manifest.yaml."""
         manifest = find_pack(self.packs_dir, pack_id)
-        # Audited when the home exists (seal needs none): intent first, outcome after.
+        # Audited when the home exists (seal needs none): intent first, with the digest of
+        # what it will write (so that the next command can tell whether a killed seal
+        # wrote it: Recovery.reconcile_intents), outcome after.
         audited = self.home.root.is_dir()
-        if audited:
-            self.audit.intent("seal", pack_id, manifest=str(manifest.root / "manifest.yaml"))
+
+        def intent(path: str, new: bytes) -> None:
+            if audited:
+                self.audit.intent(
+                    "seal", pack_id, manifest=path, sha256_after=hashlib.sha256(new).hexdigest()
+                )
+
         try:
-            result = seal_manifest(manifest)
+            result = seal_manifest(manifest, before_write=intent)
             if audited:
                 event = "seal" if result["written"] else "seal-unchanged"
                 self.audit.record(event, pack_id, artifacts=result["artifacts"])
         except BaseException as exc:
-            if audited and self.audit.outcomes == 0:
+            if self.audit.current_intent is not None and not self.audit.concluded:
                 self.audit.record("seal-aborted", pack_id, error=str(exc) or repr(exc))
             raise
         finally:
@@ -707,13 +742,25 @@ class Installer:
                 self._commit_uninstall(state, pack_id, outcome)
             crash_point("uninstall:committed")
             self.audit.record("uninstall", pack_id, **outcome)
-            removed = [*uninstall_leftovers(self.home, pack_id, purge), *health_removed]
+            removed, left = uninstall_leftovers(self.home, pack_id, purge)
+            removed += health_removed
             crash_point("uninstall:removed")
+            if left:  # the uninstall happened: what could not be removed is a warning
+                for what in left:
+                    log.warning("%s: uninstalled, but could not remove %s", pack_id, what)
+                state.record_result(
+                    pack_id,
+                    "uninstall",
+                    True,
+                    version,
+                    f"uninstalled; left behind (cannot be removed): {'; '.join(left)}",
+                )
             settle(state, pack_id)
             return {
                 "pack": pack_id,
                 "version": version,
                 "removed": removed,
+                "left_behind": left,
                 "data_kept": None if purge else str(self.home.data(pack_id)),
                 "forced_past": dependents,
                 "stopped": stopped,
@@ -746,10 +793,17 @@ class Installer:
         # another pack meanwhile is not refused as busy.
         self.recovery.in_flight.add(pack_id)
         try:
-            final = self.lifecycle.poll_start(manifest, on_health)
+            final: dict[str, Any] | None = None
+            error: BaseException | None = None
+            try:
+                final = self.lifecycle.poll_start(manifest, on_health)
+            except BaseException as exc:  # its outcome is recorded under the lock below
+                error = exc
             with self._locked(None, pack_id) as state:
-                self.audit.current_intent, self.audit.outcomes = intent, 0  # the same start
-                return self.lifecycle.finish_start(state, manifest, script, final)
+                if intent is not None:
+                    self.audit.resume(intent, "start")  # the same start, its outcome owed
+                state.intent = intent
+                return self.lifecycle.finish_start(state, manifest, script, final, error)
         finally:
             self.recovery.in_flight.discard(pack_id)
 

@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aurora_common import identity
+
+from aurora import orphans
 from aurora.audit import AuditLog
 from aurora.errors import OperationFailed, ScriptError, StateError
 from aurora.fsutil import crash_point
@@ -22,6 +25,7 @@ from aurora.runtime import (
     HealthRecord,
     last_output,
     poll_until_healthy,
+    proc_start_time,
     read_pidfiles,
 )
 from aurora.state import PackState, State
@@ -30,6 +34,30 @@ from aurora.timeutil import now_iso
 log = logging.getLogger(__name__)
 
 HealthSink = Callable[[dict[str, Any]], None]
+
+# After stop.sh had its chance, what it left gets this long to end on SIGTERM (at most
+# --timeout); a process gets KILL_WAIT to disappear after SIGKILL.
+FALLBACK_GRACE = 10.0
+KILL_WAIT = 5.0
+
+
+def _same(pid: int, started: int) -> bool:
+    """Whether ``pid`` is still the process first seen with this start time (not a zombie)."""
+    return proc_start_time(pid) == started and not identity.is_zombie(pid)
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal a pack's process, and its whole group when it leads one of its own (a
+    daemon's children go with it; never the installer's own group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            return
+        if group == pid and group != os.getpgrp():
+            os.killpg(group, sig)
+        else:
+            os.kill(pid, sig)
 
 
 class Lifecycle:
@@ -160,19 +188,60 @@ class Lifecycle:
         )
 
     def finish_start(
-        self, state: State, manifest: Manifest, script: ScriptResult, final: dict[str, Any]
+        self,
+        state: State,
+        manifest: Manifest,
+        script: ScriptResult,
+        final: dict[str, Any] | None,
+        error: BaseException | None = None,
     ) -> dict[str, Any]:
         """Record the outcome of the poll (the caller holds the lock again, with a fresh
-        ``state``); a pack stopped meanwhile stays stopped."""
+        ``state``); a pack stopped or uninstalled meanwhile stays so. ``error``: the poll
+        itself failed (its scripts could not run, Ctrl-C). Every path records an outcome
+        under the start's intent."""
         pack_id, version = manifest.id, manifest.version
         record = state.pack(pack_id)
         died = self._previous_run_died.pop(pack_id, False)
         runtime = record.get("runtime") or {}
-        if runtime.get("state") != "starting" or runtime.get("version") != version:
-            raise OperationFailed(
-                f"{pack_id}: start interrupted: it was stopped or changed while its health "
-                f"was polled (now {runtime.get('state') or 'not running'})"
+        if state.active_version(pack_id) != version:
+            now = state.active_version(pack_id)
+            raise self._start_aborted(
+                pack_id,
+                version,
+                f"{pack_id}: start aborted: it was "
+                + (f"replaced by {now}" if now else "uninstalled")
+                + " while its health was polled",
             )
+        if runtime.get("state") == "healthy" and runtime.get("version") == version:
+            # Another start made it healthy meanwhile: what was asked holds (that start
+            # recorded its own outcome; this one records that it found it so).
+            self.audit.record("start", pack_id, version=version, health="healthy", by_other=True)
+            return {
+                "pack": pack_id,
+                "version": version,
+                "health": {"status": "healthy", "last_check": runtime.get("last_check")},
+                "script": script.as_dict(),
+                "previous_run_died": died,
+                "note": "another start made it healthy while this one polled",
+            }
+        if runtime.get("state") != "starting" or runtime.get("version") != version:
+            raise self._start_aborted(
+                pack_id,
+                version,
+                f"{pack_id}: start interrupted: it was stopped or changed while its health "
+                f"was polled (now {runtime.get('state') or 'not running'})",
+            )
+        if error is not None or final is None:
+            why = f"{type(error).__name__}: {error}" if error is not None else "no result"
+            message = f"its health could not be polled ({why})"
+            runtime["state"] = "unhealthy"
+            state.record_result(pack_id, "start", False, version, message)
+            record["pending"] = None
+            state.save()
+            self.audit.record("start-failed", pack_id, version=version, reason=message)
+            if error is not None and not isinstance(error, Exception):
+                raise error  # Ctrl-C stays Ctrl-C, now with its outcome recorded
+            raise OperationFailed(f"{pack_id}: start failed: {message}")
         runtime["state"] = final["status"]
         runtime["last_check"] = final.get("last_check")
         ok = final["status"] == "healthy"
@@ -194,54 +263,129 @@ class Lifecycle:
             "previous_run_died": died,
         }
 
+    def _live(self, pack_id: str) -> dict[int, int]:
+        """What the pack's pidfiles name that still runs: pid -> start time (its identity,
+        checked again before each signal, so a reused pid is never signalled). Only a
+        process whose environment names this home counts: a pidfile naming some other
+        process (hostile, or a reused pid) never gets it signalled."""
+        found = {}
+        for info in read_pidfiles(self.home.run(pack_id)):
+            started = info.start_time if info.start_time is not None else proc_start_time(info.pid)
+            if not info.alive or started is None:
+                continue
+            if not orphans.has_home(info.pid, self.home.root):
+                log.warning(
+                    "%s: %s names pid %d, which was not started under %s: not signalled",
+                    pack_id,
+                    info.path,
+                    info.pid,
+                    self.home.root,
+                )
+                continue
+            found[info.pid] = started
+        return found
+
     def stop(self, state: State, manifest: Manifest) -> dict[str, Any]:
-        """Run stop.sh with its timeout and record the result."""
+        """Run stop.sh with its timeout; whatever the pidfiles still name afterwards (stop.sh
+        failed, hung, could not run, or "succeeded" and left it) is TERMed then KILLed, and
+        only a pack whose processes are gone is recorded stopped."""
         pack_id, version = manifest.id, manifest.version
-        record = state.pack(pack_id)
         begin(state, pack_id, "stop", version, intent=self.audit.current_intent)
-        script = self._run(manifest, "stop", self.stop_timeout)
+        before = self._live(pack_id)  # a stop.sh may remove the pidfile of what it leaves
+        script: ScriptResult | None = None
+        try:
+            script = self._run(manifest, "stop", self.stop_timeout)
+            failure = None if script.ok else f"stop.sh {script.describe()}"
+        except OSError as exc:  # ENOEXEC (garbage bytes), ETXTBSY, ...
+            failure = f"stop.sh could not run: {exc.strerror or exc}"
         crash_point("stop:script-done")
-        if not script.ok:
-            raise self._script_failed(state, manifest, "stop", script)
-        record["runtime"] = {
-            **(record.get("runtime") or {}),
-            "state": "stopped",
-            "version": version,
-            "stopped_at": now_iso(),
-        }
-        state.record_result(pack_id, "stop", True, version, "stopped")
-        record["pending"] = None
-        state.save()
-        self.health_record(pack_id).reset("stopped")
-        self.audit.record("stop", pack_id, version=version)
-        still = [p.pid for p in read_pidfiles(self.home.run(pack_id)) if p.alive]
-        if still:
-            log.warning(
-                "%s: stop.sh succeeded but pidfiles still name live processes: %s", pack_id, still
-            )
-        return {"pack": pack_id, "version": version, "script": script.as_dict()}
+        left = {**before, **self._live(pack_id)}
+        left = {pid: t for pid, t in left.items() if _same(pid, t)}
+        uses_pidfiles = bool(before) or bool(read_pidfiles(self.home.run(pack_id)))
+        if failure is not None and not uses_pidfiles:
+            # Nothing says what runs: the failure stands (a pack without pidfiles).
+            if script is not None:
+                raise self._script_failed(state, manifest, "stop", script)
+            raise self._stop_failed(state, pack_id, version, failure)
+        if not left:
+            if failure is not None:
+                log.warning("%s: %s, but its pidfiles name nothing running", pack_id, failure)
+            return self._stopped(state, pack_id, version, script, failure=failure)
+        why = failure or "stop.sh exited 0 but the pidfiles still name live processes"
+        log.warning("%s: %s: %s; ending them from the pidfiles", pack_id, why, sorted(left))
+        return self._end_from_pidfiles(
+            state, pack_id, version, why, left, grace=min(self.stop_timeout, FALLBACK_GRACE)
+        )
 
     def stop_by_pidfiles(
         self, state: State, pack_id: str, version: str | None, why: str
     ) -> dict[str, Any]:
         """Stop a pack whose installed copy cannot run stop.sh: TERM what its pidfiles
         name (only processes whose identity still matches), wait, KILL the rest."""
-        run = self.home.run(pack_id)
-        targets = {p.pid for p in read_pidfiles(run) if p.alive}
+        begin(state, pack_id, "stop", version or "", intent=self.audit.current_intent)
+        return self._end_from_pidfiles(
+            state, pack_id, version, why, self._live(pack_id), grace=self.stop_timeout
+        )
 
-        def alive() -> set[int]:
-            return {p.pid for p in read_pidfiles(run) if p.alive} & targets
+    def _end_from_pidfiles(
+        self,
+        state: State,
+        pack_id: str,
+        version: str | None,
+        why: str,
+        targets: dict[int, int],
+        grace: float,
+    ) -> dict[str, Any]:
+        """TERM ``targets`` (pid -> start time), KILL what outlives ``grace``; recorded
+        stopped only when none of them is left, else stop-failed naming the survivors."""
+        signalled, killed = sorted(targets), []
 
-        for pid in sorted(targets):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout
+        def alive() -> list[int]:
+            return sorted(pid for pid, t in targets.items() if _same(pid, t))
+
+        for pid in alive():
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
         while alive() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        killed = sorted(alive())
+            time.sleep(0.05)
+        killed = alive()
         for pid in killed:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + KILL_WAIT
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        survivors = alive()
+        if survivors:  # never recorded stopped while it runs (D state, EPERM, ...)
+            raise self._stop_failed(
+                state,
+                pack_id,
+                version,
+                f"{why}; still running after SIGKILL: {survivors}",
+                signalled=signalled,
+                killed=killed,
+            )
+        return self._stopped(
+            state,
+            pack_id,
+            version,
+            None,
+            failure=why,
+            via="pidfiles",
+            signalled=signalled,
+            killed=killed,
+        )
+
+    def _stopped(
+        self,
+        state: State,
+        pack_id: str,
+        version: str | None,
+        script: ScriptResult | None,
+        *,
+        failure: str | None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Record the pack stopped (its processes are gone) and the ``stop`` outcome."""
         record = state.pack(pack_id)
         record["runtime"] = {
             **(record.get("runtime") or {}),
@@ -249,25 +393,33 @@ class Lifecycle:
             "version": version,
             "stopped_at": now_iso(),
         }
-        message = f"stopped from its pidfiles ({why})"
+        message = "stopped" if failure is None else f"stopped ({failure})"
+        if fields.get("via") == "pidfiles":
+            message = f"stopped from its pidfiles ({failure})"
         state.record_result(pack_id, "stop", True, version, message)
+        record["pending"] = None
         state.save()
         with contextlib.suppress(StateError):
             self.health_record(pack_id).reset("stopped")
-        self.audit.record(
-            "stop",
-            pack_id,
-            version=version,
-            via="pidfiles",
-            signalled=sorted(targets),
-            killed=killed,
-        )
-        return {
-            "pack": pack_id,
-            "version": version,
-            "via": "pidfiles",
-            "signalled": sorted(targets),
-        }
+        if failure is not None:
+            fields["reason"] = failure
+        self.audit.record("stop", pack_id, version=version, **fields)
+        result: dict[str, Any] = {"pack": pack_id, "version": version, **fields}
+        if script is not None:
+            result["script"] = script.as_dict()
+        if failure is not None:
+            result["warning"] = failure
+        return result
+
+    def _stop_failed(
+        self, state: State, pack_id: str, version: str | None, message: str, **fields: Any
+    ) -> OperationFailed:
+        """Record a stop that left the pack running; returns the error to raise."""
+        state.record_result(pack_id, "stop", False, version, f"stop failed: {message}")
+        state.pack(pack_id)["pending"] = None
+        state.save()
+        self.audit.record("stop-failed", pack_id, version=version, reason=message, **fields)
+        return OperationFailed(f"{pack_id}: stop failed: {message}")
 
     def _script_failed(
         self, state: State, manifest: Manifest, op: str, script: ScriptResult
@@ -282,6 +434,12 @@ class Lifecycle:
             f"{op}-failed", manifest.id, version=manifest.version, reason=script.describe()
         )
         return script_error(f"{manifest.id}: {message}", script)
+
+    def _start_aborted(self, pack_id: str, version: str, message: str) -> OperationFailed:
+        """A start overtaken by another command (which owns the state now): only its
+        outcome is recorded; returns the error to raise."""
+        self.audit.record("start-aborted", pack_id, version=version, reason=message)
+        return OperationFailed(message)
 
     def _check_and_record(self, manifest: Manifest) -> tuple[ScriptResult, dict[str, Any]]:
         """One counted check outside any start period, applied to the health record."""

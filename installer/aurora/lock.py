@@ -2,7 +2,9 @@
 
 The lock file is never deleted and acquiring it writes nothing, so every locking
 command (uninstall, which frees space, included) works on a full disk; the holder
-is named from /proc/locks (``aurora_common.lock``).
+is named from /proc/locks (``aurora_common.lock``). The home is closed to other uids
+(``Home.secure``) before the lock is taken: a lock file another uid can open is a lock
+it can hold.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from aurora_common.lock import FileLock, LockBusy, holder_of
 
 from aurora.errors import LockBusyError
+from aurora.home import Home
 
 
 def read_holder(path: Path) -> int | None:
@@ -23,6 +26,9 @@ class InstallerLock(FileLock):
     """Exclusive flock on ``path``, waited for up to ``wait`` seconds."""
 
     def acquire(self) -> None:
+        # The lock's directory is the home: closed to other uids (a plugin's included)
+        # before anything in it is opened (Home.secure).
+        Home(self.path.parent).secure()
         try:
             super().acquire()
         except LockBusy as exc:

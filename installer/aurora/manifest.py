@@ -14,7 +14,7 @@ import jsonschema
 from aurora_common import bounded, structured
 from aurora_common.errors import InputRefused
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from aurora.errors import ManifestError
 from aurora.tree import is_excluded, walk
@@ -191,20 +191,36 @@ def _schema_problems(document: Any) -> list[str]:
 
 
 def _path_problem(root: Path, rel: str, *, executable: bool) -> str | None:
-    """Why a manifest path is unacceptable, or None if it is a file inside the pack."""
+    """Why a manifest path is unacceptable, or None if it is a file inside the pack.
+
+    Only one spelling of each path is accepted (no ``./``, ``//``, trailing ``/``): the
+    installer compares paths as strings (duplicates, tree records), so two spellings of
+    one file would slip past those checks. Nothing here raises: a path the OS refuses
+    (too long, a loop) is a problem of the manifest, not a crash.
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return f"{rel!r} contains a control character (NUL, newline, ...)"
     if rel.startswith("/") or os.path.isabs(rel):
         return f"{rel!r} is an absolute path (paths are relative to the pack)"
-    if ".." in PurePosixPath(rel).parts:
+    pure = PurePosixPath(rel)
+    if ".." in pure.parts:
         return f"{rel!r} contains '..' (paths must stay inside the pack)"
-    if is_excluded(PurePosixPath(rel).parts):
+    if not pure.parts:
+        return f"{rel!r} names the pack root, not a file in it"
+    if str(pure) != rel:
+        return f"{rel!r} is not in canonical form (write it {str(pure)!r})"
+    if is_excluded(pure.parts):
         return f"{rel!r} is in a runtime or cache directory the installer does not copy"
     path = root / rel
-    if not path.resolve().is_relative_to(root.resolve()):
-        return f"{rel!r} is a symlink leading out of the pack"
-    if not path.exists():
-        return f"{rel!r} not found in the pack"
-    if not path.is_file():
-        return f"{rel!r} is not a file"
+    try:
+        if not path.resolve().is_relative_to(root.resolve()):
+            return f"{rel!r} is a symlink leading out of the pack"
+        if not path.exists():
+            return f"{rel!r} not found in the pack"
+        if not path.is_file():
+            return f"{rel!r} is not a file"
+    except (OSError, RuntimeError) as exc:  # ENAMETOOLONG, ELOOP, ...
+        return f"{rel!r} cannot be looked up: {getattr(exc, 'strerror', None) or exc}"
     if executable and not os.access(path, os.X_OK):
         return f"{rel!r} is not executable (chmod +x)"
     return None
@@ -223,8 +239,9 @@ def _semantic_problems(data: dict[str, Any], root: Path, expected_id: str | None
     if isinstance(version, str) and version:
         try:
             Version(version)
-        except InvalidVersion:
-            problems.append(f"pack.version: {version!r} is not a PEP 440 version (e.g. 0.1.0)")
+        except ValueError:  # InvalidVersion, or a number part beyond int()'s digit limit
+            shown = repr(version) if len(version) <= 64 else repr(version[:60]) + "..."
+            problems.append(f"pack.version: {shown} is not a PEP 440 version (e.g. 0.1.0)")
     entrypoint = pack.get("entrypoint")
     if isinstance(entrypoint, dict):
         for name in ENTRYPOINTS:

@@ -51,7 +51,9 @@ def _pgrp(pid: int) -> int | None:
         return None
 
 
-def _has_home(pid: int, home: Path) -> bool:
+def has_home(pid: int, home: Path) -> bool:
+    """Whether ``pid``'s environment names this AURORA_HOME (what the installer's scripts,
+    and what they start, carry)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -71,7 +73,7 @@ def kill_left_behind(home: Path) -> list[str]:
             continue
         killed = []
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and _pgrp(int(entry)) == pgid and _has_home(int(entry), home):
+            if entry.isdigit() and _pgrp(int(entry)) == pgid and has_home(int(entry), home):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(entry), signal.SIGKILL)
                     killed.append(int(entry))

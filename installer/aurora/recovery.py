@@ -10,6 +10,7 @@ force again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from aurora_common import identity
 
 from aurora import datasnap, orphans
 from aurora.audit import AuditLog
-from aurora.fsutil import atomic_write_json, fsync_dir, remove_tree
+from aurora.fsutil import atomic_write_json, fsync_dir, remove_what_can_be
 from aurora.home import Home
 from aurora.sources import is_pack_id
 from aurora.state import PackState, State
@@ -118,24 +119,49 @@ def _health_is(path: Path, states: tuple[str, ...]) -> bool:
     return isinstance(doc, dict) and doc.get("status") in states
 
 
-def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> list[str]:
+def uninstall_leftovers(home: Home, pack_id: str, purge: bool) -> tuple[list[str], list[str]]:
     """Remove what an uninstall removes: packs/<id>, and with purge data/<id> and run/<id>.
 
     Never follows a symlink and never removes anything outside the home's own
     directories (a symlink in their place is removed itself, not what it names).
+    Returns (removed, left): what cannot be removed (a mount point, an immutable file)
+    is left, named by its full path, and the rest still goes (never an exception: the
+    uninstall has happened, and a pack's leftover never blocks commands about others).
     """
     removed: list[str] = []
+    left: list[str] = []
     paths = [home.packs(pack_id)]
     if purge:
         paths += [home.data(pack_id), home.run(pack_id)]
     for path in paths:
-        if path.is_symlink():
-            path.unlink()
-            removed.append(str(path))
-        elif _own_dir(home, path):
-            remove_tree(path)
-            removed.append(str(path))
-    return removed
+        if path.is_symlink() or _own_dir(home, path):
+            stuck = remove_what_can_be(path)
+            left += stuck
+            if not stuck:
+                removed.append(str(path))
+    return removed, left
+
+
+def _remove(path: Path, notes: list[str]) -> bool:
+    """Remove ``path`` for recovery, going on past what cannot be removed (noted)."""
+    stuck = remove_what_can_be(path)
+    notes += [f"could not remove {what} (left behind)" for what in stuck]
+    return not stuck
+
+
+def _observe_seal(intent: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a killed seal's manifest.yaml is the one it meant to write."""
+    path, wanted = intent.get("manifest"), intent.get("sha256_after")
+    if not isinstance(path, str) or not isinstance(wanted, str):
+        return False, "the intent names no manifest to compare"
+    try:
+        with open(path, "rb") as fh:
+            now = hashlib.sha256(fh.read(1 << 20)).hexdigest()
+    except OSError as exc:
+        return False, f"{path}: {exc.strerror or exc}"
+    if now == wanted:
+        return True, f"{path} holds the sealed hashes"
+    return False, f"{path} is as it was before the seal"
 
 
 class Recovery:
@@ -156,6 +182,8 @@ class Recovery:
             return True
         if orphans.markers(self.home.root):
             return True
+        if self.audit.open_intents():
+            return True
         if datasnap.leftovers(self.home, set()):
             return True
         for kind in ("staging", "packs"):
@@ -169,7 +197,7 @@ class Recovery:
                     return True
         return False
 
-    def recover(self, state: State) -> list[str]:
+    def recover(self, state: State, *, within_intent: bool = False) -> list[str]:
         """Clean up what an interrupted run left; report each thing done.
 
         A pending record in state.json names the operation that was in
@@ -177,7 +205,10 @@ class Recovery:
         back, so the previous good state is in force again.
         """
         notes: list[str] = []
-        if self.has_leftovers(state):
+        # within_intent: a failed command undoing its own leftovers, under its own intent
+        # (whose outcome follows); else recovery records an intent of its own.
+        recorded = not within_intent and self.has_leftovers(state)
+        if recorded:
             self.audit.intent("recover")  # refused, unchanged, if audit.log cannot take it
         # First what scripts of a killed installer still run, so nothing writes meanwhile.
         notes += orphans.kill_left_behind(self.home.root)
@@ -231,6 +262,7 @@ class Recovery:
                     False,
                     pending.get("version"),
                     "interrupted; leftovers cleaned up",
+                    intent=pending.get("intent"),
                 )
                 record["pending"] = None
                 changed = True
@@ -240,16 +272,50 @@ class Recovery:
         if changed:
             state.save()
         for copy in datasnap.leftovers(self.home, set()):  # no install is pending any more
-            remove_tree(copy)
-            notes.append(f"removed {copy}: a copy of data taken by a killed install")
+            if _remove(copy, notes):
+                notes.append(f"removed {copy}: a copy of data taken by a killed install")
         for tmp in self.home.root.glob(".state.json.*.tmp"):
-            remove_tree(tmp)
-            notes.append(f"removed a half-written {tmp.name}")
-        if notes:
+            if _remove(tmp, notes):
+                notes.append(f"removed a half-written {tmp.name}")
+        notes += self.reconcile_intents(state)
+        if notes or recorded:  # its intent is never left without an outcome
             self.audit.record("recovered", None, notes=notes)
             for note in notes:
                 log.warning("recovered: %s", note)
-        self.audit.done()
+        if not within_intent:
+            self.audit.done()
+        return notes
+
+    def reconcile_intents(self, state: State) -> list[str]:
+        """Give each intent a dead command left without an outcome (killed between its
+        change and its record, or its record could not be appended) the outcome observed
+        now: ``<op>-completed`` when state.json's last_result for the pack carries that
+        intent and says ok, else ``<op>-aborted`` (the interrupted change was rolled back
+        above, or never began). Each is marked ``recorded_late``. Run after the pending
+        operations are settled and state.json saved, so what is observed is final."""
+        notes = []
+        for intent in self.audit.open_intents():
+            op, pack_id, intent_id = str(intent.get("op")), intent.get("pack"), intent["intent"]
+            fields: dict[str, Any] = {"intent": intent_id, "recorded_late": True}
+            if op == "seal":
+                ok, fields["observed"] = _observe_seal(intent)
+            else:
+                last = (state.get(pack_id) or {}).get("last_result") if pack_id else None
+                if isinstance(last, dict) and last.get("intent") == intent_id:
+                    # ok only for the op itself: an install killed after its stage is not
+                    # an install (the stage has its own outcome)
+                    ok = bool(last.get("ok")) and last.get("op") == op
+                    fields["version"] = last.get("version")
+                    fields["observed"] = f"state.json: {last.get('message')}"
+                else:
+                    ok = False
+                    fields["observed"] = "nothing of it is recorded in state.json"
+            event = f"{op}-completed" if ok else f"{op}-aborted"
+            self.audit.record(event, pack_id if isinstance(pack_id, str) else None, **fields)
+            notes.append(
+                f"{pack_id or 'home'}: recorded the outcome of an interrupted {op} "
+                f"(pid {intent.get('pid')}) in audit.log: {event}"
+            )
         return notes
 
     def _finish_committed(self, state: State, pack_id: str, pending: dict[str, Any]) -> list[str]:
@@ -262,11 +328,12 @@ class Recovery:
         event = str(outcome.pop("event"))
         if op == "uninstall":
             purge = bool(pending.get("purge"))
-            removed = uninstall_leftovers(self.home, pack_id, purge)
+            removed, left = uninstall_leftovers(self.home, pack_id, purge)
             outcome.setdefault("purge", purge)
             notes.append(
                 f"{pack_id}: finished the interrupted uninstall of {version} (removed {removed})"
             )
+            notes += [f"{pack_id}: could not remove {what} (left behind)" for what in left]
         else:
             notes.append(f"{pack_id}: the {op} of {version} was committed before it was killed")
             datasnap.discard(self.home, str(pending.get("data", datasnap.ABSENT)))
@@ -295,8 +362,7 @@ class Recovery:
             return notes
         children = sorted(parent.iterdir())
         for child in children:
-            if child.name.startswith((".tmp-", ".incoming-")):
-                remove_tree(child)
+            if child.name.startswith((".tmp-", ".incoming-")) and _remove(child, notes):
                 notes.append(f"removed the partial copy {child}")
         for child in children:
             if not child.name.startswith(".old-") or not child.exists():
@@ -304,15 +370,13 @@ class Recovery:
             version = temp_version(child.name)
             target = parent / version
             if version == pending_version or not target.exists():
-                remove_tree(target)
-                os.rename(child, target)
-                notes.append(f"restored {target} from {child.name}")
-            else:
-                remove_tree(child)
+                if _remove(target, notes):
+                    os.rename(child, target)
+                    notes.append(f"restored {target} from {child.name}")
+            elif _remove(child, notes):
                 notes.append(f"removed the replaced copy {child}")
         for child in sorted(parent.iterdir()):
-            if not child.name.startswith(".") and child.name not in keep:
-                remove_tree(child)
+            if not child.name.startswith(".") and child.name not in keep and _remove(child, notes):
                 notes.append(f"removed {child} (not recorded in state.json)")
         fsync_dir(parent)
         return notes
@@ -327,4 +391,4 @@ class Recovery:
             return
         for path in directory.iterdir():
             if (path.suffix == ".json" and path.stem not in wanted) or path.name.startswith("."):
-                remove_tree(path)
+                _remove(path, [])  # a digest record left behind is harmless

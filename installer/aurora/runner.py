@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aurora_common.lock import private_dir
+
 from aurora import orphans
 from aurora.errors import ScriptError
 from aurora.home import Home
@@ -118,16 +120,32 @@ def run_entrypoint(
     """Run one of the pack's scripts (``entry``: install, start, stop, health) in the copy
     ``manifest`` was read from, with the environment contract; logs to logs/<id>/<script>.log."""
     script = manifest.script(entry)
-    return run_script(
-        [str(script), *args],
-        cwd=manifest.root,
-        env=script_env(home, manifest.id, manifest.version, manifest.root) | (extra_env or {}),
-        timeout=timeout,
-        log_path=home.logs(manifest.id) / f"{script.stem}.log",
-        on_output=on_output,
-        kill_group_on_exit=kill_group_on_exit,
-        marker=home.logs(manifest.id) / f".{script.stem}.running.json",
-    )
+    private_dir(home.logs(manifest.id))  # run_script makes it anyway: 0700 from the start
+    _narrow(home, manifest.id)
+    try:
+        return run_script(
+            [str(script), *args],
+            cwd=manifest.root,
+            env=script_env(home, manifest.id, manifest.version, manifest.root) | (extra_env or {}),
+            timeout=timeout,
+            log_path=home.logs(manifest.id) / f"{script.stem}.log",
+            on_output=on_output,
+            kill_group_on_exit=kill_group_on_exit,
+            marker=home.logs(manifest.id) / f".{script.stem}.running.json",
+        )
+    finally:
+        _narrow(home, manifest.id)  # what the script made itself (mkdir -p under umask 022)
+
+
+def _narrow(home: Home, pack_id: str) -> None:
+    """A pack's data, run and logs dirs that exist, narrowed (an older release or the
+    script's mkdir -p under umask 022 made them 0755): nobody else lists or writes them;
+    data and run keep at most search (0711: the pack may let a uid reach a socket or a
+    plugin its own dir by name), logs 0700. Nothing is created (a dry run makes no data)."""
+    for place, mode in ((home.data, 0o711), (home.run, 0o711), (home.logs, 0o700)):
+        path = place(pack_id)
+        if path.is_dir() and not path.is_symlink():
+            private_dir(path, mode)
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes], grace: float) -> None:

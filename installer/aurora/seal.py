@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -24,12 +25,15 @@ def _mapping_get(node: yaml.Node, key: str) -> yaml.Node | None:
     return None
 
 
-def seal(manifest: Manifest) -> dict[str, Any]:
+def seal(
+    manifest: Manifest, before_write: Callable[[str, bytes], None] | None = None
+) -> dict[str, Any]:
     """Pin every artifact of a validated pack: rewrite only the sha256 values.
 
     The file is edited in place of each `sha256:` scalar (comments, order and
     quoting elsewhere are kept) and replaced atomically; the result is
-    checked before it is written.
+    checked before it is written. ``before_write(path, new_bytes)`` is called first
+    (the installer records its audit intent there, with what it will write).
     """
     path = manifest.root / MANIFEST_NAME
     # A killed seal leaves its temp file beside the manifest: never part of the pack.
@@ -59,6 +63,8 @@ def seal(manifest: Manifest) -> dict[str, Any]:
     pinned = [a.get("sha256") for a in document["pack"]["artifacts"]]
     if pinned != [r["sha256"] for r in results]:
         raise ManifestError(f"{path}: could not rewrite the sha256 values in place")
+    if before_write is not None:
+        before_write(str(path), new_text.encode("utf-8"))
     if new_text != text:
         mode = stat.S_IMODE(os.stat(path).st_mode)
         atomic_write_bytes(path, new_text.encode("utf-8"), mode)

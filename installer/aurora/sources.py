@@ -66,7 +66,7 @@ def read_pack(root: Path) -> PackSource:
         return PackSource(name, root, load_manifest(root, expected_id=root.name), None)
     except ManifestError as exc:
         return PackSource(name, root, None, exc)
-    except (OSError, ValueError, RecursionError, RuntimeError, MemoryError) as exc:
+    except Exception as exc:  # whatever one pack's reading raises is that pack's problem
         error = ManifestError(f"{root}: cannot read the pack", [f"{type(exc).__name__}: {exc}"])
         return PackSource(name, root, None, error)
 

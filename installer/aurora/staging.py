@@ -149,7 +149,7 @@ def ensure_staged(
     if manifest.version not in state.pack(manifest.id)["staged"] or not target.is_dir():
         log.info("staging %s %s", manifest.id, manifest.version)
         if audit.current_intent is None:  # a dry run: it changes state only by staging
-            audit.intent("stage", manifest.id)
+            state.intent = audit.intent("stage", manifest.id)
         stage(home, audit, state, manifest, require_hashes=False, on_progress=on_progress)
         staged_now = True
     digest: str = state.pack(manifest.id)["staged"][manifest.version]["digest"]

@@ -43,6 +43,10 @@ class State:
     def __init__(self, path: Path, document: dict[str, Any]) -> None:
         self.path = path
         self.document = document
+        #: The audit intent of the command at work: stamped on each last_result, so that
+        #: the next command can tell from state.json whether a killed command's change
+        #: took effect (Recovery.reconcile_intents).
+        self.intent: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> State:
@@ -108,20 +112,29 @@ class State:
         }
 
     def record_result(
-        self, pack_id: str, op: str, ok: bool, version: str | None, message: str
+        self,
+        pack_id: str,
+        op: str,
+        ok: bool,
+        version: str | None,
+        message: str,
+        *,
+        intent: str | None = None,
     ) -> None:
-        """Record the outcome of an operation as the pack's last_result."""
+        """Record the outcome of an operation as the pack's last_result, with the audit
+        intent it belongs to (``intent``, else the command's)."""
         self.pack(pack_id)["last_result"] = {
             "op": op,
             "ok": ok,
             "version": version,
             "at": now_iso(),
             "message": message,
+            "intent": intent or self.intent,
         }
 
     def save(self) -> None:
         """Replace state.json atomically, then its mirror state.json.bak."""
-        atomic_write_json(self.path, self.document)
+        atomic_write_json(self.path, self.document, 0o600)  # root's alone (Home.secure)
         keep_backup(self.path)
 
 
@@ -135,7 +148,7 @@ def keep_backup(path: Path) -> None:
     """
     backup = path.with_name(path.name + ".bak")
     try:
-        atomic_write_bytes(backup, path.read_bytes())
+        atomic_write_bytes(backup, path.read_bytes(), 0o600)
     except OSError as exc:
         log.warning("%s not kept: %s; removed it", backup, exc.strerror or exc)
         with suppress(OSError):

@@ -68,7 +68,9 @@ def is_excluded(rel_parts: tuple[str, ...]) -> bool:
     replace (``.manifest.yaml.<random>.tmp`` left by a killed ``seal``) is never
     part of a pack.
     """
-    if rel_parts and rel_parts[0] in EXCLUDED_TOP_LEVEL:
+    if not rel_parts:  # the pack root itself
+        return False
+    if rel_parts[0] in EXCLUDED_TOP_LEVEL:
         return True
     return (
         any(p in EXCLUDED_NAMES for p in rel_parts)

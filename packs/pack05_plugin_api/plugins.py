@@ -14,32 +14,43 @@ from typing import Any, NoReturn
 
 # Run as a script, Python puts this file's directory (where `core` lives) on sys.path;
 # importing core first puts pack01_common (aurora_common) there too (core/aurora_boot.py).
-from core import aurora_boot  # noqa: F401
+try:
+    from core import aurora_boot  # noqa: F401
+except Exception as exc:  # an incomplete or damaged installation: one line, no traceback
+    if __name__ != "__main__":
+        raise
+    missing = isinstance(exc, ImportError)  # exit 3: "not installed"; else 1: "failed"
+    what = exc if missing else f"internal error: {type(exc).__name__}: {exc} (a damaged copy?)"
+    print(f"{os.environ.get('AURORA_PROG') or 'plugins.py'}: error: {what}", file=sys.stderr)
+    raise SystemExit(3 if missing else 1) from None
 
 # isort: split
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
-from core import paths
-from core.api import load_manifest, manifest_problems
-from core.capabilities import (
-    CALL_GRANT_FORM,
-    CALL_GRANT_PREFIX,
-    CAPABILITIES,
-    CAPABILITY_NAMES,
-    requested_grants,
-)
-from core.errors import (
-    CapabilityError,
-    ManifestError,
-    PermissionDenied,
-    PluginError,
-    RegistryError,
-    StagingError,
-    UnknownPlugin,
-)
-from core.loader import PluginLoader
-from core.permissions import load_policy, update_policy
-from core.registry import PluginRegistry
+
+with conventions.damage_is_one_line(__name__):  # a damaged installed copy: no traceback
+    from core import paths
+    from core.api import load_manifest, manifest_problems
+    from core.capabilities import (
+        CALL_GRANT_FORM,
+        CALL_GRANT_PREFIX,
+        CAPABILITIES,
+        CAPABILITY_NAMES,
+        requested_grants,
+    )
+    from core.errors import (
+        CapabilityError,
+        ManifestError,
+        PermissionDenied,
+        PluginError,
+        RegistryError,
+        StagingError,
+        UnknownPlugin,
+    )
+    from core.loader import PluginLoader
+    from core.permissions import load_policy, update_policy
+    from core.registry import PluginRegistry
+    from core.storage import LockBusy
 
 # Exit codes: aurora_common.cli.Exit, the table every Aurora command line shares.
 EXIT_OK = Exit.OK  # done
@@ -47,7 +58,13 @@ EXIT_FAILED = Exit.FAILED  # the operation failed (unreadable registry, I/O erro
 EXIT_INVALID = Exit.USAGE  # bad usage or invalid input: manifest, package, capability name
 EXIT_NOT_FOUND = Exit.NOT_FOUND  # unknown plugin, version or path
 EXIT_DENIED = Exit.REFUSED  # refused by the permission policy or missing grants
+EXIT_BUSY = Exit.BUSY  # a lock stayed held for storage.LOCK_WAIT seconds (the holder is named)
 PROG = "plugins.py"
+#: What "disabled" means for the processes (adv8 F6): the registry says so at once; pack04's
+#: launcher sees it at its next registry check (1 s) and stops the plugin's whole tree
+#: (TERM, then KILL after its 5 s stop grace). A script that then touches the data dir
+#: waits for `aurora launcher list` to show it stopped.
+STOPPED_WITHIN = "pack04's launcher stops its processes within about 10 s"
 PACK_ID = "pack05_plugin_api"
 
 
@@ -319,7 +336,11 @@ def _cmd_enable(args: argparse.Namespace) -> int:
 def _cmd_disable(args: argparse.Namespace) -> int:
     if not _registry(args).disable(args.id):
         raise UnknownPlugin(args.id)
-    _emit(args, {"ok": True, "id": args.id, "enabled": False}, f"disabled: {args.id}")
+    _emit(
+        args,
+        {"ok": True, "id": args.id, "enabled": False},
+        f"disabled: {args.id}; {STOPPED_WITHIN}",
+    )
     return EXIT_OK
 
 
@@ -344,7 +365,9 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     result = _registry(args).revoke(args.id, args.capabilities)
     text = f"revoked from {args.id}: {', '.join(result['revoked']) or 'nothing'}"
     if result["disabled"]:
-        text += f"\ndisabled: {args.id} (its active version needs a revoked grant)"
+        text += (
+            f"\ndisabled: {args.id} (its active version needs a revoked grant); {STOPPED_WITHIN}"
+        )
     _emit(args, {"ok": True, "id": args.id, **result}, text)
     return EXIT_OK
 
@@ -562,6 +585,8 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_NOT_FOUND
     if isinstance(exc, PermissionDenied):
         return EXIT_DENIED
+    if isinstance(exc, LockBusy):
+        return EXIT_BUSY
     return EXIT_FAILED
 
 
@@ -584,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    except (PluginError, _UsageError, OSError, paths.DataLocationError) as exc:
+    except (PluginError, _UsageError, OSError, LockBusy, paths.DataLocationError) as exc:
         code = _exit_code(exc)
         if want_json:
             conventions.emit_json(_error_doc(exc, code, command))

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
 from typing import Any, TextIO
 
@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_MEANINGS",
     "Exit",
     "Progress",
+    "damage_is_one_line",
     "emit",
     "emit_json",
     "envelope",
@@ -28,6 +29,7 @@ __all__ = [
     "error_line",
     "error_object",
     "exit_table",
+    "internal_error",
     "pop_flag",
     "prog_name",
     "run_main",
@@ -223,6 +225,41 @@ class Progress:
             self._shown = False
 
 
+#: Set to any value to see the traceback of an internal error.
+DEBUG_ENV = "AURORA_DEBUG"
+
+
+def internal_error(exc: BaseException) -> None:
+    """Say on stderr, in one error line, that ``exc`` escaped: where, and how to see more."""
+    if os.environ.get(DEBUG_ENV):
+        import traceback
+
+        traceback.print_exception(exc)
+    where = exc.__traceback__
+    while where is not None and where.tb_next is not None:
+        where = where.tb_next
+    place = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+    message = (
+        f"internal error: {type(exc).__name__}: {exc}{place} (a bug, or a damaged "
+        f"installation: `aurora pack verify`; {DEBUG_ENV}=1 shows the traceback)"
+    )
+    emit(error_line(prog_name(sys.argv[0].rsplit("/", 1)[-1]), message), sys.stderr)
+
+
+@contextlib.contextmanager
+def damage_is_one_line(module: str) -> Iterator[None]:
+    """Around a program's imports: an installed copy that fails to import (a damaged or
+    edited file) ends the program with ``internal_error``'s one line, exit 1. Imported as
+    a module (tests, other code) the exception propagates unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        if module != "__main__":
+            raise
+        internal_error(exc)
+        raise SystemExit(Exit.FAILED) from None
+
+
 def run_main(main: Callable[[], int]) -> int:
     """Run a CLI's ``main`` as a program: a reader that closed stdout ends it quietly
     (no traceback, no "Broken pipe" error), with the command's own status where it got
@@ -234,6 +271,9 @@ def run_main(main: Callable[[], int]) -> int:
         return Exit.FAILED
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
+    except Exception as exc:  # a bug, or a damaged installed copy: one line, not a traceback
+        internal_error(exc)
+        return Exit.FAILED
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -6,6 +6,10 @@ Acquiring writes nothing: on a full disk the lock is still taken (an existing
 lock file needs no space). The holder is named from ``/proc/locks`` (the kernel's
 own record of who holds the flock); the pid written into the file after
 acquiring is best effort, only a fallback where ``/proc/locks`` is unreadable.
+
+The file is its owner's alone (0600): ``flock`` needs only a descriptor, so a lock
+file another uid can open (even read-only) is a lock that uid can hold for ever. An
+existing lock file with a wider mode is narrowed; one owned by another uid is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
@@ -75,8 +80,39 @@ def holder_of(path: Path) -> int | None:
     return _proc_locks_holder(st) or _written_holder(path)
 
 
+class LockUnsafe(OSError):
+    """The lock file belongs to another uid: whoever owns it can hold the lock for ever."""
+
+
+def _own_only(fd: int, path: Path) -> None:
+    """Narrow ``fd``'s file to 0600; refuse a file another uid owns (it could re-widen it)."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        raise LockUnsafe(
+            f"{path}: the lock file belongs to uid {st.st_uid}, not {os.geteuid()}; "
+            "remove it (it is re-created, the owner's alone)"
+        )
+    if st.st_mode & 0o7077:
+        os.fchmod(fd, 0o600)
+
+
+def private_dir(path: Path, mode: int = 0o700) -> Path:
+    """Make ``path`` (and missing parents) with ``mode``; narrow an existing one we own.
+
+    For the directories of lock files, registries and logs: another uid that cannot
+    reach a lock file cannot open it, so cannot hold the lock (nor read what lies
+    beside it). A directory another uid owns is left alone (not ours to change).
+    """
+    path = Path(path)
+    path.mkdir(mode=mode, parents=True, exist_ok=True)  # an OSError names the path
+    st = os.stat(path)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~mode:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
+    return path
+
+
 class FileLock:
-    """Exclusive flock on ``path``, waited for up to ``wait`` seconds."""
+    """Exclusive flock on ``path``, waited for up to ``wait`` seconds (0: only try once)."""
 
     def __init__(self, path: Path, wait: float) -> None:
         self.path = path
@@ -92,9 +128,17 @@ class FileLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # No O_TRUNC: the current holder's pid stays readable until we hold the lock.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise named_oserror(exc, "open the lock file", self.path) from exc
+        try:
+            _own_only(fd, self.path)
+        except LockUnsafe:
+            os.close(fd)
+            raise
+        except OSError as exc:
+            os.close(fd)
+            raise named_oserror(exc, "narrow the mode of the lock file", self.path) from exc
         deadline = time.monotonic() + self.wait
         while True:
             try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aurora_common import atomic, bounded, identity, journal
 from aurora_common.errors import InputRefused
-from aurora_common.lock import FileLock, LockBusy, holder_of
+from aurora_common.lock import FileLock, LockBusy, LockUnsafe, holder_of, private_dir
 
 
 def test_atomic_replace_leaves_no_temp_and_names_the_target(tmp_path: Path) -> None:
@@ -202,3 +202,35 @@ def test_reading_identity_and_bounded_imports_nothing_dear() -> None:
         [sys.executable, "-S", "-c", program, root], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_a_lock_file_is_its_owners_alone(tmp_path: Path) -> None:
+    """flock needs only a descriptor: a lock file another uid can open is one it can hold."""
+    new, old = tmp_path / "new.lock", tmp_path / "old.lock"
+    old.touch()
+    os.chmod(old, 0o644)  # as an older release made it
+    for path in (new, old):
+        with FileLock(path, 0):
+            assert os.stat(path).st_mode & 0o7777 == 0o600, path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another uid")
+def test_a_lock_file_another_uid_owns_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    path.touch()
+    os.chown(path, 65534, 65534)
+    with pytest.raises(LockUnsafe, match="belongs to uid 65534"):
+        FileLock(path, 0).acquire()
+    assert os.stat(path).st_uid == 65534  # neither taken nor changed
+
+
+def test_private_dir_makes_and_narrows(tmp_path: Path) -> None:
+    made = private_dir(tmp_path / "a" / "b")
+    assert os.stat(made).st_mode & 0o777 == 0o700
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o755)
+    private_dir(wide)
+    assert os.stat(wide).st_mode & 0o777 == 0o700
+    private_dir(wide, 0o711)  # never widened
+    assert os.stat(wide).st_mode & 0o777 == 0o700

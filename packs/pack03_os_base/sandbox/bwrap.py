@@ -105,7 +105,7 @@ def arguments(
         flag = ("--bind" if path == pol.data_dir
                 else "--ro-bind" if path == pol.sdk_dir else "--ro-bind-try")  # fmt: skip
         args += [flag, path, path]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc", *_masked_proc(), *_minimal_dev()]
     for cap, patterns in devices.items():
         if cap in pol.granted:
             for name in sorted(os.listdir("/dev")):
@@ -113,6 +113,37 @@ def arguments(
                     args += ["--dev-bind-try", f"/dev/{name}", f"/dev/{name}"]
     args += ["--chdir", pol.data_dir, "--"]
     return args
+
+
+#: Host-wide /proc files a fresh procfs shows (host memory, load, pressure, every loop
+#: device's I/O, kernel symbols, boot id): the native backend's Landlock keeps the plugin
+#: to its own /proc/<pid>; here each is covered by /dev/null (an empty file).
+_PROC_HOST_WIDE = ("meminfo", "loadavg", "stat", "vmstat", "zoneinfo", "diskstats",
+                   "partitions", "swaps", "kallsyms", "interrupts", "softirqs",
+                   "schedstat", "timer_list", "sys/kernel/random/boot_id")  # fmt: skip
+
+
+def _masked_proc() -> list[str]:
+    # Only what this kernel has: bwrap cannot bind onto a /proc file that does not exist.
+    return [a for name in _PROC_HOST_WIDE if os.path.exists(f"/proc/{name}")
+            for a in ("--ro-bind", "/dev/null", f"/proc/{name}")]  # fmt: skip
+
+
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+_DEV_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+              "stderr": "/proc/self/fd/2"}  # fmt: skip
+
+
+def _minimal_dev() -> list[str]:
+    """The native backend's /dev: five nodes, the fd links and a private /dev/shm. Not
+    bwrap's --dev, whose /dev/ptmx takes pseudo-terminals from the budget all devpts
+    instances share (kernel.pty.max): a plugin could exhaust every container's."""
+    args = ["--perms", "0755", "--tmpfs", "/dev"]
+    for name in _DEVICES:
+        args += ["--dev-bind", f"/dev/{name}", f"/dev/{name}"]
+    for name, target in _DEV_LINKS.items():
+        args += ["--symlink", target, f"/dev/{name}"]
+    return [*args, "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm"]
 
 
 def _dirs_above(path: str, made: list[str], bound: list[str], done: set[str]) -> list[str]:

@@ -24,6 +24,7 @@ def describe(limits: dict[str, int | float]) -> dict[str, int | str]:
         key: int(limits[key]) if key in limits else "unlimited (not in policy)" for key in RLIMITS
     }
     out["core"] = 0
+    out["rtprio"] = out["nice"] = 0
     if "processes" in limits:
         out["processes"] = int(limits["processes"]) if _nproc_binds() else "not by rlimit"
     return out
@@ -41,12 +42,16 @@ def apply(limits: dict[str, int | float]) -> None:
     """Set the rlimits of this process (the last step before exec: the launcher needs fds).
 
     CPU gets a hard limit one second above the soft one: the plugin first receives
-    SIGXCPU (it may clean up), then SIGKILL. Core dumps are always off.
+    SIGXCPU (it may clean up), then SIGKILL. Core dumps are always off, and so are
+    real-time priority and raising the nice value: a real-time thread would run outside
+    the cgroup's CPU bandwidth, whatever rtprio hard limit the host gave root.
     """
     for key, which in RLIMITS.items():
         if key in limits:
             value = int(limits[key])
             _lower(which, value, value + 1 if key == "cpu_seconds" else None)
     _lower(resource.RLIMIT_CORE, 0)
+    _lower(resource.RLIMIT_RTPRIO, 0)
+    _lower(resource.RLIMIT_NICE, 0)
     if "processes" in limits and _nproc_binds():
         _lower(resource.RLIMIT_NPROC, int(limits["processes"]))

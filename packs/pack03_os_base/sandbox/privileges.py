@@ -6,6 +6,8 @@ bounding set is emptied first, so no exec can ever give a capability back.
 
 from __future__ import annotations
 
+import functools
+
 from sandbox import _libc
 
 # SECBIT_NOROOT|NOROOT_LOCKED|NO_SETUID_FIXUP|NO_SETUID_FIXUP_LOCKED|KEEP_CAPS_LOCKED|
@@ -18,7 +20,8 @@ def set_no_new_privs() -> None:
     _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
 
 
-def _last_cap() -> int:
+@functools.cache  # read once (a server reads it before it forks: every start needs it)
+def last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as fh:
             return int(fh.read())
@@ -26,10 +29,22 @@ def _last_cap() -> int:
         return 40
 
 
-def drop_bounding_set() -> None:
-    """Empty the bounding set (needs CAP_SETPCAP; raises OSError on failure)."""
-    for cap in range(_last_cap() + 1):
-        _libc.prctl(_libc.PR_CAPBSET_DROP, cap)
+#: What a server spare's plugin process may still need once its request is known, by
+#: number: the native path (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, KILL,
+#: SETGID, SETUID, SETPCAP, SYS_ADMIN, SYS_RESOURCE, MKNOD: cgroups, data dir, mounts,
+#: device nodes, identity, rlimits) and bwrap, which a bwrap request execs as root (its
+#: required NET_ADMIN, SYS_CHROOT, SYS_PTRACE too). The rest goes ahead of the request.
+NEEDED_AFTER_CLAIM = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 18, 19, 21, 24, 27})
+_dropped: set[int] = set()  # by this process (a fork inherits both these and the set)
+
+
+def drop_bounding_set(keep: frozenset[int] = frozenset()) -> None:
+    """Empty the bounding set but `keep` (needs CAP_SETPCAP; raises OSError on failure).
+    Each drop commits new credentials: one dropped earlier is not dropped again."""
+    for cap in range(last_cap() + 1):
+        if cap not in keep and cap not in _dropped:
+            _libc.prctl(_libc.PR_CAPBSET_DROP, cap)
+            _dropped.add(cap)
 
 
 def drop_all_capabilities() -> None:

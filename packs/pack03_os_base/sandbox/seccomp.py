@@ -41,7 +41,17 @@ HARDENING = (
     "chroot", "open_by_handle_at", "name_to_handle_at", "fanotify_init", "quotactl",
     "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
     "vhangup", "lookup_dcookie", "uselib",
+    # native AIO: its events come from one host-wide budget (fs.aio-max-nr) with no
+    # per-uid or cgroup bound; a plugin could take all of it (glibc's aio_* use threads)
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
 )  # fmt: skip
+
+#: MSG_OOB, and where each socket call has its flags: out-of-band data (TCP urgent data,
+#: AF_UNIX OOB) is refused. AF_UNIX's OOB code is rarely used and has been the kernel's
+#: weak spot (CVE-2025-38236, used to escape a browser sandbox); the protocol fd is AF_UNIX.
+MSG_OOB = 0x1
+FLAGS_ARG = {"sendto": 3, "recvfrom": 3, "sendmsg": 2, "recvmsg": 2, "sendmmsg": 3,
+             "recvmmsg": 3}  # fmt: skip
 
 
 _PR_SET_SECCOMP = 22
@@ -154,6 +164,12 @@ class Filter:
             for bit in SETID_BITS:
                 self._rule(_errno(errno.EPERM), name, [_ArgCmp(arg, _SCMP_CMP_MASKED_EQ, bit, bit)])
         self.deny("openat2", errno.ENOSYS)
+
+    def deny_out_of_band(self) -> None:
+        """Any send/receive with MSG_OOB fails with EPERM (``FLAGS_ARG``)."""
+        for name, arg in FLAGS_ARG.items():
+            oob = _ArgCmp(arg, _SCMP_CMP_MASKED_EQ, MSG_OOB, MSG_OOB)
+            self._rule(_errno(errno.EPERM), name, [oob])
 
     def deny_sockets(self) -> None:
         """socket() fails with EACCES for every family; socketpair() only works for AF_UNIX

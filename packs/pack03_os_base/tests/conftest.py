@@ -264,6 +264,52 @@ elif action == "namespaces":
     except OSError as exc:
         results["unshare"] = f"denied: {exc}"
     out("allowed" if "allowed" in results.values() else "denied", results=results)
+elif action == "aio":  # take native AIO contexts (host-wide fs.aio-max-nr), then hold
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    SYS_io_setup = 206
+    taken, nr, error = 0, 65536, None
+    while nr >= 1:
+        ctx = ctypes.c_ulong(0)
+        if libc.syscall(SYS_io_setup, ctypes.c_uint(nr), ctypes.byref(ctx)) == 0:
+            taken += nr
+            continue
+        error = os.strerror(ctypes.get_errno())
+        if ctypes.get_errno() in (1, 38):  # EPERM, ENOSYS: the filter said no
+            break
+        nr //= 2
+    out("holding", taken=taken, error=error)
+    sys.stdin.read()
+elif action == "oob":  # out-of-band data on a Unix stream pair
+    import socket
+    a, b = socket.socketpair()
+    try:
+        a.send(b"x", socket.MSG_OOB)
+        out("allowed")
+    except OSError as exc:
+        out("denied", error=str(exc))
+elif action == "pty":  # take pseudo-terminals, then hold
+    fds, error = [], None
+    for _ in range(int(args[0])):
+        try:
+            fds.append(os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY))
+        except OSError as exc:
+            error = str(exc)
+            break
+    out("holding", taken=len(fds), error=error)
+    sys.stdin.read()
+elif action == "host-view":  # what names the host: cgroup paths, host-wide /proc files
+    seen = {}
+    with open("/proc/self/cgroup") as fh:
+        seen["cgroup"] = fh.read()
+    for name in ("meminfo", "loadavg", "diskstats", "kallsyms", "sys/kernel/random/boot_id"):
+        try:
+            with open("/proc/" + name) as fh:
+                seen[name] = fh.read(4096)
+        except OSError as exc:
+            seen[name] = None
+    out("seen", seen=seen)
 elif action == "inotify":
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
@@ -784,3 +830,12 @@ def outside_process() -> Iterator[subprocess.Popen[bytes]]:
     yield proc
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uid_claims_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Plugin uids are claimed host-wide (pack04 README "Plugin identity"): every launcher
+    this session starts claims them in a temp dir, never in /var/lib/aurora."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AURORA_UID_CLAIMS", str(tmp_path_factory.mktemp("uid-claims") / "plugin-uids"))
+        yield

@@ -11,6 +11,7 @@ import os
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,18 +173,24 @@ def test_the_plugins_own_children_work(sandbox: Sandbox) -> None:
     assert res.outcome == {"outcome": "allowed", "forked": 3, "error": None}
 
 
-def _mountinfo() -> list[str]:
+def _mountinfo(mine: Path) -> list[str]:
+    """The host's mount table, less other temp dirs' mounts (tests running beside this one
+    mount data images there; a run of ours could only leave mounts outside them or in
+    ``mine``)."""
+    tmp = tuple({tempfile.gettempdir().rstrip("/") + "/", "/tmp/"})
     with open("/proc/self/mountinfo") as fh:
-        return sorted(" ".join(line.split()[3:5]) for line in fh)
+        entries = [line.split()[3:5] for line in fh]
+    return sorted(" ".join(e) for e in entries
+                  if not e[1].startswith(tmp) or e[1].startswith(str(mine)))  # fmt: skip
 
 
 def test_nothing_is_left_on_the_host_after_a_run(sandbox: Sandbox, probe: Probe) -> None:
     probe.require("cgroup")
-    before = _mountinfo()
+    before = _mountinfo(sandbox.tmp)
     held = sandbox.start("hold")
     pid, dirs = held.pid, held.report["cgroup"]["dirs"]
     assert held.finish() == 0
-    assert _mountinfo() == before
+    assert _mountinfo(sandbox.tmp) == before
     assert not sandbox.alive(pid)
     sandbox.kill_tree(held.launcher)  # what a supervisor does after an exit
     deadline = time.monotonic() + 5
@@ -249,3 +256,103 @@ def test_two_plugins_side_by_side_do_not_see_each_other(sandbox: Sandbox) -> Non
         assert sandbox.alive(victim)
     finally:
         assert other.finish() == 0
+
+
+# -- host-wide kernel budgets and what names the host (adversary run adv8: F2, F3, F5) ----------
+
+
+def _host_counter(path: str) -> int:
+    return int(Path(path).read_text().split()[0])
+
+
+def test_native_aio_cannot_take_the_hosts_aio_budget(sandbox: Sandbox, probe: Probe) -> None:
+    """fs.aio-max-nr is one budget for the whole kernel: a plugin that took it all made
+    every host io_setup() fail with EAGAIN. Judged by the host's fs.aio-nr while it holds."""
+    probe.require("seccomp")
+    before = _host_counter("/proc/sys/fs/aio-nr")
+    held = sandbox.start("aio")
+    try:
+        during = _host_counter("/proc/sys/fs/aio-nr")
+        assert held.line["taken"] == 0, held.line
+        assert during - before < 1024, (before, during)  # the plugin alone would take 65536
+    finally:
+        held.finish()
+
+
+def test_out_of_band_data_is_refused(sandbox: Sandbox, probe: Probe) -> None:
+    probe.require("seccomp")
+    res = sandbox.attack_run("oob")
+    assert res.outcome["outcome"] == "denied", res.outcome
+    assert "Operation not permitted" in res.outcome["error"]
+
+
+def test_pseudo_terminals_are_not_the_plugins_to_take(sandbox: Sandbox) -> None:
+    """kernel.pty.max is shared by every devpts instance (containers, other sandboxes): the
+    plugin's /dev has no ptmx on either backend. Judged by the host's pty count."""
+    before = _host_counter("/proc/sys/kernel/pty/nr")
+    held = sandbox.start("pty", "200", open_files=256)
+    try:
+        during = _host_counter("/proc/sys/kernel/pty/nr")
+        assert held.line["taken"] == 0, held.line
+        assert during - before < 50, (before, during)
+    finally:
+        held.finish()
+
+
+def test_the_plugin_sees_no_host_cgroup_path_pid_or_host_wide_proc_file(
+    sandbox: Sandbox, probe: Probe
+) -> None:
+    probe.require("cgroup")
+    held = sandbox.start("hold")
+    try:
+        launcher = held.launcher
+    finally:
+        held.finish()
+    res = sandbox.attack_run("host-view")
+    seen = res.outcome["seen"]
+    for line in seen["cgroup"].splitlines():
+        assert line.rsplit(":", 1)[1] == "/", seen["cgroup"]  # its own cgroups are its root
+    assert "aurora-sandbox" not in seen["cgroup"] and str(launcher) not in seen["cgroup"]
+    for name in ("meminfo", "loadavg", "diskstats", "kallsyms", "sys/kernel/random/boot_id"):
+        assert not seen[name], (name, seen[name])  # denied (native) or empty (bwrap)
+
+
+def test_the_plugins_mount_table_lists_nothing_of_the_host(sandbox: Sandbox) -> None:
+    """A host mount (another plugin's data dir, a user's path) is not in what the plugin can
+    read of its mount table (native: mountinfo denied; bwrap: the old root is detached).
+    Judged with a mount made on the host for the test."""
+    marker = sandbox.tmp / "host-only-mount"
+    marker.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(marker)], check=True)
+    try:
+        res = sandbox.run(["/bin/cat", "/proc/self/mountinfo"])
+    finally:
+        subprocess.run(["umount", "-l", str(marker)], check=False)
+    assert str(marker) not in res.stdout
+    if sandbox.backend == "native":
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
+    else:
+        assert res.returncode == 0, res.stderr
+        points = [line.split()[4] for line in res.stdout.splitlines()]
+        assert "/proc" in points and not [p for p in points if p.startswith("/.oldroot")], points
+    for name in ("status", "limits", "fd"):  # what a program needs of its own /proc stays
+        assert sandbox.run(["/bin/ls", f"/proc/self/{name}"]).returncode == 0, name
+
+
+def test_no_real_time_priority_or_higher_nice_whatever_root_was_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SCHED_FIFO thread would run outside the cgroup's CPU bandwidth: whatever rtprio
+    and nice limits the launcher's root had, the plugin's are set to 0, soft and hard.
+    (The rlimits module's own calls are recorded: this host's root cannot raise a hard
+    limit to show it end to end, lacking CAP_SYS_RESOURCE.)"""
+    import resource
+
+    from sandbox import limits
+
+    given = {resource.RLIMIT_RTPRIO: (50, 50), resource.RLIMIT_NICE: (30, 30)}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: given.get(which, (-1, -1)))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: given.__setitem__(which, value))
+    limits.apply({})
+    assert given[resource.RLIMIT_RTPRIO] == (0, 0)
+    assert given[resource.RLIMIT_NICE] == (0, 0)

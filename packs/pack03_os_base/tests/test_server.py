@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sandbox import cgroups, launch, pidns
+from sandbox import cgroups, launch, pidns, privileges
 from sandbox import server as server_lib
 from sandbox_testing import PLUGIN_GID, PLUGIN_UID
 
@@ -165,27 +165,23 @@ def test_a_served_run_gets_exactly_the_one_shot_layers(
 
 @root_only
 def test_a_served_run_has_its_limits_in_its_cgroup(served: Sandbox) -> None:
-    """The spare's cgroups were made before the policy was known: the limits are set after."""
-    code = (
-        "import json\n"
-        "out = {}\n"
-        "for line in open('/proc/self/cgroup'):\n"
-        "    _, ctrl, path = line.strip().split(':', 2)\n"
-        "    for name, f in (('pids', 'pids.max'), ('memory', 'memory.limit_in_bytes')):\n"
-        "        if name in ctrl.split(','):\n"
-        "            out[name] = open(f'/sys/fs/cgroup/{name}{path}/{f}').read().strip()\n"
-        "            out[name + '-dir'] = path\n"
-        "print(json.dumps(out))\n"
-    )
-    res = served.run([sys.executable, "-I", "-c", code], granted=["fs-read"], processes=7)
-    assert res.returncode == 0, res.stderr
-    out = res.outcome
-    if "pids" not in out:
-        pytest.skip("no v1 pids hierarchy here (pure cgroup v2)")
-    assert out["pids"] == "7"
-    assert f"/{cgroups.POOL}/run-" in out["pids-dir"]
-    if "memory" in out:
-        assert int(out["memory"]) == 256 << 20
+    """The spare's cgroups were made before the policy was known: the limits are set after.
+    Read on the host, in the run's cgroup dirs (the plugin sees its own cgroups as "/")."""
+    held = served.start("hold", processes=7)
+    try:
+        dirs = held.report["cgroup"]["dirs"]
+        limits = {}
+        for d in dirs:
+            for name in ("pids.max", "memory.limit_in_bytes", "memory.max"):
+                if os.path.exists(os.path.join(d, name)):
+                    limits[name] = Path(d, name).read_text().strip()
+    finally:
+        held.finish()
+    assert dirs and all(f"/{cgroups.POOL}/run-" in d for d in dirs), dirs
+    assert limits.get("pids.max") == "7", limits
+    memory = limits.get("memory.limit_in_bytes") or limits.get("memory.max")
+    if memory is not None:
+        assert int(memory) == 256 << 20
 
 
 @root_only
@@ -622,3 +618,34 @@ def test_a_client_that_is_not_the_servers_parent_is_refused(
     time.sleep(0.3)
     assert not marker.exists() and not (tmp_path / "data").exists()
     assert f"pid {pid} is not the server's parent" in server.log.read_text()
+
+
+@root_only
+def test_a_waiting_spares_plugin_process_holds_only_the_capabilities_a_request_needs(
+    own_server: ServerProc, tmp_path: Path
+) -> None:
+    # The bounding set is emptied of the rest ahead (server._ahead); the request drops
+    # what is left (test_identity: the plugin ends with none, either backend).
+    # (of what the server has: a container's root may lack some, CAP_SYS_RESOURCE here)
+    want = sum(1 << cap for cap in privileges.NEEDED_AFTER_CLAIM) & _cap_bnd(own_server.proc.pid)
+    deadline = time.monotonic() + 10
+    found: list[int] = []
+    while time.monotonic() < deadline:  # spare -> init -> the plugin process
+        found = [p for s in own_server.children() for i in _children_of(s)
+                 for p in _children_of(i)]  # fmt: skip
+        if len(found) == 2 and all(_cap_bnd(p) == want for p in found):
+            break
+        time.sleep(0.02)
+    assert len(found) == 2 and [_cap_bnd(p) for p in found] == [want, want], (
+        found, [hex(_cap_bnd(p)) for p in found], hex(want))  # fmt: skip
+    # and a request still runs, with the rest of the set dropped by then
+    events = own_server.request({"policy": _policy(tmp_path), "argv": ["/bin/true"]}, timeout=60)
+    assert events[-1]["returncode"] == 0, events
+
+
+def _cap_bnd(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1], 16) for line in fh if line.startswith("CapBnd:"))
+    except (OSError, StopIteration):
+        return -1

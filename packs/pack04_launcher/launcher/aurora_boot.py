@@ -47,6 +47,9 @@ def library_root() -> str | None:
 
 _root = library_root()
 if _root is None:
-    raise ImportError("pack01_common is not installed (a dependency of this pack)")
+    raise ImportError(
+        "pack01_common is not installed (a dependency of this pack): "
+        "aurora pack install --pack pack01_common"
+    )
 if _root not in sys.path:
     sys.path.insert(0, _root)

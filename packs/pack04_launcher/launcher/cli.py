@@ -30,6 +30,7 @@ from launcher import aurora_boot  # noqa: F401
 from aurora_common import calls
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
+from aurora_common.lock import LockBusy
 
 from launcher import (
     control,
@@ -57,6 +58,7 @@ EXIT_NOT_RUNNING = Exit.NOT_RUNNING  # the launcher service is not running
 EXIT_NOT_FOUND = Exit.NOT_FOUND  # no such plugin in the registry
 EXIT_PLUGIN_FAILED = Exit.FAILED  # start: the plugin did not reach "running"; run: it failed
 EXIT_CONFLICT = Exit.BUSY  # run: the service is running this plugin already
+EXIT_BUSY = Exit.BUSY  # a lock stayed held for fsutil.LOCK_WAIT seconds (the holder is named)
 EXIT_NO_SANDBOX = Exit.NOT_FOUND  # run: pack03's sandbox cannot be found
 EXIT_SANDBOX_REFUSED = Exit.REFUSED  # run: pack03 refused to start it (its exit 125)
 EXIT_TIMEOUT = Exit.TIMEOUT  # run --timeout: the plugin was stopped at the deadline
@@ -234,7 +236,7 @@ def _cmd_call(args: argparse.Namespace, paths: Paths) -> int:
     outcome = done[0]
     code = outcome.exit_code
     if outcome.kind == "result":
-        _emit(args, outcome.to_json(), json.dumps(outcome.value, indent=2, ensure_ascii=False))
+        _emit(args, outcome.to_json(), terminal_json(outcome.value))
         return code
     message = f"{args.plugin_id} {args.function}: {outcome.kind}: {one_line(outcome.message)}"
     _err(conventions.error_line(conventions.prog_name(PROG), message))
@@ -484,7 +486,7 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
     assert entry.entrypoint is not None
     data_dir = paths.plugin_data(entry.id)
     bounds = limits.for_plugin(limits.read_settings(paths.limits), entry.id)
-    uid = identity.allocate(paths.identities, paths.identities_lock, paths.audit_log, entry.id)
+    uid = identity.for_plugin(paths, entry.id)
     gaps = []
     try:
         mounted_now = diskimage.ensure(
@@ -496,7 +498,7 @@ def _cmd_run(args: argparse.Namespace, paths: Paths) -> int:
             return _fail(args, EXIT_SANDBOX_REFUSED, f"{entry.id}: refused: {why}")
         mounted_now, gaps = False, [f"{diskimage.LAYER}: {exc}"]
     try:
-        datadir.plugin_dir(data_dir, uid, uid, force=mounted_now)
+        datadir.plugin_dir(data_dir, uid, uid)
         rc, timed_out, report = _run_in(entry, paths, args, sbx, data_dir, bounds, uid)
     finally:
         if mounted_now:  # the service mounts it again at its next start
@@ -635,6 +637,22 @@ def escape_controls(text: str) -> str:
         else f"\\u{ord(ch):04x}"
         for ch in text
     )
+
+
+def terminal_json(value: Any) -> str:
+    """``value`` as indented JSON, readable (non-ASCII text kept) but with every
+    non-printable character (C0, C1, bidi overrides, ...) as a JSON ``\\uXXXX`` escape:
+    a plugin's result never drives the operator's terminal, and it is still valid JSON."""
+    out: list[str] = []
+    for ch in json.dumps(value, indent=2, ensure_ascii=False):
+        if ch == "\n" or ch.isprintable():
+            out.append(ch)
+        elif ord(ch) > 0xFFFF:  # JSON spells these as a UTF-16 surrogate pair
+            high, low = divmod(ord(ch) - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
 
 
 def _relay(proc: subprocess.Popen[bytes], relays: dict[int, TextIO], timeout: float | None) -> bool:
@@ -832,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, EXIT_NOT_FOUND, str(exc))
     except LauncherError as exc:
         return _fail(args, EXIT_ERROR, str(exc))
+    except LockBusy as exc:
+        return _fail(args, EXIT_BUSY, str(exc))
     except OSError as exc:
         return _fail(args, EXIT_ERROR, f"{exc.filename or ''}: {exc.strerror}".lstrip(": "))
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ directory of the launcher is root's and closed to plugin uids (``private_dirs``)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -36,21 +37,73 @@ def root_dir(path: Path, mode: int) -> None:
         os.close(fd)
 
 
-def _reown_tree(top: int, uid: int, gid: int) -> int:
-    """chown everything beneath the open directory ``top``; never through a symlink."""
-    count = 0
-    for _dir, dirs, files, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
-        for name in (*dirs, *files):
-            os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _ids(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _chown_entries(fd: int, uid: int, gid: int) -> tuple[int, list[str]]:
+    """chown every entry of the open directory ``fd`` (links themselves); its subdirs."""
+    count, subdirs = 0, []
+    with os.scandir(fd) as it:
+        for entry in it:
+            os.chown(entry.name, uid, gid, dir_fd=fd, follow_symlinks=False)
             count += 1
-    return count
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+    return count, subdirs
 
 
-def plugin_dir(path: Path, uid: int, gid: int, force: bool = False) -> int:
+def _reown_tree(top: int, uid: int, gid: int) -> int:
+    """chown everything beneath the open directory ``top``; never through a symlink.
+
+    Iterative (a plugin-made chain 1500 deep made os.fwalk's recursion fail) and with
+    one directory open at a time: it goes down with openat(O_NOFOLLOW) and back up with
+    ``..``, checked to be the directory it came from (a tree moved meanwhile stops it).
+    """
+    fd = os.dup(top)
+    try:
+        count, subdirs = _chown_entries(fd, uid, gid)
+        trail, pending = [_ids(fd)], [subdirs]
+        while pending:
+            if not pending[-1]:
+                pending.pop()
+                trail.pop()
+                if not pending:
+                    break
+                up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                if _ids(fd) != trail[-1]:
+                    raise LauncherError("the data dir changed while it was being re-owned")
+                continue
+            try:
+                down = os.open(pending[-1].pop(), _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue  # gone, or replaced by a file or a symlink meanwhile: not followed
+                raise
+            os.close(fd)
+            fd = down
+            moved, subdirs = _chown_entries(fd, uid, gid)
+            count += moved
+            trail.append(_ids(fd))
+            pending.append(subdirs)
+        return count
+    finally:
+        os.close(fd)
+
+
+def plugin_dir(path: Path, uid: int, gid: int) -> int:
     """Make ``path`` the plugin's data dir (owner uid:gid, mode 0700).
 
-    Returns how many entries beneath it were re-owned (0 when it already was the
-    plugin's; ``force``: re-own the tree whatever the top's owner). Raises
+    Returns how many entries beneath it were re-owned: 0 when its top already is the
+    plugin's, so a tree the plugin made is never walked at a (re)start. The plugin
+    cannot give its top to another owner (no CAP_CHOWN); only the launcher does, when it
+    moves an older tree in (``diskimage.ensure``) or the plugin's uid changed. Raises
     LauncherError when ``path`` is a symlink or not a directory.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +116,7 @@ def plugin_dir(path: Path, uid: int, gid: int, force: bool = False) -> int:
     try:
         st = os.fstat(fd)
         moved = 0
-        if force or (st.st_uid, st.st_gid) != (uid, gid):
+        if (st.st_uid, st.st_gid) != (uid, gid):
             moved = _reown_tree(fd, uid, gid)
             os.fchown(fd, uid, gid)
         if stat.S_IMODE(st.st_mode) != PRIVATE:

@@ -176,6 +176,9 @@ def ensure(image: Path, target: Path, disk_bytes: int, inodes: int, uid: int) ->
         # does not fit stays where it was moved (the error names it) for the operator.
         shutil.copytree(old, target, symlinks=True, dirs_exist_ok=True, ignore=_special)
         shutil.rmtree(old)
+        # Copied as root: a top that is root's makes datadir.plugin_dir re-own the tree
+        # (once; an image whose top is the plugin's is never walked).
+        os.chown(target, 0, 0)
     _grow(image, target, disk_bytes)
     return True
 

@@ -7,14 +7,13 @@ The write is pack01's one implementation; this module only sets pack04's default
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from aurora_common.atomic import replace_bytes
+from aurora_common.lock import FileLock
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -28,13 +27,13 @@ def atomic_write_json(path: Path, doc: Any, mode: int = 0o600) -> None:
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
+#: How long a read-modify-write waits for its lock before LockBusy names the holder.
+LOCK_WAIT = 60.0
+
+
 @contextlib.contextmanager
-def locked(lock: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock`` (created, never deleted) for a read-modify-write."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+def locked(lock: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold ``aurora_common.lock``'s exclusive flock on ``lock`` (0600, created, never
+    deleted) for a read-modify-write; LockBusy naming the holder after ``wait`` seconds."""
+    with FileLock(lock, wait):
         yield
-    finally:
-        os.close(fd)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher.errors import SandboxUnavailable
@@ -18,6 +18,18 @@ from launcher.errors import SandboxUnavailable
 PACK_ID = "pack04_launcher"
 PACK05_ID = "pack05_plugin_api"
 PACK03_ID = "pack03_os_base"
+
+#: The host-wide uid claims directory (README "Plugin identity"); the variable moves it
+#: (tests, hosts whose /var/lib is not for this).
+UID_CLAIMS_ENV = "AURORA_UID_CLAIMS"
+DEFAULT_UID_CLAIMS = Path("/var/lib/aurora/plugin-uids")
+
+
+def uid_claims_dir(env: Mapping[str, str]) -> Path:
+    """Where plugin uids are claimed host-wide: $AURORA_UID_CLAIMS or the default."""
+    value = env.get(UID_CLAIMS_ENV)
+    return Path(value).resolve() if value else DEFAULT_UID_CLAIMS
+
 
 #: The pack's own directory when run from the source tree.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +45,8 @@ class Paths:
     run: Path
     logs: Path
     registry: Path
+    #: Host-wide, shared by every installation (not under ``home``).
+    uid_claims: Path = field(default_factory=lambda: uid_claims_dir(os.environ))
 
     @property
     def pidfile(self) -> Path:
@@ -175,6 +189,7 @@ class Paths:
             run=run,
             logs=logs,
             registry=Path(reg).resolve() if reg else default_registry,
+            uid_claims=uid_claims_dir(env),
         )
 
 

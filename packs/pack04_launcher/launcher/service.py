@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import logging
 import math
 import os
@@ -25,6 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from launcher import aurora_boot  # noqa: F401  # puts aurora_common on sys.path
+
+# isort: split
+from aurora_common.lock import FileLock, LockBusy
 
 from launcher import process, sandbox, status
 from launcher.errors import ConfigError, LauncherError, ServiceError
@@ -84,16 +88,16 @@ def max_runtime_from_env(environ: Mapping[str, str] | None = None) -> float | No
 @contextlib.contextmanager
 def _service_lock(path: Path) -> Iterator[None]:
     """Hold the one-service-per-run-dir lock (never deleted; the kernel frees it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(path, 0)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise ServiceError(f"{path}: another launcher service holds this run dir") from exc
+        lock.acquire()
+    except LockBusy as exc:
+        who = f" (pid {exc.holder})" if exc.holder else ""
+        raise ServiceError(f"{path}: another launcher service holds this run dir{who}") from exc
+    try:
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 @dataclass

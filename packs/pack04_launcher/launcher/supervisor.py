@@ -524,9 +524,7 @@ class Supervisor:
         if not self._digest_ok(slot):
             return
         try:
-            uid = identity.allocate(
-                self.paths.identities, self.paths.identities_lock, self.paths.audit_log, entry.id
-            )
+            uid = identity.for_plugin(self.paths, entry.id)
         except (LauncherError, OSError) as exc:
             reason = f"not started: no host identity: {exc}"
             if slot.reason != reason:
@@ -548,13 +546,13 @@ class Supervisor:
         bounds = limits.for_plugin(self._limit_settings, entry.id)
         sdk = _sdk_root() if entry.api is not None else None
         doc = sandbox.policy(entry, data_dir, bounds.policy_limits(self.settings.limits), uid, sdk)
-        fresh, slot.disk_gap = False, None
+        slot.disk_gap = None
         if self.settings.disk_images:
             try:
                 if self._disk_error is not None:
                     raise diskimage.DiskUnavailable(self._disk_error)
-                fresh = diskimage.ensure(self.paths.plugin_image(entry.id), data_dir,
-                                         bounds.disk_bytes, bounds.inodes, uid)  # fmt: skip
+                diskimage.ensure(self.paths.plugin_image(entry.id), data_dir,
+                                 bounds.disk_bytes, bounds.inodes, uid)  # fmt: skip
             except (diskimage.DiskUnavailable, OSError) as exc:
                 if not entry.allow_degraded:
                     slot.state = status.REFUSED
@@ -568,7 +566,7 @@ class Supervisor:
         server = self._server_for(sbx)
         cgroup = entry.id if self.cgroups is not None and server is None else None
         try:
-            if moved := datadir.plugin_dir(data_dir, uid, uid, force=fresh):
+            if moved := datadir.plugin_dir(data_dir, uid, uid):
                 log.warning("%s: re-owned %d entries of %s to uid %d", entry.id, moved,
                             data_dir, uid)  # fmt: skip
             run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -17,7 +17,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from launcher import diskimage, process, status  # noqa: E402
 from launcher.cgroup import CgroupTree  # noqa: E402
-from launcher.paths import Paths  # noqa: E402
+from launcher.paths import DEFAULT_UID_CLAIMS, UID_CLAIMS_ENV, Paths  # noqa: E402
 from launcher.supervisor import Supervisor  # noqa: E402
 from launcher_testing import (  # noqa: E402
     ESCAPE,
@@ -35,6 +35,25 @@ from launcher_testing import (  # noqa: E402
     wait_until,
     wait_until_service_reports,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_claims_untouched() -> Iterator[None]:
+    """No test claims uids in the host's real claims directory (see ``uid_claims``)."""
+    existed = DEFAULT_UID_CLAIMS.parent.exists()
+    yield
+    assert existed or not DEFAULT_UID_CLAIMS.parent.exists(), (
+        f"a test made {DEFAULT_UID_CLAIMS.parent}: it ignored {UID_CLAIMS_ENV}"
+    )
+
+
+@pytest.fixture(autouse=True)
+def uid_claims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test claims plugin uids in its own dir, never in /var/lib/aurora: in this
+    process (Paths' default) and in every launcher it starts (service_env)."""
+    claims = tmp_path / "uid-claims"
+    monkeypatch.setenv(UID_CLAIMS_ENV, str(claims))
+    return claims
 
 
 @pytest.fixture

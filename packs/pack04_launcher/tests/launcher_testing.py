@@ -21,7 +21,7 @@ if str(PACK_ROOT) not in sys.path:
 from launcher import status  # noqa: E402
 from launcher.cgroup import CgroupTree  # noqa: E402
 from launcher.digest import tree_digest  # noqa: E402
-from launcher.paths import Paths  # noqa: E402
+from launcher.paths import UID_CLAIMS_ENV, Paths  # noqa: E402
 from launcher.process import ProcessId, identify  # noqa: E402
 from launcher.status import read_status  # noqa: E402
 from launcher.supervisor import Settings, Slot, Supervisor  # noqa: E402
@@ -340,6 +340,8 @@ def service_env(
         "AURORA_PACK_LOGS": str(base / "logs"),
         "AURORA_PLUGIN_REGISTRY": str(registry),
         "AURORA_SANDBOX_ROOT": str(sandbox_root),
+        # never the host's /var/lib/aurora: the test's claims dir (conftest), else base's
+        UID_CLAIMS_ENV: os.environ.get(UID_CLAIMS_ENV) or str(base / "uid-claims"),
     }
 
 

@@ -335,3 +335,22 @@ def test_run_in_the_real_sandbox_leaves_nothing_at_timeout(
     # No process of the plugin is left, the setsid grandchild included (found by the
     # environment pack03 gives every process of the run).
     assert plugin_processes("acme.escape") == []
+
+
+def test_a_call_result_never_drives_the_operators_terminal(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adv8 F7: C1 controls (U+009B is CSI), bidi overrides and ESC in a plugin's result
+    reach stdout as JSON escapes; the text stays valid JSON, and readable non-ASCII stays."""
+    from aurora_common.calls import CallOutcome
+
+    hostile = {"t": "C1:\u009b2J bidi:\u202eTXT esc:\u001b[31m tag:\U000e0041 caf\u00e9 \u4e16"}
+    monkeypatch.setattr(cli.calls, "call", lambda *a, **k: CallOutcome("result", hostile))
+    assert cli.main(["call", "acme.x", "f"]) == 0
+    out = capsys.readouterr().out
+    assert not [ch for ch in out if ch != "\n" and not ch.isprintable()], ascii(out)
+    assert json.loads(out) == hostile
+    assert "caf\u00e9 \u4e16" in out
+    assert cli.main(["call", "acme.x", "f", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.isascii() and json.loads(out)["result"]["value"] == hostile

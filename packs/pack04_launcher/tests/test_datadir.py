@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,3 +112,31 @@ def test_after_a_run_only_the_data_dir_belongs_to_the_plugin(
     sup.close()
     assert sup.slots["acme.own"].state == status.STOPPED
     assert _offending(tmp_path, data, uid) == []
+
+
+def test_a_deep_plugin_made_chain_is_re_owned_iteratively_without_following_links(
+    tmp_path: Path,
+) -> None:
+    """adv8 F1: os.fwalk recursed (RecursionError at 1500 deep); every entry visited once."""
+    d = tmp_path / "plugin-data" / "acme.a"
+    d.mkdir(parents=True)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # build 1500 levels through fds: the path would pass PATH_MAX
+        for _ in range(1500):
+            os.mkdir("d", dir_fd=fd)
+            os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+            os.symlink("/", "up", dir_fd=fd)
+            down = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = down
+        before = len(os.listdir(f"/proc/{os.getpid()}/fd"))
+        moved = datadir.plugin_dir(d, UID, UID)
+        assert len(os.listdir(f"/proc/{os.getpid()}/fd")) == before  # nothing left open
+        assert moved == 1500 * 3
+        assert os.fstat(fd).st_uid == UID  # the deepest dir
+        assert os.lstat("/").st_uid == 0
+    finally:
+        os.close(fd)
+        # Removed here (GNU rm has no depth limit): pytest's recursive rmtree of old
+        # tmp dirs would fail on it in every later run on this machine.
+        subprocess.run(["rm", "-rf", "--", str(d)], check=True)

@@ -51,7 +51,7 @@ def test_a_failed_write_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     def _boom(*_args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("launcher.fsutil.os.replace", _boom)
+    monkeypatch.setattr("aurora_common.atomic.os.replace", _boom)
     with pytest.raises(OSError):
         set_allowed(path, lock, audit, "acme.b", True)
     assert read_allowed(path) == {"acme.a"}

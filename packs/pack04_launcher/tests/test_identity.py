@@ -6,15 +6,22 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from launcher import identity
 from launcher.errors import LauncherError
-from launcher.identity import FIRST_ID, LAST_ID, SCHEMA, allocate, read_identities
+from launcher.identity import FIRST_ID, LAST_ID, SCHEMA, read_identities
 
 
 def _files(tmp_path: Path) -> tuple[Path, Path, Path]:
     return tmp_path / "identities.json", tmp_path / "identities.lock", tmp_path / "audit.log"
+
+
+def allocate(path: Path, lock: Path, audit: Path, plugin_id: str, **kw: Any) -> int:
+    """One installation (data dir ``path``'s parent) claiming in the test's claims dir."""
+    claims = Path(os.environ["AURORA_UID_CLAIMS"])
+    return identity.allocate(path, lock, audit, plugin_id, claims, path.parent, **kw)
 
 
 def test_ids_are_stable_distinct_recorded_0600_and_audited(tmp_path: Path) -> None:
@@ -40,14 +47,19 @@ def test_numbers_the_host_uses_are_skipped_and_removed_ids_never_reused(tmp_path
     path, lock, audit = _files(tmp_path)
     taken = {FIRST_ID, FIRST_ID + 1}
     assert allocate(path, lock, audit, "acme.a", host_uses=taken.__contains__) == FIRST_ID + 2
-    # acme.a's number stays recorded even when it is gone from the registry: a new
-    # plugin gets the next one.
-    assert allocate(path, lock, audit, "acme.new", host_uses=lambda n: False) == FIRST_ID + 3
+    # The lowest number free host-wide; acme.a's stays claimed and recorded even when
+    # it is gone from the registry: it is never given to another plugin.
+    free = [
+        allocate(path, lock, audit, f"acme.new{i}", host_uses=lambda n: False) for i in (1, 2, 3)
+    ]
+    assert free == [FIRST_ID, FIRST_ID + 1, FIRST_ID + 3]
 
 
-def test_the_real_user_database_is_consulted() -> None:
-    assert identity._host_uses(0) is True  # root
-    assert identity._host_uses(FIRST_ID + 99_000) is False
+def test_the_real_user_database_and_live_processes_are_consulted() -> None:
+    assert identity._nss_uses(0) is True  # root
+    assert identity._nss_uses(FIRST_ID + 99_000) is False
+    uses = identity.host_checker()
+    assert uses(os.getuid()) and not uses(FIRST_ID + 99_000)
 
 
 def test_range_spent_and_bad_file_are_errors_that_name_the_file(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def append_audit_many(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     count (see ``read_audit``), and ``core/txn.py`` records their ``abort``.
     """
     for record in records:
-        append_record(path, dict(record))
+        append_record(path, dict(record), 0o600)
 
 
 def read_audit_raw(path: Path) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ The loader never runs plugin code.
 from __future__ import annotations
 
 import bz2
+import collections
 import contextlib
 import errno
 import gzip
@@ -36,7 +37,7 @@ from .api import MANIFEST_NAMES, load_manifest, validate_manifest
 from .errors import ManifestError, PluginError, StagingError
 from .permissions import recover_policy
 from .registry import REPLACED_MARK, PluginRegistry
-from .storage import fsync_dir, is_io_failure, locked, named_oserror
+from .storage import fsync_dir, is_io_failure, locked, named_oserror, private_dir
 from .txn import left_behind
 
 __all__ = ["PluginLoader", "tree_digest"]
@@ -173,6 +174,50 @@ def _check_link(rel: str, target: str, source: str) -> None:
     resolved = os.path.normpath(os.path.join(os.path.dirname(rel), target))
     if resolved == ".." or resolved.startswith("../"):
         raise StagingError(f"symlink {rel!r} -> {target!r} leads out of the package", source=source)
+
+
+#: Links followed in resolving one symlink before it counts as a loop (the kernel's 40).
+_MAX_HOPS = 40
+
+
+def _check_links_resolved(links: dict[str, str], source: str) -> None:
+    """Refuse a symlink that resolves out of the package through other links in it.
+
+    ``_check_link`` is lexical: ``s -> .`` then ``esc -> s/s/../../etc/shadow`` passes it
+    (``normpath`` drops ``s/..``), while the kernel resolves ``s`` first and climbs out.
+    So resolve each link as the kernel would, with the package as the whole world:
+    every component that is itself a link in ``links`` (path -> target, relative to the
+    package root) is replaced by its target, and no ``..`` may climb above the root.
+    """
+    for rel, target in links.items():
+        where = [p for p in rel.split("/")[:-1] if p]  # its directory: real dirs (_walk)
+        todo = collections.deque(target.split("/"))
+        hops = 0
+        while todo:
+            part = todo.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not where:
+                    raise StagingError(
+                        f"symlink {rel!r} -> {target!r} leads out of the package "
+                        "(through the links in it)",
+                        source=source,
+                    )
+                where.pop()
+                continue
+            step = "/".join([*where, part])
+            if step in links:
+                hops += 1
+                if hops > _MAX_HOPS:
+                    raise StagingError(
+                        f"symlink {rel!r} -> {target!r}: more than {_MAX_HOPS} links to "
+                        "follow (a loop)",
+                        source=source,
+                    )
+                todo.extendleft(reversed(links[step].split("/")))  # relative to `where`
+                continue
+            where.append(part)
 
 
 def _special(mode: int) -> str | None:
@@ -408,6 +453,8 @@ class PluginLoader:
                         nlink=st.st_nlink,
                     )
                 )
+        # Every source kind (directory, zip, tar) is walked here: links checked by resolution.
+        _check_links_resolved({e.path: e.link for e in entries if e.kind == "link"}, source)
         seen: dict[tuple[int, int], int] = {}
         for e in entries:
             if e.kind == "file" and e.nlink > 1:
@@ -800,7 +847,8 @@ class PluginLoader:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """The staging lock, with what dead stagers and removers left settled first."""
-        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.plugins_dir)  # 0700: no other uid opens (so holds) its locks
+        self.packages_dir.mkdir(exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         with locked(self.lock_path):
             recover_policy(self.plugins_dir, actor=self.registry.actor)
@@ -878,7 +926,7 @@ class PluginLoader:
         inode) allocated, so that ``remove`` can free space on a full disk. Best effort."""
         with contextlib.suppress(OSError):  # so that a first `policy` needs no new inode
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(self.plugins_dir / "permissions.lock", flags, 0o644))
+            os.close(os.open(self.plugins_dir / "permissions.lock", flags, 0o600))
         path = self.plugins_dir / RESERVE
         want = self._reserve_size()
         try:
@@ -1126,7 +1174,8 @@ class PluginLoader:
         """
         if self.registry.get(plugin_id) is None:
             return False
-        self.packages_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.plugins_dir)  # 0700: no other uid opens (so holds) its locks
+        self.packages_dir.mkdir(exist_ok=True)
         self.staging_dir.mkdir(exist_ok=True)
         self._make_room()
         with self._locked():

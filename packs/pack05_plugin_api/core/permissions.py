@@ -20,7 +20,7 @@ from .capabilities import (
     known_capabilities,
 )
 from .errors import CapabilityError, RegistryError
-from .storage import InputRefused, locked, read_bytes, refusal_reason
+from .storage import InputRefused, locked, private_dir, read_bytes, refusal_reason
 from .txn import (
     TxnError,
     audited_replace,
@@ -162,7 +162,7 @@ def update_policy(
     from .registry import PluginRegistry  # the registry reads the policy: import late
 
     path = _policy_path(plugins_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)  # 0700: no other uid opens (so holds) its locks
     registry = PluginRegistry(path.parent, actor=actor)
     audit = path.with_name("audit.log")
     with _policy_lock(path):

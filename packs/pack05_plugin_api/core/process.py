@@ -31,7 +31,7 @@ try:
         read_small,
         read_status,
     )
-    from .storage import FileLock, atomic_write
+    from .storage import LockBusy, atomic_write, locked
 except ImportError:  # run by path from the scripts: core/ itself is sys.path[0]
     from health import (  # type: ignore[no-redef, import-not-found]
         EXIT_FAILED,
@@ -45,7 +45,7 @@ except ImportError:  # run by path from the scripts: core/ itself is sys.path[0]
         read_small,
         read_status,
     )
-    from storage import FileLock, atomic_write  # type: ignore[no-redef, import-not-found]
+    from storage import LockBusy, atomic_write, locked  # type: ignore[no-redef, import-not-found]
 
 __all__ = [
     "StartError",
@@ -165,7 +165,7 @@ def start_service(
     import subprocess
 
     os.makedirs(paths.run_dir, exist_ok=True)
-    with FileLock(paths.lifecycle_lock):
+    with locked(paths.lifecycle_lock):
         try:
             existing = read_pidfile(paths.pidfile)
         except LifecycleError:
@@ -274,7 +274,7 @@ def stop_service(paths: Paths, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> str:
     """
     if not os.path.isdir(paths.run_dir):
         return "not running (no run directory)"
-    with FileLock(paths.lifecycle_lock):
+    with locked(paths.lifecycle_lock):
         try:
             record = read_pidfile(paths.pidfile)
         except LifecycleError as exc:
@@ -392,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"start": _cmd_start, "stop": _cmd_stop, "status": _cmd_status}
     try:
         return handlers[ns.command](Paths.from_env(), ns.json)
-    except (LifecycleError, OSError) as exc:
+    except (LifecycleError, LockBusy, OSError) as exc:
         print(f"{ns.command} FAILED: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -24,7 +24,7 @@ from .capabilities import CALL_GRANT_FORM, grant_problem, is_call_target, reques
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
 from .frozen import FrozenDict, freeze, loads_frozen, loads_strict, thaw
 from .permissions import check_grants, load_policy
-from .storage import InputRefused, locked, read_bytes, refusal_reason
+from .storage import InputRefused, locked, private_dir, read_bytes, refusal_reason
 from .txn import (
     TxnError,
     audited_replace,
@@ -571,7 +571,7 @@ class PluginRegistry:
         (``core/txn.py``): a change is never made without its records, and a failure is
         never reported for a change that was made.
         """
-        self.plugins_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.plugins_dir)  # 0700: no other uid opens (so holds) its locks
         with locked(self.lock_path):
             self._recover_locked()
             snapshot = self._snap(frozen=False)

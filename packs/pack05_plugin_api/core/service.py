@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import health, process
-from .storage import FileLock, atomic_write, is_io_failure
+from .storage import FileLock, LockBusy, atomic_write, is_io_failure
 
 __all__ = ["InboxService", "Stager", "StopSignal", "main"]
 
@@ -308,9 +308,10 @@ class InboxService:
             try:
                 result = self.stager.stage_package(path)
             except Exception as exc:
-                if is_io_failure(exc):
-                    # Disk full, I/O error: not the package's fault. It stays in the inbox
-                    # and is tried again later, never quarantined.
+                if is_io_failure(exc) or isinstance(exc, LockBusy):
+                    # Disk full, I/O error, a lock held past storage.LOCK_WAIT: not the
+                    # package's fault. It stays in the inbox and is tried again later,
+                    # never quarantined.
                     self._note_error(name, f"{type(exc).__name__}: {exc}")
                     self._retry_at[name] = time.monotonic() + max(IO_RETRY_SECONDS, self.interval)
                     log.error("could not stage inbox/%s (retried later): %s", name, exc)
@@ -503,9 +504,11 @@ def _cmd_run(plugins_dir: Path, paths: health.Paths, interval: float, settle: fl
     from .registry import PluginRegistry
 
     os.makedirs(paths.run_dir, exist_ok=True)
-    lock = FileLock(paths.service_lock, blocking=False)
-    if not lock.acquire():
-        log.error("another loader service holds %s; not starting a second one", lock.path)
+    lock = FileLock(Path(paths.service_lock), 0)
+    try:
+        lock.acquire()
+    except LockBusy as exc:
+        log.error("%s; not starting a second loader service", exc)
         return EXIT_ALREADY_RUNNING
     me = health.current_identity(os.getpid())
     if me is None:

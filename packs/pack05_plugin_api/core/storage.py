@@ -1,16 +1,16 @@
 """Durable files of pack05: the shared primitives (pack01_common) plus what only pack05 needs.
 
 Atomic replace, fsync of a directory and bounded reads are ``aurora_common``'s
-(docs/primitives.md); this module adds the registry's backup hard link, the ``flock``
-lock pack05 has always used, and which errors count as I/O failures. The lifecycle scripts
-import this module by path (``process.py``), without the plugin core.
+(docs/primitives.md); this module adds the registry's backup hard link, pack05's wait
+for ``aurora_common.lock`` (the one lock primitive), and which errors count as I/O
+failures. The lifecycle scripts import this module by path (``process.py``), without
+the plugin core.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 from pathlib import Path
 
@@ -23,16 +23,20 @@ from aurora_common.atomic import fsync_dir as _fsync_dir
 from aurora_common.atomic import replace_bytes
 from aurora_common.bounded import read_bytes
 from aurora_common.errors import InputRefused, named_oserror
+from aurora_common.lock import FileLock, LockBusy, private_dir
 
 __all__ = [
     "IO_ERRNOS",
+    "LOCK_WAIT",
     "FileLock",
     "InputRefused",
+    "LockBusy",
     "atomic_write",
     "fsync_dir",
     "is_io_failure",
     "locked",
     "named_oserror",
+    "private_dir",
     "read_bytes",
     "refusal_reason",
 ]
@@ -76,7 +80,7 @@ def atomic_write(path: StrPath, data: bytes, *, backup: StrPath | None = None) -
     target = Path(path)
     if backup is not None:
         _link_backup(target, Path(backup))
-    replace_bytes(target, data, parents=False)
+    replace_bytes(target, data, 0o600, parents=False)  # root's alone: grants are nobody's business
     return os.stat(target)
 
 
@@ -101,44 +105,13 @@ def _link_backup(path: Path, backup: Path) -> None:
         raise
 
 
-class FileLock:
-    """An exclusive ``flock`` on a lock file that is created if needed and never deleted.
-
-    The kernel drops the lock when the holder dies, so it cannot go stale.
-    """
-
-    def __init__(self, path: StrPath, *, blocking: bool = True) -> None:
-        self.path = path
-        self.blocking = blocking
-        self.fd = -1
-
-    def acquire(self) -> bool:
-        """Take the lock; False (without waiting) when non-blocking and someone holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = -1
-
-    def __enter__(self) -> FileLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+#: How long a pack05 command waits for one of its locks before it fails naming the holder
+#: (exit 5, busy): a holder that never lets go must not block the operator for ever.
+LOCK_WAIT = 60.0
 
 
-def locked(lock_path: StrPath) -> FileLock:
-    """Hold an exclusive flock on ``lock_path`` for a ``with`` block (waits for it)."""
-    return FileLock(lock_path)
+def locked(lock_path: StrPath, wait: float | None = None) -> FileLock:
+    """Hold ``aurora_common.lock``'s exclusive flock on ``lock_path`` for a ``with`` block:
+    waits up to ``wait`` (default ``LOCK_WAIT``) seconds, then raises LockBusy naming the
+    holder."""
+    return FileLock(Path(lock_path), LOCK_WAIT if wait is None else wait)

@@ -307,7 +307,7 @@ def _write_temp(target: Path, data: bytes) -> Path:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fchmod(fd, 0o644)
+            os.fchmod(fd, 0o600)  # root's alone, as every file of the plugins dir
             os.fsync(fd)
         finally:
             os.close(fd)

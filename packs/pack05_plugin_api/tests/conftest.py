@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +99,12 @@ def small_fs(tmp_path: Path) -> Any:
     yield make
     for fs in mounts:
         fs.unmount()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uid_claims_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Plugin uids are claimed host-wide (pack04 README "Plugin identity"): every launcher
+    this session starts claims them in a temp dir, never in /var/lib/aurora."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AURORA_UID_CLAIMS", str(tmp_path_factory.mktemp("uid-claims") / "plugin-uids"))
+        yield

@@ -266,6 +266,15 @@ HOSTILE = [
     pytest.param(
         _zip([("main.py", b"again", REG)]), StagingError, "duplicate member", id="zip-duplicate"
     ),
+    pytest.param(
+        _tar([tar_file("main.py", b"again")]), StagingError, "duplicate member", id="tar-duplicate"
+    ),
+    pytest.param(  # a second manifest would decide the id: not what a reviewer reads first
+        _tar([tar_file("./manifest.json", manifest_bytes(id="acme.other"))]),
+        StagingError,
+        "duplicate member",
+        id="tar-duplicate-manifest",
+    ),
     pytest.param(_too_many("dir"), StagingError, "more than 5 files", id="dir-too-many-files"),
     pytest.param(_too_many_dirs, StagingError, "more than 5 files", id="dir-too-many-dirs"),
     pytest.param(_too_many("zip"), StagingError, "more than 5 files", id="zip-too-many-files"),

@@ -253,7 +253,7 @@ def test_an_io_error_names_the_file_without_errno(
     (tmp_path / "file").write_text("x")
     code, doc, err = run(capsys, "stage", pkg, "--data", str(tmp_path / "file" / "plugins"))
     assert code == plugins.EXIT_FAILED
-    where = tmp_path / "file" / "plugins" / "packages"
+    where = tmp_path / "file" / "plugins"
     assert doc["error"]["message"] == f"{where}: Not a directory"
     assert "Errno" not in err and "Traceback" not in err
 

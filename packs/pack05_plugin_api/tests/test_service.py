@@ -397,8 +397,7 @@ def test_init_creates_the_layout(cli_env: Path) -> None:
 def test_a_second_service_refuses_to_run(cli_env: Path) -> None:
     run = cli_env / "run"
     run.mkdir(parents=True)
-    lock = storage.FileLock(str(run / health.SERVICE_LOCK_NAME))
-    with lock:
+    with storage.locked(run / health.SERVICE_LOCK_NAME):
         assert service.main([]) == service.EXIT_ALREADY_RUNNING
     assert not (run / health.PIDFILE_NAME).exists()
 

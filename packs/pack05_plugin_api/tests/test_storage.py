@@ -53,8 +53,18 @@ def test_atomic_write_keeps_old_content_when_rename_fails(
 def test_a_held_lock_refuses_a_non_blocking_taker_until_released(tmp_path: Path) -> None:
     lock = tmp_path / "x.lock"
     with storage.locked(lock):
-        other = storage.FileLock(lock, blocking=False)
-        assert other.acquire() is False
-    assert other.acquire() is True
+        other = storage.FileLock(lock, 0)
+        with pytest.raises(storage.LockBusy, match=f"pid {os.getpid()} holds"):
+            other.acquire()
+    other.acquire()
+    assert other.held
     other.release()
     assert lock.exists()  # never deleted: a lock file that vanished could be held twice
+
+
+def test_pack05_has_no_lock_of_its_own() -> None:
+    """One lock primitive in the tree: pack05's is aurora_common.lock's, not a copy."""
+    from aurora_common import lock
+
+    assert storage.FileLock is lock.FileLock
+    assert not hasattr(storage, "fcntl")
