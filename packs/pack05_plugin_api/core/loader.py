@@ -687,10 +687,17 @@ class PluginLoader:
         with tf:
             tf.errorlevel = 2
             members: list[tarfile.TarInfo] = []
+            seen: dict[str, bool] = {}  # member -> is a directory
             total = 0
             try:
                 for member in tf:  # reads (decompresses) the whole archive
                     _check_name(member.name, source)
+                    # As for zip: the last of two same-named members would win, so what a
+                    # reviewer reads (the first manifest.json) would not be what is staged.
+                    rel = "/".join(p for p in member.name.split("/") if p not in ("", "."))
+                    if rel in seen and not (seen[rel] and member.isdir()):
+                        raise StagingError(f"duplicate member {rel!r}", source=source)
+                    seen[rel] = member.isdir()
                     members.append(member)
                     self._tell(f"reading {source}: {len(members)} members, {total >> 20} MiB")
                     if len(members) > self.max_files:
