@@ -58,7 +58,7 @@ def append_audit_many(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Append records in order, each durably and whole (``aurora_common.journal``).
 
     A failure part-way leaves the first records without their ``commit`` line: they do not
-    count (see ``read_audit``).
+    count (see ``read_audit``), and ``core/txn.py`` records their ``abort``.
     """
     for record in records:
         append_record(path, dict(record), 0o600)

@@ -38,6 +38,7 @@ from .errors import ManifestError, PluginError, StagingError
 from .permissions import recover_policy
 from .registry import REPLACED_MARK, PluginRegistry
 from .storage import fsync_dir, is_io_failure, locked, named_oserror, private_dir
+from .txn import left_behind
 
 __all__ = ["PluginLoader", "tree_digest"]
 
@@ -56,6 +57,7 @@ _TOMB = "rm~"
 # staging/del~<tomb>~<unique>: what a decided removal left; only ever deleted, and never
 # in the way of the next removal of the same plugin (its name is its own).
 _DEBRIS = "del~"
+_REPORTED: set[str] = set()  # leftovers already named by this process
 # plugins/space.reserve*: space and inodes kept free so that ``remove`` works on a full disk.
 RESERVE = "space.reserve"
 _RESERVE_MIN = 64 * 1024
@@ -280,6 +282,18 @@ def _open_archive(src: Path, source: str) -> Iterator[BinaryIO]:
         yield f
 
 
+def _symlink(link: str, target: Path) -> None:
+    """Create a symlink; an error names the link written (OSError's first name would be
+    the text it points to)."""
+    try:
+        os.symlink(link, target)
+    except OSError as exc:
+        if is_io_failure(exc):
+            raise named_oserror(exc, "write", target) from None
+        exc.filename, exc.filename2 = str(target), None  # the place _refused_by_the_fs shows
+        raise
+
+
 @contextlib.contextmanager
 def _refused_by_the_fs(tree: Path, source: str) -> Iterator[None]:
     """A name or layout the file system refuses while the package is written out or
@@ -289,6 +303,8 @@ def _refused_by_the_fs(tree: Path, source: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if is_io_failure(exc) and not exc.filename:  # a write without a name: say where
+            raise named_oserror(exc, "write into", tree) from None
         if is_io_failure(exc) or exc.errno in (errno.EACCES, errno.EPERM) or exc.errno is None:
             raise
         where = ""
@@ -504,7 +520,7 @@ class PluginLoader:
             if e.kind == "dir":
                 target.mkdir(mode=0o755)
             elif e.kind == "link":
-                os.symlink(e.link, target)
+                _symlink(e.link, target)
             else:
                 self._copy_file(src / e.path, target, e, source)
         return entries
@@ -606,7 +622,7 @@ class PluginLoader:
                         raise StagingError(f"member {rel!r}: {exc}", source=source) from None
                     _check_link(rel, link, source)
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(link, target)
+                    _symlink(link, target)
                 else:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     self._extract_zip_member(zf, info, target, rel, source)
@@ -671,10 +687,17 @@ class PluginLoader:
         with tf:
             tf.errorlevel = 2
             members: list[tarfile.TarInfo] = []
+            seen: dict[str, bool] = {}  # member -> is a directory
             total = 0
             try:
                 for member in tf:  # reads (decompresses) the whole archive
                     _check_name(member.name, source)
+                    # As for zip: the last of two same-named members would win, so what a
+                    # reviewer reads (the first manifest.json) would not be what is staged.
+                    rel = "/".join(p for p in member.name.split("/") if p not in ("", "."))
+                    if rel in seen and not (seen[rel] and member.isdir()):
+                        raise StagingError(f"duplicate member {rel!r}", source=source)
+                    seen[rel] = member.isdir()
                     members.append(member)
                     self._tell(f"reading {source}: {len(members)} members, {total >> 20} MiB")
                     if len(members) > self.max_files:
@@ -685,7 +708,15 @@ class PluginLoader:
                     tarfile.data_filter(member, str(dest))
                 self._check_trailer(tf, source)
                 dest.mkdir()
-                tf.extractall(dest, members=members, filter="data")
+                for member in members:  # one at a time: a failing write names its member
+                    try:
+                        # directories as extractall leaves them (their mode is not the
+                        # archive's: the data filter), so that their members can be written
+                        tf.extract(member, dest, set_attrs=not member.isdir(), filter="data")
+                    except OSError as exc:
+                        if is_io_failure(exc):  # tarfile's writes carry no file name
+                            raise named_oserror(exc, "write", dest / member.name) from None
+                        raise
             except tarfile.FilterError as exc:
                 raise StagingError(f"refused archive member: {exc}", source=source) from None
             except (tarfile.TarError, EOFError, zlib.error, RecursionError) as exc:
@@ -810,6 +841,8 @@ class PluginLoader:
 
     @staticmethod
     def _report_left(left: list[str]) -> None:
+        left = [p for p in left if p not in _REPORTED]  # once a process: every command tries
+        _REPORTED.update(left)
         if left:
             shown = "; ".join(left[:5]) + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
             log.warning(
@@ -863,11 +896,15 @@ class PluginLoader:
 
     def needs_recovery(self) -> bool:
         """Whether an interrupted change or removal waits to be settled (cheap: no lock)."""
-        for marker in ("registry.json.txn", "permissions.json.txn"):
-            if os.path.lexists(self.plugins_dir / marker):
-                return True
         try:
-            return any(n.startswith(_TOMB) for n in os.listdir(self.staging_dir))
+            names = os.listdir(self.plugins_dir)  # one read for every file's leftovers
+        except OSError:
+            return False
+        policy = self.plugins_dir / "permissions.json"
+        if self.registry.left_behind(names) or left_behind(policy, names):
+            return True
+        try:
+            return any(n.startswith((_TOMB, _DEBRIS)) for n in os.listdir(self.staging_dir))
         except OSError:
             return False
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .txn import (
     TxnError,
     audited_replace,
     audited_replace_after,
+    left_behind,
     marker_path,
     recover,
     remove_leftover_temps,
@@ -243,7 +243,7 @@ def recover_policy(plugins_dir: Path | None = None, *, actor: str | None = None)
     from .registry import PluginRegistry  # the registry reads the policy: import late
 
     path = _policy_path(plugins_dir)
-    if not os.path.lexists(path.with_name(POLICY_FILE + ".txn")):
+    if not left_behind(path):
         return
     with _policy_lock(path):
         _recover_locked(path, PluginRegistry(path.parent, actor=actor), actor)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,17 @@ from .api import validate_manifest
 from .audit import audit_entry, utc_now
 from .capabilities import CALL_GRANT_FORM, grant_problem, is_call_target, requested_grants, shown
 from .errors import CapabilityError, PermissionDenied, RegistryError, UnknownPlugin
-from .frozen import FrozenDict, freeze, loads_frozen, thaw
+from .frozen import FrozenDict, freeze, loads_frozen, loads_strict, thaw
 from .permissions import check_grants, load_policy
 from .storage import InputRefused, locked, private_dir, read_bytes, refusal_reason
-from .txn import TxnError, audited_replace, marker_path, recover, remove_leftover_temps
+from .txn import (
+    TxnError,
+    audited_replace,
+    left_behind,
+    marker_path,
+    recover,
+    remove_leftover_temps,
+)
 
 __all__ = ["REGISTRY_SCHEMA", "REPLACED_MARK", "PluginRegistry"]
 
@@ -311,6 +319,7 @@ class PluginRegistry:
         self.path = self.plugins_dir / "registry.json"
         self.backup_path = self.plugins_dir / "registry.json.bak"
         self.lock_path = self.plugins_dir / "registry.lock"
+        self.checked_path = self.plugins_dir / "registry.json.checked"
         self.audit_path = self.plugins_dir / "audit.log"
         self.actor = actor
         self._snapshot: _Snapshot | None = None
@@ -344,12 +353,17 @@ class PluginRegistry:
             fragments[pid] = (record, line[len(prefix) :].rstrip(","))
         return fragments
 
-    def _parse(self, raw: bytes, *, frozen: bool) -> tuple[Data, str]:
+    def _parse(self, raw: bytes, *, frozen: bool, strict: bool = True) -> tuple[Data, str]:
+        """Parse and check the whole file; ``strict`` (a file not known good): a key twice
+        or NaN is refused too (slower: a file this module wrote has neither)."""
         try:
             text = raw.decode("utf-8")
             # For readers, read-only from the start: list() shares it without building a
             # second (frozen) copy. A writer needs no views: the plain parse is cheaper.
-            data = loads_frozen(text) if frozen else json.loads(text)
+            if frozen:
+                data = loads_frozen(text, strict=strict)
+            else:
+                data = loads_strict(text) if strict else json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise self._corrupt(f"not valid JSON ({exc})") from None
         return self._check(data), text
@@ -403,7 +417,9 @@ class PluginRegistry:
             if os.path.lexists(self.backup_path):
                 raise self._corrupt("the file is missing but a backup exists") from None
             return _Snapshot(key=(), data={"schema": REGISTRY_SCHEMA, "plugins": {}})
-        data, text = self._parse(raw, frozen=frozen)
+        # Known good before and after the read: the same file this module wrote.
+        strict = not (self._known_good(key) and self._stat_key_now() == key)
+        data, text = self._parse(raw, frozen=frozen, strict=strict)
         self._snapshot = _Snapshot(key=key, data=data, text=text)
         return self._snapshot
 
@@ -438,12 +454,20 @@ class PluginRegistry:
         return None if record is None else thaw(_view(record))
 
     def _get_line(self, plugin_id: str) -> tuple[Record | None] | None:
-        """Without a current snapshot, read just the plugin's line (None: use a snapshot)."""
+        """Without a current snapshot, read just the plugin's line (None: use a snapshot).
+
+        Only from a file known to be good as a whole (``_known_good``): otherwise the one
+        answer is the full read's, which refuses a damaged file naming the problem.
+        """
         try:
             key = _stat_key(os.lstat(self.path))
             if self._snapshot is not None and self._snapshot.key == key:
                 return None
+            if not self._known_good(key):
+                return None
             raw = read_bytes(self.path, MAX_REGISTRY_BYTES)
+            if _stat_key(os.lstat(self.path)) != key:
+                return None  # changed while read
         except (OSError, InputRefused):
             return None  # missing, unreadable or no regular file: _snap() says what it is
         text = raw.decode("utf-8", "replace")
@@ -460,6 +484,39 @@ class PluginRegistry:
             return (thaw(_view(record)),)
         except (ValueError, KeyError, TypeError, RecursionError):
             return None
+
+    # A file is known good when this module wrote it (from a file it had checked) and it
+    # has not changed since: ``registry.json.checked`` holds its (device, inode, size,
+    # mtime, ctime), and any change of the file (a hand edit, a copy) changes its ctime.
+    # Only a cache: missing, stale or damaged, the full read checks the file instead.
+
+    def _stat_key_now(self) -> tuple[int, ...]:
+        try:
+            return _stat_key(os.lstat(self.path))
+        except OSError:
+            return ()
+
+    def _known_good(self, key: tuple[int, ...]) -> bool:
+        try:
+            found = json.loads(read_bytes(self.checked_path, 512))
+        except (OSError, InputRefused, ValueError):
+            return False
+        return isinstance(found, list) and tuple(found) == key
+
+    def _mark_good(self, key: tuple[int, ...]) -> None:
+        """Record that the file with ``key`` is good (no fsync: lost, it is only slower)."""
+        path = self.checked_path
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(builtins.list(key)))
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def ids(self) -> builtins.list[str]:
         """The registered plugin ids, sorted."""
@@ -485,12 +542,24 @@ class PluginRegistry:
             with contextlib.suppress(OSError):
                 leftover.unlink()
 
+    def left_behind(self, names: Iterable[str] | None = None) -> bool:
+        """Whether a writer left a marker or temp files to settle (``names``: the plugins
+        dir's entries, when the caller has them)."""
+        if names is None:
+            try:
+                names = os.listdir(self.plugins_dir)
+            except OSError:
+                return False
+        names = builtins.list(names)
+        backup_temp = f".{self.backup_path.name}.tmp-"
+        return left_behind(self.path, names) or any(n.startswith(backup_temp) for n in names)
+
     def recover(self) -> None:
         """Record the outcome of a change interrupted between its audit records and its end.
 
         Every change does this first; call it to settle the log without changing anything.
         """
-        if not os.path.lexists(self.path.with_name(self.path.name + ".txn")):
+        if not self.left_behind():
             return
         with locked(self.lock_path):
             self._recover_locked()
@@ -526,6 +595,7 @@ class PluginRegistry:
                 )
                 # Cache what we wrote: the next reader or writer need not parse it again.
                 self._snapshot = _Snapshot(key=_stat_key(st), data=new)
+                self._mark_good(self._snapshot.key)
                 self._fragments = fragments
                 for entry in entries:
                     log.info("%s %s %s", entry["action"], entry["id"], entry["version"] or "")

@@ -38,7 +38,7 @@ from typing import Any
 import plugins
 import pytest
 from core import health, service
-from core.audit import read_audit
+from core.audit import read_audit, read_audit_raw
 from core.errors import PluginError
 from core.loader import PluginLoader
 from core.registry import PluginRegistry
@@ -75,6 +75,19 @@ def effective_audit(data: Path) -> list[tuple[str, str | None]]:
     return [(e["action"], e["id"]) for e in read_audit(data / "audit.log")]
 
 
+def assert_one_outcome_each(data: Path) -> None:
+    """Every change whose records were written has exactly one outcome, commit or abort:
+    none would leave a change in flight for ever, two would count it twice."""
+    outcomes: dict[str, list[str]] = {}
+    for record in read_audit_raw(data / "audit.log"):
+        if "txn" in record:
+            got = outcomes.setdefault(record["txn"], [])
+            if record["action"] in ("commit", "abort"):
+                got.append(record["action"])
+    wrong = {txn: got for txn, got in outcomes.items() if len(got) != 1}
+    assert wrong == {}, f"changes without exactly one outcome: {wrong}"
+
+
 def settle(data: Path) -> None:
     """What the next command does first: outcomes recorded, removals and stagings settled."""
     PluginLoader(data).recover(always=True)
@@ -92,6 +105,9 @@ def check(scenario: Scenario, data: Path, old: dict[str, Any], old_audit: list[A
     staging = data / "staging"
     assert not staging.exists() or os.listdir(staging) == []
     assert not list(data.glob("*.txn"))
+    # nothing a killed writer left: temp files, a decided content not placed
+    assert not list(data.glob(".*.tmp")) and not list(data.glob("*.txn.new"))
+    assert_one_outcome_each(data)
     if now == old:
         assert audit == old_audit
         return "old"
@@ -143,11 +159,16 @@ def scenarios(template: Path, src: Path) -> list[Scenario]:
         src / "c", make_manifest(id="acme.c", permissions=None), {"main.py": "x" * 9000}
     )
     archive = src / "acme.c.tar.gz"
+    zipped = src / "acme.c.zip"
     if not archive.exists():
         import tarfile
+        import zipfile
 
         with tarfile.open(archive, "w:gz") as tf:
             tf.add(pkg, arcname="acme.c")
+        with zipfile.ZipFile(zipped, "w") as zf:
+            for path in sorted(pkg.rglob("*")):
+                zf.write(path, f"acme.c/{path.relative_to(pkg)}")
     from core.loader import PluginLoader as _L
 
     digest = _L(src / "scratch").stage_package(pkg)["digest"]
@@ -181,6 +202,8 @@ def scenarios(template: Path, src: Path) -> list[Scenario]:
 
     return [
         Scenario("stage", ["stage", str(pkg)], changed(add_c), [("register", "acme.c")]),
+        Scenario("stage-tar", ["stage", str(archive)], changed(add_c), [("register", "acme.c")]),
+        Scenario("stage-zip", ["stage", str(zipped)], changed(add_c), [("register", "acme.c")]),
         Scenario("grant", ["grant", "acme.b", "network"], changed(grant_b), [("grant", "acme.b")]),
         Scenario("remove", ["remove", "acme.a"], changed(remove_a), [("unregister", "acme.a")]),
         Scenario(
@@ -248,7 +271,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return found
 
 
-NAMES = ["stage", "grant", "enable", "remove", "policy", "inbox"]
+NAMES = ["stage", "stage-tar", "stage-zip", "grant", "enable", "remove", "policy", "inbox"]
 
 
 def fresh(template: Path, where: Path) -> Path:
@@ -263,7 +286,11 @@ def fresh(template: Path, where: Path) -> Path:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_disk_full_at_every_write_leaves_the_old_state_or_the_new(
-    world: dict[str, Any], small_fs: Callable[..., SmallFs], tmp_path: Path, name: str
+    world: dict[str, Any],
+    small_fs: Callable[..., SmallFs],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
 ) -> None:
     template, scenario = world[name]
     fs = small_fs(size=4 << 20, inodes=2048)
@@ -274,10 +301,14 @@ def test_disk_full_at_every_write_leaves_the_old_state_or_the_new(
         data = fresh(template, fs.root / "plugins")
         prepare(scenario, data)
         fs.fill(free=free)
+        capsys.readouterr()
         code = run(scenario, data, tmp_path)
+        err = capsys.readouterr().err
         fs.unfill()
         found = check(scenario, data, old, old_audit)
         assert (code == 0) == (found == "new"), (free, code, found)
+        if code and name != "inbox":  # disk full: the message names the file (issue 9)
+            assert f"{data}/" in err and "No space left on device" in err, (free, err)
         if found == "partial":
             assert run(scenario, data, tmp_path) == 0
             assert check(scenario, data, old, old_audit) == "new"

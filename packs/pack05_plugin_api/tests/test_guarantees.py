@@ -351,7 +351,7 @@ def _kill_remove_at(data: Path, argv: list[str], when: str) -> None:
             real = loader_module.shutil.rmtree
 
             def rmtree(path: Any, *a: Any, **k: Any) -> None:
-                if "rm~" in str(path):
+                if "/del~" in str(path):  # the tomb, renamed to be deleted
                     os.kill(os.getpid(), 9)
                 real(path, *a, **k)
 
