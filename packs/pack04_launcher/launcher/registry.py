@@ -15,6 +15,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aurora_common import fnschema
+from aurora_common.bounded import read_bytes
+from aurora_common.errors import InputRefused
+from aurora_common.structured import loads_json
 
 from launcher.errors import PluginNotFound, RegistryError
 
@@ -99,6 +102,10 @@ def signature(path: Path) -> Signature | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+#: pack05's own cap on registry.json (core.registry.MAX_REGISTRY_BYTES).
+MAX_REGISTRY_BYTES = 64 << 20
+
+
 def read_registry(path: Path) -> dict[str, PluginEntry]:
     """Every plugin in the registry at ``path``.
 
@@ -106,16 +113,19 @@ def read_registry(path: Path) -> dict[str, PluginEntry]:
     that is unreadable or not a registry raises RegistryError listing every
     problem; a bad plugin entry comes back with ``problem`` set.
     """
-    try:
-        raw = path.read_bytes()
+    try:  # bounded: a FIFO or a huge file in its place cannot hang or bloat the loop
+        raw = read_bytes(path, MAX_REGISTRY_BYTES)
     except FileNotFoundError:
         return {}
+    except InputRefused as exc:
+        raise RegistryError(str(path), [str(exc).removeprefix(f"{path}: ")]) from exc
     except OSError as exc:
         raise RegistryError(str(path), [f"unreadable ({exc.strerror})"]) from exc
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise RegistryError(str(path), [f"not JSON ({exc})"]) from exc
+    try:  # as pack05 reads it: a key twice, NaN or Infinity is a corrupt registry
+        doc = loads_json(raw, str(path))
+    except InputRefused as exc:
+        why = str(exc).removeprefix(f"{path}: ")
+        raise RegistryError(str(path), [f"not JSON ({why})"]) from exc
     problems: list[str] = []
     if not isinstance(doc, dict):
         raise RegistryError(str(path), [f"expected an object, found {type(doc).__name__}"])

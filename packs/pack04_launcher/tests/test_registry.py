@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,12 @@ def test_missing_registry_is_empty(tmp_path: Path) -> None:
             "plugins: expected an object",
             id="plugins-list",
         ),
+        pytest.param(  # pack05 refuses it: the launcher must not run what the last key says
+            '{"schema": "aurora-plugin-registry-v1", "plugins": {"a.b": {}, "a.b": {}}}',
+            "duplicate",
+            id="duplicate-key",
+        ),
+        pytest.param('{"schema": NaN}', "NaN", id="nan"),
     ],
 )
 def test_bad_registry_file_names_the_file_and_the_problem(
@@ -202,3 +209,10 @@ def test_no_registry_entry_can_crash_the_reader(
     )
     got = read_registry(path)["acme.fuzz"]
     assert got.runnable is (got.problem is None and got.entrypoint is not None)
+
+
+def test_a_fifo_in_place_of_the_registry_is_a_problem_not_a_hang(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    os.mkfifo(path)
+    with pytest.raises(RegistryError, match="not a regular file"):
+        read_registry(path)
