@@ -9,6 +9,7 @@ from pathlib import Path
 from aurora_common import cli as conventions
 from aurora_common.cli import Exit
 
+from aurora_cli import settle
 from aurora_cli.completion import ROUTED, VERBS
 from aurora_cli.completion import script as completion_script
 from aurora_cli.delegate import installer_argv, installer_env, pack_cli_env, run_child
@@ -118,7 +119,10 @@ def _pack_cli(
             f"`aurora{where} pack install --pack {pack_id} --with-deps --approve`",
             as_json,
         )
-    return run_child([sys.executable, str(pack.root / script), *args], pack_cli_env(pack, prog))
+    code = run_child([sys.executable, str(pack.root / script), *args], pack_cli_env(pack, prog))
+    if code == Exit.OK and group == "plugin" and (plugin_id := settle.plugin_of(args)):
+        settle.wait_until_stopped(home, plugin_id)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,10 +187,24 @@ def test_status_shows_what_the_launcher_runs(home: Path) -> None:
         assert result["launcher"]["result"]["service"]["running"] is True
         text = aurora(*h, "status").stdout
         assert f"launcher: running (pid {row['launcher_pid']})" in text
+        # adv8 F6: `disable` returns once the launcher has stopped the plugin's processes
+        disabled = aurora(*h, "plugin", "disable", "acme.heartbeat")
+        assert disabled.returncode == 0, disabled.stderr
+        assert not _alive(row["launcher_pid"]), "disable returned while the plugin ran"
+        listed = envelope(aurora(*h, "launcher", "list", "--json"))["result"]["plugins"]
+        assert listed["acme.heartbeat"]["state"] == "disabled"
     finally:
         aurora(*h, "plugin", "disable", "acme.heartbeat")
         for pack in ("pack04_launcher", "pack05_plugin_api"):
             aurora(*h, "pack", "stop", "--pack", pack)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def test_the_console_script_entry_point_works_without_the_wrapper(tmp_path: Path) -> None:
