@@ -492,3 +492,18 @@ def run_killed_at(env: Env, step: int, *argv: str) -> Killed:
     trace = json.loads(count_path.read_text()) if count_path.exists() else []
     count_path.unlink(missing_ok=True)
     return Killed(False, os.WEXITSTATUS(status), err, len(trace), trace)
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    """Mount a tmpfs (``-o options``) at ``path``, made if missing; skip where we cannot.
+    The caller unmounts it (``unmount``) in its teardown."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+def unmount(path: Path) -> None:
+    """Lazily unmount what ``mount_tmpfs`` mounted (the test's files may still be open)."""
+    subprocess.run(["umount", "-l", str(path)], check=False)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from aurora.fsutil import CRASH_ENV
-from aurora_testing import Env, Result
+from aurora_testing import Env, Result, mount_tmpfs, unmount
 
 # -- the three checks ---------------------------------------------------------------------
 
@@ -313,19 +313,12 @@ def test_a_killed_seal_leaves_no_temp_that_stage_would_copy(env: Env) -> None:
 def small_home(env: Env, tmp_path: Path) -> Iterator[Env]:
     """``env`` with its home on a 4 MiB tmpfs of 300 inodes, unmounted afterwards."""
     mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,nr_inodes=300", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+    mount_tmpfs(mount, "size=4m,nr_inodes=300")
     env.home = mount / "home"
     try:
         yield env
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        unmount(mount)
 
 
 def _fill(path: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aurora_testing import CLI, Env, Result, alive, wait_for
+from aurora_testing import CLI, Env, Result, alive, mount_tmpfs, unmount, wait_for
 
 # -- the common checks ------------------------------------------------------------------------
 
@@ -266,19 +266,12 @@ def mounted() -> Iterator[Callable[[Path], None]]:
     made: list[Path] = []
 
     def make(path: Path) -> None:
-        path.mkdir(parents=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
-            capture_output=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mount_tmpfs(path, "size=64k")
         made.append(path)
 
     yield make
     for path in made:
-        subprocess.run(["umount", "-l", str(path)], check=False)
+        unmount(path)
 
 
 def _two_packs(env: Env) -> int:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aurora_testing import Env, Result
+from aurora_testing import Env, Result, mount_tmpfs, unmount
 from test_faults_kill import SCENARIOS, Scenario, audit_records, check_audit, observe
 
 PAGE = 4096
@@ -41,14 +40,7 @@ class SmallDisk:
 
     def __init__(self, root: Path, size: int, inodes: int) -> None:
         self.root = root
-        root.mkdir()
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}", "tmpfs", str(root)],
-            capture_output=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+        mount_tmpfs(root, f"size={size},nr_inodes={inodes}")
         self.fillers = root / ".fill"
         self.fillers.mkdir()
 
@@ -77,7 +69,7 @@ class SmallDisk:
         self.fillers.mkdir()
 
     def unmount(self) -> None:
-        subprocess.run(["umount", "-l", str(self.root)], check=False)
+        unmount(self.root)
 
 
 @pytest.fixture

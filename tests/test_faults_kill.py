@@ -41,9 +41,11 @@ from aurora_testing import (
     Env,
     alive,
     kill_services,
+    mount_tmpfs,
     processes_under,
     run_killed_at,
     steps_to_kill_at,
+    unmount,
 )
 
 SUCCESS = {
@@ -266,14 +268,7 @@ def fast_env(env: Env, tmp_path: Path) -> Iterator[Env]:
     """``env`` with its home and packs on a tmpfs, unmounted afterwards: fsync costs
     nothing there, and a sweep runs each command a hundred times."""
     mount = tmp_path / "fs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr!r}")
+    mount_tmpfs(mount, "size=64m")
     env.home = mount / "home"
     env.packs_dir = env.make_pack.packs_dir = mount / "packs"
     env.packs_dir.mkdir()
@@ -284,7 +279,7 @@ def fast_env(env: Env, tmp_path: Path) -> Iterator[Env]:
         for pid in processes_under(mount):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        unmount(mount)
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
