@@ -13,7 +13,7 @@ A plugin declares its functions (they must also be in its manifest) and serves::
     plugin.serve()
 
 Standard library only. Calls run on a few threads that take turns reading the
-connection (``_Workers``), so several may be in flight; ``ctx.cancelled`` is set
+connection (``_Workers``, through epoll), so several may be in flight; ``ctx.cancelled`` is set
 when the host cancels a call (its deadline passed) and ``ctx.remaining()`` tells
 the time left. The wire format is docs/plugin-protocol-v1.md; nothing here is
 needed to speak it.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import select
 import threading
 import time
 
@@ -82,31 +83,44 @@ if TYPE_CHECKING:
     Health = Callable[[], bool | tuple[bool, str]]
 
 
-class _Workers:
-    """Threads that take turns reading the connection (leader/follower).
+_ONCE = select.EPOLLIN | select.EPOLLONESHOT
 
-    The one reading (the leader) that reads a call passes the reading on to an idle
-    thread (or a new one) and runs the call itself: nothing is handed between threads
-    between a call's arrival and its answer. At most ``workers`` calls run at once;
-    beyond that calls queue and the leader reads on, so a cancel still arrives.
+
+class _Workers:
+    """Threads that read the connection in turns and run the calls they read.
+
+    Every idle thread waits in ``epoll_wait`` on one epoll set that holds the
+    connection with ``EPOLLONESHOT``: the kernel wakes exactly one of them per
+    arrival, and no other until that one has read and re-armed it. The thread that
+    read a call runs it itself: nothing is handed between threads between a call's
+    arrival and its answer, and no lock is waited on (a condition variable's
+    hand-over costs several futex calls per call). While calls run, one more thread
+    than those running is kept, to read (a cancel, a health check, the next call).
+    At most ``workers`` calls run at once; beyond that calls queue, and a doorbell
+    (an eventfd, also one-shot) wakes one idle thread per queued call that may run.
     """
 
     def __init__(self, plugin: Plugin, decoder: p.Decoder, workers: int) -> None:
         self._plugin = plugin
         self._decoder = decoder
         self._workers = workers
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # held for bookkeeping only, never while waiting
         self._threads: list[threading.Thread] = []
         self._jobs: list[Callable[[], None]] = []  # calls read, not running yet
         self._running = 0
-        self._reading = False  # a thread holds the reading
-        self._idle = 0  # threads waiting, not yet woken
         self._ended = False
         self.ended = threading.Event()  # the host closed the connection (or broke framing)
+        self._epoll = select.epoll()
+        self._bell = os.eventfd(1)  # always readable: armed, it wakes one waiter
+        self._stop = os.eventfd(0)  # readable once ended, level-triggered: wakes them all
+        self._epoll.register(self._bell, select.EPOLLONESHOT)  # disarmed until rung
+        self._epoll.register(self._stop, select.EPOLLIN)
 
     def start(self) -> None:
-        with self._cond:
-            self._spawn(1)
+        assert self._plugin._sock is not None
+        self._epoll.register(self._plugin._sock.fileno(), _ONCE)
+        with self._lock:
+            self._spawn(2)  # one to read the next message while another runs a call
 
     def _spawn(self, count: int) -> None:
         """Start up to ``count`` threads, at most ``workers`` + 1 in all (called locked)."""
@@ -116,44 +130,65 @@ class _Workers:
             thread.start()
 
     def _work(self) -> None:
-        cond = self._cond
+        sock = self._plugin._sock
+        assert sock is not None
         while True:
-            with cond:
-                while True:
-                    if self._jobs and self._running < self._workers:
-                        job: Callable[[], None] | None = self._jobs.pop(0)
-                        self._running += 1
-                        break
-                    if not self._reading and not self._ended:
-                        self._reading, job = True, None
-                        break
-                    if self._ended and not self._jobs:
-                        return
-                    self._idle += 1
-                    cond.wait()
+            with self._lock:
+                job = self._take()
+                if job is None and self._ended:
+                    return
             if job is None:
-                job = self._lead()
-                if job is None:
+                try:
+                    ready = [fd for fd, _ in self._epoll.poll()]
+                except InterruptedError:
                     continue
-            try:
-                job()  # never raises: _run_call catches what it must
-            finally:
-                with cond:
-                    self._running -= 1
+                except (OSError, ValueError):  # the epoll set is closed: serve() returned
+                    return
+                if self._stop in ready:
+                    return
+                if sock.fileno() in ready:
+                    job = self._read(sock)
+                else:  # the doorbell: a queued call may run
+                    with self._lock:
+                        job = self._take()
+            while job is not None:
+                try:
+                    job()  # never raises: _run_call catches what it must
+                finally:
+                    with self._lock:
+                        self._running -= 1
+                        job = self._take()
 
-    def _lead(self) -> Callable[[], None] | None:
-        """Read once; return a call to run now, the reading passed on to another thread."""
+    def _take(self) -> Callable[[], None] | None:
+        """A queued call for this thread to run, if the workers allow one (called locked).
+        Keeps one thread free to read, and rings for the next queued call that may run."""
+        if self._ended or not self._jobs or self._running >= self._workers:
+            return None
+        self._running += 1
+        job = self._jobs.pop(0)
+        if len(self._threads) - self._running < 1:
+            self._spawn(1)
+        if self._jobs and self._running < self._workers:
+            self._epoll.modify(self._bell, _ONCE)
+        return job
+
+    def _read(self, sock: _socket.socket) -> Callable[[], None] | None:
+        """Read once (this thread alone: the connection stays disarmed until re-armed
+        here, after every message read is dispatched, so they are handled in order);
+        return a call for this thread to run, the others queued."""
         plugin = self._plugin
-        assert plugin._sock is not None
         jobs: list[Callable[[], None]] = []
         ended = True  # also after a bug of ours below: the plugin ends, it does not hang
         try:
-            chunk = plugin._sock.recv(65536)
+            chunk = sock.recv(65536)
             if chunk:
                 for obj in self._decoder.feed(chunk):
                     job = plugin._dispatch(obj)
                     if job is not None:
                         jobs.append(job)
+                with self._lock:
+                    self._jobs += jobs  # queued in arrival order, before the next read
+                self._epoll.modify(sock.fileno(), _ONCE)  # the next arrival: another thread
             ended = not chunk
         except (OSError, p.FramingError):
             pass  # the host went away or broke the framing: nothing more to answer
@@ -162,42 +197,34 @@ class _Workers:
                 self._end()
         if ended:
             return None
-        cond = self._cond
-        with cond:
-            self._reading = False
-            self._jobs += jobs
-            if not self._jobs or self._running >= self._workers:
-                job = None  # read on
-            else:
-                job = self._jobs.pop(0)
-                self._running += 1
-                # One to read while this runs, and one per other call that may run now.
-                wanted = 1 + min(len(self._jobs), self._workers - self._running)
-                woken = min(wanted, self._idle)
-                if woken:
-                    self._idle -= woken
-                    cond.notify(woken)
-                if wanted > woken:
-                    self._spawn(wanted - woken)
-        return job
+        with self._lock:
+            return self._take()
 
     def _end(self) -> None:
-        """No more reading: idle threads end, waiting requests get no answer."""
-        with self._cond:
-            self._reading, self._ended, self._idle = False, True, 0
-            self._cond.notify_all()
+        """No more reading: idle threads end, queued requests get no answer."""
+        with self._lock:
+            self._ended = True
+            self._jobs.clear()
         self._plugin._ended()
         self.ended.set()
+        os.eventfd_write(self._stop, 1)
 
     def close(self, grace: float = 1.0) -> None:
         """Wait for the calls already read to end, at most ``grace`` seconds (a stuck
         function must not keep the plugin from exiting)."""
         deadline = time.monotonic() + grace
-        with self._cond:
-            threads = list(self._threads)
+        with self._lock:
+            self._ended, threads = True, list(self._threads)
+        os.eventfd_write(self._stop, 1)  # idle threads leave (serve() may end unended)
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in threads):
+            # Only then: a thread still in a stuck call would write to a closed (or,
+            # worse, reused) fd; the process is about to exit and frees them anyway.
+            self._epoll.close()
+            for fd in (self._bell, self._stop):
+                os.close(fd)
 
 
 class Plugin:

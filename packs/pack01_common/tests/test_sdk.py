@@ -263,3 +263,42 @@ def test_a_bug_while_reading_ends_serve_rather_than_hanging(
         assert not thread.is_alive(), "serve() hung after its reader failed"
     finally:
         ours.close()
+
+
+def test_a_burst_in_one_write_runs_workers_at_once_and_never_more() -> None:
+    plugin = Plugin(workers=3)
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+    all_three = threading.Barrier(3, timeout=5)
+
+    @plugin.function("meet")
+    def meet(args: Any, ctx: Context) -> Any:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        try:
+            if args["wait"]:
+                all_three.wait()  # only passes if three calls run at the same time
+            return args["n"]
+        finally:
+            with lock:
+                running["now"] -= 1
+
+    host, thread, ours = _serve(plugin)
+    try:
+        # One write, one chunk: every call is read at once and the rest queue; the
+        # queued ones must each be started (by the doorbell), in order of arrival.
+        burst = b"".join(
+            p.encode(
+                p.request(n, "aurora.call", {"function": "meet", "args": {"n": n, "wait": n <= 3}})
+            )
+            for n in range(1, 21)
+        )
+        ours.sendall(burst)
+        got = host.answers(20)
+        assert {n: got[n]["result"] for n in got} == {n: {"value": n} for n in range(1, 21)}
+        assert running["most"] == 3
+    finally:
+        ours.close()
+        thread.join(5)
+    assert not thread.is_alive()
