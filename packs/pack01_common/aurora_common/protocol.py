@@ -57,8 +57,14 @@ class ProtocolError(Exception):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """Frame one message: ``Content-Length`` header, blank line, compact UTF-8 JSON."""
-    data = _ENCODER.encode(message).encode("utf-8")
+    """Frame one message: ``Content-Length`` header, blank line, compact UTF-8 JSON.
+
+    A value that is not JSON raises TypeError (a type), ValueError (NaN, infinity) or
+    RecursionError (nested too deep, or circular)."""
+    if _C_ENCODE is not None:
+        data = "".join(_C_ENCODE(message, 0)).encode("utf-8")
+    else:
+        data = _ENCODER.encode(message).encode("utf-8")
     return b"Content-Length: %d\r\n\r\n" % len(data) + data
 
 
@@ -174,7 +180,13 @@ def _parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise FramingError(f"content is not UTF-8 (byte {exc.start})") from None
     try:
-        return _DECODER.decode(text)
+        try:
+            obj, end = _SCAN(text, 0)  # what decode() does, less its whitespace steps
+        except StopIteration:
+            end = -1  # leading whitespace, or not JSON: decode() tells which
+        if end != len(text):  # trailing whitespace, extra data: likewise
+            obj = _DECODER.decode(text)
+        return obj
     except (ValueError, RecursionError) as exc:
         raise FramingError(f"content is not JSON: {str(exc)[:80]}") from None
 
@@ -195,6 +207,31 @@ def _finite(text: str) -> float:
 # Built once: json.dumps/json.loads with options build a new encoder/decoder per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
+_SCAN = _DECODER.scan_once  # type: ignore[attr-defined]  # (set in __init__) what decode() runs
+
+
+def _c_encoder() -> Any:
+    """_ENCODER's own C encoder, made once: JSONEncoder.encode makes a new one per call,
+    which is half its cost for a message. Without circular-reference markers (they would
+    be shared by the SDK's threads): a circular value ends in RecursionError."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    separators = (":", ",")
+    sort_keys = skipkeys = allow_nan = False
+    return make(
+        None,
+        _ENCODER.default,
+        json.encoder.encode_basestring,
+        None,
+        *separators,
+        sort_keys,
+        skipkeys,
+        allow_nan,
+    )
+
+
+_C_ENCODE = _c_encoder()
 
 
 class _Message:

@@ -380,7 +380,7 @@ class Plugin:
                     reply = p.error(message.id, p.PLUGIN_ERROR, f"{type(exc).__name__}: {exc}")
             try:
                 self._send(reply)
-            except (TypeError, ValueError) as exc:  # a value that is not JSON
+            except (TypeError, ValueError, RecursionError) as exc:  # a value that is not JSON
                 self._send(p.error(message.id, p.PLUGIN_ERROR, f"result is not JSON: {exc}"))
         except OSError:
             pass  # the host is gone

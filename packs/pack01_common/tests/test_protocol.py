@@ -83,6 +83,25 @@ def test_a_large_announced_message_is_refused_before_its_content_arrives() -> No
 def test_encode_refuses_values_that_are_not_json() -> None:
     with pytest.raises(ValueError):
         p.encode({"x": float("nan")})
+    with pytest.raises(TypeError):
+        p.encode({"x": object()})
+    circular: dict[str, Any] = {}
+    circular["self"] = circular
+    with pytest.raises(RecursionError):
+        p.encode(circular)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        json_values | st.floats(allow_nan=False, allow_infinity=False),
+        max_size=5,
+    )
+)
+def test_encode_is_what_json_dumps_writes_compactly(message: dict[str, Any]) -> None:
+    body = p.encode(message).partition(b"\r\n\r\n")[2]
+    expected = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    assert body.decode("utf-8") == expected
 
 
 @pytest.mark.parametrize(

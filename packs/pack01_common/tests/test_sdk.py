@@ -67,6 +67,14 @@ def served() -> Iterator[tuple[Plugin, Host, threading.Thread]]:
     def boom(args: Any, ctx: Context) -> Any:
         raise RuntimeError("it broke")
 
+    @plugin.function("unsendable")
+    def unsendable(args: Any, ctx: Context) -> Any:
+        if args == "circular":
+            circular: dict[str, Any] = {}
+            circular["self"] = circular
+            return circular
+        return {"nan": float("nan"), "object": object()}[args]
+
     state = {"ok": True}
 
     @plugin.health
@@ -90,7 +98,7 @@ def test_handshake_names_versions_functions_and_health(served: Any) -> None:
     assert hello["method"] == "aurora.hello"
     assert hello["params"] == {
         "protocols": [p.PROTOCOL],
-        "functions": ["boom", "echo", "slow"],
+        "functions": ["boom", "echo", "slow", "unsendable"],
         "health": True,
     }
 
@@ -115,6 +123,19 @@ def test_calls_health_and_errors_each_get_their_answer(served: Any) -> None:
     plugin.state["ok"] = False
     host.send(p.request(6, "aurora.health", {}))
     assert host.read()["result"] == {"status": "not-serving", "message": "stuck"}
+
+
+def test_a_result_that_is_not_json_is_a_plugin_error_and_serving_goes_on(served: Any) -> None:
+    _plugin, host, _ = served
+    host.handshake()
+    for i, kind in enumerate(("circular", "nan", "object"), 1):
+        host.send(p.request(i, "aurora.call", {"function": "unsendable", "args": kind}))
+    got = host.answers(3)
+    for i in (1, 2, 3):
+        assert got[i]["error"]["code"] == p.PLUGIN_ERROR
+        assert "result is not JSON" in got[i]["error"]["message"]
+    host.send(p.request(4, "aurora.call", {"function": "echo", "args": "still here"}))
+    assert host.read()["result"] == {"value": "still here"}
 
 
 def test_calls_run_concurrently_and_cancel_reaches_the_function(served: Any) -> None:
