@@ -1,4 +1,7 @@
-"""Run every benchmark in bench/ and write bench/RESULTS.md."""
+"""Run every benchmark in bench/ and write bench/RESULTS.md.
+
+Named benchmarks (``run.py sandbox protocol``) replace their own sections of an existing
+RESULTS.md and keep the others: each section starts with a marker naming its script."""
 
 from __future__ import annotations
 
@@ -27,13 +30,34 @@ def _machine() -> str:
     )
 
 
+def _marker(script: Path) -> str:
+    return f"<!-- {script.stem} -->"
+
+
+def _kept_sections(out: Path, scripts: list[Path]) -> dict[str, str]:
+    """The sections of an existing RESULTS.md by marker (none if it has no markers)."""
+    try:
+        text = out.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    kept: dict[str, str] = {}
+    markers = [_marker(s) for s in scripts]
+    spans = sorted((text.find(m), m) for m in markers if m in text)
+    for (start, marker), (end, _) in zip(spans, [*spans[1:], (len(text), "")], strict=True):
+        kept[marker] = text[start:end].strip() + "\n"
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run bench_*.py (or the ones named in argv); each prints a Markdown section."""
     names = argv if argv is not None else sys.argv[1:]
-    scripts = sorted(BENCH_DIR.glob("bench_*.py"))
-    if names:
-        scripts = [s for s in scripts if s.stem in names or s.stem.removeprefix("bench_") in names]
-    sections: list[str] = []
+    every = sorted(BENCH_DIR.glob("bench_*.py"))
+    scripts = [s for s in every if not names or s.stem in names or s.stem[6:] in names]
+    if not scripts:
+        print(f"bench: no benchmark named {' '.join(names)}", file=sys.stderr)
+        return 2
+    out = BENCH_DIR / "RESULTS.md"
+    sections = _kept_sections(out, every) if names else {}
     failed = 0
     for script in scripts:
         print(f"bench: running {script.name}", file=sys.stderr)
@@ -42,26 +66,28 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, str(script)], capture_output=True, text=True, check=False
         )
         took = time.monotonic() - started
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         if proc.returncode != 0:
             failed += 1
-            sections.append(
+            body = (
                 f"## {script.stem}\n\nFAILED (exit {proc.returncode}):\n\n"
                 f"```\n{proc.stderr[-2000:]}\n```\n"
             )
         else:
-            sections.append(proc.stdout.strip() + f"\n\n_(ran in {took:.0f} s)_\n")
+            body = proc.stdout.strip() + f"\n\n_(ran in {took:.0f} s, {when})_\n"
+        sections[_marker(script)] = f"{_marker(script)}\n{body}"
         print(proc.stderr, end="", file=sys.stderr)
     header = (
         "# Benchmark results\n\n"
-        f"Command: `make bench` (or `.venv/bin/python bench/run.py [name...]`)\n\n"
+        f"Command: `make bench` (or `.venv/bin/python bench/run.py [name...]`: those "
+        "sections only, the others kept)\n\n"
         f"Machine: {_machine()}\n\n"
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
         "Every comparison runs side by side in the same run; ratios are what to read, "
-        "absolute times vary with the machine.\n"
+        "absolute times vary with the machine. Each section ends with when it ran.\n"
     )
-    out = BENCH_DIR / "RESULTS.md"
+    ordered = [sections[_marker(s)] for s in every if _marker(s) in sections]
     tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(header + "\n" + "\n".join(sections))
+    tmp.write_text(header + "\n" + "\n".join(ordered), encoding="utf-8")
     os.replace(tmp, out)
     print(f"bench: wrote {out}", file=sys.stderr)
     return 1 if failed else 0
