@@ -43,7 +43,10 @@ def _kept_sections(out: Path, scripts: list[Path]) -> dict[str, str]:
     kept: dict[str, str] = {}
     markers = [_marker(s) for s in scripts]
     spans = sorted((text.find(m), m) for m in markers if m in text)
-    for (start, marker), (end, _) in zip(spans, [*spans[1:], (len(text), "")], strict=True):
+    if not spans:
+        return {}
+    ends = [start for start, _ in spans[1:]] + [len(text)]
+    for (start, marker), end in zip(spans, ends, strict=True):
         kept[marker] = text[start:end].strip() + "\n"
     return kept
 

@@ -31,7 +31,10 @@ def test_named_runs_replace_their_sections_and_keep_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = _runner(tmp_path, monkeypatch)
+    (tmp_path / "RESULTS.md").write_text("# results of an older runner, no markers\n")
     _bench(tmp_path, "alpha", "alpha first")
+    assert run.main(["alpha"]) == 0
+    assert "older runner" not in (tmp_path / "RESULTS.md").read_text()
     _bench(tmp_path, "beta", "beta first")
     assert run.main([]) == 0
     _bench(tmp_path, "alpha", "alpha again")
