@@ -1,7 +1,9 @@
 """Plugin protocol: call round trips against a bare echo, and the first call of an on-call plugin.
 
 Side by side in one run: (1) the floor, a bare socketpair JSON-line echo between two
-Python processes; (2) the channel leg alone: a no-op ``aurora.call`` from the
+Python processes, and the same through a bare relay process that only passes bytes on
+(what any path with a process in the middle costs at least), with the CPU each process
+spends per round trip; (2) the channel leg alone: a no-op ``aurora.call`` from the
 supervisor's end (``launcher.channel.Channel``, select loop) to an SDK plugin and back;
 (3) the whole path: ``aurora_common.calls.call()`` (what ``aurora plugin call`` does)
 to a real launcher service (``python -m launcher.service``), which passes it to a
@@ -12,6 +14,7 @@ starts it in the sandbox, it says hello, answers) against a bare ``python -I -c 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -55,6 +58,20 @@ for line in r:
     s.sendall(json.dumps(msg).encode() + b"\\n")
 """
 
+#: The least a path through a supervisor process can cost: a relay that passes each line
+#: on unread (blocking, no loop, no checks) between the caller and the echo.
+RELAY_CHILD = """
+import socket, sys
+caller = socket.socket(fileno=int(sys.argv[1]))
+echo = socket.socket(fileno=int(sys.argv[2]))
+while True:
+    data = caller.recv(65536)
+    if not data:
+        break
+    echo.sendall(data)
+    caller.sendall(echo.recv(65536))
+"""
+
 SDK_CHILD = """
 import sys
 sys.path.insert(0, sys.argv[2])
@@ -72,24 +89,48 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bare_echo() -> list[float]:
+def cpu_ns(pid: int) -> int:
+    """CPU time the threads of a process have used, ns (an ended thread's is lost)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # the thread ended
+            total += int(stat.read_text().split()[0])
+    return total
+
+
+def bare_echo(relayed: bool = False) -> tuple[list[float], dict[str, float]]:
+    """Round trip times of the echo (through the relay when ``relayed``), and the CPU per
+    round trip (µs) of each process: the caller (this one), the relay, the echo."""
     ours, theirs = socket.socketpair()
-    child = subprocess.Popen(
-        [sys.executable, "-I", "-c", ECHO_CHILD, str(theirs.fileno())], pass_fds=[theirs.fileno()]
+    far, near = socket.socketpair() if relayed else (theirs, None)
+    echo = subprocess.Popen(
+        [sys.executable, "-I", "-c", ECHO_CHILD, str(far.fileno())], pass_fds=[far.fileno()]
     )
-    theirs.close()
+    far.close()
+    procs = {"echo": echo}
+    if near is not None:
+        argv = [sys.executable, "-I", "-c", RELAY_CHILD, str(theirs.fileno()), str(near.fileno())]
+        procs["relay"] = subprocess.Popen(argv, pass_fds=[theirs.fileno(), near.fileno()])
+        theirs.close()
+        near.close()
     reader = ours.makefile("rb")
     times: list[float] = []
     for i in range(ROUNDS + WARMUP):
+        if i == WARMUP:
+            before = {name: cpu_ns(proc.pid) for name, proc in procs.items()}
+            mine = time.process_time_ns()
         started = time.perf_counter()
         ours.sendall(json.dumps({"jsonrpc": "2.0", "id": i, "result": None}).encode() + b"\n")
         json.loads(reader.readline())
         if i >= WARMUP:
             times.append(time.perf_counter() - started)
+    cpu = {name: (cpu_ns(proc.pid) - before[name]) / ROUNDS / 1e3 for name, proc in procs.items()}
+    cpu["caller"] = (time.process_time_ns() - mine) / ROUNDS / 1e3
     reader.close()
     ours.close()
-    child.wait(5)
-    return times
+    for proc in procs.values():
+        proc.wait(5)
+    return times, cpu
 
 
 def _drive(channel: Channel, until: Callable[[], bool]) -> None:
@@ -207,6 +248,14 @@ class Service:
                 raise RuntimeError("the launcher service did not start bench.noop")
             time.sleep(0.05)
 
+    def pid(self, plugin_id: str) -> int:
+        """The plugin's host pid, from the status file (0 if not known)."""
+        try:
+            pid = json.loads((self.run / "status.json").read_text())["plugins"][plugin_id]["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        return pid if isinstance(pid, int) else 0
+
     def state(self, plugin_id: str) -> str | None:
         try:
             doc = json.loads((self.run / "status.json").read_text())
@@ -279,7 +328,8 @@ def first_calls(svc: Service) -> tuple[list[float], list[float]]:
 
 
 def main() -> int:
-    floor = bare_echo()
+    floor, floor_cpu = bare_echo()
+    relay, relay_cpu = bare_echo(relayed=True)
     channel, child = sdk_plugin()
     try:
         calls = channel_round_trips(channel)
@@ -295,6 +345,7 @@ def main() -> int:
     colds: list[float] = []
     cold_bare: list[float] = []
     svc_rate = 0.0
+    kept_cpu: dict[str, float] = {}
     if os.geteuid() == 0:  # the sandbox runs plugins under their own uid
         svc = Service()
         try:
@@ -302,7 +353,14 @@ def main() -> int:
                 svc, lambda: call(svc.socket, "bench.noop", "noop", None, 5)
             )
             with Client(svc.socket) as client:
+                pids = {"launcher": svc.proc.pid, "plugin": svc.pid("bench.noop")}
+                before = {name: cpu_ns(pid) for name, pid in pids.items()}
+                mine = time.process_time_ns()
                 kept = service_round_trips(svc, lambda: client.call("bench.noop", "noop", None, 5))
+                n = SERVICE_CALLS + WARMUP
+                kept_cpu = {name: (cpu_ns(pid) - before[name]) / n / 1e3
+                            for name, pid in pids.items()}  # fmt: skip
+                kept_cpu["caller"] = (time.process_time_ns() - mine) / n / 1e3
             svc_rate = service_throughput(svc)
             firsts, bare = first_calls(svc)
         finally:
@@ -327,6 +385,10 @@ def main() -> int:
     print("| what | median µs | p99 µs | ratio to floor (median) |")
     print("|---|---:|---:|---:|")
     print(f"| bare socketpair JSON echo (floor) | {fm:.1f} | {fp:.1f} | 1.00x |")
+    rm, rp = statistics.median(relay) * 1e6, _percentile(relay, 0.99) * 1e6
+    print(f"| bare relay: caller → a Python process passing bytes on → echo (4 wake-ups, "
+          f"the least through any middle process) | {rm:.1f} | {rp:.1f} | "
+          f"{rm / fm:.2f}x |")  # fmt: skip
     print(f"| channel → SDK plugin → channel | {cm:.1f} | {cp:.1f} | {cm / fm:.2f}x |")
     if whole:
         wm, wp = statistics.median(whole) * 1e6, _percentile(whole, 0.99) * 1e6
@@ -335,6 +397,21 @@ def main() -> int:
         km, kp = statistics.median(kept) * 1e6, _percentile(kept, 0.99) * 1e6
         print(f"| the same on one kept connection (`calls.Client`) | {km:.1f} | {kp:.1f} | "
               f"{km / fm:.2f}x |")  # fmt: skip
+    if kept_cpu:
+        print()
+        print("CPU per round trip (µs, `/proc/<pid>/schedstat`; the caller's own process "
+              "time): the path is serial, so its time is about the sum of these.\n")  # fmt: skip
+        print("| path | caller | middle | far end | sum |")
+        print("|---|---:|---:|---:|---:|")
+        for name, cpu, middle, far in (
+            ("floor (echo)", floor_cpu, None, "echo"),
+            ("bare relay", relay_cpu, "relay", "echo"),
+            ("kept connection (launcher, SDK plugin)", kept_cpu, "launcher", "plugin"),
+        ):
+            mid = cpu.get(middle, 0.0) if middle else 0.0
+            total = cpu["caller"] + mid + cpu[far]
+            shown = f"{mid:.1f}" if middle else "-"
+            print(f"| {name} | {cpu['caller']:.1f} | {shown} | {cpu[far]:.1f} | {total:.1f} |")
     print()
     print(
         f"Throughput, channel leg with {IN_FLIGHT} calls in flight: {rate:,.0f} calls/s "
@@ -361,7 +438,10 @@ def main() -> int:
         whole_ratio = statistics.median(whole) * 1e6 / fm
         print(
             f"Targets: the whole path at most 3x the floor: {whole_ratio:.2f}x, "
-            f"{'met' if whole_ratio <= 3 else '**NOT met**'}; the first call to a stopped "
+            f"{'met' if whole_ratio <= 3 else '**NOT met**'} (the bare relay, a middle "
+            f"process that only passes bytes on, is {rm / fm:.2f}x; the whole path is "
+            f"{statistics.median(whole) * 1e6 / rm:.2f}x the relay, the kept connection "
+            f"{statistics.median(kept) * 1e6 / rm:.2f}x); the first call to a stopped "
             f"on-call plugin at most 1.5x a bare interpreter start: {f_med / b_med:.2f}x, "
             f"{'met' if f_med / b_med <= 1.5 else '**NOT met**'}"
             f"{' (faster than the bare start)' if f_med < b_med else ''}.\n"
